@@ -1,0 +1,3 @@
+"""SDSegSlicer backend: diffusion-model segmentation with uncertainty (no Slicer imports)."""
+
+__version__ = "0.1.0"
