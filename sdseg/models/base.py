@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
 
@@ -10,6 +12,8 @@ class SegmentationDiffusionModel(torch.nn.Module):
 
     Subclasses set ``kind`` and keep a JSON-serialisable ``config`` that rebuilds them. Images reach the model
     scaled to [-1, 1] with shape (B, C, H, W); masks are (B, 1, H, W) in {0, 1}.
+    Models trained in several stages (SDSeg: mask autoencoder, then latent diffusion) list them in
+    ``training_stages()``; the training loop runs them in order.
     """
 
     kind: str = ""
@@ -18,7 +22,22 @@ class SegmentationDiffusionModel(torch.nn.Module):
         super().__init__()
         self.config = dict(config)
 
-    def training_loss(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
+    @classmethod
+    def preset(cls, name: str, **overrides) -> dict:
+        """Config of a named size preset ("tiny" for tests, "small" CPU default, "paper"), with overrides."""
+        raise NotImplementedError
+
+    def training_stages(self) -> list[str]:
+        return ["main"]
+
+    def begin_stage(self, stage: str, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Hook run before a stage starts; ``batches`` yields (image, mask) training batches."""
+
+    def parameters_for_stage(self, stage: str) -> list[torch.nn.Parameter]:
+        return list(self.parameters())
+
+    def training_loss(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                      stage: str = "main"):
         """Return ``(loss, logs)`` for one batch; ``logs`` maps names to floats."""
         raise NotImplementedError
 
