@@ -1,0 +1,151 @@
+"""sdseg.registry (model folders on $SDSEG_MODELS_PATH and bundled) and sdseg.models (kind -> class)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from sdseg import models, registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_model_folder(parent: Path, name: str, kind="ambiguous", card=None, description=None) -> Path:
+    """A model folder written without sdseg.checkpoint (plain json + safetensors)."""
+    folder = parent / name
+    folder.mkdir(parents=True)
+    config = {"image_size": 32} if description is None else {"image_size": 32, "description": description}
+    (folder / "config.json").write_text(json.dumps(
+        {"format": "sdseg-model", "format_version": 1, "kind": kind, "config": config}))
+    save_file({}, str(folder / "model.safetensors"))
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+@pytest.fixture
+def two_dirs(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_model_folder(first, "lesions", card="\n# Lesion model (small)\n\nTrained on ...\n")
+    write_model_folder(first, "segdiff-demo", kind="segdiff", description="SegDiff demo weights")
+    write_model_folder(second, "lesions", kind="sdseg", card="# Shadowed\n")
+    write_model_folder(second, "nocard", kind="sdseg")
+    monkeypatch.setenv(registry.MODELS_PATH_ENV, os.pathsep.join([str(first), "", str(second)]))
+    return first, second
+
+
+def test_models_dirs_order(two_dirs):
+    first, second = two_dirs
+    dirs = registry.models_dirs()
+    assert dirs[:2] == [first, second]
+    assert dirs[2] == registry.bundled_models_dir() and len(dirs) == 3
+
+
+def test_bundled_dir_is_resources_models(monkeypatch):
+    monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
+    bundled = registry.bundled_models_dir()
+    assert registry.models_dirs() == [bundled]
+    assert bundled.name == "Models" and bundled.parent.name in ("Resources", "bundled")
+    if bundled.parent.name == "Resources":
+        assert bundled == REPO / "Resources" / "Models"
+
+
+def test_list_models_first_name_wins_and_descriptions(two_dirs):
+    first, second = two_dirs
+    listed = {m["name"]: m for m in registry.list_models()}
+    assert {"lesions", "segdiff-demo", "nocard"} <= listed.keys()
+    assert listed["lesions"] == {"name": "lesions", "kind": "ambiguous", "path": str(first / "lesions"),
+                                 "description": "Lesion model (small)",
+                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n"}
+    assert listed["segdiff-demo"]["description"] == "SegDiff demo weights"
+    assert listed["nocard"]["description"] == "" and listed["nocard"]["card"] == ""
+    json.dumps(registry.list_models())  # travels in the worker's hello message
+
+
+def test_invalid_folders_are_skipped_with_a_warning(two_dirs, caplog):
+    first, _ = two_dirs
+    write_model_folder(first, "broken")
+    (first / "broken" / "config.json").write_text("{not json")
+    write_model_folder(first, "noweights")
+    (first / "noweights" / "model.safetensors").unlink()
+    (first / "not-a-model").mkdir()
+    with caplog.at_level(logging.WARNING, logger="sdseg.registry"):
+        names = [m["name"] for m in registry.list_models()]
+    assert "broken" not in names and "noweights" not in names and "not-a-model" not in names
+    assert str(first / "broken" / "config.json") in caplog.text
+    assert str(first / "noweights" / "model.safetensors") in caplog.text
+
+
+def test_resolve_model_by_name_or_folder(two_dirs, monkeypatch):
+    first, second = two_dirs
+    assert registry.resolve_model("lesions") == first / "lesions"
+    assert registry.resolve_model("nocard") == second / "nocard"
+    assert registry.resolve_model(second / "lesions") == second / "lesions"
+    monkeypatch.chdir(second)
+    assert registry.resolve_model(os.path.join(".", "lesions")) == second / "lesions"
+
+
+def test_unknown_model_lists_available_names(two_dirs, tmp_path):
+    with pytest.raises(registry.UnknownModelError) as error:
+        registry.resolve_model("nonexistent")
+    message = str(error.value)
+    assert "'nonexistent'" in message and "Available models: lesions, segdiff-demo, nocard." in message
+    assert registry.MODELS_PATH_ENV in message
+    with pytest.raises(registry.UnknownModelError):
+        registry.resolve_model(tmp_path / "missing-folder")
+
+
+def test_default_model_is_bundled_when_models_are_bundled(monkeypatch):
+    monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
+    bundled = registry.list_models()
+    if not bundled:
+        pytest.skip("no bundled models yet")
+    assert registry.DEFAULT_MODEL in [m["name"] for m in bundled]
+
+
+def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
+    first, second = two_dirs
+    write_model_folder(second, "ambiguous")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "KIND", "DESCRIPTION", "PATH"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "(default)" in rows["ambiguous"] and str(second / "ambiguous") in rows["ambiguous"]
+    assert "Lesion model (small)" in rows["lesions"] and str(first / "lesions") in rows["lesions"]
+
+
+def test_sdseg_models_command_without_models_says_what_to_do(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), SDSEG_MODELS_PATH=str(tmp_path / "empty"))
+    if any((registry.bundled_models_dir()).glob("*/config.json")):
+        pytest.skip("bundled models present")
+    result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0 and "No models found" in result.stdout and "SDSEG_MODELS_PATH" in result.stdout
+
+
+def test_listing_models_imports_no_model_code(two_dirs):
+    """The worker's hello lists models; that must not import the networks (or diffusers)."""
+    code = ("import sys, sdseg.registry; assert len(sdseg.registry.list_models()) >= 3; "
+            "print(sorted(m for m in sys.modules if m.startswith('diffusers') or m in "
+            "('sdseg.models.ambiguous', 'sdseg.models.sdseg_ldm', 'sdseg.models.segdiff')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_unknown_kind_lists_known_kinds():
+    with pytest.raises(ValueError, match="known kinds: ambiguous, sdseg, segdiff"):
+        models.build_model("unet")
+    with pytest.raises(ValueError, match="unknown model kind 'unet'"):
+        models.model_from_config("unet", {})
