@@ -1,0 +1,212 @@
+"""Module logic of SDSegSlicer that needs no Qt and no slicer.app: ROI -> IJK bounds, slice axis, accepting a
+sample into an editable segment, the variance colour map (pure MRML), and the backend dependency check.
+
+Runs in Slicer and on slicer-core alike, so the module and the tests share this code.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from .segmentation_writer import numpy_matrix
+
+ACCEPTED_SEGMENT_NAME = "accepted"
+ACCEPTED_SEGMENT_COLOUR = (0.1, 0.9, 0.3)
+
+# Perceptual colour maps Slicer ships (loaded from its colour files), most preferred first.
+PERCEPTUAL_COLOUR_NODE_NAMES = ("Inferno", "Viridis", "Magma", "Plasma", "Cividis")
+FALLBACK_COLOUR_NODE_NAME = "SDSeg Inferno"
+# Inferno (matplotlib, CC0) sampled at 9 evenly spaced points: used only where Slicer's colour files are absent.
+INFERNO_STOPS = (
+    (0.001, 0.000, 0.014), (0.129, 0.047, 0.291), (0.342, 0.062, 0.429), (0.541, 0.135, 0.415),
+    (0.736, 0.216, 0.330), (0.894, 0.353, 0.194), (0.978, 0.558, 0.035), (0.975, 0.798, 0.206),
+    (0.988, 0.998, 0.645),
+)
+# Variance of binary samples lies in [0, 0.25] (p (1 - p)); zero variance is left transparent.
+VARIANCE_DISPLAY_RANGE = (0.0, 0.25)
+VARIANCE_TRANSPARENT_BELOW = 1e-6
+
+
+def world_to_ijk_matrix(volume_node) -> np.ndarray:
+    """4x4 matrix from world RAS to the volume's IJK, through a linear parent transform if there is one."""
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(ras_to_ijk)
+    world_to_local = np.eye(4)
+    parent = volume_node.GetParentTransformNode()
+    if parent is not None:
+        if not parent.IsTransformToWorldLinear():
+            raise ValueError(
+                f"Volume '{volume_node.GetName()}' is under a non-linear transform: harden the transform "
+                "(Data module, right-click the volume, 'Harden transform') and try again.")
+        to_world = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        world_to_local = np.linalg.inv(numpy_matrix(to_world))
+    return numpy_matrix(ras_to_ijk) @ world_to_local
+
+
+def volume_ijk_to_world_directions(volume_node) -> np.ndarray:
+    """3x3: column a is the world direction of IJK axis a."""
+    return np.linalg.inv(world_to_ijk_matrix(volume_node))[:3, :3]
+
+
+def slice_axis_closest_to_superior(volume_node) -> int:
+    """IJK axis (0, 1, 2) whose world direction is closest to the RAS S axis: axial slices for any orientation."""
+    directions = volume_ijk_to_world_directions(volume_node)
+    unit = directions / np.linalg.norm(directions, axis=0, keepdims=True)
+    return int(np.argmax(np.abs(unit[2, :])))
+
+
+def volume_dimensions(volume_node) -> tuple[int, int, int]:
+    image = volume_node.GetImageData()
+    if image is None:
+        raise ValueError(f"Volume '{volume_node.GetName()}' has no image data: load a volume first.")
+    return tuple(int(d) for d in image.GetDimensions())
+
+
+def roi_corners_world(roi_node) -> np.ndarray:
+    """(8, 3) world RAS corners of a box ROI (rotation and parent transforms included)."""
+    size = np.array(roi_node.GetSize(), dtype=float)
+    if np.any(size <= 0):
+        raise ValueError(f"ROI '{roi_node.GetName()}' has zero size: resize it so it covers the lesion.")
+    half = size / 2.0
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+    corners_object = np.hstack([signs * half, np.ones((8, 1))])
+    object_to_world = numpy_matrix(roi_node.GetObjectToWorldMatrix())
+    return (object_to_world @ corners_object.T).T[:, :3]
+
+
+def roi_ijk_bounds(roi_node, volume_node) -> list[int]:
+    """[i0, j0, k0, i1, j1, k1] (end exclusive) of the voxels whose cells the ROI's IJK bounding box touches,
+    clipped to the volume. An ROI rotated with respect to the volume gets the IJK box enclosing it."""
+    corners = np.hstack([roi_corners_world(roi_node), np.ones((8, 1))])
+    corners_ijk = (world_to_ijk_matrix(volume_node) @ corners.T).T[:, :3]
+    dims = np.array(volume_dimensions(volume_node))
+    # Voxel n covers [n - 0.5, n + 0.5) in continuous IJK.
+    start = np.floor(corners_ijk.min(axis=0) + 0.5).astype(int)
+    end = np.floor(corners_ijk.max(axis=0) + 0.5).astype(int) + 1
+    start = np.clip(start, 0, dims)
+    end = np.clip(end, 0, dims)
+    if np.any(end <= start):
+        raise ValueError(
+            f"ROI '{roi_node.GetName()}' does not overlap volume '{volume_node.GetName()}': "
+            "move the ROI onto the volume, or clear the ROI selector to segment the whole volume.")
+    return [int(v) for v in start] + [int(v) for v in end]
+
+
+def job_roi_ijk(volume_node, roi_node=None, slice_start: int = 0, slice_end: int = -1,
+                slice_axis: int | None = None) -> list[int] | None:
+    """The `roi_ijk` of a segment job: the ROI (or the whole volume) narrowed to slices
+    slice_start..slice_end (inclusive; -1 = last slice) along slice_axis. None means the whole volume."""
+    dims = volume_dimensions(volume_node)
+    bounds = roi_ijk_bounds(roi_node, volume_node) if roi_node is not None else [0, 0, 0, *dims]
+    axis = slice_axis_closest_to_superior(volume_node) if slice_axis is None else slice_axis
+    last = dims[axis] - 1 if slice_end < 0 else slice_end
+    if slice_start < 0 or slice_start > last or last >= dims[axis]:
+        raise ValueError(
+            f"Slice range {slice_start}..{last} is not inside the volume's {dims[axis]} slices "
+            f"(0..{dims[axis] - 1}): set the first slice <= the last slice, or -1 as last slice for 'up to the end'.")
+    bounds[axis] = max(bounds[axis], slice_start)
+    bounds[axis + 3] = min(bounds[axis + 3], last + 1)
+    if bounds[axis + 3] <= bounds[axis]:
+        raise ValueError(
+            f"The ROI covers none of slices {slice_start}..{last}: widen the slice range or move the ROI.")
+    if bounds == [0, 0, 0, *dims]:
+        return None
+    return bounds
+
+
+def unique_segment_name(segmentation, base_name: str) -> str:
+    """base_name if free, else 'base_name 2', 'base_name 3', ..."""
+    name, number = base_name, 1
+    while segmentation.GetSegmentIdBySegmentName(name):
+        number += 1
+        name = f"{base_name} {number}"
+    return name
+
+
+def accept_sample(segmentation_node, sample_segment_id: str, base_name: str = ACCEPTED_SEGMENT_NAME) -> str:
+    """Copy the voxels of one sample segment into a new editable segment and return its ID.
+
+    An existing `accepted` segment (maybe edited by the user) is never overwritten: the copy is named
+    `accepted 2`, `accepted 3`, ...
+    """
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(sample_segment_id) is None:
+        raise ValueError(f"Segment '{sample_segment_id}' is not in '{segmentation_node.GetName()}'.")
+    labelmap = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, sample_segment_id, labelmap)
+    name = unique_segment_name(segmentation, base_name)
+    new_id = segmentation.AddEmptySegment("", name, ACCEPTED_SEGMENT_COLOUR)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        labelmap, segmentation_node, new_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    return new_id
+
+
+def variance_colour_node(scene):
+    """A perceptual colour node for the variance overlay: Slicer's Inferno (or Viridis, ...) when loaded,
+    else one `SDSeg Inferno` procedural node created once per scene."""
+    for name in PERCEPTUAL_COLOUR_NODE_NAMES + (FALLBACK_COLOUR_NODE_NAME,):
+        nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", name)
+        if nodes.GetNumberOfItems():
+            return nodes.GetItemAsObject(0)
+    node = slicer.vtkMRMLProceduralColorNode()
+    node.SetName(FALLBACK_COLOUR_NODE_NAME)
+    node.SetAttribute("Category", "SDSegSlicer")
+    transfer = node.GetColorTransferFunction()
+    for index, rgb in enumerate(INFERNO_STOPS):
+        transfer.AddRGBPoint(index / (len(INFERNO_STOPS) - 1), *rgb)
+    scene.AddNode(node)
+    return node
+
+
+def configure_variance_display(variance_node, colour_node) -> None:
+    """Show the variance volume with the colour map over its full range, zero variance transparent."""
+    if variance_node.GetDisplayNode() is None:
+        variance_node.CreateDefaultDisplayNodes()
+    display = variance_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(colour_node.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*VARIANCE_DISPLAY_RANGE)
+    display.SetApplyThreshold(True)
+    display.SetLowerThreshold(VARIANCE_TRANSPARENT_BELOW)
+    display.SetUpperThreshold(np.finfo(np.float32).max)
+    display.SetInterpolate(False)
+
+
+# --- backend dependencies in Slicer's Python ---------------------------------------------------------------------
+
+# Modules the worker imports; torch comes from the PyTorch extension's installer (right CUDA build).
+BACKEND_MODULES = ("torch", "diffusers", "safetensors", "tqdm", "sdseg")
+BACKEND_REQUIREMENTS = ("diffusers>=0.30", "safetensors>=0.4", "tqdm>=4.60")
+# Distributions Slicer ships and that pip must never replace (constrained to their installed versions).
+SLICER_SHIPPED_DISTRIBUTIONS = ("numpy", "SimpleITK", "requests")
+
+
+def missing_backend_modules() -> list[str]:
+    """Backend modules this Python cannot find (found without importing them)."""
+    importlib.invalidate_caches()  # see packages pip installed since the last look
+    return [name for name in BACKEND_MODULES if importlib.util.find_spec(name) is None]
+
+
+def shipped_package_constraints() -> list[str]:
+    """pip constraints `name==version` pinning the installed Slicer-shipped distributions."""
+    pins = []
+    for name in SLICER_SHIPPED_DISTRIBUTIONS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def backend_pip_arguments(constraints_file: Path) -> list[str]:
+    """Write the constraints file and return the `pip install` arguments for the backend packages."""
+    Path(constraints_file).write_text("\n".join(shipped_package_constraints()) + "\n", encoding="utf-8")
+    return [*BACKEND_REQUIREMENTS, "--constraint", str(constraints_file)]
