@@ -1,0 +1,243 @@
+"""Real-data loaders (sdseg.data.sources) and `sdseg preprocess` (sdseg.data.preprocess)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from sdseg.data import preprocess, sources
+from sdseg.data.dataset import CropsDataset
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "Resources" / "SampleData"
+PYRADIOMICS_SDIST = Path(os.environ.get("SDSEG_PYRADIOMICS_SDIST",
+                                        Path.home() / ".cache" / "sdseg" / "pyradiomics-3.0.1.tar.gz"))
+NRRD_TYPES = {"short": "<i2", "unsigned char": "u1", "uchar": "u1", "int": "<i4"}
+
+
+def read_nrrd(path: Path):
+    """Independent minimal reader of the gzip NRRD files written by ITK: (array (K, J, I), header dict)."""
+    raw = path.read_bytes()
+    head, body = raw.split(b"\n\n", 1)
+    header = dict(line.split(": ", 1) for line in head.decode().splitlines()[1:] if ": " in line)
+    assert header["encoding"] == "gzip"
+    sizes = [int(v) for v in header["sizes"].split()]
+    array = np.frombuffer(gzip.decompress(body), dtype=NRRD_TYPES[header["type"]])
+    return array.reshape(sizes[::-1]), header
+
+
+def run_preprocess(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sdseg.cli", "preprocess", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def lidc_like_pickle(path: Path, patients: int, crops_per_patient: int = 2, size: int = 40) -> None:
+    rng = np.random.default_rng(1)
+    data = {}
+    yy, xx = np.mgrid[:size, :size]
+    for p in range(patients):
+        for c in range(crops_per_patient):
+            image = rng.normal(0.5, 0.1, (size, size)).astype(np.float32)
+            masks = [((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (3 + r + c) ** 2).astype(np.uint8)
+                     for r in range(4)]
+            image[masks[1] > 0] += 0.3
+            data[f"LIDC-IDRI-{p + 1:04d}_slice{c}_nodule0"] = {"image": image, "masks": masks}
+    path.write_bytes(pickle.dumps(data))
+
+
+# --- loaders on real data -----------------------------------------------------------------------------------------
+
+def test_sample_volume_is_real_mr_with_its_lesion_label_and_geometry():
+    refs = sources.load_pairs(SAMPLE_DIR)
+    assert [ref.patient for ref in refs] == ["sample"]
+    case = refs[0].read()
+    assert case.patient == "sample"
+    image, header = read_nrrd(SAMPLE_DIR / "sample.nrrd")
+    label, label_header = read_nrrd(SAMPLE_DIR / "sample_label.nrrd")
+    np.testing.assert_array_equal(case.image, image.astype(np.float32))
+    np.testing.assert_array_equal(case.masks[0], label)
+    assert case.masks.shape == (1,) + image.shape and set(np.unique(label)) == {0, 1}
+    assert header["space directions"] == label_header["space directions"]
+    assert header["space origin"] == label_header["space origin"]
+    directions = np.array([[float(v) for v in d.strip("()").split(",")] for d in header["space directions"].split()])
+    origin = np.array([float(v) for v in header["space origin"].strip("()").split(",")])
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(case.ijk_to_ras[:3, :3], lps_to_ras @ directions.T, atol=1e-9)
+    np.testing.assert_allclose(case.ijk_to_ras[:3, 3], lps_to_ras @ origin, atol=1e-9)
+    assert header["space"] == "left-posterior-superior" and image.size * 2 < 5e6
+    lesion_slices = np.flatnonzero(label.any(axis=(1, 2)))
+    assert 0 < len(lesion_slices) < label.shape[0]  # slices with and without lesion
+
+
+@pytest.mark.skipif(not PYRADIOMICS_SDIST.is_file(), reason=f"PyRadiomics 3.0.1 sdist not at {PYRADIOMICS_SDIST} "
+                    "(set SDSEG_PYRADIOMICS_SDIST; docs/data.md says how to get it)")
+def test_pyradiomics_sdist_gives_five_patients_matching_an_independent_read(tmp_path):
+    import tarfile
+
+    cases = {ref.patient: ref.read() for ref in sources.load_pyradiomics(PYRADIOMICS_SDIST)}
+    assert sorted(cases) == ["brain1", "brain2", "breast1", "lung1", "lung2"]
+    with tarfile.open(PYRADIOMICS_SDIST) as archive:
+        archive.extract("pyradiomics-3.0.1/data/lung1_label.nrrd", tmp_path, filter="data")
+        archive.extract("pyradiomics-3.0.1/data/brain1_label.nrrd", tmp_path, filter="data")
+    for name in ("lung1", "brain1"):
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pyradiomics-3.0.1" / "data" /
+                                                          f"{name}_label.nrrd")))
+        np.testing.assert_array_equal(cases[name].masks[0], label > 0)
+    assert cases["lung1"].image.min() <= -1000  # CT in Hounsfield units
+    sample, _ = read_nrrd(SAMPLE_DIR / "sample.nrrd")
+    np.testing.assert_array_equal(cases["brain1"].image[:, 71:167, 138:234], sample)  # Resources/SampleData/README
+
+
+def test_btcv_loader_reads_nifti_written_by_nibabel_and_selects_labels(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    for folder in ("imagesTr", "labelsTr"):
+        (tmp_path / folder).mkdir()
+    label = np.zeros((20, 16, 6), np.uint8)
+    label[2:6, 3:7, 1:3], label[10:14, 8:12, 2:5] = 1, 6
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image((np.full(label.shape, -500) + 600 * (label > 0)).astype(np.int16), affine),
+             tmp_path / "imagesTr" / "img0007.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "labelsTr" / "label0007.nii.gz")
+    (ref,) = sources.load_btcv(tmp_path, labels=[6])
+    case = ref.read()
+    assert ref.patient == case.patient == "btcv0007"
+    assert case.masks.shape == (1, 6, 16, 20) and case.masks.sum() == 4 * 4 * 3
+    assert case.image.max() == 100 and case.image.min() == -500
+    (all_labels,) = sources.load_btcv(tmp_path)
+    assert all_labels.read().masks.sum() == 4 * 4 * 2 + 4 * 4 * 3
+
+
+def test_kvasir_loader_turns_rgb_into_luminance_and_binary_masks(tmp_path):
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 10:30] = 255
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "images" / "cju0.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "masks" / "cju0.png"))
+    (case,) = [ref.read() for ref in sources.load_kvasir(tmp_path)]
+    assert case.whole_image_roi and case.image.shape == (1, 30, 40) and case.masks.shape == (1, 1, 30, 40)
+    np.testing.assert_allclose(case.image, 0.299 * 200 + 0.587 * 100 + 0.114 * 50, rtol=1e-5)
+    assert case.masks.sum() == 10 * 20
+
+
+# --- restricted unpickler -------------------------------------------------------------------------------------------
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_code_and_loads_lidc_crops(tmp_path):
+    exploit = _Exploit()
+    exploit.marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pickle"
+    bad.write_bytes(pickle.dumps({"LIDC-IDRI-0001_x": {"image": np.zeros((4, 4)), "masks": [exploit]}}))
+    with pytest.raises(sources.SourceError, match="refused to load"):
+        sources.load_lidc_pickle(bad)
+    assert not exploit.marker.exists()
+    good = tmp_path / "data_lidc.pickle"
+    lidc_like_pickle(good, patients=2)
+    cases = [ref.read() for ref in sources.load_lidc_pickle(good)]
+    assert [c.patient for c in cases] == ["LIDC-IDRI-0001"] * 2 + ["LIDC-IDRI-0002"] * 2
+    assert cases[0].masks.shape == (4, 1, 40, 40) and cases[0].whole_image_roi
+    assert [int(m.sum()) for m in cases[0].masks] == sorted(int(m.sum()) for m in cases[0].masks)
+
+
+# --- split ----------------------------------------------------------------------------------------------------------
+
+def test_split_is_deterministic_patient_level_and_order_independent():
+    patients = [f"p{n:02d}" for n in range(20)]
+    split = preprocess.split_patients(patients, seed=0)
+    assert split == preprocess.split_patients(list(reversed(patients)) + patients[:5], seed=0)
+    assert sorted(sum(split.values(), [])) == patients
+    assert [len(split[s]) for s in ("train", "val", "test")] == [12, 4, 4]
+    assert split != preprocess.split_patients(patients, seed=1)
+    assert [len(v) for v in preprocess.split_patients(["a", "b", "c"], seed=0).values()] == [1, 1, 1]
+
+
+def test_preprocess_cli_keeps_each_patient_in_one_split_and_crops_are_readable(tmp_path):
+    pickle_path = tmp_path / "data_lidc.pickle"
+    lidc_like_pickle(pickle_path, patients=6, crops_per_patient=3)
+    out = tmp_path / "lidc"
+    result = run_preprocess("--source", "lidc-pickle", "--input", pickle_path, "--out", out, "--size", 32)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["synthetic"] is False and info["n_raters"] == 4 and info["image_size"] == 32
+    assert info["preprocessing"] == {"normalization": "percentile", "percentiles": [0.5, 99.5]}
+    seen = {}
+    for split in ("train", "val", "test"):
+        data = CropsDataset(out, split)
+        for index in range(len(data)):
+            item = data.read(index)
+            seen.setdefault(item["patient"], set()).add(split)
+            assert item["image"].shape == (1, 32, 32) and item["masks"].shape == (4, 32, 32)
+            assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+        assert sorted(info["splits"][split]) == sorted(p for p, s in seen.items() if split in s)
+    assert len(seen) == 6 and all(len(s) == 1 for s in seen.values())
+    assert sum(info["counts"].values()) == len(list(out.glob("*/*.npz"))) == 18
+
+
+def test_preprocess_cli_crops_rois_around_the_sample_lesion(tmp_path):
+    out = tmp_path / "sample"
+    result = run_preprocess("--source", "pairs", "--input", SAMPLE_DIR, "--out", out, "--crops-per-lesion", 2,
+                            "--margin-slices", 1)
+    assert result.returncode == 0, result.stderr
+    label, _ = read_nrrd(SAMPLE_DIR / "sample_label.nrrd")
+    lesion_slices = np.flatnonzero(label.any(axis=(1, 2)))
+    expected = set(range(lesion_slices[0] - 1, lesion_slices[-1] + 2))
+    data = CropsDataset(out, "train")
+    by_roi = {}
+    for path in data.files:
+        _, lesion, roi, slice_name = path.stem.rsplit("_", 3)
+        by_roi.setdefault((lesion, roi), set()).add(int(slice_name[1:]))
+    assert {roi for _, roi in by_roi} == {"c00", "c01"}
+    for (lesion, roi), slices in by_roi.items():  # each ROI: the lesion's slices +-1, the same for all its ROIs
+        assert max(slices) - min(slices) + 1 == len(slices) and slices <= expected
+        assert slices & set(lesion_slices) and slices == by_roi[(lesion, "c00")]
+    assert set().union(*by_roi.values()) == expected
+    for index, path in enumerate(data.files):
+        image, masks = data[index]
+        k = int(path.stem.rsplit("_s", 1)[1])
+        assert image.shape == (1, 64, 64) and bool(masks.any()) == (k in set(lesion_slices))
+    assert json.loads((out / "dataset.json").read_text())["splits"] == {"test": [], "val": [], "train": ["sample"]}
+
+
+def test_preprocess_multirater_draws_synthetic_raters_on_real_textures(tmp_path):
+    pickle_path = tmp_path / "data_lidc.pickle"
+    lidc_like_pickle(pickle_path, patients=5)
+    out = tmp_path / "multi"
+    assert preprocess.main(["--source", "lidc-pickle", "--input", str(pickle_path), "--out", str(out), "--size", "16",
+                            "--multirater", "3", "--multirater-counts", "6", "2", "2", "--seed", "4"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["synthetic"] is True and info["n_raters"] == 3 and info["counts"] == {"train": 6, "val": 2, "test": 2}
+    assert "lidc-pickle" in info["source"] and "CC BY" in info["licence"]
+    assert all(info["textures"][split] > 0 for split in ("train", "val", "test"))
+    data = CropsDataset(out, "train")
+    assert len(data) == 6 and data[0][1].shape == (3, 16, 16)
+    assert any(bool((m != m[0]).any()) for m in (data.read(i)["masks"] for i in range(len(data))))
+
+
+def test_preprocess_errors_say_what_to_do(tmp_path, capsys):
+    assert preprocess.main(["--source", "pyradiomics", "--out", str(tmp_path / "x")]) == 2
+    assert "pip download" in capsys.readouterr().err
+    (tmp_path / "full").mkdir(), (tmp_path / "full" / "f").write_text("x")
+    assert preprocess.main(["--source", "pairs", "--input", str(SAMPLE_DIR), "--out", str(tmp_path / "full")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert preprocess.main(["--source", "pairs", "--input", str(tmp_path / "empty"), "--out",
+                            str(tmp_path / "y")]) == 2
+    assert "no label volume" in capsys.readouterr().err
+    bad = tmp_path / "bad.pickle"
+    bad.write_bytes(b"not a pickle")
+    assert preprocess.main(["--source", "lidc-pickle", "--input", str(bad), "--out", str(tmp_path / "z")]) == 2
+    assert "not a usable LIDC crops pickle" in capsys.readouterr().err

@@ -1,0 +1,327 @@
+"""`sdseg preprocess`: turn images + masks of a source (sdseg.data.sources) into a crops data set.
+
+A crops data set (docs/architecture.md) is ``DIR/dataset.json`` + ``DIR/{train,val,test}/*.npz`` with ``image``
+float32 (1, S, S) in [-1, 1], ``masks`` uint8 (R, S, S) and ``patient``. The crops are made exactly as
+inference sees a volume (sdseg.inference): a 3D region of interest (ROI) around each lesion, intensities normalised
+over the whole ROI, every slice of the ROI along the axial axis resized to S x S. With ``--multirater N`` the real
+masks are set aside and a synthetic multi-rater set is drawn on the real crops (sdseg.data.synthetic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from sdseg.data.dataset import SPLITS
+from sdseg.data.sources import Case, CaseRef, Source, SourceError, get_source, SOURCES
+from sdseg.inference import intensity_range, normalize_intensities, resize_images
+from sdseg.volume_io import choose_slice_axis, roi_array, slice_of_roi
+
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+JITTER = 0.25  # ROI centre offsets of the extra crops, as a fraction of the ROI size
+LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
+TEXTURES_PER_SPLIT = 1000  # real lesion-free crops used as backgrounds of the synthetic multi-rater set
+
+
+def split_patients(patients, seed: int = 0, fractions=SPLIT_FRACTIONS) -> dict[str, list[str]]:
+    """Deterministic patient-level split: patients ordered by sha256("seed:patient"); the first
+    round(n * test fraction) (at least 1 when n >= 2) go to test, the next round(n * val fraction) (at least 1 when
+    n >= 3) to val, the rest to train. The result depends only on the set of patients and the seed."""
+    ordered = sorted(set(patients), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    n = len(ordered)
+    n_test = max(1 if n >= 2 else 0, round(n * fractions[2]))
+    n_val = max(1 if n >= 3 else 0, round(n * fractions[1]))
+    return {"test": sorted(ordered[:n_test]), "val": sorted(ordered[n_test:n_test + n_val]),
+            "train": sorted(ordered[n_test + n_val:])}
+
+
+def lesion_bounding_boxes(mask_kji: np.ndarray) -> list[tuple[list[int], list[int]]]:
+    """(start_ijk, size_ijk) of each 3D connected component (face + edge + corner connectivity) of a mask."""
+    labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask_kji.astype(np.uint8)), True)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(labels)
+    boxes = []
+    for label in stats.GetLabels():
+        box = stats.GetBoundingBox(label)
+        boxes.append((list(box[:3]), list(box[3:])))
+    return boxes
+
+
+def lesion_rois(box: tuple[list[int], list[int]], dims_ijk, slice_axis: int, crop: int, margin_slices: int,
+                n_crops: int, rng: np.random.Generator) -> list[list[int]]:
+    """ROIs [i0, j0, k0, i1, j1, k1] around one lesion: in-plane ``crop`` pixels (0 = the whole slice), at least
+    LESION_MARGIN x the lesion, inside the volume; along ``slice_axis`` the lesion's slices +- ``margin_slices``.
+    The first ROI is centred on the lesion, the others shifted by up to +-JITTER of their size."""
+    start, size = box
+    rois = []
+    for n in range(n_crops):
+        roi = [0] * 6
+        for axis in range(3):
+            dim = int(dims_ijk[axis])
+            if axis == slice_axis:
+                lo, hi = start[axis] - margin_slices, start[axis] + size[axis] + margin_slices
+                roi[axis], roi[axis + 3] = max(0, lo), min(dim, hi)
+                continue
+            extent = dim if crop == 0 else min(dim, max(crop, int(np.ceil(size[axis] * LESION_MARGIN))))
+            centre = start[axis] + size[axis] / 2.0
+            if n > 0:
+                centre += rng.uniform(-JITTER, JITTER) * extent
+            first = int(np.clip(round(centre - extent / 2.0), 0, dim - extent))
+            roi[axis], roi[axis + 3] = first, first + extent
+        rois.append(roi)
+    return rois
+
+
+def _resize(slices: list[np.ndarray], size: int) -> np.ndarray:
+    return resize_images(torch.from_numpy(np.stack(slices)[:, None].astype(np.float32)), size)[:, 0].numpy()
+
+
+def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: dict,
+              size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(slice index, image float32 (1, S, S) in [-1, 1], masks uint8 (R, S, S)) for each slice of the ROI along
+    ``slice_axis``: normalised over the whole ROI and resized like sdseg.inference does; masks resized bilinearly
+    (antialiased) and thresholded at 0.5."""
+    roi = roi_array(case.image, roi_ijk)
+    lo, hi = intensity_range(roi, preprocessing)
+    mask_rois = [roi_array(mask, roi_ijk) for mask in case.masks]
+    for position in range(roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]):
+        image = _resize([normalize_intensities(slice_of_roi(roi, slice_axis, position), lo, hi)], size)
+        masks = _resize([slice_of_roi(m, slice_axis, position) for m in mask_rois], size) >= 0.5
+        yield roi_ijk[slice_axis] + position, image.astype(np.float32), masks.astype(np.uint8)
+
+
+def _file_stem(patient: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", patient)
+
+
+def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_lesion: int, margin_slices: int,
+               seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name within the case, image, masks) of every crop of a case; 2D cases (``whole_image_roi``) give one
+    crop, the image."""
+    dims_ijk = case.image.shape[::-1]
+    slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
+    if case.whole_image_roi:
+        rois = [[[0, 0, 0, *dims_ijk]]]
+    else:
+        rng = np.random.default_rng([seed, int(hashlib.sha256(case.patient.encode()).hexdigest()[:8], 16)])
+        union = case.masks.max(axis=0)
+        rois = [lesion_rois(box, dims_ijk, slice_axis, crop, margin_slices, crops_per_lesion, rng)
+                for box in lesion_bounding_boxes(union)]
+    for lesion, lesion_rois_ in enumerate(rois):
+        for number, roi in enumerate(lesion_rois_):
+            for index, image, masks in roi_crops(case, roi, slice_axis, preprocessing, size):
+                yield f"l{lesion:02d}_c{number:02d}_s{index:04d}", image, masks
+
+
+def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, patient: str) -> None:
+    np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient))
+
+
+def _splits_of(refs: list[CaseRef], seed: int):
+    """(patients of each split, [(case number, case)] of each split)."""
+    splits = split_patients([ref.patient for ref in refs], seed)
+    split_of = {p: name for name, patients in splits.items() for p in patients}
+    split_refs = {name: [] for name in SPLITS}
+    for number, ref in enumerate(refs):
+        split_refs[split_of[ref.patient]].append((number, ref))
+    return splits, split_refs
+
+
+def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
+                       crops_per_lesion: int, margin_slices: int, seed: int) -> dict:
+    """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
+    Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``."""
+    splits, split_refs = _splits_of(refs, seed)
+    counts = dict.fromkeys(SPLITS, 0)
+    n_raters = set()
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for number, ref in split_refs[split]:
+            case = ref.read()
+            n_raters.add(case.masks.shape[0])
+            if len(n_raters) != 1:
+                raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
+                                  f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
+            stem = f"{_file_stem(case.patient)}_{number:05d}"
+            for crop_name, image, masks in case_crops(case, preprocessing, size, crop, crops_per_lesion,
+                                                      margin_slices, seed):
+                _write_crop(out / split, f"{stem}_{crop_name}", image, masks, case.patient)
+                counts[split] += 1
+    return {"name": out.name, "source": source.name, "licence": source.licence, "provenance": source.provenance,
+            "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters.pop(), "synthetic": False,
+            "description": f"{source.description}. Masks: {source.masks}. 2D crops of {crop or 'whole'}-pixel "
+                           f"regions of interest around each lesion (+-{margin_slices} slices), resized to "
+                           f"{size}x{size}.",
+            "splits": splits, "counts": counts}
+
+
+def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: int,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to ``count`` lesion-free single-slice ROIs of a case, normalised and resized like :func:`roi_crops`
+    ((S, S) float32 in [-1, 1]), as textures for synthetic lesions. An ROI is ``crop`` pixels in-plane (0: the
+    whole slice; a third of the image for 2D cases, whose lesion is usually central), on a random slice, touching no
+    masked voxel and at least half inside the body (normalised value > -0.8)."""
+    dims_ijk = case.image.shape[::-1]
+    slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
+    union = case.masks.max(axis=0)
+    textures = []
+    for _ in range(20 * count):
+        if len(textures) == count:
+            break
+        roi = [0] * 6
+        for axis in range(3):
+            dim = int(dims_ijk[axis])
+            if axis == slice_axis:
+                extent = 1
+            elif case.whole_image_roi:
+                extent = min(dim, max(8, dim // 3))
+            else:
+                extent = dim if crop == 0 else min(dim, crop)
+            roi[axis] = int(rng.integers(dim - extent + 1))
+            roi[axis + 3] = roi[axis] + extent
+        if roi_array(union, roi).any():
+            continue
+        _, image, _ = next(roi_crops(case, roi, slice_axis, preprocessing, size))
+        if np.mean(image > -0.8) >= 0.5:
+            textures.append(image[0])
+    return textures
+
+
+def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict,
+                             crop: int, n_raters: int, counts: list[int], seed: int) -> dict:
+    """Synthetic ``n_raters``-rater lesions (sdseg.data.synthetic) drawn on lesion-free crops of the real images;
+    the textures of each split (TEXTURES_PER_SPLIT, shared evenly by its cases) come from that split's patients
+    only. Returns dataset.json."""
+    from sdseg.data.synthetic import GENERATOR_DESCRIPTION, make_shapes_dataset
+
+    splits, split_refs = _splits_of(refs, seed)
+    rng = np.random.default_rng(seed)
+    split_textures = {name: [] for name in SPLITS}
+    for split in SPLITS:
+        per_case = -(-TEXTURES_PER_SPLIT // max(1, len(split_refs[split])))
+        for _, ref in split_refs[split]:
+            if len(split_textures[split]) >= TEXTURES_PER_SPLIT:
+                break
+            split_textures[split] += texture_crops(ref.read(), preprocessing, size, crop, per_case, rng)
+    for split, count in zip(SPLITS, counts):
+        if count and not split_textures[split]:
+            raise SourceError(f"no lesion-free texture found for the {split} split (patients "
+                              f"{splits[split]}); use more patients or a smaller --crop")
+    with tempfile.TemporaryDirectory(prefix="sdseg-multirater-", dir=out) as tmp:
+        for number, (split, count) in enumerate(zip(SPLITS, counts)):
+            one_split = [count if s == split else 0 for s in SPLITS]
+            part = make_shapes_dataset(Path(tmp) / split, *one_split, image_size=size, n_raters=n_raters, seed=seed,
+                                       texture_images=split_textures[split] or None)
+            (part / split).rename(out / split)
+    texture = (f"lesion-free {crop or 'whole-slice'}-pixel crops of the real images of {source.name} "
+               f"({source.description}), normalised and resized like the real crops, each split's from its own "
+               "patients")
+    return {"name": out.name, "source": f"{source.name} (textures) + sdseg.data.synthetic (lesions, raters)",
+            "licence": f"textures: {source.licence}; synthetic lesions: CC0-1.0", "provenance": source.provenance,
+            "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters, "synthetic": True,
+            "description": GENERATOR_DESCRIPTION.format(texture=texture),
+            "splits": splits, "counts": dict(zip(SPLITS, counts)),
+            "textures": {name: len(split_textures[name]) for name in SPLITS}}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdseg preprocess", description="Turn images + masks into a 2D crops data set (docs/data.md).")
+    parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="where the data come from")
+    parser.add_argument("--input", help="the source's file or folder (see docs/data.md)")
+    parser.add_argument("--out", required=True, help="new (or empty) output folder")
+    parser.add_argument("--size", type=int, default=64, help="crop size S in pixels (default 64)")
+    parser.add_argument("--crop", type=int, default=96,
+                        help="in-plane ROI size in voxels around each lesion of a 3D volume, 0 = whole slice "
+                             "(default 96)")
+    parser.add_argument("--crops-per-lesion", type=int, default=4, help="ROIs per lesion, the extra ones shifted "
+                        "(default 4)")
+    parser.add_argument("--margin-slices", type=int, default=2,
+                        help="slices kept beyond each lesion's ends (crops without lesion; default 2)")
+    parser.add_argument("--labels", help="comma-separated label values counted as foreground (default: all "
+                        "non-zero)")
+    parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="CT window instead of the source's default normalisation")
+    parser.add_argument("--percentiles", type=float, nargs=2, metavar=("P0", "P1"),
+                        help="percentile normalisation over each ROI instead of the source's default")
+    parser.add_argument("--multirater", type=int, metavar="N",
+                        help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
+    parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
+                        metavar=("TRAIN", "VAL", "TEST"), help="images per split with --multirater")
+    parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
+    return parser
+
+
+def _preprocessing(args, source: Source) -> dict:
+    if args.window and args.percentiles:
+        raise SourceError("give either --window or --percentiles, not both")
+    if args.window:
+        if not args.window[0] < args.window[1]:
+            raise SourceError(f"--window needs LO < HI, got {args.window}")
+        return {"normalization": "ct_window", "window": list(args.window)}
+    if args.percentiles:
+        if not 0 <= args.percentiles[0] < args.percentiles[1] <= 100:
+            raise SourceError(f"--percentiles needs 0 <= P0 < P1 <= 100, got {args.percentiles}")
+        return {"normalization": "percentile", "percentiles": list(args.percentiles)}
+    return dict(source.preprocessing)
+
+
+def _check_args(args, source: Source) -> tuple[Path, Path]:
+    if args.input is None:
+        raise SourceError(f"--input is missing: {source.how_to_get}")
+    source_path = Path(args.input).expanduser()
+    if not source_path.exists():
+        raise SourceError(f"--input {source_path} does not exist: {source.how_to_get}")
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SourceError(f"--out {out} exists and is not an empty folder; choose a new folder")
+    if args.size < 8 or args.crop < 0 or args.crops_per_lesion < 1 or args.margin_slices < 0:
+        raise SourceError("need --size >= 8, --crop >= 0, --crops-per-lesion >= 1 and --margin-slices >= 0")
+    if args.multirater is not None and args.multirater < 1:
+        raise SourceError(f"--multirater needs N >= 1, got {args.multirater}")
+    return source_path, out
+
+
+def _labels(text: str | None):
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SourceError(f"--labels must be comma-separated integers, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        source = get_source(args.source)
+        source_path, out = _check_args(args, source)
+        preprocessing = _preprocessing(args, source)
+        refs = source.load(source_path, _labels(args.labels))
+        out.mkdir(parents=True, exist_ok=True)
+        if args.multirater:
+            info = build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop,
+                                            args.multirater, args.multirater_counts, args.seed)
+        else:
+            info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
+                                      args.crops_per_lesion, args.margin_slices, args.seed)
+    except SourceError as error:
+        print(f"sdseg preprocess: error: {error}", file=sys.stderr)
+        return 2
+    (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {out}: " + ", ".join(f"{n} {s}" for s, n in info["counts"].items()) + " crops")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
