@@ -1,0 +1,280 @@
+"""A real `python -m sdseg.worker` subprocess with real tiny models (saved with save_model into $SDSEG_MODELS_PATH):
+hello, ping, a job end to end on the CPU (checked against in-process inference), streaming order, cancel, a
+killed worker, typed errors, shutdown and end of input. Every stdout line must be a protocol message.
+
+Starting a worker costs seconds (importing torch), so one worker serves the tests that leave it alive; the tests
+that end a worker start their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from sdseg import inference
+from sdseg.checkpoint import load_model, save_model
+from sdseg.models import build_model
+from sdseg.volume_io import read_volume
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 60.0
+# Stored sagittally and tilted 15 degrees (LPS columns: I ~anterior, J inferior, K ~right): axial slices are J planes.
+SAGITTAL_LPS = np.array([[np.sin(np.radians(15)), 0.0, -np.cos(np.radians(15))],
+                         [-np.cos(np.radians(15)), 0.0, -np.sin(np.radians(15))],
+                         [0.0, -1.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_model(build_model("ambiguous", "tiny", steps=2), folder / "tiny-ambiguous", card="# Tiny ambiguous test model")
+    save_model(build_model("sdseg", "tiny"), folder / "tiny-sdseg", card="# Tiny SDSeg test model")
+    save_model(build_model("sdseg", "tiny", image_channels=3), folder / "tiny-colour", card="# Colour model")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def volume_path(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    array = rng.normal(50.0, 20.0, size=(6, 9, 11)).astype(np.float32)  # (K, J, I)
+    array[2:5, 3:7, 4:9] += 150.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.9, 1.4, 2.2))
+    image.SetOrigin((5.0, -7.0, 11.0))
+    image.SetDirection(SAGITTAL_LPS.ravel().tolist())
+    path = tmp_path_factory.mktemp("volumes") / "sagittal.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+class WorkerProcess:
+    """The worker subprocess with a thread that parses every stdout line (a non-JSON line fails the test)."""
+
+    def __init__(self, models_dir: Path, log_path: Path):
+        env = dict(os.environ, PYTHONPATH=str(REPO), SDSEG_MODELS_PATH=str(models_dir), OMP_NUM_THREADS="1")
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "sdseg.worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(log_path.parent))
+        self.messages: queue.Queue = queue.Queue()
+        self.bad_lines: list[bytes] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            try:
+                self.messages.put(json.loads(line))
+            except ValueError:
+                self.bad_lines.append(line)
+        self.messages.put(None)  # end of output
+
+    def send(self, message: dict) -> None:
+        self.process.stdin.write((json.dumps(message) + "\n").encode())
+        self.process.stdin.flush()
+
+    def next(self, timeout: float = TIMEOUT):
+        return self.messages.get(timeout=timeout)
+
+    def until(self, types, timeout: float = TIMEOUT) -> list[dict]:
+        """Messages up to and including the first one whose type is in ``types``."""
+        received, deadline = [], time.monotonic() + timeout
+        while True:
+            message = self.next(max(0.1, deadline - time.monotonic()))
+            assert message is not None, f"worker output ended; received {received}"
+            received.append(message)
+            if message["type"] in types:
+                return received
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(TIMEOUT)
+        self._log.close()
+        assert not self.bad_lines, f"non-protocol output on stdout: {self.bad_lines[:3]}"
+
+
+@pytest.fixture(scope="module")
+def shared(models_dir, tmp_path_factory):
+    """One worker for the tests that leave it running; its hello is kept in ``shared.hello``."""
+    process = WorkerProcess(models_dir, tmp_path_factory.mktemp("shared") / "worker.log")
+    process.hello = process.next()
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def own_worker(models_dir, tmp_path):
+    process = WorkerProcess(models_dir, tmp_path / "worker.log")
+    assert process.next()["type"] == "hello"
+    yield process
+    process.close()
+
+
+def segment(job_id, volume, job_dir, **fields):
+    return {"type": "segment", "job_id": job_id, "volume": str(volume), "job_dir": str(job_dir), **fields}
+
+
+def long_job(job_id, volume, job_dir):
+    """A job of 9 slices that takes a few seconds: one image of 12 steps per forward pass."""
+    return segment(job_id, volume, job_dir, model="tiny-ambiguous", samples=2, steps=12, batch_size=1)
+
+
+def test_hello_ping_and_bad_requests(shared, models_dir):
+    hello = shared.hello
+    assert hello["type"] == "hello" and hello["protocol"] == 1
+    assert hello["torch"] == torch.__version__ and hello["cuda"] == torch.version.cuda
+    assert hello["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    names = {m["name"]: m for m in hello["models"]}
+    assert {"tiny-ambiguous", "tiny-sdseg"} <= names.keys()
+    assert names["tiny-sdseg"]["kind"] == "sdseg" and names["tiny-sdseg"]["path"] == str(models_dir / "tiny-sdseg")
+    shared.send({"type": "ping", "id": 41})
+    assert shared.next() == {"type": "pong", "id": 41}
+    shared.process.stdin.write(b"this is not json\n")
+    shared.send({"type": "segment", "job_id": "j", "volume": "v.nrrd"})  # no job_dir
+    shared.send({"type": "segment", "job_id": "k", "volume": "v.nrrd", "job_dir": "d", "samples": 0})
+    shared.send({"type": "dance"})
+    errors = [shared.next() for _ in range(4)]
+    assert [e["type"] for e in errors] == ["error"] * 4
+    assert [e["code"] for e in errors] == ["bad_request"] * 4
+    assert [e["job_id"] for e in errors] == [None, "j", "k", None]
+    assert "job_dir" in errors[1]["message"] and "samples" in errors[2]["message"]
+    shared.send({"type": "ping", "id": "still alive"})
+    assert shared.next()["id"] == "still alive"
+
+
+def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_path, tmp_path):
+    job_dir = tmp_path / "job"
+    roi = [1, 0, 1, 10, 9, 5]  # I 1..9, J all 9 (the slice axis), K 1..4
+    shared.send(segment("e2e", volume_path, job_dir, model="tiny-ambiguous", samples=3, seed=5, device="auto",
+                        roi_ijk=roi))
+    messages = shared.until({"done", "error"})
+    assert messages[-1]["type"] == "done", messages[-1]
+    accepted = messages[0]
+    volume = read_volume(volume_path)
+    assert accepted["type"] == "accepted" and accepted["job_id"] == "e2e"
+    assert accepted["volume"]["shape_kji"] == [6, 9, 11]
+    np.testing.assert_allclose(accepted["volume"]["ijk_to_ras"], volume.ijk_to_ras)
+    assert accepted["volume"]["slice_axis"] == 1  # J is the axis closest to S
+    assert accepted["volume"]["roi_ijk"] == roi
+    assert accepted["model"] == "tiny-ambiguous" and accepted["device"] == "cpu" and accepted["total"] == 9
+    phases = [m["phase"] for m in messages if m["type"] == "progress"]
+    assert phases[:2] == ["loading model", "segmenting"]
+
+    slices = [m for m in messages if m["type"] == "slice"]
+    assert [m["index"] for m in slices] == list(range(9))
+    assert [m["done"] for m in slices] == list(range(1, 10)) and {m["total"] for m in slices} == {9}
+    assert slices[-1]["eta_s"] == 0
+    assert messages[-1]["slices"] == 9 and messages[-1]["summary"] == {"samples": 3, "model": "tiny-ambiguous",
+                                                                       "device": "cpu"}
+    torch.set_num_threads(1)
+    model = load_model(models_dir / "tiny-ambiguous")
+    expected = inference.segment_slices(model, volume.array_kji, roi, 1, 3, seed=5, batch_size=1)
+    for message, reference in zip(slices, expected):
+        assert Path(message["file"]).parent == job_dir.resolve()
+        with np.load(message["file"]) as arrays:
+            assert arrays["samples"].dtype == np.uint8 and arrays["samples"].shape == (3, 4, 9)  # (N, K, I)
+            np.testing.assert_array_equal(arrays["samples"], reference.samples)
+            np.testing.assert_array_equal(arrays["consensus"], reference.consensus)
+            np.testing.assert_array_equal(arrays["variance"], reference.variance)
+
+
+def test_model_is_loaded_once_across_jobs(shared, volume_path, tmp_path):
+    loads_before = shared.log().count("loaded model")
+    for job_id in ("first", "second", "third"):
+        shared.send(segment(job_id, volume_path, tmp_path / job_id, model="tiny-sdseg", samples=2,
+                            roi_ijk=[0, 0, 0, 11, 2, 6]))
+        assert shared.until({"done", "error"})[-1]["type"] == "done"
+    assert shared.log().count("loaded model") - loads_before <= 1
+
+
+ERROR_CASES = [
+    ({"model": "no-such-model"}, "unknown_model", "tiny-ambiguous"),  # the message lists the available models
+    ({"model": "tiny-colour"}, "model_mismatch", "3 image channels"),
+    ({"roi_ijk": [0, 0, 0, 99, 9, 6]}, "bad_request", "does not fit the volume"),
+    ({"volume": "missing.nrrd"}, "bad_volume", "no such file"),
+    ({"volume": "nan.nrrd"}, "bad_volume", "NaN"),
+] + ([] if torch.cuda.is_available() else [({"device": "cuda"}, "device_unavailable", "device 'auto' or 'cpu'")])
+
+
+def test_job_errors_are_typed_and_the_worker_survives(shared, volume_path, tmp_path):
+    array = np.zeros((3, 8, 8), np.float32)
+    array[1, 1, 1] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nrrd"))
+    for number, (fields, code, phrase) in enumerate(ERROR_CASES):
+        job = {**segment(f"bad{number}", volume_path, tmp_path / "job", model="tiny-sdseg"), **fields}
+        if "volume" in fields:
+            job["volume"] = str(tmp_path / fields["volume"])
+        shared.send(job)
+        error = shared.next()
+        assert (error["type"], error["job_id"], error["code"]) == ("error", f"bad{number}", code), error
+        assert phrase in error["message"] and "Traceback" not in error["message"]
+    shared.send(segment("good", volume_path, tmp_path / "good", model="tiny-sdseg", samples=1,
+                        roi_ijk=[0, 0, 0, 11, 1, 6]))
+    assert shared.until({"done", "error"})[-1]["type"] == "done"
+
+
+def test_cancel_stops_quickly_and_keeps_delivered_slices(shared, volume_path, tmp_path):
+    shared.send(long_job("long", volume_path, tmp_path / "long"))
+    shared.send(segment("queued", volume_path, tmp_path / "queued", model="tiny-ambiguous"))
+    shared.send(segment("queued", volume_path, tmp_path / "again", model="tiny-ambiguous"))  # job_id in use
+    before_first = shared.until({"slice"})
+    duplicate = [m for m in before_first if m["type"] == "error"]
+    assert [(m["job_id"], m["code"]) for m in duplicate] == [("queued", "bad_request")]
+    before_first = [m for m in before_first if m["type"] != "error"]
+    assert before_first[0]["type"] == "accepted" and before_first[0]["total"] == 9
+    shared.send({"type": "cancel", "job_id": "queued"})
+    shared.send({"type": "cancel", "job_id": "long"})
+    sent = time.monotonic()
+    rest = shared.until({"cancelled"})
+    assert time.monotonic() - sent < 5.0  # one forward pass (1 image x 12 steps) is ~0.1 s here
+    delivered = [m for m in before_first + rest if m["type"] == "slice"]
+    assert rest[-1] == {"type": "cancelled", "job_id": "long", "slices": len(delivered)}
+    assert 1 <= len(delivered) < 9
+    for message in delivered:
+        with np.load(message["file"]) as arrays:
+            assert arrays["samples"].shape[0] == 2
+    assert shared.next() == {"type": "cancelled", "job_id": "queued", "slices": 0}
+    shared.send({"type": "ping", "id": 1})
+    assert shared.next()["type"] == "pong"
+
+
+def test_killed_worker_is_detectable_and_delivered_files_stay_valid(own_worker, volume_path, tmp_path):
+    own_worker.send(long_job("doomed", volume_path, tmp_path / "doomed"))
+    first = own_worker.until({"slice"})[-1]
+    own_worker.process.send_signal(signal.SIGKILL)
+    while (message := own_worker.next()) is not None:  # output ends (EOF) after at most a few more messages
+        assert message["type"] in ("slice", "progress")
+    assert own_worker.process.wait(TIMEOUT) == -signal.SIGKILL
+    with np.load(first["file"]) as arrays:
+        assert arrays["consensus"].shape == (6, 11)
+
+
+def test_end_of_input_exits_0(own_worker):
+    own_worker.process.stdin.close()  # the client went away
+    assert own_worker.process.wait(TIMEOUT) == 0
+    assert own_worker.next() is None
+
+
+def test_shutdown_during_a_job_cancels_it_and_exits_0(shared, volume_path, tmp_path):
+    """Ends the shared worker, so it comes last in this file."""
+    shared.send(long_job("busy", volume_path, tmp_path / "busy"))
+    shared.until({"slice"})
+    shared.send({"type": "shutdown"})
+    assert shared.until({"cancelled"})[-1]["job_id"] == "busy"
+    assert shared.process.wait(TIMEOUT) == 0
+    assert shared.next() is None

@@ -1,0 +1,82 @@
+"""Inference speed per model kind: slices/s and first-slice latency at N samples, batching on vs off.
+
+"Batch on" lets sdseg.inference choose the images per forward pass from the free memory; "batch off" runs one image
+per forward pass. Uses the installed model of each kind (sdseg.registry) when there is one, otherwise a randomly
+initialised preset (speed does not depend on the weights). Prints one table and the on/off ratios of this run.
+
+    python scripts/benchmark_inference.py --slices 8 --size 64 --samples 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from sdseg import inference, registry
+from sdseg.checkpoint import load_model
+from sdseg.models import MODEL_CLASSES, build_model
+
+
+def model_of_kind(kind: str, preset: str, device: torch.device):
+    """(model, label): the first installed model of ``kind``, else a random ``preset`` model."""
+    for entry in registry.list_models():
+        if entry["kind"] == kind:
+            return load_model(entry["path"], device), entry["name"]
+    torch.manual_seed(0)
+    return build_model(kind, preset).to(device).eval(), f"{kind}/{preset} (random weights)"
+
+
+def measure(model, volume: np.ndarray, samples: int, batch_size: int | None, steps: int | None) -> tuple[float, float]:
+    """(slices per second, seconds to the first slice) for segmenting every K slice of ``volume``."""
+    roi = [0, 0, 0, volume.shape[2], volume.shape[1], volume.shape[0]]
+    started = time.perf_counter()
+    first = None
+    for _ in inference.segment_slices(model, volume, roi, 2, samples, steps=steps, batch_size=batch_size):
+        first = time.perf_counter() - started if first is None else first
+    return volume.shape[0] / (time.perf_counter() - started), first
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="+", default=list(MODEL_CLASSES), choices=list(MODEL_CLASSES))
+    parser.add_argument("--samples", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--slices", type=int, default=8, help="slices in the synthetic volume")
+    parser.add_argument("--size", type=int, default=64, help="in-plane size of the synthetic slices")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: each model's own)")
+    parser.add_argument("--preset", default="tiny", help="preset for kinds without an installed model")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    volume = np.random.default_rng(0).normal(0.0, 100.0, (args.slices, args.size, args.size)).astype(np.float32)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, volume "
+          f"{args.slices} x {args.size} x {args.size}")
+    print(f"{'model':<36} {'N':>3} {'batch':>5} {'slices/s':>9} {'first slice s':>14}")
+    ratios = []
+    for kind in args.kinds:
+        model, label = model_of_kind(kind, args.preset, device)
+        auto = inference.auto_batch_size(device, model.config["image_size"])
+        measure(model, volume[:1], 1, 1, args.steps)  # warm-up (kernel selection, allocator)
+        for samples in args.samples:
+            results = {}
+            for mode, batch_size in (("on", None), ("off", 1)):
+                results[mode] = measure(model, volume, samples, batch_size, args.steps)
+                shown = auto if mode == "on" else 1
+                print(f"{label:<36} {samples:>3} {shown:>5} {results[mode][0]:>9.2f} {results[mode][1]:>14.3f}")
+            ratios.append((label, samples, results["on"][0] / results["off"][0],
+                           results["on"][1] / results["off"][1]))
+    print("\nbatch on / off, measured in this run:")
+    print(f"{'model':<36} {'N':>3} {'throughput x':>13} {'first-slice latency x':>22}")
+    for label, samples, speedup, latency in ratios:
+        print(f"{label:<36} {samples:>3} {speedup:>13.2f} {latency:>22.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""``python -m sdseg.worker``: the inference worker process (docs/protocol.md).
+
+stdout carries protocol messages only: the process's file descriptor 1 is pointed at stderr, so anything a library
+prints (Python or C) lands in the log, and messages go to a private duplicate of the original stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+
+def main() -> int:
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", newline="\n")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("SDSEG_WORKER_LOG", "INFO"),
+                        format="sdseg.worker %(levelname)s %(name)s: %(message)s")
+    from sdseg.worker.server import Worker, hello_message  # after the redirection: importing torch may print
+
+    worker = Worker(protocol_out)
+    worker.send(hello_message())
+    threading.Thread(target=worker.read_requests, args=(sys.stdin.buffer,), name="stdin-reader", daemon=True).start()
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Worker protocol version 1 (docs/protocol.md): message constructors, request validation, error codes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+PROTOCOL_VERSION = 1
+
+BAD_REQUEST = "bad_request"
+UNKNOWN_MODEL = "unknown_model"
+BAD_MODEL = "bad_model"
+BAD_VOLUME = "bad_volume"
+MODEL_MISMATCH = "model_mismatch"
+OUT_OF_MEMORY = "out_of_memory"
+DEVICE_UNAVAILABLE = "device_unavailable"
+INTERNAL = "internal"
+WORKER_CRASHED = "worker_crashed"  # reported by the client itself when the worker process ends unexpectedly
+ERROR_CODES = frozenset({BAD_REQUEST, UNKNOWN_MODEL, BAD_MODEL, BAD_VOLUME, MODEL_MISMATCH, OUT_OF_MEMORY,
+                         DEVICE_UNAVAILABLE, INTERNAL, WORKER_CRASHED})
+
+DEVICES = ("auto", "cuda", "cpu")
+MAX_SAMPLES = 256
+SEGMENT_DEFAULTS = {"model": None, "samples": 8, "steps": None, "seed": 0, "device": "auto", "batch_size": None,
+                    "roi_ijk": None, "slice_axis": None}
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be carried out; ``code`` is an error code, ``job_id`` the request's job (or None)."""
+
+    def __init__(self, message: str, code: str = BAD_REQUEST, job_id: str | None = None):
+        super().__init__(message)
+        self.code, self.job_id = code, job_id
+
+
+def encode(message: dict) -> str:
+    """One JSON line (no NaN/inf, ASCII-safe) for a message."""
+    return json.dumps(message, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def _finite_or_none(value):
+    return None if value is None or not math.isfinite(value) else round(float(value), 3)
+
+
+def hello(torch_version: str, cuda: str | None, device: str, gpu_name: str | None, gpu_free_mb: int | None,
+          models: list[dict]) -> dict:
+    return {"type": "hello", "protocol": PROTOCOL_VERSION, "torch": torch_version, "cuda": cuda, "device": device,
+            "gpu_name": gpu_name, "gpu_free_mb": gpu_free_mb, "models": models}
+
+
+def accepted(job_id: str, shape_kji, ijk_to_ras, slice_axis: int, roi_ijk, model: str, device: str,
+             total: int) -> dict:
+    volume = {"shape_kji": [int(n) for n in shape_kji], "ijk_to_ras": [[float(v) for v in row] for row in ijk_to_ras],
+              "slice_axis": int(slice_axis), "roi_ijk": [int(v) for v in roi_ijk]}
+    return {"type": "accepted", "job_id": job_id, "volume": volume, "model": model, "device": device,
+            "total": int(total)}
+
+
+def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None) -> dict:
+    return {"type": "progress", "job_id": job_id, "phase": phase, "done": done, "total": total,
+            "eta_s": _finite_or_none(eta_s)}
+
+
+def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta_s: float | None) -> dict:
+    return {"type": "slice", "job_id": job_id, "index": int(index), "file": file, "done": done, "total": total,
+            "eta_s": _finite_or_none(eta_s)}
+
+
+def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str) -> dict:
+    return {"type": "done", "job_id": job_id, "slices": slices, "seconds": round(seconds, 3),
+            "summary": {"samples": samples, "model": model, "device": device}}
+
+
+def cancelled(job_id: str, slices: int) -> dict:
+    return {"type": "cancelled", "job_id": job_id, "slices": slices}
+
+
+def error(job_id: str | None, code: str, message: str) -> dict:
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return {"type": "error", "job_id": job_id, "code": code, "message": message}
+
+
+def pong(ping_id) -> dict:
+    return {"type": "pong", "id": ping_id}
+
+
+def _integer(request: dict, key: str, low: int, high: int | None = None, nullable: bool = False):
+    value = request[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ProtocolError(f"'{key}' must be an integer {bounds}{' or null' if nullable else ''}, got {value!r}",
+                            job_id=request.get("job_id"))
+    return value
+
+
+def _segment(request: dict) -> dict:
+    job = {**SEGMENT_DEFAULTS, **{k: v for k, v in request.items() if v is not None or k not in SEGMENT_DEFAULTS}}
+    job_id = job.get("job_id")
+    for key in ("job_id", "volume", "job_dir"):
+        if not isinstance(job.get(key), str) or not job[key]:
+            raise ProtocolError(f"'segment' needs '{key}' (a non-empty string)", job_id=job_id)
+    if job["model"] is not None and (not isinstance(job["model"], str) or not job["model"]):
+        raise ProtocolError("'model' must be a model name or folder (string) or null", job_id=job_id)
+    _integer(job, "samples", 1, MAX_SAMPLES)
+    _integer(job, "steps", 1, nullable=True)
+    _integer(job, "seed", 0, 2 ** 63 - 1)
+    _integer(job, "batch_size", 1, nullable=True)
+    _integer(job, "slice_axis", 0, 2, nullable=True)
+    if job["device"] not in DEVICES:
+        raise ProtocolError(f"'device' must be one of {', '.join(DEVICES)}, got {job['device']!r}", job_id=job_id)
+    roi = job["roi_ijk"]
+    if roi is not None and (not isinstance(roi, list) or len(roi) != 6
+                            or any(isinstance(v, bool) or not isinstance(v, int) for v in roi)):
+        raise ProtocolError(f"'roi_ijk' must be null or 6 integers [i0, j0, k0, i1, j1, k1], got {roi!r}",
+                            job_id=job_id)
+    return job
+
+
+def parse_request(line: str) -> dict:
+    """A validated client request from one line; ``segment`` gets its defaults filled in.
+
+    Raises :class:`ProtocolError` (code ``bad_request``) for anything malformed. Unknown fields are ignored.
+    """
+    try:
+        request = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"not a JSON object: {err}; send one JSON object per line") from err
+    if not isinstance(request, dict):
+        raise ProtocolError("a request must be a JSON object with a 'type'")
+    kind = request.get("type")
+    job_id = request.get("job_id") if isinstance(request.get("job_id"), str) else None
+    if kind == "segment":
+        return _segment(request)
+    if kind == "cancel":
+        if job_id is None:
+            raise ProtocolError("'cancel' needs 'job_id' (a string)")
+        return request
+    if kind == "ping":
+        return {"type": "ping", "id": request.get("id")}
+    if kind == "shutdown":
+        return request
+    raise ProtocolError(f"unknown request type {kind!r}; expected segment, cancel, ping or shutdown", job_id=job_id)

@@ -1,0 +1,289 @@
+"""The worker process (docs/protocol.md): reads requests on stdin, runs one job at a time, streams results.
+
+A reader thread parses requests as they arrive (so ``cancel``, ``ping`` and ``shutdown`` are handled while a job
+runs); the main thread runs the queued ``segment`` jobs in order. The loaded model is cached across jobs. Every
+failure becomes an ``error`` message with a code and a human message; tracebacks go to the log (stderr) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdseg import checkpoint, inference, registry
+from sdseg.volume_io import VolumeError, check_roi, choose_slice_axis, read_volume
+from sdseg.worker import protocol
+
+PROGRESS_INTERVAL_S = 1.0  # at most one batch-progress message per second (slices report their own progress)
+
+log = logging.getLogger("sdseg.worker")
+
+
+class JobError(Exception):
+    """A job failure with its protocol error code and human message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def resolve_device(requested: str) -> torch.device:
+    """"cpu", or CUDA for "cuda" and "auto" when available ("auto" falls back to the CPU)."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cpu")
+    reason = (f"this PyTorch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+              else "no CUDA GPU is visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides it)")
+    raise JobError(protocol.DEVICE_UNAVAILABLE,
+                   f"CUDA was requested but {reason}. Choose device 'auto' or 'cpu', or install a CUDA build of "
+                   "PyTorch matching your GPU driver.")
+
+
+def hello_message() -> dict:
+    cuda = torch.cuda.is_available()
+    free_mb = int(torch.cuda.mem_get_info()[0] // 2 ** 20) if cuda else None
+    return protocol.hello(torch.__version__, torch.version.cuda, "cuda" if cuda else "cpu",
+                          torch.cuda.get_device_name() if cuda else None, free_mb, registry.list_models())
+
+
+def _model_key(folder: Path, device: torch.device) -> tuple:
+    stamps = tuple((folder / name).stat().st_mtime_ns if (folder / name).exists() else None
+                   for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE))
+    return str(folder), str(device), stamps
+
+
+def _write_npz(path: Path, **arrays) -> None:
+    """Write ``path`` atomically: the client never sees a partial file."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    os.replace(partial, path)
+
+
+def _out_of_memory_message(device: torch.device, job: dict) -> str:
+    return (f"Out of memory on {device.type} even with one image per forward pass ({job['samples']} samples "
+            "requested). Use fewer samples, a smaller batch size, a smaller ROI or model, close other programs "
+            "using the GPU, or choose device 'cpu'.")
+
+
+class JobProgress:
+    """Slices delivered and ETA of the running job; sends at most one batch ``progress`` per PROGRESS_INTERVAL_S."""
+
+    def __init__(self, send, job_id: str, total: int):
+        self._send, self.job_id, self.total = send, job_id, total
+        self.delivered, self.eta_s = 0, None
+        self._since = self._last_message = time.monotonic()
+
+    def on_batch(self, images_done: int, images_total: int) -> None:
+        now = time.monotonic()
+        self.eta_s = (now - self._since) / images_done * (images_total - images_done)
+        if now - self._last_message >= PROGRESS_INTERVAL_S:
+            self._send(protocol.progress(self.job_id, "segmenting", self.delivered, self.total, self.eta_s))
+            self._last_message = now
+
+    def slice_delivered(self, index: int, path: Path) -> None:
+        self.delivered += 1
+        self._send(protocol.slice_message(self.job_id, index, str(path), self.delivered, self.total, self.eta_s))
+        self._last_message = time.monotonic()
+
+
+class Worker:
+    def __init__(self, out_stream):
+        self._out = out_stream
+        self._out_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._jobs: queue.Queue = queue.Queue()
+        self._waiting: set[str] = set()  # queued or running job ids
+        self._cancel: set[str] = set()
+        self._stopping = threading.Event()
+        self._model_key, self._model = None, None
+
+    # --- output ------------------------------------------------------------------------------------------------
+    def send(self, message: dict) -> None:
+        line = protocol.encode(message)
+        with self._out_lock:
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (OSError, ValueError) as error:  # the client closed the pipe: nobody to work for any more
+                log.warning("cannot write to the client (%s); stopping", error)
+                self._stopping.set()
+
+    # --- input (reader thread) ---------------------------------------------------------------------------------
+    def read_requests(self, in_stream) -> None:
+        """Parse request lines until ``shutdown`` or end of input, then tell the main loop to stop."""
+        for raw in iter(in_stream.readline, b""):
+            if not raw.strip():
+                continue
+            try:
+                request = protocol.parse_request(raw.decode("utf-8"))
+            except (protocol.ProtocolError, UnicodeDecodeError) as error:
+                job_id = getattr(error, "job_id", None)
+                self.send(protocol.error(job_id, protocol.BAD_REQUEST, f"invalid request: {error}"))
+                continue
+            if request["type"] == "shutdown":
+                log.info("shutdown requested")
+                break
+            self._handle(request)
+        else:
+            log.info("input closed; stopping")
+        self._stopping.set()
+        self._jobs.put(None)
+
+    def _handle(self, request: dict) -> None:
+        kind = request["type"]
+        if kind == "ping":
+            self.send(protocol.pong(request["id"]))
+        elif kind == "cancel":
+            with self._state_lock:
+                if request["job_id"] in self._waiting:
+                    self._cancel.add(request["job_id"])
+                else:
+                    log.info("cancel for job %s that is not queued or running: ignored", request["job_id"])
+        else:
+            with self._state_lock:
+                duplicate = request["job_id"] in self._waiting
+                if not duplicate:
+                    self._waiting.add(request["job_id"])
+            if duplicate:
+                self.send(protocol.error(request["job_id"], protocol.BAD_REQUEST,
+                                         f"job {request['job_id']} is already queued or running; use a new job_id"))
+            else:
+                self._jobs.put(request)
+
+    def _should_stop(self, job_id: str) -> bool:
+        return self._stopping.is_set() or job_id in self._cancel
+
+    # --- jobs (main thread) ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run queued jobs until the reader thread stops; returns the exit status."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return 0
+            try:
+                self._run_job(job)
+            finally:
+                with self._state_lock:
+                    self._waiting.discard(job["job_id"])
+                    self._cancel.discard(job["job_id"])
+
+    def _run_job(self, job: dict) -> None:
+        job_id, started = job["job_id"], time.monotonic()
+        progress = None
+        try:
+            if self._should_stop(job_id):
+                self.send(protocol.cancelled(job_id, 0))
+                return
+            folder, device, volume, roi, slice_axis = self._prepare(job)
+            progress = JobProgress(self.send, job_id, roi[slice_axis + 3] - roi[slice_axis])
+            self._segment(job, folder, device, volume, roi, slice_axis, progress)
+            if progress.delivered < progress.total:  # stopped early: cancelled, shutdown or the client went away
+                self.send(protocol.cancelled(job_id, progress.delivered))
+            else:
+                self.send(protocol.done(job_id, progress.delivered, time.monotonic() - started, job["samples"],
+                                        folder.name, device.type))
+        except JobError as error:
+            self.send(protocol.error(job_id, error.code, str(error)))
+        except Exception as error:  # noqa: BLE001 - the worker must survive any job failure
+            log.exception("job %s failed", job_id)
+            delivered = progress.delivered if progress else 0
+            self.send(protocol.error(job_id, protocol.INTERNAL,
+                                     f"unexpected error ({type(error).__name__}: {error}) after {delivered} "
+                                     "slice(s); the worker log (stderr) has the details. Please report it."))
+
+    def _load_model(self, folder: Path, device: torch.device):
+        key = _model_key(folder, device)
+        if key != self._model_key:
+            self._model_key, self._model = None, None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            started = time.monotonic()
+            self._model = checkpoint.load_model(folder, device)
+            self._model_key = key
+            log.info("loaded model %s on %s in %.1f s", folder, device, time.monotonic() - started)
+        return self._model
+
+    def _prepare(self, job: dict):
+        """Check everything that can be checked before any work -> (model folder, device, volume, roi, slice_axis)."""
+        try:
+            folder = registry.resolve_model(job["model"] or registry.DEFAULT_MODEL)
+            config = checkpoint.read_config(folder)["config"]
+        except registry.UnknownModelError as error:
+            raise JobError(protocol.UNKNOWN_MODEL, str(error)) from error
+        except checkpoint.CheckpointError as error:
+            raise JobError(protocol.BAD_MODEL, str(error)) from error
+        device = resolve_device(job["device"])
+        try:
+            volume = read_volume(job["volume"])
+        except VolumeError as error:
+            raise JobError(protocol.BAD_VOLUME, str(error)) from error
+        shape = volume.array_kji.shape
+        try:
+            roi = check_roi(job["roi_ijk"], shape)
+        except ValueError as error:
+            raise JobError(protocol.BAD_REQUEST, str(error)) from error
+        slice_axis = job["slice_axis"]
+        if slice_axis is None:
+            slice_axis = choose_slice_axis(volume.ijk_to_ras, "axial", shape)
+        try:
+            inference.check_model_fits_volume(config)
+        except inference.ModelMismatchError as error:
+            raise JobError(protocol.MODEL_MISMATCH, f"model {folder.name}: {error}") from error
+        try:
+            Path(job["job_dir"]).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise JobError(protocol.BAD_REQUEST, f"cannot create the job folder {job['job_dir']} ({error}); "
+                                                 "choose a writable folder") from error
+        return folder, device, volume, roi, slice_axis
+
+    def _segment(self, job: dict, folder: Path, device: torch.device, volume, roi: list[int], slice_axis: int,
+                 progress: JobProgress) -> None:
+        """Send ``accepted``, load the model, stream the slices; returns early when the job must stop."""
+        job_id = job["job_id"]
+        self.send(protocol.accepted(job_id, volume.array_kji.shape, volume.ijk_to_ras, slice_axis, roi, folder.name,
+                                    device.type, progress.total))
+        self.send(protocol.progress(job_id, "loading model", 0, progress.total, None))
+        try:
+            model = self._load_model(folder, device)
+        except checkpoint.CheckpointError as error:
+            raise JobError(protocol.BAD_MODEL, str(error)) from error
+        except (RuntimeError, MemoryError) as error:
+            if inference.is_out_of_memory(error):
+                raise JobError(protocol.OUT_OF_MEMORY, _out_of_memory_message(device, job)) from error
+            if "CUDA" in str(error):
+                raise JobError(protocol.DEVICE_UNAVAILABLE,
+                               f"the GPU could not be used ({error}); choose device 'cpu', or install a PyTorch "
+                               "build that supports this GPU") from error
+            raise
+        if self._should_stop(job_id):
+            return
+        self.send(protocol.progress(job_id, "segmenting", 0, progress.total, None))
+        results = inference.segment_slices(model, volume.array_kji, roi, slice_axis, job["samples"], job["steps"],
+                                           job["seed"], job["batch_size"], lambda: self._should_stop(job_id),
+                                           progress.on_batch)
+        job_dir = Path(job["job_dir"]).resolve()
+        try:
+            for result in results:
+                if self._should_stop(job_id):
+                    return
+                path = job_dir / f"slice_{result.index:05d}.npz"
+                _write_npz(path, samples=result.samples, consensus=result.consensus, variance=result.variance)
+                progress.slice_delivered(result.index, path)
+        except inference.OutOfMemory as error:
+            raise JobError(protocol.OUT_OF_MEMORY, _out_of_memory_message(device, job)) from error
+        except OSError as error:
+            raise JobError(protocol.BAD_REQUEST, f"cannot write results into {job['job_dir']} ({error}); check "
+                                                 "the disk space and that the folder still exists") from error
+        finally:
+            results.close()
