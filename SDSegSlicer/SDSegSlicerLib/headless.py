@@ -1,0 +1,306 @@
+"""`sdseg-slicer`: segment a volume file outside 3D Slicer, with the module's own code path (WorkerClient +
+SegmentationRun on a vtkMRMLScene from slicer-core), and list the installed models.
+
+    sdseg-slicer segment INPUT -o OUT.seg.nrrd [--roi x0,y0,z0,x1,y1,z1] [--model NAME] [--samples 8] ...
+    sdseg-slicer models [--python PATH]
+
+Writes OUT.seg.nrrd (segments consensus, sample 1..N), OUT_variance.nrrd, OUT_summary.json / .csv and
+OUT_preview.png. Ctrl-C cancels the job and writes what arrived. Every failure is one line on stderr and a
+non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+import slicer
+
+from .export import export_segmentation, export_volume
+from .preview import write_preview
+from .run import DEFAULT_SAMPLES, SegmentationRun
+from .segmentation_writer import ensure_converter_rules
+from .stats import segmentation_statistics, write_statistics
+from .worker_client import WorkerClient, WorkerError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+WORKER_START_TIMEOUT_S = 300.0
+POLL_INTERVAL_S = 0.2
+PROGRESS_BAR_WIDTH = 30
+LOG_INTERVAL_S = 1.0  # progress lines when stderr is not a terminal
+CANCEL_GRACE_S = 60.0
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what to do."""
+
+
+def output_paths(output: str) -> dict[str, Path]:
+    """All files of a run, named after -o OUT.seg.nrrd."""
+    if not output.lower().endswith(SEGMENTATION_SUFFIX):
+        raise UsageError(f"-o {output}: the output must be a {SEGMENTATION_SUFFIX} file, e.g. -o out/ct.seg.nrrd")
+    base = output[: -len(SEGMENTATION_SUFFIX)]
+    return {"segmentation": Path(output), "variance": Path(base + "_variance.nrrd"),
+            "summary_json": Path(base + "_summary.json"), "summary_csv": Path(base + "_summary.csv"),
+            "preview": Path(base + "_preview.png")}
+
+
+def parse_roi(text: str) -> list[int]:
+    """'x0,y0,z0,x1,y1,z1' (IJK voxel indices, end exclusive) -> [i0, j0, k0, i1, j1, k1]."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6 or any(v < 0 for v in values) or any(values[a] >= values[a + 3] for a in range(3)):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not x0,y0,z0,x1,y1,z1: six voxel indices >= 0 with x0 < x1, y0 < y1, z0 < z1 "
+            "(the end is exclusive)")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 0")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="sdseg-slicer", description="Diffusion-model lesion segmentation with uncertainty.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    segment = commands.add_parser("segment", help="segment a volume file or DICOM folder")
+    segment.add_argument("input", help="volume (.nrrd .nhdr .nii .nii.gz .mha .mhd) or DICOM series folder")
+    segment.add_argument("-o", "--output", required=True, help="output OUT.seg.nrrd (other files are named after it)")
+    segment.add_argument("--roi", type=parse_roi, help="x0,y0,z0,x1,y1,z1: IJK voxel box, end exclusive")
+    segment.add_argument("--model", help="model name or folder (default: the default model)")
+    segment.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
+                         help=f"number of samples (default {DEFAULT_SAMPLES})")
+    segment.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
+    segment.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    segment.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    segment.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: automatic)")
+    segment.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    models = commands.add_parser("models", help="list the installed models")
+    models.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    return parser
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressBar:
+    """One self-updating line on a terminal; a line per second (and per phase change) otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self._last_text, self._last_time = None, 0.0
+
+    def update(self, progress: dict) -> None:
+        done, total = progress["done"], progress["total"]
+        filled = int(PROGRESS_BAR_WIDTH * done / total) if total else 0
+        text = (f"{progress['phase']:<14} [{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}] "
+                f"{done}/{total} slices  ETA {format_duration(progress['eta_s'])}")
+        if text == self._last_text:
+            return
+        phase_changed = self._last_text is None or not self._last_text.startswith(f"{progress['phase']:<14}")
+        now = time.monotonic()
+        if self.interactive:
+            self.stream.write("\r" + text)
+        elif phase_changed or now - self._last_time >= LOG_INTERVAL_S:
+            self.stream.write(text + "\n")
+        else:
+            return
+        self.stream.flush()
+        self._last_text, self._last_time = text, now
+
+    def close(self) -> None:
+        if self.interactive and self._last_text is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def start_client(python):
+    client = WorkerClient(python_executable=python)
+    print("Starting the worker ...", file=sys.stderr, flush=True)
+    try:
+        client.start(WORKER_START_TIMEOUT_S)
+    except BaseException:  # Ctrl-C while starting included: never leave a worker behind
+        client.stop()
+        raise
+    return client
+
+
+def command_models(args) -> int:
+    client = start_client(args.python)
+    try:
+        hello = client.hello
+    finally:
+        client.stop()
+    device = hello["device"] + (f" ({hello['gpu_name']})" if hello.get("gpu_name") else "")
+    print(f"torch {hello['torch']}, device {device}")
+    if not hello["models"]:
+        print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
+    for model in hello["models"]:
+        print(f"{model['name']:<24} {model['kind']:<10} {model.get('description') or ''}")
+    return 0
+
+
+def wait_for_run(run, progress_bar) -> bool:
+    """Process messages until the run ends; Ctrl-C asks for a cancel, a second Ctrl-C stops waiting.
+    Returns whether the user interrupted."""
+    interrupted, cancel_deadline = False, None
+    while run.state == "running":
+        try:
+            if run.process_messages(POLL_INTERVAL_S) == "running":
+                progress_bar.update(run.progress)
+            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+                break
+        except KeyboardInterrupt:
+            if interrupted:
+                break
+            interrupted, cancel_deadline = True, time.monotonic() + CANCEL_GRACE_S
+            progress_bar.close()
+            print("Cancelling (Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
+            run.cancel()
+    progress_bar.close()
+    return interrupted
+
+
+def read_input_voxels(path: str, shape_kji):
+    """The input's voxels (K, J, I) for the preview background, or None if they cannot be read the same way."""
+    try:
+        if Path(path).is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(path)
+            files = max((reader.GetGDCMSeriesFileNames(path, uid) for uid in series), key=len, default=())
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(path)
+    except RuntimeError:
+        return None
+    array = sitk.GetArrayFromImage(image)
+    return array if array.shape == tuple(shape_kji) else None
+
+
+def write_outputs(run, paths, args) -> None:
+    export_segmentation(run.segmentation_node, paths["segmentation"])
+    export_volume(run.variance_node, paths["variance"])
+    statistics = segmentation_statistics(run.segmentation_node, run.variance_node)
+    run_info = {
+        "input": str(Path(args.input).resolve()), "state": run.state,
+        "slices_done": run.progress["done"], "slices_total": run.progress["total"],
+        "model": run.accepted.get("model"), "device": run.accepted.get("device"), "samples": args.samples,
+        "steps": args.steps, "seed": args.seed, "roi_ijk": run.accepted["volume"]["roi_ijk"],
+        "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
+        "error": run.error_message, "outputs": {key: str(path) for key, path in paths.items()},
+    }
+    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
+    volume = run.accepted["volume"]
+    write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
+                  read_input_voxels(args.input, volume["shape_kji"]))
+
+
+def command_segment(args) -> int:
+    paths = output_paths(args.output)
+    if not Path(args.input).exists():
+        raise UsageError(f"{args.input}: no such file or folder; give a volume file or a DICOM series folder")
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{', '.join(existing)} already exist(s): choose another -o, or pass --overwrite")
+    paths["segmentation"].parent.mkdir(parents=True, exist_ok=True)
+
+    ensure_converter_rules()
+    scene = slicer.vtkMRMLScene()
+    job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,
+           "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
+           "roi_ijk": args.roi, "slice_axis": None}
+    try:
+        client = start_client(args.python)
+    except KeyboardInterrupt:
+        print("Cancelled before the worker was ready; nothing written.", file=sys.stderr)
+        return EXIT_CANCELLED
+    try:
+        run = SegmentationRun(scene, client, job)
+        run.start()
+        interrupted = wait_for_run(run, ProgressBar())
+        if run.state == "running":  # stopped waiting for a worker that does not answer: keep what arrived
+            run.abandon()
+    finally:
+        client.stop()
+    return report_run(run, paths, args, interrupted)
+
+
+def report_run(run, paths, args, interrupted: bool) -> int:
+    done, total = run.progress["done"], run.progress["total"]
+    if run.writer is None or run.writer.slices_received == 0:
+        if run.state == "error":
+            print(f"sdseg-slicer: error: {run.error_message}", file=sys.stderr)
+            return EXIT_ERROR
+        print("Cancelled before the first slice arrived; nothing written.", file=sys.stderr)
+        return EXIT_CANCELLED if interrupted else EXIT_ERROR
+    write_outputs(run, paths, args)
+    written = f"{paths['segmentation']} (+ _variance.nrrd, _summary.json, _summary.csv, _preview.png)"
+    if run.state == "done":
+        print(f"Done: {done} slices in {format_duration(run.elapsed_s)}. Wrote {written}", file=sys.stderr)
+        return 0
+    if run.state == "cancelled":
+        print(f"Cancelled after {done} of {total} slices; wrote the partial result {written}", file=sys.stderr)
+        return EXIT_CANCELLED if interrupted else EXIT_ERROR
+    print(f"sdseg-slicer: error: {run.error_message}", file=sys.stderr)
+    print(f"Kept the {done} of {total} slices that arrived: {written}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return command_models(args) if args.command == "models" else command_segment(args)
+    except UsageError as error:
+        print(f"sdseg-slicer: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (WorkerError, ValueError, OSError) as error:
+        print(f"sdseg-slicer: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("sdseg-slicer: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as error:  # noqa: BLE001 - users get one line, never a traceback
+        print(f"sdseg-slicer: error: unexpected {type(error).__name__}: {error} (please report it)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Client of the segmentation worker (`python -m sdseg.worker`, protocol version 1, see docs/protocol.md).
+
+The worker runs in its own process with stdin/stdout pipes; a reader thread turns its stdout lines into messages
+on a queue, so poll() never blocks the Slicer GUI (call it from a QTimer). A worker that exits or closes its
+stdout is reported as an `error` message with code `worker_crashed` and the end of its stderr.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+PROTOCOL_VERSION = 1
+WORKER_MODULE = "sdseg.worker"
+STDERR_LINES_KEPT = 200
+CRASH_REPORT_LINES = 6
+STOP_TIMEOUT_S = 10.0
+# Environment variables of Slicer's own Python that would break another interpreter.
+FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
+
+
+class WorkerError(RuntimeError):
+    """The worker could not be started or reached; the message says what to do."""
+
+
+_END_OF_OUTPUT = object()
+
+
+def default_python_executable() -> str:
+    """This process's Python; inside the 3D Slicer application (whose sys.executable is Slicer itself) the
+    PythonSlicer interpreter next to it."""
+    slicer_module = sys.modules.get("slicer")
+    if getattr(slicer_module, "app", None) is not None:
+        python_slicer = shutil.which("PythonSlicer")
+        if python_slicer:
+            return python_slicer
+    return sys.executable
+
+
+def backend_root() -> Path | None:
+    """Folder holding the `sdseg` backend package as source: the module folder of an installed extension
+    (sdseg/ beside SDSegSlicerLib/) or the repository root. None when sdseg is installed in site-packages."""
+    lib_dir = Path(__file__).resolve().parent
+    for root in (lib_dir.parent, lib_dir.parent.parent):
+        if (root / "sdseg" / "worker").is_dir() and root.name not in ("site-packages", "dist-packages"):
+            return root
+    return None
+
+
+def worker_environment(env: dict | None, external_interpreter: bool) -> dict:
+    """Environment of the worker process: `env` (default: this process's), without Slicer's Python variables
+    for an external interpreter, the backend folder first on PYTHONPATH, unbuffered UTF-8 pipes."""
+    result = dict(os.environ if env is None else env)
+    if external_interpreter:
+        for name in FOREIGN_PYTHON_VARIABLES:
+            result.pop(name, None)
+    root = backend_root()
+    if root is not None:
+        result["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), result.get("PYTHONPATH", "")) if p)
+    result["PYTHONUNBUFFERED"] = "1"
+    result["PYTHONIOENCODING"] = "utf-8"
+    return result
+
+
+class WorkerClient:
+    """One worker process; jobs are submitted to it and its messages polled."""
+
+    def __init__(self, python_executable: str | None = None, env: dict | None = None):
+        default = default_python_executable()
+        self.python_executable = python_executable or default
+        external = (os.path.realpath(shutil.which(self.python_executable) or self.python_executable)
+                    != os.path.realpath(default))
+        self._env = worker_environment(env, external)
+        self._process = None
+        self._messages: queue.Queue = queue.Queue()
+        self._stderr = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self._threads: list[threading.Thread] = []
+        self._write_lock = threading.Lock()
+        self._jobs_root = None
+        self._active_jobs: list[str] = []
+        self._stopping = False
+        self._crash_reported = False
+        self.hello = None
+
+    # --- process ----------------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None and not self._stopping
+
+    def start(self, timeout: float = 120.0) -> dict:
+        """Start the worker and wait for its `hello` (models, device); raises WorkerError with a clear message."""
+        if self._process is not None:
+            raise WorkerError("The worker is already started: stop it before starting it again.")
+        try:
+            self._process = subprocess.Popen(
+                [self.python_executable, "-m", WORKER_MODULE],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, encoding="utf-8", errors="replace", bufsize=1, env=self._env,
+                # Own process group: Ctrl-C in a terminal reaches the client, which cancels the job cleanly.
+                start_new_session=os.name != "nt",
+                creationflags=(subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW)
+                if os.name == "nt" else 0)
+        except OSError as error:
+            raise WorkerError(f"Cannot start the worker with Python '{self.python_executable}' ({error}): "
+                              "choose a Python 3 interpreter that has torch installed.") from None
+        self._jobs_root = Path(tempfile.mkdtemp(prefix="sdseg-jobs-"))
+        self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        self.hello = self._wait_for_hello(timeout)
+        return self.hello
+
+    def _wait_for_hello(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            messages = self.poll(timeout=max(remaining, 0.0)) if remaining > 0 else []
+            if not messages and remaining <= 0:
+                tail = self.stderr_tail(CRASH_REPORT_LINES)
+                self.stop()
+                raise WorkerError(f"The worker did not start within {timeout:.0f} s"
+                                  + (f" (last output: {tail})" if tail else "")
+                                  + ": check the Python interpreter and try again.")
+            for message in messages:
+                if message.get("type") == "error":
+                    self.stop()
+                    details = message.get("stderr_tail") or message["message"]
+                    raise WorkerError(f"The worker stopped before it was ready ({details}): use a Python that "
+                                      "has torch and the SDSegSlicer backend installed.")
+                if message.get("type") != "hello":
+                    self.stop()
+                    raise WorkerError(f"The worker sent '{message.get('type')}' before its hello: "
+                                      "it is not an SDSegSlicer worker.")
+                if message.get("protocol") != PROTOCOL_VERSION:
+                    self.stop()
+                    raise WorkerError(f"The worker speaks protocol {message.get('protocol')} but this module "
+                                      f"speaks {PROTOCOL_VERSION}: update SDSegSlicer and its backend together.")
+                return message
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Ask the worker to exit (kill it if it does not), and delete the job folders."""
+        process = self._process
+        if process is not None and not self._stopping:
+            self._stopping = True
+            if process.poll() is None:
+                try:
+                    self._send({"type": "shutdown"})
+                    process.stdin.close()
+                except (OSError, ValueError):  # the worker is already gone
+                    pass
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            for thread in self._threads:
+                thread.join(timeout=2.0)
+            for stream in (process.stdin, process.stdout, process.stderr):
+                try:
+                    stream.close()
+                except (OSError, ValueError):
+                    pass
+        if self._jobs_root is not None:
+            shutil.rmtree(self._jobs_root, ignore_errors=True)
+            self._jobs_root = None
+
+    # --- pipes ------------------------------------------------------------------------------------------------
+
+    def _read_stdout(self):
+        for line in self._process.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if isinstance(message, dict):
+                self._messages.put(message)
+            else:
+                self._stderr.append(f"(not a protocol message on stdout) {line}")
+        self._messages.put(_END_OF_OUTPUT)
+
+    def _read_stderr(self):
+        for line in self._process.stderr:
+            if line.strip():
+                self._stderr.append(line.rstrip())
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last `lines` lines the worker wrote to stderr, joined by ' | ' (one line)."""
+        return " | ".join(list(self._stderr)[-lines:])
+
+    def _send(self, message: dict) -> None:
+        with self._write_lock:
+            self._process.stdin.write(json.dumps(message) + "\n")
+            self._process.stdin.flush()
+
+    # --- jobs -------------------------------------------------------------------------------------------------
+
+    def submit(self, job: dict) -> str:
+        """Send a `segment` job; fills `job_id` (if missing) and `job_dir` (a new folder). Returns the job ID."""
+        if not self.is_running():
+            raise WorkerError("The worker is not running: restart it and try again.")
+        job_id = str(job.get("job_id") or uuid.uuid4().hex[:12])
+        job_dir = self.job_dir(job_id)
+        job_dir.mkdir()
+        message = {**job, "type": "segment", "job_id": job_id, "job_dir": str(job_dir)}
+        try:
+            self._send(message)
+        except OSError:
+            raise WorkerError("The worker stopped before it received the job: restart it and try again.") from None
+        self._active_jobs.append(job_id)
+        return job_id
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the worker to stop a job; it answers `cancelled`. A dead worker is reported by poll()."""
+        try:
+            self._send({"type": "cancel", "job_id": job_id})
+        except (OSError, ValueError):
+            pass
+
+    def job_dir(self, job_id: str) -> Path:
+        """The folder where the worker writes a job's slice files (inside a temporary folder deleted by stop())."""
+        if self._jobs_root is None:
+            raise WorkerError("The worker is not started: start it first.")
+        return self._jobs_root / job_id
+
+    def discard_job(self, job_id: str) -> None:
+        """Delete the folder of a finished job (its slice files were read)."""
+        if self._jobs_root is not None:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        """Messages received so far (waits up to `timeout` s for the first one). A worker that died gives an
+        `error` message with code `worker_crashed` for each unfinished job (one with job_id None if none)."""
+        messages = []
+        try:
+            messages.append(self._messages.get(timeout=timeout) if timeout > 0 else self._messages.get_nowait())
+            while True:
+                messages.append(self._messages.get_nowait())
+        except queue.Empty:
+            pass
+        result = []
+        for message in messages:
+            if message is _END_OF_OUTPUT:
+                result += self._crash_messages()
+                continue
+            if message.get("type") in ("done", "cancelled", "error") and message.get("job_id") in self._active_jobs:
+                self._active_jobs.remove(message["job_id"])
+            result.append(message)
+        return result
+
+    def _crash_messages(self) -> list[dict]:
+        if self._stopping or self._crash_reported:
+            return []
+        self._crash_reported = True
+        try:
+            exit_code = self._process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+        self._threads[1].join(timeout=2.0)  # the end of stderr explains the crash
+        tail = self.stderr_tail(CRASH_REPORT_LINES)
+        text = (f"The segmentation worker stopped unexpectedly (exit code {exit_code})"
+                + (f"; its last output: {tail}" if tail else "")
+                + ". Results received so far are kept: restart the worker to continue"
+                + " (if it happens again, try fewer samples, a smaller region or the CPU device).")
+        job_ids = self._active_jobs or [None]
+        self._active_jobs = []
+        return [{"type": "error", "job_id": job_id, "code": "worker_crashed", "message": text,
+                 "exit_code": exit_code, "stderr_tail": tail} for job_id in job_ids]

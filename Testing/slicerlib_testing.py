@@ -1,0 +1,161 @@
+"""Helpers shared by the SDSegSlicerLib tests: an oblique, anisotropic, flipped-axis geometry, synthetic worker
+results written as the protocol says (`slice` messages + npz files), independent readers of .seg.nrrd files, and
+the fixtures of the end-to-end tests (a tiny real model, the environment of a real worker / CLI subprocess)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+import SDSegSlicerLib
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SPACING = (0.7, 1.1, 2.3)
+MODEL_NAME = "tiny-ambiguous"
+CLI_TIMEOUT_S = 240
+
+
+def rotation(axis, degrees) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    angle = np.radians(degrees)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+def oblique_ijk_to_ras(flip_axis: int = 1) -> np.ndarray:
+    """Rotated 25 degrees about a skew axis, anisotropic spacing, one IJK axis flipped (det < 0)."""
+    flip = np.ones(3)
+    flip[flip_axis] = -1.0
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation((1.0, 0.3, 0.2), 25.0) @ np.diag(np.array(SPACING) * flip)
+    matrix[:3, 3] = (12.5, -30.0, 41.0)
+    return matrix
+
+
+def accepted_message(shape_kji, ijk_to_ras, slice_axis, roi_ijk, job_id="job-1", model="tiny") -> dict:
+    total = roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]
+    return {"type": "accepted", "job_id": job_id, "model": model, "device": "cpu", "total": total,
+            "volume": {"shape_kji": list(shape_kji), "ijk_to_ras": np.asarray(ijk_to_ras).tolist(),
+                       "slice_axis": slice_axis, "roi_ijk": list(roi_ijk)}}
+
+
+def synthetic_result(shape_kji, roi_ijk, num_samples, seed=0):
+    """Whole-volume truth: samples (N, K, J, I) bool inside the ROI only, the majority consensus, the variance."""
+    rng = np.random.default_rng(seed)
+    i0, j0, k0, i1, j1, k1 = roi_ijk
+    samples = np.zeros((num_samples, *shape_kji), dtype=bool)
+    samples[:, k0:k1, j0:j1, i0:i1] = rng.random((num_samples, k1 - k0, j1 - j0, i1 - i0)) < 0.4
+    p = samples.mean(axis=0)
+    return samples, p >= 0.5, (p * (1 - p)).astype(np.float32)
+
+
+def write_slice_messages(folder, truth, roi_ijk, slice_axis, job_id="job-1") -> list[dict]:
+    """The `slice` messages (and their npz files) of a job, built literally from the protocol:
+    numpy.take(volume_kji, index, axis=2 - slice_axis), cropped to the ROI on the two remaining axes."""
+    samples, consensus, variance = truth
+    kept_axes = [a for a in (2, 1, 0) if a != slice_axis]  # IJK axes of the remaining K, J, I order
+    crop = tuple(slice(roi_ijk[a], roi_ijk[a + 3]) for a in kept_axes)
+    first, end = roi_ijk[slice_axis], roi_ijk[slice_axis + 3]
+    messages = []
+    for done, index in enumerate(range(first, end), start=1):
+        path = folder / f"slice_{index:05d}.npz"
+        np.savez_compressed(
+            path,
+            samples=np.take(samples, index, axis=3 - slice_axis)[(slice(None), *crop)].astype(np.uint8),
+            consensus=np.take(consensus, index, axis=2 - slice_axis)[crop].astype(np.uint8),
+            variance=np.take(variance, index, axis=2 - slice_axis)[crop])
+        messages.append({"type": "slice", "job_id": job_id, "index": index, "file": str(path), "done": done,
+                         "total": end - first, "eta_s": None})
+    return messages
+
+
+def sitk_ijk_to_lps(image) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+def read_seg_nrrd_with_slicerio(path) -> tuple[dict, np.ndarray]:
+    """({segment name: (K, J, I) bool}, ijk_to_lps) read by slicerio."""
+    segmentation = slicerio.read_segmentation(str(path))
+    masks = {}
+    for segment in segmentation["segments"]:
+        extracted = slicerio.extract_segments(segmentation, [(segment["name"], 1)])
+        masks[segment["name"]] = np.transpose(extracted["voxels"], (2, 1, 0)) > 0  # slicerio arrays are IJK
+    return masks, np.asarray(segmentation["ijkToLPS"], dtype=float)
+
+
+def read_seg_nrrd_with_sitk(path) -> tuple[dict, np.ndarray]:
+    """({segment name: (K, J, I) bool}, ijk_to_lps) decoded from the NRRD header fields Segment<n>_Name /
+    _Layer / _LabelValue by SimpleITK (a layer is a vector component)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    image = reader.Execute()
+    voxels = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        voxels = voxels[..., None]
+    masks, number = {}, 0
+    while reader.HasMetaDataKey(f"Segment{number}_Name"):
+        layer = int(reader.GetMetaData(f"Segment{number}_Layer"))
+        label = int(reader.GetMetaData(f"Segment{number}_LabelValue"))
+        masks[reader.GetMetaData(f"Segment{number}_Name")] = voxels[..., layer] == label
+        number += 1
+    return masks, sitk_ijk_to_lps(image)
+
+
+def write_volume_file(path, array_kji, ijk_to_ras):
+    """A volume file with the given RAS geometry, written by SimpleITK (LPS on disk)."""
+    ijk_to_lps = RAS_TO_LPS @ ijk_to_ras
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(array_kji)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
+    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def lesion_volume(path, shape_kji, seed=0):
+    """An oblique, anisotropic, flipped-axis volume file with a bright ellipse in every slice."""
+    k, j, i = np.mgrid[0:shape_kji[0], 0:shape_kji[1], 0:shape_kji[2]]
+    lesion = ((i - shape_kji[2] / 2) / 6.0) ** 2 + ((j - shape_kji[1] / 2) / 4.5) ** 2 < 1.0
+    voxels = np.random.default_rng(seed).normal(40.0, 10.0, shape_kji) + 80.0 * lesion
+    return write_volume_file(path, voxels.astype(np.float32), oblique_ijk_to_ras())
+
+
+def lib_python_path() -> str:
+    """PYTHONPATH with the folder holding SDSegSlicerLib first (for subprocesses)."""
+    lib_parent = str(Path(SDSegSlicerLib.__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (lib_parent, os.environ.get("PYTHONPATH")) if p)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A models folder with the tiny ambiguous model (random weights). Only this fixture imports torch, in the
+    test process; the MRML side never does."""
+    import torch
+
+    from sdseg.checkpoint import save_model
+    from sdseg.models import build_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    save_model(build_model("ambiguous", "tiny"), folder / MODEL_NAME)
+    return folder
+
+
+@pytest.fixture()
+def worker_env(models_dir, monkeypatch):
+    """Environment of CLI subprocesses and of workers started by the test: the lib importable, the tiny model
+    found, one thread per process (the test machine is small)."""
+    monkeypatch.setenv("SDSEG_MODELS_PATH", str(models_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", lib_python_path())
+    return dict(os.environ)
+

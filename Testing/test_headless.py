@@ -1,0 +1,121 @@
+"""`sdseg-slicer segment` end to end with a REAL worker subprocess and a tiny real model (random weights): every
+output with the input's geometry, while the MRML side's process never imports torch; bad command lines and worker
+errors are one clear line. (Ctrl-C, a killed worker and `models`: test_headless_worker.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, RAS_TO_LPS, lesion_volume, models_dir,  # noqa: F401
+                               oblique_ijk_to_ras, read_seg_nrrd_with_sitk, read_seg_nrrd_with_slicerio,
+                               sitk_ijk_to_lps, worker_env)
+
+from SDSegSlicerLib import headless
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+
+# Runs `sdseg-slicer ARGS` after importing every module of SDSegSlicerLib, and prints at exit the torch /
+# diffusers modules that the MRML side's process imported (the worker, a separate process, imports torch).
+TORCH_PROBE = """
+import atexit, importlib, pkgutil, runpy, sys, SDSegSlicerLib
+for module in pkgutil.iter_modules(SDSegSlicerLib.__path__):
+    importlib.import_module("SDSegSlicerLib." + module.name)
+atexit.register(lambda: print("LIB MODULES", len([m for m in sys.modules if m.startswith("SDSegSlicerLib.")]),
+                              "TORCH MODULES", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers"))))
+sys.argv = ["sdseg-slicer", *sys.argv[1:]]
+runpy.run_module("SDSegSlicerLib.headless", run_name="__main__")
+"""
+
+
+def test_segment_writes_every_output_with_the_input_geometry_without_torch(tmp_path, worker_env, capsys):
+    volume = lesion_volume(tmp_path / "ct.nrrd", (5, 20, 24))
+    output = tmp_path / "out" / "ct.seg.nrrd"
+    roi = [3, 2, 1, 21, 18, 4]
+    args = ["segment", volume, "-o", output, "--roi", ",".join(map(str, roi)), "--model", MODEL_NAME,
+            "--samples", 2, "--steps", 2, "--device", "cpu"]
+    result = subprocess.run([sys.executable, "-c", TORCH_PROBE, *map(str, args)], env=worker_env,
+                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    modules = re.search(r"LIB MODULES (\d+) TORCH MODULES (.*)", result.stdout)
+    assert int(modules.group(1)) >= 8 and modules.group(2) == "[]"
+    assert "Traceback" not in result.stderr and "Done: 3 slices" in result.stderr
+    assert re.search(r"segmenting +\[[#-]+\] \d/3 slices +ETA", result.stderr)
+
+    input_image = sitk.ReadImage(str(volume))
+    masks, ijk_to_lps = read_seg_nrrd_with_slicerio(output)
+    np.testing.assert_allclose(ijk_to_lps, sitk_ijk_to_lps(input_image), atol=1e-6)
+    np.testing.assert_allclose(ijk_to_lps, RAS_TO_LPS @ oblique_ijk_to_ras(), atol=1e-6)
+    assert list(masks) == ["consensus", "sample 1", "sample 2"]
+    sitk_masks, sitk_lps = read_seg_nrrd_with_sitk(output)
+    np.testing.assert_allclose(sitk_lps, ijk_to_lps, atol=1e-6)
+    outside = np.ones((5, 20, 24), dtype=bool)
+    outside[roi[2]:roi[5], roi[1]:roi[4], roi[0]:roi[3]] = False
+    for name, mask in masks.items():
+        assert mask.shape == (5, 20, 24)
+        np.testing.assert_array_equal(sitk_masks[name], mask)
+        assert not mask[outside].any(), f"{name} has voxels outside the ROI"
+    samples = np.array([masks["sample 1"], masks["sample 2"]])
+    np.testing.assert_array_equal(masks["consensus"], samples.mean(axis=0) >= 0.5)
+
+    variance = sitk.ReadImage(str(tmp_path / "out" / "ct_variance.nrrd"))
+    assert variance.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(sitk_ijk_to_lps(variance), ijk_to_lps, atol=1e-6)
+    p = samples.mean(axis=0)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(variance), p * (1 - p), atol=1e-6)
+
+    summary = json.loads((tmp_path / "out" / "ct_summary.json").read_text())
+    assert summary["state"] == "done" and summary["slices_done"] == summary["slices_total"] == 3
+    assert summary["model"] == MODEL_NAME and summary["roi_ijk"] == roi and summary["slice_axis"] == 2
+    voxel_ml = np.prod(input_image.GetSpacing()) / 1000
+    volumes = [segment["volume_ml"] for segment in summary["segments"]]
+    np.testing.assert_allclose(volumes, [masks[name].sum() * voxel_ml for name in masks])
+    sizes = samples.sum(axis=(1, 2, 3))
+    both = (samples[0] & samples[1]).sum()
+    assert summary["dice_between_samples"][0][1] == pytest.approx(2 * both / sizes.sum() if sizes.sum() else 1.0)
+    csv_lines = (tmp_path / "out" / "ct_summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("segment,volume_ml")
+    assert matplotlib.image.imread(tmp_path / "out" / "ct_preview.png").shape[2] in (3, 4)
+
+    before = output.stat().st_mtime_ns
+    assert headless.main(["segment", str(volume), "-o", str(output), "--model", MODEL_NAME]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert output.stat().st_mtime_ns == before
+
+
+def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
+    (tmp_path / "text.nrrd").write_text("not a volume")
+    code = headless.main(["segment", str(tmp_path / "text.nrrd"), "-o", str(tmp_path / "text.seg.nrrd"),
+                          "--model", MODEL_NAME])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert len(error_lines(err)) == 1 and err.count("sdseg-slicer: error:") == 1
+    assert "text.nrrd" in error_lines(err)[0]
+    assert not (tmp_path / "text.seg.nrrd").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["segment", "missing.nrrd", "-o", "out.seg.nrrd"], "no such file or folder"),
+    (["segment", "{volume}", "-o", "out.nii.gz"], "must be a .seg.nrrd file"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "1,2,3,1,5,6"], "x0 < x1"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--samples", "0"], "integer >= 1"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--python", "/nonexistent/python"], "Cannot start the worker"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_command_lines_are_one_clear_line(tmp_path, capsys, monkeypatch, args, message):
+    volume = lesion_volume(tmp_path / "ct.nrrd", (2, 6, 6))
+    monkeypatch.chdir(tmp_path)
+    code = headless.main([a.format(volume=volume) for a in args])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and message in err and "Traceback" not in err
+    assert err.count("sdseg-slicer: error:") == 1
+    assert not (tmp_path / "out.seg.nrrd").exists()

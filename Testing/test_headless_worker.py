@@ -1,0 +1,89 @@
+"""The worker's life seen from `sdseg-slicer` and SegmentationRun, with a REAL worker subprocess and a tiny real
+model: Ctrl-C cancels cleanly and keeps what arrived, a killed worker is a clear error that keeps the result nodes,
+`sdseg-slicer models` lists the models from the worker's hello."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, models_dir,  # noqa: F401
+                               read_seg_nrrd_with_slicerio, worker_env)
+
+from SDSegSlicerLib import headless
+from SDSegSlicerLib.run import SegmentationRun
+from SDSegSlicerLib.worker_client import WorkerClient
+
+
+def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env):
+    volume = lesion_volume(tmp_path / "long.nrrd", (40, 20, 20))
+    output = tmp_path / "long.seg.nrrd"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
+         MODEL_NAME, "--samples", "2", "--steps", "2", "--batch-size", "2", "--device", "cpu"],
+        env=worker_env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            progress = re.search(r"(\d+)/(\d+) slices", line)
+            if progress and int(progress.group(1)) >= 1:
+                process.send_signal(signal.SIGINT)
+                break
+        stderr = "".join(lines) + process.communicate(timeout=CLI_TIMEOUT_S)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == headless.EXIT_CANCELLED, stderr
+    assert "Traceback" not in stderr and "Cancelled after" in stderr
+    summary = json.loads((tmp_path / "long_summary.json").read_text())
+    assert summary["state"] == "cancelled"
+    assert 1 <= summary["slices_done"] < summary["slices_total"] == 40
+    masks, _ = read_seg_nrrd_with_slicerio(output)
+    assert masks["sample 1"].shape == (40, 20, 20)
+    variance = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "long_variance.nrrd")))
+    samples = np.array([masks["sample 1"], masks["sample 2"]])
+    np.testing.assert_allclose(variance, samples.mean(axis=0) * (1 - samples.mean(axis=0)), atol=1e-6)
+
+
+
+def test_killed_worker_is_a_clear_error_and_keeps_the_result_nodes(tmp_path, worker_env):
+    volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+    scene = slicer.vtkMRMLScene()
+    client = WorkerClient()
+    try:
+        assert [m["name"] for m in client.start(120)["models"]] == [MODEL_NAME]
+        run = SegmentationRun(scene, client, {"volume": str(volume), "model": MODEL_NAME, "samples": 2,
+                                              "steps": 2, "device": "cpu"})
+        job_dir = client.job_dir(run.start())
+        assert job_dir.is_dir()
+        deadline = time.monotonic() + 60
+        while run.accepted is None and run.process_messages(0.2) == "running":
+            assert time.monotonic() < deadline
+        os.kill(client.pid, signal.SIGKILL)
+        while run.process_messages(0.2) == "running":
+            assert time.monotonic() < deadline
+        assert run.state == "error" and run.error_code == "worker_crashed"
+        assert "stopped unexpectedly" in run.error_message and "exit code -9" in run.error_message
+        assert "\n" not in run.error_message
+        assert run.segmentation_node is not None and run.segmentation_node.GetScene() is scene
+        assert not client.is_running() and not job_dir.exists()
+    finally:
+        client.stop()
+    assert not job_dir.parent.exists()
+
+
+
+def test_models_lists_the_installed_models(worker_env, capsys):
+    assert headless.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^{MODEL_NAME} +ambiguous", out, re.MULTILINE)
+    assert "device cpu" in out
