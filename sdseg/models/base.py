@@ -44,7 +44,11 @@ class SegmentationDiffusionModel(torch.nn.Module):
     @torch.no_grad()
     def sample(self, image: torch.Tensor, num_samples: int, steps: int | None = None,
                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
-        """Return ``num_samples`` soft masks per image, shape (B, N, H, W), values in [0, 1]."""
+        """Return ``num_samples`` soft masks per image, shape (B, N, H, W), values in [0, 1].
+
+        ``generator`` is one generator or a list of B * N CPU generators, entry b * N + n drawing sample n of
+        image b, so that a sample does not depend on which other samples share its batch.
+        """
         raise NotImplementedError
 
     def num_parameters(self) -> int:
