@@ -1,0 +1,228 @@
+"""`sdseg train` (sdseg.training) with the real tiny models on synthetic multi-rater data: the schedule and EMA
+formulas, a real `python -m sdseg.cli train` subprocess whose model reloads and beats trivial predictors, exact
+resume (also across SDSeg's stage boundary), seeding, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+from safetensors.torch import load_file
+
+from sdseg.checkpoint import load_model
+from sdseg.data.dataset import CropsDataset
+from sdseg.data.synthetic import make_shapes_dataset
+from sdseg.metrics import dice
+from sdseg.training import (BatchOrder, Training, TrainingError, WeightEMA, ema_decay, learning_rate, main,
+                            parse_stage_steps, stage_plan)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the tests share a small CPU with other work, where more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("train") / "shapes", 48, 4, 16, image_size=32, n_raters=4,
+                               seed=0)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_as_a_cosine():
+    peak, warmup, total = 1e-3, 10, 110
+    assert learning_rate(0, total, warmup, peak) == pytest.approx(peak / 10)
+    assert learning_rate(4, total, warmup, peak) == pytest.approx(peak / 2)
+    assert learning_rate(9, total, warmup, peak) == pytest.approx(peak)
+    assert learning_rate(10, total, warmup, peak) == pytest.approx(peak)
+    assert learning_rate(60, total, warmup, peak) == pytest.approx(peak / 2)
+    assert learning_rate(35, total, warmup, peak) == pytest.approx(peak * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(109, total, warmup, peak) == pytest.approx(peak * (1 + math.cos(math.pi * 0.99)) / 2)
+    assert learning_rate(0, 100, 0, peak) == pytest.approx(peak)
+
+
+def test_ema_decay_warms_up_and_the_ema_averages_weights():
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay(0.999, 10 ** 6) == 0.999
+    module = torch.nn.Linear(3, 1)
+    start = module.weight.detach().clone()
+    ema = WeightEMA(module, 0.999)
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    ema.update(module, ["weight"])
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * start + 0.9 * (start + 1.0))
+    torch.testing.assert_close(ema.shadow["bias"], module.bias.detach())
+    with ema.applied(module):
+        torch.testing.assert_close(module.weight.detach(), ema.shadow["weight"])
+    torch.testing.assert_close(module.weight.detach(), start + 1.0)
+
+
+def test_batch_order_visits_every_item_once_per_epoch():
+    order = BatchOrder(10, 4, seed=3)
+    positions = [i for step in range(5) for i in order.indices(step)]
+    assert sorted(positions[:10]) == list(range(10)) and sorted(positions[10:]) == list(range(10))
+    assert positions[:10] != positions[10:20]
+    assert BatchOrder(10, 4, seed=3).indices(3) == order.indices(3)
+    assert BatchOrder(10, 4, seed=4).indices(0) != order.indices(0)
+
+
+def test_stage_plan_splits_steps_or_follows_stage_steps():
+    assert stage_plan(["main"], 7, None) == [("main", 7)]
+    assert stage_plan(["autoencoder", "diffusion"], 7, None) == [("autoencoder", 3), ("diffusion", 4)]
+    steps = parse_stage_steps("autoencoder=2, diffusion=5")
+    assert stage_plan(["autoencoder", "diffusion"], 0, steps) == [("autoencoder", 2), ("diffusion", 5)]
+    with pytest.raises(TrainingError, match="autoencoder=N,diffusion=N"):
+        stage_plan(["autoencoder", "diffusion"], 0, {"autoencoder": 2})
+    with pytest.raises(TrainingError, match="STAGE=STEPS"):
+        parse_stage_steps("autoencoder:2")
+
+
+def trivial_dice(data: Path, references) -> float:
+    """Best mean Dice of a predictor that ignores the image: empty mask, full mask, or the mean training mask at
+    any threshold (the threshold chosen on the test references themselves, to favour the baseline)."""
+    train = CropsDataset(data, "train")
+    mean_mask = torch.stack([train[i][1].mean(0) for i in range(len(train))]).mean(0)
+    candidates = [torch.zeros_like(mean_mask), torch.ones_like(mean_mask)]
+    candidates += [mean_mask > t for t in np.linspace(0.02, 0.5, 25)]
+    return max(float(np.mean([dice(c, r) for r in references])) for c in candidates)
+
+
+def test_cli_trains_the_tiny_ambiguous_model_which_reloads_and_beats_trivial_predictors(data, tmp_path):
+    out = tmp_path / "ambiguous"
+    command = [sys.executable, "-m", "sdseg.cli", "train", "--model", "ambiguous", "--preset", "tiny", "--data",
+               str(data), "--out", str(out), "--steps", "80", "--batch-size", "8", "--lr", "3e-3",
+               "--sample-every", "40"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"model written to {out}" in result.stdout
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == list(range(1, 81))
+    losses = [entry["loss"] for entry in log]
+    assert np.median(losses[-20:]) < 0.5 * np.median(losses[:5]), "training should lower the loss"
+
+    for step in (40, 80):
+        picture = imread(out / "samples" / f"step_{step:06d}.png")
+        assert picture.ndim == 3 and picture.shape[0] > 100 and picture.std() > 0.05
+    card = (out / "README.md").read_text()
+    for expected in ("synthetic-shapes", "--steps 80", "main 80", "EMA", "hardware", "training time"):
+        assert expected in card
+
+    model = load_model(out)
+    info = json.loads((data / "dataset.json").read_text())
+    assert model.kind == "ambiguous" and model.config["image_size"] == 32
+    assert model.config["preprocessing"] == info["preprocessing"]
+    test = CropsDataset(data, "test")
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    references = [test[i][1].mean(0) > 0.5 for i in range(len(test))]  # majority of the raters
+    samples = model.sample(images, 3, generator=torch.Generator().manual_seed(0))
+    model_dice = float(np.mean([dice(s.mean(0) > 0.5, r) for s, r in zip(samples, references)]))
+    assert model_dice > trivial_dice(data, references) + 0.1
+
+
+SDSEG_RUN = ["--model", "sdseg", "--preset", "tiny", "--stage-steps", "autoencoder=3,diffusion=3", "--batch-size",
+             "4", "--lr", "2e-3", "--ema", "0.9", "--sample-every", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sdseg_run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    assert main(SDSEG_RUN + ["--data", str(data), "--out", str(out)]) == 0
+    return out
+
+
+def _log_without_times(out: Path) -> list[dict]:
+    entries = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in entry.items() if k != "elapsed_s"} for entry in entries]
+
+
+def test_resumed_runs_end_with_the_weights_of_an_uninterrupted_run(data, tmp_path, uninterrupted_sdseg_run):
+    out = tmp_path / "interrupted"
+    assert main(SDSEG_RUN + ["--data", str(data), "--out", str(out), "--stop-after", "2"]) == 0  # mid autoencoder
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / "training_state" / "state.json").read_text())["step"] == 2
+    assert main(["--out", str(out), "--resume", "--stop-after", "3"]) == 0  # at the stage boundary
+    assert main(["--out", str(out), "--resume", "--stop-after", "5"]) == 0  # mid diffusion
+    assert main(["--out", str(out), "--resume"]) == 0
+
+    expected, actual = load_file(uninterrupted_sdseg_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    first, second = load_model(uninterrupted_sdseg_run), load_model(out)
+    assert first.config["latent_scale_factor"] == second.config["latent_scale_factor"] is not None
+    assert _log_without_times(out) == _log_without_times(uninterrupted_sdseg_run)
+    assert "resumed at steps 2, 3, 5" in (out / "README.md").read_text()
+
+
+def test_ctrl_c_saves_the_state_after_the_current_step_and_resume_completes_the_run(
+        data, tmp_path, monkeypatch, uninterrupted_sdseg_run, capsys):
+    out = tmp_path / "ctrl-c"
+    train_step = Training._train_step
+
+    def step_then_ctrl_c(self, *args):
+        entry = train_step(self, *args)
+        if entry["step"] == 4:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 4
+        return entry
+
+    monkeypatch.setattr(Training, "_train_step", step_then_ctrl_c)
+    assert main(SDSEG_RUN + ["--data", str(data), "--out", str(out)]) == 0
+    assert "stopped after step 4" in capsys.readouterr().out
+    assert json.loads((out / "training_state" / "state.json").read_text())["step"] == 4
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert main(["--out", str(out), "--resume"]) == 0
+    expected, actual = load_file(uninterrupted_sdseg_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_same_seed_gives_the_same_weights_and_another_seed_other_weights(data, tmp_path, uninterrupted_sdseg_run):
+    segdiff = ["--model", "segdiff", "--preset", "tiny", "--data", str(data), "--steps", "3", "--batch-size", "4",
+               "--sample-every", "0", "--device", "cpu"]
+    for name in ("a", "b"):
+        assert main(segdiff + ["--out", str(tmp_path / name)]) == 0
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in "ab")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert main(SDSEG_RUN + ["--data", str(data), "--out", str(tmp_path / "seed1"), "--seed", "1"]) == 0
+    seed0, seed1 = (load_file(folder / "model.safetensors") for folder in (uninterrupted_sdseg_run, tmp_path / "seed1"))
+    assert not all(torch.equal(seed0[name], seed1[name]) for name in seed0)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "ambiguous", "--data", "{tmp}/nothing", "--out", "{tmp}/out"], "no such data set folder"),
+    (["--model", "ambiguous", "--data", "{tmp}", "--out", "{tmp}/out"], "not a crops data set"),
+    (["--data", "{data}", "--out", "{tmp}/out"], "--model and --data are required"),
+    (["--out", "{tmp}/out", "--resume"], "no saved training state"),
+    (["--model", "sdseg", "--data", "{data}", "--out", "{tmp}/out", "--stage-steps", "diffusion=5"],
+     "must name each stage"),
+    (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--ema", "1"], "--ema must be in"),
+    (["--model", "ambiguous", "--preset", "tiny", "--data", "{data}", "--out", "{tmp}/out", "--device", "cuda:7"],
+     "cuda"),
+    (SDSEG_RUN + ["--data", "{data}", "--out", "{run}"], "already holds a training run"),
+    (["--out", "{run}", "--resume", "--lr", "0.5"], "--lr 0.5 (the saved run has 0.002)"),
+])
+def test_bad_arguments_give_a_clear_message_and_exit_code_2(arguments, message, data, tmp_path, capsys,
+                                                           uninterrupted_sdseg_run):
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    values = {"tmp": tmp_path, "data": data, "run": uninterrupted_sdseg_run}
+    assert main([a.format(**values) for a in arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sdseg train: error:") and message in error and "Traceback" not in error

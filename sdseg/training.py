@@ -1,0 +1,600 @@
+"""`sdseg train`: train a segmentation diffusion model on a crops data set (docs/architecture.md "Data sets").
+
+AdamW with linear warm-up and cosine decay of the learning rate, gradient clipping at norm 1, an optional
+exponential moving average (EMA) of the weights (the saved model is then the EMA model), one random rater mask
+per image per step and random flips. Models with several stages (SDSeg: autoencoder, then diffusion) train them in
+order, each with its own optimizer and schedule.
+
+Reproducible and resumable without saving random-generator states: every random draw of step s (data order,
+flips, rater choice, dropout, the model's noise and timesteps) comes from generators seeded with (seed, s), so a
+run continued with ``--resume`` from its saved state (weights, EMA, optimizer, step: safetensors + JSON in
+``OUT/training_state/``, never pickle) ends with exactly the weights of an uninterrupted run.
+
+Output folder: the model (``config.json``, ``model.safetensors``, ``README.md`` card, via
+:func:`sdseg.checkpoint.save_model`), ``train_log.jsonl`` (one JSON line per step), ``samples/step_NNNNNN.png``
+(image, raters, predicted samples at each checkpoint) and ``training_state/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+import sdseg
+from sdseg.checkpoint import CheckpointError, save_model
+from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
+from sdseg.models import MODEL_CLASSES, build_model, model_from_config
+
+DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
+            "ema": 0.999, "seed": 0}
+GRAD_CLIP_NORM = 1.0
+WARMUP_MAX_FRACTION = 0.1
+SAMPLE_EXAMPLES = 4
+SAMPLES_PER_EXAMPLE = 4
+STATE_DIR = "training_state"
+STATE_FILE = "state.json"
+STATE_FORMAT = "sdseg-training-state"
+STATE_FORMAT_VERSION = 1
+
+
+class TrainingError(Exception):
+    """A training run cannot start or continue; the message says what to do."""
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Learning rate of (0-based) ``step``: linear warm-up ``peak (step + 1) / W`` for ``step < W`` (Goyal et al.
+    2017, "Accurate, Large Minibatch SGD", sec. 2.2), then cosine decay ``peak (1 + cos(pi p)) / 2`` with
+    ``p = (step - W) / (total_steps - W)`` (Loshchilov & Hutter 2017, SGDR, eq. 5 with eta_min = 0, one cycle)."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """EMA decay after ``updates`` updates: ``min(decay, (1 + n) / (10 + n))``, so that early averages do not
+    cling to the random initialisation (TensorFlow's ExponentialMovingAverage with num_updates)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A well-mixed 63-bit seed from integers and short strings (e.g. the run seed, a purpose, a step)."""
+    words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class WeightEMA:
+    """Exponential moving average of a model's parameters: ``shadow <- d shadow + (1 - d) param``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, names: list[str]) -> None:
+        """One EMA step of the parameters ``names`` with decay :func:`ema_decay`."""
+        weight = 1.0 - ema_decay(self.decay, self.updates)
+        parameters = dict(model.named_parameters())
+        for name in names:
+            self.shadow[name].lerp_(parameters[name], weight)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module, names: list[str] | None = None) -> None:
+        for name, p in model.named_parameters():
+            if names is None or name in names:
+                p.copy_(self.shadow[name])
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """Temporarily give ``model`` the EMA weights."""
+        saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(saved[name])
+
+
+class BatchOrder:
+    """Training item indices of each step: the epochs are independent random permutations of the data set
+    (seeded with (seed, epoch)) laid end to end and cut into batches, so any step's batch is known directly."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int):
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self._permutations: dict[int, list[int]] = {}
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", epoch))
+            self._permutations = {epoch: torch.randperm(self.n_items, generator=generator).tolist()}
+        return self._permutations[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        return [self._permutation(p // self.n_items)[p % self.n_items] for p in positions]
+
+
+def stage_plan(stages: list[str], steps: int, stage_steps: dict[str, int] | None) -> list[tuple[str, int]]:
+    """(stage, steps) in training order: ``stage_steps`` when given, else ``steps`` split evenly (the last stage
+    takes the remainder)."""
+    if stage_steps is None:
+        share = steps // len(stages)
+        return [(stage, share + (steps - share * len(stages) if i == len(stages) - 1 else 0))
+                for i, stage in enumerate(stages)]
+    if set(stage_steps) != set(stages):
+        raise TrainingError(f"--stage-steps must name each stage of this model exactly once: "
+                            f"{','.join(f'{s}=N' for s in stages)}")
+    return [(stage, stage_steps[stage]) for stage in stages]
+
+
+def parse_stage_steps(text: str) -> dict[str, int]:
+    """``"autoencoder=1000,diffusion=5000"`` -> ``{"autoencoder": 1000, "diffusion": 5000}``."""
+    result = {}
+    for part in text.split(","):
+        name, _, count = part.partition("=")
+        try:
+            result[name.strip()] = int(count)
+        except ValueError:
+            raise TrainingError(f"--stage-steps: expected STAGE=STEPS pairs separated by commas, got {part!r}") \
+                from None
+        if result[name.strip()] < 0:
+            raise TrainingError(f"--stage-steps: steps must not be negative, got {part!r}")
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdseg train", description="Train a segmentation diffusion model on a crops data set. With --resume, "
+        "settings not given are taken from the interrupted run.")
+    parser.add_argument("--model", choices=sorted(MODEL_CLASSES), help="model kind")
+    parser.add_argument("--data", help="crops data set folder (with dataset.json)")
+    parser.add_argument("--out", required=True, help="output folder for the model, log, samples and state")
+    parser.add_argument("--preset", help=f"model size preset: tiny, small or paper (default {DEFAULTS['preset']})")
+    parser.add_argument("--steps", type=int, help=f"training steps, split evenly over the stages of multi-stage "
+                        f"models (default {DEFAULTS['steps']})")
+    parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")
+    parser.add_argument("--batch-size", type=int, help=f"images per step (default {DEFAULTS['batch_size']})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate of AdamW (default {DEFAULTS['lr']})")
+    parser.add_argument("--warmup", type=int, help=f"linear warm-up steps, at most {WARMUP_MAX_FRACTION:.0%} of "
+                        f"each stage (default {DEFAULTS['warmup']})")
+    parser.add_argument("--ema", type=float, help=f"EMA decay of the weights, 0 for none (default {DEFAULTS['ema']})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS['seed']})")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT/training_state")
+    parser.add_argument("--sample-every", type=int, default=1000,
+                        help="save the training state and sample images every K steps, 0 for only at the end "
+                             "(default 1000)")
+    parser.add_argument("--stop-after", type=int, help="stop after step N, saving the state for --resume")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    return parser
+
+
+def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
+    """The run-defining settings: explicit arguments, else the saved run's (with --resume), else the defaults."""
+    explicit = {"model": args.model, "preset": args.preset, "batch_size": args.batch_size, "lr": args.lr,
+                "warmup": args.warmup, "ema": args.ema, "seed": args.seed,
+                "data": str(Path(args.data).resolve()) if args.data else None,
+                "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None}
+    if saved is not None:
+        different = [f"--{key.replace('_', '-')} {value} (the saved run has {saved[key]})"
+                     for key, value in explicit.items() if value is not None and value != saved[key]]
+        if args.steps is not None and args.steps != sum(saved["stage_steps"].values()):
+            different.append(f"--steps {args.steps} (the saved run has {sum(saved['stage_steps'].values())})")
+        if different:
+            raise TrainingError("--resume continues a run with its own settings; these differ: "
+                                + "; ".join(different) + ". Leave them out, or start a new run in another --out")
+        return dict(saved)
+    if not args.model or not args.data:
+        raise TrainingError("--model and --data are required to start a run (or pass --resume to continue one)")
+    settings = {key: DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
+    settings["steps"] = DEFAULTS["steps"] if args.steps is None else args.steps
+    if args.steps is not None and settings["stage_steps"] and args.steps != sum(settings["stage_steps"].values()):
+        raise TrainingError(f"--steps {args.steps} differs from the sum of --stage-steps "
+                            f"({sum(settings['stage_steps'].values())}); give only one of them")
+    return settings
+
+
+def _check_settings(settings: dict) -> None:
+    checks = [(settings["batch_size"] >= 1, "--batch-size must be at least 1"),
+              (settings["lr"] > 0, "--lr must be positive"),
+              (settings["warmup"] >= 0, "--warmup must not be negative"),
+              (0.0 <= settings["ema"] < 1.0, "--ema must be in [0, 1) (0 switches the EMA off)"),
+              (settings["seed"] >= 0, "--seed must not be negative")]
+    for ok, message in checks:
+        if not ok:
+            raise TrainingError(message)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainingError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
+                            "or install a CUDA build of torch")
+    return device
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = f"GPU {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"CPU {_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{name}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_sample_figure(model, images: torch.Tensor, rater_masks: list[torch.Tensor], path: Path,
+                        seed: int) -> None:
+    """PNG grid, one row per example: the image, each rater's mask, then samples drawn by ``model``."""
+    from matplotlib.figure import Figure
+
+    device = next(model.parameters()).device
+    model.eval()
+    samples = model.sample(images.to(device), SAMPLES_PER_EXAMPLE,
+                           generator=torch.Generator().manual_seed(seed)).cpu()
+    n_raters = max(m.shape[0] for m in rater_masks)
+    columns = 1 + n_raters + SAMPLES_PER_EXAMPLE
+    figure = Figure(figsize=(1.3 * columns, 1.4 * len(images)))
+    axes = figure.subplots(len(images), columns, squeeze=False)
+    for row, image in enumerate(images):
+        panels = [("image", image[0], "gray", (-1, 1))]
+        panels += [(f"rater {r + 1}", mask, "gray", (0, 1)) for r, mask in enumerate(rater_masks[row])]
+        panels += [None] * (n_raters - rater_masks[row].shape[0])
+        panels += [(f"sample {s + 1}", samples[row, s], "magma", (0, 1)) for s in range(SAMPLES_PER_EXAMPLE)]
+        for axis, panel in zip(axes[row], panels):
+            axis.set_axis_off()
+            if panel is not None:
+                title, array, cmap, (low, high) = panel
+                axis.imshow(array.numpy(), cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+                if row == 0:
+                    axis.set_title(title, fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+class _StopRequest:
+    """Ctrl-C asks the training loop to save its state and stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Training:
+    """One training run writing into ``out``; :meth:`run` trains until the end or ``stop_after``."""
+
+    def __init__(self, settings: dict, out: Path, device: torch.device, sample_every: int, command: str,
+                 resume: dict | None = None):
+        self.settings, self.out, self.device, self.sample_every = settings, out, device, sample_every
+        self.seed = settings["seed"]
+        self.dataset = CropsDataset(settings["data"], "train", augment=True)
+        self.examples = self._sample_examples()
+        if resume is None:
+            torch.manual_seed(derived_seed(self.seed, "init"))
+            image_channels = self.dataset.read(0)["image"].shape[0]
+            try:
+                self.model = build_model(settings["model"], settings["preset"],
+                                         image_size=self.dataset.info["image_size"], image_channels=image_channels,
+                                         preprocessing=self.dataset.info["preprocessing"])
+            except ValueError as error:
+                raise TrainingError(f"cannot build a {settings['model']} model ({settings['preset']} preset) for "
+                                    f"this data set: {error}") from error
+            self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
+        else:
+            self.meta = resume["meta"]
+            self.model = model_from_config(settings["model"], self.meta["model_config"])
+            self.model.load_state_dict(_prefixed(resume["tensors"], "model."), strict=True)
+            self.meta["resumed_at"].append(self.meta["step"])
+        self.model.to(device)
+        if device.type == "cuda":  # same seed -> same weights also on GPUs (at some cost in speed)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        self.plan = stage_plan(self.model.training_stages(), settings.get("steps", 0), settings["stage_steps"])
+        self.settings["stage_steps"] = dict(self.plan)
+        self.settings.pop("steps", None)
+        self.total_steps = sum(n for _, n in self.plan)
+        if self.total_steps < 1:
+            raise TrainingError("nothing to train: give --steps or --stage-steps with at least one step")
+        self.step = self.meta["step"]
+        self.ema = WeightEMA(self.model, settings["ema"]) if settings["ema"] > 0 else None
+        if self.ema is not None and resume is not None:
+            self.ema.shadow = {name: t.to(device) for name, t in _prefixed(resume["tensors"], "ema.").items()}
+            self.ema.updates = self.meta["ema_updates"]
+        self._saved_optimizer = None if resume is None else (self.meta["optimizer"],
+                                                             _prefixed(resume["tensors"], "optimizer."))
+        self.order = BatchOrder(len(self.dataset), settings["batch_size"], self.seed)
+        self.optimizer = None
+        self.stage_names: list[str] = []
+        self.last_loss = self.meta.get("last_loss", float("nan"))
+        self._started = time.monotonic()
+        self._elapsed_before = self.meta["elapsed_s"]
+
+    # ----- data
+    def _sample_examples(self):
+        directory = Path(self.settings["data"])
+        split = next((s for s in ("val", "test") if any((directory / s).glob("*.npz"))), "train")
+        dataset = CropsDataset(directory, split)
+        items = [dataset[i] for i in range(min(SAMPLE_EXAMPLES, len(dataset)))]
+        return torch.stack([image for image, _ in items]), [masks for _, masks in items]
+
+    def _batch(self, step: int):
+        """The (image, one-rater mask) batch of ``step``; seeds torch's global generator for flips, rater choice
+        and dropout of this step."""
+        torch.manual_seed(derived_seed(self.seed, "step", step))
+        image, mask = one_rater_batch([self.dataset[i] for i in self.order.indices(step)])
+        return image.to(self.device), mask.to(self.device)
+
+    def _stage_batches(self, stage_index: int):
+        """One pass over the training set in a fixed order, for ``begin_stage``."""
+        torch.manual_seed(derived_seed(self.seed, "stage", stage_index))
+        order = torch.randperm(len(self.dataset)).tolist()
+        for start in range(0, len(order), self.settings["batch_size"]):
+            image, mask = one_rater_batch([self.dataset[i] for i in order[start:start + self.settings["batch_size"]]])
+            yield image.to(self.device), mask.to(self.device)
+
+    # ----- stages and steps
+    def _begin_stage(self, index: int, stage: str, resuming: bool) -> None:
+        self.model.begin_stage(stage, self._stage_batches(index))
+        parameters = self.model.parameters_for_stage(stage)
+        by_id = {id(p): name for name, p in self.model.named_parameters()}
+        self.stage_names = [by_id[id(p)] for p in parameters]
+        self.optimizer = torch.optim.AdamW(parameters, lr=self.settings["lr"])
+        if resuming:
+            saved, tensors = self._saved_optimizer
+            if saved["stage"] != stage:
+                raise TrainingError(f"the saved optimizer state belongs to stage {saved['stage']!r}, not {stage!r}; "
+                                    "the training state is inconsistent: start a new run")
+            self.optimizer.load_state_dict(_optimizer_state(saved, tensors))
+        elif self.ema is not None:
+            self.ema.updates = 0
+
+    def _warmup(self, stage_total: int) -> int:
+        return min(self.settings["warmup"], int(WARMUP_MAX_FRACTION * stage_total))
+
+    def _train_step(self, stage: str, stage_step: int, stage_total: int) -> dict:
+        lr = learning_rate(stage_step, stage_total, self._warmup(stage_total), self.settings["lr"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        image, mask = self._batch(self.step)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, "loss", self.step))
+        self.model.train()
+        loss, logs = self.model.training_loss(image, mask, generator=generator, stage=stage)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}; lower --lr and start again")
+        self.model.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], GRAD_CLIP_NORM)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.stage_names)
+        self.last_loss = loss.item()
+        return {"step": self.step + 1, "stage": stage, "lr": lr, **logs, "loss": self.last_loss}
+
+    def run(self, stop_after: int | None, stop: _StopRequest) -> bool:
+        """Train up to the end (returns True) or until ``stop_after`` / Ctrl-C (saves the state, returns False)."""
+        log_path = self.out / "train_log.jsonl"
+        _truncate_log(log_path, self.step)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model.kind}", unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        with bar, log_path.open("a", encoding="utf-8") as log:
+            for index, (stage, count) in enumerate(self.plan):
+                start, end = sum(n for _, n in self.plan[:index]), sum(n for _, n in self.plan[:index + 1])
+                if self.step >= end:
+                    continue
+                self._begin_stage(index, stage, resuming=self.step > start)
+                while self.step < end:
+                    entry = self._train_step(stage, self.step - start, count)
+                    self.step += 1
+                    entry["elapsed_s"] = round(self.elapsed(), 3)
+                    log.write(json.dumps(entry) + "\n")
+                    log.flush()
+                    bar.set_postfix(stage=stage, loss=f"{self.last_loss:.4f}")
+                    bar.update(1)
+                    if self.step == end and self.ema is not None:
+                        self.ema.copy_to(self.model, self.stage_names)  # later stages build on the EMA weights
+                    finished = self.step == self.total_steps
+                    stopping = not finished and (self.step == stop_after or stop.requested)
+                    if finished or (self.sample_every and self.step % self.sample_every == 0):
+                        self.checkpoint(stage)
+                    elif stopping:
+                        self.save_state(stage)
+                    if stopping:
+                        return False
+        return True
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.monotonic() - self._started
+
+    # ----- outputs
+    def checkpoint(self, stage: str) -> None:
+        self.save_state(stage)
+        images, masks = self.examples
+        model = self.model
+        with self.ema.applied(model) if self.ema is not None else contextlib.nullcontext():
+            write_sample_figure(model, images, masks, self.out / "samples" / f"step_{self.step:06d}.png",
+                                derived_seed(self.seed, "samples"))
+
+    def save_state(self, stage: str) -> None:
+        """Write ``OUT/training_state``: tensors to ``state-STEP.safetensors``, then ``state.json`` naming it."""
+        folder = self.out / STATE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{name}": t for name, t in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{name}": t for name, t in self.ema.shadow.items()})
+        optimizer_state = self.optimizer.state_dict()
+        scalars = {}
+        for index, values in optimizer_state["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{index}.{key}"] = value
+                else:
+                    scalars[f"{index}.{key}"] = value
+        tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+        weights_file = f"state-{self.step:08d}.safetensors"
+        save_file(tensors, str(folder / weights_file))
+        self.meta.update({
+            "format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "step": self.step,
+            "weights_file": weights_file, "settings": self.settings, "kind": self.model.kind,
+            "model_config": self.model.config, "elapsed_s": self.elapsed(),
+            "ema_updates": self.ema.updates if self.ema is not None else 0, "last_loss": self.last_loss,
+            "optimizer": {"stage": stage, "param_groups": optimizer_state["param_groups"], "scalars": scalars}})
+        temporary = folder / (STATE_FILE + ".partial")
+        temporary.write_text(json.dumps(self.meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, folder / STATE_FILE)
+        for old in folder.glob("state-*.safetensors"):
+            if old.name != weights_file:
+                old.unlink()
+
+    def save_final_model(self) -> Path:
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            return save_model(self.model, self.out, card=self.model_card())
+
+    def model_card(self) -> str:
+        s, info = self.settings, self.dataset.info
+        steps = ", ".join(f"{stage} {n}" for stage, n in self.plan)
+        warmup = ", ".join(f"{self._warmup(n)} ({stage})" for stage, n in self.plan) if len(self.plan) > 1 \
+            else str(self._warmup(self.plan[0][1]))
+        samples = sorted(p.name for p in (self.out / "samples").glob("*.png"))
+        resumed = f" (resumed at steps {', '.join(map(str, self.meta['resumed_at']))})" if self.meta["resumed_at"] \
+            else ""
+        ema = f"decay {s['ema']} (the saved weights are the EMA weights)" if s["ema"] > 0 else "none"
+        rows = [("model kind", f"{self.model.kind}, preset {s['preset']}, {self.model.num_parameters():,} parameters"),
+                ("data set", f"{info['name']} ({'synthetic' if info['synthetic'] else 'real'} data; "
+                             f"{len(self.dataset)} training crops of {info['image_size']} px, {info['n_raters']} "
+                             f"rater(s)); source: {info['source']}; licence: {info['licence']}"),
+                ("command", f"`{self.meta['command']}`{resumed}"),
+                ("steps", f"{steps} (batch {s['batch_size']}, one random rater mask per image, random flips)"),
+                ("optimiser", f"AdamW, peak learning rate {s['lr']}, linear warm-up of {warmup} steps, then "
+                              f"cosine decay, gradient clipping at {GRAD_CLIP_NORM}"),
+                ("EMA", ema), ("seed", str(s["seed"])),
+                ("final training loss", f"{self.last_loss:.4g}"),
+                ("training time", f"{self.elapsed():.1f} s"), ("hardware", hardware_description(self.device)),
+                ("software", f"sdseg {sdseg.__version__}")]
+        lines = [f"# {self.model.kind} model trained on {info['name']}", "",
+                 "Trained with `sdseg train`. Research use only, not for clinical decisions.", "",
+                 "| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows], "",
+                 f"Data set description: {info['description']}", ""]
+        if samples:
+            lines += ["Samples (image, raters, predicted samples) at the checkpoints: "
+                      + ", ".join(f"`samples/{name}`" for name in samples), ""]
+        return "\n".join(lines)
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+
+
+def _optimizer_state(saved: dict, tensors: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for name, value in saved["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps 1..``step`` (a resumed run rewrites what came after its saved state)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def read_training_state(out: Path) -> dict:
+    """``{"meta": state.json content, "tensors": {name: tensor}}`` of the run saved in ``out``."""
+    folder = out / STATE_DIR
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise TrainingError(f"{out}: no saved training state ({path} is missing); start a new run without --resume")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_FORMAT_VERSION:
+            raise ValueError(f"not a version {STATE_FORMAT_VERSION} {STATE_FORMAT} file")
+        tensors = load_file(str(folder / meta["weights_file"]))
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        raise TrainingError(f"{folder}: the training state cannot be read ({error}); start a new run in another "
+                            "--out") from error
+    return {"meta": meta, "tensors": tensors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    out = Path(args.out)
+    command = "sdseg train " + shlex.join(argv)
+    try:
+        resume = read_training_state(out) if args.resume else None
+        if resume is None and ((out / STATE_DIR).exists() or (out / "config.json").exists()):
+            raise TrainingError(f"{out} already holds a training run; pass --resume to continue it or choose "
+                                "another --out")
+        settings = _settings(args, resume["meta"]["settings"] if resume else None)
+        _check_settings(settings)
+        device = _device(args.device)
+        out.mkdir(parents=True, exist_ok=True)
+        training = Training(settings, out, device, args.sample_every, command, resume)
+        print(f"training {training.model.kind} ({training.model.num_parameters():,} parameters) on {device} for "
+              f"{training.total_steps} steps, starting at step {training.step}", flush=True)
+        with _StopRequest() as stop:
+            finished = training.run(args.stop_after, stop)
+        if not finished:
+            print(f"stopped after step {training.step}; continue with: sdseg train --out {shlex.quote(str(out))} "
+                  "--resume", flush=True)
+            return 0
+        folder = training.save_final_model()
+    except (TrainingError, DatasetError, CheckpointError) as error:
+        print(f"sdseg train: error: {error}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print("sdseg train: error: out of GPU memory; use a smaller --batch-size or preset, or --device cpu",
+              file=sys.stderr)
+        return 2
+    print(f"model written to {folder}", flush=True)
+    return 0
