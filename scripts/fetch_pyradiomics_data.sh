@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Fetch the PyRadiomics 3.0.1 source distribution (BSD-3-Clause; its data/ folder holds five real lesion cases,
+# see docs/data.md) into ~/.cache/sdseg/. pip prepares an sdist's metadata even with --no-deps, and this one needs
+# numpy and versioneer for that, so they go into a throw-away virtual environment.
+set -euo pipefail
+dest="${SDSEG_CACHE:-$HOME/.cache/sdseg}"
+file="$dest/pyradiomics-3.0.1.tar.gz"
+if [ -f "$file" ]; then echo "already there: $file"; exit 0; fi
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+python3 -m venv "$tmp/venv"
+"$tmp/venv/bin/pip" install -q numpy versioneer setuptools wheel
+mkdir -p "$dest"
+"$tmp/venv/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation -d "$tmp/dl" pyradiomics==3.0.1
+mv "$tmp/dl/pyradiomics-3.0.1.tar.gz" "$file"
+echo "fetched $file"
