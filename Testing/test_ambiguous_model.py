@@ -13,7 +13,6 @@ from sdseg.models import build_model, model_from_config
 from sdseg.models.ambiguous import AmbiguousDiffusionModel, connected_components, relative_area_filter
 from sdseg.weighting import snr_plus_one_weight
 
-torch.set_num_threads(1)  # the CPU is shared; one thread avoids oversubscription slow-downs
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ from sdseg.models import build_model
 STEPS = {"ambiguous": 3, "segdiff": 3, "sdseg": None}  # few steps: the tests check plumbing, not quality
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(kind="ambiguous", **overrides):
     torch.manual_seed(0)

@@ -11,18 +11,11 @@ import torch
 from sdseg.checkpoint import load_model, save_model
 from sdseg.models import build_model
 from sdseg.models.autoencoder import autoencoder_loss, diagonal_gaussian_kl
-from sdseg.models.sdseg_ldm import SDSegModel, build_unet, sdseg_loss, widen_unet_input
+from sdseg.models.discrete_model import build_unet
+from sdseg.models.sdseg_ldm import SDSegModel, sdseg_loss, widen_unet_input
 
 SIZE = 32
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions are much faster on one thread on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def synthetic_batch(batch=4, seed=0):

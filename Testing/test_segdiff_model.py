@@ -16,14 +16,6 @@ from sdseg.models.segdiff import SegDiffModel, eps_mse_loss
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions are much faster on one thread on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def synthetic_batch(batch=4, seed=0):
     """Images in [-1, 1] with a bright square; the mask is the square."""

@@ -14,7 +14,6 @@ the autoencoder frozen). ``begin_stage("diffusion", batches)`` measures the late
 
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Iterable, Sequence
 
@@ -22,11 +21,12 @@ import torch
 from diffusers import UNet2DModel
 
 from sdseg.continuous_samplers import standard_normal
-from sdseg.discrete_schedule import (alpha_bar_at, alphas_cumprod, make_betas, predict_z0_from_eps, q_sample,
-                                     random_timesteps, reverse_process, strided_timesteps)
+from sdseg.discrete_schedule import (alpha_bar_at, predict_z0_from_eps, q_sample, random_timesteps, reverse_process,
+                                     strided_timesteps)
 from sdseg.models.autoencoder import (DOWNSAMPLING_FACTOR, ImageEncoder, autoencoder_loss,
                                       build_mask_autoencoder)
-from sdseg.models.base import SegmentationDiffusionModel
+from sdseg.models.discrete_model import (DiscreteDiffusionModel, build_unet, check_sample_inputs,
+                                         unet_size_multiple)
 
 STAGES = ("autoencoder", "diffusion")
 SCALE_FACTOR_MAX_BATCHES = 32
@@ -66,49 +66,6 @@ PRESETS = {
 }
 
 
-def merge_preset(presets: dict, name: str, overrides: dict) -> dict:
-    """A deep copy of ``presets[name]`` with top-level ``overrides``; unknown names or keys raise ValueError."""
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; use one of {', '.join(presets)}")
-    config = copy.deepcopy(presets[name])
-    unknown = sorted(set(overrides) - set(config))
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(config))}")
-    config.update(copy.deepcopy(overrides))
-    return config
-
-
-def build_unet(unet_config: dict, in_channels: int, out_channels: int, sample_size: int) -> UNet2DModel:
-    """A diffusers ``UNet2DModel`` from ``{"block_out_channels", "layers_per_block", "attention" (one bool per
-    level), "attention_head_dim", "norm_num_groups"}``; timesteps are the integers 0..T-1."""
-    attention = list(unet_config["attention"])
-    if len(attention) != len(unet_config["block_out_channels"]):
-        raise ValueError("unet config: 'attention' needs one entry per 'block_out_channels' level")
-    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
-    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
-    return UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
-                       block_out_channels=tuple(unet_config["block_out_channels"]),
-                       layers_per_block=unet_config["layers_per_block"], down_block_types=down, up_block_types=up,
-                       attention_head_dim=unet_config["attention_head_dim"],
-                       norm_num_groups=unet_config["norm_num_groups"])
-
-
-def unet_size_multiple(unet_config: dict) -> int:
-    """Input sizes of a UNet from :func:`build_unet` must be multiples of this (one halving per extra level)."""
-    return 2 ** (len(unet_config["block_out_channels"]) - 1)
-
-
-def check_sample_inputs(image: torch.Tensor, num_samples: int, channels: int, multiple: int) -> None:
-    """Raise ValueError saying what to do when ``sample()`` gets an unusable image batch or sample count."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if image.ndim != 4 or image.shape[1] != channels:
-        raise ValueError(f"image must have shape (batch, {channels}, height, width), got {tuple(image.shape)}")
-    if image.shape[2] % multiple or image.shape[3] % multiple:
-        raise ValueError(f"image height and width must be multiples of {multiple} for this model, got "
-                         f"{image.shape[2]}x{image.shape[3]}; resize to the model's image_size")
-
-
 def widen_unet_input(unet: UNet2DModel, in_channels: int) -> UNet2DModel:
     """A copy of ``unet`` taking ``in_channels`` inputs: the original input channels keep their weights and the
     extra ones get zero weights, so the output is unchanged whatever the extra channels hold (how SDSeg starts its
@@ -140,11 +97,12 @@ def sdseg_loss(eps_hat: torch.Tensor, eps: torch.Tensor, z0_hat: torch.Tensor, z
     return noise_term + latent_weight * latent_term, noise_term, latent_term
 
 
-class SDSegModel(SegmentationDiffusionModel):
+class SDSegModel(DiscreteDiffusionModel):
     """SDSeg (see the module docstring). ``config["latent_scale_factor"]`` is None until measured by
     ``begin_stage("diffusion", ...)``; an unmeasured model uses 1."""
 
     kind = "sdseg"
+    PRESETS = PRESETS
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -154,16 +112,6 @@ class SDSegModel(SegmentationDiffusionModel):
         self.image_encoder = ImageEncoder(autoencoder_config, self.config["image_channels"])
         self.unet = build_unet(self.config["unet"], 2 * latent, latent,
                                self.config["image_size"] // DOWNSAMPLING_FACTOR)
-        self.register_buffer("alphas_cumprod", alphas_cumprod(make_betas(self.config["schedule"])).float(),
-                             persistent=False)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> dict:
-        return merge_preset(PRESETS, name, overrides)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.config["schedule"]["num_train_timesteps"])
 
     @property
     def latent_scale(self) -> float:

@@ -19,11 +19,11 @@ from typing import Sequence
 import torch
 
 from sdseg.continuous_samplers import standard_normal
-from sdseg.discrete_schedule import (SAMPLERS, alpha_bar_at, alphas_cumprod, make_betas, q_sample,
+from sdseg.discrete_schedule import (SAMPLERS, alpha_bar_at, q_sample,
                                      random_timesteps, reverse_process, strided_timesteps)
-from sdseg.models.base import SegmentationDiffusionModel
 from sdseg.models.rrdb import RRDBEncoder
-from sdseg.models.sdseg_ldm import build_unet, check_sample_inputs, merge_preset, unet_size_multiple
+from sdseg.models.discrete_model import (DiscreteDiffusionModel, build_unet, check_sample_inputs,
+                                         unet_size_multiple)
 
 _COMMON = {
     "image_channels": 1,
@@ -60,10 +60,11 @@ def eps_mse_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return (eps_hat - eps).pow(2).mean()
 
 
-class SegDiffModel(SegmentationDiffusionModel):
+class SegDiffModel(DiscreteDiffusionModel):
     """SegDiff (see the module docstring): eps_theta(x_t, I, t) = UNet(F(x_t) + G(I), t)."""
 
     kind = "segdiff"
+    PRESETS = PRESETS
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -72,16 +73,6 @@ class SegDiffModel(SegmentationDiffusionModel):
         self.image_encoder = RRDBEncoder(self.config["image_channels"], channels,
                                          self.config["rrdb"]["num_blocks"], self.config["rrdb"]["growth_channels"])
         self.unet = build_unet(self.config["unet"], channels, 1, self.config["image_size"])
-        self.register_buffer("alphas_cumprod", alphas_cumprod(make_betas(self.config["schedule"])).float(),
-                             persistent=False)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> dict:
-        return merge_preset(PRESETS, name, overrides)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.config["schedule"]["num_train_timesteps"])
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         """eps estimate from the summed encodings F(x_t) + G(I) (``image_features`` = G(I))."""
