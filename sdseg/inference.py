@@ -142,7 +142,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _sample_batch(model, slices: list[np.ndarray], indices: list[int], samples: range, steps, seed: int,
+def sample_batch(model, slices: list[np.ndarray], indices: list[int], samples: range, steps, seed: int,
                   size: int) -> np.ndarray:
     """Binary samples (len(slices), len(samples), A, B) of equally shaped normalised 2D slices."""
     images = torch.from_numpy(np.stack(slices)[:, None]).to(_model_device(model))
@@ -188,7 +188,7 @@ def segment_slices(model, array_kji: np.ndarray, roi_ijk, slice_axis: int, num_s
         else:
             positions, samples = [position], range(first_sample, min(num_samples, first_sample + limit))
         try:
-            masks = _sample_batch(model, [normalize_intensities(slice_of_roi(roi, slice_axis, p), lo, hi)
+            masks = sample_batch(model, [normalize_intensities(slice_of_roi(roi, slice_axis, p), lo, hi)
                                           for p in positions],
                                   [first_index + p for p in positions], samples, steps, seed, size)
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised

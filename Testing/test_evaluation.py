@@ -1,0 +1,235 @@
+"""`sdseg evaluate` (sdseg.evaluation) with a real tiny model on synthetic data: a real `python -m sdseg.cli
+evaluate` subprocess whose metrics.json equals a recomputation with sdseg.metrics on samples drawn directly from
+the model, the trivial baselines on a hand-made data set with known answers, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from sdseg.checkpoint import load_model, save_model
+from sdseg.data.dataset import CropsDataset
+from sdseg.data.synthetic import make_shapes_dataset
+from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline, threshold_masks
+from sdseg.inference import sample_generators
+from sdseg.metrics import auroc, dice, generalized_energy_distance, iou, sample_diversity
+from sdseg.models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+SEED, STEPS, CASES, COUNTS = 5, 2, 4, (1, 3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("eval") / "shapes", 6, 1, 5, image_size=32, n_raters=3,
+                               seed=1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny model whose output is shifted towards background: its samples (about 1/3 foreground)
+    fall into many components, so the relative-area filter changes them."""
+    torch.manual_seed(0)
+    model = build_model("ambiguous", "tiny")
+    with torch.no_grad():
+        model.unet.conv_out.bias -= 0.25
+    return save_model(model, tmp_path_factory.mktemp("eval") / "tiny-ambiguous")
+
+
+def run_cli(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sdseg.cli", "evaluate", *arguments], capture_output=True,
+                          text=True, cwd=cwd, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def cli_run(data, model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "out"
+    result = run_cli("--model", str(model_dir), "--data", str(data), "--samples", ",".join(map(str, COUNTS)),
+                     "--steps", str(STEPS), "--max-cases", str(CASES), "--seed", str(SEED), "--out", str(out),
+                     cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, out
+
+
+def test_cli_writes_the_table_the_json_and_the_grid(cli_run):
+    result, out = cli_run
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["data"]["cases"] == CASES and report["settings"]["samples"] == list(COUNTS)
+    assert [(row["samples"], row["postprocessing"]) for row in report["results"]] == \
+        [(n, p) for n in COUNTS for p in ("none", "relative_area")]
+    assert all(row["slices_per_s"] > 0 for row in report["results"]) and report["baselines"] == []
+    table = (out / "metrics.md").read_text()
+    assert table in result.stdout and f"results written to {out}" in result.stdout
+    assert table.count("\n| model |") == 2 * len(COUNTS)
+    for caption in ("i ≠ j", "pooled over all pixels of all cases", "(model default)", "slices/s"):
+        assert caption in table
+    picture = imread(out / "grid.png")
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 100 and picture.std() > 0.05
+
+
+def expected_metrics(samples: list[np.ndarray], raters: list[np.ndarray]) -> dict:
+    consensus = [s.mean(0) >= 0.5 for s in samples]
+    majority = [r.mean(0) >= 0.5 for r in raters]
+    return {
+        "dice_vs_raters": np.mean([np.mean([dice(c, y) for y in r]) for c, r in zip(consensus, raters)]),
+        "iou_vs_raters": np.mean([np.mean([iou(c, y) for y in r]) for c, r in zip(consensus, raters)]),
+        "dice_vs_majority": np.mean([dice(c, m) for c, m in zip(consensus, majority)]),
+        "iou_vs_majority": np.mean([iou(c, m) for c, m in zip(consensus, majority)]),
+        "ged": np.mean([generalized_energy_distance(s, r) for s, r in zip(samples, raters)]),
+        "diversity": np.mean([sample_diversity(s) for s in samples]),
+        "auroc_variance_vs_disagreement": auroc(np.concatenate([(s.mean(0) * (1 - s.mean(0))).ravel()
+                                                                for s in samples]),
+                                                np.concatenate([(r.any(0) & ~r.all(0)).ravel() for r in raters])),
+    }
+
+
+def test_metrics_equal_a_recomputation_on_samples_drawn_directly(cli_run, data, model_dir):
+    _, out = cli_run
+    rows = {(row["samples"], row["postprocessing"]): row
+            for row in json.loads((out / "metrics.json").read_text())["results"]}
+    test = CropsDataset(data, "test")
+    images = [test[i][0][None] for i in range(CASES)]
+    raters = [test[i][1].numpy() > 0.5 for i in range(CASES)]
+    filtered = load_model(model_dir)  # applies its own relative-area filter (r = 0.5) to its samples
+    unfiltered = load_model(model_dir)
+    assert filtered.config["relative_area"] == 0.5
+    unfiltered.config["relative_area"] = None
+    for count in COUNTS:
+        for postprocessing, model in (("none", unfiltered), ("relative_area", filtered)):
+            samples = [model.sample(image, count, steps=STEPS, generator=sample_generators(SEED, i, range(count)))
+                       [0].numpy() > 0.5 for i, image in enumerate(images)]
+            expected = expected_metrics(samples, raters)
+            row = rows[(count, postprocessing)]
+            for key, value in expected.items():
+                assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (count, postprocessing, key)
+    assert rows[(1, "none")]["diversity"] == 0.0 and rows[(1, "none")]["auroc_variance_vs_disagreement"] == 0.5
+    for count in COUNTS:  # the filter made a difference, so the test tells the two variants apart
+        assert rows[(count, "none")]["ged"] != rows[(count, "relative_area")]["ged"]
+
+
+# Hand-made data set (32x32, 2 raters; background -0.4, lesions +0.6): squares S1 (64 px), S2 and S4 (16 px each).
+S1, S2, S4 = (slice(4, 12), slice(4, 12)), (slice(20, 24), slice(20, 24)), (slice(24, 28), slice(0, 4))
+
+
+def square_mask(*squares) -> np.ndarray:
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    for square in squares:
+        mask[square] = 1
+    return mask
+
+
+def image_with(*squares) -> np.ndarray:
+    return np.where(square_mask(*squares) > 0, 0.6, -0.4).astype(np.float32)
+
+
+def write_hand_made_dataset(folder: Path) -> Path:
+    cases = {"train": [(image_with(S1), [square_mask(S1), square_mask(S1)]),
+                       (image_with(S1, S2), [square_mask(S1, S2), square_mask(S1)])],
+             "test": [(image_with(S1, S4), [square_mask(S1), square_mask()])]}
+    for split, items in cases.items():
+        (folder / split).mkdir(parents=True)
+        for index, (image, masks) in enumerate(items):
+            np.savez(folder / split / f"{index}.npz", image=image[None], masks=np.stack(masks),
+                     patient=np.str_(f"{split}{index}"))
+    info = {"name": "hand-made", "source": "test", "licence": "CC0-1.0", "image_size": 32, "n_raters": 2,
+            "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}, "synthetic": True,
+            "description": "squares"}
+    (folder / "dataset.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_baselines_on_a_hand_made_case(tmp_path, model_dir):
+    data = write_hand_made_dataset(tmp_path / "hand")
+    assert main(["--model", str(model_dir), "--data", str(data), "--samples", "1", "--steps", "1", "--baselines",
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = {row["predictor"]: row for row in json.loads((tmp_path / "out" / "metrics.json").read_text())["baselines"]}
+    # test case: raters [S1, empty], majority (at least half) = S1
+    expected = {
+        "empty mask": {"dice_vs_raters": 0.5, "iou_vs_raters": 0.5, "dice_vs_majority": 0.0, "iou_vs_majority": 0.0,
+                       "ged": 2 * 0.5 - 0 - 1},
+        "train mean mask": {"dice_vs_raters": 0.5, "iou_vs_raters": 0.5, "dice_vs_majority": 1.0,  # = S1
+                            "iou_vs_majority": 1.0, "ged": 2 * 0.5 - 0 - 1},
+        "intensity threshold": {"dice_vs_raters": 4 / 9, "iou_vs_raters": 0.4, "dice_vs_majority": 8 / 9,  # S1+S4
+                                "iou_vs_majority": 0.8, "ged": 2 * (0.2 + 1) / 2 - 0 - 1},
+    }
+    assert set(rows) == set(expected)
+    for name, values in expected.items():
+        assert rows[name]["diversity"] == 0.0 and rows[name]["auroc_variance_vs_disagreement"] == 0.5
+        assert rows[name]["slices_per_s"] is None
+        for key, value in values.items():
+            assert rows[name][key] == pytest.approx(value, abs=1e-12), (name, key)
+    fitted = rows["intensity threshold"]
+    assert fitted["polarity"] == "above" and -0.4 <= fitted["threshold"] < 0.6
+    assert fitted["train_dice"] == pytest.approx((1 + (1 + 128 / 144) / 2) / 2)  # case 2: S1+S2 vs rater S1
+    assert "intensity threshold" in (tmp_path / "out" / "metrics.md").read_text()
+
+
+def test_mean_mask_and_threshold_fits():
+    masks = [np.stack([square_mask(S1), square_mask(S1)]).astype(bool),
+             np.stack([square_mask(S1, S2), square_mask(S1)]).astype(bool)]
+    np.testing.assert_array_equal(mean_mask_baseline(masks), square_mask(S1) > 0)  # S2: mean 0.25
+    dark = -np.stack([image_with(S1), image_with(S1, S2)])
+    fitted = fit_intensity_threshold(dark, masks)
+    assert fitted["polarity"] == "below"
+    np.testing.assert_array_equal(threshold_masks(dark, fitted["threshold"], fitted["polarity"]),
+                                  [square_mask(S1) > 0, square_mask(S1, S2) > 0])
+
+
+def test_threshold_fit_equals_a_brute_force_search():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, size=(3, 12, 12)).astype(np.float32)
+    masks = [rng.random((2, 12, 12)) < p for p in (0.2, 0.5, 0.0)]
+    grid = np.linspace(-1, 1, 21)
+    scores = {(polarity, t): np.mean([np.mean([dice(image > t if polarity == "above" else image < t, m)
+                                               for m in rater]) for image, rater in zip(images, masks)])
+              for polarity in ("above", "below") for t in grid}
+    fitted = fit_intensity_threshold(images, masks, grid)
+    nearest = grid[np.argmin(np.abs(grid - fitted["threshold"]))]
+    assert nearest == pytest.approx(fitted["threshold"], abs=1e-12)
+    assert fitted["train_dice"] == pytest.approx(max(scores.values()))
+    assert scores[(fitted["polarity"], nearest)] == pytest.approx(fitted["train_dice"])
+
+
+def test_bad_data_folder_gives_a_one_line_error(tmp_path, model_dir):
+    result = run_cli("--model", str(model_dir), "--data", str(tmp_path / "missing"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("sdseg evaluate: error: ") and result.stderr.count("\n") == 1
+    assert str(tmp_path / "missing") in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "no-such-model"], "no model named"),
+    (["--baselines"], "'train' split"),
+    (["--samples", "0,4"], "at least 1"),
+    (["--steps", "x"], "integer"),
+])
+def test_bad_arguments_give_a_clear_message(arguments, message, tmp_path, model_dir, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text(json.dumps({
+        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True,
+        "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}, "description": "t"}))
+    (data / "test").mkdir()
+    np.savez(data / "test" / "0.npz", image=np.zeros((1, 32, 32), np.float32), masks=np.zeros((1, 32, 32), np.uint8),
+             patient=np.str_("p"))
+    base = {"--model": str(model_dir), "--data": str(data), "--out": str(tmp_path / "out"), "--steps": "1",
+            "--samples": "1"}
+    for key in arguments[::2]:
+        base.pop(key, None)
+    argv = [item for pair in base.items() for item in pair] + arguments
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error

@@ -1,0 +1,405 @@
+"""`sdseg evaluate`: segmentation and uncertainty metrics of a model on a crops data set split.
+
+For each requested sample count N the model draws N samples of every case; sample n of case i (the split's files
+in name order) uses the generator :func:`sdseg.inference.sample_generators` ``(seed, i, [n])``, the worker's
+seeding with the case number as the slice index, so a run is reproducible and independent of batching.
+The metrics (:mod:`sdseg.metrics`) are computed on the binary samples as drawn ("none") and after the
+relative-area post-processing of every sample (:func:`sdseg.models.ambiguous.relative_area_filter`, r = 0.5),
+whichever model it is. With ``--baselines`` three trivial predictors fitted on the train split are scored the
+same way. Writes ``OUT/metrics.json``, ``OUT/metrics.md`` (the table, also printed) and ``OUT/grid.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdseg.checkpoint import CheckpointError, load_model
+from sdseg.data.dataset import SPLITS, CropsDataset, DatasetError
+from sdseg.inference import (ModelMismatchError, sample_batch, auto_batch_size, check_model_fits_volume,
+                             consensus_mask, is_out_of_memory)
+from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_disagreement, sample_diversity,
+                           voxel_variance)
+from sdseg.models.ambiguous import relative_area_filter
+from sdseg.registry import UnknownModelError, resolve_model
+from sdseg.training import hardware_description
+from sdseg.worker.server import JobError, resolve_device
+
+RELATIVE_AREA = 0.5
+POSTPROCESSING = ("none", "relative_area")
+THRESHOLDS = np.linspace(-1.0, 1.0, 201)  # intensity-threshold baseline candidates on the normalised scale
+GRID_CASES = 4
+GRID_SAMPLES = 4
+METRIC_COLUMNS = [("dice_vs_raters", "Dice vs raters"), ("iou_vs_raters", "IoU vs raters"),
+                  ("dice_vs_majority", "Dice vs majority"), ("iou_vs_majority", "IoU vs majority"),
+                  ("ged", "GED"), ("diversity", "diversity"), ("auroc_variance_vs_disagreement", "AUROC"),
+                  ("slices_per_s", "slices/s")]
+
+
+class EvaluationError(Exception):
+    """The evaluation cannot run; the message says what to do."""
+
+
+# ----- data
+
+def read_split(directory, split: str, max_cases: int | None = None) -> tuple[dict, np.ndarray, list[np.ndarray]]:
+    """``dataset.json`` content, images (cases, H, W) float32 and rater masks [(R, H, W) bool] of a
+    single-channel data set split."""
+    dataset = CropsDataset(directory, split)
+    count = len(dataset) if max_cases is None else min(max_cases, len(dataset))
+    items = [dataset.read(i) for i in range(count)]
+    channels = {item["image"].shape[0] for item in items}
+    if channels != {1}:
+        raise EvaluationError(f"{directory}: the {split} images have {sorted(channels)} channels; evaluation "
+                              "supports single-channel (grayscale) data sets only")
+    return dataset.info, np.stack([item["image"][0] for item in items]), [item["masks"] > 0 for item in items]
+
+
+# ----- trivial baselines
+
+def mean_mask_baseline(train_masks: list[np.ndarray]) -> np.ndarray:
+    """Boolean (H, W): pixels whose mean over the train cases of the raters' mean mask exceeds 0.5."""
+    return np.mean([masks.mean(axis=0) for masks in train_masks], axis=0) > 0.5
+
+
+def _mean_dice_above(values: np.ndarray, rater_masks: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Mean over raters of Dice(values > t, rater) for every sorted threshold t (counts by histogram)."""
+    bins = np.searchsorted(thresholds, values.ravel(), side="left")  # values > t_k  <=>  bins > k
+
+    def count_above(weights=None):
+        counts = np.bincount(bins, weights=weights, minlength=thresholds.size + 1)
+        return np.cumsum(counts[::-1])[::-1][1:]
+
+    predicted = count_above()
+    scores = []
+    for mask in rater_masks:
+        overlap, reference = count_above(mask.ravel().astype(np.float64)), float(mask.sum())
+        total = predicted + reference
+        scores.append(np.divide(2.0 * overlap, total, out=np.ones_like(total, dtype=np.float64), where=total > 0))
+    return np.mean(scores, axis=0)
+
+
+def fit_intensity_threshold(images: np.ndarray, rater_masks: list[np.ndarray],
+                            thresholds: np.ndarray = THRESHOLDS) -> dict:
+    """The threshold t of ``thresholds`` and polarity (mask = image > t, "above", or image < t, "below") that
+    maximise the mean over cases of the mean-over-raters Dice; ``{"threshold", "polarity", "train_dice"}``."""
+    thresholds = np.sort(np.asarray(thresholds, dtype=np.float64))
+    candidates = {"above": (1.0, thresholds), "below": (-1.0, -thresholds[::-1])}
+    best = None
+    for polarity, (sign, grid) in candidates.items():
+        curve = np.mean([_mean_dice_above(sign * image, masks, grid)
+                         for image, masks in zip(images, rater_masks)], axis=0)
+        k = int(np.argmax(curve))
+        if best is None or curve[k] > best["train_dice"]:
+            best = {"threshold": float(sign * grid[k]), "polarity": polarity, "train_dice": float(curve[k])}
+    return best
+
+
+def threshold_masks(images: np.ndarray, threshold: float, polarity: str) -> np.ndarray:
+    return images > threshold if polarity == "above" else images < threshold
+
+
+def baseline_predictions(train_images: np.ndarray, train_masks: list[np.ndarray],
+                         test_images: np.ndarray) -> list[tuple[str, dict, np.ndarray]]:
+    """``(name, details, masks (cases, 1, H, W) bool)`` of the empty mask, the train mean mask and the intensity
+    threshold baseline (all fitted on the train split)."""
+    shape = (len(test_images), 1, *test_images.shape[1:])
+    fitted = fit_intensity_threshold(train_images, train_masks)
+    return [
+        ("empty mask", {}, np.zeros(shape, dtype=bool)),
+        ("train mean mask", {}, np.broadcast_to(mean_mask_baseline(train_masks), shape)),
+        ("intensity threshold", fitted,
+         threshold_masks(test_images, fitted["threshold"], fitted["polarity"])[:, None]),
+    ]
+
+
+# ----- sampling
+
+@contextlib.contextmanager
+def built_in_postprocessing_off(model):
+    """Let ``model.sample`` return the samples as drawn: switches off a model's own relative-area filtering
+    (``config["relative_area"]`` of the ambiguous model) while inside."""
+    saved = model.config.get("relative_area")
+    if saved:
+        model.config["relative_area"] = None
+    try:
+        yield
+    finally:
+        if saved:
+            model.config["relative_area"] = saved
+
+
+def draw_samples(model, images: np.ndarray, num_samples: int, steps: int | None, seed: int,
+                 batch_size: int) -> np.ndarray:
+    """Binary samples (cases, N, H, W) of normalised images (cases, H, W); a forward pass holds at most
+    ``batch_size`` images (several cases, or one case's samples in chunks)."""
+    size = int(model.config["image_size"])
+    cases_per_pass, chunk = max(1, batch_size // num_samples), min(num_samples, batch_size)
+    results = []
+    for start in range(0, len(images), cases_per_pass):
+        indices = list(range(start, min(len(images), start + cases_per_pass)))
+        parts = [sample_batch(model, [images[i] for i in indices], indices,
+                               range(first, min(num_samples, first + chunk)), steps, seed, size)
+                 for first in range(0, num_samples, chunk)]
+        results.append(np.concatenate(parts, axis=1))
+    return np.concatenate(results)
+
+
+def postprocess(samples: np.ndarray, method: str) -> np.ndarray:
+    if method == "none":
+        return samples
+    return relative_area_filter(torch.from_numpy(samples), RELATIVE_AREA).numpy()
+
+
+# ----- metrics
+
+def prediction_metrics(samples: np.ndarray, rater_masks: list[np.ndarray]) -> dict:
+    """Means over cases of the consensus's Dice/IoU vs each rater (mean over raters) and vs the raters' majority,
+    GED and sample diversity (pairs i != j); AUROC of the per-pixel sample variance for rater disagreement pooled
+    over all pixels of all cases (None when the raters agree everywhere or disagree everywhere)."""
+    per_case = {key: [] for key in ("dice_vs_raters", "iou_vs_raters", "dice_vs_majority", "iou_vs_majority",
+                                    "ged", "diversity")}
+    variances, disagreements = [], []
+    for case_samples, raters in zip(samples, rater_masks):
+        consensus, majority = consensus_mask(case_samples), consensus_mask(raters)
+        per_case["dice_vs_raters"].append(np.mean([dice(consensus, rater) for rater in raters]))
+        per_case["iou_vs_raters"].append(np.mean([iou(consensus, rater) for rater in raters]))
+        per_case["dice_vs_majority"].append(dice(consensus, majority))
+        per_case["iou_vs_majority"].append(iou(consensus, majority))
+        per_case["ged"].append(generalized_energy_distance(case_samples, raters))
+        per_case["diversity"].append(sample_diversity(case_samples))
+        variances.append(voxel_variance(case_samples).ravel())
+        disagreements.append(rater_disagreement(raters).ravel())
+    result = {key: float(np.mean(values)) for key, values in per_case.items()}
+    try:
+        result["auroc_variance_vs_disagreement"] = auroc(np.concatenate(variances), np.concatenate(disagreements))
+    except ValueError:
+        result["auroc_variance_vs_disagreement"] = None
+    return result
+
+
+# ----- outputs
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def markdown_report(report: dict) -> str:
+    """The metrics table with a caption stating every convention."""
+    header = ["predictor", "samples", "post-processing"] + [title for _, title in METRIC_COLUMNS]
+    lines = [f"# Evaluation of {report['model']['name']} on {report['data']['name']} ({report['data']['split']})",
+             "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in report["results"] + report["baselines"]:
+        post = row["postprocessing"].replace("_", " ") + (" (model default)" if row.get("model_default") else "")
+        cells = [row["predictor"], str(row["samples"]), post] + [_cell(row.get(key)) for key, _ in METRIC_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    data, settings = report["data"], report["settings"]
+    lines += ["", *[f"- {text}" for text in [
+        f"Data: {data['cases']} cases of the {data['split']} split of {data['name']} "
+        f"({'synthetic' if data['synthetic'] else 'real'} data, {data['n_raters']} raters), {data['path']}. "
+        f"Model: {report['model']['name']} ({report['model']['kind']}, {report['model']['parameters']:,} "
+        f"parameters), steps {settings['steps'] or 'model default'}, seed {settings['seed']}.",
+        "Consensus = pixels in at least half of a case's samples. Dice/IoU vs raters: of the consensus with each "
+        "rater's mask, averaged over the raters, then over the cases. Majority = pixels marked by at least half "
+        "of the raters (ties count as foreground). Two empty masks have Dice = IoU = 1.",
+        "GED = squared generalised energy distance D²_GED = 2E[d(S,Y)] − E[d(S,S')] − E[d(Y,Y')] (Kohl et al. "
+        "2018), d = 1 − IoU, d(empty, empty) = 0; the cross term averages all N×R sample-rater pairs, the "
+        "within-set terms average ordered pairs i ≠ j only (unbiased, can be slightly negative; a set of one "
+        "mask contributes 0); mean over cases. Lower is better.",
+        "Diversity = mean 1 − IoU over pairs of a case's samples i ≠ j (0 for one sample), mean over cases.",
+        "AUROC = area under the ROC curve of the per-pixel sample variance p(1 − p) as a detector of rater "
+        "disagreement (raters not unanimous), pooled over all pixels of all cases (not averaged per case); 0.5 "
+        "= no information, as for one sample or a deterministic predictor.",
+        f"Post-processing 'relative area': in every binary sample, connected components smaller than "
+        f"{RELATIVE_AREA} × its largest component are removed (Christensen et al. 2025) before any metric. "
+        "'(model default)' marks the output the model gives by default (what the Slicer module shows).",
+        f"slices/s = cases / wall-clock seconds of sampling all N samples (model.sample with resizing, batches of "
+        f"up to {settings['batch_size']} images, after one untimed warm-up pass; post-processing not included) "
+        f"on {report['hardware']}.",
+    ]]]
+    if report["baselines"]:
+        fitted = next(row for row in report["baselines"] if row["predictor"] == "intensity threshold")
+        lines.append(
+            "- Trivial baselines (one deterministic mask per case): empty mask; train mean mask = pixels whose "
+            "mean over the train cases of the raters' mean mask exceeds 0.5; intensity threshold = normalised "
+            f"image {'>' if fitted['polarity'] == 'above' else '<'} {fitted['threshold']:.3f}, the threshold and "
+            f"direction maximising the mean Dice vs raters on the train split ({fitted['train_dice']:.3f} there; "
+            f"{THRESHOLDS.size} thresholds in [-1, 1], both directions).")
+    lines += [f"- {warning}" for warning in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_grid(path: Path, images: np.ndarray, rater_masks: list[np.ndarray], samples: np.ndarray,
+               title: str) -> None:
+    """PNG: rows = a few cases, columns = image, raters, the first samples, sample variance."""
+    from matplotlib.figure import Figure
+
+    cases = sorted(set(np.linspace(0, len(images) - 1, min(GRID_CASES, len(images))).round().astype(int)))
+    n_raters, n_samples = max(len(rater_masks[c]) for c in cases), min(GRID_SAMPLES, samples.shape[1])
+    columns = 2 + n_raters + n_samples
+    figure = Figure(figsize=(1.3 * columns, 1.4 * len(cases) + 0.4))
+    axes = figure.subplots(len(cases), columns, squeeze=False)
+    for row, case in enumerate(cases):
+        panels = [(f"image {case}", images[case], "gray", 1.0, -1.0)]
+        panels += [(f"rater {r + 1}", mask, "gray", 1.0, 0.0) for r, mask in enumerate(rater_masks[case])]
+        panels += [None] * (n_raters - len(rater_masks[case]))
+        panels += [(f"sample {s + 1}", samples[case, s], "magma", 1.0, 0.0) for s in range(n_samples)]
+        panels.append((f"variance ({samples.shape[1]})", voxel_variance(samples[case]), "viridis", 0.25, 0.0))
+        for axis, panel in zip(axes[row], panels):
+            axis.set_axis_off()
+            if panel is not None:
+                label, array, cmap, high, low = panel
+                axis.imshow(array, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+                axis.set_title(label, fontsize=7)
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+# ----- command line
+
+def parse_sample_counts(text: str) -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]`` (sorted, unique, each >= 1)."""
+    try:
+        counts = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sample counts separated by commas, e.g. 1,4,16; got {text!r}") \
+            from None
+    if counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"sample counts must be at least 1, got {text!r}")
+    return counts
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdseg evaluate", description="Evaluate a model on a crops data set split: Dice/IoU of the consensus, "
+        "GED, sample diversity, variance-vs-rater-disagreement AUROC and speed, per sample count, with and without "
+        "relative-area post-processing. Writes OUT/metrics.json, OUT/metrics.md and OUT/grid.png.")
+    parser.add_argument("--model", required=True, help="installed model name (see `sdseg models`) or model folder")
+    parser.add_argument("--data", required=True, help="crops data set folder (with dataset.json)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default test)")
+    parser.add_argument("--samples", default=[1, 4, 16], type=parse_sample_counts,
+                        help="sample counts N, comma separated (default 1,4,16)")
+    parser.add_argument("--max-cases", type=_int_at_least(1), help="evaluate only the first N cases (file name order)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    parser.add_argument("--steps", type=_int_at_least(1), help="sampling steps (default: the model's)")
+    parser.add_argument("--out", help="output folder (default ./evaluation-MODEL-SPLIT)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also score the empty mask, the train mean mask and an intensity threshold fitted on "
+                             "the train split")
+    return parser
+
+
+def _model_rows(model, images, rater_masks, args, batch_size: int) -> tuple[list[dict], np.ndarray]:
+    """Metric rows of the model for every sample count and post-processing, and the largest count's samples as
+    the model outputs them by default."""
+    default = "relative_area" if model.config.get("relative_area") else "none"
+    rows, shown = [], None
+    with built_in_postprocessing_off(model):
+        draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size)  # warm-up, not timed
+        for count in args.samples:
+            started = time.perf_counter()
+            drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size)
+            seconds = time.perf_counter() - started
+            print(f"N={count}: sampled {len(images)} cases in {seconds:.1f} s", flush=True)
+            for method in POSTPROCESSING:
+                samples = postprocess(drawn, method)
+                rows.append({"predictor": "model", "samples": count, "postprocessing": method,
+                             "model_default": method == default, **prediction_metrics(samples, rater_masks),
+                             "slices_per_s": len(images) / seconds, "sampling_s": seconds})
+                if method == default:
+                    shown = samples
+    return rows, shown
+
+
+def _baseline_rows(data: Path, images, rater_masks) -> list[dict]:
+    _, train_images, train_masks = read_split(data, "train")
+    return [{"predictor": name, "samples": 1, "postprocessing": "none", **details,
+             **prediction_metrics(masks, rater_masks), "slices_per_s": None}
+            for name, details, masks in baseline_predictions(train_images, train_masks, images)]
+
+
+def evaluate(args: argparse.Namespace) -> Path:
+    """Run the evaluation described by the parsed arguments; returns the output folder."""
+    folder = resolve_model(args.model)
+    device = resolve_device(args.device)
+    data = Path(args.data)
+    info, images, rater_masks = read_split(data, args.split, args.max_cases)
+    model = load_model(folder, device)
+    check_model_fits_volume(model.config)
+    warnings = []
+    if model.config["preprocessing"] != info["preprocessing"]:
+        warnings.append(f"The model was trained with preprocessing {model.config['preprocessing']} but the data set "
+                        f"uses {info['preprocessing']}; the metrics may be pessimistic.")
+    if model.config["image_size"] != info["image_size"]:
+        warnings.append(f"The images ({info['image_size']} px) were resized to the model's {model.config['image_size']}"
+                        " px and the samples resized back (nearest neighbour).")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    batch_size = auto_batch_size(device, int(model.config["image_size"]))
+    baselines = _baseline_rows(data, images, rater_masks) if args.baselines else []
+    rows, shown = _model_rows(model, images, rater_masks, args, batch_size)
+    report = {
+        "model": {"name": folder.name, "path": str(folder), "kind": model.kind,
+                  "parameters": model.num_parameters()},
+        "data": {"name": info["name"], "path": str(data.resolve()), "split": args.split, "cases": len(images),
+                 "n_raters": info["n_raters"], "synthetic": info["synthetic"]},
+        "settings": {"samples": args.samples, "seed": args.seed, "steps": args.steps, "device": str(device),
+                     "batch_size": batch_size, "relative_area_r": RELATIVE_AREA, "ged_self_pairs": False},
+        "hardware": hardware_description(device),
+        "results": rows,
+        "baselines": baselines,
+        "warnings": warnings,
+    }
+    out = Path(args.out or f"evaluation-{folder.name}-{args.split}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    table = markdown_report(report)
+    (out / "metrics.md").write_text(table, encoding="utf-8")
+    write_grid(out / "grid.png", images, rater_masks, shown,
+               f"{folder.name} on {info['name']} ({args.split}), N = {args.samples[-1]}")
+    print(table, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        out = evaluate(args)
+    except (EvaluationError, DatasetError, CheckpointError, UnknownModelError, ModelMismatchError, JobError) as error:
+        print(f"sdseg evaluate: error: {error}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        print("sdseg evaluate: error: out of memory while sampling; use --device cpu, fewer --samples or a "
+              "smaller model", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"sdseg evaluate: error: cannot write the results ({error}); choose a writable --out",
+              file=sys.stderr)
+        return 2
+    print(f"results written to {out}", flush=True)
+    return 0
