@@ -261,3 +261,16 @@ def test_real_tiny_models_round_trip_bit_exactly(kind, tmp_path):
     assert type(loaded) is cls and loaded.kind == kind
     assert loaded.config == json.loads(json.dumps(model.config))
     assert_same_weights(model, loaded)
+
+
+def test_half_precision_storage_halves_the_file_and_loads_the_rounded_weights(tmp_path):
+    torch.manual_seed(2)
+    model = build_model("ambiguous", "tiny")
+    full = save_model(model, tmp_path / "full") / "model.safetensors"
+    half = save_model(model, tmp_path / "half", half_precision=True) / "model.safetensors"
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = load_model(half.parent)
+    for name, tensor in model.state_dict().items():
+        restored = loaded.state_dict()[name]
+        assert restored.dtype == tensor.dtype  # cast back to the model's float32
+        assert torch.equal(restored, tensor.half().to(tensor.dtype))  # exactly the float16 rounding

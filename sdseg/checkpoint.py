@@ -63,11 +63,13 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(temporary, path)
 
 
-def save_model(model, folder, card: str | None = None) -> Path:
+def save_model(model, folder, card: str | None = None, half_precision: bool = False) -> Path:
     """Write ``model`` (a SegmentationDiffusionModel) into ``folder`` and return the folder.
 
-    Tensors are stored contiguous on the CPU, bit-exact. ``card`` (Markdown) becomes ``README.md``; with
-    ``card=None`` an existing card is left as it is. Files are replaced atomically.
+    Tensors are stored contiguous on the CPU, bit-exact, or with ``half_precision`` every floating-point tensor
+    rounded to IEEE float16 (half the file size, for the bundled models; loading casts them back to the model's
+    float32). ``card`` (Markdown) becomes ``README.md``; with ``card=None`` an existing card is left as it is.
+    Files are replaced atomically.
     """
     folder = Path(folder)
     kind = getattr(model, "kind", "")
@@ -81,6 +83,8 @@ def save_model(model, folder, card: str | None = None) -> Path:
         raise CheckpointError(f"{folder / CONFIG_FILE}: the model config is not JSON-serialisable ({error}); "
                               "keep only numbers, strings, lists and dicts in model.config") from error
     tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
+    if half_precision:
+        tensors = {name: t.half() if t.is_floating_point() else t for name, t in tensors.items()}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(
