@@ -1,6 +1,8 @@
 """Suite-wide safety net against CPU oversubscription: the tests share a small machine, where more than one thread
 per process makes them many times slower. Subprocesses inherit OMP_NUM_THREADS=1 (unless it is set already) and
-this process runs torch, when installed, with one thread."""
+this process runs torch, when installed, with one thread. Also the fixtures of the end-to-end tests of
+SDSegSlicerLib (a tiny real model, the environment of a real worker / CLI subprocess); they import numpy, torch
+and the test helpers inside, so that OMP_NUM_THREADS is set before any of them loads."""
 
 from __future__ import annotations
 
@@ -19,3 +21,32 @@ def one_torch_thread():
 
         torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny_models_dir(tmp_path_factory):
+    """A models folder with the tiny ambiguous model (random weights), named MODEL_NAME. It imports torch in the
+    test process only; the MRML side never does."""
+    import torch
+    from slicerlib_testing import MODEL_NAME
+
+    from sdseg.checkpoint import save_model
+    from sdseg.models import build_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    save_model(build_model("ambiguous", "tiny"), folder / MODEL_NAME)
+    return folder
+
+
+@pytest.fixture()
+def worker_env(tiny_models_dir, monkeypatch):
+    """Environment of CLI subprocesses and of workers started by the test: the lib importable, the tiny model
+    found, one thread per process (the test machine is small)."""
+    from slicerlib_testing import lib_python_path
+
+    monkeypatch.setenv("SDSEG_MODELS_PATH", str(tiny_models_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", lib_python_path())
+    return dict(os.environ)
+

@@ -1,6 +1,6 @@
 """Helpers shared by the SDSegSlicerLib tests: an oblique, anisotropic, flipped-axis geometry, synthetic worker
-results written as the protocol says (`slice` messages + npz files), independent readers of .seg.nrrd files, and
-the fixtures of the end-to-end tests (a tiny real model, the environment of a real worker / CLI subprocess)."""
+results written as the protocol says (`slice` messages + npz files), independent readers of .seg.nrrd files, test
+volume files and the PYTHONPATH of subprocesses. (The fixtures of the end-to-end tests are in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import slicerio
 
@@ -133,29 +132,3 @@ def lib_python_path() -> str:
     """PYTHONPATH with the folder holding SDSegSlicerLib first (for subprocesses)."""
     lib_parent = str(Path(SDSegSlicerLib.__file__).resolve().parents[1])
     return os.pathsep.join(p for p in (lib_parent, os.environ.get("PYTHONPATH")) if p)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """A models folder with the tiny ambiguous model (random weights). Only this fixture imports torch, in the
-    test process; the MRML side never does."""
-    import torch
-
-    from sdseg.checkpoint import save_model
-    from sdseg.models import build_model
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models")
-    save_model(build_model("ambiguous", "tiny"), folder / MODEL_NAME)
-    return folder
-
-
-@pytest.fixture()
-def worker_env(models_dir, monkeypatch):
-    """Environment of CLI subprocesses and of workers started by the test: the lib importable, the tiny model
-    found, one thread per process (the test machine is small)."""
-    monkeypatch.setenv("SDSEG_MODELS_PATH", str(models_dir))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", lib_python_path())
-    return dict(os.environ)
-

@@ -13,9 +13,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, RAS_TO_LPS, lesion_volume, models_dir,  # noqa: F401
-                               oblique_ijk_to_ras, read_seg_nrrd_with_sitk, read_seg_nrrd_with_slicerio,
-                               sitk_ijk_to_lps, worker_env)
+from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, RAS_TO_LPS, lesion_volume, oblique_ijk_to_ras,
+                               read_seg_nrrd_with_sitk, read_seg_nrrd_with_slicerio, sitk_ijk_to_lps)
 
 from SDSegSlicerLib import headless
 

@@ -15,8 +15,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 import slicer
-from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, models_dir,  # noqa: F401
-                               read_seg_nrrd_with_slicerio, worker_env)
+from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
 from SDSegSlicerLib import headless
 from SDSegSlicerLib.run import SegmentationRun

@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from sdseg.checkpoint import load_model
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.synthetic import make_shapes_dataset
+from sdseg.ema import WeightEMA, ema_decay
 from sdseg.metrics import dice
-from sdseg.training import (BatchOrder, Training, TrainingError, WeightEMA, ema_decay, learning_rate, main,
-                            parse_stage_steps, stage_plan)
+from sdseg.training import BatchOrder, Training, TrainingError, learning_rate, main, parse_stage_steps, stage_plan
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -32,14 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import sdseg
 from sdseg.checkpoint import CheckpointError, save_model
 from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
+from sdseg.ema import WeightEMA
 from sdseg.models import MODEL_CLASSES, build_model, model_from_config
+from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state, read_training_state,
+                                  save_training_state, tensors_with_prefix, truncate_log)
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
             "ema": 0.999, "seed": 0}
@@ -47,10 +48,6 @@ GRAD_CLIP_NORM = 1.0
 WARMUP_MAX_FRACTION = 0.1
 SAMPLE_EXAMPLES = 4
 SAMPLES_PER_EXAMPLE = 4
-STATE_DIR = "training_state"
-STATE_FILE = "state.json"
-STATE_FORMAT = "sdseg-training-state"
-STATE_FORMAT_VERSION = 1
 
 
 class TrainingError(Exception):
@@ -67,52 +64,10 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def ema_decay(decay: float, updates: int) -> float:
-    """EMA decay after ``updates`` updates: ``min(decay, (1 + n) / (10 + n))``, so that early averages do not
-    cling to the random initialisation (TensorFlow's ExponentialMovingAverage with num_updates)."""
-    return min(decay, (1.0 + updates) / (10.0 + updates))
-
-
 def derived_seed(*parts: int | str) -> int:
     """A well-mixed 63-bit seed from integers and short strings (e.g. the run seed, a purpose, a step)."""
     words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") for p in parts]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class WeightEMA:
-    """Exponential moving average of a model's parameters: ``shadow <- d shadow + (1 - d) param``."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.updates = 0
-        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, names: list[str]) -> None:
-        """One EMA step of the parameters ``names`` with decay :func:`ema_decay`."""
-        weight = 1.0 - ema_decay(self.decay, self.updates)
-        parameters = dict(model.named_parameters())
-        for name in names:
-            self.shadow[name].lerp_(parameters[name], weight)
-        self.updates += 1
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module, names: list[str] | None = None) -> None:
-        for name, p in model.named_parameters():
-            if names is None or name in names:
-                p.copy_(self.shadow[name])
-
-    @contextlib.contextmanager
-    def applied(self, model: torch.nn.Module):
-        """Temporarily give ``model`` the EMA weights."""
-        saved = {name: p.detach().clone() for name, p in model.named_parameters()}
-        self.copy_to(model)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.copy_(saved[name])
 
 
 class BatchOrder:
@@ -328,7 +283,7 @@ class Training:
         else:
             self.meta = resume["meta"]
             self.model = model_from_config(settings["model"], self.meta["model_config"])
-            self.model.load_state_dict(_prefixed(resume["tensors"], "model."), strict=True)
+            self.model.load_state_dict(tensors_with_prefix(resume["tensors"], "model."), strict=True)
             self.meta["resumed_at"].append(self.meta["step"])
         self.model.to(device)
         if device.type == "cuda":  # same seed -> same weights also on GPUs (at some cost in speed)
@@ -342,10 +297,11 @@ class Training:
         self.step = self.meta["step"]
         self.ema = WeightEMA(self.model, settings["ema"]) if settings["ema"] > 0 else None
         if self.ema is not None and resume is not None:
-            self.ema.shadow = {name: t.to(device) for name, t in _prefixed(resume["tensors"], "ema.").items()}
+            ema_tensors = tensors_with_prefix(resume["tensors"], "ema.")
+            self.ema.shadow = {name: t.to(device) for name, t in ema_tensors.items()}
             self.ema.updates = self.meta["ema_updates"]
-        self._saved_optimizer = None if resume is None else (self.meta["optimizer"],
-                                                             _prefixed(resume["tensors"], "optimizer."))
+        self._saved_optimizer = None if resume is None else (
+            self.meta["optimizer"]["stage"], optimizer_state(self.meta["optimizer"], resume["tensors"]))
         self.order = BatchOrder(len(self.dataset), settings["batch_size"], self.seed)
         self.optimizer = None
         self.stage_names: list[str] = []
@@ -384,11 +340,11 @@ class Training:
         self.stage_names = [by_id[id(p)] for p in parameters]
         self.optimizer = torch.optim.AdamW(parameters, lr=self.settings["lr"])
         if resuming:
-            saved, tensors = self._saved_optimizer
-            if saved["stage"] != stage:
-                raise TrainingError(f"the saved optimizer state belongs to stage {saved['stage']!r}, not {stage!r}; "
+            saved_stage, saved_state = self._saved_optimizer
+            if saved_stage != stage:
+                raise TrainingError(f"the saved optimizer state belongs to stage {saved_stage!r}, not {stage!r}; "
                                     "the training state is inconsistent: start a new run")
-            self.optimizer.load_state_dict(_optimizer_state(saved, tensors))
+            self.optimizer.load_state_dict(saved_state)
         elif self.ema is not None:
             self.ema.updates = 0
 
@@ -417,7 +373,7 @@ class Training:
     def run(self, stop_after: int | None, stop: _StopRequest) -> bool:
         """Train up to the end (returns True) or until ``stop_after`` / Ctrl-C (saves the state, returns False)."""
         log_path = self.out / "train_log.jsonl"
-        _truncate_log(log_path, self.step)
+        truncate_log(log_path, self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model.kind}", unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         with bar, log_path.open("a", encoding="utf-8") as log:
@@ -459,35 +415,14 @@ class Training:
                                 derived_seed(self.seed, "samples"))
 
     def save_state(self, stage: str) -> None:
-        """Write ``OUT/training_state``: tensors to ``state-STEP.safetensors``, then ``state.json`` naming it."""
-        folder = self.out / STATE_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write ``OUT/training_state`` (see :func:`sdseg.training_state.save_training_state`)."""
         tensors = {f"model.{name}": t for name, t in self.model.state_dict().items()}
         if self.ema is not None:
             tensors.update({f"ema.{name}": t for name, t in self.ema.shadow.items()})
-        optimizer_state = self.optimizer.state_dict()
-        scalars = {}
-        for index, values in optimizer_state["state"].items():
-            for key, value in values.items():
-                if torch.is_tensor(value):
-                    tensors[f"optimizer.{index}.{key}"] = value
-                else:
-                    scalars[f"{index}.{key}"] = value
-        tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-        weights_file = f"state-{self.step:08d}.safetensors"
-        save_file(tensors, str(folder / weights_file))
-        self.meta.update({
-            "format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "step": self.step,
-            "weights_file": weights_file, "settings": self.settings, "kind": self.model.kind,
-            "model_config": self.model.config, "elapsed_s": self.elapsed(),
-            "ema_updates": self.ema.updates if self.ema is not None else 0, "last_loss": self.last_loss,
-            "optimizer": {"stage": stage, "param_groups": optimizer_state["param_groups"], "scalars": scalars}})
-        temporary = folder / (STATE_FILE + ".partial")
-        temporary.write_text(json.dumps(self.meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, folder / STATE_FILE)
-        for old in folder.glob("state-*.safetensors"):
-            if old.name != weights_file:
-                old.unlink()
+        run = {"settings": self.settings, "kind": self.model.kind, "model_config": self.model.config,
+               "elapsed_s": self.elapsed(), "ema_updates": self.ema.updates if self.ema is not None else 0,
+               "last_loss": self.last_loss}
+        save_training_state(self.out, self.meta, self.step, tensors, self.optimizer.state_dict(), stage, run)
 
     def save_final_model(self) -> Path:
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
@@ -524,47 +459,6 @@ class Training:
         return "\n".join(lines)
 
 
-def _prefixed(tensors: dict, prefix: str) -> dict:
-    return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
-
-
-def _optimizer_state(saved: dict, tensors: dict) -> dict:
-    state: dict[int, dict] = {}
-    for name, tensor in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    for name, value in saved["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": saved["param_groups"]}
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps 1..``step`` (a resumed run rewrites what came after its saved state)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def read_training_state(out: Path) -> dict:
-    """``{"meta": state.json content, "tensors": {name: tensor}}`` of the run saved in ``out``."""
-    folder = out / STATE_DIR
-    path = folder / STATE_FILE
-    if not path.is_file():
-        raise TrainingError(f"{out}: no saved training state ({path} is missing); start a new run without --resume")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_FORMAT_VERSION:
-            raise ValueError(f"not a version {STATE_FORMAT_VERSION} {STATE_FORMAT} file")
-        tensors = load_file(str(folder / meta["weights_file"]))
-    except (OSError, ValueError, KeyError, SafetensorError) as error:
-        raise TrainingError(f"{folder}: the training state cannot be read ({error}); start a new run in another "
-                            "--out") from error
-    return {"meta": meta, "tensors": tensors}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -589,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--resume", flush=True)
             return 0
         folder = training.save_final_model()
-    except (TrainingError, DatasetError, CheckpointError) as error:
+    except (TrainingError, TrainingStateError, DatasetError, CheckpointError) as error:
         print(f"sdseg train: error: {error}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:
