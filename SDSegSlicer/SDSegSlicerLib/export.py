@@ -57,14 +57,10 @@ def export_segmentation(segmentation_node, path, segment_ids=None) -> str:
             geometry_parameter, segmentation_node.GetSegmentation().GetConversionParameter(geometry_parameter))
         for segment_id in ids:
             node.GetSegmentation().CopySegmentFromSegmentation(segmentation_node.GetSegmentation(), segment_id)
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     try:
-        storage.SetCropToMinimumExtent(False)
-        storage.SetFileName(path)
-        if not storage.WriteData(node):
-            raise OSError(f"Could not write '{path}': check that the folder is writable and the disk not full.")
+        _write_with_storage_node(node, "vtkMRMLSegmentationStorageNode", path,
+                                 lambda storage: storage.SetCropToMinimumExtent(False))
     finally:
-        scene.RemoveNode(storage)
         if node is not segmentation_node:
             scene.RemoveNode(node)
     return path
@@ -76,16 +72,22 @@ def export_volume(volume_node, path, compress: bool = True) -> str:
     path = _prepare_output(path, (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd"))
     if volume_node.GetImageData() is None:
         raise ValueError(f"Volume '{volume_node.GetName()}' has no voxels to write.")
-    scene = volume_node.GetScene()
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    _write_with_storage_node(volume_node, "vtkMRMLVolumeArchetypeStorageNode", path,
+                             lambda storage: storage.SetUseCompression(compress))
+    return path
+
+
+def _write_with_storage_node(node, storage_class: str, path: str, configure) -> None:
+    """Write ``node`` to ``path`` through a temporary storage node of ``storage_class`` (what Slicer's Save does)."""
+    scene = node.GetScene()
+    storage = scene.AddNewNodeByClass(storage_class)
     try:
+        configure(storage)
         storage.SetFileName(path)
-        storage.SetUseCompression(compress)
-        if not storage.WriteData(volume_node):
+        if not storage.WriteData(node):
             raise OSError(f"Could not write '{path}': check that the folder is writable and the disk not full.")
     finally:
         scene.RemoveNode(storage)
-    return path
 
 
 def sitk_image(array_kji: np.ndarray, ijk_to_ras):
