@@ -18,6 +18,7 @@ import slicer
 from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
 from SDSegSlicerLib import headless
+from sdseg import registry
 from SDSegSlicerLib.run import SegmentationRun
 from SDSegSlicerLib.worker_client import WorkerClient
 
@@ -59,7 +60,9 @@ def test_killed_worker_is_a_clear_error_and_keeps_the_result_nodes(tmp_path, wor
     scene = slicer.vtkMRMLScene()
     client = WorkerClient()
     try:
-        assert [m["name"] for m in client.start(120)["models"]] == [MODEL_NAME]
+        bundled = sorted(path.parent.name for path in registry.bundled_models_dir().glob("*/config.json"))
+        names = [m["name"] for m in client.start(120)["models"]]
+        assert names[0] == MODEL_NAME and sorted(names[1:]) == bundled
         run = SegmentationRun(scene, client, {"volume": str(volume), "model": MODEL_NAME, "samples": 2,
                                               "steps": 2, "device": "cpu"})
         job_dir = client.job_dir(run.start())

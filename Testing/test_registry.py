@@ -38,6 +38,9 @@ def two_dirs(tmp_path, monkeypatch):
     write_model_folder(second, "lesions", kind="sdseg", card="# Shadowed\n")
     write_model_folder(second, "nocard", kind="sdseg")
     monkeypatch.setenv(registry.MODELS_PATH_ENV, os.pathsep.join([str(first), "", str(second)]))
+    bundled = tmp_path / "bundled"  # keep the shipped models out of these listings
+    bundled.mkdir()
+    monkeypatch.setattr(registry, "bundled_models_dir", lambda: bundled)
     return first, second
 
 
@@ -124,13 +127,12 @@ def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     assert "Lesion model (small)" in rows["lesions"] and str(first / "lesions") in rows["lesions"]
 
 
-def test_sdseg_models_command_without_models_says_what_to_do(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), SDSEG_MODELS_PATH=str(tmp_path / "empty"))
-    if any((registry.bundled_models_dir()).glob("*/config.json")):
-        pytest.skip("bundled models present")
-    result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0 and "No models found" in result.stdout and "SDSEG_MODELS_PATH" in result.stdout
+def test_sdseg_models_command_without_models_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(registry.MODELS_PATH_ENV, str(tmp_path / "empty"))
+    monkeypatch.setattr(registry, "bundled_models_dir", lambda: tmp_path / "no-bundled-models")
+    assert registry.main([]) == 0
+    output = capsys.readouterr().out
+    assert "No models found" in output and "SDSEG_MODELS_PATH" in output
 
 
 def test_listing_models_imports_no_model_code(two_dirs):
