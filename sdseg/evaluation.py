@@ -30,7 +30,7 @@ from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_
 from sdseg.models.ambiguous import relative_area_filter
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training import hardware_description
-from sdseg.worker.server import JobError, resolve_device
+from sdseg.device import DeviceUnavailable, resolve_device
 
 RELATIVE_AREA = 0.5
 POSTPROCESSING = ("none", "relative_area")
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         out = evaluate(args)
-    except (EvaluationError, DatasetError, CheckpointError, UnknownModelError, ModelMismatchError, JobError) as error:
+    except (EvaluationError, DatasetError, CheckpointError, UnknownModelError, ModelMismatchError, DeviceUnavailable) as error:
         print(f"sdseg evaluate: error: {error}", file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as error:

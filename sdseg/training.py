@@ -37,6 +37,7 @@ from tqdm import tqdm
 import sdseg
 from sdseg.checkpoint import CheckpointError, save_model
 from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
+from sdseg.device import DeviceUnavailable, resolve_device
 from sdseg.ema import WeightEMA
 from sdseg.models import MODEL_CLASSES, build_model, model_from_config
 from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state, read_training_state,
@@ -177,19 +178,6 @@ def _check_settings(settings: dict) -> None:
     for ok, message in checks:
         if not ok:
             raise TrainingError(message)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
-                            "or install a CUDA build of torch")
-    return device
 
 
 def _cpu_name() -> str:
@@ -471,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "another --out")
         settings = _settings(args, resume["meta"]["settings"] if resume else None)
         _check_settings(settings)
-        device = _device(args.device)
+        try:
+            device = resolve_device(args.device)
+        except DeviceUnavailable as error:
+            raise TrainingError(f"--device {args.device}: {error}") from None
         out.mkdir(parents=True, exist_ok=True)
         training = Training(settings, out, device, args.sample_every, command, resume)
         print(f"training {training.model.kind} ({training.model.num_parameters():,} parameters) on {device} for "

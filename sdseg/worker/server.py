@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sdseg import checkpoint, inference, registry
+from sdseg.device import DeviceUnavailable, resolve_device
 from sdseg.volume_io import VolumeError, check_roi, choose_slice_axis, read_volume
 from sdseg.worker import protocol
 
@@ -32,21 +33,6 @@ class JobError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def resolve_device(requested: str) -> torch.device:
-    """"cpu", or CUDA for "cuda" and "auto" when available ("auto" falls back to the CPU)."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "auto":
-        return torch.device("cpu")
-    reason = (f"this PyTorch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
-              else "no CUDA GPU is visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides it)")
-    raise JobError(protocol.DEVICE_UNAVAILABLE,
-                   f"CUDA was requested but {reason}. Choose device 'auto' or 'cpu', or install a CUDA build of "
-                   "PyTorch matching your GPU driver.")
 
 
 def hello_message() -> dict:
@@ -223,7 +209,10 @@ class Worker:
             raise JobError(protocol.UNKNOWN_MODEL, str(error)) from error
         except checkpoint.CheckpointError as error:
             raise JobError(protocol.BAD_MODEL, str(error)) from error
-        device = resolve_device(job["device"])
+        try:
+            device = resolve_device(job["device"])
+        except DeviceUnavailable as error:
+            raise JobError(protocol.DEVICE_UNAVAILABLE, str(error)) from None
         try:
             volume = read_volume(job["volume"])
         except VolumeError as error:
