@@ -110,6 +110,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._sampleIndex = 0
         self._resultsShown = False
+        self._startingWorker = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -175,8 +176,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         parameterNode = self.logic.getParameterNode()
-        if not parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not parameterNode.inputVolume:  # the first image volume (labelmaps are scalar volumes too)
+            firstVolume = next((node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                                if not node.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if firstVolume:
                 parameterNode.inputVolume = firstVolume
         self.setParameterNode(parameterNode)
@@ -195,7 +197,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             return
         running = self.logic.isRunning()
-        self.ui.segmentButton.enabled = running or bool(self._parameterNode.inputVolume)
+        canRun = running or bool(self._parameterNode.inputVolume)
+        self.ui.segmentButton.enabled = canRun and not self._startingWorker
         self.ui.segmentButton.toolTip = (
             "Cancel the run; slices already done are kept." if running
             else "Segment the volume." if self._parameterNode.inputVolume
@@ -217,19 +220,24 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.workerReady(pythonExecutable):
             return True
         self.setStatus("Starting the worker (loading PyTorch, may take a minute the first time)...")
-        slicer.app.processEvents()
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        self._startingWorker = True  # the GUI keeps processing events meanwhile: no second start or run
+        self.ui.segmentButton.enabled = False
+        self.ui.restartWorkerButton.enabled = False
+        qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
         try:
-            hello = self.logic.startWorker(pythonExecutable)
+            hello = self.logic.startWorker(pythonExecutable, onWait=slicer.app.processEvents)
         except WorkerError as error:  # says what to do (install the backend, choose another interpreter, ...)
             self.setStatus(str(error), error=True)
             self.updateBackendStatus()
             return False
         finally:
             qt.QApplication.restoreOverrideCursor()
+            self._startingWorker = False
+            self.ui.restartWorkerButton.enabled = True
+            self.onParameterNodeModified()
+        self.setStatus("")
         self.fillModelCombo(hello.get("models", []))
         self.ui.gpuLabel.text = describeDevice(hello)
-        self.setStatus("")
         self.updateBackendStatus()
         return True
 
@@ -243,6 +251,11 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(f"{model['name']} ({model['kind']})", model["name"])
             combo.setItemData(combo.count - 1, model["card"] or model["description"], qt.Qt.ToolTipRole)
         combo.blockSignals(wasBlocked)
+        name = self._parameterNode.model
+        if name and combo.findData(name) < 0:  # e.g. a scene saved with a model this worker does not have
+            self._parameterNode.model = ""
+            self.setStatus(f"Model '{name}' is not installed for this worker: the default model is selected.",
+                           error=True)
         self.selectModelInCombo(self._parameterNode.model)
 
     def selectModelInCombo(self, name):
@@ -282,6 +295,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             installed = self.logic.installBackend()
         except Exception as error:
+            if type(error).__name__ == "InstallationAbortedError":  # the user said no (Slicer 5.10+ installer)
+                self.setStatus("Installation cancelled.")
+                return
             logging.exception("SDSegSlicer: backend installation failed")
             self.setStatus(f"Installation failed: {error}", error=True)
             return
@@ -291,6 +307,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setStatus("Backend installed." if installed else "Installation cancelled.")
 
     def onRestartWorker(self):
+        if self._startingWorker:
+            return
         if self.logic.isRunning():
             self.setStatus("Cancel the running segmentation before restarting the worker.", error=True)
             return
@@ -300,6 +318,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- run -------------------------------------------------------------------------------------------------
 
     def onSegmentOrCancel(self):
+        if self._startingWorker:
+            return
         if self.logic.isRunning():
             self.logic.cancelRun()
             self.setStatus("Cancelling: slices already segmented are kept.")
@@ -402,10 +422,11 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setStatus(f"Sample {self._sampleIndex + 1} copied to segment '{name}': edit it in the Segment Editor.")
 
     def updateVarianceOverlay(self):
-        if self.logic.resultVariance is None or not self._parameterNode:
-            return
+        variance = self.logic.resultVariance
+        if variance is None or variance.GetScene() is None or not self._parameterNode:
+            return  # no result yet, or the variance volume was deleted: leave the slice views alone
         slicer.util.setSliceViewerLayers(
-            foreground=self.logic.resultVariance if self.ui.showVarianceCheckBox.checked else None,
+            foreground=variance if self.ui.showVarianceCheckBox.checked else None,
             foregroundOpacity=self._parameterNode.varianceOpacity)
 
     def updateStats(self):
@@ -460,11 +481,12 @@ class SDSegSlicerLogic(ScriptedLoadableModuleLogic):
     def workerReady(self, pythonExecutable=""):
         return self.client is not None and self.client.is_running() and self.clientPython == pythonExecutable
 
-    def startWorker(self, pythonExecutable="", timeout=WORKER_START_TIMEOUT_S):
-        """(Re)start the worker with the given interpreter (empty: Slicer's Python); returns its hello."""
+    def startWorker(self, pythonExecutable="", timeout=WORKER_START_TIMEOUT_S, onWait=None):
+        """(Re)start the worker with the given interpreter (empty: Slicer's Python); returns its hello.
+        ``onWait()`` is called repeatedly while the worker loads (the widget keeps the GUI responsive with it)."""
         self.stopWorker()
         client = WorkerClient(python_executable=pythonExecutable or None)
-        hello = client.start(timeout)
+        hello = client.start(timeout, on_wait=onWait)
         self.client, self.clientPython = client, pythonExecutable
         return hello
 

@@ -54,6 +54,22 @@ def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env):
     np.testing.assert_allclose(variance, samples.mean(axis=0) * (1 - samples.mean(axis=0)), atol=1e-6)
 
 
+def test_worker_start_keeps_calling_on_wait_until_the_hello(worker_env):
+    """What keeps Slicer's GUI responsive while the worker imports PyTorch: start() calls on_wait() between short
+    polls instead of blocking until the hello arrives."""
+    calls = []
+    client = WorkerClient()
+    try:
+        started = time.monotonic()
+        hello = client.start(120, on_wait=lambda: calls.append(time.monotonic()))
+        waited = time.monotonic() - started
+    finally:
+        client.stop()
+    assert hello["type"] == "hello" and MODEL_NAME in [m["name"] for m in hello["models"]]
+    assert len(calls) >= 2 and calls[-1] - started <= waited
+    gaps = np.diff([started, *calls])
+    assert np.median(gaps) < 0.5, f"on_wait called every {np.median(gaps):.2f} s"
+
 
 def test_killed_worker_is_a_clear_error_and_keeps_the_result_nodes(tmp_path, worker_env):
     volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))

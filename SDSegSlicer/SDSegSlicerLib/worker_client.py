@@ -19,12 +19,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 PROTOCOL_VERSION = 1
 WORKER_MODULE = "sdseg.worker"
 STDERR_LINES_KEPT = 200
 CRASH_REPORT_LINES = 6
 STOP_TIMEOUT_S = 10.0
+WAIT_POLL_S = 0.05
 # Environment variables of Slicer's own Python that would break another interpreter.
 FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 
@@ -101,8 +103,10 @@ class WorkerClient:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None and not self._stopping
 
-    def start(self, timeout: float = 120.0) -> dict:
-        """Start the worker and wait for its `hello` (models, device); raises WorkerError with a clear message."""
+    def start(self, timeout: float = 120.0, on_wait: Callable[[], None] | None = None) -> dict:
+        """Start the worker and wait for its `hello` (models, device); raises WorkerError with a clear message.
+        ``on_wait()`` is called about every ``WAIT_POLL_S`` while waiting (a GUI passes its event processing, so
+        it stays responsive while the worker imports PyTorch)."""
         if self._process is not None:
             raise WorkerError("The worker is already started: stop it before starting it again.")
         try:
@@ -122,14 +126,18 @@ class WorkerClient:
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in self._threads:
             thread.start()
-        self.hello = self._wait_for_hello(timeout)
+        self.hello = self._wait_for_hello(timeout, on_wait)
         return self.hello
 
-    def _wait_for_hello(self, timeout):
+    def _wait_for_hello(self, timeout, on_wait):
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            messages = self.poll(timeout=max(remaining, 0.0)) if remaining > 0 else []
+            wait = remaining if on_wait is None else min(remaining, WAIT_POLL_S)
+            messages = self.poll(timeout=wait) if remaining > 0 else []
+            if not messages and remaining > 0 and on_wait is not None:
+                on_wait()
+                continue
             if not messages and remaining <= 0:
                 tail = self.stderr_tail(CRASH_REPORT_LINES)
                 self.stop()
