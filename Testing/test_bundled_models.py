@@ -1,0 +1,61 @@
+"""The models shipped in Resources/Models: complete model cards, small float16 weights, and segmentations of the
+bundled sample volume (a real tumour of PyRadiomics patient brain1, held out from every bundled model's training
+set) that clearly beat the trivial empty-mask prediction on the lesion's slices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from sdseg import registry
+from sdseg.checkpoint import load_model
+from sdseg.inference import segment_slices
+from sdseg.metrics import dice
+from sdseg.volume_io import choose_slice_axis, read_volume
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "Resources" / "SampleData"
+BUNDLED = sorted(path.parent for path in registry.bundled_models_dir().glob("*/config.json"))
+MAX_WEIGHTS_MB = 16
+SAMPLES = 4
+MIN_LESION_DICE = 0.5  # the empty mask scores 0 on every lesion slice
+
+
+def test_the_default_model_is_bundled():
+    assert registry.DEFAULT_MODEL in [folder.name for folder in BUNDLED]
+
+
+@pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])
+def test_bundled_model_card_and_weights(folder):
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    for required in ("| data set |", "| command |", "| steps |", "| training time |", "| hardware |",
+                     "## Intended use", "## Evaluation of these weights", "| empty mask |", "parameters"):
+        assert required in card, f"{folder.name}/README.md lacks {required!r}"
+    weights = folder / "model.safetensors"
+    assert weights.stat().st_size < MAX_WEIGHTS_MB * 2**20
+    with safe_open(str(weights), framework="pt") as tensors:
+        dtypes = {tensors.get_slice(name).get_dtype() for name in tensors.keys()}
+    assert "F32" not in dtypes and "F16" in dtypes
+    assert json.loads((folder / "config.json").read_text())["kind"] == load_model(folder).kind
+
+
+@pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])
+def test_bundled_model_segments_the_held_out_sample_lesion(folder):
+    volume = read_volume(SAMPLE_DIR / "sample.nrrd")
+    truth = read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0
+    axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
+    assert axis == 2
+    lesion = np.flatnonzero(truth.any(axis=(1, 2)))
+    k0, k1 = int(lesion[0]), int(lesion[-1]) + 1
+    shape = volume.array_kji.shape
+    model = load_model(folder)
+    results = list(segment_slices(model, volume.array_kji, [0, 0, k0, shape[2], shape[1], k1], axis, SAMPLES,
+                                  seed=0, batch_size=16))
+    assert [r.index for r in results] == list(range(k0, k1))
+    scores = [dice(r.consensus, truth[r.index]) for r in results]
+    assert np.mean(scores) >= MIN_LESION_DICE, f"{folder.name}: Dice per lesion slice {np.round(scores, 2)}"
+    assert all(r.samples.shape == (SAMPLES,) + shape[1:] for r in results)
