@@ -1,7 +1,9 @@
 """Copy a trained model into Resources/Models/NAME for shipping: weights in float16, the training card kept, an
 intended-use statement and (optionally) the evaluation table of the bundled weights appended.
 
-    python scripts/bundle_model.py TRAINED_FOLDER NAME --summary "one line" [--evaluation eval/NAME/metrics.md]
+    python scripts/bundle_model.py TRAINED_FOLDER NAME --summary "one line" [--steps K] [--evaluation eval/NAME/metrics.md]
+
+--steps sets the model's default number of sampling steps (choose it on the validation split, never the test split).
 
 Evaluate the bundled folder itself (`sdseg evaluate --model Resources/Models/NAME ...`), then run this again with
 --evaluation so the card reports the numbers of exactly the weights that ship.
@@ -15,12 +17,14 @@ from pathlib import Path
 
 from sdseg.checkpoint import CheckpointError, load_model, save_model
 
+STEPS_KEY = {"sdseg": "sampling_steps", "segdiff": "sampling_steps"}  # the ambiguous model's key is "steps"
 BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 INTENDED_USE = """## Intended use
 
 A small demonstration default for SDSegSlicer on CPU: it shows consensus, plausible contours and sample variance on
-lesion-centred regions of interest of MR/CT slices. It was trained on five real patients (PyRadiomics test cases)
-and must not be used for clinical decisions or reported as a validated segmentation model. Train your own model on
+lesion-centred regions of interest of MR/CT slices. It was trained on the crops of three real patients (PyRadiomics
+test cases; see the data set row above) and must not be used for clinical decisions or reported as a validated
+segmentation model. Train your own model on
 your data with `sdseg train` (see the project README). Weights are stored in float16 and cast to float32 on load.
 """
 
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trained", type=Path)
     parser.add_argument("name")
     parser.add_argument("--summary", required=True, help="first line of the card (the model's description)")
+    parser.add_argument("--steps", type=int, help="default sampling steps of the shipped model")
     parser.add_argument("--evaluation", type=Path, help="metrics.md written by sdseg evaluate on the bundled folder")
     args = parser.parse_args(argv)
     try:
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"bundle_model: error: {error}", file=sys.stderr)
         return 2
+    if args.steps is not None:
+        model.config[STEPS_KEY.get(model.kind, "steps")] = args.steps
     training_card = (args.trained / "README.md").read_text(encoding="utf-8")
     training_card = training_card.split("\n", 1)[1].replace("`samples/", "`(training folder) samples/")
     card = f"# {args.name}: {args.summary}\n{training_card}\n{INTENDED_USE}"
