@@ -205,10 +205,45 @@ def test_same_seed_gives_the_same_weights_and_another_seed_other_weights(data, t
     assert not all(torch.equal(seed0[name], seed1[name]) for name in seed0)
 
 
+def test_init_fine_tunes_a_trained_model_keeping_its_configuration(data, tmp_path, uninterrupted_sdseg_run):
+    """--init starts from the trained weights (kind and size from the model, the SDSeg latent scale kept when the
+    autoencoder stage is skipped); a near-zero learning rate then leaves the weights where they were."""
+    out = tmp_path / "fine-tuned"
+    assert main(["--init", str(uninterrupted_sdseg_run), "--data", str(data), "--out", str(out), "--stage-steps",
+                 "autoencoder=0,diffusion=2", "--batch-size", "4", "--lr", "1e-12", "--ema", "0",
+                 "--sample-every", "0", "--device", "cpu"]) == 0
+    start, tuned = load_model(uninterrupted_sdseg_run), load_model(out)
+    assert tuned.kind == "sdseg" and tuned.config == start.config
+    start_weights, tuned_weights = start.state_dict(), tuned.state_dict()
+    for name, weight in start_weights.items():
+        torch.testing.assert_close(tuned_weights[name], weight, atol=1e-6, rtol=0, msg=name)
+    card = (out / "README.md").read_text()
+    assert f"fine-tuned from `{uninterrupted_sdseg_run}`" in card and "autoencoder 0, diffusion 2" in card
+
+    moved = tmp_path / "moved"
+    assert main(["--init", str(uninterrupted_sdseg_run), "--data", str(data), "--out", str(moved), "--stage-steps",
+                 "autoencoder=0,diffusion=3", "--batch-size", "4", "--lr", "1e-2", "--ema", "0",
+                 "--sample-every", "0", "--device", "cpu"]) == 0
+    moved_weights = load_model(moved).state_dict()
+    assert not torch.equal(moved_weights["unet.conv_in.weight"], start_weights["unet.conv_in.weight"])
+    assert all(torch.equal(moved_weights[n], w) for n, w in start_weights.items() if n.startswith("mask_autoencoder"))
+
+
+def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_sdseg_run, capsys):
+    other = make_shapes_dataset(tmp_path / "shapes64", 8, 2, 2, image_size=64, n_raters=1, seed=0)
+    assert main(["--init", str(uninterrupted_sdseg_run), "--data", str(other), "--out", str(tmp_path / "out"),
+                 "--steps", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "image size 64 (the model has 32)" in error and "Traceback" not in error
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "ambiguous", "--data", "{tmp}/nothing", "--out", "{tmp}/out"], "no such data set folder"),
     (["--model", "ambiguous", "--data", "{tmp}", "--out", "{tmp}/out"], "not a crops data set"),
-    (["--data", "{data}", "--out", "{tmp}/out"], "--model and --data are required"),
+    (["--data", "{data}", "--out", "{tmp}/out"], "--model (or --init) and --data are required"),
+    (["--init", "{tmp}/nothing", "--data", "{data}", "--out", "{tmp}/out"], "--init: no model named or found"),
+    (["--init", "{run}", "--preset", "tiny", "--data", "{data}", "--out", "{tmp}/out"], "leave out --preset"),
+    (["--init", "{run}", "--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out"], "is a sdseg model"),
     (["--out", "{tmp}/out", "--resume"], "no saved training state"),
     (["--model", "sdseg", "--data", "{data}", "--out", "{tmp}/out", "--stage-steps", "diffusion=5"],
      "must name each stage"),

@@ -13,6 +13,9 @@ run continued with ``--resume`` from its saved state (weights, EMA, optimizer, s
 Output folder: the model (``config.json``, ``model.safetensors``, ``README.md`` card, via
 :func:`sdseg.checkpoint.save_model`), ``train_log.jsonl`` (one JSON line per step), ``samples/step_NNNNNN.png``
 (image, raters, predicted samples at each checkpoint) and ``training_state/``.
+
+``--init MODEL`` fine-tunes: the run starts from the weights and configuration of a trained model (e.g. a bundled
+one, on the user's own data) instead of random weights of a preset.
 """
 
 from __future__ import annotations
@@ -35,16 +38,17 @@ import torch
 from tqdm import tqdm
 
 import sdseg
-from sdseg.checkpoint import CheckpointError, save_model
+from sdseg.checkpoint import CheckpointError, load_model, read_config, save_model
 from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
 from sdseg.device import DeviceUnavailable, resolve_device
 from sdseg.ema import WeightEMA
 from sdseg.models import MODEL_CLASSES, build_model, model_from_config
+from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state, read_training_state,
                                   save_training_state, tensors_with_prefix, truncate_log)
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
-            "ema": 0.999, "seed": 0}
+            "ema": 0.999, "seed": 0, "init": None}
 GRAD_CLIP_NORM = 1.0
 WARMUP_MAX_FRACTION = 0.1
 SAMPLE_EXAMPLES = 4
@@ -126,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="crops data set folder (with dataset.json)")
     parser.add_argument("--out", required=True, help="output folder for the model, log, samples and state")
     parser.add_argument("--preset", help=f"model size preset: tiny, small or paper (default {DEFAULTS['preset']})")
+    parser.add_argument("--init", help="fine-tune: start from this trained model (installed name or folder) instead "
+                        "of random weights; --model and --preset are then taken from it")
     parser.add_argument("--steps", type=int, help=f"training steps, split evenly over the stages of multi-stage "
                         f"models (default {DEFAULTS['steps']})")
     parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")
@@ -146,27 +152,47 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
     """The run-defining settings: explicit arguments, else the saved run's (with --resume), else the defaults."""
-    explicit = {"model": args.model, "preset": args.preset, "batch_size": args.batch_size, "lr": args.lr,
+    explicit = {"model": args.model, "preset": args.preset, "init": _init_folder(args.init) if args.init else None,
+                "batch_size": args.batch_size, "lr": args.lr,
                 "warmup": args.warmup, "ema": args.ema, "seed": args.seed,
                 "data": str(Path(args.data).resolve()) if args.data else None,
                 "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None}
     if saved is not None:
         different = [f"--{key.replace('_', '-')} {value} (the saved run has {saved[key]})"
-                     for key, value in explicit.items() if value is not None and value != saved[key]]
+                     for key, value in explicit.items() if value is not None and value != saved.get(key)]
         if args.steps is not None and args.steps != sum(saved["stage_steps"].values()):
             different.append(f"--steps {args.steps} (the saved run has {sum(saved['stage_steps'].values())})")
         if different:
             raise TrainingError("--resume continues a run with its own settings; these differ: "
                                 + "; ".join(different) + ". Leave them out, or start a new run in another --out")
         return dict(saved)
-    if not args.model or not args.data:
-        raise TrainingError("--model and --data are required to start a run (or pass --resume to continue one)")
+    if explicit["init"] is not None:
+        if args.preset:
+            raise TrainingError("--init starts from a trained model's own size: leave out --preset")
+        try:
+            kind = read_config(Path(explicit["init"]))["kind"]
+        except CheckpointError as error:
+            raise TrainingError(f"--init: {error}") from None
+        if args.model and args.model != kind:
+            raise TrainingError(f"--init {args.init} is a {kind} model, not {args.model}: leave out --model or "
+                                "choose a model of that kind")
+        explicit["model"] = kind
+    if not explicit["model"] or not args.data:
+        raise TrainingError("--model (or --init) and --data are required to start a run (or pass --resume to "
+                            "continue one)")
     settings = {key: DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
     settings["steps"] = DEFAULTS["steps"] if args.steps is None else args.steps
     if args.steps is not None and settings["stage_steps"] and args.steps != sum(settings["stage_steps"].values()):
         raise TrainingError(f"--steps {args.steps} differs from the sum of --stage-steps "
                             f"({sum(settings['stage_steps'].values())}); give only one of them")
     return settings
+
+
+def _init_folder(name: str) -> str:
+    try:
+        return str(resolve_model(name))
+    except UnknownModelError as error:
+        raise TrainingError(f"--init: {error}") from None
 
 
 def _check_settings(settings: dict) -> None:
@@ -257,7 +283,10 @@ class Training:
         self.seed = settings["seed"]
         self.dataset = CropsDataset(settings["data"], "train", augment=True)
         self.examples = self._sample_examples()
-        if resume is None:
+        if resume is None and settings.get("init"):
+            self.model = self._initial_model(Path(settings["init"]))
+            self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
+        elif resume is None:
             torch.manual_seed(derived_seed(self.seed, "init"))
             image_channels = self.dataset.read(0)["image"].shape[0]
             try:
@@ -296,6 +325,24 @@ class Training:
         self.last_loss = self.meta.get("last_loss", float("nan"))
         self._started = time.monotonic()
         self._elapsed_before = self.meta["elapsed_s"]
+
+    def _initial_model(self, folder: Path):
+        """The trained model at ``folder`` (float32), checked to fit this data set: image size, channels and
+        intensity preprocessing must be the ones it was trained with."""
+        try:
+            model = load_model(folder)
+        except CheckpointError as error:
+            raise TrainingError(f"--init: {error}") from None
+        info, config = self.dataset.info, model.config
+        image_channels = self.dataset.read(0)["image"].shape[0]
+        differences = [f"{name} {ours} (the model has {theirs})" for name, ours, theirs in (
+            ("image size", info["image_size"], config["image_size"]),
+            ("image channels", image_channels, config["image_channels"]),
+            ("preprocessing", info["preprocessing"], config["preprocessing"])) if ours != theirs]
+        if differences:
+            raise TrainingError(f"--init {folder}: this data set does not fit the model: " + "; ".join(differences)
+                                + ". Preprocess the data with the model's settings (sdseg preprocess --size ...)")
+        return model.float().train()
 
     # ----- data
     def _sample_examples(self):
@@ -425,7 +472,8 @@ class Training:
         resumed = f" (resumed at steps {', '.join(map(str, self.meta['resumed_at']))})" if self.meta["resumed_at"] \
             else ""
         ema = f"decay {s['ema']} (the saved weights are the EMA weights)" if s["ema"] > 0 else "none"
-        rows = [("model kind", f"{self.model.kind}, preset {s['preset']}, {self.model.num_parameters():,} parameters"),
+        origin = f"fine-tuned from `{s['init']}`" if s.get("init") else f"preset {s['preset']}"
+        rows = [("model kind", f"{self.model.kind}, {origin}, {self.model.num_parameters():,} parameters"),
                 ("data set", f"{info['name']} ({'synthetic' if info['synthetic'] else 'real'} data; "
                              f"{len(self.dataset)} training crops of {info['image_size']} px, {info['n_raters']} "
                              f"rater(s)); source: {info['source']}; licence: {info['licence']}"),
