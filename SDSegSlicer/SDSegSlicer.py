@@ -450,8 +450,13 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self.ui.exportDirectoryButton.directory
         try:
             path = self.logic.exportResult(what, folder)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # unwritable folder, missing highdicom, not from DICOM, ...
             self.setStatus(f"Export failed: {error}", error=True)
+            return
+        except Exception as error:  # anything else: a status line for the user, the traceback in the log
+            logging.exception(f"SDSegSlicer: {what} export failed")
+            self.setStatus(f"Export failed ({type(error).__name__}: {error}); details in the Python console.",
+                           error=True)
             return
         self.setStatus(f"Exported {path}")
 
