@@ -1,7 +1,8 @@
 """Copy a trained model into Resources/Models/NAME for shipping: weights in float16, the training card kept, an
 intended-use statement and (optionally) the evaluation table of the bundled weights appended.
 
-    python scripts/bundle_model.py TRAINED_FOLDER NAME --summary "one line" [--steps K] [--evaluation eval/NAME/metrics.md]
+    python scripts/bundle_model.py TRAINED_FOLDER NAME --summary "one line" [--steps K] \
+        [--evaluation eval/NAME/metrics.md]
 
 --steps sets the model's default number of sampling steps (choose it on the validation split, never the test split).
 

@@ -137,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")
     parser.add_argument("--batch-size", type=int, help=f"images per step (default {DEFAULTS['batch_size']})")
     parser.add_argument("--lr", type=float, help=f"peak learning rate of AdamW (default {DEFAULTS['lr']})")
-    parser.add_argument("--warmup", type=int, help=f"linear warm-up steps, at most {WARMUP_MAX_FRACTION * 100:.0f}%% of "
-                        f"each stage (default {DEFAULTS['warmup']})")
+    parser.add_argument("--warmup", type=int, help=f"linear warm-up steps, at most "
+                        f"{WARMUP_MAX_FRACTION * 100:.0f}%% of each stage (default {DEFAULTS['warmup']})")
     parser.add_argument("--ema", type=float, help=f"EMA decay of the weights, 0 for none (default {DEFAULTS['ema']})")
     parser.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS['seed']})")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT/training_state")
