@@ -39,14 +39,24 @@ _END_OF_OUTPUT = object()
 
 
 def default_python_executable() -> str:
-    """This process's Python; inside the 3D Slicer application (whose sys.executable is Slicer itself) the
-    PythonSlicer interpreter next to it."""
+    """This process's Python. Inside the 3D Slicer application, whose sys.executable may be Slicer itself (which
+    must never be launched as the worker: it would open a second Slicer), Slicer's own interpreter PythonSlicer:
+    on the PATH Slicer sets, or in the application's bin folder; a WorkerError says what to do when neither has it."""
     slicer_module = sys.modules.get("slicer")
-    if getattr(slicer_module, "app", None) is not None:
-        python_slicer = shutil.which("PythonSlicer")
-        if python_slicer:
-            return python_slicer
-    return sys.executable
+    app = getattr(slicer_module, "app", None)
+    if app is None:
+        return sys.executable
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    candidates = [shutil.which("PythonSlicer"), os.path.join(os.path.dirname(sys.executable), name)]
+    if hasattr(app, "slicerHome"):
+        candidates.append(os.path.join(app.slicerHome, "bin", name))
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    if Path(sys.executable).name.lower().startswith("python"):
+        return sys.executable
+    raise WorkerError("Cannot find Slicer's Python interpreter (PythonSlicer): set the path of a Python interpreter "
+                      "that has the SDSegSlicer backend in the 'Python' field of the module's backend section.")
 
 
 def backend_root() -> Path | None:
@@ -78,10 +88,15 @@ class WorkerClient:
     """One worker process; jobs are submitted to it and its messages polled."""
 
     def __init__(self, python_executable: str | None = None, env: dict | None = None):
-        default = default_python_executable()
+        try:
+            default = default_python_executable()
+        except WorkerError:
+            if not python_executable:
+                raise
+            default = None  # an interpreter was given: Slicer's own is not needed
         self.python_executable = python_executable or default
-        external = (os.path.realpath(shutil.which(self.python_executable) or self.python_executable)
-                    != os.path.realpath(default))
+        external = default is None or (os.path.realpath(shutil.which(self.python_executable) or
+                                                        self.python_executable) != os.path.realpath(default))
         self._env = worker_environment(env, external)
         self._process = None
         self._messages: queue.Queue = queue.Queue()

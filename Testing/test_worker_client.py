@@ -1,0 +1,63 @@
+"""How SDSegSlicerLib.worker_client chooses the worker's interpreter and environment, outside and (with the
+application object that only the 3D Slicer application gives the real `slicer` module) inside Slicer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pytest
+import slicer
+
+from SDSegSlicerLib import worker_client
+from SDSegSlicerLib.worker_client import WorkerClient, WorkerError, default_python_executable, worker_environment
+
+PYTHON_SLICER = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+
+
+@pytest.fixture()
+def inside_slicer(tmp_path, monkeypatch):
+    """The application object of Slicer installed in tmp_path/Slicer (sys.executable = its launcher, no
+    PythonSlicer on the PATH); returns the installation's bin folder."""
+    home = tmp_path / "Slicer"
+    (home / "bin").mkdir(parents=True)
+    launcher = home / "Slicer"
+    launcher.write_text("")
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(slicerHome=str(home)), raising=False)
+    monkeypatch.setattr(sys, "executable", str(launcher))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    return home / "bin"
+
+
+def test_outside_slicer_the_worker_runs_in_this_python():
+    assert getattr(slicer, "app", None) is None  # slicer-core: MRML without the application
+    assert default_python_executable() == sys.executable
+
+
+def test_inside_slicer_the_worker_runs_in_python_slicer_never_in_slicer_itself(inside_slicer):
+    with pytest.raises(WorkerError, match="Cannot find Slicer's Python interpreter"):
+        default_python_executable()
+    python_slicer = inside_slicer / PYTHON_SLICER
+    python_slicer.write_text("")
+    assert default_python_executable() == str(python_slicer)
+
+
+def test_an_interpreter_set_in_the_panel_needs_no_python_slicer(inside_slicer, tmp_path):
+    with pytest.raises(WorkerError, match="'Python' field"):
+        WorkerClient()
+    client = WorkerClient(python_executable=str(tmp_path / "venv" / "bin" / "python"))
+    assert client.python_executable == str(tmp_path / "venv" / "bin" / "python")
+
+
+def test_an_external_interpreter_gets_none_of_slicers_python_variables():
+    env = {"PYTHONHOME": "/slicer/lib/Python", "PYTHONPATH": "/slicer/lib/site-packages", "KEEP": "1"}
+    external = worker_environment(env, external_interpreter=True)
+    assert "PYTHONHOME" not in external and external["KEEP"] == "1"
+    assert "/slicer/lib/site-packages" not in external.get("PYTHONPATH", "")
+    own = worker_environment(env, external_interpreter=False)
+    assert own["PYTHONHOME"] == env["PYTHONHOME"] and env["PYTHONPATH"] in own["PYTHONPATH"].split(os.pathsep)
+    root = worker_client.backend_root()
+    if root is not None:  # a source checkout: the backend comes first on the worker's path
+        assert own["PYTHONPATH"].split(os.pathsep)[0] == str(root) == external["PYTHONPATH"]
+    assert own["PYTHONUNBUFFERED"] == "1" and own["PYTHONIOENCODING"] == "utf-8"
