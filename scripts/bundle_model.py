@@ -25,8 +25,8 @@ INTENDED_USE = """## Intended use
 A small demonstration default for SDSegSlicer on CPU: it shows consensus, plausible contours and sample variance on
 lesion-centred regions of interest of MR/CT slices. It was trained on the crops of three real patients (PyRadiomics
 test cases; see the data set row above) and must not be used for clinical decisions or reported as a validated
-segmentation model. Train your own model on
-your data with `sdseg train` (see the project README). Weights are stored in float16 and cast to float32 on load.
+segmentation model. Train your own model on your data with `sdseg train` (see the project README). Weights are
+stored in float16 and cast to float32 on load.
 """
 
 

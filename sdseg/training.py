@@ -283,19 +283,10 @@ class Training:
         self.seed = settings["seed"]
         self.dataset = CropsDataset(settings["data"], "train", augment=True)
         self.examples = self._sample_examples()
-        if resume is None and settings.get("init"):
-            self.model = self._initial_model(Path(settings["init"]))
-            self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
-        elif resume is None:
-            torch.manual_seed(derived_seed(self.seed, "init"))
+        if resume is None:
             image_channels = self.dataset.read(0)["image"].shape[0]
-            try:
-                self.model = build_model(settings["model"], settings["preset"],
-                                         image_size=self.dataset.info["image_size"], image_channels=image_channels,
-                                         preprocessing=self.dataset.info["preprocessing"])
-            except ValueError as error:
-                raise TrainingError(f"cannot build a {settings['model']} model ({settings['preset']} preset) for "
-                                    f"this data set: {error}") from error
+            self.model = (self._initial_model(Path(settings["init"]), image_channels) if settings.get("init")
+                          else self._new_model(image_channels))
             self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
         else:
             self.meta = resume["meta"]
@@ -326,7 +317,18 @@ class Training:
         self._started = time.monotonic()
         self._elapsed_before = self.meta["elapsed_s"]
 
-    def _initial_model(self, folder: Path):
+    def _new_model(self, image_channels: int):
+        """A randomly initialised model of the run's kind and preset, sized for this data set."""
+        settings = self.settings
+        torch.manual_seed(derived_seed(self.seed, "init"))
+        try:
+            return build_model(settings["model"], settings["preset"], image_size=self.dataset.info["image_size"],
+                               image_channels=image_channels, preprocessing=self.dataset.info["preprocessing"])
+        except ValueError as error:
+            raise TrainingError(f"cannot build a {settings['model']} model ({settings['preset']} preset) for "
+                                f"this data set: {error}") from error
+
+    def _initial_model(self, folder: Path, image_channels: int):
         """The trained model at ``folder`` (float32), checked to fit this data set: image size, channels and
         intensity preprocessing must be the ones it was trained with."""
         try:
@@ -334,7 +336,6 @@ class Training:
         except CheckpointError as error:
             raise TrainingError(f"--init: {error}") from None
         info, config = self.dataset.info, model.config
-        image_channels = self.dataset.read(0)["image"].shape[0]
         differences = [f"{name} {ours} (the model has {theirs})" for name, ours, theirs in (
             ("image size", info["image_size"], config["image_size"]),
             ("image channels", image_channels, config["image_channels"]),
