@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from sdseg import models, registry
@@ -151,3 +152,16 @@ def test_unknown_kind_lists_known_kinds():
         models.build_model("unet")
     with pytest.raises(ValueError, match="unknown model kind 'unet'"):
         models.model_from_config("unet", {})
+
+
+@pytest.mark.parametrize("kind", sorted(models.MODEL_CLASSES))
+def test_steps_config_key_is_the_default_step_count_of_sample(kind):
+    """What scripts/bundle_model.py --steps sets: sample(steps=None) runs config[steps_config_key] steps."""
+    torch.manual_seed(0)
+    model = models.build_model(kind, "tiny").eval()
+    assert isinstance(model.config[model.steps_config_key], int)
+    model.config[model.steps_config_key] = 2
+    image = torch.zeros(1, model.config["image_channels"], model.config["image_size"], model.config["image_size"])
+    default = model.sample(image, 1, generator=torch.Generator().manual_seed(1))
+    two, three = (model.sample(image, 1, steps=k, generator=torch.Generator().manual_seed(1)) for k in (2, 3))
+    assert torch.equal(default, two) and not torch.equal(default, three)

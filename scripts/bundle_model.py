@@ -18,7 +18,6 @@ from pathlib import Path
 
 from sdseg.checkpoint import CheckpointError, load_model, save_model
 
-STEPS_KEY = {"sdseg": "sampling_steps", "segdiff": "sampling_steps"}  # the ambiguous model's key is "steps"
 BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 INTENDED_USE = """## Intended use
 
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bundle_model: error: {error}", file=sys.stderr)
         return 2
     if args.steps is not None:
-        model.config[STEPS_KEY.get(model.kind, "steps")] = args.steps
+        model.config[model.steps_config_key] = args.steps
     training_card = (args.trained / "README.md").read_text(encoding="utf-8")
     training_card = training_card.split("\n", 1)[1].replace("`samples/", "`(training folder) samples/")
     card = f"# {args.name}: {args.summary}\n{training_card}\n{INTENDED_USE}"

@@ -108,6 +108,7 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
     """
 
     kind = "ambiguous"
+    steps_config_key = "steps"
 
     def __init__(self, config: dict):
         super().__init__(_validated_config(config))
@@ -192,7 +193,7 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
             return self.predict_x(z, t, cond).clamp(-1.0, 1.0)
 
         x = run_sampler(denoise, self.log_snr, (cond.shape[0], 1, height, width),
-                        steps if steps is not None else self.config["steps"],
+                        steps if steps is not None else self.config[self.steps_config_key],
                         sampler if sampler is not None else self.config["sampler"],
                         generator, image.device, image.dtype)
         soft = ((x + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -17,6 +17,8 @@ class SegmentationDiffusionModel(torch.nn.Module):
     """
 
     kind: str = ""
+    # Config entry holding the default number of sampling steps (what ``sample(steps=None)`` runs).
+    steps_config_key: str = "sampling_steps"
 
     def __init__(self, config: dict):
         super().__init__()

@@ -208,7 +208,7 @@ class SDSegModel(DiscreteDiffusionModel):
                             DOWNSAMPLING_FACTOR * unet_size_multiple(self.config["unet"]))
         if sampler not in (None, "ddim"):
             raise ValueError(f"SDSeg samples with the deterministic DDIM step only (sampler 'ddim'), not {sampler!r}")
-        steps = self.config["sampling_steps"] if steps is None else steps
+        steps = self.config[self.steps_config_key] if steps is None else steps
         timesteps = strided_timesteps(self.num_train_timesteps, steps)
         batch, _, height, width = image.shape
         image_latent = self.image_encoder(image).repeat_interleave(num_samples, dim=0)

@@ -101,7 +101,7 @@ class SegDiffModel(DiscreteDiffusionModel):
         sampler = self.config["sampler"] if sampler is None else sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"SegDiff samplers are {', '.join(SAMPLERS)}, not {sampler!r}")
-        steps = self.config["sampling_steps"] if steps is None else steps
+        steps = self.config[self.steps_config_key] if steps is None else steps
         timesteps = strided_timesteps(self.num_train_timesteps, steps)
         batch, _, height, width = image.shape
         image_features = self.image_encoder(image).repeat_interleave(num_samples, dim=0)
