@@ -27,8 +27,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SDSegSlicerLib import export, module_logic, stats
-from SDSegSlicerLib.headless import format_duration
-from SDSegSlicerLib.run import SegmentationRun
+from SDSegSlicerLib.run import SegmentationRun, format_duration
 from SDSegSlicerLib.segmentation_writer import CONSENSUS_SEGMENT_NAME, segment_ids_by_name
 from SDSegSlicerLib.worker_client import WorkerClient, WorkerError
 

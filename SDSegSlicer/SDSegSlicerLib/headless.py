@@ -21,7 +21,7 @@ import slicer
 
 from .export import export_segmentation, export_volume
 from .preview import write_preview
-from .run import DEFAULT_SAMPLES, SegmentationRun
+from .run import DEFAULT_SAMPLES, SegmentationRun, format_duration
 from .segmentation_writer import ensure_converter_rules
 from .stats import segmentation_statistics, write_statistics
 from .worker_client import WorkerClient, WorkerError
@@ -108,14 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the installed models")
     models.add_argument("--python", help="Python interpreter of the worker (default: this one)")
     return parser
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class ProgressBar:

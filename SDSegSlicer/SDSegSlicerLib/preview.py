@@ -4,9 +4,6 @@ samples (distinct colours) and the consensus, and as the variance heat map over 
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from .segmentation_writer import (CONSENSUS_COLOUR, CONSENSUS_SEGMENT_NAME, image_array_kji, read_segment_arrays,
                                   sample_colours, segment_ids_by_name)
@@ -65,6 +62,11 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
     plane_spacing = np.delete(spacing_kji, axis)
     aspect = plane_spacing[0] / plane_spacing[1]  # physical proportions of the (rows, columns) pixels
     low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+
+    # matplotlib only when a preview is drawn: 3D Slicer's Python does not ship it (the module never draws one).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     figure = Figure(figsize=(2 * PANEL_INCHES, PANEL_INCHES * len(slices)))
     FigureCanvasAgg(figure)

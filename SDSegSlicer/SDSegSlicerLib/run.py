@@ -32,6 +32,15 @@ def remaining_seconds(done: int, total: int, elapsed_s: float) -> float | None:
     return elapsed_s * (total - done) / done
 
 
+def format_duration(seconds: float | None) -> str:
+    """'m:ss' or 'h:mm:ss' of a duration or ETA in seconds; '--:--' when unknown (None)."""
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class SegmentationRun:
     """Ties a WorkerClient and a StreamedSegmentationWriter together for one job."""
 

@@ -1,0 +1,109 @@
+"""The module in 3D Slicer's own Python: the import graph of SDSegSlicer.py and of every SDSegSlicerLib module
+loads with only what Slicer ships.
+
+Slicer 5.6 bundles the Python distributions its SuperBuild names (SuperBuild/External_python-*.cmake at v5.6.0;
+5.8 and 5.10 ship the same names) plus its own application modules (slicer, vtk, qt, ctk). This environment has far
+more (the PyPI vtk wheel that slicer-core brings pulls matplotlib, for one), so an import that works here can crash
+the module in Slicer. A subprocess imports, behind an import hook that refuses every other top-level module, the
+module-level imports of SDSegSlicer.py (all but the application modules slicer-core lacks: qt, ctk,
+slicer.ScriptedLoadableModule, slicer.parameterNodeWrapper) and every SDSegSlicerLib module, following their
+whole import graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from slicerlib_testing import lib_python_path
+
+MODULE_SCRIPT = Path(__file__).resolve().parents[1] / "SDSegSlicer" / "SDSegSlicer.py"
+LIB_DIR = MODULE_SCRIPT.parent / "SDSegSlicerLib"
+
+# Import names of the distributions in Slicer 5.6.0's SuperBuild (External_python-{pip,setuptools,wheel,numpy,scipy,
+# pythonqt-requirements,requests-requirements,dicom-requirements,extension-manager-requirements,
+# extension-manager-ssl-requirements}.cmake, and SimpleITK from External_SimpleITK.cmake).
+SLICER_SHIPPED = frozenset({
+    "pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "numpy", "scipy", "packaging", "pyparsing",
+    "six", "certifi", "idna", "charset_normalizer", "urllib3", "requests", "pydicom", "PIL", "retrying",
+    "dicomweb_client", "chardet", "couchdb", "gitdb", "smmap", "git", "cryptography", "jwt", "wrapt", "deprecated",
+    "pycparser", "cffi", "_cffi_backend", "nacl", "dateutil", "typing_extensions", "github", "SimpleITK",
+})
+# The application's own modules (vtkmodules and slicer_core are how the PyPI vtk and slicer-core provide them).
+SLICER_APPLICATION = frozenset({"slicer", "slicer_core", "vtk", "vtkmodules", "qt", "ctk"})
+# Module-level imports of SDSegSlicer.py that only the Slicer application has (not slicer-core).
+APPLICATION_ONLY_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+
+IMPORT_GRAPH = r"""
+import ast, importlib, json, pkgutil, sys
+allowed = set(json.loads(sys.argv[1]))
+application_only = tuple(json.loads(sys.argv[2]))
+module_script, lib_dir, extra = sys.argv[3], sys.argv[4], sys.argv[5:]
+
+import slicer, slicer.util, vtk  # the application's modules, loaded as Slicer loads them
+
+def shipped(name):
+    top = name.split(".")[0]
+    return top in allowed or top in sys.stdlib_module_names or top == "SDSegSlicerLib"
+
+for name in [n for n in sys.modules if not shipped(n)]:  # what they pulled in here must be imported anew
+    del sys.modules[name]
+
+class RefuseWhatSlicerDoesNotShip:
+    def find_spec(self, name, path=None, target=None):
+        if shipped(name):
+            return None
+        raise ModuleNotFoundError(f"No module named {name!r} (3D Slicer does not ship it)", name=name)
+
+sys.meta_path.insert(0, RefuseWhatSlicerDoesNotShip())
+tree = ast.parse(open(module_script, encoding="utf-8").read())
+for node in tree.body:  # module-level imports: what `import SDSegSlicer` runs
+    if isinstance(node, ast.Import):
+        wanted = [(alias.name, None) for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        wanted = [(node.module, alias.name) for alias in node.names]
+    else:
+        continue
+    for module_name, attribute in wanted:
+        if module_name.startswith(application_only):
+            continue
+        module = importlib.import_module(module_name)
+        if attribute is not None and not hasattr(module, attribute):
+            importlib.import_module(f"{module_name}.{attribute}")
+import SDSegSlicerLib
+for info in pkgutil.iter_modules([lib_dir]):
+    importlib.import_module("SDSegSlicerLib." + info.name)
+for name in extra:
+    importlib.import_module(name)
+print("IMPORTED", json.dumps(sorted({n.split(".")[0] for n in sys.modules} - set(sys.stdlib_module_names))))
+"""
+
+
+def import_like_slicer(*extra_modules: str) -> subprocess.CompletedProcess:
+    allowed = sorted(SLICER_SHIPPED | SLICER_APPLICATION)
+    return subprocess.run(
+        [sys.executable, "-c", IMPORT_GRAPH, json.dumps(allowed), json.dumps(APPLICATION_ONLY_IMPORTS),
+         str(MODULE_SCRIPT), str(LIB_DIR), *extra_modules],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=lib_python_path()))
+
+
+def test_module_and_lib_import_with_only_what_slicer_ships():
+    result = import_like_slicer()
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = set(json.loads(result.stdout.split("IMPORTED", 1)[1]))
+    assert {"SDSegSlicerLib", "numpy", "SimpleITK", "slicer", "vtk"} <= imported
+    # SimpleITK's SWIG wrapper registers swig_runtime_data<N> in sys.modules itself (not an import).
+    others = {name for name in imported - SLICER_SHIPPED - SLICER_APPLICATION
+              if not name.startswith("swig_runtime_data")}
+    assert others == {"SDSegSlicerLib"}
+
+
+@pytest.mark.parametrize("refused", ["matplotlib", "torch", "highdicom"])
+def test_the_hook_refuses_what_slicer_does_not_ship(refused):
+    """The check above can fail: packages installed here but not in Slicer are refused."""
+    result = import_like_slicer(refused)
+    assert result.returncode != 0 and f"No module named '{refused}' (3D Slicer does not ship it)" in result.stderr
