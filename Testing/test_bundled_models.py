@@ -23,6 +23,7 @@ BUNDLED = sorted(path.parent for path in registry.bundled_models_dir().glob("*/c
 MAX_WEIGHTS_MB = 16
 SAMPLES = 4
 MIN_LESION_DICE = 0.5  # the empty mask scores 0 on every lesion slice
+SAMPLE_PATIENT = "brain1"  # Resources/SampleData/README.md; test_data_sources.py checks its voxels against brain1
 
 
 def test_the_default_model_is_bundled():
@@ -41,6 +42,18 @@ def test_bundled_model_card_and_weights(folder):
         dtypes = {tensors.get_slice(name).get_dtype() for name in tensors.keys()}
     assert "F32" not in dtypes and "F16" in dtypes
     assert json.loads((folder / "config.json").read_text())["kind"] == load_model(folder).kind
+
+
+@pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])
+def test_bundled_model_never_saw_the_sample_patient(folder):
+    """The quality test below is on held-out data: the sample's patient is in the test split of every data set
+    the model was trained on, never in a train or val split."""
+    records = load_model(folder).config["training_data"]
+    assert records, f"{folder.name} does not record its training data"
+    for record in records:
+        splits = record["splits"]
+        assert SAMPLE_PATIENT in splits["test"], record
+        assert SAMPLE_PATIENT not in splits["train"] + splits["val"], record
 
 
 @pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])

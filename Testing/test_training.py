@@ -23,7 +23,8 @@ from sdseg.data.dataset import CropsDataset
 from sdseg.data.synthetic import make_shapes_dataset
 from sdseg.ema import WeightEMA, ema_decay
 from sdseg.metrics import dice
-from sdseg.training import BatchOrder, Training, TrainingError, learning_rate, main, parse_stage_steps, stage_plan
+from sdseg.training import (BatchOrder, Training, TrainingError, learning_rate, main, parse_stage_steps, stage_plan,
+                            training_data_record)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -128,6 +129,7 @@ def test_cli_trains_the_tiny_ambiguous_model_which_reloads_and_beats_trivial_pre
     info = json.loads((data / "dataset.json").read_text())
     assert model.kind == "ambiguous" and model.config["image_size"] == 32
     assert model.config["preprocessing"] == info["preprocessing"]
+    assert model.config["training_data"] == [{"data_set": "synthetic-shapes", "splits": None}]  # no patients: no split
     test = CropsDataset(data, "test")
     images = torch.stack([test[i][0] for i in range(len(test))])
     references = [test[i][1].mean(0) > 0.5 for i in range(len(test))]  # majority of the raters
@@ -213,7 +215,8 @@ def test_init_fine_tunes_a_trained_model_keeping_its_configuration(data, tmp_pat
                  "autoencoder=0,diffusion=2", "--batch-size", "4", "--lr", "1e-12", "--ema", "0",
                  "--sample-every", "0", "--device", "cpu"]) == 0
     start, tuned = load_model(uninterrupted_sdseg_run), load_model(out)
-    assert tuned.kind == "sdseg" and tuned.config == start.config
+    assert tuned.kind == "sdseg" and tuned.config == {**start.config, "training_data": [
+        *start.config["training_data"], training_data_record(json.loads((data / "dataset.json").read_text()))]}
     start_weights, tuned_weights = start.state_dict(), tuned.state_dict()
     for name, weight in start_weights.items():
         torch.testing.assert_close(tuned_weights[name], weight, atol=1e-6, rtol=0, msg=name)

@@ -42,7 +42,7 @@ from sdseg.checkpoint import CheckpointError, load_model, read_config, save_mode
 from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
 from sdseg.device import DeviceUnavailable, resolve_device
 from sdseg.ema import WeightEMA
-from sdseg.models import MODEL_CLASSES, build_model, model_from_config
+from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model, model_from_config
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state, read_training_state,
                                   save_training_state, tensors_with_prefix, truncate_log)
@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdseg train", description="Train a segmentation diffusion model on a crops data set. With --resume, "
         "settings not given are taken from the interrupted run.")
-    parser.add_argument("--model", choices=sorted(MODEL_CLASSES), help="model kind")
+    parser.add_argument("--model", choices=sorted(set(MODEL_CLASSES) - BASELINE_KINDS), help="model kind")
     parser.add_argument("--data", help="crops data set folder (with dataset.json)")
     parser.add_argument("--out", required=True, help="output folder for the model, log, samples and state")
     parser.add_argument("--preset", help=f"model size preset: tiny, small or paper (default {DEFAULTS['preset']})")
@@ -274,6 +274,13 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def training_data_record(info: dict) -> dict:
+    """What a model records of a data set it was trained on (``config["training_data"]``, one entry per training
+    run, fine-tuning appends): its name and, for data made from patients, the patient-level split, so that anyone
+    can check which patients a model never saw."""
+    return {"data_set": info["name"], "splits": info.get("splits")}
+
+
 class Training:
     """One training run writing into ``out``; :meth:`run` trains until the end or ``stop_after``."""
 
@@ -287,6 +294,8 @@ class Training:
             image_channels = self.dataset.read(0)["image"].shape[0]
             self.model = (self._initial_model(Path(settings["init"]), image_channels) if settings.get("init")
                           else self._new_model(image_channels))
+            self.model.config["training_data"] = [*self.model.config.get("training_data", []),
+                                                  training_data_record(self.dataset.info)]
             self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
         else:
             self.meta = resume["meta"]

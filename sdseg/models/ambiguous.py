@@ -20,7 +20,7 @@ from diffusers import UNet2DConditionModel
 from sdseg.continuous_samplers import (PREDICTIONS, SAMPLERS, generator_device, sample as run_sampler,
                                        standard_normal, x_from_prediction)
 from sdseg.continuous_schedule import DEFAULT_INPUT_SCALE, DEFAULT_LOG_SNR_CLIP, alpha_sigma, schedule_log_snr
-from sdseg.models.base import SegmentationDiffusionModel
+from sdseg.models.base import DESCRIPTIVE_CONFIG_KEYS, SegmentationDiffusionModel
 from sdseg.weighting import loss_weighting
 
 DEFAULT_CONFIG = {
@@ -215,7 +215,7 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
 
 def _validated_config(config: dict) -> dict:
     """``config`` completed with ``DEFAULT_CONFIG``; raises ValueError with a clear message when invalid."""
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"image_size"})
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"image_size"} - DESCRIPTIVE_CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown config keys for the ambiguous model: {', '.join(unknown)}; "
                          f"known keys: image_size, {', '.join(DEFAULT_CONFIG)}")

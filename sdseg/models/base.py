@@ -6,6 +6,10 @@ from typing import Iterable
 
 import torch
 
+# Config keys every model accepts that describe it rather than build it: a one-line description (shown in model
+# lists) and the data sets it was trained on (sdseg.training.training_data_record).
+DESCRIPTIVE_CONFIG_KEYS = frozenset({"description", "training_data"})
+
 
 class SegmentationDiffusionModel(torch.nn.Module):
     """A conditional diffusion model p(mask | image).
