@@ -16,6 +16,8 @@ import SDSegSlicerLib
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING = (0.7, 1.1, 2.3)
 MODEL_NAME = "tiny-ambiguous"
+BRIGHT_MODEL_NAME = "bright-voxels"  # the threshold model: mask = normalised intensity > 0
+BRIGHT_MODEL_SIZE = 16
 CLI_TIMEOUT_S = 240
 
 
@@ -26,12 +28,19 @@ def rotation(axis, degrees) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
-def oblique_ijk_to_ras(flip_axis: int = 1) -> np.ndarray:
-    """Rotated 25 degrees about a skew axis, anisotropic spacing, one IJK axis flipped (det < 0)."""
+def oblique_ijk_to_ras(flip_axis: int = 1, superior_axis: int = 2) -> np.ndarray:
+    """Rotated 25 degrees about a skew axis, anisotropic spacing, IJK axis ``flip_axis`` flipped so that the
+    frame is mirrored (det < 0); IJK axis ``superior_axis`` is the one closest to the RAS S axis (its direction
+    swapped with K's, which mirrors the frame too, undone by flipping I)."""
     flip = np.ones(3)
     flip[flip_axis] = -1.0
+    order = [0, 1, 2]
+    order[superior_axis], order[2] = 2, superior_axis
+    directions = rotation((1.0, 0.3, 0.2), 25.0)[:, order]
+    if superior_axis != 2:
+        directions[:, 0] *= -1.0
     matrix = np.eye(4)
-    matrix[:3, :3] = rotation((1.0, 0.3, 0.2), 25.0) @ np.diag(np.array(SPACING) * flip)
+    matrix[:3, :3] = directions @ np.diag(np.array(SPACING) * flip)
     matrix[:3, 3] = (12.5, -30.0, 41.0)
     return matrix
 

@@ -18,7 +18,8 @@ from matplotlib.image import imread
 from sdseg.checkpoint import load_model, save_model
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.synthetic import make_shapes_dataset
-from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline, threshold_masks
+from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline
+from sdseg.models.threshold import threshold_masks
 from sdseg.inference import sample_generators
 from sdseg.metrics import auroc, dice, generalized_energy_distance, iou, sample_diversity
 from sdseg.models import build_model

@@ -4,6 +4,7 @@ errors are one clear line. (Ctrl-C, a killed worker and `models`: test_headless_
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -13,8 +14,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, RAS_TO_LPS, lesion_volume, oblique_ijk_to_ras,
-                               read_seg_nrrd_with_sitk, read_seg_nrrd_with_slicerio, sitk_ijk_to_lps)
+from slicerlib_testing import (BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, CLI_TIMEOUT_S, MODEL_NAME, RAS_TO_LPS,
+                               lesion_volume, oblique_ijk_to_ras, read_seg_nrrd_with_sitk,
+                               read_seg_nrrd_with_slicerio, sitk_ijk_to_lps, write_volume_file)
 
 from SDSegSlicerLib import headless
 
@@ -89,6 +91,52 @@ def test_segment_writes_every_output_with_the_input_geometry_without_torch(tmp_p
     assert headless.main(["segment", str(volume), "-o", str(output), "--model", MODEL_NAME]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert output.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_mask_voxels_land_on_the_bright_voxels_for_every_slice_axis(tmp_path, worker_env, slice_axis):
+    """Where the masks fall, not only the headers: a bright 3 x 5 x 7 box (no symmetry hides a transposed or
+    mirrored axis) off-centre in an oblique, mirrored, anisotropic volume whose IJK axis `slice_axis` is the one
+    closest to superior. The threshold model (normalised intensity > 0, square inputs of the slice size, so no
+    resizing) segments exactly the bright voxels; through the real worker and MRML writer every consensus and
+    sample voxel must come back on them."""
+    size = BRIGHT_MODEL_SIZE
+    rng = np.random.default_rng(slice_axis)
+    voxels = rng.normal(20.0, 4.0, (size, size, size)).astype(np.float32)  # (K, J, I)
+    bright = np.zeros(voxels.shape, dtype=bool)
+    bright[9:12, 2:7, 5:12] = True  # K 3, J 5, I 7 voxels
+    voxels[bright] += 100.0
+    volume = write_volume_file(tmp_path / "box.nrrd", voxels, oblique_ijk_to_ras(superior_axis=slice_axis))
+    output = tmp_path / "box.seg.nrrd"
+    result = subprocess.run(
+        [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
+         BRIGHT_MODEL_NAME, "--samples", "3", "--device", "cpu"],
+        env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "box_summary.json").read_text())
+    assert summary["slice_axis"] == slice_axis and summary["slices_done"] == size
+    masks, ijk_to_lps = read_seg_nrrd_with_slicerio(output)
+    np.testing.assert_allclose(ijk_to_lps, sitk_ijk_to_lps(sitk.ReadImage(str(volume))), atol=1e-6)
+    assert list(masks) == ["consensus", "sample 1", "sample 2", "sample 3"]
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(mask, bright, err_msg=f"{name} is not on the bright voxels")
+    variance = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "box_variance.nrrd")))
+    assert not variance.any()  # identical samples
+
+
+def test_a_log_gets_a_line_per_phase_and_the_first_slice_at_once_then_one_per_interval(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(headless.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()  # not a terminal
+    bar = headless.ProgressBar(stream)
+    for phase, done, advance in [("loading model", 0, 0.1), ("segmenting", 0, 0.1), ("segmenting", 1, 0.1),
+                                 ("segmenting", 2, 0.1), ("segmenting", 3, headless.LOG_INTERVAL_S),
+                                 ("segmenting", 4, 0.1)]:
+        clock[0] += advance
+        bar.update({"phase": phase, "done": done, "total": 10, "eta_s": 5.0})
+    reported = [(line.split("  ")[0].split("[")[0].strip(), re.search(r"(\d+)/10", line).group(1))
+                for line in stream.getvalue().splitlines()]
+    assert reported == [("loading model", "0"), ("segmenting", "0"), ("segmenting", "1"), ("segmenting", "3")]
 
 
 def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):

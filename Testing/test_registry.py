@@ -106,12 +106,9 @@ def test_unknown_model_lists_available_names(two_dirs, tmp_path):
         registry.resolve_model(tmp_path / "missing-folder")
 
 
-def test_default_model_is_bundled_when_models_are_bundled(monkeypatch):
+def test_default_model_is_bundled(monkeypatch):
     monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
-    bundled = registry.list_models()
-    if not bundled:
-        pytest.skip("no bundled models yet")
-    assert registry.DEFAULT_MODEL in [m["name"] for m in bundled]
+    assert registry.DEFAULT_MODEL in [m["name"] for m in registry.list_models()]
 
 
 def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
@@ -148,13 +145,13 @@ def test_listing_models_imports_no_model_code(two_dirs):
 
 
 def test_unknown_kind_lists_known_kinds():
-    with pytest.raises(ValueError, match="known kinds: ambiguous, sdseg, segdiff"):
+    with pytest.raises(ValueError, match="known kinds: ambiguous, sdseg, segdiff, threshold"):
         models.build_model("unet")
     with pytest.raises(ValueError, match="unknown model kind 'unet'"):
         models.model_from_config("unet", {})
 
 
-@pytest.mark.parametrize("kind", sorted(models.MODEL_CLASSES))
+@pytest.mark.parametrize("kind", sorted(set(models.MODEL_CLASSES) - models.BASELINE_KINDS))
 def test_steps_config_key_is_the_default_step_count_of_sample(kind):
     """What scripts/bundle_model.py --steps sets: sample(steps=None) runs config[steps_config_key] steps."""
     torch.manual_seed(0)

@@ -28,6 +28,7 @@ from sdseg.inference import (ModelMismatchError, sample_batch, auto_batch_size, 
 from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_disagreement, sample_diversity,
                            voxel_variance)
 from sdseg.models.ambiguous import relative_area_filter
+from sdseg.models.threshold import threshold_masks
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training import hardware_description
 from sdseg.device import DeviceUnavailable, resolve_device
@@ -100,10 +101,6 @@ def fit_intensity_threshold(images: np.ndarray, rater_masks: list[np.ndarray],
         if best is None or curve[k] > best["train_dice"]:
             best = {"threshold": float(sign * grid[k]), "polarity": polarity, "train_dice": float(curve[k])}
     return best
-
-
-def threshold_masks(images: np.ndarray, threshold: float, polarity: str) -> np.ndarray:
-    return images > threshold if polarity == "above" else images < threshold
 
 
 def baseline_predictions(train_images: np.ndarray, train_masks: list[np.ndarray],

@@ -9,6 +9,7 @@ axis or the device's memory.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -139,7 +140,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Device of the model's first parameter or buffer (the CPU for a model with neither)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def sample_batch(model, slices: list[np.ndarray], indices: list[int], samples: range, steps, seed: int,

@@ -40,7 +40,10 @@ MODEL_CLASSES = _LazyClasses({
     "sdseg": "sdseg.models.sdseg_ldm:SDSegModel",
     "ambiguous": "sdseg.models.ambiguous:AmbiguousDiffusionModel",
     "segdiff": "sdseg.models.segdiff:SegDiffModel",
+    "threshold": "sdseg.models.threshold:IntensityThresholdModel",
 })
+# Kinds fitted by `sdseg evaluate --baselines` rather than trained by `sdseg train`.
+BASELINE_KINDS = frozenset({"threshold"})
 
 
 def model_class(kind: str):
