@@ -141,13 +141,15 @@ def test_sample_with_one_generator_per_sample_does_not_depend_on_the_batch(tiny)
 
 
 @pytest.mark.parametrize("prediction", ["v", "eps"])
-def test_other_predictions_train_and_sample(prediction):
+def test_other_predictions_give_a_loss_with_gradients_and_sample_masks(prediction):
     torch.manual_seed(0)
     model = AmbiguousDiffusionModel(AmbiguousDiffusionModel.preset("tiny", prediction=prediction))
     image, mask = _disc_batch()
     loss, _ = model.training_loss(image, mask, generator=torch.Generator().manual_seed(0))
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and loss > 0
+    gradient = model.unet.conv_in.weight.grad
+    assert gradient is not None and torch.isfinite(gradient).all() and gradient.abs().sum() > 0
     samples = model.sample(image[:1], 2, steps=3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (1, 2, 32, 32) and 0.0 <= samples.min() and samples.max() <= 1.0
 

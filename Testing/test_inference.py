@@ -80,7 +80,8 @@ def test_results_do_not_depend_on_batch_size(kind):
     one_by_one = run(model, array, roi, batch_size=1)  # every sample alone
     chunks = run(model, array, roi, batch_size=3)  # 4 samples of a slice split 3 + 1
     many = run(model, array, roi, batch_size=64)  # all slices in one pass (after the first)
-    assert [r.index for r in one_by_one] == [1, 2, 3]
+    for results in (one_by_one, chunks, many):
+        assert [r.index for r in results] == [1, 2, 3]
     for a, b, c in zip(one_by_one, chunks, many):
         assert a.samples.shape == (4, 18, 24)
         np.testing.assert_array_equal(a.samples, b.samples)
@@ -169,6 +170,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_results():
     backed_off = run(flaky, array, roi, samples=2, batch_size=8)
     assert flaky.pass_sizes[:3] == [2, 8, 4]  # first slice alone, then 8 fails, then 4 fails, then 2 ...
     assert max(size for size in flaky.pass_sizes[3:]) <= 2
+    assert [r.index for r in backed_off] == [r.index for r in reference] == [0, 1, 2, 3, 4]
     for a, b in zip(reference, backed_off):
         np.testing.assert_array_equal(a.samples, b.samples)
 

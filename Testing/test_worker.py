@@ -130,8 +130,9 @@ def segment(job_id, volume, job_dir, **fields):
 
 
 def long_job(job_id, volume, job_dir):
-    """A job of 9 slices that takes a few seconds: one image of 12 steps per forward pass."""
-    return segment(job_id, volume, job_dir, model="tiny-ambiguous", samples=2, steps=12, batch_size=1)
+    """A job of 9 slices, 18 forward passes of one image and 100 steps (~0.6 s each here): long enough that a
+    request sent after its first slice arrives while it runs, however slow the machine."""
+    return segment(job_id, volume, job_dir, model="tiny-ambiguous", samples=2, steps=100, batch_size=1)
 
 
 def test_hello_ping_and_bad_requests(shared, models_dir):
@@ -180,10 +181,11 @@ def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_
     assert [m["done"] for m in slices] == list(range(1, 10)) and {m["total"] for m in slices} == {9}
     assert slices[-1]["eta_s"] == 0
     assert messages[-1]["slices"] == 9 and messages[-1]["summary"] == {"samples": 3, "model": "tiny-ambiguous",
-                                                                       "device": "cpu"}
+                                                                       "device": "cpu", "model_cached": False}
     torch.set_num_threads(1)
     model = load_model(models_dir / "tiny-ambiguous")
-    expected = inference.segment_slices(model, volume.array_kji, roi, 1, 3, seed=5, batch_size=1)
+    expected = list(inference.segment_slices(model, volume.array_kji, roi, 1, 3, seed=5, batch_size=1))
+    assert [r.index for r in expected] == [m["index"] for m in slices]
     for message, reference in zip(slices, expected):
         assert Path(message["file"]).parent == job_dir.resolve()
         with np.load(message["file"]) as arrays:
@@ -193,13 +195,24 @@ def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_
             np.testing.assert_array_equal(arrays["variance"], reference.variance)
 
 
-def test_model_is_loaded_once_across_jobs(shared, volume_path, tmp_path):
-    loads_before = shared.log().count("loaded model")
-    for job_id in ("first", "second", "third"):
-        shared.send(segment(job_id, volume_path, tmp_path / job_id, model="tiny-sdseg", samples=2,
-                            roi_ijk=[0, 0, 0, 11, 2, 6]))
-        assert shared.until({"done", "error"})[-1]["type"] == "done"
-    assert shared.log().count("loaded model") - loads_before <= 1
+def test_model_is_loaded_once_across_jobs(shared, volume_path, tmp_path, models_dir):
+    """The first job loads the model (the previous test used another one), the next ones reuse it; touching the
+    weights file (a retrained model) makes the worker load it again."""
+    def cached_flags(job_ids):
+        flags = []
+        for job_id in job_ids:
+            shared.send(segment(job_id, volume_path, tmp_path / job_id, model="tiny-sdseg", samples=2,
+                                roi_ijk=[0, 0, 0, 11, 2, 6]))
+            done = shared.until({"done", "error"})[-1]
+            assert done["type"] == "done", done
+            flags.append(done["summary"]["model_cached"])
+        return flags
+
+    assert cached_flags(["first", "second", "third"]) == [False, True, True]
+    weights = models_dir / "tiny-sdseg" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(stamp, stamp))
+    assert cached_flags(["after-update", "again"]) == [False, True]
 
 
 ERROR_CASES = [
@@ -228,7 +241,7 @@ def test_job_errors_are_typed_and_the_worker_survives(shared, volume_path, tmp_p
     assert shared.until({"done", "error"})[-1]["type"] == "done"
 
 
-def test_cancel_stops_quickly_and_keeps_delivered_slices(shared, volume_path, tmp_path):
+def test_cancel_is_honoured_before_the_end_and_keeps_delivered_slices(shared, volume_path, tmp_path):
     shared.send(long_job("long", volume_path, tmp_path / "long"))
     shared.send(segment("queued", volume_path, tmp_path / "queued", model="tiny-ambiguous"))
     shared.send(segment("queued", volume_path, tmp_path / "again", model="tiny-ambiguous"))  # job_id in use
@@ -239,12 +252,10 @@ def test_cancel_stops_quickly_and_keeps_delivered_slices(shared, volume_path, tm
     assert before_first[0]["type"] == "accepted" and before_first[0]["total"] == 9
     shared.send({"type": "cancel", "job_id": "queued"})
     shared.send({"type": "cancel", "job_id": "long"})
-    sent = time.monotonic()
     rest = shared.until({"cancelled"})
-    assert time.monotonic() - sent < 5.0  # one forward pass (1 image x 12 steps) is ~0.1 s here
     delivered = [m for m in before_first + rest if m["type"] == "slice"]
     assert rest[-1] == {"type": "cancelled", "job_id": "long", "slices": len(delivered)}
-    assert 1 <= len(delivered) < 9
+    assert 1 <= len(delivered) < 9  # honoured before the end; what was delivered is kept
     for message in delivered:
         with np.load(message["file"]) as arrays:
             assert arrays["samples"].shape[0] == 2

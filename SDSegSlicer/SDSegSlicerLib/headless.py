@@ -111,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBar:
-    """One self-updating line on a terminal; a line per second (and per phase change) otherwise."""
+    """One self-updating line on a terminal. Otherwise (a log file, a pipe) a line at each phase change and at the
+    first slice (when the first result is there), then at most one per LOG_INTERVAL_S."""
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
         self.interactive = stream.isatty()
-        self._last_text, self._last_time = None, 0.0
+        self._last_text, self._last_time, self._last_done = None, 0.0, 0
 
     def update(self, progress: dict) -> None:
         done, total = progress["done"], progress["total"]
@@ -126,15 +127,16 @@ class ProgressBar:
         if text == self._last_text:
             return
         phase_changed = self._last_text is None or not self._last_text.startswith(f"{progress['phase']:<14}")
+        first_slice = done > 0 and self._last_done == 0
         now = time.monotonic()
         if self.interactive:
             self.stream.write("\r" + text)
-        elif phase_changed or now - self._last_time >= LOG_INTERVAL_S:
+        elif phase_changed or first_slice or now - self._last_time >= LOG_INTERVAL_S:
             self.stream.write(text + "\n")
         else:
             return
         self.stream.flush()
-        self._last_text, self._last_time = text, now
+        self._last_text, self._last_time, self._last_done = text, now, done
 
     def close(self) -> None:
         if self.interactive and self._last_text is not None:

@@ -26,6 +26,7 @@ WORKER_MODULE = "sdseg.worker"
 STDERR_LINES_KEPT = 200
 CRASH_REPORT_LINES = 6
 STOP_TIMEOUT_S = 10.0
+UNRESPONSIVE_STOP_TIMEOUT_S = 1.0
 WAIT_POLL_S = 0.05
 # Environment variables of Slicer's own Python that would break another interpreter.
 FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
@@ -155,7 +156,7 @@ class WorkerClient:
                 continue
             if not messages and remaining <= 0:
                 tail = self.stderr_tail(CRASH_REPORT_LINES)
-                self.stop()
+                self.stop(timeout=UNRESPONSIVE_STOP_TIMEOUT_S)  # it did not answer so far: no long grace
                 raise WorkerError(f"The worker did not start within {timeout:.0f} s"
                                   + (f" (last output: {tail})" if tail else "")
                                   + ": check the Python interpreter and try again.")

@@ -66,9 +66,11 @@ def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta
             "eta_s": _finite_or_none(eta_s)}
 
 
-def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str) -> dict:
+def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str,
+         model_cached: bool) -> dict:
+    """``model_cached``: the job reused the model already in memory (False: the job loaded it)."""
     return {"type": "done", "job_id": job_id, "slices": slices, "seconds": round(seconds, 3),
-            "summary": {"samples": samples, "model": model, "device": device}}
+            "summary": {"samples": samples, "model": model, "device": device, "model_cached": bool(model_cached)}}
 
 
 def cancelled(job_id: str, slices: int) -> dict:

@@ -173,12 +173,12 @@ class Worker:
                 return
             folder, device, volume, roi, slice_axis = self._prepare(job)
             progress = JobProgress(self.send, job_id, roi[slice_axis + 3] - roi[slice_axis])
-            self._segment(job, folder, device, volume, roi, slice_axis, progress)
+            model_cached = self._segment(job, folder, device, volume, roi, slice_axis, progress)
             if progress.delivered < progress.total:  # stopped early: cancelled, shutdown or the client went away
                 self.send(protocol.cancelled(job_id, progress.delivered))
             else:
                 self.send(protocol.done(job_id, progress.delivered, time.monotonic() - started, job["samples"],
-                                        folder.name, device.type))
+                                        folder.name, device.type, model_cached))
         except JobError as error:
             self.send(protocol.error(job_id, error.code, str(error)))
         except Exception as error:  # noqa: BLE001 - the worker must survive any job failure
@@ -189,8 +189,11 @@ class Worker:
                                      "slice(s); the worker log (stderr) has the details. Please report it."))
 
     def _load_model(self, folder: Path, device: torch.device):
+        """(model, cached): the model of ``folder`` on ``device``, loaded unless it is the cached one (same folder,
+        device and file modification times)."""
         key = _model_key(folder, device)
-        if key != self._model_key:
+        cached = key == self._model_key
+        if not cached:
             self._model_key, self._model = None, None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -198,7 +201,7 @@ class Worker:
             self._model = checkpoint.load_model(folder, device)
             self._model_key = key
             log.info("loaded model %s on %s in %.1f s", folder, device, time.monotonic() - started)
-        return self._model
+        return self._model, cached
 
     def _prepare(self, job: dict):
         """Check everything that can be checked before any work -> (model folder, device, volume, roi, slice_axis)."""
@@ -238,13 +241,14 @@ class Worker:
 
     def _segment(self, job: dict, folder: Path, device: torch.device, volume, roi: list[int], slice_axis: int,
                  progress: JobProgress) -> None:
-        """Send ``accepted``, load the model, stream the slices; returns early when the job must stop."""
+        """Send ``accepted``, load the model, stream the slices; returns early when the job must stop. Returns
+        whether the model was the cached one."""
         job_id = job["job_id"]
         self.send(protocol.accepted(job_id, volume.array_kji.shape, volume.ijk_to_ras, slice_axis, roi, folder.name,
                                     device.type, progress.total))
         self.send(protocol.progress(job_id, "loading model", 0, progress.total, None))
         try:
-            model = self._load_model(folder, device)
+            model, cached = self._load_model(folder, device)
         except checkpoint.CheckpointError as error:
             raise JobError(protocol.BAD_MODEL, str(error)) from error
         except (RuntimeError, MemoryError) as error:
@@ -256,7 +260,7 @@ class Worker:
                                "build that supports this GPU") from error
             raise
         if self._should_stop(job_id):
-            return
+            return cached
         self.send(protocol.progress(job_id, "segmenting", 0, progress.total, None))
         results = inference.segment_slices(model, volume.array_kji, roi, slice_axis, job["samples"], job["steps"],
                                            job["seed"], job["batch_size"], lambda: self._should_stop(job_id),
@@ -265,7 +269,7 @@ class Worker:
         try:
             for result in results:
                 if self._should_stop(job_id):
-                    return
+                    return cached
                 path = job_dir / f"slice_{result.index:05d}.npz"
                 _write_npz(path, samples=result.samples, consensus=result.consensus, variance=result.variance)
                 progress.slice_delivered(result.index, path)
@@ -276,3 +280,4 @@ class Worker:
                                                  "the disk space and that the folder still exists") from error
         finally:
             results.close()
+        return cached
