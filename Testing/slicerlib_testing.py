@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import slicerio
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import SDSegSlicerLib
 
@@ -127,6 +129,38 @@ def write_volume_file(path, array_kji, ijk_to_ras):
     image.SetOrigin(ijk_to_lps[:3, 3].tolist())
     sitk.WriteImage(image, str(path))
     return path
+
+
+def write_ct_series(folder, array_kji, ijk_to_lps, shuffle_seed=0):
+    """A CT series, one file per K slice, in a shuffled file order with shuffled instance numbers."""
+    folder.mkdir()
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    order = np.random.default_rng(shuffle_seed).permutation(array_kji.shape[0])
+    for file_number, k in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"im{file_number:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "A1", ""
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.Modality = "1", 1, int(file_number) + 1, "CT"
+        ds.Manufacturer, ds.PositionReferenceIndicator = "test", ""
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in
+                                      [*(ijk_to_lps[:3, 0] / spacing[0]), *(ijk_to_lps[:3, 1] / spacing[1])]]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ijk_to_lps[:3, 3] + k * ijk_to_lps[:3, 2]]
+        ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+        ds.SliceThickness = f"{spacing[2]:.6f}"
+        ds.Rows, ds.Columns = array_kji.shape[1], array_kji.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.ImageType = 0, 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PixelData = np.ascontiguousarray(array_kji[k], dtype=np.int16).tobytes()
+        ds.save_as(ds.filename, enforce_file_format=True)
+    return folder
 
 
 def lesion_volume(path, shape_kji, seed=0):

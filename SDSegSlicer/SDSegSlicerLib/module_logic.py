@@ -14,7 +14,7 @@ import numpy as np
 import slicer
 import vtk
 
-from .segmentation_writer import numpy_matrix
+from .segmentation_writer import numpy_matrix, segment_labelmap
 
 ACCEPTED_SEGMENT_NAME = "accepted"
 ACCEPTED_SEGMENT_COLOUR = (0.1, 0.9, 0.3)
@@ -139,9 +139,7 @@ def accept_sample(segmentation_node, sample_segment_id: str, base_name: str = AC
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(sample_segment_id) is None:
         raise ValueError(f"Segment '{sample_segment_id}' is not in '{segmentation_node.GetName()}'.")
-    labelmap = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-        segmentation_node, sample_segment_id, labelmap)
+    labelmap = segment_labelmap(segmentation_node, sample_segment_id)
     name = unique_segment_name(segmentation, base_name)
     new_id = segmentation.AddEmptySegment("", name, ACCEPTED_SEGMENT_COLOUR)
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(

@@ -105,6 +105,16 @@ def reference_geometry(segmentation_node):
     return numpy_matrix(matrix), list(image.GetExtent())
 
 
+def segment_labelmap(segmentation_node, segment_id) -> slicer.vtkOrientedImageData:
+    """The segment's binary labelmap in the segmentation's own frame, like its reference geometry: the parent
+    transform is NOT applied (GetSegmentBinaryLabelmapRepresentation applies it by default, which would move the
+    voxels of a result on a transformed volume a second time)."""
+    labelmap = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, segment_id, labelmap, False)
+    return labelmap
+
+
 def read_segment_arrays(segmentation_node, segment_ids, full_extent: bool = True):
     """The segments as one boolean array (S, K, J, I) on the segmentation's reference grid.
 
@@ -132,9 +142,7 @@ def read_segment_arrays(segmentation_node, segment_ids, full_extent: bool = True
     grid.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras))
     grid.SetExtent(*extent)
     for index, segment_id in enumerate(segment_ids):
-        labelmap = slicer.vtkOrientedImageData()
-        slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentation_node, segment_id, labelmap)
+        labelmap = segment_labelmap(segmentation_node, segment_id)
         if labelmap.IsEmpty():
             continue
         resampled = slicer.vtkOrientedImageData()
