@@ -277,3 +277,32 @@ def test_missing_backend_modules_are_found_without_importing(monkeypatch):
     assert ("diffusers" in sys.modules) == diffusers_was_imported
     monkeypatch.setattr(module_logic, "BACKEND_MODULES", ("numpy", "sdseg_no_such_module"))
     assert module_logic.missing_backend_modules() == ["sdseg_no_such_module"]
+
+
+# Slicer's Python with "Additional module paths = SDSegSlicer/": only the module's folder is on sys.path (no
+# editable install, no repository root); `sdseg` is not importable there, but the worker gets backend_root().
+SLICER_SYS_PATH = r"""
+import importlib.util, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p.endswith(("site-packages", ".zip")) or "lib/python" in p]
+assert importlib.util.find_spec("sdseg") is None, "sdseg must not be importable in this simulated Slicer Python"
+from SDSegSlicerLib import module_logic
+print("MISSING", module_logic.missing_backend_modules())
+module_logic.backend_root = lambda: None  # an extension installed without the backend beside it
+print("WITHOUT BACKEND FOLDER", module_logic.missing_backend_modules())
+"""
+
+
+def test_backend_beside_the_module_folder_counts_as_installed(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import SDSegSlicerLib
+
+    module_dir = Path(SDSegSlicerLib.__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", SLICER_SYS_PATH, str(module_dir)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MISSING []" in result.stdout
+    assert "WITHOUT BACKEND FOLDER ['sdseg']" in result.stdout

@@ -6,6 +6,7 @@ Runs in Slicer and on slicer-core alike, so the module and the tests share this 
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -15,6 +16,7 @@ import slicer
 import vtk
 
 from .segmentation_writer import numpy_matrix, segment_labelmap
+from .worker_client import backend_root
 
 ACCEPTED_SEGMENT_NAME = "accepted"
 ACCEPTED_SEGMENT_COLOUR = (0.1, 0.9, 0.3)
@@ -188,9 +190,18 @@ SLICER_SHIPPED_DISTRIBUTIONS = ("numpy", "SimpleITK", "requests")
 
 
 def missing_backend_modules() -> list[str]:
-    """Backend modules this Python cannot find (found without importing them)."""
+    """Backend modules a worker started from this Python could not import (found without importing them): on
+    sys.path, or in the folder worker_client.backend_root() puts on the worker's PYTHONPATH (Slicer puts only the
+    module's own folder on sys.path, while `sdseg` sits beside it or in the repository)."""
     importlib.invalidate_caches()  # see packages pip installed since the last look
-    return [name for name in BACKEND_MODULES if importlib.util.find_spec(name) is None]
+    root = backend_root()
+    worker_path = [str(root)] if root is not None else []
+
+    def found(name):
+        return (importlib.util.find_spec(name) is not None
+                or (worker_path and importlib.machinery.PathFinder.find_spec(name, worker_path) is not None))
+
+    return [name for name in BACKEND_MODULES if not found(name)]
 
 
 def shipped_package_constraints() -> list[str]:
