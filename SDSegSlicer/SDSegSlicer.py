@@ -1,12 +1,11 @@
 """SDSegSlicer: diffusion-model lesion segmentation with uncertainty, as a 3D Slicer scripted module.
 
-The module is thin: the GUI binds a parameter node, a QTimer drives SDSegSlicerLib's SegmentationRun (the model
+The module is thin: the GUI binds a parameter node, a QTimer drives SDSegSlicerLib's SegmentationSession (the model
 runs in a separate worker process, so Slicer never freezes), and everything else lives in SDSegSlicerLib.
 """
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -26,12 +25,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SDSegSlicerLib import export, module_logic, stats
-from SDSegSlicerLib.run import SegmentationRun, format_duration
-from SDSegSlicerLib.segmentation_writer import CONSENSUS_SEGMENT_NAME, segment_ids_by_name
-from SDSegSlicerLib.worker_client import WorkerClient, WorkerError
+from SDSegSlicerLib import backend_install, stats, variance_display
+from SDSegSlicerLib.run import format_duration
+from SDSegSlicerLib.session import BusyError, SegmentationSession
+from SDSegSlicerLib.worker_client import WorkerError
 
-WORKER_START_TIMEOUT_S = 180
 TIMER_INTERVAL_MS = 100
 
 
@@ -109,7 +107,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._sampleIndex = 0
         self._resultsShown = False
-        self._startingWorker = False
+        self._shownOpacity = None
+        self._installNeeded = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -128,7 +127,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.pythonBrowseButton.connect("clicked()", self.onBrowsePython)
-        self.ui.pythonExecutableLineEdit.connect("textChanged(QString)", lambda _: self.updateBackendStatus())
+        # The signal's own text: this handler runs before the parameter node has the new value.
+        self.ui.pythonExecutableLineEdit.connect("textChanged(QString)", self.updateBackendStatus)
         self.ui.installBackendButton.connect("clicked()", self.onInstallBackend)
         self.ui.restartWorkerButton.connect("clicked()", self.onRestartWorker)
         self.ui.segmentButton.connect("clicked()", self.onSegmentOrCancel)
@@ -136,7 +136,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextSampleButton.connect("clicked()", lambda: self.showSample(self._sampleIndex + 1))
         self.ui.showAllSamplesCheckBox.connect("toggled(bool)", lambda _: self.showSample(self._sampleIndex))
         self.ui.acceptSampleButton.connect("clicked()", self.onAcceptSample)
-        self.ui.showVarianceCheckBox.connect("toggled(bool)", lambda _: self.updateVarianceOverlay())
+        self.ui.showVarianceCheckBox.connect("toggled(bool)", self.onShowVariance)
         self.ui.exportSegNrrdButton.connect("clicked()", lambda: self.onExport("segmentation"))
         self.ui.exportNiftiButton.connect("clicked()", lambda: self.onExport("nifti"))
         self.ui.exportDicomSegButton.connect("clicked()", lambda: self.onExport("dicom"))
@@ -145,7 +145,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDirectoryButton.directory = qt.QDir.homePath()
 
         self.initializeParameterNode()
-        self.updateBackendStatus()
+        self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text)
 
     def cleanup(self):
         self.removeObservers()
@@ -162,7 +162,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self._timer.stop()
-        self.logic.abandonRun()
+        self.logic.abandon_run()
         self.ui.segmentButton.text = "Segment"
         self.setParameterNode(None)
         self.clearResults()
@@ -171,7 +171,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
-    # --- parameter node --------------------------------------------------------------------------------------
+    # --- parameter node and buttons --------------------------------------------------------------------------
 
     def initializeParameterNode(self):
         parameterNode = self.logic.getParameterNode()
@@ -195,15 +195,24 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onParameterNodeModified(self, caller=None, event=None):
         if not self._parameterNode:
             return
-        running = self.logic.isRunning()
-        canRun = running or bool(self._parameterNode.inputVolume)
-        self.ui.segmentButton.enabled = canRun and not self._startingWorker
+        self.updateButtons()
+        self.selectModelInCombo(self._parameterNode.model)
+        opacity = self._parameterNode.varianceOpacity
+        if opacity != self._shownOpacity and self.logic.has_result():  # only an opacity change touches views
+            variance_display.set_variance_opacity(self.logic.result_variance, opacity)
+            self._shownOpacity = opacity
+
+    def updateButtons(self):
+        """Enable what can be done now: nothing that would start a second action while one is in progress."""
+        busy, running = self.logic.busy_reason is not None, self.logic.is_running()
+        hasVolume = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.segmentButton.enabled = running or (hasVolume and not busy)
         self.ui.segmentButton.toolTip = (
             "Cancel the run; slices already done are kept." if running
-            else "Segment the volume." if self._parameterNode.inputVolume
-            else "Select an input volume first.")
-        self.selectModelInCombo(self._parameterNode.model)
-        self.updateVarianceOverlay()
+            else f"Please wait: {self.logic.busy_reason}." if busy
+            else "Segment the volume." if hasVolume else "Select an input volume first.")
+        self.ui.restartWorkerButton.enabled = not busy and not running
+        self.ui.installBackendButton.enabled = self._installNeeded and not busy and not running
 
     # --- worker, models and backend --------------------------------------------------------------------------
 
@@ -216,29 +225,29 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def ensureWorker(self):
         """Start the worker if needed; fill the model list and device from its hello. False on failure."""
         pythonExecutable = self._parameterNode.pythonExecutable.strip()
-        if self.logic.workerReady(pythonExecutable):
+        if self.logic.worker_ready(pythonExecutable):
             return True
         self.setStatus("Starting the worker (loading PyTorch, may take a minute the first time)...")
-        self._startingWorker = True  # the GUI keeps processing events meanwhile: no second start or run
-        self.ui.segmentButton.enabled = False
-        self.ui.restartWorkerButton.enabled = False
         qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
         try:
-            hello = self.logic.startWorker(pythonExecutable, onWait=slicer.app.processEvents)
-        except WorkerError as error:  # says what to do (install the backend, choose another interpreter, ...)
+            # The GUI keeps processing events meanwhile; the logic is busy, so no second start, run or install.
+            hello = self.logic.startWorker(pythonExecutable, onWait=self.whileWaiting)
+        except (WorkerError, BusyError) as error:  # says what to do (install the backend, another Python, ...)
             self.setStatus(str(error), error=True)
-            self.updateBackendStatus()
             return False
         finally:
             qt.QApplication.restoreOverrideCursor()
-            self._startingWorker = False
-            self.ui.restartWorkerButton.enabled = True
-            self.onParameterNodeModified()
+            self.updateButtons()
+        if not self._parameterNode:  # the user left the module or closed the scene while the worker started
+            return False
         self.setStatus("")
         self.fillModelCombo(hello.get("models", []))
         self.ui.gpuLabel.text = describeDevice(hello)
-        self.updateBackendStatus()
         return True
+
+    def whileWaiting(self):
+        self.updateButtons()
+        slicer.app.processEvents()
 
     def fillModelCombo(self, models):
         combo = self.ui.modelComboBox
@@ -276,23 +285,19 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path:
             self._parameterNode.pythonExecutable = path
 
-    def updateBackendStatus(self):
-        if self._parameterNode and self._parameterNode.pythonExecutable.strip():
-            self.ui.backendStatusLabel.text = "The worker runs in the Python interpreter above."
-            self.ui.installBackendButton.enabled = False
-            return
-        missing = module_logic.missing_backend_modules()
-        self.ui.installBackendButton.enabled = bool(missing)
-        self.ui.backendStatusLabel.text = (
-            "Backend installed in Slicer's Python." if not missing
-            else f"Missing in Slicer's Python: {', '.join(missing)}. Click 'Install backend', "
-                 "or set a Python interpreter that has them.")
+    def updateBackendStatus(self, pythonExecutable):
+        text, self._installNeeded = backend_install.status(pythonExecutable)
+        self.ui.backendStatusLabel.text = text
+        self.updateButtons()
 
     def onInstallBackend(self):
         self.setStatus("Installing the backend into Slicer's Python...")
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            installed = self.logic.installBackend()
+            installed = self.logic.installBackend(onStart=self.updateButtons)
+        except BusyError as error:
+            self.setStatus(str(error), error=True)
+            return
         except Exception as error:
             if type(error).__name__ == "InstallationAbortedError":  # the user said no (Slicer 5.10+ installer)
                 self.setStatus("Installation cancelled.")
@@ -302,50 +307,48 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         finally:
             qt.QApplication.restoreOverrideCursor()
-            self.updateBackendStatus()
+            self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text)
         self.setStatus("Backend installed." if installed else "Installation cancelled.")
 
     def onRestartWorker(self):
-        if self._startingWorker:
+        if self.logic.is_running() or self.logic.busy_reason is not None:
+            self.setStatus("Wait for the current action (or cancel the run) before restarting the worker.",
+                           error=True)
             return
-        if self.logic.isRunning():
-            self.setStatus("Cancel the running segmentation before restarting the worker.", error=True)
-            return
-        self.logic.stopWorker()
+        self.logic.stop_worker()
         self.ensureWorker()
 
     # --- run -------------------------------------------------------------------------------------------------
 
     def onSegmentOrCancel(self):
-        if self._startingWorker:
-            return
-        if self.logic.isRunning():
-            self.logic.cancelRun()
+        if self.logic.is_running():
+            self.logic.cancel_run()
             self.setStatus("Cancelling: slices already segmented are kept.")
             return
-        if not self.ensureWorker():
-            return
-        self.clearResults()
-        try:
-            self.logic.startRun(self._parameterNode)
+        try:  # the cheap checks first: an input error never costs a worker start or the result on screen
+            job = self.logic.buildJob(self._parameterNode)
         except ValueError as error:  # bad ROI / slice range / volume: the message says what to do
             self.setStatus(str(error), error=True)
             return
-        except Exception as error:  # e.g. the input volume cannot be written
-            logging.exception("SDSegSlicer: the run did not start")
+        if not self.ensureWorker():
+            return
+        try:
+            self.logic.start_run(job, self._parameterNode.inputVolume)
+        except (ValueError, OSError, WorkerError, BusyError) as error:  # input not writable, worker gone, ...
             self.setStatus(f"The segmentation did not start: {error}", error=True)
             return
+        self.clearResults()
         self.ui.segmentButton.text = "Cancel"
         self.ui.progressBar.value = 0
         self.ui.progressLabel.text = "Starting..."
         self.setStatus("")
-        self.onParameterNodeModified()
+        self.updateButtons()
         self._timer.start()
 
     def onTimer(self):
-        state = self.logic.processRun()
+        state = self.logic.process_run()
         self.updateProgress(self.logic.run.progress)
-        if self.logic.resultSegmentation is not None and not self._resultsShown:
+        if self.logic.has_result() and not self._resultsShown:
             self.showResults()  # slices stream in while the run goes on
         if state != "running":
             self._timer.stop()
@@ -363,17 +366,17 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRunFinished(self, state):
         run = self.logic.run
         self.ui.segmentButton.text = "Segment"
-        self.onParameterNodeModified()
+        self.updateButtons()
         if state == "done":
             self.ui.progressLabel.text = f"Done: {run.progress['done']} slices."
         elif state == "cancelled":
             self.ui.progressLabel.text = f"Cancelled after {run.progress['done']} slices."
         else:
             self.setStatus(run.error_message, error=True)
-        if self.logic.resultSegmentation is not None:
+        if self.logic.has_result():
             self.showResults()
             self.updateStats()
-        self.logic.finishRun()
+        self.logic.finish_run()
 
     # --- results ---------------------------------------------------------------------------------------------
 
@@ -387,46 +390,48 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sampleLabel.text = "Sample -"
 
     def showResults(self):
+        first = not self._resultsShown
         self._resultsShown = True
         self.ui.resultsCollapsibleButton.enabled = True
         self.ui.exportCollapsibleButton.enabled = True
         self.showSample(self._sampleIndex)
-        self.logic.prepareVarianceOverlay(self._parameterNode.inputVolume if self._parameterNode else None)
-        self.updateVarianceOverlay()
+        if first:  # once per run: from then on the layers are the user's
+            self.logic.prepareVarianceOverlay(self._parameterNode.inputVolume if self._parameterNode else None)
+            self.onShowVariance(self.ui.showVarianceCheckBox.checked)
 
     def showSample(self, index):
-        segmentationNode = self.logic.resultSegmentation
-        sampleIds = self.logic.sampleSegmentIds()
-        if segmentationNode is None or not sampleIds:
+        sampleIds = self.logic.sample_segment_ids()
+        if not sampleIds:
             return
         self._sampleIndex = index % len(sampleIds)
         showAll = self.ui.showAllSamplesCheckBox.checked
-        displayNode = segmentationNode.GetDisplayNode()
+        displayNode = self.logic.result_segmentation.GetDisplayNode()
         for position, segmentId in enumerate(sampleIds):
             displayNode.SetSegmentVisibility(segmentId, showAll or position == self._sampleIndex)
         self.ui.sampleLabel.text = (
             f"All {len(sampleIds)} samples" if showAll else f"Sample {self._sampleIndex + 1} of {len(sampleIds)}")
         self.ui.previousSampleButton.enabled = self.ui.nextSampleButton.enabled = not showAll
-        self.ui.acceptSampleButton.enabled = not showAll and not self.logic.isRunning()
+        self.ui.acceptSampleButton.enabled = not showAll and not self.logic.is_running()
 
     def onAcceptSample(self):
-        sampleIds = self.logic.sampleSegmentIds()
+        sampleIds = self.logic.sample_segment_ids()
         if not sampleIds:
             return
         try:
-            name = self.logic.acceptSample(sampleIds[self._sampleIndex])
+            name = self.logic.accept_sample(sampleIds[self._sampleIndex])
         except ValueError as error:
             self.setStatus(str(error), error=True)
             return
         self.setStatus(f"Sample {self._sampleIndex + 1} copied to segment '{name}': edit it in the Segment Editor.")
 
-    def updateVarianceOverlay(self):
-        variance = self.logic.resultVariance
-        if variance is None or variance.GetScene() is None or not self._parameterNode:
+    def onShowVariance(self, show):
+        if not self.logic.has_result() or self.logic.result_variance.GetScene() is None or not self._parameterNode:
             return  # no result yet, or the variance volume was deleted: leave the slice views alone
-        slicer.util.setSliceViewerLayers(
-            foreground=variance if self.ui.showVarianceCheckBox.checked else None,
-            foregroundOpacity=self._parameterNode.varianceOpacity)
+        if show:
+            variance_display.show_variance_overlay(self.logic.result_variance, self._parameterNode.varianceOpacity)
+        else:
+            variance_display.hide_variance_overlay(self.logic.result_variance)
+        self._shownOpacity = self._parameterNode.varianceOpacity
 
     def updateStats(self):
         try:
@@ -448,7 +453,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExport(self, what):
         folder = self.ui.exportDirectoryButton.directory
         try:
-            path = self.logic.exportResult(what, folder)
+            path = self.logic.export_result(what, folder)
         except (OSError, ValueError) as error:  # unwritable folder, missing highdicom, not from DICOM, ...
             self.setStatus(f"Export failed: {error}", error=True)
             return
@@ -465,182 +470,59 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class SDSegSlicerLogic(ScriptedLoadableModuleLogic):
-    """Holds the worker client and the current run; the work itself is done by SDSegSlicerLib."""
+class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
+    """SDSegSlicerLib's SegmentationSession on Slicer's scene, plus the parameter node and the installers."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.client = None
-        self.clientPython = None
-        self.run = None
-        self.resultSegmentation = None
-        self.resultVariance = None
-        self._inputDir = None
+        SegmentationSession.__init__(self, slicer.mrmlScene)
 
     def getParameterNode(self):
         return SDSegSlicerParameterNode(super().getParameterNode())
 
-    # worker
+    def buildJob(self, parameterNode):
+        """The segment job of the parameters (ValueError says what to fix)."""
+        return self.build_job(parameterNode.inputVolume, roi_node=parameterNode.roi,
+                              slice_start=parameterNode.sliceStart, slice_end=parameterNode.sliceEnd,
+                              model=parameterNode.model, samples=parameterNode.samples, steps=parameterNode.steps,
+                              seed=parameterNode.seed, device=parameterNode.device)
 
-    def workerReady(self, pythonExecutable=""):
-        return self.client is not None and self.client.is_running() and self.clientPython == pythonExecutable
+    def startWorker(self, pythonExecutable="", onWait=None):
+        """(Re)start the worker; an external interpreter runs in the environment Slicer was started with (not
+        with Slicer's own library paths, which would break its packages)."""
+        environment = slicer.util.startupEnvironment() if pythonExecutable else None
+        return self.start_worker(pythonExecutable, on_wait=onWait, external_env=environment)
 
-    def startWorker(self, pythonExecutable="", timeout=WORKER_START_TIMEOUT_S, onWait=None):
-        """(Re)start the worker with the given interpreter (empty: Slicer's Python); returns its hello.
-        ``onWait()`` is called repeatedly while the worker loads (the widget keeps the GUI responsive with it)."""
-        self.stopWorker()
-        client = WorkerClient(python_executable=pythonExecutable or None)
-        hello = client.start(timeout, on_wait=onWait)
-        self.client, self.clientPython = client, pythonExecutable
-        return hello
-
-    def stopWorker(self):
-        if self.client is not None:
-            self.client.stop()
-        self.client, self.clientPython = None, None
-
-    def installBackend(self):
+    def installBackend(self, onStart=None):
         """Install torch (through the PyTorch extension) and the backend packages into Slicer's Python, never
         replacing packages Slicer ships. Returns False if the user cancelled the PyTorch installation."""
-        if "torch" in module_logic.missing_backend_modules():
+        if self.is_running():
+            raise BusyError("A segmentation is running: wait for it or cancel it first.")
+        with self.busy("the backend is being installed"):
+            if onStart is not None:
+                onStart()
+            self.stop_worker()  # it may hold the packages pip replaces
+            if "torch" in backend_install.missing_modules():
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    raise ValueError("PyTorch is needed: install the 'PyTorch' extension from the Extensions "
+                                     "Manager, restart Slicer, then click 'Install backend' again.") from None
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                    return False
+            constraintsDir = tempfile.mkdtemp(prefix="SDSegSlicer-pip-")
             try:
-                import PyTorchUtils
-            except ImportError:
-                raise ValueError("PyTorch is needed: install the 'PyTorch' extension from the Extensions Manager, "
-                                 "restart Slicer, then click 'Install backend' again.") from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-                return False
-        constraintsDir = tempfile.mkdtemp(prefix="SDSegSlicer-pip-")
-        try:
-            slicer.util.pip_install(module_logic.backend_pip_arguments(os.path.join(constraintsDir, "constraints.txt")))
-        finally:
-            shutil.rmtree(constraintsDir, ignore_errors=True)
-        return True
-
-    # run
-
-    def isRunning(self):
-        return self.run is not None and self.run.state == "running"
-
-    def buildJob(self, parameterNode):
-        """The segment job of the parameters, without the volume file; ValueError says what to fix."""
-        volume = parameterNode.inputVolume
-        if volume is None:
-            raise ValueError("Select an input volume first.")
-        sliceAxis = module_logic.slice_axis_closest_to_superior(volume)
-        return {
-            "model": parameterNode.model or None,
-            "samples": parameterNode.samples,
-            "steps": parameterNode.steps or None,
-            "seed": parameterNode.seed,
-            "device": parameterNode.device,
-            "batch_size": None,
-            "roi_ijk": module_logic.job_roi_ijk(
-                volume, parameterNode.roi, parameterNode.sliceStart, parameterNode.sliceEnd, sliceAxis),
-            "slice_axis": sliceAxis,
-        }
-
-    def startRun(self, parameterNode):
-        """Write the input volume for the worker and start a streamed segmentation run."""
-        if self.client is None or not self.client.is_running():
-            raise ValueError("The worker is not running: click 'Restart worker' in the Backend section.")
-        job = self.buildJob(parameterNode)
-        self.finishRun()
-        self.forgetResults()
-        self._inputDir = tempfile.mkdtemp(prefix="SDSegSlicer-input-")
-        job["volume"] = os.path.join(self._inputDir, "input.nrrd")
-        export.export_volume(parameterNode.inputVolume, job["volume"])
-        self.run = SegmentationRun(slicer.mrmlScene, self.client, job, reference_volume_node=parameterNode.inputVolume)
-        self.run.start()
-        return self.run
-
-    def processRun(self):
-        """Handle the worker's messages; keep the result nodes as soon as they exist. Returns the run state."""
-        state = self.run.process_messages()
-        if self.resultSegmentation is None and self.run.segmentation_node is not None:
-            self.resultSegmentation = self.run.segmentation_node
-            self.resultVariance = self.run.variance_node
-            # The input volume becomes the segmentation's source volume (Segment Editor, DICOM SEG export).
-            role = self.resultSegmentation.GetReferenceImageGeometryReferenceRole()
-            self.resultSegmentation.SetNodeReferenceID(role, self.run.reference_volume_node.GetID())
-        return state
-
-    def cancelRun(self):
-        if self.isRunning():
-            self.run.cancel()
-
-    def abandonRun(self):
-        """Cancel the run and forget it and its results (the scene that holds them is closing)."""
-        if self.isRunning():
-            self.run.cancel()
-            self.run.abandon()
-        self.run = None
-        self.forgetResults()
-        self.finishRun()
-
-    def finishRun(self):
-        """Delete the temporary input volume of a finished run."""
-        if self._inputDir and not self.isRunning():
-            shutil.rmtree(self._inputDir, ignore_errors=True)
-            self._inputDir = None
-
-    def shutdown(self):
-        self.abandonRun()
-        self.stopWorker()
-
-    # results
-
-    def sampleSegmentIds(self):
-        """IDs of the result's `sample 1..N` segments, in order (none yet, or the node was deleted: [])."""
-        if self.resultSegmentation is None or self.resultSegmentation.GetScene() is None:
-            return []
-        idsByName = segment_ids_by_name(self.resultSegmentation)
-        return [idsByName[name] for name in stats.result_segment_names(self.resultSegmentation)
-                if name != CONSENSUS_SEGMENT_NAME]
-
-    def acceptSample(self, sampleSegmentId):
-        """Copy a sample into a new editable `accepted` segment; returns the new segment's name."""
-        self.requireResult()
-        newId = module_logic.accept_sample(self.resultSegmentation, sampleSegmentId)
-        return self.resultSegmentation.GetSegmentation().GetSegment(newId).GetName()
-
-    def forgetResults(self):
-        self.resultSegmentation = self.resultVariance = None
+                slicer.util.pip_install(backend_install.pip_arguments(os.path.join(constraintsDir, "constraints.txt")))
+            finally:
+                shutil.rmtree(constraintsDir, ignore_errors=True)
+            return True
 
     def prepareVarianceOverlay(self, inputVolume):
-        """Perceptual colour map on the variance volume, input volume as background of the slice views."""
-        colourNode = module_logic.variance_colour_node(slicer.mrmlScene)
-        module_logic.configure_variance_display(self.resultVariance, colourNode)
+        """Perceptual colour map on the variance volume; the input volume as background where a view has none."""
+        colourNode = variance_display.variance_colour_node(slicer.mrmlScene)
+        variance_display.configure_variance_display(self.result_variance, colourNode)
         if inputVolume is not None:
-            slicer.util.setSliceViewerLayers(background=inputVolume)
-
-    def requireResult(self):
-        if self.resultSegmentation is None or self.resultSegmentation.GetScene() is None:
-            raise ValueError("No result yet: run a segmentation first.")
-
-    def statistics(self):
-        """stats.segmentation_statistics() of the current result."""
-        self.requireResult()
-        return stats.segmentation_statistics(self.resultSegmentation, self.resultVariance)
-
-    def exportResult(self, what, folder):
-        """Write one export into folder, files named after the result; returns the (first) file path."""
-        self.requireResult()
-        base = os.path.join(folder, re.sub(r"[^\w.-]+", "_", self.resultSegmentation.GetName()))
-        if what == "segmentation":
-            return export.export_segmentation(self.resultSegmentation, base + ".seg.nrrd")
-        if what == "nifti":  # a labelmap holds one label per voxel: the consensus only (samples overlap it)
-            consensusId = self.resultSegmentation.GetSegmentation().GetSegmentIdBySegmentName(CONSENSUS_SEGMENT_NAME)
-            export.export_nifti_labelmap(self.resultSegmentation, base + "_consensus.nii.gz", [consensusId])
-            return base + "_consensus.nii.gz"
-        if what == "dicom":
-            return export.export_dicom_seg(self.resultSegmentation, base + "_seg.dcm")
-        if what == "variance":
-            return export.export_volume(self.resultVariance, base + "_variance.nrrd")
-        if what == "stats":
-            stats.write_statistics(self.statistics(), base + "_summary.json", base + "_summary.csv")
-            return base + "_summary.csv"
-        raise ValueError(f"Unknown export '{what}'.")
+            variance_display.show_as_background_where_empty(inputVolume)
 
 
 #
@@ -649,7 +531,9 @@ class SDSegSlicerLogic(ScriptedLoadableModuleLogic):
 
 
 class SDSegSlicerTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: a real worker on CPU with the bundled default model, on an oblique phantom."""
+    """Self-test inside Slicer: a real worker on CPU with the bundled default model, on an oblique phantom under a
+    rotated parent transform; the flows pytest checks outside Slicer (SDSegSlicerLib on slicer-core), here through
+    the module's widget and logic."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -657,21 +541,52 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SegmentPhantomOnCpu()
+        self.setUp()
+        self.test_WidgetKeepsResultsAndLayers()
 
     def makePhantom(self):
-        """Oblique 64x64x6 volume: noisy background with a bright ellipse, like a lesion on a CT slice."""
+        """Oblique 64x64x6 volume under a rotated, translated parent transform: noisy background with a bright
+        ellipse, like a lesion on a CT slice."""
         rng = np.random.default_rng(0)
         k, j, i = np.mgrid[0:6, 0:64, 0:64]
         lesion = ((i - 34) / 11.0) ** 2 + ((j - 30) / 8.0) ** 2 < 1.0
         voxels = (rng.normal(40.0, 10.0, size=lesion.shape) + 80.0 * lesion).astype(np.float32)
         angle = np.radians(20.0)
-        ijkToRas = np.diag([0.8, 0.8, 2.5, 1.0])
         rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        ijkToRas = np.diag([0.8, 0.8, 2.5, 1.0])
         ijkToRas[:3, :3] = rotation @ ijkToRas[:3, :3]
         ijkToRas[:3, 3] = (-20.0, 10.0, 35.0)
-        return slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRas, name="phantom")
+        volume = slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRas, name="phantom")
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+        parentToWorld = np.eye(4)
+        parentToWorld[:3, :3] = rotation.T
+        parentToWorld[:3, 3] = (7.0, -4.0, 2.0)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(parentToWorld))
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        return volume
+
+    def segmentPhantom(self, logic, volume):
+        parameterNode = logic.getParameterNode()
+        parameterNode.inputVolume = volume
+        parameterNode.samples = 2
+        parameterNode.device = "cpu"
+        parameterNode.sliceStart = 2
+        parameterNode.sliceEnd = 3
+        run = logic.start_run(logic.buildJob(parameterNode), volume)
+        with open(run.job["volume"], "rb") as header:  # the worker's copy is written uncompressed (fast)
+            self.assertIn(b"encoding: raw", header.read(1000))
+        deadline = time.monotonic() + 600
+        while logic.process_run() == "running":
+            self.assertLess(time.monotonic(), deadline, "the run did not finish in 10 minutes")
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(run.state, "done", run.error_message)
+        logic.finish_run()
+        return parameterNode
 
     def test_SegmentPhantomOnCpu(self):
+        from SDSegSlicerLib.segmentation_writer import read_segment_arrays, segment_ids_by_name
+
         self.delayDisplay("Starting the worker")
         volume = self.makePhantom()
         logic = SDSegSlicerLogic()
@@ -679,51 +594,79 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
             hello = logic.startWorker("")
             self.assertEqual(hello["protocol"], 1)
             self.assertTrue(hello["models"], "the worker lists no model: the bundled default model is missing")
-            parameterNode = logic.getParameterNode()
-            parameterNode.inputVolume = volume
-            parameterNode.samples = 2
-            parameterNode.device = "cpu"
-            parameterNode.sliceStart = 2
-            parameterNode.sliceEnd = 3
+            with self.assertRaises(BusyError):  # what the GUI could do while it processes events in a wait
+                logic.startWorker("", onWait=lambda: logic.startWorker(""))
+            hello = logic.startWorker("")
 
             self.delayDisplay("Segmenting slices 2..3 with 2 samples")
-            logic.startRun(parameterNode)
-            deadline = time.monotonic() + 600
-            while logic.processRun() == "running":
-                self.assertLess(time.monotonic(), deadline, "the run did not finish in 10 minutes")
-                slicer.app.processEvents()
-                time.sleep(0.05)
-            self.assertEqual(logic.run.state, "done", logic.run.error_message)
-            self.assertEqual(logic.run.progress["done"], 2)
+            self.segmentPhantom(logic, volume)
+            segmentation = logic.result_segmentation
+            self.assertEqual(segmentation.GetTransformNodeID(), volume.GetTransformNodeID())
+            byName = segment_ids_by_name(segmentation)
+            self.assertEqual(sorted(byName), ["consensus", "sample 1", "sample 2"])
+            self.assertEqual(len(logic.sample_segment_ids()), 2)
 
-            segmentation = logic.resultSegmentation.GetSegmentation()
-            for name in ("consensus", "sample 1", "sample 2"):
-                self.assertTrue(segmentation.GetSegmentIdBySegmentName(name), f"segment '{name}' is missing")
-            self.assertEqual(len(logic.sampleSegmentIds()), 2)
-
-            variance = logic.resultVariance
+            variance = logic.result_variance
             self.assertEqual(variance.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
-            expected, actual = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-            volume.GetIJKToRASMatrix(expected)
-            variance.GetIJKToRASMatrix(actual)
-            for r in range(4):
-                for c in range(4):
-                    self.assertAlmostEqual(actual.GetElement(r, c), expected.GetElement(r, c), places=5)
+            np.testing.assert_allclose(self.ijkToRas(variance), self.ijkToRas(volume), atol=1e-5)
             values = slicer.util.arrayFromVolume(variance)
             self.assertTrue(np.all((values >= 0) & (values <= 0.25 + 1e-6)))
             self.assertEqual(float(values[[0, 1, 4, 5]].max()), 0.0)  # slices outside the range are untouched
 
-            firstName = logic.acceptSample(logic.sampleSegmentIds()[0])
-            secondName = logic.acceptSample(logic.sampleSegmentIds()[1])
-            self.assertEqual((firstName, secondName), ("accepted", "accepted 2"))
+            # Read back in the volume's frame (the parent transform applied once): statistics and accept.
+            sample1 = read_segment_arrays(segmentation, [byName["sample 1"]])[0][0]
+            sampleVoxels = {row["segment"]: row["voxels"] for row in logic.statistics()["segments"]}
+            self.assertEqual(sampleVoxels["sample 1"], int(sample1.sum()))
+            self.assertEqual(logic.accept_sample(byName["sample 1"]), "accepted")
+            self.assertEqual(logic.accept_sample(byName["sample 2"]), "accepted 2")
+            accepted = segment_ids_by_name(segmentation)["accepted"]
+            np.testing.assert_array_equal(read_segment_arrays(segmentation, [accepted])[0][0], sample1)
 
             exportDir = tempfile.mkdtemp(prefix="SDSegSlicerTest-")
             try:
                 for what in ("segmentation", "nifti", "variance", "stats"):
-                    path = logic.exportResult(what, exportDir)
+                    path = logic.export_result(what, exportDir)
                     self.assertGreater(os.path.getsize(path), 0, f"{what} export wrote nothing")
             finally:
                 shutil.rmtree(exportDir, ignore_errors=True)
             self.delayDisplay("Test passed")
         finally:
             logic.shutdown()
+
+    @staticmethod
+    def ijkToRas(volume):
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    def test_WidgetKeepsResultsAndLayers(self):
+        """A bad slice range keeps the result on screen; parameter changes leave the user's slice layers alone;
+        the backend status follows the interpreter field's text."""
+        slicer.util.selectModule("SDSegSlicer")
+        widget = slicer.modules.sdsegslicer.widgetRepresentation().self()
+        volume = self.makePhantom()
+        widget.logic.startWorker("")
+        parameterNode = self.segmentPhantom(widget.logic, volume)
+        widget.showResults()
+        result = widget.logic.result_segmentation
+
+        userLayer = slicer.util.addVolumeFromArray(np.zeros((2, 3, 4), np.float32), name="user layer")
+        composite = slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")[0]
+        composite.SetForegroundVolumeID(userLayer.GetID())
+        composite.SetForegroundOpacity(0.3)
+        parameterNode.seed = 7  # any parameter change
+        parameterNode.varianceOpacity = 0.9  # an opacity change touches only the views showing the variance
+        self.assertEqual(composite.GetForegroundVolumeID(), userLayer.GetID())
+        self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.3)
+
+        parameterNode.sliceStart, parameterNode.sliceEnd = 5, 1
+        widget.onSegmentOrCancel()
+        self.assertIn("Slice range", widget.ui.statusLabel.text)
+        self.assertIs(widget.logic.result_segmentation, result)
+        self.assertTrue(widget.ui.resultsCollapsibleButton.enabled)
+
+        widget.ui.pythonExecutableLineEdit.text = "/opt/other/python"
+        self.assertEqual(widget.ui.backendStatusLabel.text, "The worker runs in the Python interpreter above.")
+        widget.ui.pythonExecutableLineEdit.text = ""
+        self.assertNotEqual(widget.ui.backendStatusLabel.text, "The worker runs in the Python interpreter above.")
+        widget.logic.shutdown()

@@ -12,8 +12,11 @@ import SimpleITK as sitk
 import slicerio
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+import vtk
+from vtk.util import numpy_support
 
 import SDSegSlicerLib
+from SDSegSlicerLib.segmentation_writer import vtk_matrix
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING = (0.7, 1.1, 2.3)
@@ -169,6 +172,18 @@ def lesion_volume(path, shape_kji, seed=0):
     lesion = ((i - shape_kji[2] / 2) / 6.0) ** 2 + ((j - shape_kji[1] / 2) / 4.5) ** 2 < 1.0
     voxels = np.random.default_rng(seed).normal(40.0, 10.0, shape_kji) + 80.0 * lesion
     return write_volume_file(path, voxels.astype(np.float32), oblique_ijk_to_ras())
+
+
+def add_volume_node(scene, array_kji, ijk_to_ras, name="volume"):
+    """A scalar volume node holding ``array_kji`` (K, J, I) with the given IJK-to-RAS geometry."""
+    image = vtk.vtkImageData()
+    image.SetDimensions(*np.asarray(array_kji).shape[::-1])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
+        np.ascontiguousarray(array_kji, dtype=np.float32).ravel(), deep=True, array_type=vtk.VTK_FLOAT))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
+    node.SetAndObserveImageData(image)
+    return node
 
 
 def lib_python_path() -> str:

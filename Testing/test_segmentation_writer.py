@@ -12,7 +12,7 @@ import vtk
 from slicerlib_testing import (RAS_TO_LPS, accepted_message, oblique_ijk_to_ras, read_seg_nrrd_with_sitk,
                                read_seg_nrrd_with_slicerio, sitk_ijk_to_lps, synthetic_result, write_slice_messages)
 
-from SDSegSlicerLib import export
+from SDSegSlicerLib import export, segmentation_writer
 from SDSegSlicerLib.segmentation_writer import (StreamedSegmentationWriter, ensure_converter_rules, image_array_kji,
                                                 numpy_matrix, read_segment_arrays, sample_colours,
                                                 segment_ids_by_name, vtk_matrix)
@@ -177,6 +177,28 @@ def test_converter_rules_are_registered_once():
     names = [rule.GetClassName() for rule in slicer.vtkSegmentationConverterFactory.GetInstance().GetConverterRules()]
     assert sorted(names) == ["vtkBinaryLabelmapToClosedSurfaceConversionRule",
                              "vtkClosedSurfaceToBinaryLabelmapConversionRule"]
+
+
+def test_rules_that_cannot_be_listed_are_reported_once_and_never_raise(monkeypatch, caplog):
+    """Older VTK builds of Slicer cannot call GetConverterRules() from Python; the writer calls this for every
+    run (from a timer in the module): it must neither raise nor log each time."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    before = [rule.GetClassName() for rule in factory.GetConverterRules()]
+
+    def not_wrapped():
+        raise TypeError("GetConverterRules is not wrapped in this VTK build")
+
+    monkeypatch.setattr(segmentation_writer, "_converter_rules_checked", False)
+    monkeypatch.setattr(factory, "GetConverterRules", not_wrapped, raising=False)
+    monkeypatch.setattr(slicer, "app", object(), raising=False)  # inside Slicer: its startup registered them
+    with caplog.at_level("WARNING", logger="SDSegSlicerLib.segmentation_writer"):
+        ensure_converter_rules()
+        ensure_converter_rules()
+    assert [r.getMessage() for r in caplog.records].count(
+        "cannot list the segmentation converter rules from Python (GetConverterRules is not wrapped in this VTK "
+        "build); using the ones 3D Slicer registered at startup") == 1 and len(caplog.records) == 1
+    monkeypatch.undo()
+    assert [rule.GetClassName() for rule in factory.GetConverterRules()] == before
 
 
 def test_bad_slices_are_clear_errors(tmp_path):

@@ -1,8 +1,8 @@
 """The module in 3D Slicer's own Python: the import graph of SDSegSlicer.py and of every SDSegSlicerLib module
 loads with only what Slicer ships.
 
-Slicer 5.6 bundles the Python distributions its SuperBuild names (SuperBuild/External_python-*.cmake at v5.6.0;
-5.8 and 5.10 ship the same names) plus its own application modules (slicer, vtk, qt, ctk). This environment has far
+Slicer 5.6 bundles the Python distributions its SuperBuild names (backend_install.SLICER_SHIPPED: 5.8 and 5.10 ship
+the same names) plus its own application modules (slicer, vtk, qt, ctk). This environment has far
 more (the PyPI vtk wheel that slicer-core brings pulls matplotlib, for one), so an import that works here can crash
 the module in Slicer. A subprocess imports, behind an import hook that refuses every other top-level module, the
 module-level imports of SDSegSlicer.py (all but the application modules slicer-core lacks: qt, ctk,
@@ -20,18 +20,13 @@ from pathlib import Path
 import pytest
 from slicerlib_testing import lib_python_path
 
+from SDSegSlicerLib import backend_install
+
 MODULE_SCRIPT = Path(__file__).resolve().parents[1] / "SDSegSlicer" / "SDSegSlicer.py"
 LIB_DIR = MODULE_SCRIPT.parent / "SDSegSlicerLib"
 
-# Import names of the distributions in Slicer 5.6.0's SuperBuild (External_python-{pip,setuptools,wheel,numpy,scipy,
-# pythonqt-requirements,requests-requirements,dicom-requirements,extension-manager-requirements,
-# extension-manager-ssl-requirements}.cmake, and SimpleITK from External_SimpleITK.cmake).
-SLICER_SHIPPED = frozenset({
-    "pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "numpy", "scipy", "packaging", "pyparsing",
-    "six", "certifi", "idna", "charset_normalizer", "urllib3", "requests", "pydicom", "PIL", "retrying",
-    "dicomweb_client", "chardet", "couchdb", "gitdb", "smmap", "git", "cryptography", "jwt", "wrapt", "deprecated",
-    "pycparser", "cffi", "_cffi_backend", "nacl", "dateutil", "typing_extensions", "github", "SimpleITK",
-})
+# Import names of the distributions Slicer ships (the table the backend installer pins).
+SLICER_SHIPPED = frozenset(name for names in backend_install.SLICER_SHIPPED.values() for name in names)
 # The application's own modules (vtkmodules and slicer_core are how the PyPI vtk and slicer-core provide them).
 SLICER_APPLICATION = frozenset({"slicer", "slicer_core", "vtk", "vtkmodules", "qt", "ctk"})
 # Module-level imports of SDSegSlicer.py that only the Slicer application has (not slicer-core).

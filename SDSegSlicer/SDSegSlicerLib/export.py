@@ -192,8 +192,9 @@ def export_dicom_seg(segmentation_node, path, source_dicom=None, segment_ids=Non
         import highdicom
         from pydicom.sr.codedict import codes
     except ImportError:
-        raise ValueError("DICOM SEG export needs the highdicom package: install it with "
-                         "'pip install highdicom' (in 3D Slicer: slicer.util.pip_install('highdicom')).") from None
+        raise ValueError("DICOM SEG export needs the highdicom package: in 3D Slicer click 'Install backend' in "
+                         "the SDSegSlicer module (it installs a highdicom that keeps Slicer's pydicom); elsewhere "
+                         "'pip install highdicom'.") from None
     path = _prepare_output(path, (".dcm",))
     ids = _selected_segment_ids(segmentation_node, segment_ids)
     names = {segment_id: name for name, segment_id in segment_ids_by_name(segmentation_node).items()}

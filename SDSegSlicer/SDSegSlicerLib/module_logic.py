@@ -1,38 +1,19 @@
-"""Module logic of SDSegSlicer that needs no Qt and no slicer.app: ROI -> IJK bounds, slice axis, accepting a
-sample into an editable segment, the variance colour map (pure MRML), and the backend dependency check.
+"""Geometry and segment logic of SDSegSlicer that needs no Qt and no slicer.app: ROI -> IJK bounds, slice axis,
+the job's ROI, accepting a sample into an editable segment.
 
 Runs in Slicer and on slicer-core alike, so the module and the tests share this code.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.metadata
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import slicer
 import vtk
 
 from .segmentation_writer import numpy_matrix, segment_labelmap
-from .worker_client import backend_root
 
 ACCEPTED_SEGMENT_NAME = "accepted"
 ACCEPTED_SEGMENT_COLOUR = (0.1, 0.9, 0.3)
-
-# Perceptual colour maps Slicer ships (loaded from its colour files), most preferred first.
-PERCEPTUAL_COLOUR_NODE_NAMES = ("Inferno", "Viridis", "Magma", "Plasma", "Cividis")
-FALLBACK_COLOUR_NODE_NAME = "SDSeg Inferno"
-# Inferno (matplotlib, CC0) sampled at 9 evenly spaced points: used only where Slicer's colour files are absent.
-INFERNO_STOPS = (
-    (0.001, 0.000, 0.014), (0.129, 0.047, 0.291), (0.342, 0.062, 0.429), (0.541, 0.135, 0.415),
-    (0.736, 0.216, 0.330), (0.894, 0.353, 0.194), (0.978, 0.558, 0.035), (0.975, 0.798, 0.206),
-    (0.988, 0.998, 0.645),
-)
-# Variance of binary samples lies in [0, 0.25] (p (1 - p)); zero variance is left transparent.
-VARIANCE_DISPLAY_RANGE = (0.0, 0.25)
-VARIANCE_TRANSPARENT_BELOW = 1e-6
 
 
 def world_to_ijk_matrix(volume_node) -> np.ndarray:
@@ -147,75 +128,3 @@ def accept_sample(segmentation_node, sample_segment_id: str, base_name: str = AC
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         labelmap, segmentation_node, new_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
     return new_id
-
-
-def variance_colour_node(scene):
-    """A perceptual colour node for the variance overlay: Slicer's Inferno (or Viridis, ...) when loaded,
-    else one `SDSeg Inferno` procedural node created once per scene."""
-    for name in PERCEPTUAL_COLOUR_NODE_NAMES + (FALLBACK_COLOUR_NODE_NAME,):
-        nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", name)
-        if nodes.GetNumberOfItems():
-            return nodes.GetItemAsObject(0)
-    node = slicer.vtkMRMLProceduralColorNode()
-    node.SetName(FALLBACK_COLOUR_NODE_NAME)
-    node.SetAttribute("Category", "SDSegSlicer")
-    transfer = node.GetColorTransferFunction()
-    for index, rgb in enumerate(INFERNO_STOPS):
-        transfer.AddRGBPoint(index / (len(INFERNO_STOPS) - 1), *rgb)
-    scene.AddNode(node)
-    return node
-
-
-def configure_variance_display(variance_node, colour_node) -> None:
-    """Show the variance volume with the colour map over its full range, zero variance transparent."""
-    if variance_node.GetDisplayNode() is None:
-        variance_node.CreateDefaultDisplayNodes()
-    display = variance_node.GetDisplayNode()
-    display.SetAndObserveColorNodeID(colour_node.GetID())
-    display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(*VARIANCE_DISPLAY_RANGE)
-    display.SetApplyThreshold(True)
-    display.SetLowerThreshold(VARIANCE_TRANSPARENT_BELOW)
-    display.SetUpperThreshold(np.finfo(np.float32).max)
-    display.SetInterpolate(False)
-
-
-# --- backend dependencies in Slicer's Python ---------------------------------------------------------------------
-
-# Modules the worker imports; torch comes from the PyTorch extension's installer (right CUDA build).
-BACKEND_MODULES = ("torch", "diffusers", "safetensors", "tqdm", "sdseg")
-BACKEND_REQUIREMENTS = ("diffusers>=0.30", "safetensors>=0.4", "tqdm>=4.60")
-# Distributions Slicer ships and that pip must never replace (constrained to their installed versions).
-SLICER_SHIPPED_DISTRIBUTIONS = ("numpy", "SimpleITK", "requests")
-
-
-def missing_backend_modules() -> list[str]:
-    """Backend modules a worker started from this Python could not import (found without importing them): on
-    sys.path, or in the folder worker_client.backend_root() puts on the worker's PYTHONPATH (Slicer puts only the
-    module's own folder on sys.path, while `sdseg` sits beside it or in the repository)."""
-    importlib.invalidate_caches()  # see packages pip installed since the last look
-    root = backend_root()
-    worker_path = [str(root)] if root is not None else []
-
-    def found(name):
-        return (importlib.util.find_spec(name) is not None
-                or (worker_path and importlib.machinery.PathFinder.find_spec(name, worker_path) is not None))
-
-    return [name for name in BACKEND_MODULES if not found(name)]
-
-
-def shipped_package_constraints() -> list[str]:
-    """pip constraints `name==version` pinning the installed Slicer-shipped distributions."""
-    pins = []
-    for name in SLICER_SHIPPED_DISTRIBUTIONS:
-        try:
-            pins.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return pins
-
-
-def backend_pip_arguments(constraints_file: Path) -> list[str]:
-    """Write the constraints file and return the `pip install` arguments for the backend packages."""
-    Path(constraints_file).write_text("\n".join(shipped_package_constraints()) + "\n", encoding="utf-8")
-    return [*BACKEND_REQUIREMENTS, "--constraint", str(constraints_file)]

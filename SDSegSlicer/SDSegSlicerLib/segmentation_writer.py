@@ -8,6 +8,7 @@ slicer.modules, no slicer.util helpers that need them).
 from __future__ import annotations
 
 import colorsys
+import logging
 
 import numpy as np
 import slicer
@@ -22,6 +23,12 @@ SAMPLE_HUE_OFFSET = 0.58
 GEOMETRY_TOLERANCE = 1e-3
 LABELMAP_REPRESENTATION = "Binary labelmap"
 
+log = logging.getLogger(__name__)
+_converter_rules_checked = False  # ensure_converter_rules() looks once per process
+# Node attribute marking the variance volumes this writer makes (the overlay only replaces those).
+VARIANCE_ROLE_ATTRIBUTE = "SDSegSlicer.Role"
+VARIANCE_ROLE = "variance"
+
 
 def sample_segment_name(number: int) -> str:
     return f"sample {number}"
@@ -34,9 +41,24 @@ def sample_colours(count: int) -> list[tuple[float, float, float]]:
 
 
 def ensure_converter_rules() -> None:
-    """Register the labelmap <-> surface converter rules once (3D Slicer does this at startup, slicer-core not)."""
+    """Register the labelmap <-> surface converter rules once per process (3D Slicer does this at startup,
+    slicer-core does not). A VTK build whose factory cannot list its rules from Python is reported once in the log;
+    inside the Slicer application the rules it registered at startup are then relied on, elsewhere they are
+    registered without looking."""
+    global _converter_rules_checked
+    if _converter_rules_checked:
+        return
+    _converter_rules_checked = True
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    registered = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    try:
+        registered = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    except (TypeError, AttributeError) as error:
+        in_slicer = getattr(slicer, "app", None) is not None
+        log.warning("cannot list the segmentation converter rules from Python (%s); %s", error,
+                    "using the ones 3D Slicer registered at startup" if in_slicer else "registering them")
+        if in_slicer:
+            return
+        registered = set()
     for rule_class in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
                        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
         if rule_class.__name__ not in registered:
@@ -268,6 +290,7 @@ class StreamedSegmentationWriter:
     def _create_variance_node(self, scene, name):
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         node.SetName(name)
+        node.SetAttribute(VARIANCE_ROLE_ATTRIBUTE, VARIANCE_ROLE)
         node.SetIJKToRASMatrix(vtk_matrix(self.ijk_to_ras))
         image = vtk.vtkImageData()
         image.SetDimensions(*self.shape_kji[::-1])

@@ -1,0 +1,208 @@
+"""One user's segmentation work, without Qt: the worker process, the current run, its result, what the user may do
+meanwhile (busy state), and the exports. The Slicer module's logic is this session plus the parameter node and
+the installers; the headless command and the tests drive the same methods on a scene from slicer-core.
+
+Every method that waits (starting the worker) runs under ``busy()``: a GUI that keeps processing events while it
+waits cannot start a second worker, a run, or an installation in the middle, and a caller that re-enters gets a
+:class:`BusyError` whose message says what is going on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+
+from . import export, module_logic, stats
+from .run import SegmentationRun
+from .segmentation_writer import CONSENSUS_SEGMENT_NAME, segment_ids_by_name
+from .worker_client import WorkerClient, WorkerError
+
+WORKER_START_TIMEOUT_S = 180
+EXPORTS = ("segmentation", "nifti", "dicom", "variance", "stats")
+
+
+class BusyError(RuntimeError):
+    """Another action (installing, starting the worker) is in progress; the message names it."""
+
+
+class SegmentationSession:
+    """The worker client, the current SegmentationRun and the result nodes of a scene."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.client = None
+        self.client_python = None
+        self.run = None
+        self.result_segmentation = None
+        self.result_variance = None
+        self.busy_reason = None
+        self._input_dir = None
+
+    # --- busy state -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def busy(self, reason: str):
+        """Mark the session busy with ``reason`` (e.g. "installing the backend") while the block runs;
+        raises BusyError if it is busy already."""
+        if self.busy_reason is not None:
+            raise BusyError(f"Please wait: {self.busy_reason}.")
+        self.busy_reason = reason
+        try:
+            yield
+        finally:
+            self.busy_reason = None
+
+    # --- worker ---------------------------------------------------------------------------------------------
+
+    def worker_ready(self, python_executable: str = "") -> bool:
+        return (self.client is not None and self.client.is_running()
+                and self.client_python == python_executable)
+
+    def start_worker(self, python_executable: str = "", timeout: float = WORKER_START_TIMEOUT_S, on_wait=None,
+                     external_env: dict | None = None) -> dict:
+        """(Re)start the worker with ``python_executable`` (empty: this Python) and return its hello.
+        ``on_wait()`` is called while the worker loads (a GUI processes its events there). ``external_env`` is
+        the environment for an external interpreter (in Slicer: the one Slicer was started with, without its own
+        library paths)."""
+        if self.is_running():
+            raise BusyError("A segmentation is running: cancel it before restarting the worker.")
+        with self.busy("the worker is starting"):
+            self.stop_worker()
+            client = WorkerClient(python_executable=python_executable or None,
+                                  env=external_env if python_executable else None)
+            hello = client.start(timeout, on_wait=on_wait)
+            self.client, self.client_python = client, python_executable
+            return hello
+
+    def stop_worker(self) -> None:
+        if self.client is not None:
+            self.client.stop()
+        self.client, self.client_python = None, None
+
+    # --- run ------------------------------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return self.run is not None and self.run.state == "running"
+
+    @staticmethod
+    def build_job(volume_node, *, roi_node=None, slice_start: int = 0, slice_end: int = -1,
+                  model: str | None = None, samples: int | None = None, steps: int | None = None, seed: int = 0,
+                  device: str = "auto") -> dict:
+        """The segment job for a volume node, without the volume file. Checks everything that is cheap to check
+        (volume, ROI, slice range); a ValueError says what to fix."""
+        if volume_node is None:
+            raise ValueError("Select an input volume first.")
+        slice_axis = module_logic.slice_axis_closest_to_superior(volume_node)
+        return {
+            "model": model or None, "samples": samples, "steps": steps or None, "seed": seed, "device": device,
+            "batch_size": None, "slice_axis": slice_axis,
+            "roi_ijk": module_logic.job_roi_ijk(volume_node, roi_node, slice_start, slice_end, slice_axis),
+        }
+
+    def start_run(self, job: dict, volume_node) -> SegmentationRun:
+        """Write ``volume_node`` for the worker (uncompressed: fast) and start a streamed run of ``job``. The
+        previous result stays the session's result until the new run has started."""
+        if self.busy_reason is not None:
+            raise BusyError(f"Please wait: {self.busy_reason}.")
+        if self.is_running():
+            raise BusyError("A segmentation is running already: cancel it first.")
+        if self.client is None or not self.client.is_running():
+            raise WorkerError("The worker is not running: click 'Restart worker' in the Backend section.")
+        input_dir = tempfile.mkdtemp(prefix="SDSegSlicer-input-")
+        try:
+            volume_file = export.export_volume(volume_node, os.path.join(input_dir, "input.nrrd"), compress=False)
+            run = SegmentationRun(self.scene, self.client, {**job, "volume": volume_file},
+                                  reference_volume_node=volume_node)
+            run.start()
+        except BaseException:
+            shutil.rmtree(input_dir, ignore_errors=True)
+            raise
+        self.finish_run()
+        self.forget_results()
+        self.run, self._input_dir = run, input_dir
+        return run
+
+    def process_run(self) -> str:
+        """Handle the worker's messages; keep the result nodes as soon as they exist. Returns the run state."""
+        state = self.run.process_messages()
+        if self.result_segmentation is None and self.run.segmentation_node is not None:
+            self.result_segmentation = self.run.segmentation_node
+            self.result_variance = self.run.variance_node
+        return state
+
+    def cancel_run(self) -> None:
+        if self.is_running():
+            self.run.cancel()
+
+    def abandon_run(self) -> None:
+        """Cancel the run and forget it and its results (the scene that holds them is closing)."""
+        if self.is_running():
+            self.run.cancel()
+            self.run.abandon()
+        self.run = None
+        self.forget_results()
+        self.finish_run()
+
+    def finish_run(self) -> None:
+        """Delete the temporary input volume of a finished run."""
+        if self._input_dir and not self.is_running():
+            shutil.rmtree(self._input_dir, ignore_errors=True)
+            self._input_dir = None
+
+    def shutdown(self) -> None:
+        self.abandon_run()
+        self.stop_worker()
+
+    # --- results --------------------------------------------------------------------------------------------
+
+    def forget_results(self) -> None:
+        self.result_segmentation = self.result_variance = None
+
+    def has_result(self) -> bool:
+        return self.result_segmentation is not None and self.result_segmentation.GetScene() is not None
+
+    def require_result(self) -> None:
+        if not self.has_result():
+            raise ValueError("No result yet: run a segmentation first.")
+
+    def sample_segment_ids(self) -> list[str]:
+        """IDs of the result's `sample 1..N` segments, in order (none yet, or the node was deleted: [])."""
+        if not self.has_result():
+            return []
+        ids_by_name = segment_ids_by_name(self.result_segmentation)
+        return [ids_by_name[name] for name in stats.result_segment_names(self.result_segmentation)
+                if name != CONSENSUS_SEGMENT_NAME]
+
+    def accept_sample(self, sample_segment_id: str) -> str:
+        """Copy a sample into a new editable `accepted` segment; returns the new segment's name."""
+        self.require_result()
+        new_id = module_logic.accept_sample(self.result_segmentation, sample_segment_id)
+        return self.result_segmentation.GetSegmentation().GetSegment(new_id).GetName()
+
+    def statistics(self) -> dict:
+        """stats.segmentation_statistics() of the current result."""
+        self.require_result()
+        return stats.segmentation_statistics(self.result_segmentation, self.result_variance)
+
+    def export_result(self, what: str, folder) -> str:
+        """Write one export (one of EXPORTS) into ``folder``, files named after the result; returns the (first)
+        file path."""
+        self.require_result()
+        base = os.path.join(folder, re.sub(r"[^\w.-]+", "_", self.result_segmentation.GetName()))
+        if what == "segmentation":
+            return export.export_segmentation(self.result_segmentation, base + ".seg.nrrd")
+        if what == "nifti":  # a labelmap holds one label per voxel: the consensus only (samples overlap it)
+            consensus_id = segment_ids_by_name(self.result_segmentation)[CONSENSUS_SEGMENT_NAME]
+            export.export_nifti_labelmap(self.result_segmentation, base + "_consensus.nii.gz", [consensus_id])
+            return base + "_consensus.nii.gz"
+        if what == "dicom":
+            return export.export_dicom_seg(self.result_segmentation, base + "_seg.dcm")
+        if what == "variance":
+            return export.export_volume(self.result_variance, base + "_variance.nrrd")
+        if what == "stats":
+            stats.write_statistics(self.statistics(), base + "_summary.json", base + "_summary.csv")
+            return base + "_summary.csv"
+        raise ValueError(f"Unknown export '{what}'; choose one of {', '.join(EXPORTS)}.")
