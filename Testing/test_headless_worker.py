@@ -34,7 +34,10 @@ def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env):
     process = subprocess.Popen(
         [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
          MODEL_NAME, "--samples", "2", "--steps", "40", "--batch-size", "2", "--device", "cpu"],
-        env=worker_env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env=worker_env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        # Ctrl-C handling as in a terminal, even when this test runs as a background job (which ignores SIGINT
+        # and passes that on to its children).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, interrupted = [], False
     try:
         for line in process.stderr:
