@@ -15,7 +15,7 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -26,11 +26,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SDSegSlicerLib import backend_install, stats, variance_display
-from SDSegSlicerLib.run import format_duration
+from SDSegSlicerLib.prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines
+from SDSegSlicerLib.run import format_duration, slices_text
 from SDSegSlicerLib.session import BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
 TIMER_INTERVAL_MS = 100
+POINT_EVENTS = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
 
 
 class SDSegSlicer(ScriptedLoadableModule):
@@ -58,8 +60,10 @@ SDSeg (Lin et al. 2024) and SegDiff (Amit et al. 2021).
 class SDSegSlicerParameterNode:
     """
     inputVolume - the volume to segment.
-    roi - optional box around the lesion; None segments the whole volume.
+    lesionPoints - points clicked on the lesions (one lesion each).
+    roi - without points, a box around the lesion; with points, the region they stay in.
     sliceStart, sliceEnd - axial slice range (inclusive); sliceEnd -1 means the last slice.
+    stopAfterEmpty - a lesion's propagation stops after this many slices in a row without lesion.
     model - model name from the worker's list; empty means the worker's default model.
     samples - plausible segmentations drawn per slice.
     steps - sampling steps; 0 means the model's default.
@@ -70,9 +74,11 @@ class SDSegSlicerParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    lesionPoints: vtkMRMLMarkupsFiducialNode
     roi: vtkMRMLMarkupsROINode
     sliceStart: Annotated[int, Minimum(0)] = 0
     sliceEnd: Annotated[int, Minimum(-1)] = -1
+    stopAfterEmpty: Annotated[int, WithinRange(1, 50)] = DEFAULT_STOP_AFTER_EMPTY
     model: str = ""
     samples: Annotated[int, WithinRange(1, 100)] = 8
     steps: Annotated[int, WithinRange(0, 1000)] = 0
@@ -109,6 +115,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._resultsShown = False
         self._shownOpacity = None
         self._installNeeded = False
+        self._observedPoints = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -125,6 +132,15 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        placeWidget = self.ui.lesionPlaceWidget
+        placeWidget.buttonsVisible = False
+        placeWidget.placeButton().show()
+        placeWidget.placeButton().text = "Click lesion"
+        placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        self.ui.lesionPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", placeWidget.setCurrentNode)
+        self._segmentShortcut = qt.QShortcut(qt.QKeySequence(qt.Qt.Key_Return), slicer.util.mainWindow())
+        self._segmentShortcut.setEnabled(False)  # only while the module is shown
+        self._segmentShortcut.connect("activated()", self.onSegmentShortcut)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.pythonBrowseButton.connect("clicked()", self.onBrowsePython)
         # The signal's own text: this handler runs before the parameter node has the new value.
@@ -149,6 +165,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
+        self._segmentShortcut.setParent(None)
         if self._timer:
             self._timer.stop()
         if self.logic:
@@ -156,9 +173,16 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        self._segmentShortcut.setEnabled(True)
 
     def exit(self):
+        self._segmentShortcut.setEnabled(False)
         self.setParameterNode(None)
+
+    def onSegmentShortcut(self):
+        """Enter after clicking the lesion segments it (never cancels a run)."""
+        if not self.logic.is_running() and self.ui.segmentButton.enabled:
+            self.onSegmentOrCancel()
 
     def onSceneStartClose(self, caller, event):
         self._timer.stop()
@@ -180,9 +204,14 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                 if not node.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if firstVolume:
                 parameterNode.inputVolume = firstVolume
+        if not parameterNode.lesionPoints:  # "Click lesion" works at once
+            parameterNode.lesionPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                                                            "lesion points")
         self.setParameterNode(parameterNode)
 
     def setParameterNode(self, parameterNode):
+        if not parameterNode:
+            self.observePoints(None)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
@@ -195,12 +224,27 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onParameterNodeModified(self, caller=None, event=None):
         if not self._parameterNode:
             return
+        self.observePoints(self._parameterNode.lesionPoints)
         self.updateButtons()
         self.selectModelInCombo(self._parameterNode.model)
         opacity = self._parameterNode.varianceOpacity
         if opacity != self._shownOpacity and self.logic.has_result():  # only an opacity change touches views
             variance_display.set_variance_opacity(self.logic.result_variance, opacity)
             self._shownOpacity = opacity
+
+    def observePoints(self, pointsNode):
+        """Keep the mode line up to date while the user clicks or deletes lesion points."""
+        if pointsNode is self._observedPoints:
+            return
+        for event in POINT_EVENTS:
+            if self._observedPoints is not None:
+                self.removeObserver(self._observedPoints, event, self.onPointsModified)
+            if pointsNode is not None:
+                self.addObserver(pointsNode, event, self.onPointsModified)
+        self._observedPoints = pointsNode
+
+    def onPointsModified(self, caller=None, event=None):
+        self.updateButtons()
 
     def updateButtons(self):
         """Enable what can be done now: nothing that would start a second action while one is in progress."""
@@ -213,6 +257,20 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else "Segment the volume." if hasVolume else "Select an input volume first.")
         self.ui.restartWorkerButton.enabled = not busy and not running
         self.ui.installBackendButton.enabled = self._installNeeded and not busy and not running
+        self.ui.modeLabel.text = self.describeMode()
+
+    def describeMode(self):
+        """What Segment will do with the current inputs."""
+        if not self._parameterNode:
+            return ""
+        points = self._parameterNode.lesionPoints
+        count = points.GetNumberOfControlPoints() if points else 0
+        if count:
+            return f"Segments {count} lesion(s), each from its point outward" + (
+                " inside the box." if self._parameterNode.roi else ".")
+        if self._parameterNode.roi:
+            return "Segments the lesion in the box, from its middle slice outward."
+        return WHOLE_VOLUME_WARNING
 
     # --- worker, models and backend --------------------------------------------------------------------------
 
@@ -358,7 +416,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         done, total, eta = progress["done"], progress["total"], progress["eta_s"]
         self.ui.progressBar.maximum = max(total, 1)
         self.ui.progressBar.value = done
-        text = f"{progress['phase']}: {done} / {total} slices" if total else progress["phase"]
+        text = f"{progress['phase']}: {slices_text(progress)}" if total else progress["phase"]
         if eta is not None and done < total:
             text += f", about {format_duration(eta)} left"
         self.ui.progressLabel.text = text
@@ -369,6 +427,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
         if state == "done":
             self.ui.progressLabel.text = f"Done: {run.progress['done']} slices."
+            if self.logic.has_result():
+                self.setStatus(" ".join(lesion_lines(self.logic.statistics(), run.accepted.get("prompt"))))
         elif state == "cancelled":
             self.ui.progressLabel.text = f"Cancelled after {run.progress['done']} slices."
         else:
@@ -482,8 +542,9 @@ class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
 
     def buildJob(self, parameterNode):
         """The segment job of the parameters (ValueError says what to fix)."""
-        return self.build_job(parameterNode.inputVolume, roi_node=parameterNode.roi,
-                              slice_start=parameterNode.sliceStart, slice_end=parameterNode.sliceEnd,
+        return self.build_job(parameterNode.inputVolume, points_node=parameterNode.lesionPoints,
+                              roi_node=parameterNode.roi, slice_start=parameterNode.sliceStart,
+                              slice_end=parameterNode.sliceEnd, stop_after_empty=parameterNode.stopAfterEmpty,
                               model=parameterNode.model, samples=parameterNode.samples, steps=parameterNode.steps,
                               seed=parameterNode.seed, device=parameterNode.device)
 
@@ -592,7 +653,7 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
         logic = SDSegSlicerLogic()
         try:
             hello = logic.startWorker("")
-            self.assertEqual(hello["protocol"], 1)
+            self.assertEqual(hello["protocol"], 2)
             self.assertTrue(hello["models"], "the worker lists no model: the bundled default model is missing")
             with self.assertRaises(BusyError):  # what the GUI could do while it processes events in a wait
                 logic.startWorker("", onWait=lambda: logic.startWorker(""))

@@ -21,8 +21,9 @@ from SDSegSlicerLib.segmentation_writer import vtk_matrix
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING = (0.7, 1.1, 2.3)
 MODEL_NAME = "tiny-ambiguous"
-BRIGHT_MODEL_NAME = "bright-voxels"  # the threshold model: mask = normalised intensity > 0
-BRIGHT_MODEL_SIZE = 16
+BRIGHT_MODEL_NAME = "bright-voxels"  # the threshold model: mask = intensity above the middle of its window
+BRIGHT_MODEL_SIZE = 16  # its input size and its crops' in-plane size: masks are exactly the bright voxels
+BRIGHT_WINDOW = (0.0, 200.0)  # its intensity window: voxels above 100 are "lesion", whatever else is around
 CLI_TIMEOUT_S = 240
 
 

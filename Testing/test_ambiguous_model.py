@@ -10,7 +10,8 @@ import torch
 
 from sdseg.continuous_schedule import schedule_log_snr
 from sdseg.models import build_model, model_from_config
-from sdseg.models.ambiguous import AmbiguousDiffusionModel, connected_components, relative_area_filter
+from sdseg.masks import connected_components, relative_area_filter
+from sdseg.models.ambiguous import AmbiguousDiffusionModel
 from sdseg.weighting import snr_plus_one_weight
 
 

@@ -225,7 +225,9 @@ def test_preprocess_cli_crops_rois_around_the_sample_lesion(tmp_path):
         image, masks = data[index]
         k = int(path.stem.rsplit("_s", 1)[1])
         assert image.shape == (1, 64, 64) and bool(masks.any()) == (k in set(lesion_slices))
-    assert json.loads((out / "dataset.json").read_text())["splits"] == {"test": [], "val": [], "train": ["sample"]}
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["splits"] == {"test": [], "val": [], "train": ["sample"]}
+    assert info["crop"] == {"in_plane_voxels": 96, "lesion_margin": 1.2}  # --crop's default; training keeps it
 
 
 def test_preprocess_multirater_draws_synthetic_raters_on_real_textures(tmp_path):

@@ -178,18 +178,41 @@ def test_statistics_of_a_result_match_the_samples(tmp_path):
         assert by_name[f"sample {n + 1}"]["variance_max"] == pytest.approx(variance[samples[n]].max())
     overlap = (samples[:, None] & samples[None]).sum(axis=(2, 3, 4))
     sizes = samples.sum(axis=(1, 2, 3))
-    np.testing.assert_allclose(result["dice_between_samples"], 2 * overlap / (sizes[:, None] + sizes[None]))
+    (lesion,) = result["lesions"]
+    np.testing.assert_allclose(lesion["dice_between_samples"], 2 * overlap / (sizes[:, None] + sizes[None]))
+    assert lesion["volume_ml"] == pytest.approx(consensus.sum() * voxel_ml)
+    assert lesion["slices"] == int(consensus.any(axis=(1, 2)).sum())  # slices along K (the default axis)
+    np.testing.assert_allclose(lesion["sample_volume_ml"], sizes * voxel_ml)
+    for key in ("variance_mean", "variance_max"):
+        assert result[key] == lesion[key]
     assert result["variance_mean"] == pytest.approx(variance[samples.any(axis=0)].mean())
     assert result["variance_max"] == pytest.approx(variance.max())
 
     stats.write_statistics(result, tmp_path / "s.json", tmp_path / "s.csv", extra={"state": "done"})
     saved = json.loads((tmp_path / "s.json").read_text())
-    assert saved["state"] == "done" and saved["dice_between_samples"] == result["dice_between_samples"]
+    assert saved["state"] == "done" and saved["lesions"][0]["dice_between_samples"] == lesion["dice_between_samples"]
     with open(tmp_path / "s.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["segment"] for row in rows] == list(by_name)
-    assert float(rows[2]["dice_with_sample_3"]) == pytest.approx(result["dice_between_samples"][1][2])
+    assert float(rows[2]["dice_with_sample_3"]) == pytest.approx(lesion["dice_between_samples"][1][2])
     assert float(rows[1]["volume_ml"]) == pytest.approx(samples[0].sum() * voxel_ml)
+
+
+def test_coherence_of_3d_samples_exceeds_that_of_per_slice_draws():
+    """Two samples that are each one object (A: a cylinder, B: another) have consecutive slices that agree within a
+    sample (Dice 1) but not across samples; independent per-slice draws agree about as much within as across."""
+    a, b = np.zeros((2, 6, 10, 10), bool)
+    a[1:5, 2:6, 2:6] = True
+    b[1:5, 4:8, 4:8] = True
+    coherent = stats.slice_coherence(np.array([a, b]), 0)
+    assert coherent["within_samples"] == 1.0
+    assert coherent["across_samples"] == pytest.approx(2 * 4 / 32)
+    rng = np.random.default_rng(0)
+    draws = rng.random((4, 6, 10, 10)) < 0.5
+    random = stats.slice_coherence(draws, 0)
+    assert abs(random["within_samples"] - random["across_samples"]) < 0.02
+    assert stats.slice_coherence(np.array([a]), 0) == {"within_samples": 1.0, "across_samples": None}
+    assert stats.slice_coherence(np.zeros((2, 3, 4, 4), bool), 0) == {"within_samples": None, "across_samples": None}
 
 
 def test_preview_draws_every_sample_and_the_variance(tmp_path):

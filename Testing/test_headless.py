@@ -42,8 +42,8 @@ def test_segment_writes_every_output_with_the_input_geometry_without_torch(tmp_p
     volume = lesion_volume(tmp_path / "ct.nrrd", (5, 20, 24))
     output = tmp_path / "out" / "ct.seg.nrrd"
     roi = [3, 2, 1, 21, 18, 4]
-    args = ["segment", volume, "-o", output, "--roi", ",".join(map(str, roi)), "--model", MODEL_NAME,
-            "--samples", 2, "--steps", 2, "--device", "cpu"]
+    args = ["segment", volume, "-o", output, "--whole-volume", "--roi", ",".join(map(str, roi)), "--model",
+            MODEL_NAME, "--samples", 2, "--steps", 2, "--device", "cpu"]
     result = subprocess.run([sys.executable, "-c", TORCH_PROBE, *map(str, args)], env=worker_env,
                             capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
@@ -82,9 +82,10 @@ def test_segment_writes_every_output_with_the_input_geometry_without_torch(tmp_p
     np.testing.assert_allclose(volumes, [masks[name].sum() * voxel_ml for name in masks])
     sizes = samples.sum(axis=(1, 2, 3))
     both = (samples[0] & samples[1]).sum()
-    assert summary["dice_between_samples"][0][1] == pytest.approx(2 * both / sizes.sum() if sizes.sum() else 1.0)
+    assert summary["lesions"][0]["dice_between_samples"][0][1] == pytest.approx(
+        2 * both / sizes.sum() if sizes.sum() else 1.0)
     csv_lines = (tmp_path / "out" / "ct_summary.csv").read_text().splitlines()
-    assert len(csv_lines) == 4 and csv_lines[0].startswith("segment,volume_ml")
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("segment,lesion,volume_ml")
     assert matplotlib.image.imread(tmp_path / "out" / "ct_preview.png").shape[2] in (3, 4)
 
     before = output.stat().st_mtime_ns

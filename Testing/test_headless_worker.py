@@ -25,15 +25,18 @@ from SDSegSlicerLib.run import SegmentationRun
 from SDSegSlicerLib.worker_client import WorkerClient, WorkerError
 
 
-def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env):
+@pytest.mark.parametrize("mode", [[], ["--point-ijk", "10,10,20", "--stop-after-empty", "40"]],
+                         ids=["whole volume", "prompt"])
+def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env, mode):
     """Ctrl-C is sent when the command reports its first slice (a line printed at once, never throttled); each
-    slice is one forward pass of 40 steps (~0.5 s), so 40 slices leave ample time for the cancel to arrive
-    however slow the machine, and a run that ignored it would end "done" with exit status 0."""
+    slice is one forward pass of 40 steps (~0.5 s), so 40 slices (a prompt: 20 each way, not stopping at empty
+    slices) leave ample time for the cancel to arrive however slow the machine, and a run that ignored it would
+    end "done" with exit status 0."""
     volume = lesion_volume(tmp_path / "long.nrrd", (40, 20, 20))
     output = tmp_path / "long.seg.nrrd"
     process = subprocess.Popen(
         [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
-         MODEL_NAME, "--samples", "2", "--steps", "40", "--batch-size", "2", "--device", "cpu"],
+         MODEL_NAME, "--samples", "2", "--steps", "40", "--batch-size", "2", "--device", "cpu", *mode],
         env=worker_env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         # Ctrl-C handling as in a terminal, even when this test runs as a background job (which ignores SIGINT
         # and passes that on to its children).
@@ -42,7 +45,7 @@ def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env):
     try:
         for line in process.stderr:
             lines.append(line)
-            progress = re.search(r"(\d+)/(\d+) slices", line)
+            progress = re.search(r"(\d+)(/\d+)? slices", line)
             if progress and int(progress.group(1)) >= 1:
                 process.send_signal(signal.SIGINT)
                 interrupted = True
@@ -55,8 +58,8 @@ def test_ctrl_c_cancels_and_keeps_what_arrived(tmp_path, worker_env):
     assert process.returncode == headless.EXIT_CANCELLED, stderr
     assert "Traceback" not in stderr and "Cancelled after" in stderr
     summary = json.loads((tmp_path / "long_summary.json").read_text())
-    assert summary["state"] == "cancelled"
-    assert 1 <= summary["slices_done"] < summary["slices_total"] == 40
+    assert summary["state"] == "cancelled" and 1 <= summary["slices_done"] < 40
+    assert summary["slices_total"] == (None if mode else 40)
     masks, _ = read_seg_nrrd_with_slicerio(output)
     assert masks["sample 1"].shape == (40, 20, 20)
     variance = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "long_variance.nrrd")))

@@ -78,9 +78,10 @@ def test_module_classes_follow_slicer_conventions(module_tree):
 
 def test_parameter_node_has_the_documented_parameters(module_tree):
     annotations = parameter_annotations(module_tree)
-    assert set(annotations) == {"inputVolume", "roi", "sliceStart", "sliceEnd", "model", "samples", "steps",
-                                "seed", "device", "pythonExecutable", "varianceOpacity"}
+    assert set(annotations) == {"inputVolume", "lesionPoints", "roi", "sliceStart", "sliceEnd", "stopAfterEmpty",
+                                "model", "samples", "steps", "seed", "device", "pythonExecutable", "varianceOpacity"}
     assert annotations["inputVolume"] == "vtkMRMLScalarVolumeNode"
+    assert annotations["lesionPoints"] == "vtkMRMLMarkupsFiducialNode"
     assert annotations["roi"] == "vtkMRMLMarkupsROINode"
 
 

@@ -87,6 +87,7 @@ def test_segment_arrays_and_statistics(result):
     voxels = {segment["segment"]: segment["voxels"] for segment in result_stats["segments"]}
     assert voxels == {name: int(mask.sum()) for name, mask in expected(truth).items()}
     assert result_stats["variance_mean"] == pytest.approx(truth[2][truth[0].any(axis=0)].mean())
+    assert result_stats["lesions"][0]["slices"] == int(truth[1].any(axis=(1, 2)).sum())
 
 
 def test_seg_nrrd_and_nifti_exports(result, tmp_path):

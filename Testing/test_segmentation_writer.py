@@ -4,6 +4,8 @@ back by slicerio and SimpleITK."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -13,9 +15,10 @@ from slicerlib_testing import (RAS_TO_LPS, accepted_message, oblique_ijk_to_ras,
                                read_seg_nrrd_with_slicerio, sitk_ijk_to_lps, synthetic_result, write_slice_messages)
 
 from SDSegSlicerLib import export, segmentation_writer
-from SDSegSlicerLib.segmentation_writer import (StreamedSegmentationWriter, ensure_converter_rules, image_array_kji,
-                                                numpy_matrix, read_segment_arrays, sample_colours,
-                                                segment_ids_by_name, vtk_matrix)
+from SDSegSlicerLib.segmentation_writer import (PROMPT_ATTRIBUTE, SLICE_AXIS_ATTRIBUTE, StreamedSegmentationWriter,
+                                                ensure_converter_rules, image_array_kji, numpy_matrix,
+                                                read_segment_arrays, sample_colours, segment_ids_by_name,
+                                                vtk_matrix)
 
 SHAPE_KJI = (7, 11, 13)
 ROI_IJK = [2, 1, 1, 11, 9, 6]
@@ -211,11 +214,68 @@ def test_bad_slices_are_clear_errors(tmp_path):
              variance=np.zeros(plane, np.float32))
     with pytest.raises(ValueError, match="'samples' of shape"):
         writer.add_slice({"index": 2, "file": str(wrong)})
-    with pytest.raises(ValueError, match="outside the ROI slices 1..5"):
+    with pytest.raises(ValueError, match=r"slice 6 covering \[2, 1, 6, 11, 9, 7\], not one slice inside the ROI"):
         writer.add_slice({"index": 6, "file": str(wrong)})
+    with pytest.raises(ValueError, match="not one slice inside the ROI"):
+        writer.add_slice({"index": 2, "file": str(wrong), "lesion": 0, "box_ijk": [2, 1, 2, 11, 9, 4]})
+    with pytest.raises(ValueError, match="lesion 2; the job has 1"):
+        writer.add_slice({"index": 2, "file": str(wrong), "lesion": 1, "box_ijk": [2, 1, 2, 11, 9, 3]})
     with pytest.raises(ValueError, match="Cannot read the slice file"):
         writer.add_slice({"index": 2, "file": str(tmp_path / "missing.npz")})
     with pytest.raises(ValueError, match="outside the volume"):
         StreamedSegmentationWriter(scene, accepted_message(SHAPE_KJI, oblique_ijk_to_ras(), 2, [0, 0, 0, 14, 11, 7]),
                                    "ct", 2)
     assert writer.slices_received == 0 and not writer.flush()
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_prompt_slices_of_two_lesions_land_in_their_boxes_and_segments(tmp_path, slice_axis):
+    """A prompt job: slices arrive outward from each prompted slice (not in index order), each covering its own
+    box (crops re-centred and grown), two lesions with their own segments; a slice visited by both lesions keeps
+    both (variance: the larger)."""
+    rng = np.random.default_rng(slice_axis)
+    roi = [0, 0, 0, *SHAPE_KJI[::-1]]
+    accepted = accepted_message(SHAPE_KJI, oblique_ijk_to_ras(), slice_axis, roi)
+    accepted["prompt"] = {"lesions": [{"point_ijk": [4.0, 5.0, 3.0]}, {"point_ijk": [9.0, 6.0, 3.0]}],
+                          "stop_after_empty": 2, "max_slices": None}
+    writer = StreamedSegmentationWriter(slicer.vtkMRMLScene(), accepted, "ct", 2)
+    truth = {(lesion, n): np.zeros(SHAPE_KJI, bool) for lesion in range(2) for n in range(3)}  # n 0: consensus
+    variance = np.zeros(SHAPE_KJI, np.float32)
+    dims = SHAPE_KJI[::-1]
+    start = dims[slice_axis] // 2
+    order = [start, start + 1, start - 1, start + 2, start - 2]
+    for count, (lesion, index) in enumerate((lesion, index) for lesion in range(2) for index in order):
+        box = [0] * 6
+        for axis in range(3):
+            if axis == slice_axis:
+                box[axis], box[axis + 3] = index, index + 1
+            else:
+                first = int(rng.integers(0, dims[axis] // 2))
+                box[axis], box[axis + 3] = first, int(rng.integers(first + 2, dims[axis] + 1))
+        shape = tuple(box[a + 3] - box[a] for a in (2, 1, 0) if a != slice_axis)
+        samples = rng.random((2, *shape)) < 0.5
+        consensus = samples.mean(axis=0) >= 0.5
+        slice_variance = rng.random(shape).astype(np.float32) / 4
+        path = tmp_path / f"l{lesion}_{index}.npz"
+        np.savez(path, samples=samples.astype(np.uint8), consensus=consensus.astype(np.uint8), variance=slice_variance)
+        writer.add_slice({"type": "slice", "index": index, "file": str(path), "lesion": lesion, "box_ijk": box})
+        region = tuple(slice(box[a], box[a + 3]) if a != slice_axis else box[a] for a in (2, 1, 0))
+        for n, mask in enumerate([consensus, *samples]):
+            truth[(lesion, n)][region] = mask
+        variance[region] = np.maximum(variance[region], slice_variance)
+        if count % 3 == 2:
+            writer.flush()
+    writer.flush()
+    node = writer.segmentation_node
+    by_name = segment_ids_by_name(node)
+    assert list(by_name) == writer.segment_names(0) + writer.segment_names(1) == [
+        "lesion 1 consensus", "lesion 1 sample 1", "lesion 1 sample 2",
+        "lesion 2 consensus", "lesion 2 sample 1", "lesion 2 sample 2"]
+    for lesion in range(2):
+        names = writer.segment_names(lesion)
+        masks = read_segment_arrays(node, [by_name[name] for name in names])[0]
+        for n, (name, mask) in enumerate(zip(names, masks)):
+            np.testing.assert_array_equal(mask, truth[(lesion, n)], err_msg=name)
+    np.testing.assert_array_equal(image_array_kji(writer.variance_node.GetImageData()), variance)
+    assert json.loads(node.GetAttribute(PROMPT_ATTRIBUTE)) == accepted["prompt"]
+    assert node.GetAttribute(SLICE_AXIS_ATTRIBUTE) == str(slice_axis)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import slicer
-from slicerlib_testing import MODEL_NAME, add_volume_node, oblique_ijk_to_ras, read_seg_nrrd_with_slicerio
+from slicerlib_testing import (BRIGHT_MODEL_NAME, MODEL_NAME, add_volume_node, oblique_ijk_to_ras,
+                               read_seg_nrrd_with_slicerio)
 
-from SDSegSlicerLib.segmentation_writer import read_segment_arrays, segment_ids_by_name
+from SDSegSlicerLib.segmentation_writer import read_segment_arrays, segment_ids_by_name, vtk_matrix
 from SDSegSlicerLib.session import BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
@@ -141,3 +143,58 @@ def test_start_worker_is_refused_while_a_run_is_going(session):
     with pytest.raises(BusyError, match="running already"):
         session.start_run(session.build_job(volume, model=MODEL_NAME), volume)
     session.cancel_run()
+
+
+def add_points(scene, *world_points):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion points")
+    for point in world_points:
+        node.AddControlPointWorld(*[float(v) for v in point])
+    return node
+
+
+def test_jobs_from_points_a_box_or_neither(session):
+    volume = lesion_node(session.scene)
+    transform = session.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    moved = np.eye(4)
+    moved[:3, 3] = (7.0, -4.0, 2.0)
+    transform.SetMatrixTransformToParent(vtk_matrix(moved))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    ijk_to_world = moved @ oblique_ijk_to_ras()
+    points = add_points(session.scene, (ijk_to_world @ [10.0, 9.0, 2.0, 1.0])[:3], (ijk_to_world @ [3, 4, 1, 1])[:3])
+    job = session.build_job(volume, points_node=points, stop_after_empty=3)
+    np.testing.assert_allclose([lesion["point_ijk"] for lesion in job["prompt"]["lesions"]], [[10, 9, 2], [3, 4, 1]],
+                               atol=1e-3)
+    assert job["prompt"]["stop_after_empty"] == 3 and job["roi_ijk"] is None
+    roi = session.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetCenterWorld(*(ijk_to_world @ [10.0, 9.0, 2.0, 1.0])[:3])
+    roi.SetSize(6.0, 6.0, 3.0)
+    with_roi = session.build_job(volume, points_node=points, roi_node=roi)
+    assert with_roi["prompt"]["lesions"] == job["prompt"]["lesions"] and with_roi["roi_ijk"] is not None
+    boxed = session.build_job(volume, points_node=add_points(session.scene), roi_node=roi)  # no point: the box
+    assert boxed["prompt"]["lesions"] == [{"box_ijk": with_roi["roi_ijk"]}] and boxed["roi_ijk"] is None
+    assert session.build_job(volume)["prompt"] is None  # whole-volume mode
+
+
+def test_a_run_with_two_points_gives_each_lesion_its_segments(session, tmp_path):
+    k, j, i = np.mgrid[0:SHAPE_KJI[0], 0:SHAPE_KJI[1], 0:SHAPE_KJI[2]]
+    first = ((i - 5) / 2.5) ** 2 + ((j - 5) / 2.5) ** 2 < 1.0
+    second = ((i - 14) / 2.5) ** 2 + ((j - 12) / 2.5) ** 2 + ((k - 2) / 1.2) ** 2 < 1.0
+    voxels = np.random.default_rng(0).normal(20.0, 3.0, SHAPE_KJI) + 130.0 * (first | second)
+    volume = add_volume_node(session.scene, voxels, oblique_ijk_to_ras(), "two lesions")
+    world = oblique_ijk_to_ras()
+    points = add_points(session.scene, (world @ [5.0, 5.0, 1.0, 1.0])[:3], (world @ [14.0, 12.0, 2.0, 1.0])[:3])
+    session.start_worker()
+    run = run_to_the_end(session, session.build_job(volume, points_node=points, model=BRIGHT_MODEL_NAME, samples=2,
+                                                    device="cpu"), volume)
+    assert run.state == "done", run.error_message
+    by_name = segment_ids_by_name(session.result_segmentation)
+    assert list(by_name) == [f"lesion {n} {name}" for n in (1, 2) for name in ("consensus", "sample 1", "sample 2")]
+    assert len(session.sample_segment_ids()) == 4
+    statistics = session.statistics()
+    assert [lesion["slices"] for lesion in statistics["lesions"]] == [4, 3]
+    masks = read_segment_arrays(session.result_segmentation, [by_name["lesion 1 consensus"],
+                                                              by_name["lesion 2 consensus"]])[0]
+    np.testing.assert_array_equal(masks[0], first)
+    np.testing.assert_array_equal(masks[1], second)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(session.export_result("nifti", tmp_path)))
+    np.testing.assert_array_equal(labels, first * 1 + second * 2)

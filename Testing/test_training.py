@@ -5,6 +5,7 @@ resume (also across SDSeg's stage boundary), seeding, and clear errors."""
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import signal
@@ -130,6 +131,7 @@ def test_cli_trains_the_tiny_ambiguous_model_which_reloads_and_beats_trivial_pre
     assert model.kind == "ambiguous" and model.config["image_size"] == 32
     assert model.config["preprocessing"] == info["preprocessing"]
     assert model.config["training_data"] == [{"data_set": "synthetic-shapes", "splits": None}]  # no patients: no split
+    assert "crop" not in model.config  # whole synthetic images, no crop recipe: inference uses its default
     test = CropsDataset(data, "test")
     images = torch.stack([test[i][0] for i in range(len(test))])
     references = [test[i][1].mean(0) > 0.5 for i in range(len(test))]  # majority of the raters
@@ -230,6 +232,16 @@ def test_init_fine_tunes_a_trained_model_keeping_its_configuration(data, tmp_pat
     moved_weights = load_model(moved).state_dict()
     assert not torch.equal(moved_weights["unet.conv_in.weight"], start_weights["unet.conv_in.weight"])
     assert all(torch.equal(moved_weights[n], w) for n, w in start_weights.items() if n.startswith("mask_autoencoder"))
+
+
+def test_the_crop_recipe_of_the_data_goes_into_the_model(data, tmp_path):
+    recorded = tmp_path / "recorded"
+    shutil.copytree(data, recorded)
+    info = json.loads((recorded / "dataset.json").read_text())
+    (recorded / "dataset.json").write_text(json.dumps({**info, "crop": {"in_plane_voxels": 80, "lesion_margin": 1.5}}))
+    assert main(["--model", "ambiguous", "--preset", "tiny", "--data", str(recorded), "--out", str(tmp_path / "m"),
+                 "--steps", "1", "--batch-size", "2", "--sample-every", "0", "--device", "cpu"]) == 0
+    assert load_model(tmp_path / "m").config["crop"] == {"in_plane_voxels": 80, "lesion_margin": 1.5}
 
 
 def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_sdseg_run, capsys):

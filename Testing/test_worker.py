@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from sdseg import inference
+from sdseg import inference, propagation
 from sdseg.checkpoint import load_model, save_model
 from sdseg.models import build_model
 from sdseg.volume_io import read_volume
@@ -42,6 +42,9 @@ def models_dir(tmp_path_factory):
     save_model(build_model("ambiguous", "tiny", steps=2), folder / "tiny-ambiguous", card="# Tiny ambiguous test model")
     save_model(build_model("sdseg", "tiny"), folder / "tiny-sdseg", card="# Tiny SDSeg test model")
     save_model(build_model("sdseg", "tiny", image_channels=3), folder / "tiny-colour", card="# Colour model")
+    # Crops of 32 voxels, the model's input size: its masks are exactly the voxels above the normalised threshold.
+    save_model(build_model("threshold", "tiny", crop={"in_plane_voxels": 32, "lesion_margin": 1.2}),
+               folder / "bright", card="# Bright voxels (test model)")
     return folder
 
 
@@ -137,7 +140,7 @@ def long_job(job_id, volume, job_dir):
 
 def test_hello_ping_and_bad_requests(shared, models_dir):
     hello = shared.hello
-    assert hello["type"] == "hello" and hello["protocol"] == 1
+    assert hello["type"] == "hello" and hello["protocol"] == 2
     assert hello["torch"] == torch.__version__ and hello["cuda"] == torch.version.cuda
     assert hello["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     names = {m["name"]: m for m in hello["models"]}
@@ -262,6 +265,125 @@ def test_cancel_is_honoured_before_the_end_and_keeps_delivered_slices(shared, vo
     assert shared.next() == {"type": "cancelled", "job_id": "queued", "slices": 0}
     shared.send({"type": "ping", "id": 1})
     assert shared.next()["type"] == "pong"
+
+
+@pytest.fixture(scope="module")
+def blobs_path(tmp_path_factory):
+    """48 x 48 x 12 voxels, axial K slices: a bright ellipsoid on slices 4..8 around (i 20, j 24, k 6) and a smaller
+    one on slices 6..7 around (i 38, j 10)."""
+    k, j, i = np.mgrid[0:12, 0:48, 0:48]
+    blobs = (((i - 20) / 6.0) ** 2 + ((j - 24) / 5.0) ** 2 + ((k - 6) / 2.6) ** 2 < 1.0) | (
+        ((i - 38) / 3.0) ** 2 + ((j - 10) / 3.0) ** 2 + ((k - 6.5) / 1.2) ** 2 < 1.0)
+    array = (np.random.default_rng(1).normal(20.0, 3.0, k.shape) + 100.0 * blobs).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.8, 3.0))
+    path = tmp_path_factory.mktemp("blobs") / "blobs.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path, blobs
+
+
+def prompt_job(job_id, volume, job_dir, lesions, **fields):
+    return segment(job_id, volume, job_dir, model="bright", samples=2,
+                   prompt={"lesions": lesions, **fields.pop("prompt_fields", {})}, **fields)
+
+
+def test_a_prompt_job_streams_outward_from_each_prompted_slice(shared, models_dir, blobs_path, tmp_path):
+    path, blobs = blobs_path
+    lesions = [{"point_ijk": [20.0, 24.0, 6.0]}, {"point_ijk": [38, 10, 7]}, {"point_ijk": [5.0, 40.0, 6.0]}]
+    shared.send(prompt_job("prompted", path, tmp_path / "prompted", lesions))
+    messages = shared.until({"done", "error"})
+    assert messages[-1]["type"] == "done", messages[-1]
+    accepted = messages[0]
+    assert accepted["prompt"] == {"lesions": [{"point_ijk": [20.0, 24.0, 6.0]}, {"point_ijk": [38.0, 10.0, 7.0]},
+                                              {"point_ijk": [5.0, 40.0, 6.0]}], "stop_after_empty": 2,
+                                  "max_slices": None}
+    assert accepted["total"] == 3 * 12  # at most every slice for each lesion
+    slices = [m for m in messages if m["type"] == "slice"]
+    visits = [(m["lesion"], m["index"]) for m in slices]
+    # Lesion 1 spans slices 4..8: outward, alternating, each direction ends after 2 empty slices.
+    assert visits[:9] == [(0, 6), (0, 7), (0, 5), (0, 8), (0, 4), (0, 9), (0, 3), (0, 10), (0, 2)]
+    assert visits[9:15] == [(1, 7), (1, 8), (1, 6), (1, 9), (1, 5), (1, 4)]  # lesion 2 on slices 6..7
+    assert visits[15:] == [(2, 6), (2, 7), (2, 5)]  # nothing at the third point: its slice counts as empty
+    assert [m["done"] for m in slices] == list(range(1, len(slices) + 1))
+    assert messages[-1]["slices"] == len(slices) == 18
+    assert messages[-1]["summary"]["lesions"] == [{"slices": 9, "found_slices": 5}, {"slices": 6, "found_slices": 2},
+                                                  {"slices": 3, "found_slices": 0}]
+    found = {0: np.zeros(blobs.shape, bool), 1: np.zeros(blobs.shape, bool)}
+    for message in slices:
+        i0, j0, k0, i1, j1, k1 = message["box_ijk"]
+        assert (k0, k1) == (message["index"], message["index"] + 1) and Path(message["file"]).name.startswith(
+            f"lesion{message['lesion']:02d}_")
+        with np.load(message["file"]) as arrays:
+            assert arrays["samples"].shape == (2, j1 - j0, i1 - i0)
+            np.testing.assert_array_equal(arrays["samples"][0], arrays["consensus"])  # identical samples
+            assert not arrays["variance"].any()
+            if message["lesion"] in found:
+                found[message["lesion"]][k0, j0:j1, i0:i1] |= arrays["consensus"] > 0
+            else:
+                assert not arrays["consensus"].any()
+    first = np.zeros(blobs.shape, int)
+    first[4:9, 12:37, 6:36] = 1  # lesion 1's component only (the prompt picks it), exactly its voxels
+    np.testing.assert_array_equal(found[0], blobs & (first > 0))
+    np.testing.assert_array_equal(found[1], blobs & (first == 0))
+
+
+def test_prompt_results_equal_the_in_process_propagation(shared, models_dir, volume_path, tmp_path):
+    """The tiny ambiguous model (random weights, real sampling) through the worker, bit-exact."""
+    point = [6.0, 4.0, 3.0]
+    shared.send(segment("same", volume_path, tmp_path / "same", model="tiny-ambiguous", samples=3, seed=4,
+                        prompt={"lesions": [{"point_ijk": point}], "stop_after_empty": 1}))
+    messages = shared.until({"done", "error"})
+    assert messages[-1]["type"] == "done", messages[-1]
+    slices = [m for m in messages if m["type"] == "slice"]
+    torch.set_num_threads(1)
+    volume = read_volume(volume_path)
+    expected = list(propagation.propagate(load_model(models_dir / "tiny-ambiguous"), volume.array_kji,
+                                          volume.ijk_to_ras, 1, [propagation.Prompt(point_ijk=tuple(point))],
+                                          [0, 0, 0, 11, 9, 6], 3, seed=4, stop_after_empty=1))
+    assert [(m["lesion"], m["index"], m["box_ijk"]) for m in slices] == [(r.lesion, r.index, r.box_ijk)
+                                                                        for r in expected]
+    for message, reference in zip(slices, expected):
+        with np.load(message["file"]) as arrays:
+            np.testing.assert_array_equal(arrays["samples"], reference.samples)
+            np.testing.assert_array_equal(arrays["variance"], reference.variance)
+
+
+PROMPT_ERRORS = [
+    ({"lesions": []}, "a list of 1 to 64"),
+    ({"lesions": [{"point_ijk": [1, 2]}]}, "3 finite numbers"),
+    ({"lesions": [{"point_ijk": [1, 2, 3], "box_ijk": [0, 0, 0, 1, 1, 1]}]}, "exactly one of"),
+    ({"lesions": [{"box_ijk": [0, 0, 0, 1, 1]}]}, "6 integers"),
+    ({"lesions": [{"point_ijk": [1, 2, 3]}], "stop_after_empty": 0}, "'stop_after_empty' must be an integer >= 1"),
+    ({"lesions": [{"point_ijk": [60.0, 2, 3]}]}, "lesion 1: the point [60.0, 2.0, 3.0] (IJK) is outside the volume"),
+    ({"lesions": [{"point_ijk": [1, 2, 3]}, {"box_ijk": [0, 0, 0, 49, 5, 5]}]}, "lesion 2: the box"),
+]
+
+
+def test_bad_prompts_are_refused_with_the_lesion_named(shared, blobs_path, tmp_path):
+    path, _ = blobs_path
+    for number, (prompt, phrase) in enumerate(PROMPT_ERRORS):
+        shared.send(segment(f"badprompt{number}", path, tmp_path / "bad", model="bright", prompt=prompt))
+        error = shared.next()
+        assert (error["type"], error["code"], error["job_id"]) == ("error", "bad_request", f"badprompt{number}")
+        assert phrase in error["message"], error["message"]
+    shared.send(segment("outside-roi", path, tmp_path / "bad", model="bright", roi_ijk=[0, 0, 8, 48, 48, 12],
+                        prompt={"lesions": [{"point_ijk": [20, 24, 6]}]}))
+    error = shared.next()
+    assert error["code"] == "bad_request" and "outside slices 8..11 of the region of interest" in error["message"]
+
+
+def test_cancel_mid_propagation_keeps_the_delivered_slices(shared, blobs_path, tmp_path):
+    path, _ = blobs_path
+    shared.send(segment("propagating", path, tmp_path / "propagating", model="tiny-ambiguous", samples=2, steps=100,
+                        batch_size=1, prompt={"lesions": [{"point_ijk": [20, 24, 6]}], "stop_after_empty": 12}))
+    first = shared.until({"slice"})
+    shared.send({"type": "cancel", "job_id": "propagating"})
+    rest = shared.until({"cancelled"})
+    delivered = [m for m in first + rest if m["type"] == "slice"]
+    assert rest[-1] == {"type": "cancelled", "job_id": "propagating", "slices": len(delivered)}
+    assert delivered[0]["index"] == 6 and 1 <= len(delivered) < 12
+    for message in delivered:
+        assert Path(message["file"]).is_file()
 
 
 def test_killed_worker_is_detectable_and_delivered_files_stay_valid(own_worker, volume_path, tmp_path):

@@ -61,3 +61,9 @@ def test_an_external_interpreter_gets_none_of_slicers_python_variables():
     if root is not None:  # a source checkout: the backend comes first on the worker's path
         assert own["PYTHONPATH"].split(os.pathsep)[0] == str(root) == external["PYTHONPATH"]
     assert own["PYTHONUNBUFFERED"] == "1" and own["PYTHONIOENCODING"] == "utf-8"
+
+
+def test_client_and_worker_speak_the_same_protocol_version():
+    from sdseg.worker import protocol
+
+    assert worker_client.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION

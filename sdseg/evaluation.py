@@ -4,7 +4,7 @@ For each requested sample count N the model draws N samples of every case; sampl
 in name order) uses the generator :func:`sdseg.inference.sample_generators` ``(seed, i, [n])``, the worker's
 seeding with the case number as the slice index, so a run is reproducible and independent of batching.
 The metrics (:mod:`sdseg.metrics`) are computed on the binary samples as drawn ("none") and after the
-relative-area post-processing of every sample (:func:`sdseg.models.ambiguous.relative_area_filter`, r = 0.5),
+relative-area post-processing of every sample (:func:`sdseg.masks.relative_area_filter`, r = 0.5),
 whichever model it is. With ``--baselines`` three trivial predictors fitted on the train split are scored the
 same way. Writes ``OUT/metrics.json``, ``OUT/metrics.md`` (the table, also printed) and ``OUT/grid.png``.
 """
@@ -27,7 +27,7 @@ from sdseg.inference import (ModelMismatchError, sample_batch, auto_batch_size, 
                              consensus_mask, is_out_of_memory)
 from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_disagreement, sample_diversity,
                            voxel_variance)
-from sdseg.models.ambiguous import relative_area_filter
+from sdseg.masks import relative_area_filter
 from sdseg.models.threshold import threshold_masks
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training import hardware_description

@@ -79,15 +79,18 @@ def normalize_intensities(values: np.ndarray, lo: float, hi: float) -> np.ndarra
     return (np.clip((np.asarray(values, dtype=np.float32) - lo) * scale, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
 
 
-def sample_seed(seed: int, index: int, sample: int) -> int:
-    """64-bit seed of sample ``sample`` of slice ``index`` (slice number along the slice axis of the volume)."""
-    state = np.random.SeedSequence([seed, index, sample]).generate_state(2, dtype=np.uint32)
+def sample_seed(seed: int, index: int, sample: int, stream: int = 0) -> int:
+    """64-bit seed of sample ``sample`` of slice ``index`` (slice number along the slice axis of the volume);
+    ``stream`` tells apart the lesions of a prompt-driven job that visit the same slice (0: the first one, and
+    every whole-volume job)."""
+    entropy = [seed, index, sample] + ([stream] if stream else [])
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 32 | int(state[1])
 
 
-def sample_generators(seed: int, index: int, samples: range) -> list[torch.Generator]:
+def sample_generators(seed: int, index: int, samples: range, stream: int = 0) -> list[torch.Generator]:
     """CPU generators of the given samples of one slice (CPU so the noise is the same on every device)."""
-    return [torch.Generator().manual_seed(sample_seed(seed, index, n)) for n in samples]
+    return [torch.Generator().manual_seed(sample_seed(seed, index, n, stream)) for n in samples]
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -139,19 +142,28 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (the CPU for a model with neither)."""
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: range, steps, seed: int, size: int,
+                 stream: int = 0) -> list[np.ndarray]:
+    """Binary samples (len(samples), A_b, B_b) of each normalised 2D crop b (shapes may differ): every crop is
+    resized to the model's size x size, all are sampled in one forward pass, and the masks resized back."""
+    device = model_device(model)
+    images = torch.cat([resize_images(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
+                                      .to(device), size) for crop in crops])
+    generators = [g for index in indices for g in sample_generators(seed, index, samples, stream)]
+    soft = model.sample(images, num_samples=len(samples), steps=steps, generator=generators)
+    return [resize_masks(masks[None] > 0.5, crop.shape)[0].cpu().numpy() for masks, crop in zip(soft, crops)]
+
+
 def sample_batch(model, slices: list[np.ndarray], indices: list[int], samples: range, steps, seed: int,
                   size: int) -> np.ndarray:
     """Binary samples (len(slices), len(samples), A, B) of equally shaped normalised 2D slices."""
-    images = torch.from_numpy(np.stack(slices)[:, None]).to(_model_device(model))
-    generators = [g for index in indices for g in sample_generators(seed, index, samples)]
-    soft = model.sample(resize_images(images, size), num_samples=len(samples), steps=steps, generator=generators)
-    return resize_masks(soft > 0.5, slices[0].shape).cpu().numpy()
+    return np.stack(sample_crops(model, slices, indices, samples, steps, seed, size))
 
 
 def _slice_result(index: int, samples: np.ndarray) -> SliceResult:
@@ -177,7 +189,7 @@ def segment_slices(model, array_kji: np.ndarray, roi_ijk, slice_axis: int, num_s
     roi = roi_array(array_kji, roi_ijk)
     lo, hi = intensity_range(roi, config["preprocessing"])
     first_index, count = roi_ijk[slice_axis], roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]
-    device = _model_device(model)
+    device = model_device(model)
     batch_size = batch_size or auto_batch_size(device, size)
     images_total, images_done = count * num_samples, 0
     position, first_sample, parts = 0, 0, []

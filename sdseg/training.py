@@ -296,6 +296,8 @@ class Training:
                           else self._new_model(image_channels))
             self.model.config["training_data"] = [*self.model.config.get("training_data", []),
                                                   training_data_record(self.dataset.info)]
+            if self.dataset.info.get("crop"):  # how the crops were cut: inference cuts its own the same way
+                self.model.config["crop"] = dict(self.dataset.info["crop"])
             self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
         else:
             self.meta = resume["meta"]

@@ -1,17 +1,19 @@
 """`sdseg-slicer`: segment a volume file outside 3D Slicer, with the module's own code path (WorkerClient +
 SegmentationRun on a vtkMRMLScene from slicer-core), and list the installed models.
 
-    sdseg-slicer segment INPUT -o OUT.seg.nrrd [--roi x0,y0,z0,x1,y1,z1] [--model NAME] [--samples 8] ...
+    sdseg-slicer segment INPUT -o OUT.seg.nrrd [--point R,A,S | --point-ijk I,J,K ...] [--roi I0,J0,K0,I1,J1,K1]
+                         [--model NAME] [--samples 8] ...
     sdseg-slicer models [--python PATH]
 
-Writes OUT.seg.nrrd (segments consensus, sample 1..N), OUT_variance.nrrd, OUT_summary.json / .csv and
-OUT_preview.png. Ctrl-C cancels the job and writes what arrived. Every failure is one line on stderr and a
+Writes OUT.seg.nrrd (segments consensus, sample 1..N; `lesion L ...` for several points), OUT_variance.nrrd,
+OUT_summary.json / .csv and OUT_preview.png. Ctrl-C cancels the job and writes what arrived. Every failure is one line on stderr and a
 non-zero exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,8 @@ import slicer
 
 from .export import export_segmentation, export_volume
 from .preview import write_preview
-from .run import DEFAULT_SAMPLES, SegmentationRun, format_duration
+from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
+from .run import DEFAULT_SAMPLES, SegmentationRun, format_duration, slices_text
 from .segmentation_writer import ensure_converter_rules
 from .stats import segmentation_statistics, write_statistics
 from .worker_client import WorkerClient, WorkerError
@@ -64,6 +67,17 @@ def parse_roi(text: str) -> list[int]:
     return values
 
 
+def parse_point(text: str) -> list[float]:
+    """'x,y,z' -> three finite numbers."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not x,y,z: three numbers separated by commas")
+    return values
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -95,7 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment a volume file or DICOM folder")
     segment.add_argument("input", help="volume (.nrrd .nhdr .nii .nii.gz .mha .mhd) or DICOM series folder")
     segment.add_argument("-o", "--output", required=True, help="output OUT.seg.nrrd (other files are named after it)")
-    segment.add_argument("--roi", type=parse_roi, help="x0,y0,z0,x1,y1,z1: IJK voxel box, end exclusive")
+    prompts = segment.add_argument_group(
+        "prompts", "Click the lesion: --point / --point-ijk (repeat for several lesions; the ROI, if given, bounds "
+        "them), or a box (--roi alone). Without any (or with --whole-volume), every slice of the volume (or ROI) is "
+        "segmented.")
+    prompts.add_argument("--point", type=parse_point, action="append", default=[], metavar="R,A,S",
+                         help="a point on a lesion, in mm (RAS, as Slicer shows it)")
+    prompts.add_argument("--point-ijk", type=parse_point, action="append", default=[], metavar="I,J,K",
+                         help="a point on a lesion, in voxel indices")
+    prompts.add_argument("--roi", type=parse_roi, metavar="I0,J0,K0,I1,J1,K1",
+                         help="IJK voxel box, end exclusive: the lesion's box, or with points the region they stay in")
+    prompts.add_argument("--stop-after-empty", type=positive_int, default=DEFAULT_STOP_AFTER_EMPTY, metavar="K",
+                         help="stop going outward after K slices in a row without lesion "
+                              f"(default {DEFAULT_STOP_AFTER_EMPTY})")
+    prompts.add_argument("--max-slices", type=positive_int, metavar="N", help="at most N slices per lesion")
+    prompts.add_argument("--whole-volume", action="store_true",
+                         help="no prompt: segment every slice of the volume (or of the --roi), as one region")
     segment.add_argument("--model", help="model name or folder (default: the default model)")
     segment.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
                          help=f"number of samples (default {DEFAULT_SAMPLES})")
@@ -123,7 +152,7 @@ class ProgressBar:
         done, total = progress["done"], progress["total"]
         filled = int(PROGRESS_BAR_WIDTH * done / total) if total else 0
         text = (f"{progress['phase']:<14} [{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}] "
-                f"{done}/{total} slices  ETA {format_duration(progress['eta_s'])}")
+                f"{slices_text(progress)}  ETA {format_duration(progress['eta_s'])}")
         if text == self._last_text:
             return
         phase_changed = self._last_text is None or not self._last_text.startswith(f"{progress['phase']:<14}")
@@ -208,13 +237,17 @@ def read_input_voxels(path: str, shape_kji):
     return array if array.shape == tuple(shape_kji) else None
 
 
-def write_outputs(run, paths, args) -> None:
+def write_outputs(run, paths, args) -> dict:
+    """Write every output file; returns the statistics."""
     export_segmentation(run.segmentation_node, paths["segmentation"])
     export_volume(run.variance_node, paths["variance"])
     statistics = segmentation_statistics(run.segmentation_node, run.variance_node)
+    prompt = run.accepted.get("prompt")
     run_info = {
         "input": str(Path(args.input).resolve()), "state": run.state,
-        "slices_done": run.progress["done"], "slices_total": run.progress["total"],
+        "mode": "prompt" if prompt else "whole volume", "prompt": prompt,
+        "samples_are": "per-slice draws (sample n of two slices are independent: not a 3D hypothesis)",
+        "slices_done": run.progress["done"], "slices_total": None if prompt else run.progress["total"],
         "model": run.accepted.get("model"), "device": run.accepted.get("device"), "samples": args.samples,
         "steps": args.steps, "seed": args.seed, "roi_ijk": run.accepted["volume"]["roi_ijk"],
         "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
@@ -224,6 +257,7 @@ def write_outputs(run, paths, args) -> None:
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
                   read_input_voxels(args.input, volume["shape_kji"]))
+    return statistics
 
 
 def command_segment(args) -> int:
@@ -237,9 +271,16 @@ def command_segment(args) -> int:
 
     ensure_converter_rules()
     scene = slicer.vtkMRMLScene()
+    points = [{"point_ras": point} for point in args.point] + [{"point_ijk": point} for point in args.point_ijk]
+    if points and args.whole_volume:
+        raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk, or --whole-volume")
+    box = [{"box_ijk": args.roi}] if args.roi and not points and not args.whole_volume else []
+    prompt = prompt_request(points or box, args.stop_after_empty, args.max_slices)
+    if prompt is None:
+        print(WHOLE_VOLUME_WARNING, file=sys.stderr)
     job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,
            "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
-           "roi_ijk": args.roi, "slice_axis": None}
+           "roi_ijk": args.roi if points or prompt is None else None, "slice_axis": None, "prompt": prompt}
     try:
         client = start_client(args.python)
     except KeyboardInterrupt:
@@ -264,16 +305,19 @@ def report_run(run, paths, args, interrupted: bool) -> int:
             return EXIT_ERROR
         print("Cancelled before the first slice arrived; nothing written.", file=sys.stderr)
         return EXIT_CANCELLED if interrupted else EXIT_ERROR
-    write_outputs(run, paths, args)
+    statistics = write_outputs(run, paths, args)
+    for line in lesion_lines(statistics, run.accepted.get("prompt")):
+        print(line, file=sys.stderr)
     written = f"{paths['segmentation']} (+ _variance.nrrd, _summary.json, _summary.csv, _preview.png)"
     if run.state == "done":
         print(f"Done: {done} slices in {format_duration(run.elapsed_s)}. Wrote {written}", file=sys.stderr)
         return 0
+    of_total = "" if run.accepted.get("prompt") else f" of {total}"
     if run.state == "cancelled":
-        print(f"Cancelled after {done} of {total} slices; wrote the partial result {written}", file=sys.stderr)
+        print(f"Cancelled after {done}{of_total} slices; wrote the partial result {written}", file=sys.stderr)
         return EXIT_CANCELLED if interrupted else EXIT_ERROR
     print(f"sdseg-slicer: error: {run.error_message}", file=sys.stderr)
-    print(f"Kept the {done} of {total} slices that arrived: {written}", file=sys.stderr)
+    print(f"Kept the {done}{of_total} slices that arrived: {written}", file=sys.stderr)
     return EXIT_ERROR
 
 

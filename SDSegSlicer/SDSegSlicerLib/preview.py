@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .segmentation_writer import (CONSENSUS_COLOUR, CONSENSUS_SEGMENT_NAME, image_array_kji, read_segment_arrays,
-                                  sample_colours, segment_ids_by_name)
-from .stats import result_segment_names
+from .segmentation_writer import (CONSENSUS_COLOUR, image_array_kji, read_segment_arrays, sample_colours,
+                                  segment_ids_by_name)
+from .stats import is_consensus, result_segment_names
 
 VARIANCE_RANGE = (0.0, 0.25)  # variance of binary samples, p (1 - p)
 MIN_MARGIN_VOXELS = 8
@@ -54,9 +54,9 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
     masks, variance = cropped, variance[box]
     image = np.zeros(variance.shape) if image_kji is None else np.asarray(image_kji, dtype=float)[box]
     axis = 2 - slice_axis
-    sample_rows = [n for n, name in enumerate(names) if name != CONSENSUS_SEGMENT_NAME]
+    sample_rows = [n for n, name in enumerate(names) if not is_consensus(name)]
     colours = dict(zip(sample_rows, sample_colours(len(sample_rows))))
-    colours.update({n: CONSENSUS_COLOUR for n, name in enumerate(names) if name == CONSENSUS_SEGMENT_NAME})
+    colours.update({n: CONSENSUS_COLOUR for n, name in enumerate(names) if is_consensus(name)})
     slices = preview_slices(masks[sample_rows].any(axis=0) if sample_rows else masks.any(axis=0), axis, max_slices)
     spacing_kji = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)[::-1]
     plane_spacing = np.delete(spacing_kji, axis)

@@ -32,6 +32,13 @@ def remaining_seconds(done: int, total: int, elapsed_s: float) -> float | None:
     return elapsed_s * (total - done) / done
 
 
+def slices_text(progress: dict) -> str:
+    """'3/25 slices', or for a prompt job, whose total is only a bound (it stops where the lesions end),
+    '3 slices (at most 25)'."""
+    done, total = progress["done"], progress["total"]
+    return f"{done} slices (at most {total})" if progress.get("total_is_bound") else f"{done}/{total} slices"
+
+
 def format_duration(seconds: float | None) -> str:
     """'m:ss' or 'h:mm:ss' of a duration or ETA in seconds; '--:--' when unknown (None)."""
     if seconds is None:
@@ -119,7 +126,8 @@ class SegmentationRun:
         kind = message.get("type")
         if kind == "accepted":
             self.accepted = message
-            self.progress.update(total=int(message["total"]), phase="loading model")
+            self.progress.update(total=int(message["total"]), phase="loading model",
+                                 total_is_bound=bool(message.get("prompt")))
             volume_name = (self.reference_volume_node.GetName() if self.reference_volume_node is not None
                            else volume_display_name(self.job["volume"]))
             self.writer = StreamedSegmentationWriter(

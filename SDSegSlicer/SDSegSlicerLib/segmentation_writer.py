@@ -8,6 +8,7 @@ slicer.modules, no slicer.util helpers that need them).
 from __future__ import annotations
 
 import colorsys
+import json
 import logging
 
 import numpy as np
@@ -28,6 +29,10 @@ _converter_rules_checked = False  # ensure_converter_rules() looks once per proc
 # Node attribute marking the variance volumes this writer makes (the overlay only replaces those).
 VARIANCE_ROLE_ATTRIBUTE = "SDSegSlicer.Role"
 VARIANCE_ROLE = "variance"
+# Segmentation node attributes: the job's prompt (JSON, as the worker accepted it: a saved scene can be re-run)
+# and the IJK axis the slices were cut along.
+PROMPT_ATTRIBUTE = "SDSegSlicer.Prompt"
+SLICE_AXIS_ATTRIBUTE = "SDSegSlicer.SliceAxis"
 
 
 def sample_segment_name(number: int) -> str:
@@ -184,8 +189,11 @@ def segment_ids_by_name(segmentation_node) -> dict[str, str]:
 class StreamedSegmentationWriter:
     """Creates the result nodes of one job from its `accepted` message and fills them slice by slice.
 
-    add_slice() only reads the slice file and keeps it; flush() pushes what arrived since the last flush into
-    MRML as one slab per segment, so calling flush() from a timer costs nothing while no slice arrives.
+    A whole-ROI job gives segments `consensus`, `sample 1..N`; a prompt job with several lesions gives
+    `lesion L consensus`, `lesion L sample 1..N` for each (one lesion: the plain names). Each slice's arrays cover
+    its `box_ijk` (prompt jobs) or the ROI. add_slice() only reads the slice file and keeps it; flush() pushes what
+    arrived since the last flush into MRML as one slab per segment, so calling flush() from a timer costs nothing
+    while no slice arrives.
     """
 
     def __init__(self, scene, accepted_msg: dict, name: str, num_samples: int, reference_volume_node=None):
@@ -194,12 +202,14 @@ class StreamedSegmentationWriter:
         self.slice_axis = int(volume["slice_axis"])
         self.roi_ijk = [int(v) for v in volume["roi_ijk"]]
         self.num_samples = int(num_samples)
+        self.prompt = accepted_msg.get("prompt")
+        self.num_lesions = len(self.prompt["lesions"]) if self.prompt else 1
         self.slices_received = 0
         self._check_job_geometry()
         self.ijk_to_ras = np.asarray(volume["ijk_to_ras"], dtype=float)
         if reference_volume_node is not None:
             self.ijk_to_ras = self._reference_ijk_to_ras(reference_volume_node)
-        self._pending: dict[int, np.ndarray] = {}
+        self._pending: dict[tuple[int, int], tuple[list[int], np.ndarray]] = {}
         self._variance_modified = False
 
         ensure_converter_rules()
@@ -220,12 +230,15 @@ class StreamedSegmentationWriter:
             raise ValueError(f"The worker reported a volume of shape {self.shape_kji}: a 3D volume is needed.")
         if self.slice_axis not in (0, 1, 2):
             raise ValueError(f"The worker reported slice axis {self.slice_axis}: it must be 0, 1 or 2.")
-        dims_ijk = self.shape_kji[::-1]
-        start, end = self.roi_ijk[:3], self.roi_ijk[3:]
-        if any(not 0 <= start[a] < end[a] <= dims_ijk[a] for a in range(3)):
-            raise ValueError(f"The worker reported ROI {self.roi_ijk} outside the volume of IJK size {dims_ijk}.")
+        if not self._inside(self.roi_ijk, [0, 0, 0, *self.shape_kji[::-1]]):
+            raise ValueError(f"The worker reported ROI {self.roi_ijk} outside the volume of IJK size "
+                             f"{self.shape_kji[::-1]}.")
         if self.num_samples < 1:
             raise ValueError("At least one sample is needed.")
+
+    @staticmethod
+    def _inside(box, outer) -> bool:
+        return all(outer[a] <= box[a] < box[a + 3] <= outer[a + 3] for a in range(3))
 
     def _reference_ijk_to_ras(self, volume_node) -> np.ndarray:
         image = volume_node.GetImageData()
@@ -239,28 +252,38 @@ class StreamedSegmentationWriter:
                              f"'{volume_node.GetName()}': segment the volume again.")
         return ijk_to_ras
 
-    def _slab_extent(self, first: int, last: int) -> list[int]:
-        """IJK extent (inclusive) of the ROI narrowed to slices first..last along the slice axis."""
-        extent = []
-        for axis in range(3):
-            if axis == self.slice_axis:
-                extent += [first, last]
-            else:
-                extent += [self.roi_ijk[axis], self.roi_ijk[axis + 3] - 1]
-        return extent
+    def _slice_box(self, slice_msg: dict) -> list[int]:
+        """The IJK box [i0, j0, k0, i1, j1, k1] a slice's arrays cover (checked: one slice, inside the ROI)."""
+        index = int(slice_msg["index"])
+        if slice_msg.get("box_ijk") is None:
+            box = list(self.roi_ijk)
+            box[self.slice_axis], box[self.slice_axis + 3] = index, index + 1
+        else:
+            box = [int(v) for v in slice_msg["box_ijk"]]
+        if (len(box) != 6 or (box[self.slice_axis], box[self.slice_axis + 3]) != (index, index + 1)
+                or not self._inside(box, self.roi_ijk)):
+            raise ValueError(f"The worker sent slice {index} covering {box}, not one slice inside the ROI "
+                             f"{self.roi_ijk}.")
+        return box
 
-    def _plane_shape(self) -> tuple[int, int]:
-        """(A, B) of one slice's arrays: the ROI size on the two remaining axes, in K, J, I order."""
-        sizes_kji = [self.roi_ijk[a + 3] - self.roi_ijk[a] for a in (2, 1, 0)]
+    def _plane_shape(self, box) -> tuple[int, int]:
+        """(A, B) of one slice's arrays: the box's size on the two remaining axes, in K, J, I order."""
+        sizes_kji = [box[a + 3] - box[a] for a in (2, 1, 0)]
         del sizes_kji[2 - self.slice_axis]
         return tuple(sizes_kji)
 
-    def _plane_index(self, index: int):
-        """numpy index of one slice (full-volume slice index) in a (K, J, I) array of the whole volume."""
-        return tuple(index if 2 - kji_axis == self.slice_axis
-                     else slice(self.roi_ijk[2 - kji_axis], self.roi_ijk[5 - kji_axis]) for kji_axis in range(3))
+    def _plane_index(self, box):
+        """numpy index of one slice's box in a (K, J, I) array of the whole volume (the slice axis dropped)."""
+        return tuple(box[2 - kji_axis] if 2 - kji_axis == self.slice_axis
+                     else slice(box[2 - kji_axis], box[5 - kji_axis]) for kji_axis in range(3))
 
     # --- nodes ----------------------------------------------------------------------------------------------------
+
+    def segment_names(self, lesion: int) -> list[str]:
+        """Names of a lesion's segments: consensus, then the samples (prefixed `lesion L ` when there are several)."""
+        prefix = f"lesion {lesion + 1} " if self.num_lesions > 1 else ""
+        return [prefix + CONSENSUS_SEGMENT_NAME] + [prefix + sample_segment_name(n + 1)
+                                                    for n in range(self.num_samples)]
 
     def _create_segmentation_node(self, scene, name):
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -272,19 +295,23 @@ class StreamedSegmentationWriter:
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
             slicer.vtkSegmentationConverter.SerializeImageGeometry(
                 vtk_matrix(self.ijk_to_ras), [0, dims_ijk[0] - 1, 0, dims_ijk[1] - 1, 0, dims_ijk[2] - 1]))
-        names = [CONSENSUS_SEGMENT_NAME] + [sample_segment_name(n + 1) for n in range(self.num_samples)]
         colours = [CONSENSUS_COLOUR] + sample_colours(self.num_samples)
-        self.segment_ids = [segmentation.AddEmptySegment("", segment_name, colour)
-                            for segment_name, colour in zip(names, colours)]
+        self.segment_ids = [[segmentation.AddEmptySegment("", segment_name, colour)
+                             for segment_name, colour in zip(self.segment_names(lesion), colours)]
+                            for lesion in range(self.num_lesions)]
         # One labelmap layer per segment, with label value 1: slabs merged (maximum) into a layer shared by
         # several segments, or into a layer with another label value, would mix the segments up.
-        for segment_id in self.segment_ids:
+        for segment_id in (segment_id for ids in self.segment_ids for segment_id in ids):
             segmentation.SeparateSegmentLabelmap(segment_id)
             segmentation.GetSegment(segment_id).SetLabelValue(1)
+        node.SetAttribute(SLICE_AXIS_ATTRIBUTE, str(self.slice_axis))
+        if self.prompt:
+            node.SetAttribute(PROMPT_ATTRIBUTE, json.dumps(self.prompt))
         node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
-        for segment_id in self.segment_ids[1:]:
-            display.SetSegmentVisibility(segment_id, False)
+        for ids in self.segment_ids:
+            for segment_id in ids[1:]:
+                display.SetSegmentVisibility(segment_id, False)
         return node
 
     def _create_variance_node(self, scene, name):
@@ -304,28 +331,29 @@ class StreamedSegmentationWriter:
 
     def add_slice(self, slice_msg: dict) -> None:
         """Read one `slice` message's npz file and keep its arrays until the next flush()."""
-        index = int(slice_msg["index"])
-        first, end = self.roi_ijk[self.slice_axis], self.roi_ijk[self.slice_axis + 3]
-        if not first <= index < end:
-            raise ValueError(f"The worker sent slice {index}, outside the ROI slices {first}..{end - 1}.")
-        samples, consensus, variance = self._read_slice_file(slice_msg["file"])
-        self._pending[index] = np.concatenate([consensus[None], samples]) > 0
-        self._variance[self._plane_index(index)] = variance
+        lesion = slice_msg.get("lesion")
+        lesion = 0 if lesion is None else int(lesion)
+        if not 0 <= lesion < self.num_lesions:
+            raise ValueError(f"The worker sent a slice of lesion {lesion + 1}; the job has {self.num_lesions}.")
+        box = self._slice_box(slice_msg)
+        samples, consensus, variance = self._read_slice_file(slice_msg["file"], self._plane_shape(box))
+        self._pending[(lesion, int(slice_msg["index"]))] = (box, np.concatenate([consensus[None], samples]) > 0)
+        plane = self._plane_index(box)
+        self._variance[plane] = np.maximum(self._variance[plane], variance)  # lesions' crops may overlap
         self._variance_modified = True
         self.slices_received += 1
 
-    def _read_slice_file(self, path):
+    def _read_slice_file(self, path, plane):
         try:
             with np.load(path, allow_pickle=False) as data:
                 samples, consensus, variance = data["samples"], data["consensus"], data["variance"]
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"Cannot read the slice file {path} sent by the worker ({error}).") from None
-        plane = self._plane_shape()
         expected = {"samples": (self.num_samples, *plane), "consensus": plane, "variance": plane}
         for key, array in (("samples", samples), ("consensus", consensus), ("variance", variance)):
             if array.shape != expected[key]:
                 raise ValueError(f"The worker sent '{key}' of shape {array.shape} in {path}; "
-                                 f"expected {expected[key]} for this ROI and slice axis.")
+                                 f"expected {expected[key]} for this slice's box and slice axis.")
         return samples, consensus, variance.astype(np.float32)
 
     def flush(self) -> bool:
@@ -344,21 +372,21 @@ class StreamedSegmentationWriter:
         return True
 
     def _push_segments(self):
-        first, last = min(self._pending), max(self._pending)
-        extent = self._slab_extent(first, last)
-        slab_shape_kji = tuple(extent[2 * a + 1] - extent[2 * a] + 1 for a in (2, 1, 0))
-        slab = np.zeros((len(self.segment_ids), *slab_shape_kji), dtype=np.uint8)
-        slice_kji_axis = 2 - self.slice_axis
-        for index, labels in self._pending.items():
-            slab_index = [slice(None)] * 4
-            slab_index[1 + slice_kji_axis] = index - first
-            slab[tuple(slab_index)] = labels
-        self._pending.clear()
-        start_ijk = extent[0::2]
         was_modifying = self.segmentation_node.StartModify()
-        for segment_id, segment_slab in zip(self.segment_ids, slab):
-            # Slices arrive once each, so merging (maximum) with what is there only adds the new slab.
-            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                labelmap_image(segment_slab, self.ijk_to_ras, start_ijk), self.segmentation_node, segment_id,
-                slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+        for lesion in range(self.num_lesions):
+            slices = [value for (slice_lesion, _), value in self._pending.items() if slice_lesion == lesion]
+            if not slices:
+                continue
+            boxes = np.array([box for box, _ in slices])
+            start_ijk, end_ijk = boxes[:, :3].min(axis=0), boxes[:, 3:].max(axis=0)
+            slab = np.zeros((self.num_samples + 1, *(end_ijk - start_ijk)[::-1]), dtype=np.uint8)
+            for box, labels in slices:
+                slab[(slice(None), *(slice(box[a] - start_ijk[a], box[a + 3] - start_ijk[a]) for a in (2, 1, 0)))] = \
+                    np.expand_dims(labels, 1 + (2 - self.slice_axis))
+            for segment_id, segment_slab in zip(self.segment_ids[lesion], slab):
+                # Slices arrive once each, so merging (maximum) with what is there only adds the new slab.
+                slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                    labelmap_image(segment_slab, self.ijk_to_ras, start_ijk), self.segmentation_node, segment_id,
+                    slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+        self._pending.clear()
         self.segmentation_node.EndModify(was_modifying)

@@ -15,9 +15,9 @@ import re
 import shutil
 import tempfile
 
-from . import export, module_logic, stats
+from . import export, module_logic, prompts, stats
 from .run import SegmentationRun
-from .segmentation_writer import CONSENSUS_SEGMENT_NAME, segment_ids_by_name
+from .segmentation_writer import segment_ids_by_name
 from .worker_client import WorkerClient, WorkerError
 
 WORKER_START_TIMEOUT_S = 180
@@ -88,18 +88,28 @@ class SegmentationSession:
         return self.run is not None and self.run.state == "running"
 
     @staticmethod
-    def build_job(volume_node, *, roi_node=None, slice_start: int = 0, slice_end: int = -1,
-                  model: str | None = None, samples: int | None = None, steps: int | None = None, seed: int = 0,
-                  device: str = "auto") -> dict:
+    def build_job(volume_node, *, points_node=None, roi_node=None, slice_start: int = 0, slice_end: int = -1,
+                  stop_after_empty: int = prompts.DEFAULT_STOP_AFTER_EMPTY, model: str | None = None,
+                  samples: int | None = None, steps: int | None = None, seed: int = 0, device: str = "auto") -> dict:
         """The segment job for a volume node, without the volume file. Checks everything that is cheap to check
-        (volume, ROI, slice range); a ValueError says what to fix."""
+        (volume, points, ROI, slice range); a ValueError says what to fix.
+
+        Lesion points (a markups node with control points): one lesion each, inside the ROI and slice range.
+        No points and an ROI: the ROI is the lesion's box, inside the slice range. Neither: whole-volume mode
+        (every slice of the slice range; job["prompt"] None)."""
         if volume_node is None:
             raise ValueError("Select an input volume first.")
         slice_axis = module_logic.slice_axis_closest_to_superior(volume_node)
+        points = prompts.points_ijk(points_node, volume_node) if points_node is not None else []
+        box = roi_node is not None and not points
+        lesions = ([{"point_ijk": point} for point in points] if points
+                   else [{"box_ijk": module_logic.roi_ijk_bounds(roi_node, volume_node)}] if box else [])
         return {
             "model": model or None, "samples": samples, "steps": steps or None, "seed": seed, "device": device,
             "batch_size": None, "slice_axis": slice_axis,
-            "roi_ijk": module_logic.job_roi_ijk(volume_node, roi_node, slice_start, slice_end, slice_axis),
+            "roi_ijk": module_logic.job_roi_ijk(volume_node, None if box else roi_node, slice_start, slice_end,
+                                                slice_axis),
+            "prompt": prompts.prompt_request(lesions, stop_after_empty),
         }
 
     def start_run(self, job: dict, volume_node) -> SegmentationRun:
@@ -169,12 +179,12 @@ class SegmentationSession:
             raise ValueError("No result yet: run a segmentation first.")
 
     def sample_segment_ids(self) -> list[str]:
-        """IDs of the result's `sample 1..N` segments, in order (none yet, or the node was deleted: [])."""
+        """IDs of the result's sample segments, lesion by lesion, in order (none yet, or the node was deleted: [])."""
         if not self.has_result():
             return []
         ids_by_name = segment_ids_by_name(self.result_segmentation)
         return [ids_by_name[name] for name in stats.result_segment_names(self.result_segmentation)
-                if name != CONSENSUS_SEGMENT_NAME]
+                if not stats.is_consensus(name)]
 
     def accept_sample(self, sample_segment_id: str) -> str:
         """Copy a sample into a new editable `accepted` segment; returns the new segment's name."""
@@ -194,9 +204,10 @@ class SegmentationSession:
         base = os.path.join(folder, re.sub(r"[^\w.-]+", "_", self.result_segmentation.GetName()))
         if what == "segmentation":
             return export.export_segmentation(self.result_segmentation, base + ".seg.nrrd")
-        if what == "nifti":  # a labelmap holds one label per voxel: the consensus only (samples overlap it)
-            consensus_id = segment_ids_by_name(self.result_segmentation)[CONSENSUS_SEGMENT_NAME]
-            export.export_nifti_labelmap(self.result_segmentation, base + "_consensus.nii.gz", [consensus_id])
+        if what == "nifti":  # a labelmap holds one label per voxel: the consensus of each lesion (label L)
+            ids_by_name = segment_ids_by_name(self.result_segmentation)
+            consensus_ids = [ids_by_name[names[0]] for names in stats.result_lesions(self.result_segmentation)]
+            export.export_nifti_labelmap(self.result_segmentation, base + "_consensus.nii.gz", consensus_ids)
             return base + "_consensus.nii.gz"
         if what == "dicom":
             return export.export_dicom_seg(self.result_segmentation, base + "_seg.dcm")

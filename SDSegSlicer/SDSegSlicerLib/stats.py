@@ -1,5 +1,6 @@
 """Statistics of a result: volume of each segment in ml (from the voxel geometry), mean and max variance inside each
-segment, and the Dice overlap between samples (how much the plausible contours agree)."""
+segment, and per lesion the Dice overlap between samples (how much the plausible contours agree), the slices, and
+how coherent each sample is from slice to slice."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 
 import numpy as np
 
-from .segmentation_writer import (CONSENSUS_SEGMENT_NAME, image_array_kji, read_segment_arrays,
-                                  sample_segment_name, segment_ids_by_name, volume_ijk_to_ras)
+from .segmentation_writer import (CONSENSUS_SEGMENT_NAME, SLICE_AXIS_ATTRIBUTE, image_array_kji,
+                                  read_segment_arrays, sample_segment_name, segment_ids_by_name, volume_ijk_to_ras)
 
 MM3_PER_ML = 1000.0
 
@@ -41,58 +42,93 @@ def _variance_summary(variance: np.ndarray, mask: np.ndarray) -> tuple[float, fl
     return (float(values.mean()), float(values.max())) if values.size else (0.0, 0.0)
 
 
-def result_statistics(names: list[str], masks: np.ndarray, variance: np.ndarray, voxel_ml: float) -> dict:
-    """Statistics of segments `names` (boolean masks (S, ...)); the ones named `sample i` are the samples.
+def slice_coherence(samples: np.ndarray, slice_axis_kji: int) -> dict:
+    """How much each sample is one 3D object: the mean Dice between consecutive slices (k, k+1) of the same sample
+    (``within_samples``) and of two different samples (``across_samples``), over the pairs of consecutive slices
+    where some sample has voxels. Per-slice draws give about the same two values; a 3D hypothesis gives
+    ``within`` > ``across``. None where there is no such pair (or one sample, for ``across``)."""
+    samples = np.moveaxis(np.asarray(samples, dtype=bool), 1 + slice_axis_kji, 1)  # (N, slices, A, B)
+    occupied = np.flatnonzero(samples.any(axis=(0, 2, 3)))
+    pairs = [k for k in occupied if k + 1 in set(occupied)]
+    count = len(samples)
+    within = [dice(samples[n, k], samples[n, k + 1]) for k in pairs for n in range(count)]
+    across = [dice(samples[n, k], samples[m, k + 1]) for k in pairs for n in range(count) for m in range(count)
+              if n != m]
+    return {"within_samples": float(np.mean(within)) if within else None,
+            "across_samples": float(np.mean(across)) if across else None}
 
-    variance_mean / variance_max (top level) are taken over the union of the samples, where the model
-    considered a lesion possible."""
-    sample_rows = [n for n, name in enumerate(names) if name != CONSENSUS_SEGMENT_NAME]
-    samples = masks[sample_rows]
+
+def lesion_statistics(names: list[str], masks: np.ndarray, variance: np.ndarray, voxel_ml: float,
+                      slice_axis_kji: int) -> tuple[dict, list[dict]]:
+    """(lesion summary, segment rows) of one lesion's segments ``names`` (its consensus first, then its samples;
+    boolean masks (S, K, J, I)).
+
+    variance_mean / variance_max are taken over the union of the samples, where the model considered a lesion
+    possible; slices = slices with a non-empty consensus."""
+    samples, consensus = masks[1:], masks[0]
     sample_dice = pairwise_dice(samples)
-    segments = []
+    rows = []
     for name, mask in zip(names, masks):
         voxels = int(np.count_nonzero(mask))
         variance_mean, variance_max = _variance_summary(variance, mask)
-        segments.append({
-            "segment": name, "volume_ml": voxels * voxel_ml, "voxels": voxels,
-            "variance_mean": variance_mean, "variance_max": variance_max,
-            "dice_with_samples": [dice(mask, sample) for sample in samples],
-        })
-    volumes = np.array([segments[row]["volume_ml"] for row in sample_rows])
+        rows.append({"segment": name, "volume_ml": voxels * voxel_ml, "voxels": voxels,
+                     "variance_mean": variance_mean, "variance_max": variance_max,
+                     "dice_with_samples": [dice(mask, sample) for sample in samples]})
+    volumes = np.array([row["volume_ml"] for row in rows[1:]])
     off_diagonal = sample_dice[~np.eye(len(samples), dtype=bool)]
-    union = samples.any(axis=0) if len(samples) else np.zeros(variance.shape, dtype=bool)
-    variance_mean, variance_max = _variance_summary(variance, union)
+    variance_mean, variance_max = _variance_summary(variance, samples.any(axis=0))
+    slice_axes = tuple(axis for axis in range(3) if axis != slice_axis_kji)
     return {
-        "voxel_volume_ml": voxel_ml,
-        "segments": segments,
-        "sample_names": [names[row] for row in sample_rows],
+        "consensus": names[0], "sample_names": names[1:], "volume_ml": rows[0]["volume_ml"],
+        "slices": int(np.count_nonzero(consensus.any(axis=slice_axes))),
+        "sample_volume_ml": volumes.tolist(),
         "sample_volume_ml_mean": float(volumes.mean()) if volumes.size else 0.0,
         "sample_volume_ml_std": float(volumes.std()) if volumes.size else 0.0,
         "dice_between_samples": sample_dice.tolist(),
         "dice_between_samples_mean": float(off_diagonal.mean()) if off_diagonal.size else None,
-        "variance_mean": variance_mean,
-        "variance_max": variance_max,
-    }
+        "variance_mean": variance_mean, "variance_max": variance_max,
+        "coherence": slice_coherence(samples, slice_axis_kji),
+    }, rows
+
+
+def result_lesions(segmentation_node) -> list[list[str]]:
+    """The result's segments, lesion by lesion, each its consensus then its samples: [`consensus`, `sample 1`, ...]
+    for a whole-volume or one-lesion result, else [`lesion L consensus`, `lesion L sample 1`, ...] per lesion."""
+    by_name = segment_ids_by_name(segmentation_node)
+    prefixes = [""] if CONSENSUS_SEGMENT_NAME in by_name else []
+    number = 1
+    while f"lesion {number} {CONSENSUS_SEGMENT_NAME}" in by_name:
+        prefixes.append(f"lesion {number} ")
+        number += 1
+    lesions = []
+    for prefix in prefixes:
+        names, sample = [prefix + CONSENSUS_SEGMENT_NAME], 1
+        while prefix + sample_segment_name(sample) in by_name:
+            names.append(prefix + sample_segment_name(sample))
+            sample += 1
+        lesions.append(names)
+    return lesions
 
 
 def result_segment_names(segmentation_node) -> list[str]:
-    """`consensus` (if present) then `sample 1`, `sample 2`, ... as long as they exist."""
-    by_name = segment_ids_by_name(segmentation_node)
-    names = [CONSENSUS_SEGMENT_NAME] if CONSENSUS_SEGMENT_NAME in by_name else []
-    number = 1
-    while sample_segment_name(number) in by_name:
-        names.append(sample_segment_name(number))
-        number += 1
-    return names
+    """Every consensus and sample segment of a result, lesion by lesion (see result_lesions)."""
+    return [name for names in result_lesions(segmentation_node) for name in names]
+
+
+def is_consensus(name: str) -> bool:
+    return name == CONSENSUS_SEGMENT_NAME or name.endswith(" " + CONSENSUS_SEGMENT_NAME)
 
 
 def segmentation_statistics(segmentation_node, variance_node) -> dict:
-    """result_statistics() of a result segmentation node and its variance volume (same voxel grid)."""
-    names = result_segment_names(segmentation_node)
-    if not names:
+    """Statistics of a result segmentation node and its variance volume (same voxel grid): one row per segment
+    (``segments``), one summary per lesion (``lesions``; one for a whole-volume result), and the mean/max variance
+    over every sample of every lesion."""
+    lesions = result_lesions(segmentation_node)
+    if not lesions:
         raise ValueError(f"'{segmentation_node.GetName()}' has no consensus or sample segments: "
                          "select a segmentation made by SDSegSlicer.")
     by_name = segment_ids_by_name(segmentation_node)
+    names = [name for group in lesions for name in group]
     masks, extent, ijk_to_ras = read_segment_arrays(
         segmentation_node, [by_name[name] for name in names], full_extent=False)
     if not np.allclose(volume_ijk_to_ras(variance_node), ijk_to_ras, atol=1e-4):
@@ -100,20 +136,41 @@ def segmentation_statistics(segmentation_node, variance_node) -> dict:
                          f"'{segmentation_node.GetName()}': select the variance volume of the same run.")
     variance = image_array_kji(variance_node.GetImageData())
     variance = variance[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
-    return result_statistics(names, masks, variance, voxel_volume_ml(ijk_to_ras))
+    voxel_ml = voxel_volume_ml(ijk_to_ras)
+    slice_axis_kji = 2 - int(segmentation_node.GetAttribute(SLICE_AXIS_ATTRIBUTE) or 2)
+    summaries, rows, first = [], [], 0
+    for group in lesions:
+        summary, group_rows = lesion_statistics(group, masks[first:first + len(group)], variance, voxel_ml,
+                                                slice_axis_kji)
+        summaries.append(summary)
+        rows += group_rows
+        first += len(group)
+    sample_rows = [n for n, name in enumerate(names) if not is_consensus(name)]
+    union = masks[sample_rows].any(axis=0) if sample_rows else np.zeros(variance.shape, dtype=bool)
+    variance_mean, variance_max = _variance_summary(variance, union)
+    return {"voxel_volume_ml": voxel_ml, "segments": rows, "lesions": summaries,
+            "variance_mean": variance_mean, "variance_max": variance_max}
 
 
 def statistics_table(statistics: dict) -> tuple[list[str], list[list]]:
-    """(header, rows): one row per segment, for the module's table and the CSV file."""
-    sample_names = statistics["sample_names"]
-    header = ["segment", "volume_ml", "voxels", "variance_mean", "variance_max", "mean_dice_with_other_samples"]
-    header += [f"dice_with_{name.replace(' ', '_')}" for name in sample_names]
+    """(header, rows): one row per segment, for the module's table and the CSV file; the Dice columns compare a
+    segment with the samples of its own lesion."""
+    count = max(len(lesion["sample_names"]) for lesion in statistics["lesions"])
+    header = ["segment", "lesion", "volume_ml", "voxels", "variance_mean", "variance_max", "lesion_slices",
+              "coherence_within_samples", "coherence_across_samples", "mean_dice_with_other_samples"]
+    header += [f"dice_with_{sample_segment_name(n + 1).replace(' ', '_')}" for n in range(count)]
+    lesion_of = {name: (number, lesion) for number, lesion in enumerate(statistics["lesions"], start=1)
+                 for name in [lesion["consensus"], *lesion["sample_names"]]}
     rows = []
     for segment in statistics["segments"]:
-        others = [value for name, value in zip(sample_names, segment["dice_with_samples"])
+        number, lesion = lesion_of[segment["segment"]]
+        others = [value for name, value in zip(lesion["sample_names"], segment["dice_with_samples"])
                   if name != segment["segment"]]
-        rows.append([segment["segment"], segment["volume_ml"], segment["voxels"], segment["variance_mean"],
-                     segment["variance_max"], float(np.mean(others)) if others else None,
+        lesion_values = ([lesion["slices"], lesion["coherence"]["within_samples"],
+                          lesion["coherence"]["across_samples"]] if segment["segment"] == lesion["consensus"]
+                         else [None, None, None])  # once per lesion: on its consensus row
+        rows.append([segment["segment"], number, segment["volume_ml"], segment["voxels"], segment["variance_mean"],
+                     segment["variance_max"], *lesion_values, float(np.mean(others)) if others else None,
                      *segment["dice_with_samples"]])
     return header, rows
 

@@ -1,4 +1,4 @@
-"""Client of the segmentation worker (`python -m sdseg.worker`, protocol version 1, see docs/protocol.md).
+"""Client of the segmentation worker (`python -m sdseg.worker`, protocol version 2, see docs/protocol.md).
 
 The worker runs in its own process with stdin/stdout pipes; a reader thread turns its stdout lines into messages
 on a queue, so poll() never blocks the Slicer GUI (call it from a QTimer). A worker that exits or closes its
@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 WORKER_MODULE = "sdseg.worker"
 STDERR_LINES_KEPT = 200
 CRASH_REPORT_LINES = 6

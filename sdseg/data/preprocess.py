@@ -162,7 +162,13 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
             "description": f"{source.description}. Masks: {source.masks}. 2D crops of {crop or 'whole'}-pixel "
                            f"regions of interest around each lesion (+-{margin_slices} slices), resized to "
                            f"{size}x{size}.",
-            "splits": splits, "counts": counts}
+            "splits": splits, "counts": counts, "crop": crop_record(crop)}
+
+
+def crop_record(crop: int) -> dict:
+    """How the crops were cut (dataset.json "crop"; sdseg train copies it into the model, and inference cuts its
+    crops the same way): in-plane ROI size in voxels (0: whole slices) and the lesion margin rule."""
+    return {"in_plane_voxels": crop, "lesion_margin": LESION_MARGIN}
 
 
 def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: int,
@@ -231,7 +237,7 @@ def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, siz
             "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters, "synthetic": True,
             "description": GENERATOR_DESCRIPTION.format(texture=texture),
             "splits": splits, "counts": dict(zip(SPLITS, counts)),
-            "textures": {name: len(split_textures[name]) for name in SPLITS}}
+            "textures": {name: len(split_textures[name]) for name in SPLITS}, "crop": crop_record(crop)}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from sdseg.continuous_samplers import (PREDICTIONS, SAMPLERS, generator_device, sample as run_sampler,
                                        standard_normal, x_from_prediction)
 from sdseg.continuous_schedule import DEFAULT_INPUT_SCALE, DEFAULT_LOG_SNR_CLIP, alpha_sigma, schedule_log_snr
-from sdseg.models.base import DESCRIPTIVE_CONFIG_KEYS, SegmentationDiffusionModel
+from sdseg.masks import relative_area_filter
+from sdseg.models.base import SHARED_CONFIG_KEYS, SegmentationDiffusionModel
 from sdseg.weighting import loss_weighting
 
 DEFAULT_CONFIG = {
@@ -48,43 +48,6 @@ PRESETS = {
 }
 
 TIMESTEP_SCALE = 1000.0  # diffusers' sinusoidal timestep embedding is tuned for 0..1000, our t is in [0, 1]
-
-
-def connected_components(masks: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of boolean masks (..., H, W): 0 for background, a positive id per component.
-
-    Every foreground pixel starts with its own id and repeatedly takes the largest id in its 3x3
-    neighbourhood (restricted to the foreground) until nothing changes. Ids are float32 while propagating,
-    exact for images of up to 2^24 pixels (4096 x 4096).
-    """
-    shape = masks.shape
-    fg = masks.reshape(-1, 1, shape[-2], shape[-1]).to(torch.float32)
-    ids = torch.arange(1, shape[-2] * shape[-1] + 1, device=masks.device, dtype=torch.float32)
-    labels = ids.reshape(1, 1, shape[-2], shape[-1]) * fg
-    while True:
-        grown = F.max_pool2d(labels, kernel_size=3, stride=1, padding=1) * fg
-        if torch.equal(grown, labels):
-            return labels.to(torch.int64).reshape(shape)
-        labels = grown
-
-
-def relative_area_filter(masks: torch.Tensor, r: float = 0.5) -> torch.Tensor:
-    """Relative-area post-processing of binary sample masks (..., H, W), ``r = 0.5`` as in Christensen et al.
-
-    Keeps, in each mask, the connected components (8-connectivity) whose area is at least ``r`` times the
-    area of that mask's largest component, i.e. removes a component C when ``|C| < r max_C' |C'|``; an empty
-    mask stays empty. This removes small spurious islands next to the main prediction.
-    Note: the paper's text was not available to us when this was written; this reading of "relative area"
-    (component area relative to the largest component) should be checked against Christensen et al.
-    """
-    labels = connected_components(masks)
-    flat = labels.reshape(-1, labels.shape[-2] * labels.shape[-1])
-    areas = torch.zeros(flat.shape[0], flat.shape[1] + 1, device=masks.device, dtype=torch.float32)
-    areas.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
-    areas[:, 0] = 0.0
-    largest = areas.max(dim=1, keepdim=True).values
-    keep = (flat > 0) & (areas.gather(1, flat) >= r * largest)
-    return keep.reshape(masks.shape)
 
 
 class AmbiguousDiffusionModel(SegmentationDiffusionModel):
@@ -215,7 +178,7 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
 
 def _validated_config(config: dict) -> dict:
     """``config`` completed with ``DEFAULT_CONFIG``; raises ValueError with a clear message when invalid."""
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"image_size"} - DESCRIPTIVE_CONFIG_KEYS)
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"image_size"} - SHARED_CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown config keys for the ambiguous model: {', '.join(unknown)}; "
                          f"known keys: image_size, {', '.join(DEFAULT_CONFIG)}")

@@ -6,9 +6,10 @@ from typing import Iterable
 
 import torch
 
-# Config keys every model accepts that describe it rather than build it: a one-line description (shown in model
-# lists) and the data sets it was trained on (sdseg.training.training_data_record).
-DESCRIPTIVE_CONFIG_KEYS = frozenset({"description", "training_data"})
+# Config keys every model accepts besides its own: a one-line description (shown in model lists), the data sets it
+# was trained on (sdseg.training.training_data_record) and the recipe of its training crops (sdseg preprocess),
+# which inference follows to cut its crops (sdseg.propagation.crop_recipe).
+SHARED_CONFIG_KEYS = frozenset({"description", "training_data", "crop"})
 
 
 class SegmentationDiffusionModel(torch.nn.Module):

@@ -1,11 +1,13 @@
-"""Worker protocol version 1 (docs/protocol.md): message constructors, request validation, error codes."""
+"""Worker protocol version 2 (docs/protocol.md): message constructors, request validation, error codes. Version 2
+adds the `prompt` of a segment job (lesions given by a point or a box); a version-1 job (no prompt) is still
+accepted and answered as before."""
 
 from __future__ import annotations
 
 import json
 import math
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 BAD_REQUEST = "bad_request"
 UNKNOWN_MODEL = "unknown_model"
@@ -21,8 +23,13 @@ ERROR_CODES = frozenset({BAD_REQUEST, UNKNOWN_MODEL, BAD_MODEL, BAD_VOLUME, MODE
 
 DEVICES = ("auto", "cuda", "cpu")
 MAX_SAMPLES = 256
+MAX_LESIONS = 64
 SEGMENT_DEFAULTS = {"model": None, "samples": 8, "steps": None, "seed": 0, "device": "auto", "batch_size": None,
-                    "roi_ijk": None, "slice_axis": None}
+                    "roi_ijk": None, "slice_axis": None, "prompt": None}
+PROMPT_DEFAULTS = {"stop_after_empty": 2, "max_slices": None}
+# A lesion is given by a point in voxel coordinates (continuous IJK), a point in mm (RAS, converted by the worker
+# with the volume's geometry), or a box of voxel indices [i0, j0, k0, i1, j1, k1] (end exclusive).
+PROMPT_KINDS = ("point_ijk", "point_ras", "box_ijk")
 
 
 class ProtocolError(ValueError):
@@ -49,11 +56,12 @@ def hello(torch_version: str, cuda: str | None, device: str, gpu_name: str | Non
 
 
 def accepted(job_id: str, shape_kji, ijk_to_ras, slice_axis: int, roi_ijk, model: str, device: str,
-             total: int) -> dict:
+             total: int, prompt: dict | None = None) -> dict:
+    """``total``: the slices of the job; with a ``prompt``, the most slices the propagation may visit."""
     volume = {"shape_kji": [int(n) for n in shape_kji], "ijk_to_ras": [[float(v) for v in row] for row in ijk_to_ras],
               "slice_axis": int(slice_axis), "roi_ijk": [int(v) for v in roi_ijk]}
     return {"type": "accepted", "job_id": job_id, "volume": volume, "model": model, "device": device,
-            "total": int(total)}
+            "total": int(total), "prompt": prompt}
 
 
 def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None) -> dict:
@@ -61,16 +69,25 @@ def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None
             "eta_s": _finite_or_none(eta_s)}
 
 
-def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta_s: float | None) -> dict:
-    return {"type": "slice", "job_id": job_id, "index": int(index), "file": file, "done": done, "total": total,
-            "eta_s": _finite_or_none(eta_s)}
+def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta_s: float | None,
+                  lesion: int | None = None, box_ijk=None) -> dict:
+    """A prompt job's slice names its ``lesion`` (0-based) and the IJK ``box_ijk`` its arrays cover; a whole-ROI
+    slice has neither (its arrays cover the ROI)."""
+    message = {"type": "slice", "job_id": job_id, "index": int(index), "file": file, "done": done, "total": total,
+               "eta_s": _finite_or_none(eta_s)}
+    if lesion is not None:
+        message.update(lesion=int(lesion), box_ijk=[int(v) for v in box_ijk])
+    return message
 
 
-def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str,
-         model_cached: bool) -> dict:
-    """``model_cached``: the job reused the model already in memory (False: the job loaded it)."""
-    return {"type": "done", "job_id": job_id, "slices": slices, "seconds": round(seconds, 3),
-            "summary": {"samples": samples, "model": model, "device": device, "model_cached": bool(model_cached)}}
+def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str, model_cached: bool,
+         lesions: list[dict] | None = None) -> dict:
+    """``model_cached``: the job reused the model already in memory (False: the job loaded it). ``lesions`` (a
+    prompt job): per lesion ``{"slices": visited, "found_slices": slices with a non-empty consensus}``."""
+    summary = {"samples": samples, "model": model, "device": device, "model_cached": bool(model_cached)}
+    if lesions is not None:
+        summary["lesions"] = lesions
+    return {"type": "done", "job_id": job_id, "slices": slices, "seconds": round(seconds, 3), "summary": summary}
 
 
 def cancelled(job_id: str, slices: int) -> dict:
@@ -87,14 +104,15 @@ def pong(ping_id) -> dict:
     return {"type": "pong", "id": ping_id}
 
 
-def _integer(request: dict, key: str, low: int, high: int | None = None, nullable: bool = False):
+def _integer(request: dict, key: str, low: int, high: int | None = None, nullable: bool = False,
+             job_id: str | None = None):
     value = request[key]
     if value is None and nullable:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"from {low} to {high}"
         raise ProtocolError(f"'{key}' must be an integer {bounds}{' or null' if nullable else ''}, got {value!r}",
-                            job_id=request.get("job_id"))
+                            job_id=job_id or request.get("job_id"))
     return value
 
 
@@ -114,11 +132,48 @@ def _segment(request: dict) -> dict:
     if job["device"] not in DEVICES:
         raise ProtocolError(f"'device' must be one of {', '.join(DEVICES)}, got {job['device']!r}", job_id=job_id)
     roi = job["roi_ijk"]
-    if roi is not None and (not isinstance(roi, list) or len(roi) != 6
-                            or any(isinstance(v, bool) or not isinstance(v, int) for v in roi)):
+    if roi is not None and not _integers(roi, 6):
         raise ProtocolError(f"'roi_ijk' must be null or 6 integers [i0, j0, k0, i1, j1, k1], got {roi!r}",
                             job_id=job_id)
+    if job["prompt"] is not None:
+        job["prompt"] = _prompt(job["prompt"], job_id)
     return job
+
+
+def _integers(value, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(not isinstance(v, bool) and isinstance(v, int) for v in value))
+
+
+def _prompt(prompt, job_id) -> dict:
+    """The validated `prompt` of a segment job, its defaults filled in."""
+    if not isinstance(prompt, dict) or not isinstance(prompt.get("lesions"), list) or not (
+            1 <= len(prompt["lesions"]) <= MAX_LESIONS):
+        raise ProtocolError(f"'prompt' must be null or an object with 'lesions': a list of 1 to {MAX_LESIONS} "
+                            "points or boxes", job_id=job_id)
+    lesions = []
+    for number, lesion in enumerate(prompt["lesions"], start=1):
+        given = [key for key in PROMPT_KINDS if isinstance(lesion, dict) and lesion.get(key) is not None]
+        if len(given) != 1:
+            raise ProtocolError(f"prompt lesion {number} must have exactly one of {', '.join(PROMPT_KINDS)}",
+                                job_id=job_id)
+        key, value = given[0], lesion[given[0]]
+        if key == "box_ijk":
+            if not _integers(value, 6):
+                raise ProtocolError(f"prompt lesion {number}: 'box_ijk' must be 6 integers [i0, j0, k0, i1, j1, "
+                                    f"k1], got {value!r}", job_id=job_id)
+            lesions.append({key: value})
+        elif isinstance(value, list) and len(value) == 3 and all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+            lesions.append({key: [float(v) for v in value]})
+        else:
+            raise ProtocolError(f"prompt lesion {number}: '{key}' must be 3 finite numbers, got {value!r}",
+                                job_id=job_id)
+    checked = {**PROMPT_DEFAULTS, **{k: v for k, v in prompt.items() if v is not None and k in PROMPT_DEFAULTS},
+               "lesions": lesions}
+    _integer(checked, "stop_after_empty", 1, job_id=job_id)
+    _integer(checked, "max_slices", 1, nullable=True, job_id=job_id)
+    return checked
 
 
 def parse_request(line: str) -> dict:

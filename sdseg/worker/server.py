@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdseg import checkpoint, inference, registry
+from sdseg import checkpoint, inference, propagation, registry
 from sdseg.device import DeviceUnavailable, resolve_device
 from sdseg.volume_io import VolumeError, check_roi, choose_slice_axis, read_volume
 from sdseg.worker import protocol
@@ -77,9 +77,10 @@ class JobProgress:
             self._send(protocol.progress(self.job_id, "segmenting", self.delivered, self.total, self.eta_s))
             self._last_message = now
 
-    def slice_delivered(self, index: int, path: Path) -> None:
+    def slice_delivered(self, index: int, path: Path, lesion: int | None = None, box_ijk=None) -> None:
         self.delivered += 1
-        self._send(protocol.slice_message(self.job_id, index, str(path), self.delivered, self.total, self.eta_s))
+        self._send(protocol.slice_message(self.job_id, index, str(path), self.delivered, self.total, self.eta_s,
+                                          lesion, box_ijk))
         self._last_message = time.monotonic()
 
 
@@ -171,14 +172,18 @@ class Worker:
             if self._should_stop(job_id):
                 self.send(protocol.cancelled(job_id, 0))
                 return
-            folder, device, volume, roi, slice_axis = self._prepare(job)
-            progress = JobProgress(self.send, job_id, roi[slice_axis + 3] - roi[slice_axis])
-            model_cached = self._segment(job, folder, device, volume, roi, slice_axis, progress)
-            if progress.delivered < progress.total:  # stopped early: cancelled, shutdown or the client went away
+            folder, device, volume, roi, slice_axis, prompts = self._prepare(job)
+            total = (propagation.slices_at_most(prompts, volume.array_kji.shape, slice_axis, roi,
+                                                job["prompt"]["max_slices"]) if prompts
+                     else roi[slice_axis + 3] - roi[slice_axis])
+            progress = JobProgress(self.send, job_id, total)
+            model_cached, finished, lesions = self._segment(job, folder, device, volume, roi, slice_axis, prompts,
+                                                            progress)
+            if not finished:  # stopped early: cancelled, shutdown or the client went away
                 self.send(protocol.cancelled(job_id, progress.delivered))
             else:
                 self.send(protocol.done(job_id, progress.delivered, time.monotonic() - started, job["samples"],
-                                        folder.name, device.type, model_cached))
+                                        folder.name, device.type, model_cached, lesions))
         except JobError as error:
             self.send(protocol.error(job_id, error.code, str(error)))
         except Exception as error:  # noqa: BLE001 - the worker must survive any job failure
@@ -204,7 +209,8 @@ class Worker:
         return self._model, cached
 
     def _prepare(self, job: dict):
-        """Check everything that can be checked before any work -> (model folder, device, volume, roi, slice_axis)."""
+        """Check everything that can be checked before any work -> (model folder, device, volume, roi, slice_axis,
+        prompts (a list of propagation.Prompt, empty for a whole-ROI job))."""
         try:
             folder = registry.resolve_model(job["model"] or registry.DEFAULT_MODEL)
             config = checkpoint.read_config(folder)["config"]
@@ -228,6 +234,17 @@ class Worker:
         slice_axis = job["slice_axis"]
         if slice_axis is None:
             slice_axis = choose_slice_axis(volume.ijk_to_ras, "axial", shape)
+        lesions = (job["prompt"] or {}).get("lesions", [])
+        ras_to_ijk = np.linalg.inv(volume.ijk_to_ras)
+        for lesion in lesions:  # a point in mm: the worker has the geometry; accepted echoes both
+            if "point_ras" in lesion:
+                lesion["point_ijk"] = [round(float(v), 4) for v in (ras_to_ijk @ [*lesion["point_ras"], 1.0])[:3]]
+        prompts = [propagation.Prompt(point_ijk=tuple(lesion["point_ijk"])) if "point_ijk" in lesion
+                   else propagation.Prompt(box_ijk=tuple(lesion["box_ijk"])) for lesion in lesions]
+        try:
+            propagation.check_prompts(prompts, shape, slice_axis, roi)
+        except ValueError as error:
+            raise JobError(protocol.BAD_REQUEST, str(error)) from error
         try:
             inference.check_model_fits_volume(config)
         except inference.ModelMismatchError as error:
@@ -237,15 +254,16 @@ class Worker:
         except OSError as error:
             raise JobError(protocol.BAD_REQUEST, f"cannot create the job folder {job['job_dir']} ({error}); "
                                                  "choose a writable folder") from error
-        return folder, device, volume, roi, slice_axis
+        return folder, device, volume, roi, slice_axis, prompts
 
     def _segment(self, job: dict, folder: Path, device: torch.device, volume, roi: list[int], slice_axis: int,
-                 progress: JobProgress) -> None:
+                 prompts: list, progress: JobProgress) -> tuple[bool, bool, list[dict] | None]:
         """Send ``accepted``, load the model, stream the slices; returns early when the job must stop. Returns
-        whether the model was the cached one."""
+        (whether the model was the cached one, whether the job ran to its end, the lesions' summary of a prompt
+        job)."""
         job_id = job["job_id"]
         self.send(protocol.accepted(job_id, volume.array_kji.shape, volume.ijk_to_ras, slice_axis, roi, folder.name,
-                                    device.type, progress.total))
+                                    device.type, progress.total, job["prompt"]))
         self.send(protocol.progress(job_id, "loading model", 0, progress.total, None))
         try:
             model, cached = self._load_model(folder, device)
@@ -259,20 +277,39 @@ class Worker:
                                f"the GPU could not be used ({error}); choose device 'cpu', or install a PyTorch "
                                "build that supports this GPU") from error
             raise
-        if self._should_stop(job_id):
-            return cached
+        stopped = False
+
+        def should_stop() -> bool:
+            nonlocal stopped
+            stopped = stopped or self._should_stop(job_id)
+            return stopped
+
+        if should_stop():
+            return cached, False, None
         self.send(protocol.progress(job_id, "segmenting", 0, progress.total, None))
-        results = inference.segment_slices(model, volume.array_kji, roi, slice_axis, job["samples"], job["steps"],
-                                           job["seed"], job["batch_size"], lambda: self._should_stop(job_id),
-                                           progress.on_batch)
+        if prompts:
+            results = propagation.propagate(
+                model, volume.array_kji, volume.ijk_to_ras, slice_axis, prompts, roi, job["samples"], job["steps"],
+                job["seed"], job["batch_size"], job["prompt"]["stop_after_empty"], job["prompt"]["max_slices"],
+                should_stop, progress.on_batch)
+        else:
+            results = inference.segment_slices(model, volume.array_kji, roi, slice_axis, job["samples"],
+                                               job["steps"], job["seed"], job["batch_size"], should_stop,
+                                               progress.on_batch)
+        lesions = [{"slices": 0, "found_slices": 0} for _ in prompts]
         job_dir = Path(job["job_dir"]).resolve()
         try:
             for result in results:
-                if self._should_stop(job_id):
-                    return cached
-                path = job_dir / f"slice_{result.index:05d}.npz"
-                _write_npz(path, samples=result.samples, consensus=result.consensus, variance=result.variance)
-                progress.slice_delivered(result.index, path)
+                if should_stop():
+                    return cached, False, None
+                lesion = getattr(result, "lesion", None)
+                name = f"slice_{result.index:05d}.npz" if lesion is None else f"lesion{lesion:02d}_{result.index:05d}.npz"
+                _write_npz(job_dir / name, samples=result.samples, consensus=result.consensus,
+                           variance=result.variance)
+                if lesion is not None:
+                    lesions[lesion]["slices"] += 1
+                    lesions[lesion]["found_slices"] += int(result.consensus.any())
+                progress.slice_delivered(result.index, job_dir / name, lesion, getattr(result, "box_ijk", None))
         except inference.OutOfMemory as error:
             raise JobError(protocol.OUT_OF_MEMORY, _out_of_memory_message(device, job)) from error
         except OSError as error:
@@ -280,4 +317,5 @@ class Worker:
                                                  "the disk space and that the folder still exists") from error
         finally:
             results.close()
-        return cached
+        finished = not stopped and (bool(prompts) or progress.delivered == progress.total)
+        return cached, finished, lesions if prompts else None

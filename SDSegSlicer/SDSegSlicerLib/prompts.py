@@ -1,0 +1,50 @@
+"""Prompts of a segment job (docs/protocol.md, "Prompts"), shared by the module, the headless command and the web
+app: lesions clicked as points or drawn as a box become the job's `prompt`; the result's statistics become one line
+per lesion, saying where no lesion was found."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module_logic import world_to_ijk_matrix
+
+DEFAULT_STOP_AFTER_EMPTY = 2  # the worker's default: a direction ends after 2 slices in a row without lesion
+WHOLE_VOLUME_WARNING = (
+    "Whole-volume mode: every slice is segmented, while the models were trained on ~96-voxel regions around a "
+    "lesion and draw lesions where there are none; click the lesion (a point) or draw a box around it instead.")
+NO_LESION = "no lesion found at the point"
+
+
+def prompt_request(lesions: list[dict], stop_after_empty: int = DEFAULT_STOP_AFTER_EMPTY,
+                   max_slices: int | None = None) -> dict | None:
+    """The job's `prompt` for ``lesions`` (each ``{"point_ijk"|"point_ras"|"box_ijk": ...}``); None (whole-volume
+    mode) without lesions."""
+    if not lesions:
+        return None
+    return {"lesions": list(lesions), "stop_after_empty": stop_after_empty, "max_slices": max_slices}
+
+
+def points_ijk(markups_node, volume_node) -> list[list[float]]:
+    """The control points of a markups node (world RAS, through any parent transforms) in the volume's continuous
+    IJK coordinates."""
+    world_to_ijk = world_to_ijk_matrix(volume_node)
+    points = []
+    for n in range(markups_node.GetNumberOfControlPoints()):
+        world = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(n, world)
+        points.append([round(float(v), 4) for v in (world_to_ijk @ np.array([*world, 1.0]))[:3]])
+    return points
+
+
+def lesion_lines(statistics: dict, prompt: dict | None) -> list[str]:
+    """One line per lesion of a prompt job's result: its consensus volume and slices, or that nothing was found."""
+    if not prompt:
+        return []
+    lines = []
+    for number, (lesion, given) in enumerate(zip(statistics["lesions"], prompt["lesions"]), start=1):
+        if lesion["slices"] == 0:
+            where = "box" if "box_ijk" in given else "point"
+            lines.append(f"lesion {number}: {NO_LESION.replace('point', where)}")
+        else:
+            lines.append(f"lesion {number}: {lesion['volume_ml']:.2f} ml on {lesion['slices']} slice(s)")
+    return lines

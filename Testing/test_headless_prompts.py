@@ -1,0 +1,126 @@
+"""`sdseg-slicer segment` with prompts, end to end through a REAL worker subprocess and real MRML (slicer-core), read
+back with slicerio: points in mm (RAS) and in voxels on an oblique, mirrored, anisotropic volume, several lesions,
+a box, a point where there is no lesion, and a DICOM series. The threshold model (normalised intensity > 0, crops
+of its own input size) segments exactly the bright voxels, so where every mask voxel lands is checked exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from slicerlib_testing import (BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
+                               read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
+
+SHAPE_KJI = (18, 30, 34)  # every axis at least the crop size: crops are never resized
+
+
+def blobs():
+    """Two bright ellipsoids: lesion A (slices 3..7) and the smaller lesion B (slices 8..10), apart in-plane."""
+    k, j, i = np.mgrid[0:SHAPE_KJI[0], 0:SHAPE_KJI[1], 0:SHAPE_KJI[2]]
+    a = ((i - 10) / 4.5) ** 2 + ((j - 12) / 3.5) ** 2 + ((k - 5) / 2.4) ** 2 < 1.0
+    b = ((i - 25) / 3.0) ** 2 + ((j - 20) / 4.0) ** 2 + ((k - 9) / 1.6) ** 2 < 1.0
+    return a, b
+
+
+def volume_with_blobs(path, ijk_to_ras):
+    a, b = blobs()
+    voxels = np.random.default_rng(3).normal(30.0, 4.0, SHAPE_KJI) + 120.0 * (a | b)
+    return write_volume_file(path, voxels.astype(np.float32), ijk_to_ras)
+
+
+def segment(worker_env, volume, output, *options):
+    result = subprocess.run(
+        [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
+         BRIGHT_MODEL_NAME, "--samples", "2", "--device", "cpu", *map(str, options)],
+        env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    summary = json.loads(output.with_name(output.name.replace(".seg.nrrd", "_summary.json")).read_text())
+    return result.stderr, summary
+
+
+def ras_of(ijk_to_ras, ijk):
+    return ",".join(f"{v:.4f}" for v in (ijk_to_ras @ [*ijk, 1.0])[:3])
+
+
+def test_points_in_mm_and_in_voxels_give_one_set_of_segments_per_lesion(tmp_path, worker_env):
+    ijk_to_ras = oblique_ijk_to_ras()
+    volume = volume_with_blobs(tmp_path / "two.nrrd", ijk_to_ras)
+    output = tmp_path / "two.seg.nrrd"
+    stderr, summary = segment(worker_env, volume, output, "--point", ras_of(ijk_to_ras, (10, 12, 5)),
+                              "--point-ijk", "25,20,9")
+    a, b = blobs()
+    masks, ijk_to_lps = read_seg_nrrd_with_slicerio(output)
+    np.testing.assert_allclose(ijk_to_lps, RAS_TO_LPS @ ijk_to_ras, atol=1e-5)
+    assert list(masks) == ["lesion 1 consensus", "lesion 1 sample 1", "lesion 1 sample 2",
+                           "lesion 2 consensus", "lesion 2 sample 1", "lesion 2 sample 2"]
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(mask, a if name.startswith("lesion 1") else b, err_msg=name)
+    assert summary["mode"] == "prompt" and summary["prompt"]["lesions"][1] == {"point_ijk": [25.0, 20.0, 9.0]}
+    np.testing.assert_allclose(summary["prompt"]["lesions"][0]["point_ijk"], [10, 12, 5], atol=1e-3)
+    lesions = summary["lesions"]
+    assert [lesion["slices"] for lesion in lesions] == [5, 3]
+    voxel_ml = abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000
+    assert lesions[0]["volume_ml"] == pytest.approx(a.sum() * voxel_ml)
+    assert lesions[1]["sample_volume_ml"] == pytest.approx([b.sum() * voxel_ml] * 2)
+    assert lesions[0]["coherence"]["within_samples"] == lesions[0]["coherence"]["across_samples"]  # equal samples
+    assert f"lesion 1: {a.sum() * voxel_ml:.2f} ml on 5 slice(s)" in stderr
+    assert "Done: 16 slices" in stderr  # each lesion: its slices, then 2 empty ones each way (9 + 7)
+
+
+@pytest.mark.parametrize("superior_axis", [0, 1])
+def test_points_follow_the_slice_axis_of_any_orientation(tmp_path, worker_env, superior_axis):
+    """Stored with IJK axis 0 or 1 closest to superior: slices (and propagation) run along that axis."""
+    ijk_to_ras = oblique_ijk_to_ras(superior_axis=superior_axis)
+    a, b = blobs()
+    voxels = np.random.default_rng(4).normal(30.0, 4.0, SHAPE_KJI) + 120.0 * a
+    volume = write_volume_file(tmp_path / "axis.nrrd", voxels.astype(np.float32), ijk_to_ras)
+    output = tmp_path / "axis.seg.nrrd"
+    _, summary = segment(worker_env, volume, output, "--point-ijk", "10,12,5")
+    masks, _ = read_seg_nrrd_with_slicerio(output)
+    np.testing.assert_array_equal(masks["consensus"], a)
+    assert summary["slice_axis"] == superior_axis
+    assert summary["lesions"][0]["slices"] == int(a.any(axis=tuple(x for x in range(3) if x != 2 - superior_axis))
+                                                  .sum())
+
+
+def test_a_point_without_lesion_says_so_and_gives_empty_segments(tmp_path, worker_env):
+    volume = volume_with_blobs(tmp_path / "healthy.nrrd", oblique_ijk_to_ras())
+    output = tmp_path / "healthy.seg.nrrd"
+    stderr, summary = segment(worker_env, volume, output, "--point-ijk", "28,4,2")
+    assert "lesion 1: no lesion found at the point" in stderr
+    masks, _ = read_seg_nrrd_with_slicerio(output)
+    assert not any(mask.any() for mask in masks.values())
+    assert summary["lesions"][0]["slices"] == 0 and summary["slices_done"] == 3  # its slice and one each way
+
+
+def test_a_box_keeps_to_the_box(tmp_path, worker_env):
+    """--roi alone is a box prompt: slices and masks stay inside it (lesion A cut by the box's sides and ends)."""
+    volume = volume_with_blobs(tmp_path / "boxed.nrrd", oblique_ijk_to_ras())
+    output = tmp_path / "boxed.seg.nrrd"
+    box = [8, 6, 4, 20, 18, 7]  # I 8..19, J 6..17, K 4..6: at most the crop size / 1.2 (no resizing)
+    stderr, summary = segment(worker_env, volume, output, "--roi", ",".join(map(str, box)))
+    a, b = blobs()
+    inside = np.zeros(SHAPE_KJI, bool)
+    inside[4:7, 6:18, 8:20] = True
+    masks, _ = read_seg_nrrd_with_slicerio(output)
+    np.testing.assert_array_equal(masks["consensus"], (a | b) & inside)
+    assert summary["prompt"]["lesions"] == [{"box_ijk": box}] and summary["roi_ijk"] == [0, 0, 0, 34, 30, 18]
+    assert "Done: 3 slices" in stderr
+
+
+def test_a_dicom_series_with_a_point(tmp_path, worker_env):
+    a, _ = blobs()
+    lps = np.eye(4)  # right-handed (a DICOM reader orders the slices along row x column)
+    lps[:3, :3] = rotation((0.2, 1.0, 0.1), 20.0) @ np.diag((0.7, 0.8, 2.5))
+    lps[:3, 3] = (-40.0, 12.0, 7.5)
+    voxels = np.random.default_rng(5).normal(30.0, 4.0, SHAPE_KJI) + 120.0 * a
+    series = write_ct_series(tmp_path / "series", voxels, lps)
+    output = tmp_path / "ct.seg.nrrd"
+    _, summary = segment(worker_env, series, output, "--point-ijk", "10,12,5")
+    masks, ijk_to_lps = read_seg_nrrd_with_slicerio(output)
+    np.testing.assert_allclose(ijk_to_lps, lps, atol=1e-4)
+    np.testing.assert_array_equal(masks["consensus"], a)
+    assert summary["lesions"][0]["slices"] == 5

@@ -1,0 +1,152 @@
+"""sdseg.propagation in process, with real models: crops cut exactly as the training crops were, the propagation's
+order, stopping, following and growing with the lesion, ROI and box limits, and its noise streams. The threshold
+model (mask = normalised intensity > 0) makes the expected masks exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdseg import inference, propagation
+from sdseg.data.preprocess import lesion_rois
+from sdseg.models import build_model
+from sdseg.propagation import Prompt
+
+SPACING_IJK = (0.8, 0.8, 2.0)
+WINDOW = {"normalization": "ct_window", "window": [0.0, 200.0]}
+
+
+def bright_model(size=16, crop=16, **overrides):
+    return build_model("threshold", "tiny", image_size=size, preprocessing=WINDOW,
+                       crop={"in_plane_voxels": crop, "lesion_margin": 1.2}, **overrides)
+
+
+def ijk_to_ras():
+    return np.diag([*SPACING_IJK, 1.0])
+
+
+def run(model, array, prompts, roi=None, samples=2, **kwargs):
+    roi = roi or [0, 0, 0, *array.shape[::-1]]
+    return list(propagation.propagate(model, array, ijk_to_ras(), 2, prompts, roi, samples, **kwargs))
+
+
+def tube(shape_kji=(20, 40, 40), radius=3.0, start=(10.0, 8.0), step=(0.0, 2.0), slices=range(4, 16)):
+    """A bright disc on each of ``slices``, its centre (row j, column i) moving by ``step`` per slice."""
+    array = np.full(shape_kji, 20.0, np.float32)
+    j, i = np.mgrid[0:shape_kji[1], 0:shape_kji[2]]
+    truth = np.zeros(shape_kji, bool)
+    for n, k in enumerate(slices):
+        centre = (start[0] + step[0] * n, start[1] + step[1] * n)
+        truth[k] = (j - centre[0]) ** 2 + (i - centre[1]) ** 2 <= radius ** 2
+    array[truth] = 150.0
+    return array, truth
+
+
+def assemble(results, shape_kji):
+    masks = {}
+    for result in results:
+        i0, j0, k0, i1, j1, k1 = result.box_ijk
+        masks.setdefault(result.lesion, np.zeros(shape_kji, bool))[k0, j0:j1, i0:i1] = result.consensus > 0
+    return masks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crops_are_cut_like_the_training_crops(seed):
+    """For the first slice of a box prompt, the crop is the in-plane ROI sdseg preprocess cut around a lesion of
+    that box (its first, unshifted ROI)."""
+    rng = np.random.default_rng(seed)
+    dims = [int(rng.integers(40, 200)), int(rng.integers(40, 200)), 30]
+    size = [int(rng.integers(2, 120)), int(rng.integers(2, 120)), 5]
+    start = [int(rng.integers(0, max(1, dims[a] - size[a]))) for a in range(3)]
+    size = [min(size[a], dims[a] - start[a]) for a in range(3)]
+    crop = int(rng.choice([0, 48, 96]))
+    (roi,) = lesion_rois((start, size), dims, 2, crop, 0, 1, rng)
+    recipe = {"in_plane_voxels": crop, "lesion_margin": 1.2}
+    for axis in (0, 1):
+        centre = start[axis] + (size[axis] - 1) / 2.0  # the box prompt's centre, in voxel coordinates
+        assert propagation.crop_window(centre, size[axis], dims[axis], recipe) == (roi[axis], roi[axis + 3])
+
+
+def test_outward_order_stopping_and_the_prompt_picking_one_object():
+    array, truth = tube(step=(0.0, 0.0))
+    array[5:9, 25:29, 5:9] = 150.0  # another bright object in the crops, not touching the disc
+    results = run(bright_model(size=32, crop=32), array, [Prompt(point_ijk=(8.0, 10.0, 9.0))])
+    assert [r.index for r in results] == [9, 10, 8, 11, 7, 12, 6, 13, 5, 14, 4, 15, 3, 16, 2, 17]
+    masks = assemble(results, array.shape)[0]
+    np.testing.assert_array_equal(masks, truth)  # the other object is left out, every slice of the disc is in
+    assert all(r.samples.shape[0] == 2 and not r.variance.any() for r in results)
+
+
+def test_crops_follow_a_lesion_that_moves_out_of_the_first_crop():
+    """The disc moves 2 voxels a slice (22 in all): with 16-voxel crops only re-centring keeps it in view."""
+    array, truth = tube()
+    results = run(bright_model(), array, [Prompt(point_ijk=(8.0 + 2 * 6, 10.0, 10.0))])
+    np.testing.assert_array_equal(assemble(results, array.shape)[0], truth)
+
+
+def test_crops_grow_with_the_lesion():
+    """A disc of radius 12 (25 voxels) does not fit a 16-voxel crop: the prompted slice is cut again 1.5 x larger
+    until the consensus no longer touches the crop's edge (16 -> 24 -> 36), the next crops are 1.2 x its extent."""
+    array, truth = tube(radius=12.0, start=(20.0, 20.0), step=(0.0, 0.0), slices=range(6, 10))
+    results = run(bright_model(size=32), array, [Prompt(point_ijk=(20.0, 20.0, 7.0))])
+    sizes = {r.index: (r.box_ijk[3] - r.box_ijk[0], r.box_ijk[4] - r.box_ijk[1]) for r in results}
+    assert sizes[7] == (36, 36)
+    assert all(28 <= side <= 30 for side in sizes[8] + sizes[6])  # 1.2 x 23..25 (its extent after resizing)
+    found = assemble(results, array.shape)[0]
+    for k in range(6, 10):
+        assert (found[k] == truth[k]).mean() > 0.99  # resized to 32 and back: boundary pixels may differ
+
+
+@pytest.mark.parametrize("stop_after_empty, max_slices, expected", [
+    (1, None, [9, 10, 8]),
+    (3, None, [9, 10, 8, 11, 7, 12, 6]),
+    (2, 3, [9, 10, 8]),
+    (5, 4, [9, 10, 8, 11]),
+])
+def test_stopping_rules(stop_after_empty, max_slices, expected):
+    array, _ = tube(slices=[9])  # the lesion is on one slice
+    results = run(bright_model(), array, [Prompt(point_ijk=(8.0, 10.0, 9.0))], stop_after_empty=stop_after_empty,
+                  max_slices=max_slices)
+    assert [r.index for r in results] == expected
+
+
+def test_the_roi_and_a_box_bound_slices_and_masks():
+    array, truth = tube(step=(0.0, 0.0))
+    roi = [0, 0, 6, 11, 40, 13]  # cuts the disc's columns at i 11 and its slices at 6..12
+    results = run(bright_model(), array, [Prompt(point_ijk=(8.0, 10.0, 9.0))], roi=roi)
+    assert sorted(r.index for r in results) == list(range(6, 13))
+    inside = np.zeros(array.shape, bool)
+    inside[6:13, :, :11] = True
+    np.testing.assert_array_equal(assemble(results, array.shape)[0], truth & inside)
+    box = (5, 7, 8, 9, 13, 11)
+    results = run(bright_model(), array, [Prompt(box_ijk=box)])
+    assert [r.index for r in results] == [9, 10, 8]  # the box's middle slice first; only the box's slices
+    boxed = np.zeros(array.shape, bool)
+    boxed[8:11, 7:13, 5:9] = True
+    np.testing.assert_array_equal(assemble(results, array.shape)[0], truth & boxed)
+
+
+def test_prompts_outside_are_refused_naming_the_lesion():
+    array, _ = tube()
+    with pytest.raises(ValueError, match=r"lesion 2: the point \[40.0, 1.0, 1.0\] \(IJK\) is outside the volume"):
+        propagation.check_prompts([Prompt(point_ijk=(1.0, 1.0, 1.0)), Prompt(point_ijk=(40.0, 1.0, 1.0))],
+                                  array.shape, 2, [0, 0, 0, 40, 40, 20])
+    with pytest.raises(ValueError, match="lesion 1: the prompt's slice 3 is outside slices 5..19"):
+        propagation.check_prompts([Prompt(point_ijk=(1.0, 1.0, 3.0))], array.shape, 2, [0, 0, 5, 40, 40, 20])
+
+
+def test_the_first_lesion_draws_the_noise_of_a_whole_volume_run_and_the_next_their_own():
+    """Lesion 0 uses the same per-slice noise streams as the whole-volume mode; another lesion on the same slice
+    draws different noise. (The tiny ambiguous model, random weights: its masks depend on the noise.)"""
+    torch.manual_seed(0)
+    model = build_model("ambiguous", "tiny", preprocessing=WINDOW).eval()
+    array = np.random.default_rng(0).normal(100.0, 40.0, (6, 32, 32)).astype(np.float32)
+    crops = [array[3] / 100.0 - 1.0]
+    first = inference.sample_crops(model, crops, [3], range(2), 3, 0, 32)
+    again = inference.sample_crops(model, crops, [3], range(2), 3, 0, 32, stream=0)
+    other = inference.sample_crops(model, crops, [3], range(2), 3, 0, 32, stream=1)
+    whole = inference.sample_batch(model, crops, [3], range(2), 3, 0, 32)
+    np.testing.assert_array_equal(first[0], whole[0])
+    np.testing.assert_array_equal(first[0], again[0])
+    assert not np.array_equal(first[0], other[0])

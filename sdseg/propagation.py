@@ -1,0 +1,346 @@
+"""Prompt-driven 3D segmentation: from a click on a lesion (or a box around it), slice by slice outward, every
+slice cut at the scale the model was trained on (docs/protocol.md, "Prompts").
+
+For each lesion prompt:
+
+1. **Crops at the trained scale.** The model's crop recipe (``config["crop"]``, written by ``sdseg preprocess`` and
+   copied by ``sdseg train``; :data:`DEFAULT_CROP` for older models) gives each slice's in-plane crop exactly as
+   :func:`sdseg.data.preprocess.lesion_rois` made the training crops: ``in_plane_voxels`` pixels, at least
+   ``lesion_margin`` x the lesion (a box prompt: the box), centred on it, shifted to stay inside the volume, never
+   padded; no larger than the volume.
+2. **Normalisation over the crop stack**, once per lesion (as training normalised over each ROI): the first crop's
+   footprint over the slices within half its physical width of the prompted slice, inside the ROI.
+3. **Propagation.** The prompted slice is segmented first, then the slices outward, alternating directions (one
+   forward pass holds the next slice of each direction). Each next crop is centred on the previous consensus of its
+   direction and grows to ``lesion_margin`` x that consensus' extent. A slice whose consensus touches an edge of its
+   crop inside the volume (the lesion goes on beyond it) is cut again :data:`GROWTH` times larger before it is
+   delivered.
+4. **The prompt picks the object.** On the prompted slice each sample keeps its connected component under the point
+   (or the nearest one within :data:`POINT_TOLERANCE_VOXELS`; a box: the components inside the box); on later slices
+   the components touching the previous consensus of that direction (until there is one: the prompt again).
+   Consensus and variance are those of the kept components.
+5. **Stopping.** A direction stops after ``stop_after_empty`` consecutive slices with an empty consensus, at the end
+   of the ROI (a box: of the box), or once the lesion has ``max_slices`` slices.
+
+Samples are drawn slice by slice (sample n of slice k and of slice k+1 are independent draws), as in the
+whole-volume mode: a "sample" segment is not a 3D hypothesis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from sdseg.inference import (OutOfMemory, auto_batch_size, check_model_fits_volume, consensus_mask,
+                             intensity_range, is_out_of_memory, model_device, normalize_intensities, sample_crops)
+from sdseg.masks import components_near_point, components_touching
+from sdseg.metrics import voxel_variance
+
+# The crop recipe of models saved before it was recorded: `sdseg preprocess --crop 96` (its default), >= 1.2 x the
+# lesion (sdseg.data.preprocess.LESION_MARGIN).
+DEFAULT_CROP = {"in_plane_voxels": 96, "lesion_margin": 1.2}
+POINT_TOLERANCE_VOXELS = 5.0  # a click this close to a predicted component (in crop pixels) still picks it
+GROWTH = 1.5  # a crop whose consensus touches its edge is cut again this many times larger
+DEFAULT_STOP_AFTER_EMPTY = 2
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A lesion prompt in the volume's continuous IJK coordinates: a point (i, j, k), or a box
+    [i0, j0, k0, i1, j1, k1] (voxel indices, end exclusive)."""
+    point_ijk: tuple[float, float, float] | None = None
+    box_ijk: tuple[int, int, int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class LesionSlice:
+    """One segmented slice of one lesion: arrays cover ``box_ijk`` (its extent along the slice axis is the slice),
+    laid out as docs/protocol.md says (rows: the higher remaining IJK axis)."""
+    lesion: int
+    index: int
+    box_ijk: list[int]
+    samples: np.ndarray  # uint8 (N, A, B)
+    consensus: np.ndarray  # uint8 (A, B)
+    variance: np.ndarray  # float32 (A, B)
+
+
+def crop_recipe(config: dict) -> dict:
+    """The model's crop recipe ``{"in_plane_voxels", "lesion_margin"}`` (DEFAULT_CROP when it has none)."""
+    return {**DEFAULT_CROP, **(config.get("crop") or {})}
+
+
+def plane_axes(slice_axis: int) -> tuple[int, int]:
+    """(row axis, column axis) of a slice's 2D arrays, as IJK axes: the two others, the higher one first."""
+    row, column = [axis for axis in (2, 1, 0) if axis != slice_axis]
+    return row, column
+
+
+def crop_window(centre: float, extent_needed: float, dim: int, recipe: dict) -> tuple[int, int]:
+    """[start, end) of a crop along one in-plane axis, as the training crops were made: ``in_plane_voxels`` (0: the
+    whole ``dim``), at least ``lesion_margin`` x ``extent_needed``, no larger than ``dim``, centred on ``centre``
+    (continuous voxel coordinates, voxel n covering [n - 0.5, n + 0.5)) and shifted to stay inside [0, dim)."""
+    crop = int(recipe["in_plane_voxels"]) or dim  # 0: trained on whole slices
+    extent = min(dim, max(crop, math.ceil(extent_needed * recipe["lesion_margin"])))
+    first = int(np.clip(round(centre + 0.5 - extent / 2.0), 0, dim - extent))
+    return first, first + extent
+
+
+@dataclass
+class _Direction:
+    """State of the propagation in one direction (+1 or -1) along the slice axis."""
+    step: int
+    next_index: int
+    centre: tuple[float, float]  # (row, column) in the volume's plane coordinates
+    extent: tuple[float, float]  # lesion extent (rows, columns) the next crop must hold
+    anchor: np.ndarray | None  # previous consensus on the whole plane (None: use the prompt)
+    empty_run: int
+    active: bool = True
+
+
+class _Lesion:
+    """Geometry and state of one lesion's propagation."""
+
+    def __init__(self, number: int, prompt: Prompt, dims_ijk, slice_axis: int, roi_ijk, recipe: dict):
+        self.number, self.prompt, self.recipe = number, prompt, recipe
+        self.slice_axis = slice_axis
+        self.row_axis, self.column_axis = plane_axes(slice_axis)
+        self.plane_shape = (dims_ijk[self.row_axis], dims_ijk[self.column_axis])
+        low, high = roi_ijk[slice_axis], roi_ijk[slice_axis + 3]
+        self.roi_plane = (roi_ijk[self.row_axis], roi_ijk[self.row_axis + 3],
+                          roi_ijk[self.column_axis], roi_ijk[self.column_axis + 3])
+        if prompt.box_ijk is not None:
+            box = prompt.box_ijk
+            low, high = max(low, box[slice_axis]), min(high, box[slice_axis + 3])
+            rr0, rr1, cc0, cc1 = self.roi_plane
+            self.roi_plane = (max(rr0, box[self.row_axis]), min(rr1, box[self.row_axis + 3]),
+                              max(cc0, box[self.column_axis]), min(cc1, box[self.column_axis + 3]))
+            self.start = (box[slice_axis] + box[slice_axis + 3] - 1) // 2
+            centre = tuple((box[a] + box[a + 3] - 1) / 2.0 for a in (self.row_axis, self.column_axis))
+            extent = tuple(float(box[a + 3] - box[a]) for a in (self.row_axis, self.column_axis))
+        else:
+            point = prompt.point_ijk
+            self.start = int(round(point[slice_axis]))
+            centre = (float(point[self.row_axis]), float(point[self.column_axis]))
+            extent = (0.0, 0.0)
+        if not low <= self.start < high:
+            raise ValueError(f"lesion {number + 1}: the prompt's slice {self.start} is outside slices {low}..{high - 1} "
+                             "of the region of interest (and box); move the prompt or the ROI")
+        self.low, self.high = low, high
+        self.directions = [_Direction(+1, self.start + 1, centre, extent, None, 0),
+                           _Direction(-1, self.start - 1, centre, extent, None, 0)]
+        self.first_centre, self.first_extent = centre, extent
+        self.slices = 0
+        self.found_slices = 0
+
+    def crop(self, centre, extent) -> tuple[int, int, int, int]:
+        """(row0, row1, column0, column1) of the crop around ``centre`` holding ``extent``."""
+        rows = crop_window(centre[0], extent[0], self.plane_shape[0], self.recipe)
+        columns = crop_window(centre[1], extent[1], self.plane_shape[1], self.recipe)
+        return rows + columns
+
+    def box_ijk(self, index: int, crop) -> list[int]:
+        """The IJK box of a slice's crop clipped to the ROI's in-plane extent."""
+        r0, r1, c0, c1 = self.clipped(crop)
+        box = [0] * 6
+        box[self.slice_axis], box[self.slice_axis + 3] = index, index + 1
+        box[self.row_axis], box[self.row_axis + 3] = r0, r1
+        box[self.column_axis], box[self.column_axis + 3] = c0, c1
+        return box
+
+    def clipped(self, crop):
+        rr0, rr1, cc0, cc1 = self.roi_plane
+        return max(crop[0], rr0), min(crop[1], rr1), max(crop[2], cc0), min(crop[3], cc1)
+
+    def normalisation_slices(self, ijk_to_ras) -> tuple[int, int]:
+        """[first, end) of the slices of the crop stack: within half the first crop's physical width of the
+        prompted slice, inside the ROI (and box)."""
+        spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+        r0, r1, c0, c1 = self.crop(self.first_centre, self.first_extent)
+        half_width_mm = max((r1 - r0) * spacing[self.row_axis], (c1 - c0) * spacing[self.column_axis]) / 2.0
+        reach = int(math.ceil(half_width_mm / spacing[self.slice_axis]))
+        return max(self.low, self.start - reach), min(self.high, self.start + reach + 1)
+
+    def active_directions(self, max_slices: int | None) -> list[_Direction]:
+        for direction in self.directions:
+            if direction.active and not self.low <= direction.next_index < self.high:
+                direction.active = False
+        active = [d for d in self.directions if d.active]
+        if max_slices is not None:
+            active = active[:max(0, max_slices - self.slices)]
+        return active
+
+    def pick(self, samples: np.ndarray, crop, anchor: np.ndarray | None) -> np.ndarray:
+        """The components of the samples (N, rows, columns of ``crop``) that ``anchor`` (the previous consensus on
+        the whole plane) or else the prompt picks; a box prompt keeps what is inside the box (see clipped())."""
+        r0, r1, c0, c1 = crop
+        masks = torch.from_numpy(samples.astype(bool))
+        if anchor is not None:
+            return components_touching(masks, torch.from_numpy(anchor[r0:r1, c0:c1])).numpy()
+        if self.prompt.box_ijk is not None:
+            return samples.astype(bool)
+        point = (self.prompt.point_ijk[self.row_axis] - r0, self.prompt.point_ijk[self.column_axis] - c0)
+        return components_near_point(masks, point, POINT_TOLERANCE_VOXELS).numpy()
+
+    def grown_crop(self, crop, picked: np.ndarray):
+        """A crop GROWTH times larger around the consensus when it touches an edge of ``crop`` with more ROI (or
+        box) beyond it (the lesion goes on there: the model never saw a lesion cut by its crop); None when it does
+        not, or the crop cannot grow."""
+        consensus = consensus_mask(picked) > 0
+        r0, r1, c0, c1 = crop
+        rr0, rr1, cc0, cc1 = self.roi_plane
+        kept = consensus[max(0, rr0 - r0):rr1 - r0, max(0, cc0 - c0):cc1 - c0]  # what result() keeps
+        if not kept.any():
+            return None
+        touches_rows = (r0 > rr0 and kept[0].any()) or (r1 < rr1 and kept[-1].any())
+        touches_columns = (c0 > cc0 and kept[:, 0].any()) or (c1 < cc1 and kept[:, -1].any())
+        if not (touches_rows or touches_columns):
+            return None
+        row_list, column_list = np.nonzero(kept)
+        centre = (max(r0, rr0) + float(row_list.mean()), max(c0, cc0) + float(column_list.mean()))
+        needed = ((r1 - r0) * GROWTH if touches_rows else 0.0, (c1 - c0) * GROWTH if touches_columns else 0.0)
+        bigger = self.crop(centre, tuple(n / self.recipe["lesion_margin"] for n in needed))
+        return None if (bigger[1] - bigger[0], bigger[3] - bigger[2]) <= (r1 - r0, c1 - c0) else bigger
+
+    def result(self, index: int, crop, picked: np.ndarray) -> tuple[LesionSlice, np.ndarray]:
+        """The slice's result clipped to the ROI (and box), and its consensus on the whole plane."""
+        r0, _, c0, _ = crop
+        cr0, cr1, cc0, cc1 = self.clipped(crop)
+        kept = picked[:, cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
+        consensus = consensus_mask(kept)
+        plane = np.zeros(self.plane_shape, dtype=bool)
+        plane[cr0:cr1, cc0:cc1] = consensus > 0
+        self.slices += 1
+        self.found_slices += int(plane.any())
+        return LesionSlice(self.number, index, self.box_ijk(index, crop), kept.astype(np.uint8), consensus,
+                           voxel_variance(kept)), plane
+
+    @staticmethod
+    def follow(direction: _Direction, plane: np.ndarray, stop_after_empty: int, move: bool = True) -> None:
+        """Update a direction after a slice: re-centre on the consensus, or count an empty slice; ``move`` on to
+        its next slice (not after the prompted slice, which both directions start from)."""
+        if plane.any():
+            rows, columns = np.nonzero(plane)
+            direction.centre = (float(rows.mean()), float(columns.mean()))
+            direction.extent = (float(rows.max() - rows.min() + 1), float(columns.max() - columns.min() + 1))
+            direction.anchor, direction.empty_run = plane, 0
+        else:
+            direction.empty_run += 1
+            direction.active = direction.empty_run < stop_after_empty
+        if move:
+            direction.next_index += direction.step
+
+
+def check_prompts(prompts: list[Prompt], shape_kji, slice_axis: int, roi_ijk) -> None:
+    """ValueError naming the first prompt outside the volume, or whose slice is outside the ROI."""
+    dims_ijk = shape_kji[::-1]
+    for number, prompt in enumerate(prompts, start=1):
+        if prompt.point_ijk is not None:
+            if not all(-0.5 <= prompt.point_ijk[a] < dims_ijk[a] - 0.5 for a in range(3)):
+                raise ValueError(f"lesion {number}: the point {list(prompt.point_ijk)} (IJK) is outside the volume "
+                                 f"of size {list(dims_ijk)}; click inside the volume")
+        elif not all(0 <= prompt.box_ijk[a] < prompt.box_ijk[a + 3] <= dims_ijk[a] for a in range(3)):
+            raise ValueError(f"lesion {number}: the box {list(prompt.box_ijk)} (IJK, end exclusive) does not fit "
+                             f"the volume of size {list(dims_ijk)}; move or resize it")
+        _Lesion(number - 1, prompt, dims_ijk, slice_axis, roi_ijk, DEFAULT_CROP)  # its slice inside the ROI
+
+
+def slices_at_most(prompts: list[Prompt], shape_kji, slice_axis: int, roi_ijk, max_slices: int | None) -> int:
+    """An upper bound of the slices a propagation visits (for progress and ETA)."""
+    total = 0
+    for prompt in prompts:
+        low, high = roi_ijk[slice_axis], roi_ijk[slice_axis + 3]
+        if prompt.box_ijk is not None:
+            low, high = max(low, prompt.box_ijk[slice_axis]), min(high, prompt.box_ijk[slice_axis + 3])
+        total += min(high - low, max_slices) if max_slices is not None else high - low
+    return total
+
+
+def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts: list[Prompt], roi_ijk,
+              num_samples: int, steps: int | None = None, seed: int = 0, batch_size: int | None = None,
+              stop_after_empty: int = DEFAULT_STOP_AFTER_EMPTY, max_slices: int | None = None,
+              should_stop: Callable[[], bool] | None = None,
+              on_batch: Callable[[int, int], None] | None = None) -> Iterator[LesionSlice]:
+    """Yield the :class:`LesionSlice` results of every lesion prompt, lesion after lesion, each starting with the
+    prompted slice and going outward (see the module docstring). ``should_stop()`` is checked before every
+    forward pass; ``on_batch(images_done, images_at_most)`` is called after each one."""
+    config = model.config
+    check_model_fits_volume(config)
+    check_prompts(prompts, array_kji.shape, slice_axis, roi_ijk)
+    size, recipe = int(config["image_size"]), crop_recipe(config)
+    dims_ijk = array_kji.shape[::-1]
+    lesions = [_Lesion(n, prompt, dims_ijk, slice_axis, roi_ijk, recipe) for n, prompt in enumerate(prompts)]
+    images_total = slices_at_most(prompts, array_kji.shape, slice_axis, roi_ijk, max_slices) * num_samples
+    sampler = _BackOffSampler(model, num_samples, steps, seed, size, batch_size)
+    images_done = 0
+    for lesion in lesions:
+        first, end = lesion.normalisation_slices(ijk_to_ras)
+        r0, r1, c0, c1 = lesion.crop(lesion.first_centre, lesion.first_extent)
+        stack = np.moveaxis(np.take(array_kji, range(first, end), axis=2 - slice_axis), 2 - slice_axis, 0)
+        lo, hi = intensity_range(stack[:, r0:r1, c0:c1], config["preprocessing"])
+        plan = [(None, lesion.start, (r0, r1, c0, c1))]  # (direction, slice index, crop) of one forward pass
+        while plan:
+            if should_stop is not None and should_stop():
+                return
+            crops = [normalize_intensities(np.take(array_kji, index, axis=2 - slice_axis)[a0:a1, b0:b1], lo, hi)
+                     for _, index, (a0, a1, b0, b1) in plan]
+            drawn = sampler.sample(crops, [index for _, index, _ in plan], lesion.number)
+            images_done += len(plan) * num_samples
+            if on_batch is not None:
+                on_batch(images_done, images_total)
+            retries = []
+            for (direction, index, crop), samples in zip(plan, drawn):
+                picked = lesion.pick(samples, crop, None if direction is None else direction.anchor)
+                bigger = lesion.grown_crop(crop, picked)
+                if bigger is not None:  # the lesion goes beyond the crop: this slice again, in a larger crop
+                    retries.append((direction, index, bigger))
+                    continue
+                result, plane = lesion.result(index, crop, picked)
+                yield result
+                if direction is None:  # the prompted slice: both directions start from it
+                    for follower in lesion.directions:
+                        lesion.follow(follower, plane, stop_after_empty, move=False)
+                else:
+                    lesion.follow(direction, plane, stop_after_empty)
+            if any(direction is None for direction, _, _ in retries):
+                plan = retries  # nothing goes outward before the prompted slice is done
+                continue
+            waiting = [direction for direction, _, _ in retries]
+            plan = retries + [(d, d.next_index, lesion.crop(d.centre, d.extent))
+                              for d in lesion.active_directions(max_slices) if d not in waiting]
+
+
+class _BackOffSampler:
+    """sample_crops in passes of at most ``batch_size`` images (None: from the free memory), halving the batch on
+    out-of-memory; OutOfMemory when one image does not fit."""
+
+    def __init__(self, model, num_samples: int, steps, seed: int, size: int, batch_size: int | None):
+        self.model, self.num_samples, self.steps, self.seed, self.size = model, num_samples, steps, seed, size
+        self.batch_size = batch_size or auto_batch_size(model_device(model), size)
+
+    def sample(self, crops: list[np.ndarray], indices: list[int], stream: int) -> list[np.ndarray]:
+        while True:
+            try:
+                return self._sample(crops, indices, stream)
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(error):
+                    raise
+                if self.batch_size == 1:
+                    raise OutOfMemory(f"one image of {self.size}x{self.size} does not fit in memory") from error
+                self.batch_size = max(1, self.batch_size // 2)
+
+    def _sample(self, crops, indices, stream) -> list[np.ndarray]:
+        chunk = min(self.batch_size, self.num_samples)
+        per_pass = max(1, self.batch_size // self.num_samples) if chunk == self.num_samples else 1
+        results = []
+        for start in range(0, len(crops), per_pass):
+            group = slice(start, start + per_pass)
+            parts = [sample_crops(self.model, crops[group], indices[group], range(first, min(self.num_samples,
+                                                                                              first + chunk)),
+                                  self.steps, self.seed, self.size, stream)
+                     for first in range(0, self.num_samples, chunk)]
+            results += [np.concatenate(per_crop) for per_crop in zip(*parts)]
+        return results
