@@ -603,6 +603,8 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SegmentPhantomOnCpu()
         self.setUp()
+        self.test_ClickLesion()
+        self.setUp()
         self.test_WidgetKeepsResultsAndLayers()
 
     def makePhantom(self):
@@ -691,6 +693,39 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
             finally:
                 shutil.rmtree(exportDir, ignore_errors=True)
             self.delayDisplay("Test passed")
+        finally:
+            logic.shutdown()
+
+    def test_ClickLesion(self):
+        """A point on the phantom's lesion (under the rotated parent transform): the prompted slice comes first and
+        holds a lesion; a point in the background finds none."""
+        from SDSegSlicerLib.prompts import NO_LESION, lesion_lines
+
+        volume = self.makePhantom()
+        ijkToWorld = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(volume.GetParentTransformNode(), None, ijkToWorld)
+        ijkToRas = self.ijkToRas(volume)
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion points")
+        for ijk in ((34.0, 30.0, 3.0), (5.0, 60.0, 3.0)):  # the lesion's centre; background
+            points.AddControlPointWorld(ijkToWorld.TransformPoint((ijkToRas @ [*ijk, 1.0])[:3]))
+        logic = SDSegSlicerLogic()
+        try:
+            logic.startWorker("")
+            parameterNode = logic.getParameterNode()
+            parameterNode.inputVolume, parameterNode.lesionPoints = volume, points
+            parameterNode.samples, parameterNode.device = 2, "cpu"
+            job = logic.buildJob(parameterNode)
+            np.testing.assert_allclose(job["prompt"]["lesions"][0]["point_ijk"], [34, 30, 3], atol=1e-3)
+            run = logic.start_run(job, volume)
+            deadline = time.monotonic() + 600
+            while logic.process_run() == "running":
+                self.assertLess(time.monotonic(), deadline, "the run did not finish in 10 minutes")
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertEqual(run.state, "done", run.error_message)
+            lines = lesion_lines(logic.statistics(), run.accepted["prompt"])
+            self.assertTrue(lines[0].startswith("lesion 1: ") and NO_LESION not in lines[0], lines)
+            self.assertEqual(lines[1], f"lesion 2: {NO_LESION}")
         finally:
             logic.shutdown()
 

@@ -13,8 +13,10 @@ from safetensors import safe_open
 
 from sdseg import registry
 from sdseg.checkpoint import load_model
+from sdseg.evaluation import prompt_point
 from sdseg.inference import segment_slices
 from sdseg.metrics import dice
+from sdseg.propagation import Prompt, propagate
 from sdseg.volume_io import choose_slice_axis, read_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +74,32 @@ def test_bundled_model_segments_the_held_out_sample_lesion(folder):
     scores = [dice(r.consensus, truth[r.index]) for r in results]
     assert np.mean(scores) >= MIN_LESION_DICE, f"{folder.name}: Dice per lesion slice {np.round(scores, 2)}"
     assert all(r.samples.shape == (SAMPLES,) + shape[1:] for r in results)
+
+
+# A click must do better than the whole-volume mode's worst failure (lesions drawn on tumour-free slices) and clearly
+# better than nothing; measured at N = 4: Dice 0.668 (ambiguous) and 0.658 (sdseg-small), 0 voxels outside.
+MIN_PROMPT_DICE = 0.6
+MAX_VOXELS_OUTSIDE_THE_TUMOUR_SLICES = 100
+HEALTHY_POINT_IJK = (20.0, 80.0, 5.0)  # tumour-free brain, far from the tumour
+
+
+def click(model, volume, point):
+    shape = volume.array_kji.shape
+    consensus = np.zeros(shape, dtype=bool)
+    for result in propagate(model, volume.array_kji, volume.ijk_to_ras, 2, [Prompt(point_ijk=point)],
+                            [0, 0, 0, shape[2], shape[1], shape[0]], SAMPLES, seed=0):
+        i0, j0, k0, i1, j1, k1 = result.box_ijk
+        consensus[k0, j0:j1, i0:i1] = result.consensus > 0
+    return consensus
+
+
+@pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])
+def test_a_click_on_the_held_out_tumour_segments_it_and_nothing_elsewhere(folder):
+    volume = read_volume(SAMPLE_DIR / "sample.nrrd")
+    truth = read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0
+    model = load_model(folder)
+    consensus = click(model, volume, prompt_point(truth))
+    tumour_slices = truth.any(axis=(1, 2))
+    assert dice(consensus, truth) >= MIN_PROMPT_DICE
+    assert consensus[~tumour_slices].sum() <= MAX_VOXELS_OUTSIDE_THE_TUMOUR_SLICES
+    assert not click(model, volume, HEALTHY_POINT_IJK).any(), "a lesion found where there is none"

@@ -1,10 +1,14 @@
-"""Inference speed per model kind: slices/s and first-slice latency at N samples, batching on vs off.
+"""Inference speed per model kind: slices/s and first-slice latency at N samples, batching on vs off; and with
+--prompt, the prompt-driven mode on the bundled sample volume for each installed model.
 
 "Batch on" lets sdseg.inference choose the images per forward pass from the free memory; "batch off" runs one image
 per forward pass. Uses the installed model of each kind (sdseg.registry) when there is one, otherwise a randomly
 initialised preset (speed does not depend on the weights). Prints one table and the on/off ratios of this run.
+--prompt: one click at the tumour of Resources/SampleData (sdseg.evaluation.prompt_point), propagated as the worker
+does (sdseg.propagation); prints first-slice latency, total time and slices visited.
 
     python scripts/benchmark_inference.py --slices 8 --size 64 --samples 1 4 16
+    python scripts/benchmark_inference.py --prompt --samples 8 --threads 2
 """
 
 from __future__ import annotations
@@ -12,12 +16,20 @@ from __future__ import annotations
 import argparse
 import time
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from sdseg import inference, registry
 from sdseg.checkpoint import load_model
-from sdseg.models import MODEL_CLASSES, build_model
+from sdseg.evaluation import prompt_point
+from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model
+from sdseg.propagation import Prompt, propagate
+from sdseg.volume_io import read_volume
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
 
 
 def model_of_kind(kind: str, preset: str, device: torch.device):
@@ -39,9 +51,28 @@ def measure(model, volume: np.ndarray, samples: int, batch_size: int | None, ste
     return volume.shape[0] / (time.perf_counter() - started), first
 
 
+def prompt_mode(samples: list[int], device: torch.device) -> None:
+    """First-slice latency, total time and slices visited of one click at the sample volume's tumour."""
+    volume = read_volume(SAMPLE_DIR / "sample.nrrd")
+    point = prompt_point(read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0)
+    shape = volume.array_kji.shape
+    print(f"prompt mode: sample volume {shape[::-1]} (I, J, K), click at {[round(v, 1) for v in point]} (IJK)")
+    print(f"{'model':<24} {'N':>3} {'first slice s':>14} {'total s':>8} {'slices visited':>15}")
+    for entry in registry.list_models():
+        model = load_model(entry["path"], device)
+        for count in samples:
+            started, first, visited = time.perf_counter(), None, 0
+            for _ in propagate(model, volume.array_kji, volume.ijk_to_ras, 2, [Prompt(point_ijk=point)],
+                               [0, 0, 0, shape[2], shape[1], shape[0]], count):
+                first = time.perf_counter() - started if first is None else first
+                visited += 1
+            print(f"{entry['name']:<24} {count:>3} {first:>14.2f} {time.perf_counter() - started:>8.2f} "
+                  f"{visited:>15}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", nargs="+", default=list(MODEL_CLASSES), choices=list(MODEL_CLASSES))
+    parser.add_argument("--kinds", nargs="+", default=DIFFUSION_KINDS, choices=DIFFUSION_KINDS)
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--slices", type=int, default=8, help="slices in the synthetic volume")
     parser.add_argument("--size", type=int, default=64, help="in-plane size of the synthetic slices")
@@ -49,11 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny", help="preset for kinds without an installed model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--prompt", action="store_true", help="time the prompt mode on the sample volume instead")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
+    if args.prompt:
+        prompt_mode(args.samples, device)
+        return 0
     volume = np.random.default_rng(0).normal(0.0, 100.0, (args.slices, args.size, args.size)).astype(np.float32)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, volume "
           f"{args.slices} x {args.size} x {args.size}")

@@ -1,12 +1,13 @@
 """How well each installed model segments the bundled sample volume (PyRadiomics patient brain1, held out from
-the bundled models' training sets), slice by slice as the worker does, against its tumour label. Prints a table.
+the bundled models' training sets) against its tumour label, as a user would: clicking the tumour (prompt mode,
+the default) or segmenting every slice (whole-volume mode). Prints tables.
 
-    python scripts/score_sample_volume.py [--models NAME ...] [--samples 8] [--seed 0]
+    python scripts/score_sample_volume.py [--models NAME ...] [--samples 8] [--seed 0] [--modes prompt whole]
 
-Columns: mean Dice of the consensus on the slices that hold tumour (the empty mask scores 0 there), Dice of the
-whole consensus volume, and the consensus voxels on slices without tumour (false positives there). The models
-were trained on lesion-centred crops, so they tend to draw a lesion on every slice: give them the lesion's slice
-range or an ROI.
+Prompt mode: one click at the tumour's centre (the centre of mass of its largest slice), propagated outward as
+the worker does; columns: Dice of the 3D consensus vs the label, consensus voxels on slices without tumour, slices
+visited, and for a click in tumour-free tissue the slices where a lesion was found (0 is right). Whole-volume mode:
+mean Dice of the consensus on the tumour slices, Dice of the whole volume, consensus voxels on the other slices.
 """
 
 from __future__ import annotations
@@ -19,22 +20,22 @@ import numpy as np
 
 from sdseg import registry
 from sdseg.checkpoint import load_model
+from sdseg.evaluation import prompt_point
 from sdseg.inference import segment_slices
 from sdseg.metrics import dice
+from sdseg.propagation import Prompt, propagate
 from sdseg.volume_io import choose_slice_axis, read_volume
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+HEALTHY_POINT_IJK = (20.0, 80.0, 5.0)  # tumour-free brain, far from the tumour
 
 
-def score(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
+def score_whole(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
     """Consensus scores of ``model`` on the whole volume (all slices along the axial axis)."""
     shape = volume.array_kji.shape
-    axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=shape)
-    if axis != 2:
-        raise SystemExit("the sample volume is expected to be stored axially")
     started = time.perf_counter()
     consensus = np.zeros(shape, dtype=bool)
-    for result in segment_slices(model, volume.array_kji, [0, 0, 0, shape[2], shape[1], shape[0]], axis, samples,
+    for result in segment_slices(model, volume.array_kji, [0, 0, 0, shape[2], shape[1], shape[0]], 2, samples,
                                  seed=seed):
         consensus[result.index] = result.consensus > 0
     seconds = time.perf_counter() - started
@@ -44,24 +45,63 @@ def score(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
             "seconds": seconds}
 
 
+def run_prompt(model, volume, point, samples: int, seed: int) -> tuple[np.ndarray, int, float, float]:
+    """(consensus, slices visited, seconds to the first slice, seconds in all) of one click."""
+    shape = volume.array_kji.shape
+    consensus = np.zeros(shape, dtype=bool)
+    started, first, visited = time.perf_counter(), None, 0
+    for result in propagate(model, volume.array_kji, volume.ijk_to_ras, 2, [Prompt(point_ijk=point)],
+                            [0, 0, 0, shape[2], shape[1], shape[0]], samples, seed=seed):
+        first = time.perf_counter() - started if first is None else first
+        i0, j0, k0, i1, j1, k1 = result.box_ijk
+        consensus[k0, j0:j1, i0:i1] = result.consensus > 0
+        visited += 1
+    return consensus, visited, first, time.perf_counter() - started
+
+
+def score_prompt(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
+    consensus, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
+    lesion = truth.any(axis=(1, 2))
+    healthy, _, _, _ = run_prompt(model, volume, HEALTHY_POINT_IJK, samples, seed)
+    return {"dice": dice(consensus, truth), "false_positive_voxels": int(consensus[~lesion].sum()),
+            "slices": visited, "first_s": first, "seconds": seconds,
+            "healthy_found_slices": int(healthy.any(axis=(1, 2)).sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="model names or folders (default: every installed model)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", nargs="+", default=["prompt", "whole"], choices=["prompt", "whole"])
     args = parser.parse_args()
     volume = read_volume(SAMPLE_DIR / "sample.nrrd")
     truth = read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0
+    if choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape) != 2:
+        raise SystemExit("the sample volume is expected to be stored axially")
     names = args.models or [entry["name"] for entry in registry.list_models()]
+    models = {name: load_model(registry.resolve_model(name)) for name in names}
+    point = [round(v, 1) for v in prompt_point(truth)]
     print(f"sample volume {volume.array_kji.shape[::-1]} (I, J, K), tumour on {int(truth.any(axis=(1, 2)).sum())} "
           f"slices, {args.samples} samples, seed {args.seed}")
-    print("| model | Dice on tumour slices | Dice of the volume | false-positive voxels on other slices | s |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in names:
-        model = load_model(registry.resolve_model(name))
-        result = score(model, volume, truth, args.samples, args.seed)
-        print(f"| {name} | {result['lesion_slice_dice']:.3f} | {result['volume_dice']:.3f} | "
-              f"{result['false_positive_voxels']} | {result['seconds']:.1f} |", flush=True)
+    if "prompt" in args.modes:
+        print(f"\nPrompt mode: a click at the tumour centre {point} (IJK); a click in tumour-free tissue "
+              f"{list(HEALTHY_POINT_IJK)}")
+        print("| model | Dice (3D consensus vs label) | consensus voxels on slices without tumour | slices visited "
+              "| first slice s | total s | slices found at the tumour-free click |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, model in models.items():
+            r = score_prompt(model, volume, truth, args.samples, args.seed)
+            print(f"| {name} | {r['dice']:.3f} | {r['false_positive_voxels']} | {r['slices']} | {r['first_s']:.2f} "
+                  f"| {r['seconds']:.1f} | {r['healthy_found_slices']} |", flush=True)
+    if "whole" in args.modes:
+        print("\nWhole-volume mode (every slice)")
+        print("| model | Dice on tumour slices | Dice of the volume | false-positive voxels on other slices | s |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, model in models.items():
+            r = score_whole(model, volume, truth, args.samples, args.seed)
+            print(f"| {name} | {r['lesion_slice_dice']:.3f} | {r['volume_dice']:.3f} | "
+                  f"{r['false_positive_voxels']} | {r['seconds']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

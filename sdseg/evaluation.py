@@ -117,6 +117,22 @@ def baseline_predictions(train_images: np.ndarray, train_masks: list[np.ndarray]
     ]
 
 
+def prompt_point(mask_kji: np.ndarray, slice_axis: int = 2) -> tuple[float, float, float]:
+    """Where a user clicks a lesion, in IJK: the centre of mass of the mask on its largest slice along
+    ``slice_axis`` (a 3D centre of mass can fall outside a curved lesion)."""
+    mask = np.asarray(mask_kji, dtype=bool)
+    kji_axis = 2 - slice_axis
+    areas = mask.sum(axis=tuple(a for a in range(3) if a != kji_axis))
+    if not areas.any():
+        raise ValueError("the mask is empty: there is no lesion to click")
+    largest = int(np.argmax(areas))
+    rows, columns = np.nonzero(np.take(mask, largest, axis=kji_axis))
+    centre_kji = [float(largest)] * 3
+    plane_axes = [a for a in range(3) if a != kji_axis]
+    centre_kji[plane_axes[0]], centre_kji[plane_axes[1]] = float(rows.mean()), float(columns.mean())
+    return centre_kji[2], centre_kji[1], centre_kji[0]
+
+
 # ----- sampling
 
 @contextlib.contextmanager
