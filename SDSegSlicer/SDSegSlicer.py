@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 
 from SDSegSlicerLib import backend_install, stats, variance_display
 from SDSegSlicerLib.prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines
-from SDSegSlicerLib.run import format_duration, slices_text
+from SDSegSlicerLib.run import DEFAULT_SAMPLES, MAX_SAMPLES, format_duration, slices_text
 from SDSegSlicerLib.session import BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
@@ -80,7 +80,7 @@ class SDSegSlicerParameterNode:
     sliceEnd: Annotated[int, Minimum(-1)] = -1
     stopAfterEmpty: Annotated[int, WithinRange(1, 50)] = DEFAULT_STOP_AFTER_EMPTY
     model: str = ""
-    samples: Annotated[int, WithinRange(1, 100)] = 8
+    samples: Annotated[int, WithinRange(1, MAX_SAMPLES)] = DEFAULT_SAMPLES
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"

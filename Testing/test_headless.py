@@ -151,11 +151,17 @@ def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
     assert not (tmp_path / "text.seg.nrrd").exists()
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message", [  # exit 2 (before any worker is started) unless noted
     (["segment", "missing.nrrd", "-o", "out.seg.nrrd"], "no such file or folder"),
     (["segment", "{volume}", "-o", "out.nii.gz"], "must be a .seg.nrrd file"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "1,2,3,1,5,6"], "x0 < x1"),
-    (["segment", "{volume}", "-o", "out.seg.nrrd", "--samples", "0"], "integer >= 1"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--samples", "0"], "argument --samples: '0' is not an integer "
+                                                                       "from 1 to 256"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--samples", "10000"], "argument --samples: '10000' is not"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--steps", "0"], "argument --steps: '0' is not an integer >= 1"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--seed", "-3"], "argument --seed: '-3' is not an integer >= 0"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--point", "1,2"], "argument --point: '1,2' is not x,y,z"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--point-ijk", "1,2,3", "--whole-volume"], "--whole-volume"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--python", "/nonexistent/python"], "Cannot start the worker"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -164,6 +170,9 @@ def test_bad_command_lines_are_one_clear_line(tmp_path, capsys, monkeypatch, arg
     monkeypatch.chdir(tmp_path)
     code = headless.main([a.format(volume=volume) for a in args])
     err = capsys.readouterr().err
-    assert code in (1, 2) and message in err and "Traceback" not in err
-    assert err.count("sdseg-slicer: error:") == 1
+    assert message in err and "Traceback" not in err and err.count("sdseg-slicer: error:") == 1
+    if "--python" in args:  # the worker could not start
+        assert code == headless.EXIT_ERROR
+    else:
+        assert code == headless.EXIT_USAGE and "Starting the worker" not in err
     assert not (tmp_path / "out.seg.nrrd").exists()

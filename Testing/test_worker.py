@@ -177,7 +177,8 @@ def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_
     assert accepted["volume"]["roi_ijk"] == roi
     assert accepted["model"] == "tiny-ambiguous" and accepted["device"] == "cpu" and accepted["total"] == 9
     phases = [m["phase"] for m in messages if m["type"] == "progress"]
-    assert phases[:2] == ["loading model", "segmenting"]
+    assert phases[0] == "segmenting"  # the model was loaded (and its weights checked) before `accepted`
+    assert (accepted["samples"], accepted["steps"], accepted["seed"], accepted["sampler"]) == (3, 2, 5, "ddpm")
 
     slices = [m for m in messages if m["type"] == "slice"]
     assert [m["index"] for m in slices] == list(range(9))

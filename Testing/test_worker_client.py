@@ -63,7 +63,11 @@ def test_an_external_interpreter_gets_none_of_slicers_python_variables():
     assert own["PYTHONUNBUFFERED"] == "1" and own["PYTHONIOENCODING"] == "utf-8"
 
 
-def test_client_and_worker_speak_the_same_protocol_version():
+def test_client_and_worker_agree_on_the_protocol_version_and_defaults():
     from sdseg.worker import protocol
 
+    from SDSegSlicerLib import prompts, run
+
     assert worker_client.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert (run.DEFAULT_SAMPLES, run.MAX_SAMPLES) == (protocol.SEGMENT_DEFAULTS["samples"], protocol.MAX_SAMPLES)
+    assert prompts.DEFAULT_STOP_AFTER_EMPTY == protocol.PROMPT_DEFAULTS["stop_after_empty"]

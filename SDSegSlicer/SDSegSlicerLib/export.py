@@ -14,6 +14,7 @@ import SimpleITK as sitk
 import slicer
 
 from . import __version__
+from .atomic import atomic_output
 from .segmentation_writer import read_segment_arrays, reference_geometry, segment_ids_by_name
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -78,14 +79,16 @@ def export_volume(volume_node, path, compress: bool = True) -> str:
 
 
 def _write_with_storage_node(node, storage_class: str, path: str, configure) -> None:
-    """Write ``node`` to ``path`` through a temporary storage node of ``storage_class`` (what Slicer's Save does)."""
+    """Write ``node`` to ``path`` through a temporary storage node of ``storage_class`` (what Slicer's Save does),
+    atomically."""
     scene = node.GetScene()
     storage = scene.AddNewNodeByClass(storage_class)
     try:
         configure(storage)
-        storage.SetFileName(path)
-        if not storage.WriteData(node):
-            raise OSError(f"Could not write '{path}': check that the folder is writable and the disk not full.")
+        with atomic_output(path) as temporary:
+            storage.SetFileName(str(temporary))
+            if not storage.WriteData(node):
+                raise OSError(f"Could not write '{path}': check that the folder is writable and the disk not full.")
     finally:
         scene.RemoveNode(storage)
 
@@ -119,7 +122,8 @@ def export_nifti_labelmap(segmentation_node, path, segment_ids=None) -> dict[int
     labels = np.zeros(masks.shape[1:], dtype=np.uint8 if len(ids) < 256 else np.uint16)
     for label, mask in enumerate(masks, start=1):
         labels[mask] = label
-    sitk.WriteImage(sitk_image(labels, ijk_to_ras), path, useCompression=True)
+    with atomic_output(path) as temporary:
+        sitk.WriteImage(sitk_image(labels, ijk_to_ras), str(temporary), useCompression=True)
     return {label: names[segment_id] for label, segment_id in enumerate(ids, start=1)}
 
 
@@ -221,5 +225,6 @@ def export_dicom_seg(segmentation_node, path, source_dicom=None, segment_ids=Non
         series_instance_uid=highdicom.UID(), series_number=9001, sop_instance_uid=highdicom.UID(),
         instance_number=1, manufacturer=SOFTWARE_NAME, manufacturer_model_name=segmentation_node.GetName(),
         software_versions=__version__, device_serial_number="none", omit_empty_frames=False)
-    segmentation.save_as(path)
+    with atomic_output(path) as temporary:
+        segmentation.save_as(temporary)
     return path

@@ -6,52 +6,47 @@ SegmentationRun on a vtkMRMLScene from slicer-core), and list the installed mode
     sdseg-slicer models [--python PATH]
 
 Writes OUT.seg.nrrd (segments consensus, sample 1..N; `lesion L ...` for several points), OUT_variance.nrrd,
-OUT_summary.json / .csv and OUT_preview.png. Ctrl-C cancels the job and writes what arrived. Every failure is one line on stderr and a
-non-zero exit status.
+OUT_summary.json / .csv and OUT_preview.png, each whole or not at all, after checking that they can be written.
+Ctrl-C, SIGTERM or SIGHUP cancels the job and writes what arrived (exit status 128 + the signal's number). Every
+failure is one line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import SimpleITK as sitk
 import slicer
+import vtk
 
 from .export import export_segmentation, export_volume
+from .outputs import OutputError, check_outputs, output_paths
 from .preview import write_preview
 from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
-from .run import DEFAULT_SAMPLES, SegmentationRun, format_duration, slices_text
+from .run import DEFAULT_SAMPLES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
 from .segmentation_writer import ensure_converter_rules
 from .stats import segmentation_statistics, write_statistics
 from .worker_client import WorkerClient, WorkerError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_CANCELLED = 130
+EXIT_CANCELLED = 130  # Ctrl-C; SIGTERM 143, SIGHUP 129 (exit_status_of)
 WORKER_START_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.2
 PROGRESS_BAR_WIDTH = 30
 LOG_INTERVAL_S = 1.0  # progress lines when stderr is not a terminal
 CANCEL_GRACE_S = 60.0
-SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 
 class UsageError(Exception):
     """Bad command-line input; the message says what to do."""
-
-
-def output_paths(output: str) -> dict[str, Path]:
-    """All files of a run, named after -o OUT.seg.nrrd."""
-    if not output.lower().endswith(SEGMENTATION_SUFFIX):
-        raise UsageError(f"-o {output}: the output must be a {SEGMENTATION_SUFFIX} file, e.g. -o out/ct.seg.nrrd")
-    base = output[: -len(SEGMENTATION_SUFFIX)]
-    return {"segmentation": Path(output), "variance": Path(base + "_variance.nrrd"),
-            "summary_json": Path(base + "_summary.json"), "summary_csv": Path(base + "_summary.csv"),
-            "preview": Path(base + "_preview.png")}
 
 
 def parse_roi(text: str) -> list[int]:
@@ -78,24 +73,22 @@ def parse_point(text: str) -> list[float]:
     return values
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 1")
-    return value
+def int_from(low: int, high: int | None = None):
+    """An argparse type: an integer >= low (and <= high); argparse names the option in the error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer {bounds}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 0")
-    return value
+positive_int = int_from(1)
+non_negative_int = int_from(0)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -126,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--whole-volume", action="store_true",
                          help="no prompt: segment every slice of the volume (or of the --roi), as one region")
     segment.add_argument("--model", help="model name or folder (default: the default model)")
-    segment.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
-                         help=f"number of samples (default {DEFAULT_SAMPLES})")
+    segment.add_argument("--samples", type=int_from(1, MAX_SAMPLES), default=DEFAULT_SAMPLES,
+                         help=f"number of samples, 1 to {MAX_SAMPLES} (default {DEFAULT_SAMPLES})")
     segment.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
     segment.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     segment.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -199,25 +192,78 @@ def command_models(args) -> int:
     return 0
 
 
-def wait_for_run(run, progress_bar) -> bool:
-    """Process messages until the run ends; Ctrl-C asks for a cancel, a second Ctrl-C stops waiting.
-    Returns whether the user interrupted."""
-    interrupted, cancel_deadline = False, None
-    while run.state == "running":
-        try:
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler, `timeout`, a closed terminal), handled as Ctrl-C (SIGINT) is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    return getattr(interrupt, "signum", signal.SIGINT)
+
+
+def exit_status_of(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number (Ctrl-C: 130, SIGTERM: 143)."""
+    return 128 + int(signum)
+
+
+@contextlib.contextmanager
+def termination_as_interrupt():
+    """SIGTERM and SIGHUP raise Interrupted while inside (main thread only); the previous handlers come back."""
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {name: signal.signal(getattr(signal, name), _interrupted) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+@contextlib.contextmanager
+def signals_as_requests():
+    """While inside, Ctrl-C, SIGTERM and SIGHUP are recorded in the yielded list instead of raising, so that a
+    signal never interrupts the handling of a message (a slice that arrived is never lost); main thread only."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {name: signal.signal(getattr(signal, name), lambda signum, frame: received.append(signum))
+                for name in names if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN}
+    try:
+        yield received
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def wait_for_run(run, progress_bar) -> int | None:
+    """Process messages until the run ends; Ctrl-C (or SIGTERM/SIGHUP) asks for a cancel, a second one stops
+    waiting. Returns the signal that interrupted, or None."""
+    cancel_deadline = None
+    with signals_as_requests() as received:
+        while run.state == "running":
             if run.process_messages(POLL_INTERVAL_S) == "running":
                 progress_bar.update(run.progress)
-            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+            if len(received) > 1 or (cancel_deadline is not None and time.monotonic() > cancel_deadline):
                 break
-        except KeyboardInterrupt:
-            if interrupted:
-                break
-            interrupted, cancel_deadline = True, time.monotonic() + CANCEL_GRACE_S
-            progress_bar.close()
-            print("Cancelling (Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
-            run.cancel()
+            if received and cancel_deadline is None:
+                cancel_deadline = time.monotonic() + CANCEL_GRACE_S
+                progress_bar.close()
+                print(f"Cancelling ({signal.Signals(received[0]).name}; again to stop at once) ...",
+                      file=sys.stderr, flush=True)
+                run.cancel()
     progress_bar.close()
-    return interrupted
+    return received[0] if received else None
 
 
 def read_input_voxels(path: str, shape_kji):
@@ -248,8 +294,9 @@ def write_outputs(run, paths, args) -> dict:
         "mode": "prompt" if prompt else "whole volume", "prompt": prompt,
         "samples_are": "per-slice draws (sample n of two slices are independent: not a 3D hypothesis)",
         "slices_done": run.progress["done"], "slices_total": None if prompt else run.progress["total"],
-        "model": run.accepted.get("model"), "device": run.accepted.get("device"), "samples": args.samples,
-        "steps": args.steps, "seed": args.seed, "roi_ijk": run.accepted["volume"]["roi_ijk"],
+        "model": run.accepted["model"], "device": run.accepted["device"], "samples": run.accepted["samples"],
+        "steps": run.accepted["steps"], "sampler": run.accepted["sampler"], "seed": run.accepted["seed"],
+        "roi_ijk": run.accepted["volume"]["roi_ijk"],
         "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
         "error": run.error_message, "outputs": {key: str(path) for key, path in paths.items()},
     }
@@ -261,19 +308,19 @@ def write_outputs(run, paths, args) -> dict:
 
 
 def command_segment(args) -> int:
-    paths = output_paths(args.output)
     if not Path(args.input).exists():
         raise UsageError(f"{args.input}: no such file or folder; give a volume file or a DICOM series folder")
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not args.overwrite:
-        raise UsageError(f"{', '.join(existing)} already exist(s): choose another -o, or pass --overwrite")
-    paths["segmentation"].parent.mkdir(parents=True, exist_ok=True)
-
-    ensure_converter_rules()
-    scene = slicer.vtkMRMLScene()
     points = [{"point_ras": point} for point in args.point] + [{"point_ijk": point} for point in args.point_ijk]
     if points and args.whole_volume:
         raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk, or --whole-volume")
+    try:
+        paths = output_paths(args.output)
+        check_outputs(paths, args.output, args.input, args.overwrite)
+    except OutputError as error:
+        raise UsageError(str(error)) from None
+
+    ensure_converter_rules()
+    scene = slicer.vtkMRMLScene()
     box = [{"box_ijk": args.roi}] if args.roi and not points and not args.whole_volume else []
     prompt = prompt_request(points or box, args.stop_after_empty, args.max_slices)
     if prompt is None:
@@ -283,9 +330,9 @@ def command_segment(args) -> int:
            "roi_ijk": args.roi if points or prompt is None else None, "slice_axis": None, "prompt": prompt}
     try:
         client = start_client(args.python)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("Cancelled before the worker was ready; nothing written.", file=sys.stderr)
-        return EXIT_CANCELLED
+        return exit_status_of(signal_of(interrupt))
     try:
         run = SegmentationRun(scene, client, job)
         run.start()
@@ -297,14 +344,14 @@ def command_segment(args) -> int:
     return report_run(run, paths, args, interrupted)
 
 
-def report_run(run, paths, args, interrupted: bool) -> int:
+def report_run(run, paths, args, interrupted: int | None) -> int:
     done, total = run.progress["done"], run.progress["total"]
     if run.writer is None or run.writer.slices_received == 0:
         if run.state == "error":
             print(f"sdseg-slicer: error: {run.error_message}", file=sys.stderr)
             return EXIT_ERROR
         print("Cancelled before the first slice arrived; nothing written.", file=sys.stderr)
-        return EXIT_CANCELLED if interrupted else EXIT_ERROR
+        return exit_status_of(interrupted) if interrupted else EXIT_ERROR
     statistics = write_outputs(run, paths, args)
     for line in lesion_lines(statistics, run.accepted.get("prompt")):
         print(line, file=sys.stderr)
@@ -315,7 +362,7 @@ def report_run(run, paths, args, interrupted: bool) -> int:
     of_total = "" if run.accepted.get("prompt") else f" of {total}"
     if run.state == "cancelled":
         print(f"Cancelled after {done}{of_total} slices; wrote the partial result {written}", file=sys.stderr)
-        return EXIT_CANCELLED if interrupted else EXIT_ERROR
+        return exit_status_of(interrupted) if interrupted else EXIT_ERROR
     print(f"sdseg-slicer: error: {run.error_message}", file=sys.stderr)
     print(f"Kept the {done}{of_total} slices that arrived: {written}", file=sys.stderr)
     return EXIT_ERROR
@@ -323,18 +370,20 @@ def report_run(run, paths, args, interrupted: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    vtk.vtkObject.GlobalWarningDisplayOff()  # VTK's own error prints: every failure is reported in one line
     try:
         args = build_parser().parse_args(argv)
-        return command_models(args) if args.command == "models" else command_segment(args)
+        with termination_as_interrupt():
+            return command_models(args) if args.command == "models" else command_segment(args)
     except UsageError as error:
         print(f"sdseg-slicer: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (WorkerError, ValueError, OSError) as error:
         print(f"sdseg-slicer: error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("sdseg-slicer: interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+        return exit_status_of(signal_of(interrupt))
     except Exception as error:  # noqa: BLE001 - users get one line, never a traceback
         print(f"sdseg-slicer: error: unexpected {type(error).__name__}: {error} (please report it)", file=sys.stderr)
         return EXIT_ERROR

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .atomic import atomic_output
 from .segmentation_writer import (CONSENSUS_COLOUR, image_array_kji, read_segment_arrays, sample_colours,
                                   segment_ids_by_name)
 from .stats import is_consensus, result_segment_names
@@ -95,5 +96,6 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
                for n in range(len(names))]
     figure.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
-    figure.savefig(path, dpi=100)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     return str(path)

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from .segmentation_writer import StreamedSegmentationWriter
 
-DEFAULT_SAMPLES = 8  # the protocol's default for a job without `samples`
+# The worker's default and largest number of samples (sdseg.worker.protocol; a test keeps them equal): the
+# module's and the command's default and limit.
+DEFAULT_SAMPLES = 8
+MAX_SAMPLES = 256
 VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
 
 
@@ -126,13 +129,13 @@ class SegmentationRun:
         kind = message.get("type")
         if kind == "accepted":
             self.accepted = message
-            self.progress.update(total=int(message["total"]), phase="loading model",
+            self.progress.update(total=int(message["total"]), phase="starting",
                                  total_is_bound=bool(message.get("prompt")))
             volume_name = (self.reference_volume_node.GetName() if self.reference_volume_node is not None
                            else volume_display_name(self.job["volume"]))
             self.writer = StreamedSegmentationWriter(
                 self.scene, message, f"{volume_name} {message.get('model', 'segmentation')}",
-                int(self.job.get("samples") or DEFAULT_SAMPLES), self.reference_volume_node)
+                int(message["samples"]), self.reference_volume_node)  # as the worker resolved it
         elif kind == "progress":
             self._update_progress(message, message.get("phase", self.progress["phase"]))
         elif kind == "slice":

@@ -13,14 +13,15 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 
 from . import export, module_logic, prompts, stats
 from .run import SegmentationRun
 from .segmentation_writer import segment_ids_by_name
+from .temp_folders import owned_temp_folder
 from .worker_client import WorkerClient, WorkerError
 
 WORKER_START_TIMEOUT_S = 180
+INPUT_FOLDER_PREFIX = "SDSegSlicer-input-"  # the worker's copy of the input volume
 EXPORTS = ("segmentation", "nifti", "dicom", "variance", "stats")
 
 
@@ -121,7 +122,7 @@ class SegmentationSession:
             raise BusyError("A segmentation is running already: cancel it first.")
         if self.client is None or not self.client.is_running():
             raise WorkerError("The worker is not running: click 'Restart worker' in the Backend section.")
-        input_dir = tempfile.mkdtemp(prefix="SDSegSlicer-input-")
+        input_dir = owned_temp_folder(INPUT_FOLDER_PREFIX)
         try:
             volume_file = export.export_volume(volume_node, os.path.join(input_dir, "input.nrrd"), compress=False)
             run = SegmentationRun(self.scene, self.client, {**job, "volume": volume_file},

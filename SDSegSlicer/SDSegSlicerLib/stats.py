@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from .atomic import atomic_output
 from .segmentation_writer import (CONSENSUS_SEGMENT_NAME, SLICE_AXIS_ATTRIBUTE, image_array_kji,
                                   read_segment_arrays, sample_segment_name, segment_ids_by_name, volume_ijk_to_ras)
 
@@ -177,10 +178,10 @@ def statistics_table(statistics: dict) -> tuple[list[str], list[list]]:
 
 def write_statistics(statistics: dict, json_path, csv_path, extra: dict | None = None) -> None:
     """The statistics (plus `extra` run information) as JSON, and the per-segment table as CSV."""
-    with open(json_path, "w", encoding="utf-8") as stream:
+    with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
         json.dump({**(extra or {}), **statistics}, stream, indent=2)
     header, rows = statistics_table(statistics)
-    with open(csv_path, "w", encoding="utf-8", newline="") as stream:
+    with atomic_output(csv_path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
         writer.writerows(rows)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Callable
+
+from .temp_folders import owned_temp_folder
 
 PROTOCOL_VERSION = 2
 WORKER_MODULE = "sdseg.worker"
@@ -28,8 +31,12 @@ CRASH_REPORT_LINES = 6
 STOP_TIMEOUT_S = 10.0
 UNRESPONSIVE_STOP_TIMEOUT_S = 1.0
 WAIT_POLL_S = 0.05
+JOBS_FOLDER_PREFIX = "sdseg-jobs-"
 # Environment variables of Slicer's own Python that would break another interpreter.
 FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
+
+
+log = logging.getLogger(__name__)
 
 
 class WorkerError(RuntimeError):
@@ -135,9 +142,9 @@ class WorkerClient:
                 creationflags=(subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW)
                 if os.name == "nt" else 0)
         except OSError as error:
-            raise WorkerError(f"Cannot start the worker with Python '{self.python_executable}' ({error}): "
-                              "choose a Python 3 interpreter that has torch installed.") from None
-        self._jobs_root = Path(tempfile.mkdtemp(prefix="sdseg-jobs-"))
+            raise WorkerError(f"Cannot start the worker: no usable Python interpreter at '{self.python_executable}' "
+                              f"({error.strerror}); choose a Python 3 interpreter that has the backend.") from None
+        self._jobs_root = owned_temp_folder(JOBS_FOLDER_PREFIX)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in self._threads:
@@ -163,9 +170,7 @@ class WorkerClient:
             for message in messages:
                 if message.get("type") == "error":
                     self.stop()
-                    details = message.get("stderr_tail") or message["message"]
-                    raise WorkerError(f"The worker stopped before it was ready ({details}): use a Python that "
-                                      "has torch and the SDSegSlicer backend installed.")
+                    raise WorkerError(self._start_failure(message))
                 if message.get("type") != "hello":
                     self.stop()
                     raise WorkerError(f"The worker sent '{message.get('type')}' before its hello: "
@@ -175,6 +180,21 @@ class WorkerClient:
                     raise WorkerError(f"The worker speaks protocol {message.get('protocol')} but this module "
                                       f"speaks {PROTOCOL_VERSION}: update SDSegSlicer and its backend together.")
                 return message
+
+    def _start_failure(self, crash: dict) -> str:
+        """One line on why the worker ended before its hello (its output goes to the log): the interpreter lacks
+        the backend, or it crashed."""
+        tail = list(self._stderr)
+        log.info("the worker (%s) ended before it was ready, exit code %s; its last output:\n%s",
+                 self.python_executable, crash.get("exit_code"), "\n".join(tail[-STDERR_LINES_KEPT:]))
+        missing = next((match.group(1) for line in reversed(tail)
+                        if (match := re.search(r"No module named '([^']+)'", line))), None)
+        if missing is not None:
+            return (f"The Python interpreter '{self.python_executable}' lacks the backend (no module named "
+                    f"'{missing}'): install it there (in 3D Slicer: 'Install backend'; elsewhere: pip install torch "
+                    "and SDSegSlicer), or choose an interpreter that has it.")
+        return (f"The worker ended on start with exit code {crash.get('exit_code')}: '{self.python_executable}' may "
+                "not be a working Python 3 interpreter with the backend; its output is in the log.")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Ask the worker to exit (kill it if it does not), and delete the job folders."""

@@ -10,6 +10,9 @@ import logging
 import os
 import sys
 import threading
+import time
+
+PARENT_POLL_S = 1.0
 
 
 def main() -> int:
@@ -24,7 +27,16 @@ def main() -> int:
     worker = Worker(protocol_out)
     worker.send(hello_message())
     threading.Thread(target=worker.read_requests, args=(sys.stdin.buffer,), name="stdin-reader", daemon=True).start()
+    threading.Thread(target=watch_parent, args=(worker, os.getppid()), name="parent-watch", daemon=True).start()
     return worker.run()
+
+
+def watch_parent(worker, parent: int) -> None:
+    """A client killed outright (SIGKILL) may leave the worker's stdin open (another process inherited the pipe):
+    when the parent process is gone (the worker is re-parented), stop as at the end of input."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    worker.client_gone(f"the client process {parent} is gone")
 
 
 if __name__ == "__main__":

@@ -56,12 +56,13 @@ def hello(torch_version: str, cuda: str | None, device: str, gpu_name: str | Non
 
 
 def accepted(job_id: str, shape_kji, ijk_to_ras, slice_axis: int, roi_ijk, model: str, device: str,
-             total: int, prompt: dict | None = None) -> dict:
-    """``total``: the slices of the job; with a ``prompt``, the most slices the propagation may visit."""
+             total: int, prompt: dict | None, parameters: dict) -> dict:
+    """``total``: the slices of the job; with a ``prompt``, the most slices the propagation may visit.
+    ``parameters``: what the job runs with, defaults resolved (samples, steps, seed, sampler)."""
     volume = {"shape_kji": [int(n) for n in shape_kji], "ijk_to_ras": [[float(v) for v in row] for row in ijk_to_ras],
               "slice_axis": int(slice_axis), "roi_ijk": [int(v) for v in roi_ijk]}
     return {"type": "accepted", "job_id": job_id, "volume": volume, "model": model, "device": device,
-            "total": int(total), "prompt": prompt}
+            "total": int(total), "prompt": prompt, **parameters}
 
 
 def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None) -> dict:

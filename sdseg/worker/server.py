@@ -148,6 +148,13 @@ class Worker:
             else:
                 self._jobs.put(request)
 
+    def client_gone(self, reason: str) -> None:
+        """The client died (its process is gone): stop the running job before its next forward pass, answer
+        nothing more, and let run() return."""
+        log.warning("%s; stopping", reason)
+        self._stopping.set()
+        self._jobs.put(None)
+
     def _should_stop(self, job_id: str) -> bool:
         return self._stopping.is_set() or job_id in self._cancel
 
@@ -173,12 +180,13 @@ class Worker:
                 self.send(protocol.cancelled(job_id, 0))
                 return
             folder, device, volume, roi, slice_axis, prompts = self._prepare(job)
+            model, model_cached = self._model_for(folder, device, job)
             total = (propagation.slices_at_most(prompts, volume.array_kji.shape, slice_axis, roi,
                                                 job["prompt"]["max_slices"]) if prompts
                      else roi[slice_axis + 3] - roi[slice_axis])
             progress = JobProgress(self.send, job_id, total)
-            model_cached, finished, lesions = self._segment(job, folder, device, volume, roi, slice_axis, prompts,
-                                                            progress)
+            finished, lesions = self._segment(job, model, folder, device, volume, roi, slice_axis, prompts,
+                                              progress)
             if not finished:  # stopped early: cancelled, shutdown or the client went away
                 self.send(protocol.cancelled(job_id, progress.delivered))
             else:
@@ -207,6 +215,22 @@ class Worker:
             self._model_key = key
             log.info("loaded model %s on %s in %.1f s", folder, device, time.monotonic() - started)
         return self._model, cached
+
+    def _model_for(self, folder: Path, device: torch.device, job: dict):
+        """(model, cached) of a job, loaded (its weights checked) before the job is accepted; every failure is a
+        JobError with its code."""
+        try:
+            return self._load_model(folder, device)
+        except checkpoint.CheckpointError as error:
+            raise JobError(protocol.BAD_MODEL, str(error)) from error
+        except (RuntimeError, MemoryError) as error:
+            if inference.is_out_of_memory(error):
+                raise JobError(protocol.OUT_OF_MEMORY, _out_of_memory_message(device, job)) from error
+            if "CUDA" in str(error):
+                raise JobError(protocol.DEVICE_UNAVAILABLE,
+                               f"the GPU could not be used ({error}); choose device 'cpu', or install a PyTorch "
+                               "build that supports this GPU") from error
+            raise
 
     def _prepare(self, job: dict):
         """Check everything that can be checked before any work -> (model folder, device, volume, roi, slice_axis,
@@ -256,27 +280,17 @@ class Worker:
                                                  "choose a writable folder") from error
         return folder, device, volume, roi, slice_axis, prompts
 
-    def _segment(self, job: dict, folder: Path, device: torch.device, volume, roi: list[int], slice_axis: int,
-                 prompts: list, progress: JobProgress) -> tuple[bool, bool, list[dict] | None]:
-        """Send ``accepted``, load the model, stream the slices; returns early when the job must stop. Returns
-        (whether the model was the cached one, whether the job ran to its end, the lesions' summary of a prompt
-        job)."""
+    def _segment(self, job: dict, model, folder: Path, device: torch.device, volume, roi: list[int],
+                 slice_axis: int, prompts: list, progress: JobProgress) -> tuple[bool, list[dict] | None]:
+        """Send ``accepted`` (with the resolved parameters), stream the slices; returns early when the job must
+        stop. Every slice computed is delivered, also after a cancel. Returns (whether the job ran to its end, the
+        lesions' summary of a prompt job)."""
         job_id = job["job_id"]
+        steps = job["steps"] if job["steps"] is not None else model.config.get(model.steps_config_key)
         self.send(protocol.accepted(job_id, volume.array_kji.shape, volume.ijk_to_ras, slice_axis, roi, folder.name,
-                                    device.type, progress.total, job["prompt"]))
-        self.send(protocol.progress(job_id, "loading model", 0, progress.total, None))
-        try:
-            model, cached = self._load_model(folder, device)
-        except checkpoint.CheckpointError as error:
-            raise JobError(protocol.BAD_MODEL, str(error)) from error
-        except (RuntimeError, MemoryError) as error:
-            if inference.is_out_of_memory(error):
-                raise JobError(protocol.OUT_OF_MEMORY, _out_of_memory_message(device, job)) from error
-            if "CUDA" in str(error):
-                raise JobError(protocol.DEVICE_UNAVAILABLE,
-                               f"the GPU could not be used ({error}); choose device 'cpu', or install a PyTorch "
-                               "build that supports this GPU") from error
-            raise
+                                    device.type, progress.total, job["prompt"],
+                                    {"samples": job["samples"], "steps": steps, "seed": job["seed"],
+                                     "sampler": model.config.get("sampler")}))
         stopped = False
 
         def should_stop() -> bool:
@@ -285,7 +299,7 @@ class Worker:
             return stopped
 
         if should_stop():
-            return cached, False, None
+            return False, None
         self.send(protocol.progress(job_id, "segmenting", 0, progress.total, None))
         if prompts:
             results = propagation.propagate(
@@ -299,9 +313,7 @@ class Worker:
         lesions = [{"slices": 0, "found_slices": 0} for _ in prompts]
         job_dir = Path(job["job_dir"]).resolve()
         try:
-            for result in results:
-                if should_stop():
-                    return cached, False, None
+            for result in results:  # a stop request ends the generator before its next forward pass
                 lesion = getattr(result, "lesion", None)
                 name = f"slice_{result.index:05d}.npz" if lesion is None else f"lesion{lesion:02d}_{result.index:05d}.npz"
                 _write_npz(job_dir / name, samples=result.samples, consensus=result.consensus,
@@ -318,4 +330,4 @@ class Worker:
         finally:
             results.close()
         finished = not stopped and (bool(prompts) or progress.delivered == progress.total)
-        return cached, finished, lesions if prompts else None
+        return finished, lesions if prompts else None
