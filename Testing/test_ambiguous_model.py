@@ -10,6 +10,7 @@ import torch
 
 from sdseg.continuous_schedule import schedule_log_snr
 from sdseg.models import build_model, model_from_config
+from sdseg import inference
 from sdseg.masks import connected_components, relative_area_filter
 from sdseg.models.ambiguous import AmbiguousDiffusionModel
 from sdseg.weighting import snr_plus_one_weight
@@ -200,17 +201,23 @@ def test_relative_area_filter_by_hand():
     assert int(relative_area_filter(mask, 1.0)[0].sum()) == 9
 
 
-def test_sample_applies_the_relative_area_filter(tiny, monkeypatch):
+def test_the_inference_path_applies_the_models_relative_area_filter(tiny, monkeypatch):
+    """model.sample returns the samples as drawn; sdseg.inference.sample_crops, the one place every caller goes
+    through, applies config["relative_area"] to the binary masks (postprocessing=False: as drawn)."""
     x = -torch.ones(1, 1, 32, 32)
     x[..., 2:12, 2:12] = 0.6                     # area 100
     x[..., 20:24, 20:24] = 0.6                   # area 16 < 50: removed
     monkeypatch.setattr(tiny, "predict_x", lambda z, t, image: x.expand(z.shape[0], -1, -1, -1))
-    samples = tiny.sample(_images(batch=1), 2, steps=2)
-    assert samples.shape == (1, 2, 32, 32)
-    assert torch.allclose(samples[0, :, 2:12, 2:12], torch.full((2, 10, 10), 0.8))
-    assert samples[0, :, 20:24, 20:24].max().item() == 0.0
+    soft = tiny.sample(_images(batch=1), 2, steps=2)
+    assert torch.allclose(soft[0, :, 20:24, 20:24], torch.full((2, 4, 4), 0.8))  # not filtered by the model
+    crop = np.zeros((32, 32), np.float32)
+    (filtered,) = inference.sample_crops(tiny, [crop], [0], range(2), 2, 0, 32)
+    assert filtered.shape == (2, 32, 32) and filtered[:, 2:12, 2:12].all() and not filtered[:, 20:24, 20:24].any()
+    (drawn,) = inference.sample_crops(tiny, [crop], [0], range(2), 2, 0, 32, postprocessing=False)
+    assert drawn[:, 20:24, 20:24].all()
     monkeypatch.setitem(tiny.config, "relative_area", None)
-    assert torch.allclose(tiny.sample(_images(batch=1), 1, steps=2)[0, 0, 20:24, 20:24], torch.full((4, 4), 0.8))
+    (unfiltered,) = inference.sample_crops(tiny, [crop], [0], range(2), 2, 0, 32)
+    np.testing.assert_array_equal(unfiltered, drawn)
 
 
 def test_tiny_model_overfits_one_batch():

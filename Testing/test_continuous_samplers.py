@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from sdseg.continuous_samplers import (ddim_step, ddpm_step, eps_from_x, sample, standard_normal, time_grid,
+from sdseg.continuous_samplers import (ddim_step, ddpm_step, eps_from_x, sample, time_grid,
                                        vdm_posterior, x_from_eps, x_from_prediction, x_from_v)
 from sdseg.continuous_schedule import alpha_sigma, schedule_log_snr
+from sdseg.noise import standard_normal
 
 LAM_PAIRS = [(-20.0, -19.0), (-5.0, -1.0), (-1.0, 2.0), (0.5, 6.0), (3.0, 20.0), (-20.0, 20.0)]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdseg import inference
+from sdseg import inference, noise, preprocessing
 from sdseg.models import build_model
 
 STEPS = {"ambiguous": 3, "segdiff": 3, "sdseg": None}  # few steps: the tests check plumbing, not quality
@@ -32,15 +32,15 @@ def run(model, array, roi, slice_axis=2, samples=4, **kwargs):
 
 
 def test_ct_window_maps_window_to_minus_one_plus_one_and_clips():
-    lo, hi = inference.intensity_range(None, {"normalization": "ct_window", "window": [-100, 300]})
+    lo, hi = preprocessing.intensity_range(None, {"normalization": "ct_window", "window": [-100, 300]})
     values = np.array([-1000.0, -100.0, 100.0, 300.0, 2000.0])
-    np.testing.assert_allclose(inference.normalize_intensities(values, lo, hi), [-1.0, -1.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(preprocessing.normalize_intensities(values, lo, hi), [-1.0, -1.0, 0.0, 1.0, 1.0])
 
 
 def test_percentile_normalisation_uses_the_roi_distribution():
     roi = np.random.default_rng(1).exponential(50.0, size=(20, 50, 50))
-    lo, hi = inference.intensity_range(roi, {"normalization": "percentile", "percentiles": [2.0, 90.0]})
-    scaled = inference.normalize_intensities(roi, lo, hi)
+    lo, hi = preprocessing.intensity_range(roi, {"normalization": "percentile", "percentiles": [2.0, 90.0]})
+    scaled = preprocessing.normalize_intensities(roi, lo, hi)
     assert scaled.dtype == np.float32 and scaled.min() == -1.0 and scaled.max() == 1.0
     assert np.mean(scaled == -1.0) == pytest.approx(0.02, abs=0.002)
     assert np.mean(scaled == 1.0) == pytest.approx(0.10, abs=0.002)
@@ -48,25 +48,25 @@ def test_percentile_normalisation_uses_the_roi_distribution():
 
 def test_constant_volume_normalises_without_nan():
     constant = np.full((2, 3, 3), 7.0)
-    lo, hi = inference.intensity_range(constant, {"normalization": "percentile", "percentiles": [0.5, 99.5]})
-    np.testing.assert_array_equal(inference.normalize_intensities(constant, lo, hi), -1.0)
+    lo, hi = preprocessing.intensity_range(constant, {"normalization": "percentile", "percentiles": [0.5, 99.5]})
+    np.testing.assert_array_equal(preprocessing.normalize_intensities(constant, lo, hi), -1.0)
 
 
 def test_sample_seeds_differ_per_slice_and_sample_and_are_stable():
-    seeds = {inference.sample_seed(0, index, n) for index in range(50) for n in range(16)}
+    seeds = {noise.sample_seed(0, index, n) for index in range(50) for n in range(16)}
     assert len(seeds) == 50 * 16
-    assert inference.sample_seed(3, 7, 2) == inference.sample_seed(3, 7, 2) != inference.sample_seed(4, 7, 2)
+    assert noise.sample_seed(3, 7, 2) == noise.sample_seed(3, 7, 2) != noise.sample_seed(4, 7, 2)
 
 
 def test_masks_are_resized_back_with_nearest_neighbour():
     small = torch.tensor([[[[1, 0], [0, 1]]]], dtype=torch.bool)
-    np.testing.assert_array_equal(inference.resize_masks(small, (4, 6))[0, 0].numpy(),
+    np.testing.assert_array_equal(preprocessing.resize_masks(small, (4, 6))[0, 0].numpy(),
                                   np.kron([[1, 0], [0, 1]], np.ones((2, 3))).astype(bool))
 
 
 def test_images_are_resized_bilinearly_to_the_model_size():
     ramp = torch.linspace(-1, 1, 64).repeat(48, 1)[None, None]
-    resized = inference.resize_images(ramp, 32)
+    resized = preprocessing.resize_images(ramp, 32)
     assert resized.shape == (1, 1, 32, 32)
     columns = resized[0, 0, 0].numpy()
     assert np.all(np.diff(columns) > 0) and -1 <= columns.min() < -0.9 and 0.9 < columns.max() <= 1
@@ -196,3 +196,18 @@ def test_model_expecting_colour_images_is_a_mismatch():
     model.config = {**model.config, "image_channels": 3}
     with pytest.raises(inference.ModelMismatchError, match="3 image channels"):
         run(model, volume(), [0, 0, 0, 27, 21, 1])
+
+
+def test_the_pass_planner_fills_passes_with_whole_slices_or_chunks_of_one_slices_samples():
+    def plan(*args, **kwargs):
+        return [(list(p.items), list(p.samples)) for p in inference.plan_passes(*args, **kwargs)]
+
+    assert plan(5, 2, 4, first_alone=True) == [([0], [0, 1]), ([1, 2], [0, 1]), ([3, 4], [0, 1])]
+    assert plan(5, 2, 4) == [([0, 1], [0, 1]), ([2, 3], [0, 1]), ([4], [0, 1])]
+    assert plan(2, 5, 2) == [([0], [0, 1]), ([0], [2, 3]), ([0], [4]), ([1], [0, 1]), ([1], [2, 3]), ([1], [4])]
+    assert plan(3, 2, 4, start=(1, 1)) == [([1], [1]), ([2], [0, 1])]  # resuming after an out-of-memory
+    for count, samples, batch in [(7, 3, 5), (4, 16, 16), (9, 1, 1), (6, 4, 100)]:
+        passes = list(inference.plan_passes(count, samples, batch, first_alone=True))
+        drawn = [(item, sample) for p in passes for item in p.items for sample in p.samples]
+        assert sorted(drawn) == [(i, n) for i in range(count) for n in range(samples)]  # each exactly once
+        assert all(len(p.items) * len(p.samples) <= batch for p in passes)

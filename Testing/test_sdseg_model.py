@@ -11,8 +11,7 @@ import torch
 from sdseg.checkpoint import load_model, save_model
 from sdseg.models import build_model
 from sdseg.models.autoencoder import autoencoder_loss, diagonal_gaussian_kl
-from sdseg.models.discrete_model import build_unet
-from sdseg.models.sdseg_ldm import SDSegModel, sdseg_loss, widen_unet_input
+from sdseg.models.sdseg_ldm import SDSegModel, sdseg_loss
 
 SIZE = 32
 
@@ -156,25 +155,6 @@ def test_one_step_sample_is_the_decoded_z0_estimate(model):
         z0_hat = (z_T - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
         decoded = model.mask_autoencoder.decode(z0_hat / model.latent_scale).sample
     assert torch.allclose(sample[0, 0], ((decoded[0, 0] + 1) / 2).clamp(0, 1), atol=1e-5)
-
-
-def test_widened_unet_ignores_the_extra_channels():
-    torch.manual_seed(0)
-    narrow = build_unet({"block_out_channels": [16, 32], "layers_per_block": 1, "attention": [False, True],
-                         "attention_head_dim": 8, "norm_num_groups": 8}, 4, 4, 4)
-    wide = widen_unet_input(narrow, 8)
-    assert wide.config.in_channels == 8 and narrow.config.in_channels == 4
-    latent = torch.randn(2, 4, 4, 4)
-    t = torch.tensor([10, 900])
-    with torch.no_grad():
-        expected = narrow(latent, t).sample
-        for extra in (torch.zeros(2, 4, 4, 4), torch.randn(2, 4, 4, 4) * 5):
-            assert torch.allclose(wide(torch.cat([latent, extra], 1), t).sample, expected, atol=1e-5)
-        wide.conv_in.weight[:, 4:] = 0.1  # once trained, the extra channels matter
-        assert not torch.allclose(wide(torch.cat([latent, torch.ones(2, 4, 4, 4)], 1), t).sample, expected,
-                                  atol=1e-3)
-    with pytest.raises(ValueError, match="cannot widen"):
-        widen_unet_input(narrow, 3)
 
 
 def test_loss_formulas():

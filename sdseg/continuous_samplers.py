@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from sdseg.continuous_schedule import alpha_sigma
+from sdseg.noise import standard_normal
 
 PREDICTIONS = ("x", "v", "eps")
 SAMPLERS = ("ddpm", "ddim")
@@ -82,27 +83,6 @@ def time_grid(steps: int) -> torch.Tensor:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of sampling steps must be a positive integer, got {steps!r}")
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-
-
-def generator_device(generator: torch.Generator | None, device) -> torch.device:
-    """Device on which random numbers are drawn: the generator's own device when one is given (so that a CPU
-    generator gives the same numbers whatever the model's device), else ``device``."""
-    return generator.device if generator is not None else torch.device(device)
-
-
-def standard_normal(shape, generator: torch.Generator | Sequence[torch.Generator] | None, device,
-                    dtype=torch.float32) -> torch.Tensor:
-    """``N(0, I)`` noise of ``shape`` on ``device``, drawn from ``generator``.
-
-    ``generator`` may also be a sequence of ``shape[0]`` generators, one per batch row: each row's noise then
-    comes from its own generator and does not depend on which other rows share the batch.
-    """
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per batch row")
-        return torch.stack([standard_normal(tuple(shape[1:]), g, device, dtype) for g in generator])
-    noise = torch.randn(shape, generator=generator, device=generator_device(generator, device), dtype=dtype)
-    return noise.to(device)
 
 
 def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

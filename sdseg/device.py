@@ -1,6 +1,11 @@
-"""The torch device named by a user: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"."""
+"""The torch device named by a user ("auto": CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N"), and
+the one-line description of the hardware a run used (model cards, evaluation reports)."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import platform
 
 import torch
 
@@ -22,3 +27,19 @@ def resolve_device(requested: str) -> torch.device:
         raise DeviceUnavailable(f"CUDA was requested but {reason}. Choose device 'auto' or 'cpu', or install a CUDA "
                                 "build of PyTorch matching your GPU driver.")
     return device
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = f"GPU {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"CPU {_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{name}, torch {torch.__version__}, Python {platform.python_version()}"

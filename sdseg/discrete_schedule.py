@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from sdseg.continuous_samplers import generator_device, standard_normal
+from sdseg.noise import generator_device, standard_normal
 
 SCHEDULE_KINDS = ("scaled_linear", "linear")
 SAMPLERS = ("ddim", "ddpm")

@@ -1,7 +1,7 @@
 """`sdseg evaluate`: segmentation and uncertainty metrics of a model on a crops data set split.
 
 For each requested sample count N the model draws N samples of every case; sample n of case i (the split's files
-in name order) uses the generator :func:`sdseg.inference.sample_generators` ``(seed, i, [n])``, the worker's
+in name order) uses the generator :func:`sdseg.noise.sample_generators` ``(seed, i, [n])``, the worker's
 seeding with the case number as the slice index, so a run is reproducible and independent of batching.
 The metrics (:mod:`sdseg.metrics`) are computed on the binary samples as drawn ("none") and after the
 relative-area post-processing of every sample (:func:`sdseg.masks.relative_area_filter`, r = 0.5),
@@ -12,7 +12,6 @@ same way. Writes ``OUT/metrics.json``, ``OUT/metrics.md`` (the table, also print
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -23,15 +22,14 @@ import torch
 
 from sdseg.checkpoint import CheckpointError, load_model
 from sdseg.data.dataset import SPLITS, CropsDataset, DatasetError
-from sdseg.inference import (ModelMismatchError, sample_batch, auto_batch_size, check_model_fits_volume,
-                             consensus_mask, is_out_of_memory)
+from sdseg import masks
+from sdseg.inference import (BatchSize, ModelMismatchError, auto_batch_size, check_model_fits_volume,
+                             consensus_mask, is_out_of_memory, sample_items)
 from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_disagreement, sample_diversity,
                            voxel_variance)
-from sdseg.masks import relative_area_filter
 from sdseg.models.threshold import threshold_masks
 from sdseg.registry import UnknownModelError, resolve_model
-from sdseg.training import hardware_description
-from sdseg.device import DeviceUnavailable, resolve_device
+from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 
 RELATIVE_AREA = 0.5
 POSTPROCESSING = ("none", "relative_area")
@@ -135,40 +133,23 @@ def prompt_point(mask_kji: np.ndarray, slice_axis: int = 2) -> tuple[float, floa
 
 # ----- sampling
 
-@contextlib.contextmanager
-def built_in_postprocessing_off(model):
-    """Let ``model.sample`` return the samples as drawn: switches off a model's own relative-area filtering
-    (``config["relative_area"]`` of the ambiguous model) while inside."""
-    saved = model.config.get("relative_area")
-    if saved:
-        model.config["relative_area"] = None
-    try:
-        yield
-    finally:
-        if saved:
-            model.config["relative_area"] = saved
-
-
 def draw_samples(model, images: np.ndarray, num_samples: int, steps: int | None, seed: int,
                  batch_size: int) -> np.ndarray:
-    """Binary samples (cases, N, H, W) of normalised images (cases, H, W); a forward pass holds at most
-    ``batch_size`` images (several cases, or one case's samples in chunks)."""
-    size = int(model.config["image_size"])
-    cases_per_pass, chunk = max(1, batch_size // num_samples), min(num_samples, batch_size)
-    results = []
-    for start in range(0, len(images), cases_per_pass):
-        indices = list(range(start, min(len(images), start + cases_per_pass)))
-        parts = [sample_batch(model, [images[i] for i in indices], indices,
-                               range(first, min(num_samples, first + chunk)), steps, seed, size)
-                 for first in range(0, num_samples, chunk)]
-        results.append(np.concatenate(parts, axis=1))
-    return np.concatenate(results)
+    """Binary samples (cases, N, H, W) of normalised images (cases, H, W) as drawn (no post-processing), case n with
+    the noise of slice n, in the worker's passes (:func:`sdseg.inference.plan_passes`) of at most ``batch_size``
+    images."""
+    return np.stack([samples for _, samples in sample_items(
+        model, images.__getitem__, lambda n: n, len(images), num_samples, steps, seed, BatchSize(batch_size),
+        postprocessing=False)])
 
 
-def postprocess(samples: np.ndarray, method: str) -> np.ndarray:
+def postprocess(samples: np.ndarray, method: str, model_config: dict) -> np.ndarray:
+    """The samples as drawn ("none"), or relative-area filtered ("relative_area") with the model's own r (for a
+    model without one, RELATIVE_AREA)."""
     if method == "none":
         return samples
-    return relative_area_filter(torch.from_numpy(samples), RELATIVE_AREA).numpy()
+    config = {**model_config, "relative_area": model_config.get("relative_area") or RELATIVE_AREA}
+    return masks.postprocess(torch.from_numpy(samples), config).numpy()
 
 
 # ----- metrics
@@ -330,20 +311,19 @@ def _model_rows(model, images, rater_masks, args, batch_size: int) -> tuple[list
     the model outputs them by default."""
     default = "relative_area" if model.config.get("relative_area") else "none"
     rows, shown = [], None
-    with built_in_postprocessing_off(model):
-        draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size)  # warm-up, not timed
-        for count in args.samples:
-            started = time.perf_counter()
-            drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size)
-            seconds = time.perf_counter() - started
-            print(f"N={count}: sampled {len(images)} cases in {seconds:.1f} s", flush=True)
-            for method in POSTPROCESSING:
-                samples = postprocess(drawn, method)
-                rows.append({"predictor": "model", "samples": count, "postprocessing": method,
-                             "model_default": method == default, **prediction_metrics(samples, rater_masks),
-                             "slices_per_s": len(images) / seconds, "sampling_s": seconds})
-                if method == default:
-                    shown = samples
+    draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size)  # warm-up, not timed
+    for count in args.samples:
+        started = time.perf_counter()
+        drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size)
+        seconds = time.perf_counter() - started
+        print(f"N={count}: sampled {len(images)} cases in {seconds:.1f} s", flush=True)
+        for method in POSTPROCESSING:
+            samples = postprocess(drawn, method, model.config)
+            rows.append({"predictor": "model", "samples": count, "postprocessing": method,
+                         "model_default": method == default, **prediction_metrics(samples, rater_masks),
+                         "slices_per_s": len(images) / seconds, "sampling_s": seconds})
+            if method == default:
+                shown = samples
     return rows, shown
 
 

@@ -17,8 +17,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from sdseg.masks import postprocess
+from sdseg.noise import sample_generators
+from sdseg.preprocessing import intensity_range, normalize_intensities, resize_images, resize_masks
 from sdseg.metrics import voxel_variance
 from sdseg.volume_io import roi_array, slice_of_roi
 
@@ -63,50 +65,6 @@ def check_model_fits_volume(config: dict) -> None:
                                  "re-export the model with this version of SDSegSlicer")
 
 
-def intensity_range(values: np.ndarray, preprocessing: dict) -> tuple[float, float]:
-    """Intensities mapped to -1 and +1: the CT window ``[lo, hi]`` (normalization "ct_window"), or the percentiles
-    ``[p0, p1]`` of ``values`` (normalization "percentile"; computed once over the whole ROI)."""
-    if preprocessing["normalization"] == "ct_window":
-        lo, hi = preprocessing["window"]
-    else:
-        lo, hi = np.percentile(values, preprocessing["percentiles"])
-    return float(lo), float(hi)
-
-
-def normalize_intensities(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """float32 ``clip((x - lo) / (hi - lo), 0, 1) * 2 - 1``: [lo, hi] -> [-1, 1]; a constant range maps to -1."""
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    return (np.clip((np.asarray(values, dtype=np.float32) - lo) * scale, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
-
-
-def sample_seed(seed: int, index: int, sample: int, stream: int = 0) -> int:
-    """64-bit seed of sample ``sample`` of slice ``index`` (slice number along the slice axis of the volume);
-    ``stream`` tells apart the lesions of a prompt-driven job that visit the same slice (0: the first one, and
-    every whole-volume job)."""
-    entropy = [seed, index, sample] + ([stream] if stream else [])
-    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 32 | int(state[1])
-
-
-def sample_generators(seed: int, index: int, samples: range, stream: int = 0) -> list[torch.Generator]:
-    """CPU generators of the given samples of one slice (CPU so the noise is the same on every device)."""
-    return [torch.Generator().manual_seed(sample_seed(seed, index, n, stream)) for n in samples]
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, size, size), bilinear (antialiased when shrinking)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def resize_masks(masks: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(B, N, S, S) binary masks -> (B, N, *shape), nearest neighbour (pixel-centre aligned)."""
-    if tuple(masks.shape[-2:]) == tuple(shape):
-        return masks
-    return F.interpolate(masks.to(torch.uint8), size=tuple(shape), mode="nearest-exact").bool()
-
-
 def consensus_mask(samples: np.ndarray) -> np.ndarray:
     """uint8 majority vote of N binary samples (axis 0): the voxels in at least half of them (mean >= 0.5)."""
     return (np.asarray(samples, dtype=bool).mean(axis=0) >= 0.5).astype(np.uint8)
@@ -149,21 +107,94 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: range, steps, seed: int, size: int,
-                 stream: int = 0) -> list[np.ndarray]:
+                 stream: int = 0, postprocessing: bool = True) -> list[np.ndarray]:
     """Binary samples (len(samples), A_b, B_b) of each normalised 2D crop b (shapes may differ): every crop is
-    resized to the model's size x size, all are sampled in one forward pass, and the masks resized back."""
+    resized to the model's size x size, all are sampled in one forward pass, binarised (soft > 0.5), post-processed
+    as the model says (:func:`sdseg.masks.postprocess`; ``postprocessing=False``: as drawn) and resized back."""
     device = model_device(model)
     images = torch.cat([resize_images(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
                                       .to(device), size) for crop in crops])
     generators = [g for index in indices for g in sample_generators(seed, index, samples, stream)]
-    soft = model.sample(images, num_samples=len(samples), steps=steps, generator=generators)
-    return [resize_masks(masks[None] > 0.5, crop.shape)[0].cpu().numpy() for masks, crop in zip(soft, crops)]
+    binary = model.sample(images, num_samples=len(samples), steps=steps, generator=generators) > 0.5
+    if postprocessing:
+        binary = postprocess(binary, model.config)
+    return [resize_masks(masks[None], crop.shape)[0].cpu().numpy() for masks, crop in zip(binary, crops)]
 
 
-def sample_batch(model, slices: list[np.ndarray], indices: list[int], samples: range, steps, seed: int,
-                  size: int) -> np.ndarray:
-    """Binary samples (len(slices), len(samples), A, B) of equally shaped normalised 2D slices."""
-    return np.stack(sample_crops(model, slices, indices, samples, steps, seed, size))
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass: the samples ``samples`` of each of the items ``items``."""
+    items: range
+    samples: range
+
+
+def plan_passes(count: int, num_samples: int, batch_size: int, start: tuple[int, int] = (0, 0),
+                first_alone: bool = False) -> Iterator[Pass]:
+    """The forward passes that draw ``num_samples`` samples of items ``start[0]`` .. ``count - 1`` (item
+    ``start[0]`` from sample ``start[1]`` on) with at most ``batch_size`` images (items x samples) each: as many
+    whole items as fit when one item's samples fit, otherwise one item's samples in chunks of ``batch_size``.
+    ``first_alone``: the first pass holds one item only, so that its result arrives early."""
+    item, first_sample = start
+    while item < count:
+        limit = min(batch_size, num_samples) if first_alone else batch_size
+        first_alone = False
+        if first_sample == 0 and limit >= num_samples:
+            step = Pass(range(item, min(count, item + limit // num_samples)), range(num_samples))
+        else:
+            step = Pass(range(item, item + 1), range(first_sample, min(num_samples, first_sample + limit)))
+        yield step
+        done = step.samples.stop == num_samples
+        item, first_sample = (step.items.stop, 0) if done else (item, step.samples.stop)
+
+
+@dataclass
+class BatchSize:
+    """Images per forward pass; halved in place on out-of-memory, so later calls start from what fitted."""
+    images: int
+
+
+def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable[[int], int], count: int,
+                 num_samples: int, steps, seed: int, batch: BatchSize, stream: int = 0, first_alone: bool = False,
+                 postprocessing: bool = True, should_stop: Callable[[], bool] | None = None,
+                 on_pass: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Execute the passes of :func:`plan_passes`: yield ``(item, samples (N, A, B))`` for items 0..count-1 in order,
+    each as soon as all its samples are drawn. Item n is the normalised 2D crop ``crop_of(n)`` whose noise is that of
+    slice ``index_of(n)`` (and ``stream``). On out-of-memory ``batch`` is halved and the pass planned again;
+    :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass;
+    ``on_pass(images)`` is called after each one."""
+    size, device = int(model.config["image_size"]), model_device(model)
+    start, alone, parts = (0, 0), first_alone, []
+    while True:
+        for step in plan_passes(count, num_samples, batch.images, start, alone):
+            if should_stop is not None and should_stop():
+                return
+            limit = min(batch.images, num_samples) if alone else batch.images
+            try:
+                masks = sample_crops(model, [crop_of(n) for n in step.items], [index_of(n) for n in step.items],
+                                     step.samples, steps, seed, size, stream, postprocessing)
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(error):
+                    raise
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if limit == 1:
+                    raise OutOfMemory(f"one image of {size}x{size} does not fit in the {device.type} "
+                                      "memory") from error
+                batch.images = max(1, limit // 2)
+                log.warning("out of memory with %d images per pass on %s; retrying with %d", limit, device,
+                            batch.images)
+                start = (step.items.start, step.samples.start)
+                break  # plan the rest again with the smaller batch
+            alone = False
+            if on_pass is not None:
+                on_pass(len(step.items) * len(step.samples))
+            for item, item_masks in zip(step.items, masks):
+                parts.append(item_masks)
+                if step.samples.stop == num_samples:
+                    yield item, np.concatenate(parts)
+                    parts = []
+        else:
+            return
 
 
 def _slice_result(index: int, samples: np.ndarray) -> SliceResult:
@@ -177,11 +208,10 @@ def segment_slices(model, array_kji: np.ndarray, roi_ijk, slice_axis: int, num_s
                    on_batch: Callable[[int, int], None] | None = None) -> Iterator[SliceResult]:
     """Yield a :class:`SliceResult` for each slice of the ROI along ``slice_axis``, in increasing index order.
 
-    ``roi_ijk`` = [i0, j0, k0, i1, j1, k1] (end exclusive, already checked). A forward pass holds up to
-    ``batch_size`` images (= slices x samples; None = from the free memory); the first pass holds one slice so it
-    arrives early. A slice with more samples than ``batch_size`` is sampled in chunks. On out-of-memory the
-    batch is halved and retried; :class:`OutOfMemory` is raised when one image does not fit. ``should_stop()`` is
-    checked before every forward pass; ``on_batch(images_done, images_total)`` is called after each one.
+    ``roi_ijk`` = [i0, j0, k0, i1, j1, k1] (end exclusive, already checked). Forward passes as
+    :func:`plan_passes` plans them with up to ``batch_size`` images (= slices x samples; None = from the free
+    memory), the first holding one slice so that it arrives early, run by :func:`sample_items` (out-of-memory
+    back-off, stop requests). ``on_batch(images_done, images_total)`` is called after each pass.
     """
     config = model.config
     check_model_fits_volume(config)
@@ -189,39 +219,17 @@ def segment_slices(model, array_kji: np.ndarray, roi_ijk, slice_axis: int, num_s
     roi = roi_array(array_kji, roi_ijk)
     lo, hi = intensity_range(roi, config["preprocessing"])
     first_index, count = roi_ijk[slice_axis], roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]
-    device = model_device(model)
-    batch_size = batch_size or auto_batch_size(device, size)
+    batch = BatchSize(batch_size or auto_batch_size(model_device(model), size))
     images_total, images_done = count * num_samples, 0
-    position, first_sample, parts = 0, 0, []
-    while position < count:
-        if should_stop is not None and should_stop():
-            return
-        limit = min(batch_size, num_samples) if images_done == 0 else batch_size
-        if first_sample == 0 and limit >= num_samples:
-            positions, samples = list(range(position, min(count, position + limit // num_samples))), \
-                range(num_samples)
-        else:
-            positions, samples = [position], range(first_sample, min(num_samples, first_sample + limit))
-        try:
-            masks = sample_batch(model, [normalize_intensities(slice_of_roi(roi, slice_axis, p), lo, hi)
-                                          for p in positions],
-                                  [first_index + p for p in positions], samples, steps, seed, size)
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-            if not is_out_of_memory(error):
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if limit == 1:
-                raise OutOfMemory(f"one image of {size}x{size} does not fit in the {device.type} memory") from error
-            batch_size = max(1, limit // 2)
-            log.warning("out of memory with %d images per pass on %s; retrying with %d", limit, device, batch_size)
-            continue
-        images_done += len(positions) * len(samples)
+
+    def on_pass(images: int) -> None:
+        nonlocal images_done
+        images_done += images
         if on_batch is not None:
             on_batch(images_done, images_total)
-        for p, slice_masks in zip(positions, masks):
-            parts.append(slice_masks)
-            if samples.stop == num_samples:
-                yield _slice_result(first_index + p, np.concatenate(parts))
-                parts = []
-        position, first_sample = (positions[-1] + 1, 0) if samples.stop == num_samples else (position, samples.stop)
+
+    for position, samples in sample_items(
+            model, lambda p: normalize_intensities(slice_of_roi(roi, slice_axis, p), lo, hi),
+            lambda p: first_index + p, count, num_samples, steps, seed, batch, first_alone=True,
+            should_stop=should_stop, on_pass=on_pass):
+        yield _slice_result(first_index + position, samples)

@@ -27,14 +27,11 @@ def connected_components(masks: torch.Tensor) -> torch.Tensor:
 
 
 def relative_area_filter(masks: torch.Tensor, r: float = 0.5) -> torch.Tensor:
-    """Relative-area post-processing of binary sample masks (..., H, W), ``r = 0.5`` as in Christensen et al.
-
-    Keeps, in each mask, the connected components (8-connectivity) whose area is at least ``r`` times the
-    area of that mask's largest component, i.e. removes a component C when ``|C| < r max_C' |C'|``; an empty
-    mask stays empty. This removes small spurious islands next to the main prediction.
-    Note: the paper's text was not available to us when this was written; this reading of "relative area"
-    (component area relative to the largest component) should be checked against Christensen et al.
-    """
+    """Relative-area post-processing of binary sample masks (..., H, W): in each mask, keep the connected components
+    (8-connectivity) whose area is at least ``r`` times that mask's largest component's, i.e. remove a component C
+    when ``|C| < r max_C' |C'|``; an empty mask stays empty. This removes small spurious islands beside the main
+    prediction. It is our reading of the relative-area post-processing of Christensen et al. (SCIA 2025), with their
+    ``r = 0.5``."""
     labels = connected_components(masks)
     flat = labels.reshape(-1, labels.shape[-2] * labels.shape[-1])
     areas = torch.zeros(flat.shape[0], flat.shape[1] + 1, device=masks.device, dtype=torch.float32)
@@ -43,6 +40,15 @@ def relative_area_filter(masks: torch.Tensor, r: float = 0.5) -> torch.Tensor:
     largest = areas.max(dim=1, keepdim=True).values
     keep = (flat > 0) & (areas.gather(1, flat) >= r * largest)
     return keep.reshape(masks.shape)
+
+
+def postprocess(masks: torch.Tensor, config: dict) -> torch.Tensor:
+    """A model's post-processing of its binary samples (..., H, W), applied in one place of the inference path
+    (sdseg.inference.sample_crops) and by the evaluation: the relative-area filter with ``r = config["relative_area"]``
+    when the model sets one (the ambiguous model: 0.5, on by default because on the held-out patient it raises the
+    consensus Dice, N = 16: 0.495 -> 0.523, N = 4: 0.345 -> 0.392, README), else nothing."""
+    r = config.get("relative_area")
+    return relative_area_filter(masks, r) if r else masks
 
 
 def components_near_point(masks: torch.Tensor, point_rc, tolerance: float) -> torch.Tensor:

@@ -1,12 +1,10 @@
-"""Segmentation, distribution and stability metrics (numpy; torch tensors are accepted as inputs).
+"""Segmentation and distribution metrics (numpy; torch tensors are accepted as inputs).
 
 Masks: boolean arrays, or numbers thresholded at ``> 0.5`` (so {0, 1} masks and soft masks in [0, 1] both work).
 A *set* of masks is an array whose first axis indexes the masks, e.g. (N, H, W) samples or (R, H, W) raters.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -117,15 +115,6 @@ def rater_disagreement(rater_masks) -> np.ndarray:
     return np.logical_and(masks.any(axis=0), ~masks.all(axis=0))
 
 
-def psnr(reference, test, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio 10 log10(L^2 / MSE) in dB, L = ``data_range``; identical inputs give +inf."""
-    reference, test = _to_numpy(reference).astype(np.float64), _to_numpy(test).astype(np.float64)
-    if reference.shape != test.shape:
-        raise ValueError(f"images differ in shape: {reference.shape} vs {test.shape}")
-    mse = float(np.mean((reference - test) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(data_range ** 2 / mse)
-
-
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     """Normalised 1D Gaussian weights; their outer product is the 2D SSIM window (sum 1)."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
@@ -137,32 +126,6 @@ def _local_mean(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Weighted mean over every full window position ('valid') on the last two axes (separable filter)."""
     rows = np.lib.stride_tricks.sliding_window_view(image, window.size, axis=-2) @ window
     return np.lib.stride_tricks.sliding_window_view(rows, window.size, axis=-1) @ window
-
-
-def ssim(reference, test, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> float:
-    """Mean structural similarity MSSIM (Wang et al. 2004, IEEE TIP 13(4), Sec. III-B, eqs. 13-17).
-
-        SSIM(x, y) = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
-
-    with C1 = (K1 L)^2, C2 = (K2 L)^2, K1 = 0.01, K2 = 0.03, L = ``data_range``; local statistics use an 11x11
-    circular-symmetric Gaussian window, sigma 1.5, normalised to sum 1 (eqs. 14-16, weighted population moments);
-    SSIM is evaluated at every window position fully inside the image and averaged (eq. 17). Images are 2D;
-    leading axes (e.g. slices) are averaged too. The window shrinks to the image size for images smaller than it.
-    """
-    x, y = _to_numpy(reference).astype(np.float64), _to_numpy(test).astype(np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
-    if x.ndim < 2 or min(x.shape[-2:]) == 0:
-        raise ValueError(f"SSIM needs images with at least 2 non-empty axes, got shape {x.shape}")
-    window = gaussian_window(min(window_size, *x.shape[-2:]), sigma)
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    mu_x, mu_y = _local_mean(x, window), _local_mean(y, window)
-    var_x = _local_mean(x * x, window) - mu_x ** 2
-    var_y = _local_mean(y * y, window) - mu_y ** 2
-    cov_xy = _local_mean(x * y, window) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return float(ssim_map.mean())
 
 
 def auroc(scores, labels) -> float:

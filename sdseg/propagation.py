@@ -35,8 +35,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from sdseg.inference import (OutOfMemory, auto_batch_size, check_model_fits_volume, consensus_mask,
-                             intensity_range, is_out_of_memory, model_device, normalize_intensities, sample_crops)
+from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume, consensus_mask, model_device,
+                             sample_items)
+from sdseg.preprocessing import intensity_range, normalize_intensities
 from sdseg.masks import components_near_point, components_touching
 from sdseg.metrics import voxel_variance
 
@@ -134,7 +135,6 @@ class _Lesion:
                            _Direction(-1, self.start - 1, centre, extent, None, 0)]
         self.first_centre, self.first_extent = centre, extent
         self.slices = 0
-        self.found_slices = 0
 
     def crop(self, centre, extent) -> tuple[int, int, int, int]:
         """(row0, row1, column0, column1) of the crop around ``centre`` holding ``extent``."""
@@ -214,7 +214,6 @@ class _Lesion:
         plane = np.zeros(self.plane_shape, dtype=bool)
         plane[cr0:cr1, cc0:cc1] = consensus > 0
         self.slices += 1
-        self.found_slices += int(plane.any())
         return LesionSlice(self.number, index, self.box_ijk(index, crop), kept.astype(np.uint8), consensus,
                            voxel_variance(kept)), plane
 
@@ -274,7 +273,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     dims_ijk = array_kji.shape[::-1]
     lesions = [_Lesion(n, prompt, dims_ijk, slice_axis, roi_ijk, recipe) for n, prompt in enumerate(prompts)]
     images_total = slices_at_most(prompts, array_kji.shape, slice_axis, roi_ijk, max_slices) * num_samples
-    sampler = _BackOffSampler(model, num_samples, steps, seed, size, batch_size)
+    batch = BatchSize(batch_size or auto_batch_size(model_device(model), size))
     images_done = 0
     for lesion in lesions:
         first, end = lesion.normalisation_slices(ijk_to_ras)
@@ -287,7 +286,9 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                 return
             crops = [normalize_intensities(np.take(array_kji, index, axis=2 - slice_axis)[a0:a1, b0:b1], lo, hi)
                      for _, index, (a0, a1, b0, b1) in plan]
-            drawn = sampler.sample(crops, [index for _, index, _ in plan], lesion.number)
+            drawn = [samples for _, samples in sample_items(
+                model, crops.__getitem__, lambda n: plan[n][1], len(crops), num_samples, steps, seed, batch,
+                stream=lesion.number)]
             images_done += len(plan) * num_samples
             if on_batch is not None:
                 on_batch(images_done, images_total)
@@ -311,36 +312,3 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
             waiting = [direction for direction, _, _ in retries]
             plan = retries + [(d, d.next_index, lesion.crop(d.centre, d.extent))
                               for d in lesion.active_directions(max_slices) if d not in waiting]
-
-
-class _BackOffSampler:
-    """sample_crops in passes of at most ``batch_size`` images (None: from the free memory), halving the batch on
-    out-of-memory; OutOfMemory when one image does not fit."""
-
-    def __init__(self, model, num_samples: int, steps, seed: int, size: int, batch_size: int | None):
-        self.model, self.num_samples, self.steps, self.seed, self.size = model, num_samples, steps, seed, size
-        self.batch_size = batch_size or auto_batch_size(model_device(model), size)
-
-    def sample(self, crops: list[np.ndarray], indices: list[int], stream: int) -> list[np.ndarray]:
-        while True:
-            try:
-                return self._sample(crops, indices, stream)
-            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-                if not is_out_of_memory(error):
-                    raise
-                if self.batch_size == 1:
-                    raise OutOfMemory(f"one image of {self.size}x{self.size} does not fit in memory") from error
-                self.batch_size = max(1, self.batch_size // 2)
-
-    def _sample(self, crops, indices, stream) -> list[np.ndarray]:
-        chunk = min(self.batch_size, self.num_samples)
-        per_pass = max(1, self.batch_size // self.num_samples) if chunk == self.num_samples else 1
-        results = []
-        for start in range(0, len(crops), per_pass):
-            group = slice(start, start + per_pass)
-            parts = [sample_crops(self.model, crops[group], indices[group], range(first, min(self.num_samples,
-                                                                                              first + chunk)),
-                                  self.steps, self.seed, self.size, stream)
-                     for first in range(0, self.num_samples, chunk)]
-            results += [np.concatenate(per_crop) for per_crop in zip(*parts)]
-        return results

@@ -24,8 +24,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
 import shlex
 import signal
 import sys
@@ -40,7 +38,7 @@ from tqdm import tqdm
 import sdseg
 from sdseg.checkpoint import CheckpointError, load_model, read_config, save_model
 from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
-from sdseg.device import DeviceUnavailable, resolve_device
+from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 from sdseg.ema import WeightEMA
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model, model_from_config
 from sdseg.registry import UnknownModelError, resolve_model
@@ -204,22 +202,6 @@ def _check_settings(settings: dict) -> None:
     for ok, message in checks:
         if not ok:
             raise TrainingError(message)
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def hardware_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        name = f"GPU {torch.cuda.get_device_name(device)}"
-    else:
-        name = f"CPU {_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    return f"{name}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def write_sample_figure(model, images: torch.Tensor, rater_masks: list[torch.Tensor], path: Path,

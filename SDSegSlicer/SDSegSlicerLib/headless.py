@@ -37,7 +37,6 @@ from .worker_client import WorkerClient, WorkerError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_CANCELLED = 130  # Ctrl-C; SIGTERM 143, SIGHUP 129 (exit_status_of)
 WORKER_START_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.2
 PROGRESS_BAR_WIDTH = 30

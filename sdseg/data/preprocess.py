@@ -24,7 +24,7 @@ import torch
 
 from sdseg.data.dataset import SPLITS
 from sdseg.data.sources import Case, CaseRef, Source, SourceError, get_source, SOURCES
-from sdseg.inference import intensity_range, normalize_intensities, resize_images
+from sdseg.preprocessing import intensity_range, normalize_intensities, resize_images
 from sdseg.volume_io import choose_slice_axis, roi_array, slice_of_roi
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)

@@ -16,11 +16,10 @@ from typing import Sequence
 import torch
 from diffusers import UNet2DConditionModel
 
-from sdseg.continuous_samplers import (PREDICTIONS, SAMPLERS, generator_device, sample as run_sampler,
-                                       standard_normal, x_from_prediction)
+from sdseg.continuous_samplers import PREDICTIONS, SAMPLERS, sample as run_sampler, x_from_prediction
 from sdseg.continuous_schedule import DEFAULT_INPUT_SCALE, DEFAULT_LOG_SNR_CLIP, alpha_sigma, schedule_log_snr
-from sdseg.masks import relative_area_filter
 from sdseg.models.base import SHARED_CONFIG_KEYS, SegmentationDiffusionModel
+from sdseg.noise import generator_device, standard_normal
 from sdseg.weighting import loss_weighting
 
 DEFAULT_CONFIG = {
@@ -65,8 +64,8 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
 
     Config keys: ``image_size``, ``image_channels``, ``preprocessing``, ``b`` (input scale), ``log_snr_clip``,
     ``prediction`` ("x", "v", "eps"), ``weighting`` (see :data:`sdseg.weighting.LOSS_WEIGHTINGS`),
-    ``sigmoid_bias``, ``sampler`` ("ddpm", "ddim"), ``steps``, ``relative_area`` (``r`` of
-    :func:`relative_area_filter`, ``None`` to switch it off), ``block_out_channels``, ``layers_per_block``,
+    ``sigmoid_bias``, ``sampler`` ("ddpm", "ddim"), ``steps``, ``relative_area`` (``r`` of the post-processing
+    :func:`sdseg.masks.relative_area_filter` that the inference path applies, ``None``: none), ``block_out_channels``, ``layers_per_block``,
     ``attention_head_dim``, ``norm_num_groups``.
     """
 
@@ -144,8 +143,8 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
         """``num_samples`` soft masks per image, (B, N, H, W) in [0, 1]: ``(x + 1) / 2`` clamped, so the binary
         mask ``> 0.5`` is the paper's ``x > 0``. The N samples of each image run in one batch (image-major).
         ``generator`` may be one generator or B * N of them, one per sample in that order (then a sample does not
-        depend on the batch it runs in). With ``relative_area`` set, pixels of components removed by
-        :func:`relative_area_filter` are set to 0."""
+        depend on the batch it runs in). ``config["relative_area"]`` is applied to the binary samples by the inference
+        path (:func:`sdseg.masks.postprocess`), not here."""
         self._check_image(image)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -160,10 +159,6 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
                         sampler if sampler is not None else self.config["sampler"],
                         generator, image.device, image.dtype)
         soft = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-        r = self.config["relative_area"]
-        if r:
-            foreground = x > 0
-            soft = torch.where(foreground & ~relative_area_filter(foreground, r), torch.zeros_like(soft), soft)
         return soft.reshape(batch, num_samples, height, width)
 
     def _check_image(self, image: torch.Tensor) -> None:

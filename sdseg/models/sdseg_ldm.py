@@ -18,15 +18,14 @@ import itertools
 from typing import Iterable, Sequence
 
 import torch
-from diffusers import UNet2DModel
 
-from sdseg.continuous_samplers import standard_normal
 from sdseg.discrete_schedule import (alpha_bar_at, predict_z0_from_eps, q_sample, random_timesteps, reverse_process,
                                      strided_timesteps)
 from sdseg.models.autoencoder import (DOWNSAMPLING_FACTOR, ImageEncoder, autoencoder_loss,
                                       build_mask_autoencoder)
 from sdseg.models.discrete_model import (DiscreteDiffusionModel, build_unet, check_sample_inputs,
                                          unet_size_multiple)
+from sdseg.noise import standard_normal
 
 STAGES = ("autoencoder", "diffusion")
 SCALE_FACTOR_MAX_BATCHES = 32
@@ -65,22 +64,6 @@ PRESETS = {
               "unet": {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
                        "attention": [True, True, True, False], "attention_head_dim": 64, "norm_num_groups": 32}},
 }
-
-
-def widen_unet_input(unet: UNet2DModel, in_channels: int) -> UNet2DModel:
-    """A copy of ``unet`` taking ``in_channels`` inputs: the original input channels keep their weights and the
-    extra ones get zero weights, so the output is unchanged whatever the extra channels hold (how SDSeg starts its
-    8-channel denoiser from a 4-channel latent diffusion UNet, Lin et al. 2024)."""
-    old = unet.config.in_channels
-    if in_channels < old:
-        raise ValueError(f"cannot widen a UNet with {old} input channels to {in_channels}")
-    wide = UNet2DModel.from_config({**unet.config, "in_channels": in_channels})
-    state = unet.state_dict()
-    weight = state["conv_in.weight"]
-    extra = weight.new_zeros(weight.shape[0], in_channels - old, *weight.shape[2:])
-    state["conv_in.weight"] = torch.cat([weight, extra], dim=1)
-    wide.load_state_dict(state)
-    return wide.to(weight.device)
 
 
 def latent_scale_factor(latents: torch.Tensor) -> float:

@@ -18,12 +18,12 @@ from typing import Sequence
 
 import torch
 
-from sdseg.continuous_samplers import standard_normal
 from sdseg.discrete_schedule import (SAMPLERS, alpha_bar_at, q_sample,
                                      random_timesteps, reverse_process, strided_timesteps)
 from sdseg.models.rrdb import RRDBEncoder
 from sdseg.models.discrete_model import (DiscreteDiffusionModel, build_unet, check_sample_inputs,
                                          unet_size_multiple)
+from sdseg.noise import standard_normal
 
 _COMMON = {
     "image_channels": 1,
