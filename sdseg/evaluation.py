@@ -214,7 +214,8 @@ def markdown_report(report: dict) -> str:
         "disagreement (raters not unanimous), pooled over all pixels of all cases (not averaged per case); 0.5 "
         "= no information, as for one sample or a deterministic predictor.",
         f"Post-processing 'relative area': in every binary sample, connected components smaller than "
-        f"{RELATIVE_AREA} × its largest component are removed (Christensen et al. 2025) before any metric. "
+        f"{RELATIVE_AREA} × its largest component are removed (our rule after the relative-area post-processing "
+        "of Christensen et al. 2025, whose exact rule may differ: sdseg.masks) before any metric. "
         "'(model default)' marks the output the model gives by default (what the Slicer module shows).",
         f"slices/s = cases / wall-clock seconds of sampling all N samples (model.sample with resizing, batches of "
         f"up to {settings['batch_size']} images, after one untimed warm-up pass; post-processing not included) "

@@ -30,8 +30,13 @@ def relative_area_filter(masks: torch.Tensor, r: float = 0.5) -> torch.Tensor:
     """Relative-area post-processing of binary sample masks (..., H, W): in each mask, keep the connected components
     (8-connectivity) whose area is at least ``r`` times that mask's largest component's, i.e. remove a component C
     when ``|C| < r max_C' |C'|``; an empty mask stays empty. This removes small spurious islands beside the main
-    prediction. It is our reading of the relative-area post-processing of Christensen et al. (SCIA 2025), with their
-    ``r = 0.5``."""
+    prediction.
+
+    Where it comes from: Christensen et al. (SCIA 2025) post-process their samples by relative area with
+    ``r = 0.5``; their text was not reachable here, so this rule is ours. It acts within each sample; the
+    description of the authors' evaluation code we found acts on whole samples instead (a sample whose area is at
+    most 0.5 x the set's largest area is dropped), so our post-processed figures are not theirs. It stays on by
+    default because on the held-out patient it raises the consensus Dice (README)."""
     labels = connected_components(masks)
     flat = labels.reshape(-1, labels.shape[-2] * labels.shape[-1])
     areas = torch.zeros(flat.shape[0], flat.shape[1] + 1, device=masks.device, dtype=torch.float32)

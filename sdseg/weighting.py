@@ -19,7 +19,8 @@ from sdseg.continuous_schedule import snr
 
 
 def truncated_snr_weight(lam: torch.Tensor) -> torch.Tensor:
-    """Truncated SNR ``w = max(SNR, 1)`` (Salimans & Ho 2022, Sec. 4; Christensen et al. default)."""
+    """Truncated SNR ``w = max(SNR, 1)`` (Salimans & Ho 2022, Sec. 4; one of the weightings Christensen et al.
+    compare; the default of our ambiguous model)."""
     return torch.clamp(snr(lam), min=1.0)
 
 
