@@ -198,3 +198,23 @@ def test_a_run_with_two_points_gives_each_lesion_its_segments(session, tmp_path)
     np.testing.assert_array_equal(masks[1], second)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(session.export_result("nifti", tmp_path)))
     np.testing.assert_array_equal(labels, first * 1 + second * 2)
+
+
+def test_closing_mid_run_keeps_what_arrived_and_leaves_no_worker(session):
+    """What the module does when it is closed or Slicer quits during a run: the worker is stopped (no orphan), the
+    slices that arrived stay in the scene."""
+    volume = lesion_node(session.scene)
+    session.start_worker()
+    worker = session.client.pid
+    run = session.start_run(session.build_job(volume, model=MODEL_NAME, samples=2, steps=40, device="cpu"), volume)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while session.process_run() == "running" and (run.writer is None or run.writer.slices_received == 0):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    received = run.writer.slices_received
+    segmentation = session.result_segmentation
+    session.shutdown()
+    assert run.state == "cancelled" and 1 <= received <= run.writer.slices_received < SHAPE_KJI[0]
+    assert segmentation.GetScene() is session.scene  # the result nodes stay
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
