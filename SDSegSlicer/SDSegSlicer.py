@@ -32,6 +32,7 @@ from SDSegSlicerLib.session import BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
 TIMER_INTERVAL_MS = 100
+TOKEN_SETTING = "SDSegSlicer/ServerToken"
 POINT_EVENTS = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
 
 
@@ -70,6 +71,7 @@ class SDSegSlicerParameterNode:
     seed - random seed (same seed and inputs, same samples).
     device - "auto", "cuda" or "cpu".
     pythonExecutable - Python interpreter running the worker; empty means Slicer's Python.
+    serverUrl - an `sdseg-slicer serve` server to use instead of a local worker (its token: Slicer's settings).
     varianceOpacity - opacity of the variance overlay.
     """
 
@@ -85,6 +87,7 @@ class SDSegSlicerParameterNode:
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     pythonExecutable: str = ""
+    serverUrl: str = ""
     varianceOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
@@ -143,8 +146,13 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._segmentShortcut.connect("activated()", self.onSegmentShortcut)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.pythonBrowseButton.connect("clicked()", self.onBrowsePython)
-        # The signal's own text: this handler runs before the parameter node has the new value.
-        self.ui.pythonExecutableLineEdit.connect("textChanged(QString)", self.updateBackendStatus)
+        # The fields' own texts: these handlers run before the parameter node has the new value.
+        self.ui.pythonExecutableLineEdit.connect(
+            "textChanged(QString)", lambda text: self.updateBackendStatus(text, self.ui.serverUrlLineEdit.text))
+        self.ui.serverUrlLineEdit.connect(
+            "textChanged(QString)", lambda url: self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text, url))
+        self.ui.serverTokenLineEdit.text = qt.QSettings().value(TOKEN_SETTING, "")
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self.onTokenEdited)
         self.ui.installBackendButton.connect("clicked()", self.onInstallBackend)
         self.ui.restartWorkerButton.connect("clicked()", self.onRestartWorker)
         self.ui.segmentButton.connect("clicked()", self.onSegmentOrCancel)
@@ -161,7 +169,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDirectoryButton.directory = qt.QDir.homePath()
 
         self.initializeParameterNode()
-        self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text)
+        self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text, self.ui.serverUrlLineEdit.text)
 
     def cleanup(self):
         self.removeObservers()
@@ -280,16 +288,23 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if error:
             logging.warning(f"SDSegSlicer: {message}")
 
+    def onTokenEdited(self):
+        qt.QSettings().setValue(TOKEN_SETTING, self.ui.serverTokenLineEdit.text)
+
     def ensureWorker(self):
-        """Start the worker if needed; fill the model list and device from its hello. False on failure."""
+        """Start the worker (or connect to the server) if needed; fill the model list and device from its hello.
+        False on failure."""
         pythonExecutable = self._parameterNode.pythonExecutable.strip()
-        if self.logic.worker_ready(pythonExecutable):
+        serverUrl = self._parameterNode.serverUrl.strip()
+        if self.logic.worker_ready(pythonExecutable, serverUrl):
             return True
-        self.setStatus("Starting the worker (loading PyTorch, may take a minute the first time)...")
+        self.setStatus(f"Connecting to {serverUrl}..." if serverUrl
+                       else "Starting the worker (loading PyTorch, may take a minute the first time)...")
         qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
         try:
             # The GUI keeps processing events meanwhile; the logic is busy, so no second start, run or install.
-            hello = self.logic.startWorker(pythonExecutable, onWait=self.whileWaiting)
+            hello = self.logic.startWorker(pythonExecutable, onWait=self.whileWaiting, serverUrl=serverUrl,
+                                           token=self.ui.serverTokenLineEdit.text or None)
         except (WorkerError, BusyError) as error:  # says what to do (install the backend, another Python, ...)
             self.setStatus(str(error), error=True)
             return False
@@ -343,8 +358,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path:
             self._parameterNode.pythonExecutable = path
 
-    def updateBackendStatus(self, pythonExecutable):
-        text, self._installNeeded = backend_install.status(pythonExecutable)
+    def updateBackendStatus(self, pythonExecutable, serverUrl=""):
+        text, self._installNeeded = backend_install.status(pythonExecutable, serverUrl)
         self.ui.backendStatusLabel.text = text
         self.updateButtons()
 
@@ -365,7 +380,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         finally:
             qt.QApplication.restoreOverrideCursor()
-            self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text)
+            self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text, self.ui.serverUrlLineEdit.text)
         self.setStatus("Backend installed." if installed else "Installation cancelled.")
 
     def onRestartWorker(self):
@@ -548,11 +563,12 @@ class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
                               model=parameterNode.model, samples=parameterNode.samples, steps=parameterNode.steps,
                               seed=parameterNode.seed, device=parameterNode.device)
 
-    def startWorker(self, pythonExecutable="", onWait=None):
-        """(Re)start the worker; an external interpreter runs in the environment Slicer was started with (not
-        with Slicer's own library paths, which would break its packages)."""
+    def startWorker(self, pythonExecutable="", onWait=None, serverUrl="", token=None):
+        """(Re)start the worker, or connect to a server; an external interpreter runs in the environment Slicer
+        was started with (not with Slicer's own library paths, which would break its packages)."""
         environment = slicer.util.startupEnvironment() if pythonExecutable else None
-        return self.start_worker(pythonExecutable, on_wait=onWait, external_env=environment)
+        return self.start_worker(pythonExecutable, on_wait=onWait, external_env=environment, server_url=serverUrl,
+                                 token=token)
 
     def installBackend(self, onStart=None):
         """Install torch (through the PyTorch extension) and the backend packages into Slicer's Python, never

@@ -101,6 +101,7 @@ def test_status_comes_from_the_interpreter_text_it_is_given(monkeypatch):
     monkeypatch.setattr(backend_install, "WORKER_MODULES", ("torch", "diffusers_no_such_module"))
     text, install = backend_install.status("")
     assert install and text.startswith("Missing in Slicer's Python: diffusers_no_such_module, ")
+    assert backend_install.status("", "https://gpu.example.org") == ("The worker runs on the server above.", False)
 
 
 # Slicer's Python with "Additional module paths = SDSegSlicer/": only the module's folder is on sys.path (no

@@ -79,7 +79,8 @@ def test_module_classes_follow_slicer_conventions(module_tree):
 def test_parameter_node_has_the_documented_parameters(module_tree):
     annotations = parameter_annotations(module_tree)
     assert set(annotations) == {"inputVolume", "lesionPoints", "roi", "sliceStart", "sliceEnd", "stopAfterEmpty",
-                                "model", "samples", "steps", "seed", "device", "pythonExecutable", "varianceOpacity"}
+                                "model", "samples", "steps", "seed", "device", "pythonExecutable", "serverUrl",
+                                "varianceOpacity"}
     assert annotations["inputVolume"] == "vtkMRMLScalarVolumeNode"
     assert annotations["lesionPoints"] == "vtkMRMLMarkupsFiducialNode"
     assert annotations["roi"] == "vtkMRMLMarkupsROINode"

@@ -55,9 +55,12 @@ def missing_modules() -> list[str]:
     return missing + ([DICOM_SEG_MODULE] if not _found(DICOM_SEG_MODULE, []) else [])
 
 
-def status(python_executable: str) -> tuple[str, bool]:
-    """(status line, whether 'Install backend' has something to do) for the interpreter field's text: the text
-    itself, never a value read elsewhere (the field's signal may arrive before the parameter node has it)."""
+def status(python_executable: str, server_url: str = "") -> tuple[str, bool]:
+    """(status line, whether 'Install backend' has something to do) for the interpreter and server fields' texts:
+    the texts themselves, never values read elsewhere (a field's signal may arrive before the parameter node has
+    it)."""
+    if server_url.strip():
+        return "The worker runs on the server above.", False
     if python_executable.strip():
         return "The worker runs in the Python interpreter above.", False
     missing = missing_modules()

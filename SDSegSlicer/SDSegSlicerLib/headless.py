@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -26,6 +28,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
+from .batch import BatchError, add_prompts, read_inputs, run_batch
 from .export import export_segmentation, export_volume
 from .outputs import OutputError, check_outputs, output_paths
 from .preview import write_preview
@@ -33,8 +36,11 @@ from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_line
 from .run import DEFAULT_SAMPLES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
 from .segmentation_writer import ensure_converter_rules
 from .stats import segmentation_statistics, write_statistics
+from .remote_client import TOKEN_ENVIRONMENT_VARIABLE, RemoteWorkerClient
+from .remote_server import DEFAULT_PORT, serve
 from .worker_client import WorkerClient, WorkerError
 
+DEFAULT_MAX_UPLOAD_MB = 2048
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 WORKER_START_TIMEOUT_S = 300.0
@@ -124,10 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     segment.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     segment.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: automatic)")
-    segment.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    add_worker_options(segment)
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     models = commands.add_parser("models", help="list the installed models")
-    models.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    add_worker_options(models)
+    batch = commands.add_parser("batch", help="segment a cohort: one task per volume, resumable, one summary CSV")
+    batch.add_argument("--inputs", required=True, help="a folder of volumes (sub-folders: DICOM series) or a CSV "
+                       "with columns id, input")
+    batch.add_argument("--out", required=True, help="output folder (per volume ID_*.seg.nrrd ..., and summary.csv)")
+    batch.add_argument("--prompts", help="CSV with columns input (or id), kind (point_ras, point_ijk, box_ijk), "
+                       "value; volumes without a row are segmented whole")
+    batch.add_argument("--ray", metavar="ADDRESS", help="run the tasks on Ray: a cluster address, 'auto' (join the "
+                       "running one) or 'local' (start one here)")
+    batch.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each Ray task needs (default 0)")
+    batch.add_argument("--workers", type=positive_int, help="local tasks at a time (default: cores / threads)")
+    batch.add_argument("--threads-per-task", type=positive_int, default=1, help="CPU threads each task uses "
+                       "(default 1)")
+    for option, kwargs in BATCH_SEGMENT_OPTIONS:
+        batch.add_argument(option, **kwargs)
+    serve = commands.add_parser("serve", help="serve the worker to other machines over HTTP (docs/protocol.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                       "only; any other needs a token)")
+    serve.add_argument("--port", type=int_from(0, 65535), default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument("--token", help=f"clients must send it (default: ${TOKEN_ENVIRONMENT_VARIABLE})")
+    serve.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    serve.add_argument("--max-upload-mb", type=positive_int, default=DEFAULT_MAX_UPLOAD_MB,
+                       help=f"largest volume upload (default {DEFAULT_MAX_UPLOAD_MB})")
+    serve.add_argument("--data-root", help="clients may also name volumes inside this folder of the server")
     return parser
 
 
@@ -165,9 +194,20 @@ class ProgressBar:
             self.stream.flush()
 
 
-def start_client(python):
-    client = WorkerClient(python_executable=python)
-    print("Starting the worker ...", file=sys.stderr, flush=True)
+def add_worker_options(parser) -> None:
+    """Where the worker runs: a local interpreter (--python), or a server (--server, --token)."""
+    parser.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    parser.add_argument("--server", metavar="URL", help="use the worker of an `sdseg-slicer serve` server instead")
+    parser.add_argument("--token", help=f"the server's token (default: ${TOKEN_ENVIRONMENT_VARIABLE})")
+
+
+def start_client(args):
+    if args.server:
+        client = RemoteWorkerClient(args.server, args.token)
+        print(f"Connecting to {args.server} ...", file=sys.stderr, flush=True)
+    else:
+        client = WorkerClient(python_executable=args.python)
+        print("Starting the worker ...", file=sys.stderr, flush=True)
     try:
         client.start(WORKER_START_TIMEOUT_S)
     except BaseException:  # Ctrl-C while starting included: never leave a worker behind
@@ -176,8 +216,59 @@ def start_client(python):
     return client
 
 
+def command_serve(args) -> int:
+    token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
+    data_root = Path(args.data_root) if args.data_root else None
+    if data_root is not None and not data_root.is_dir():
+        raise UsageError(f"--data-root {args.data_root}: no such folder")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)  # the access log
+    print("Starting the worker ...", file=sys.stderr, flush=True)
+
+    def ready(address):
+        print(f"Serving on http://{address[0]}:{address[1]} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    try:
+        serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready)
+    except ValueError as error:  # a public address without a token, a port in use
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt as interrupt:
+        print("Stopped.", file=sys.stderr)
+        return exit_status_of(signal_of(interrupt))
+    return 0
+
+
+BATCH_SEGMENT_OPTIONS = [  # passed on to each volume's `segment`
+    ("--model", {"help": "model name or folder"}), ("--samples", {"type": int_from(1, MAX_SAMPLES)}),
+    ("--steps", {"type": positive_int}), ("--seed", {"type": non_negative_int}),
+    ("--device", {"choices": ("auto", "cuda", "cpu")}), ("--stop-after-empty", {"type": positive_int}),
+    ("--max-slices", {"type": positive_int}), ("--server", {"metavar": "URL"}), ("--token", {}), ("--python", {}),
+]
+
+
+def command_batch(args) -> int:
+    options = []
+    for option, _ in BATCH_SEGMENT_OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            options += [option, str(value)]
+    try:
+        tasks = read_inputs(args.inputs)
+        if args.prompts:
+            add_prompts(tasks, args.prompts)
+        rows = run_batch(tasks, Path(args.out), options, args.workers, args.ray, args.gpus_per_task,
+                         args.threads_per_task)
+    except BatchError as error:
+        raise UsageError(str(error)) from None
+    failed = [row for row in rows if row["status"] not in ("done", "skipped (done before)")]
+    print(f"{len(rows) - len(failed)} of {len(rows)} volumes done; summary: {Path(args.out) / 'summary.csv'}",
+          file=sys.stderr)
+    for row in failed:
+        print(f"{row['id']}: {row['status']}: {row['error']}", file=sys.stderr)
+    return EXIT_ERROR if failed else 0
+
+
 def command_models(args) -> int:
-    client = start_client(args.python)
+    client = start_client(args)
     try:
         hello = client.hello
     finally:
@@ -328,7 +419,7 @@ def command_segment(args) -> int:
            "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
            "roi_ijk": args.roi if points or prompt is None else None, "slice_axis": None, "prompt": prompt}
     try:
-        client = start_client(args.python)
+        client = start_client(args)
     except KeyboardInterrupt as interrupt:
         print("Cancelled before the worker was ready; nothing written.", file=sys.stderr)
         return exit_status_of(signal_of(interrupt))
@@ -372,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     vtk.vtkObject.GlobalWarningDisplayOff()  # VTK's own error prints: every failure is reported in one line
     try:
         args = build_parser().parse_args(argv)
+        commands = {"models": command_models, "segment": command_segment, "serve": command_serve,
+                    "batch": command_batch}
         with termination_as_interrupt():
-            return command_models(args) if args.command == "models" else command_segment(args)
+            return commands[args.command](args)
     except UsageError as error:
         print(f"sdseg-slicer: error: {error}", file=sys.stderr)
         return EXIT_USAGE

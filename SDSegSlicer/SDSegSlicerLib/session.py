@@ -16,6 +16,7 @@ import shutil
 
 from . import export, module_logic, prompts, stats
 from .run import SegmentationRun
+from .remote_client import RemoteWorkerClient
 from .segmentation_writer import segment_ids_by_name
 from .temp_folders import owned_temp_folder
 from .worker_client import WorkerClient, WorkerError
@@ -58,24 +59,28 @@ class SegmentationSession:
 
     # --- worker ---------------------------------------------------------------------------------------------
 
-    def worker_ready(self, python_executable: str = "") -> bool:
+    def worker_ready(self, python_executable: str = "", server_url: str = "") -> bool:
         return (self.client is not None and self.client.is_running()
-                and self.client_python == python_executable)
+                and self.client_python == (server_url or python_executable))
 
     def start_worker(self, python_executable: str = "", timeout: float = WORKER_START_TIMEOUT_S, on_wait=None,
-                     external_env: dict | None = None) -> dict:
-        """(Re)start the worker with ``python_executable`` (empty: this Python) and return its hello.
-        ``on_wait()`` is called while the worker loads (a GUI processes its events there). ``external_env`` is
-        the environment for an external interpreter (in Slicer: the one Slicer was started with, without its own
-        library paths)."""
+                     external_env: dict | None = None, server_url: str = "", token: str | None = None) -> dict:
+        """(Re)start the worker with ``python_executable`` (empty: this Python), or connect to the server at
+        ``server_url`` (with ``token``), and return its hello. ``on_wait()`` is called while a local worker loads
+        (a GUI processes its events there). ``external_env`` is the environment for an external interpreter (in
+        Slicer: the one Slicer was started with, without its own library paths)."""
         if self.is_running():
             raise BusyError("A segmentation is running: cancel it before restarting the worker.")
         with self.busy("the worker is starting"):
             self.stop_worker()
-            client = WorkerClient(python_executable=python_executable or None,
-                                  env=external_env if python_executable else None)
-            hello = client.start(timeout, on_wait=on_wait)
-            self.client, self.client_python = client, python_executable
+            if server_url:
+                client = RemoteWorkerClient(server_url, token)
+                hello = client.start()
+            else:
+                client = WorkerClient(python_executable=python_executable or None,
+                                      env=external_env if python_executable else None)
+                hello = client.start(timeout, on_wait=on_wait)
+            self.client, self.client_python = client, server_url or python_executable
             return hello
 
     def stop_worker(self) -> None:

@@ -32,6 +32,7 @@ STOP_TIMEOUT_S = 10.0
 UNRESPONSIVE_STOP_TIMEOUT_S = 1.0
 WAIT_POLL_S = 0.05
 JOBS_FOLDER_PREFIX = "sdseg-jobs-"
+TERMINAL_MESSAGES = ("done", "cancelled", "error")  # the message types that end a job
 # Environment variables of Slicer's own Python that would break another interpreter.
 FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 
@@ -75,6 +76,18 @@ def backend_root() -> Path | None:
         if (root / "sdseg" / "worker").is_dir() and root.name not in ("site-packages", "dist-packages"):
             return root
     return None
+
+
+def drain(messages: queue.Queue, timeout: float) -> list:
+    """Everything in ``messages`` now, waiting up to ``timeout`` s for the first item when it is empty."""
+    items = []
+    try:
+        items.append(messages.get(timeout=timeout) if timeout > 0 else messages.get_nowait())
+        while True:
+            items.append(messages.get_nowait())
+    except queue.Empty:
+        pass
+    return items
 
 
 def worker_environment(env: dict | None, external_interpreter: bool) -> dict:
@@ -292,19 +305,12 @@ class WorkerClient:
     def poll(self, timeout: float = 0.0) -> list[dict]:
         """Messages received so far (waits up to `timeout` s for the first one). A worker that died gives an
         `error` message with code `worker_crashed` for each unfinished job (one with job_id None if none)."""
-        messages = []
-        try:
-            messages.append(self._messages.get(timeout=timeout) if timeout > 0 else self._messages.get_nowait())
-            while True:
-                messages.append(self._messages.get_nowait())
-        except queue.Empty:
-            pass
         result = []
-        for message in messages:
+        for message in drain(self._messages, timeout):
             if message is _END_OF_OUTPUT:
                 result += self._crash_messages()
                 continue
-            if message.get("type") in ("done", "cancelled", "error") and message.get("job_id") in self._active_jobs:
+            if message.get("type") in TERMINAL_MESSAGES and message.get("job_id") in self._active_jobs:
                 self._active_jobs.remove(message["job_id"])
             result.append(message)
         return result

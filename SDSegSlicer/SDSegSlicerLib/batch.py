@@ -1,0 +1,199 @@
+"""`sdseg-slicer batch`: segment a cohort, one task per volume, each task the `segment` command itself (its own
+worker, its own outputs), run by a local process pool or by Ray on a cluster with GPUs. Resumable: a volume whose
+summary says it is done is skipped. A volume that fails is recorded and the others go on. One summary CSV.
+
+    inputs: a folder (its volume files, and its sub-folders as DICOM series) or a CSV with columns `id` (optional)
+            and `input`;
+    prompts: a CSV with columns `input` (or `id`), `kind` (point_ras, point_ijk or box_ijk) and `value` (3 or 6
+             numbers separated by spaces or semicolons); several rows of one volume are several lesions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .outputs import SEGMENTATION_SUFFIX
+
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+PROMPT_KINDS = {"point_ras": ("--point", 3), "point_ijk": ("--point-ijk", 3), "box_ijk": ("--roi", 6)}
+SUMMARY_COLUMNS = ("id", "input", "status", "error", "lesions", "lesion_volumes_ml", "variance_mean", "seconds")
+TASK_TIMEOUT_S = 24 * 3600
+
+
+class BatchError(ValueError):
+    """A cohort that cannot be run as given; the message says what to fix."""
+
+
+@dataclass
+class Task:
+    id: str
+    input: str
+    prompt_options: list[str] = field(default_factory=list)
+
+
+def _id_of(path: Path) -> str:
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return re.sub(r"[^\w.-]+", "_", name) or "volume"
+
+
+def read_inputs(inputs: str) -> list[Task]:
+    """The cohort's volumes, from a folder or a CSV (see the module docstring); ids must be unique."""
+    path = Path(inputs)
+    if path.is_dir():
+        entries = sorted(p for p in path.iterdir()
+                         if (p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)) or p.is_dir())
+        tasks = [Task(_id_of(p), str(p.resolve())) for p in entries]
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as stream:
+            rows = list(csv.DictReader(stream))
+        if not rows or "input" not in rows[0]:
+            raise BatchError(f"--inputs {inputs}: a CSV needs an 'input' column (and optionally 'id')")
+        tasks = []
+        for row in rows:
+            volume = Path(row["input"])
+            volume = volume if volume.is_absolute() else (path.parent / volume)
+            tasks.append(Task(row.get("id") or _id_of(volume), str(volume.resolve())))
+    else:
+        raise BatchError(f"--inputs {inputs}: no such folder or .csv file")
+    if not tasks:
+        raise BatchError(f"--inputs {inputs}: no volume found (files ending {', '.join(VOLUME_SUFFIXES)}, or "
+                         "DICOM folders)")
+    ids = [task.id for task in tasks]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise BatchError(f"--inputs {inputs}: ids used twice ({', '.join(duplicates)}); give an 'id' column")
+    return tasks
+
+
+def add_prompts(tasks: list[Task], prompts: str) -> None:
+    """Give each task the command-line options of its lesions from the prompts CSV."""
+    by_key = {key: task for task in tasks for key in (task.id, task.input)}
+    with open(prompts, newline="", encoding="utf-8") as stream:
+        for line, row in enumerate(csv.DictReader(stream), start=2):
+            key = row.get("input") or row.get("id") or ""
+            task = by_key.get(key) or by_key.get(str((Path(prompts).parent / key).resolve()))
+            if task is None:
+                raise BatchError(f"--prompts {prompts}, line {line}: {key!r} is not one of the inputs")
+            option, count = PROMPT_KINDS.get(row.get("kind", ""), (None, 0))
+            values = [v for v in re.split(r"[\s;,]+", row.get("value", "").strip()) if v]
+            if option is None or len(values) != count:
+                raise BatchError(f"--prompts {prompts}, line {line}: need kind one of {', '.join(PROMPT_KINDS)} and "
+                                 f"a value of {count or '3 or 6'} numbers")
+            task.prompt_options += [option, ",".join(values)]
+
+
+def summary_path(out: Path, task: Task) -> Path:
+    return out / f"{task.id}_summary.json"
+
+
+def is_done(out: Path, task: Task) -> bool:
+    try:
+        return json.loads(summary_path(out, task).read_text(encoding="utf-8")).get("state") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def segment_arguments(task: Task, out: Path, options: list[str]) -> list[str]:
+    """The `segment` command line of one task (after `python -m SDSegSlicerLib.headless`)."""
+    return ["segment", task.input, "-o", str(out / f"{task.id}{SEGMENTATION_SUFFIX}"), "--overwrite",
+            *task.prompt_options, *options]
+
+
+def run_task(arguments: list[str], threads: int) -> tuple[int, str, float]:
+    """Run one `segment` command with this process's interpreter and environment (on a Ray node: the GPUs Ray gave
+    the task), ``threads`` CPU threads: (exit status, its last error line, seconds)."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", *arguments], capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=TASK_TIMEOUT_S)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    return result.returncode, (errors[-1] if errors else ""), time.monotonic() - started
+
+
+def summary_row(out: Path, task: Task, status: str, error: str, seconds: float | None) -> dict:
+    """The cohort summary's row of a volume, from its own summary file when there is one."""
+    row = {"id": task.id, "input": task.input, "status": status, "error": error, "lesions": "",
+           "lesion_volumes_ml": "", "variance_mean": "", "seconds": "" if seconds is None else round(seconds, 1)}
+    try:
+        summary = json.loads(summary_path(out, task).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return row
+    lesions = summary.get("lesions", [])
+    row.update(lesions=len(lesions), lesion_volumes_ml=";".join(f"{lesion['volume_ml']:.3f}" for lesion in lesions),
+               variance_mean=round(summary.get("variance_mean", 0.0), 6))
+    if seconds is None:
+        row["seconds"] = summary.get("seconds", "")
+    return row
+
+
+def local_workers(threads_per_task: int) -> int:
+    """A process pool the size of the machine: its cores / the threads each task uses."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads_per_task))
+
+
+def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | None = None,
+              ray_address: str | None = None, gpus_per_task: float = 0.0, threads_per_task: int = 1) -> list[dict]:
+    """Run every task not done yet (locally, or on Ray), write out/summary.csv, return its rows in input order."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {task.id: summary_row(out, task, "skipped (done before)", "", None) for task in tasks if is_done(out, task)}
+    todo = [task for task in tasks if task.id not in rows]
+    from tqdm import tqdm  # the command's progress bar; 3D Slicer's Python (which imports this module) has no tqdm
+
+    progress = tqdm(total=len(tasks), initial=len(rows), desc="cohort", unit="volume", file=sys.stderr)
+    try:
+        for task, (status, error, seconds) in _execute(todo, out, options, workers or local_workers(
+                threads_per_task), ray_address, gpus_per_task, threads_per_task):
+            state = "done" if status == 0 else "cancelled" if status >= 128 else "error"
+            rows[task.id] = summary_row(out, task, state, error, seconds)
+            progress.update()
+    finally:
+        progress.close()
+        ordered = [rows[task.id] for task in tasks if task.id in rows]
+        with open(out / "summary.csv", "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(ordered)
+    return ordered
+
+
+def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads):
+    """Yield (task, (exit status, error, seconds)) as the tasks finish."""
+    arguments = {task.id: segment_arguments(task, out, options) for task in tasks}
+    if ray_address:
+        yield from _on_ray(tasks, arguments, ray_address, gpus_per_task, threads)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # each task is a `segment` process: threads suffice here
+        futures = {pool.submit(run_task, arguments[task.id], threads): task for task in tasks}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _on_ray(tasks, arguments, address, gpus_per_task, threads):
+    """The tasks on Ray: each one a Ray task asking for ``threads`` CPUs and ``gpus_per_task`` GPUs (Ray sets
+    CUDA_VISIBLE_DEVICES for it). The inputs and --out must be on storage every node sees."""
+    try:
+        import ray
+    except ImportError:
+        raise BatchError("--ray needs Ray: pip install 'sdseg-slicer[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, log_to_driver=False)
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus_per_task)(run_task)
+    pending = {remote.remote(arguments[task.id], threads): task for task in tasks}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        task = pending.pop(done[0])
+        try:
+            yield task, ray.get(done[0])
+        except ray.exceptions.RayError as error:
+            yield task, (1, f"Ray: {type(error).__name__}: {error}".splitlines()[0], 0.0)

@@ -1,0 +1,382 @@
+"""`sdseg-slicer serve`: the worker protocol over HTTP, for clients on other machines (docs/protocol.md, "Over HTTP").
+
+Why HTTP with a streamed response rather than WebSocket: a client needs only `requests`, which 3D Slicer ships (no
+package to add to Slicer's Python), the server only the standard library, and any HTTP reverse proxy can add TLS.
+
+One local worker process (one model cache) serves every client. Jobs wait in one queue per client; the next job is
+the oldest one of the client served longest ago (round robin), so that a client with many jobs does not starve the
+others. A job's volume is uploaded once (a volume file, or a DICOM folder as a zip), or named by a path inside the
+server's --data-root; its messages stream back on GET /jobs/<id>/events as JSON lines, each slice's npz inline
+(base64) instead of a file path. A client that disconnects from its events stream cancels its job.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hmac
+import http.server
+import ipaddress
+import itertools
+import json
+import logging
+import queue
+import shutil
+import socketserver
+import sys
+import threading
+import uuid
+import zipfile
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from .temp_folders import owned_temp_folder
+from .worker_client import TERMINAL_MESSAGES, WorkerClient, WorkerError
+
+DEFAULT_PORT = 8765
+MAX_JOB_HEADER_BYTES = 64 * 1024
+UPLOAD_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".zip")
+POLL_S = 0.2
+UPLOADS_FOLDER_PREFIX = "sdseg-uploads-"
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RequestError(Exception):
+    """An HTTP request the server refuses: ``status`` and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Job:
+    """A job of one client: the request for the worker, its uploaded files, and the messages for its client."""
+
+    def __init__(self, client: str, request: dict, folder: Path):
+        self.id, self.client, self.request, self.folder = uuid.uuid4().hex[:12], client, request, folder
+        self.started = False
+        self.messages: queue.Queue = queue.Queue()
+        self.finished = False
+        self.result: dict | None = None  # its last message (done, cancelled or error)
+
+    def state(self) -> dict:
+        """GET /jobs/<id>: waiting, running or finished (with how it ended)."""
+        if self.result is not None:
+            return {"state": "finished", "result": self.result["type"], "slices": self.result.get("slices")}
+        return {"state": "running" if self.started else "waiting"}
+
+
+class Dispatcher:
+    """Runs the jobs of every client on one local worker, in turn per client, and routes the worker's messages."""
+
+    def __init__(self, worker: WorkerClient):
+        self.worker = worker
+        self.jobs: dict[str, Job] = {}
+        self.waiting: dict[str, collections.deque] = collections.defaultdict(collections.deque)  # not started yet
+        self.starts = itertools.count()
+        self.last_start: dict[str, int] = {}  # client -> when its last job started (in starts)
+        self.running: Job | None = None
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.wakeup = threading.Event()  # set by add(): a job is waiting
+        self.thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+
+    def add(self, job: Job) -> None:
+        with self.lock:
+            self.jobs[job.id] = job
+            self.waiting[job.client].append(job)
+        self.wakeup.set()
+
+    def cancel(self, job_id: str) -> None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.finished:
+                return
+            if job is self.running:
+                self.worker.cancel(job.id)
+                return
+            self.waiting[job.client].remove(job)
+        self._finish(job, {"type": "cancelled", "job_id": job.id, "slices": 0})
+
+    def _next(self) -> Job | None:
+        """The next job: the oldest one of the client whose last job started longest ago (never: first)."""
+        with self.lock:
+            clients = [client for client, jobs in self.waiting.items() if jobs]
+            if not clients:
+                return None
+            client = min(clients, key=lambda c: self.last_start.get(c, -1))
+            self.last_start[client] = next(self.starts)
+            job = self.running = self.waiting[client].popleft()
+            job.started = True
+            return job
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            if self.running is None:
+                job = self._next()
+                if job is None:  # idle: wait for a job (add() wakes this at once), routing any late message
+                    self.wakeup.wait(POLL_S)
+                    self.wakeup.clear()
+                    for message in self.worker.poll():
+                        self._route(message)
+                    continue
+                self._start(job)
+            for message in self.worker.poll(POLL_S):
+                self._route(message)
+
+    def _start(self, job: Job) -> None:
+        try:
+            self.worker.submit({**job.request, "job_id": job.id})
+        except WorkerError as error:
+            self.running = None
+            self._finish(job, {"type": "error", "job_id": job.id, "code": "worker_crashed", "message": str(error)})
+            self._restart_worker()
+
+    def _restart_worker(self) -> None:
+        log.warning("restarting the worker")
+        self.worker.stop()
+        python = self.worker.python_executable
+        self.worker = WorkerClient(python_executable=python)
+        self.worker.start()
+
+    def _route(self, message: dict) -> None:
+        job = self.jobs.get(message.get("job_id"))
+        if job is None:  # a message for no job (the worker crashed between jobs): nothing to route
+            return
+        if message.get("type") == "slice":
+            message = dict(message)
+            path = Path(message.pop("file"))
+            message["payload"] = base64.b64encode(path.read_bytes()).decode("ascii")
+            path.unlink(missing_ok=True)
+        if message.get("type") in TERMINAL_MESSAGES:
+            self.worker.discard_job(job.id)
+            if message.get("code") == "worker_crashed":
+                self._restart_worker()
+            self.running = None
+            self._finish(job, message)
+        else:
+            job.messages.put(message)
+
+    def _finish(self, job: Job, message: dict) -> None:
+        job.finished, job.result = True, message
+        job.messages.put(message)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, dispatcher: Dispatcher, token: str | None, max_upload_bytes: int,
+                 data_root: Path | None, uploads: Path):
+        super().__init__(address, Handler)
+        self.dispatcher, self.token, self.max_upload_bytes = dispatcher, token, max_upload_bytes
+        self.data_root, self.uploads = data_root, uploads
+
+    def handle_error(self, request, client_address):
+        """One log line per failed request (a client that closed its connection is routine), no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.info("%s: connection closed (%s)", client_address[0], type(error).__name__)
+        else:
+            log.error("%s: request failed: %s: %s", client_address[0], type(error).__name__, error)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # the access log goes to the logger, not stderr
+        log.info("%s %s", self.address_string(), format % args)
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    def _authorised(self) -> None:
+        token = self.server.token
+        if token is None:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise RequestError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = (json.dumps(body) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method) -> None:
+        try:
+            self._authorised()
+            method()
+        except RequestError as error:
+            self._reply(error.status, {"error": str(error)})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_GET(self):
+        self._handle(self._get)
+
+    def do_POST(self):
+        self._handle(self._post)
+
+    # --- routes ---------------------------------------------------------------------------------------------
+
+    def _get(self) -> None:
+        parts = urlparse(self.path).path.strip("/").split("/")
+        if parts == ["hello"]:
+            self._reply(200, {**self.server.dispatcher.worker.hello,
+                              "server": {"max_upload_bytes": self.server.max_upload_bytes,
+                                         "data_root": self.server.data_root is not None}})
+        elif len(parts) == 3 and parts[0] == "jobs" and parts[2] == "events":
+            self._events(self._job(parts[1]))
+        elif len(parts) == 2 and parts[0] == "jobs":
+            self._reply(200, self._job(parts[1]).state())
+        else:
+            raise RequestError(404, f"no such resource {self.path}")
+
+    def _post(self) -> None:
+        url = urlparse(self.path)
+        parts = url.path.strip("/").split("/")
+        if parts == ["jobs"]:
+            client = parse_qs(url.query).get("client", [self.client_address[0]])[0]
+            job = self._new_job(client)
+            self.server.dispatcher.add(job)
+            self._reply(202, {"job_id": job.id})
+        elif len(parts) == 3 and parts[0] == "jobs" and parts[2] == "cancel":
+            self.server.dispatcher.cancel(self._job(parts[1]).id)
+            self._reply(202, {"job_id": parts[1]})
+        else:
+            raise RequestError(404, f"no such resource {self.path}")
+
+    def _job(self, job_id: str) -> Job:
+        job = self.server.dispatcher.jobs.get(job_id)
+        if job is None:
+            raise RequestError(404, f"no job {job_id}")
+        return job
+
+    def _new_job(self, client: str) -> Job:
+        """The job of a POST /jobs: its fields from X-SDSeg-Job, its volume from the body (or --data-root)."""
+        header = self.headers.get("X-SDSeg-Job", "")
+        if len(header) > MAX_JOB_HEADER_BYTES:
+            raise RequestError(400, f"X-SDSeg-Job is over {MAX_JOB_HEADER_BYTES} bytes")
+        try:
+            fields = json.loads(header or "{}")
+        except ValueError:
+            raise RequestError(400, "X-SDSeg-Job is not JSON: send the job's fields as one JSON object") from None
+        if not isinstance(fields, dict):
+            raise RequestError(400, "X-SDSeg-Job must be a JSON object")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > self.server.max_upload_bytes:
+            raise RequestError(413, f"the upload ({length} bytes) is over this server's limit of "
+                                    f"{self.server.max_upload_bytes} bytes")
+        folder = Path(self.server.uploads) / uuid.uuid4().hex[:12]
+        folder.mkdir()
+        try:
+            volume = self._volume(fields.pop("server_volume", None), length, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        request = {**fields, "type": "segment", "volume": str(volume)}
+        request.pop("job_dir", None)
+        return Job(client, request, folder)
+
+    def _volume(self, server_volume, length: int, folder: Path) -> Path:
+        if server_volume is not None:
+            root = self.server.data_root
+            if root is None:
+                raise RequestError(400, "this server takes uploads only (it was started without --data-root)")
+            path = (root / str(server_volume)).resolve()
+            if not path.is_relative_to(root):
+                raise RequestError(400, f"server_volume {server_volume!r} is outside the server's data root")
+            return path
+        name = Path(self.headers.get("X-SDSeg-Volume-Name", "")).name
+        if not name.lower().endswith(UPLOAD_SUFFIXES) or length == 0:
+            raise RequestError(400, "upload the volume in the body with its file name in X-SDSeg-Volume-Name "
+                                    f"(one of {', '.join(UPLOAD_SUFFIXES)}; a DICOM folder as a .zip)")
+        path = folder / name
+        with open(path, "wb") as out:
+            remaining = length
+            while remaining:
+                chunk = self.rfile.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise RequestError(400, "the upload ended before Content-Length bytes")
+                out.write(chunk)
+                remaining -= len(chunk)
+        if name.lower().endswith(".zip"):
+            return self._unzip(path, folder / "series")
+        return path
+
+    @staticmethod
+    def _unzip(path: Path, into: Path) -> Path:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    target = (into / member).resolve()
+                    if not target.is_relative_to(into.resolve()):
+                        raise RequestError(400, f"the zip holds a path outside it: {member}")
+                archive.extractall(into)
+        except zipfile.BadZipFile:
+            raise RequestError(400, "the upload is not a valid zip of a DICOM folder") from None
+        path.unlink()
+        return into
+
+    def _events(self, job: Job) -> None:
+        """The job's messages as JSON lines (chunked), until its last one; a client that goes away cancels it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            while True:
+                message = job.messages.get()
+                data = (json.dumps(message) + "\n").encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+                if message.get("type") in TERMINAL_MESSAGES:
+                    break
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            log.info("the client of job %s went away: cancelling it", job.id)
+            self.server.dispatcher.cancel(job.id)
+
+
+def serve(host: str, port: int, token: str | None, python: str | None, max_upload_bytes: int,
+          data_root: Path | None, on_ready=None) -> None:
+    """Run the server until interrupted (KeyboardInterrupt): start the worker, then answer requests."""
+    if token is None and not is_loopback(host):
+        raise ValueError(f"--host {host} is reachable from other machines: give a --token (or $SDSEG_TOKEN)")
+    worker = WorkerClient(python_executable=python)
+    worker.start()
+    uploads = owned_temp_folder(UPLOADS_FOLDER_PREFIX)
+    dispatcher = Dispatcher(worker)
+    dispatcher.thread.start()
+    server = None
+    try:
+        try:
+            server = Server((host, port), dispatcher, token, max_upload_bytes,
+                            data_root.resolve() if data_root else None, uploads)
+        except OSError as error:
+            raise ValueError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or "
+                             "--host") from None
+        if on_ready is not None:
+            on_ready(server.server_address)
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        if server is not None:
+            server.server_close()
+        dispatcher.stopping.set()
+        dispatcher.worker.stop()
+        shutil.rmtree(uploads, ignore_errors=True)

@@ -1,0 +1,237 @@
+"""`sdseg-slicer serve` and its clients, on loopback, with REAL server and worker processes and tiny real models: the
+token, request limits and malformed requests, the worker's own validation, two clients served in turn, a client
+that goes away, results equal to a local worker's (the headless command), the module's logic through a server, and
+a server that dies mid-job."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+import slicer
+from slicerlib_testing import (CLI_TIMEOUT_S, MODEL_NAME, add_volume_node, lesion_volume, oblique_ijk_to_ras,
+                               read_seg_nrrd_with_slicerio)
+
+from SDSegSlicerLib.remote_client import RemoteWorkerClient
+from SDSegSlicerLib.session import SegmentationSession
+from SDSegSlicerLib.worker_client import WorkerError
+
+TOKEN = "s3cret-token"
+RUN_TIMEOUT_S = 120
+
+
+class ServerProcess:
+    """`sdseg-slicer serve` on a free loopback port."""
+
+    def __init__(self, env, *options):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "SDSegSlicerLib.headless", "serve", "--port", "0", *options], env=env,
+            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.lines = []
+        for line in self.process.stderr:
+            self.lines.append(line)
+            match = re.search(r"Serving on (http://\S+)", line)
+            if match:
+                self.url = match.group(1)
+                threading.Thread(target=self.lines.extend, args=(self.process.stderr,), daemon=True).start()
+                return
+        raise AssertionError("the server did not start: " + "".join(self.lines))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(CLI_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models_dir, tmp_path_factory):
+    import os
+
+    from slicerlib_testing import lib_python_path
+
+    env = dict(os.environ, SDSEG_MODELS_PATH=str(tiny_models_dir), OMP_NUM_THREADS="1", PYTHONPATH=lib_python_path())
+    data_root = tmp_path_factory.mktemp("data_root")
+    lesion_volume(data_root / "on_server.nrrd", (3, 16, 16))
+    running = ServerProcess(env, "--token", TOKEN, "--max-upload-mb", "1", "--data-root", str(data_root))
+    yield running
+    assert running.stop() == 128 + signal.SIGTERM
+    log = "".join(running.lines)
+    assert "GET /hello" in log and "Traceback" not in log and TOKEN not in log  # an access log, no tracebacks
+
+
+def headers(**extra):
+    return {"Authorization": f"Bearer {TOKEN}", **extra}
+
+
+def run_job(client, job, timeout=RUN_TIMEOUT_S):
+    """Submit ``job`` and collect its messages up to its last."""
+    job_id = client.submit(job)
+    messages, deadline = [], time.monotonic() + timeout
+    while not messages or messages[-1].get("type") not in ("done", "cancelled", "error"):
+        assert time.monotonic() < deadline, messages[-3:]
+        messages += [m for m in client.poll(0.2) if m.get("job_id") == job_id]
+    return job_id, messages
+
+
+def test_the_token_is_required_and_compared_whole(server):
+    assert requests.get(server.url + "/hello", timeout=10).status_code == 401
+    assert requests.get(server.url + "/hello", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 401
+    hello = requests.get(server.url + "/hello", headers=headers(), timeout=10).json()
+    assert hello["protocol"] == 2 and MODEL_NAME in [m["name"] for m in hello["models"]]
+    with pytest.raises(WorkerError, match="refused the token"):
+        RemoteWorkerClient(server.url, "wrong").start()
+
+
+def test_a_public_address_needs_a_token(worker_env):
+    result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "serve", "--host", "0.0.0.0"],
+                            env={**worker_env, "SDSEG_TOKEN": ""}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--host 0.0.0.0 is reachable from other machines: give a --token" in result.stderr
+
+
+@pytest.mark.parametrize("request_kwargs, status, phrase", [
+    ({"data": b"x" * (2 * 2 ** 20), "headers": {"X-SDSeg-Volume-Name": "big.nrrd"}}, 413, "over this server's limit"),
+    ({"data": b"x", "headers": {"X-SDSeg-Job": "{not json", "X-SDSeg-Volume-Name": "a.nrrd"}}, 400, "not JSON"),
+    ({"data": b"x", "headers": {"X-SDSeg-Job": "{}", "X-SDSeg-Volume-Name": "a.exe"}}, 400, "X-SDSeg-Volume-Name"),
+    ({"data": b"PK-not-a-zip", "headers": {"X-SDSeg-Volume-Name": "series.zip"}}, 400, "not a valid zip"),
+    ({"headers": {"X-SDSeg-Job": json.dumps({"server_volume": "../../etc/passwd"})}}, 400, "outside the server's"),
+])
+def test_bad_requests_are_refused_with_a_reason(server, request_kwargs, status, phrase):
+    extra = request_kwargs.pop("headers")
+    response = requests.post(server.url + "/jobs", headers=headers(**extra), timeout=30, **request_kwargs)
+    assert response.status_code == status and phrase in response.json()["error"]
+
+
+def test_unknown_resources_are_404(server):
+    assert requests.get(server.url + "/jobs/nope/events", headers=headers(), timeout=10).status_code == 404
+    assert requests.post(server.url + "/nowhere", headers=headers(), timeout=10).status_code == 404
+
+
+def test_the_worker_validates_remote_jobs_as_local_ones(server, tmp_path):
+    client = RemoteWorkerClient(server.url, TOKEN)
+    client.start()
+    try:
+        volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+        _, messages = run_job(client, {"volume": str(volume), "model": MODEL_NAME, "samples": 0})
+        assert messages[-1]["type"] == "error" and messages[-1]["code"] == "bad_request"
+        assert "'samples' must be an integer from 1 to 256" in messages[-1]["message"]
+        _, messages = run_job(client, {"volume": "unused", "server_volume": "on_server.nrrd", "model": MODEL_NAME,
+                                       "samples": 1, "steps": 1})
+        assert messages[-1]["type"] == "done" and messages[-1]["slices"] == 3  # a volume named on the server
+    finally:
+        client.stop()
+
+
+def test_two_clients_are_served_in_turn(server, tmp_path):
+    """Client A queues two jobs, then client B one: B's job starts before A's second."""
+    volume = lesion_volume(tmp_path / "ct.nrrd", (4, 16, 16))
+    first, second = RemoteWorkerClient(server.url, TOKEN), RemoteWorkerClient(server.url, TOKEN)
+    first.start()
+    second.start()
+    job = {"volume": str(volume), "model": MODEL_NAME, "samples": 2, "steps": 20, "device": "cpu"}
+    try:
+        a1, a2 = first.submit(job), first.submit(job)
+        b1 = second.submit(job)
+        started, finished, deadline = [], set(), time.monotonic() + 3 * RUN_TIMEOUT_S
+        while len(finished) < 3:
+            assert time.monotonic() < deadline
+            for message in first.poll(0.1) + second.poll(0.1):
+                if message["type"] == "accepted":
+                    started.append(message["job_id"])
+                elif message["type"] in ("done", "error", "cancelled"):
+                    assert message["type"] == "done", message
+                    finished.add(message["job_id"])
+        assert started == [a1, b1, a2]
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_client_that_goes_away_has_its_job_cancelled(server, tmp_path):
+    volume = lesion_volume(tmp_path / "long.nrrd", (40, 16, 16))
+    client = RemoteWorkerClient(server.url, TOKEN)
+    client.start()
+    job_id = client.submit({"volume": str(volume), "model": MODEL_NAME, "samples": 2, "steps": 100,
+                            "batch_size": 2, "device": "cpu"})
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any(m["type"] == "slice" for m in client.poll(0.2)):
+        assert time.monotonic() < deadline
+    client.stop()  # the client goes away: its events stream closes
+    while True:
+        state = requests.get(f"{server.url}/jobs/{job_id}", headers=headers(), timeout=10).json()
+        if state["state"] == "finished":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert state["result"] == "cancelled" and 1 <= state["slices"] < 40
+
+
+def test_the_headless_command_through_the_server_gives_the_local_result(server, tmp_path, worker_env):
+    volume = lesion_volume(tmp_path / "ct.nrrd", (5, 20, 24))
+    options = ["--model", MODEL_NAME, "--samples", "2", "--steps", "2", "--device", "cpu", "--point-ijk", "12,10,2",
+               "--stop-after-empty", "3"]
+    for name, extra in (("local", []), ("remote", ["--server", server.url])):
+        result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o",
+                                 str(tmp_path / f"{name}.seg.nrrd"), *options, *extra],
+                                env={**worker_env, "SDSEG_TOKEN": TOKEN}, capture_output=True, text=True,
+                                timeout=CLI_TIMEOUT_S)
+        assert result.returncode == 0 and TOKEN not in result.stderr, result.stderr
+    local, remote = (read_seg_nrrd_with_slicerio(tmp_path / f"{name}.seg.nrrd")[0] for name in ("local", "remote"))
+    assert list(local) == list(remote)
+    for segment in local:
+        np.testing.assert_array_equal(remote[segment], local[segment], err_msg=segment)
+    variances = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}_variance.nrrd")))
+                 for name in ("local", "remote")]
+    np.testing.assert_array_equal(*variances)
+
+
+def test_the_modules_logic_through_the_server(server, worker_env):
+    session = SegmentationSession(slicer.vtkMRMLScene())
+    try:
+        voxels = np.random.default_rng(0).normal(40.0, 10.0, (3, 16, 16))
+        volume = add_volume_node(session.scene, voxels, oblique_ijk_to_ras(), "remote ct")
+        hello = session.start_worker(server_url=server.url, token=TOKEN)
+        assert hello["protocol"] == 2 and session.worker_ready(server_url=server.url)
+        run = session.start_run(session.build_job(volume, model=MODEL_NAME, samples=2, steps=2, device="cpu"),
+                                volume)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while session.process_run() == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert run.state == "done", run.error_message
+        assert run.writer.slices_received == 3 and len(session.sample_segment_ids()) == 2
+    finally:
+        session.shutdown()
+
+
+def test_a_server_that_dies_mid_job_keeps_the_slices_that_arrived(tiny_models_dir, tmp_path, worker_env):
+    dying = ServerProcess(worker_env)
+    session = SegmentationSession(slicer.vtkMRMLScene())
+    try:
+        voxels = np.random.default_rng(1).normal(40.0, 10.0, (40, 16, 16))
+        volume = add_volume_node(session.scene, voxels, oblique_ijk_to_ras(), "ct")
+        session.start_worker(server_url=dying.url)
+        run = session.start_run(session.build_job(volume, model=MODEL_NAME, samples=2, steps=100, device="cpu"),
+                                volume)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while session.process_run() == "running" and (run.writer is None or run.writer.slices_received == 0):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        dying.process.kill()
+        while session.process_run() == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert run.state == "error" and run.error_code == "connection_lost"
+        assert "was lost" in run.error_message and "they are kept" in run.error_message
+        assert run.writer.slices_received >= 1 and session.has_result()
+    finally:
+        session.shutdown()
+        dying.stop()
