@@ -230,6 +230,31 @@ def test_preprocess_cli_crops_rois_around_the_sample_lesion(tmp_path):
     assert info["crop"] == {"in_plane_voxels": 96, "lesion_margin": 1.2}  # --crop's default; training keeps it
 
 
+def test_preprocess_negatives_add_lesion_free_crops_at_the_fraction_asked(tmp_path):
+    out = tmp_path / "negatives"
+    result = run_preprocess("--source", "pairs", "--input", SAMPLE_DIR, "--out", out, "--crops-per-lesion", 1,
+                            "--margin-slices", 0, "--negatives", 0.4, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    data = CropsDataset(out, "train")
+    negatives = [i for i, path in enumerate(data.files) if "_neg" in path.stem]
+    lesion_crops = len(data) - len(negatives)
+    assert lesion_crops > 0 and len(negatives) == round(lesion_crops * 0.4 / 0.6)
+    images = []
+    for index in negatives:
+        item = data.read(index)
+        assert not item["masks"].any() and item["masks"].shape == (1, 64, 64)
+        assert np.mean(item["image"] > -0.8) >= 0.5, "mostly inside the body"
+        images.append(item["image"])
+    assert len({image.tobytes() for image in images}) == len(images), "different places"
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["negatives"] == {"fraction": 0.4, "counts": {"train": len(negatives), "val": 0, "test": 0}}
+    assert info["counts"]["train"] == len(data) and "lesion-free crops" in info["description"]
+    for wrong, message in (("1.0", "0 <= FRACTION < 1"), ("-0.1", "0 <= FRACTION < 1")):
+        bad = run_preprocess("--source", "pairs", "--input", SAMPLE_DIR, "--out", tmp_path / f"bad{wrong}",
+                             "--negatives", wrong)
+        assert bad.returncode == 2 and message in bad.stderr
+
+
 def test_preprocess_multirater_draws_synthetic_raters_on_real_textures(tmp_path):
     pickle_path = tmp_path / "data_lidc.pickle"
     lidc_like_pickle(pickle_path, patients=5)

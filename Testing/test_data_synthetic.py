@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch, random_flips
+from sdseg.data.batches import InMemoryCrops
+from sdseg.data.dataset import CropsDataset, DatasetError
 from sdseg.data.synthetic import (FAINT_CONTRAST, gaussian_smooth, grow_or_shrink, lesion_contrasts, lesion_mask,
                                   make_shapes_dataset, rater_masks, render_image)
 
@@ -172,41 +173,28 @@ def _flip_variants(image, masks):
             for v in (False, True) for h in (False, True)}
 
 
-def test_augmentation_flips_image_and_masks_together(dataset_dir):
+def test_in_memory_batches_flip_image_and_mask_together_and_pick_one_rater(dataset_dir):
     plain = CropsDataset(dataset_dir, "train")
-    augmented = CropsDataset(dataset_dir, "train", augment=True)
-    torch.manual_seed(0)
-    seen = set()
-    for _ in range(6):
-        for index in range(len(plain)):
-            image, masks = augmented[index]
-            variants = _flip_variants(*plain[index])
-            matching = [key for key, (im, ms) in variants.items() if torch.equal(im, image)]
-            assert len(matching) == 1, "the image must be one flip of the original"
-            assert torch.equal(variants[matching[0]][1], masks), "the masks must get the image's flip"
-            seen.add(matching[0])
-    assert seen == {(False, False), (False, True), (True, False), (True, True)}
-    generator = torch.Generator().manual_seed(3)
-    image, masks = plain[0]
-    first = random_flips(image, masks, torch.Generator().manual_seed(3))
-    second = random_flips(image, masks, generator)
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-
-
-def test_one_rater_batch_picks_one_random_rater_per_item():
-    items = [(torch.full((1, 4, 4), float(i)), torch.eye(16)[[4 * i + r for r in range(3)]].reshape(3, 4, 4))
-             for i in range(3)]  # item i, rater r: a single foreground pixel at 4 i + r
-    picked = {i: set() for i in range(3)}
+    crops = InMemoryCrops(plain, torch.device("cpu"))
+    assert len(crops) == len(plain) and crops.images.shape[1:] == (1, 32, 32)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        images, masks = one_rater_batch(items, generator)
-        assert images.shape == (3, 1, 4, 4) and masks.shape == (3, 1, 4, 4)
-        for i in range(3):
-            assert torch.equal(images[i], items[i][0])
-            rater = [r for r in range(3) if torch.equal(masks[i, 0], items[i][1][r])]
-            assert len(rater) == 1
-            picked[i].add(rater[0])
-    assert all(raters == {0, 1, 2} for raters in picked.values())
+    flips, raters = set(), set()
+    for _ in range(6):
+        images, mask = crops.batch(list(range(len(plain))), generator)
+        assert images.shape == (len(plain), 1, 32, 32) and mask.shape == (len(plain), 1, 32, 32)
+        for index in range(len(plain)):
+            variants = _flip_variants(*plain[index])
+            matching = [key for key, (image, _) in variants.items() if torch.equal(image, images[index])]
+            assert len(matching) == 1, "the image must be one flip of the original"
+            rater = [r for r, m in enumerate(variants[matching[0]][1]) if torch.equal(m, mask[index, 0])]
+            assert rater, "the mask must be one rater's mask, with the image's flip"
+            flips.add(matching[0])
+            raters.add(rater[0])
+    assert flips == {(False, False), (False, True), (True, False), (True, True)} and raters == {0, 1, 2}
+    same = [crops.batch([0, 1, 2], torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(same[0][0], same[1][0]) and torch.equal(same[0][1], same[1][1])
+    images, _ = crops.batch([0], torch.Generator().manual_seed(5), augment=False)
+    assert torch.equal(images[0], plain[0][0])
 
 
 def test_not_a_dataset_gives_clear_errors(tmp_path, dataset_dir):

@@ -18,9 +18,10 @@ from matplotlib.image import imread
 from sdseg.checkpoint import load_model, save_model
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.synthetic import make_shapes_dataset
-from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline
+from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline, prediction_metrics
 from sdseg.masks import relative_area_filter
 from sdseg.models.threshold import threshold_masks
+from sdseg.prompt_maps import object_click
 from sdseg.noise import sample_generators
 from sdseg.metrics import auroc, dice, generalized_energy_distance, iou, sample_diversity
 from sdseg.models import build_model
@@ -235,3 +236,51 @@ def test_bad_arguments_give_a_clear_message(arguments, message, tmp_path, model_
     assert code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def test_lesion_free_cases_give_the_false_positive_figures():
+    """Three cases: a lesion found exactly, a lesion-free case answered empty, a lesion-free case with the same 5
+    false pixels in every sample."""
+    lesion = np.zeros((2, 8, 8), dtype=bool)
+    lesion[:, 2:5, 2:5] = True
+    empty = np.zeros((2, 8, 8), dtype=bool)
+    false = np.zeros((4, 8, 8), dtype=bool)
+    false[:, 0, :5] = True
+    metrics = prediction_metrics([np.repeat(lesion[:1], 4, 0), np.zeros((4, 8, 8), bool), false],
+                                 [lesion, empty, empty])
+    assert metrics["lesion_cases"] == 1 and metrics["lesion_free_cases"] == 2
+    assert metrics["dice_lesion_cases"] == 1.0
+    assert metrics["false_positive_rate"] == 0.5 and metrics["false_positive_pixels"] == 2.5
+    only_lesions = prediction_metrics([np.repeat(lesion[:1], 4, 0)], [lesion])
+    assert only_lesions["false_positive_rate"] is None and only_lesions["false_positive_pixels"] is None
+
+
+def test_a_prompted_model_is_evaluated_with_the_users_click(data, tmp_path, monkeypatch):
+    """A model with prompt channels gets, per case, the click at the most interior point of the raters' majority
+    (lesion-free cases: the centre); --prompt none gives none."""
+    torch.manual_seed(0)
+    model = build_model("ambiguous", "tiny", image_channels=3)
+    model.config["prompt_channels"] = ["point", "box"]
+    folder = save_model(model, tmp_path / "prompted")
+    seen = []
+    from sdseg import inference
+
+    original = inference.crop_prompt_maps
+
+    def recording(prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return original(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "crop_prompt_maps", recording)
+    assert main(["--model", str(folder), "--data", str(data), "--samples", "1", "--steps", "1", "--max-cases", "3",
+                 "--out", str(tmp_path / "out")]) == 0
+    test = CropsDataset(data, "test")
+    expected = [object_click(test[i][1].numpy() > 0) for i in range(3)]
+    assert seen[-3:] == expected and all(prompt is not None for prompt in expected)
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["settings"]["prompt"].startswith("click") and "Prompts: click" in (tmp_path / "out" /
+                                                                                     "metrics.md").read_text()
+    seen.clear()
+    assert main(["--model", str(folder), "--data", str(data), "--samples", "1", "--steps", "1", "--max-cases", "3",
+                 "--prompt", "none", "--out", str(tmp_path / "none")]) == 0
+    assert seen and all(prompt is None for prompt in seen)

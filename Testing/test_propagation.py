@@ -148,3 +148,38 @@ def test_the_first_lesion_draws_the_noise_of_a_whole_volume_run_and_the_next_the
     (whole,) = inference.segment_slices(model, array, [0, 0, 3, 32, 32, 4], 2, 2, steps=3)  # slice 3, whole plane
     np.testing.assert_array_equal(first[0], whole.samples)
     assert not np.array_equal(first[0], other[0])
+
+
+def test_a_prompted_model_gets_the_click_then_the_previous_consensus_interior():
+    """A model with prompt channels: the prompted slice's point map peaks at the click (in the crop's resized
+    pixels), each later slice's at the most interior point of the previous consensus of its direction; a box prompt
+    gives the box map on its first slice."""
+    array, truth = tube(step=(0.0, 2.0))  # the disc moves 2 voxels in i per slice
+    model = bright_model(size=32, crop=32, image_channels=3, prompt_channels=["point", "box"])
+    seen = []
+    sample = model.sample
+
+    def recording_sample(image, *args, **kwargs):
+        seen.append(image[:, 1:].clone())
+        return sample(image, *args, **kwargs)
+
+    model.sample = recording_sample
+    results = run(model, array, [Prompt(point_ijk=(24.0, 10.0, 9.0))], samples=1, batch_size=1)
+    assert [r.index for r in results][:3] == [9, 10, 8]
+    first, second = seen[0][0], seen[1][0]
+    crop = results[0].box_ijk  # 32 voxels in-plane: no resizing, crop pixels = model pixels
+    assert crop[3] - crop[0] == 32 and not first[1].any()
+    assert divmod(int(first[0].argmax()), 32) == (10 - crop[1], 24 - crop[0])
+    centre = [(j, i) for j, i in zip(*np.nonzero(truth[9]))]
+    rows, columns = np.array(centre).T
+    second_crop = results[1].box_ijk
+    expected = (round(rows.mean()) - second_crop[1], round(columns.mean()) - second_crop[0])
+    assert divmod(int(second.argmax()), 32) == expected, "slice 10: the interior of slice 9's consensus"
+    np.testing.assert_array_equal(assemble(results, array.shape)[0], truth)
+
+    seen.clear()
+    run(model, array, [Prompt(box_ijk=(18, 4, 8, 31, 17, 11))], samples=1, batch_size=1)
+    box_map = seen[0][0, 1]
+    rows, columns = np.nonzero(box_map.numpy())
+    assert not seen[0][0, 0].any(), "a box prompt: no click on its first slice"
+    assert box_map.sum() == 13 * 13 and np.ptp(rows) == np.ptp(columns) == 12  # the 13 x 13 voxel box, unresized

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from sdseg.checkpoint import load_model
 from sdseg.data.dataset import CropsDataset
+from sdseg.prompt_maps import crop_prompt_maps, object_click
 from sdseg.data.synthetic import make_shapes_dataset
 from sdseg.ema import WeightEMA, ema_decay
 from sdseg.metrics import dice
@@ -132,8 +133,11 @@ def test_cli_trains_the_tiny_ambiguous_model_which_reloads_and_beats_trivial_pre
     assert model.config["preprocessing"] == info["preprocessing"]
     assert model.config["training_data"] == [{"data_set": "synthetic-shapes", "splits": None}]  # no patients: no split
     assert "crop" not in model.config  # whole synthetic images, no crop recipe: inference uses its default
+    assert model.config["prompt_channels"] == ["point", "box"] and model.config["image_channels"] == 3
     test = CropsDataset(data, "test")
-    images = torch.stack([test[i][0] for i in range(len(test))])
+    clicks = [object_click(test[i][1].numpy() > 0) for i in range(len(test))]  # where a user would click
+    images = torch.cat([torch.stack([test[i][0] for i in range(len(test))]),
+                        crop_prompt_maps(clicks, [(32, 32)] * len(test), 32, ("point", "box"), "cpu")], dim=1)
     references = [test[i][1].mean(0) > 0.5 for i in range(len(test))]  # majority of the raters
     samples = model.sample(images, 3, generator=torch.Generator().manual_seed(0))
     model_dice = float(np.mean([dice(s.mean(0) > 0.5, r) for s, r in zip(samples, references)]))

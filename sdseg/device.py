@@ -1,5 +1,5 @@
 """The torch device named by a user ("auto": CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N"), and
-the one-line description of the hardware a run used (model cards, evaluation reports)."""
+the one-line description of the hardware a run used (model cards, evaluation reports), and its free memory."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ def resolve_device(requested: str) -> torch.device:
         raise DeviceUnavailable(f"CUDA was requested but {reason}. Choose device 'auto' or 'cpu', or install a CUDA "
                                 "build of PyTorch matching your GPU driver.")
     return device
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: CUDA free memory, or the host's available RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _cpu_name() -> str:

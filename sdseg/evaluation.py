@@ -28,6 +28,7 @@ from sdseg.inference import (BatchSize, ModelMismatchError, auto_batch_size, che
 from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_disagreement, sample_diversity,
                            voxel_variance)
 from sdseg.models.threshold import threshold_masks
+from sdseg.prompt_maps import CropPrompt, object_click, prompt_channels_of
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 
@@ -39,7 +40,9 @@ GRID_SAMPLES = 4
 METRIC_COLUMNS = [("dice_vs_raters", "Dice vs raters"), ("iou_vs_raters", "IoU vs raters"),
                   ("dice_vs_majority", "Dice vs majority"), ("iou_vs_majority", "IoU vs majority"),
                   ("ged", "GED"), ("diversity", "diversity"), ("auroc_variance_vs_disagreement", "AUROC"),
-                  ("slices_per_s", "slices/s")]
+                  ("dice_lesion_cases", "Dice, lesion cases"), ("false_positive_rate", "FP rate"),
+                  ("false_positive_pixels", "FP pixels"), ("slices_per_s", "slices/s")]
+PROMPTS = ("click", "none")
 
 
 class EvaluationError(Exception):
@@ -133,14 +136,24 @@ def prompt_point(mask_kji: np.ndarray, slice_axis: int = 2) -> tuple[float, floa
 
 # ----- sampling
 
+def evaluation_prompts(rater_masks: list[np.ndarray], size: int, prompt: str) -> list[CropPrompt | None] | None:
+    """The prompt of each case for a model with prompt channels (``prompt`` "click"): a lesion case the click a
+    user would give (sdseg.prompt_maps.object_click), a lesion-free case a click at its centre, as the propagation
+    asks about healthy tissue past a lesion's end; "none": no prompt."""
+    if prompt == "none":
+        return None
+    centre = CropPrompt(point=((size - 1) / 2.0, (size - 1) / 2.0))
+    return [object_click(raters) or centre for raters in rater_masks]
+
+
 def draw_samples(model, images: np.ndarray, num_samples: int, steps: int | None, seed: int,
-                 batch_size: int) -> np.ndarray:
+                 batch_size: int, prompts: list[CropPrompt | None] | None = None) -> np.ndarray:
     """Binary samples (cases, N, H, W) of normalised images (cases, H, W) as drawn (no post-processing), case n with
-    the noise of slice n, in the worker's passes (:func:`sdseg.inference.plan_passes`) of at most ``batch_size``
-    images."""
+    the noise of slice n and the prompt ``prompts[n]`` (models with prompt channels), in the worker's passes
+    (:func:`sdseg.inference.plan_passes`) of at most ``batch_size`` images."""
     return np.stack([samples for _, samples in sample_items(
         model, images.__getitem__, lambda n: n, len(images), num_samples, steps, seed, BatchSize(batch_size),
-        postprocessing=False)])
+        postprocessing=False, prompt_of=None if prompts is None else prompts.__getitem__)])
 
 
 def postprocess(samples: np.ndarray, method: str, model_config: dict) -> np.ndarray:
@@ -157,10 +170,13 @@ def postprocess(samples: np.ndarray, method: str, model_config: dict) -> np.ndar
 def prediction_metrics(samples: np.ndarray, rater_masks: list[np.ndarray]) -> dict:
     """Means over cases of the consensus's Dice/IoU vs each rater (mean over raters) and vs the raters' majority,
     GED and sample diversity (pairs i != j); AUROC of the per-pixel sample variance for rater disagreement pooled
-    over all pixels of all cases (None when the raters agree everywhere or disagree everywhere)."""
+    over all pixels of all cases (None when the raters agree everywhere or disagree everywhere). Lesion cases (a
+    rater marks something): Dice of the consensus vs the majority; lesion-free cases (no rater marks anything): the
+    fraction with a non-empty consensus (false-positive rate) and their mean consensus pixels (None without such
+    cases)."""
     per_case = {key: [] for key in ("dice_vs_raters", "iou_vs_raters", "dice_vs_majority", "iou_vs_majority",
                                     "ged", "diversity")}
-    variances, disagreements = [], []
+    variances, disagreements, lesion_dice, false_pixels = [], [], [], []
     for case_samples, raters in zip(samples, rater_masks):
         consensus, majority = consensus_mask(case_samples), consensus_mask(raters)
         per_case["dice_vs_raters"].append(np.mean([dice(consensus, rater) for rater in raters]))
@@ -171,7 +187,15 @@ def prediction_metrics(samples: np.ndarray, rater_masks: list[np.ndarray]) -> di
         per_case["diversity"].append(sample_diversity(case_samples))
         variances.append(voxel_variance(case_samples).ravel())
         disagreements.append(rater_disagreement(raters).ravel())
+        if np.any(raters):
+            lesion_dice.append(per_case["dice_vs_majority"][-1])
+        else:
+            false_pixels.append(int(consensus.sum()))
     result = {key: float(np.mean(values)) for key, values in per_case.items()}
+    result["dice_lesion_cases"] = float(np.mean(lesion_dice)) if lesion_dice else None
+    result["false_positive_rate"] = float(np.mean(np.array(false_pixels) > 0)) if false_pixels else None
+    result["false_positive_pixels"] = float(np.mean(false_pixels)) if false_pixels else None
+    result["lesion_cases"], result["lesion_free_cases"] = len(lesion_dice), len(false_pixels)
     try:
         result["auroc_variance_vs_disagreement"] = auroc(np.concatenate(variances), np.concatenate(disagreements))
     except ValueError:
@@ -210,6 +234,11 @@ def markdown_report(report: dict) -> str:
         "within-set terms average ordered pairs i ≠ j only (unbiased, can be slightly negative; a set of one "
         "mask contributes 0); mean over cases. Lower is better.",
         "Diversity = mean 1 − IoU over pairs of a case's samples i ≠ j (0 for one sample), mean over cases.",
+        f"Lesion cases ({report['results'][0]['lesion_cases']}): a rater marks something; 'Dice, lesion cases' "
+        f"= consensus vs majority over them only. Lesion-free cases ({report['results'][0]['lesion_free_cases']}):"
+        " no rater marks anything; FP rate = the fraction of them with a non-empty consensus, FP pixels = their "
+        "mean consensus pixels (n/a: no such case).",
+        f"Prompts: {settings['prompt']}.",
         "AUROC = area under the ROC curve of the per-pixel sample variance p(1 − p) as a detector of rater "
         "disagreement (raters not unanimous), pooled over all pixels of all cases (not averaged per case); 0.5 "
         "= no information, as for one sample or a deterministic predictor.",
@@ -301,21 +330,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=_int_at_least(1), help="sampling steps (default: the model's)")
     parser.add_argument("--out", help="output folder (default ./evaluation-MODEL-SPLIT)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--prompt", choices=PROMPTS, default="click", help="for models with prompt channels: "
+                        "click each lesion case where a user would (and a lesion-free case at its centre), or give "
+                        "no prompt (default click)")
     parser.add_argument("--baselines", action="store_true",
                         help="also score the empty mask, the train mean mask and an intensity threshold fitted on "
                              "the train split")
     return parser
 
 
-def _model_rows(model, images, rater_masks, args, batch_size: int) -> tuple[list[dict], np.ndarray]:
+def _model_rows(model, images, rater_masks, args, batch_size: int,
+                prompts: list[CropPrompt | None] | None) -> tuple[list[dict], np.ndarray]:
     """Metric rows of the model for every sample count and post-processing, and the largest count's samples as
     the model outputs them by default."""
     default = "relative_area" if model.config.get("relative_area") else "none"
     rows, shown = [], None
-    draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size)  # warm-up, not timed
+    draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size, prompts)  # warm-up, not timed
     for count in args.samples:
         started = time.perf_counter()
-        drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size)
+        drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size, prompts)
         seconds = time.perf_counter() - started
         print(f"N={count}: sampled {len(images)} cases in {seconds:.1f} s", flush=True)
         for method in POSTPROCESSING:
@@ -354,14 +387,19 @@ def evaluate(args: argparse.Namespace) -> Path:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     batch_size = auto_batch_size(device, int(model.config["image_size"]))
     baselines = _baseline_rows(data, images, rater_masks) if args.baselines else []
-    rows, shown = _model_rows(model, images, rater_masks, args, batch_size)
+    prompted = bool(prompt_channels_of(model.config))
+    prompts = evaluation_prompts(rater_masks, images.shape[-1], args.prompt) if prompted else None
+    rows, shown = _model_rows(model, images, rater_masks, args, batch_size, prompts)
     report = {
         "model": {"name": folder.name, "path": str(folder), "kind": model.kind,
                   "parameters": model.num_parameters()},
         "data": {"name": info["name"], "path": str(data.resolve()), "split": args.split, "cases": len(images),
                  "n_raters": info["n_raters"], "synthetic": info["synthetic"]},
         "settings": {"samples": args.samples, "seed": args.seed, "steps": args.steps, "device": str(device),
-                     "batch_size": batch_size, "relative_area_r": RELATIVE_AREA, "ged_self_pairs": False},
+                     "batch_size": batch_size, "relative_area_r": RELATIVE_AREA, "ged_self_pairs": False,
+                     "prompt": (f"{args.prompt} (lesion case: the most interior point of the raters' majority; "
+                                "lesion-free case: its centre)" if args.prompt == "click" else "none")
+                     if prompted else "the model takes none"},
         "hardware": hardware_description(device),
         "results": rows,
         "baselines": baselines,

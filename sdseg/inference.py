@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from sdseg.device import free_memory_bytes
 from sdseg.masks import postprocess
 from sdseg.noise import sample_generators
+from sdseg.prompt_maps import CropPrompt, crop_prompt_maps, data_channels, prompt_channels_of
 from sdseg.preprocessing import intensity_range, normalize_intensities, resize_images, resize_masks
 from sdseg.metrics import voxel_variance
 from sdseg.volume_io import roi_array, slice_of_roi
@@ -49,8 +50,13 @@ class SliceResult:
 
 
 def check_model_fits_volume(config: dict) -> None:
-    """Raise :class:`ModelMismatchError` unless the model takes single-channel images with a known normalisation."""
-    channels = config.get("image_channels", 1)
+    """Raise :class:`ModelMismatchError` unless the model takes single-channel images (besides its prompt channels)
+    with a known normalisation."""
+    try:
+        channels = data_channels(config)
+    except ValueError as error:
+        raise ModelMismatchError(f"the model's {error}; re-export the model with this version of SDSegSlicer") \
+            from None
     if channels != 1:
         raise ModelMismatchError(
             f"the model expects {channels} image channels but a scalar volume has 1; choose a model trained on "
@@ -68,20 +74,6 @@ def check_model_fits_volume(config: dict) -> None:
 def consensus_mask(samples: np.ndarray) -> np.ndarray:
     """uint8 majority vote of N binary samples (axis 0): the voxels in at least half of them (mean >= 0.5)."""
     return (np.asarray(samples, dtype=bool).mean(axis=0) >= 0.5).astype(np.uint8)
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """Free memory of ``device``: CUDA free memory, or the host's available RAM for the CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def auto_batch_size(device: torch.device, image_size: int, free_bytes: int | None = None) -> int:
@@ -107,13 +99,21 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: range, steps, seed: int, size: int,
-                 stream: int = 0, postprocessing: bool = True) -> list[np.ndarray]:
+                 stream: int = 0, postprocessing: bool = True,
+                 prompts: list[CropPrompt | None] | None = None) -> list[np.ndarray]:
     """Binary samples (len(samples), A_b, B_b) of each normalised 2D crop b (shapes may differ): every crop is
-    resized to the model's size x size, all are sampled in one forward pass, binarised (soft > 0.5), post-processed
-    as the model says (:func:`sdseg.masks.postprocess`; ``postprocessing=False``: as drawn) and resized back."""
+    resized to the model's size x size (with the maps of ``prompts[b]``, in the crop's pixels, when the model takes
+    prompt channels: sdseg.prompt_maps), all are sampled in one forward pass, binarised (soft > 0.5),
+    post-processed as the model says (:func:`sdseg.masks.postprocess`; ``postprocessing=False``: as drawn) and
+    resized back."""
     device = model_device(model)
     images = torch.cat([resize_images(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
                                       .to(device), size) for crop in crops])
+    channels = prompt_channels_of(model.config)
+    if channels:
+        maps = crop_prompt_maps(prompts or [None] * len(crops), [crop.shape for crop in crops], size, channels,
+                                device)
+        images = torch.cat([images, maps], dim=1)
     generators = [g for index in indices for g in sample_generators(seed, index, samples, stream)]
     binary = model.sample(images, num_samples=len(samples), steps=steps, generator=generators) > 0.5
     if postprocessing:
@@ -156,10 +156,11 @@ class BatchSize:
 def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable[[int], int], count: int,
                  num_samples: int, steps, seed: int, batch: BatchSize, stream: int = 0, first_alone: bool = False,
                  postprocessing: bool = True, should_stop: Callable[[], bool] | None = None,
-                 on_pass: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                 on_pass: Callable[[int], None] | None = None,
+                 prompt_of: Callable[[int], CropPrompt | None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Execute the passes of :func:`plan_passes`: yield ``(item, samples (N, A, B))`` for items 0..count-1 in order,
     each as soon as all its samples are drawn. Item n is the normalised 2D crop ``crop_of(n)`` whose noise is that of
-    slice ``index_of(n)`` (and ``stream``). On out-of-memory ``batch`` is halved and the pass planned again;
+    slice ``index_of(n)`` (and ``stream``), with the prompt ``prompt_of(n)`` (None: none). On out-of-memory ``batch`` is halved and the pass planned again;
     :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass;
     ``on_pass(images)`` is called after each one."""
     size, device = int(model.config["image_size"]), model_device(model)
@@ -171,7 +172,8 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
             limit = min(batch.images, num_samples) if alone else batch.images
             try:
                 masks = sample_crops(model, [crop_of(n) for n in step.items], [index_of(n) for n in step.items],
-                                     step.samples, steps, seed, size, stream, postprocessing)
+                                     step.samples, steps, seed, size, stream, postprocessing,
+                                     None if prompt_of is None else [prompt_of(n) for n in step.items])
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(error):
                     raise

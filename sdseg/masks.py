@@ -81,3 +81,23 @@ def components_touching(masks: torch.Tensor, anchor: torch.Tensor) -> torch.Tens
         touched = torch.unique(sample_labels[anchor & (sample_labels > 0)])
         keep[n] = torch.isin(sample_labels, touched) & (sample_labels > 0)
     return keep
+
+
+def interior_point(mask: np.ndarray) -> tuple[float, float] | None:
+    """(row, column) of the most interior pixel of a 2D boolean mask: of the pixels that survive the most 3x3
+    erosions (the deepest ones, chessboard distance), the one nearest to their centroid; None for an empty mask.
+    A click there lies inside the object even when it is not convex (its centroid may not)."""
+    if not mask.any():
+        return None
+    rows, columns = np.nonzero(mask)
+    r0, c0 = rows.min(), columns.min()
+    deepest = torch.from_numpy(np.ascontiguousarray(mask[r0:rows.max() + 1, c0:columns.max() + 1]))[None, None]
+    deepest = deepest.float()
+    while True:
+        eroded = -F.max_pool2d(-F.pad(deepest, (1, 1, 1, 1)), kernel_size=3, stride=1)
+        if not eroded.any():
+            break
+        deepest = eroded
+    rows, columns = np.nonzero(deepest[0, 0].numpy())
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (columns - columns.mean()) ** 2)
+    return float(r0 + rows[nearest]), float(c0 + columns[nearest])

@@ -19,7 +19,10 @@ For each lesion prompt:
    (or the nearest one within :data:`POINT_TOLERANCE_VOXELS`; a box: the components inside the box); on later slices
    the components touching the previous consensus of that direction (until there is one: the prompt again).
    Consensus and variance are those of the kept components.
-5. **Stopping.** A direction stops after ``stop_after_empty`` consecutive slices with an empty consensus, at the end
+5. **Prompt channels** (models trained with them, sdseg.prompt_maps): the prompted slice gets the user's click or
+   box; every later slice a click at the most interior point of the previous consensus of its direction (the
+   user's prompt again while there is none), so that a slice past the lesion's end is asked about healthy tissue.
+6. **Stopping.** A direction stops after ``stop_after_empty`` consecutive slices with an empty consensus, at the end
    of the ROI (a box: of the box), or once the lesion has ``max_slices`` slices.
 
 Samples are drawn slice by slice (sample n of slice k and of slice k+1 are independent draws), as in the
@@ -38,7 +41,8 @@ import torch
 from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume, consensus_mask, model_device,
                              sample_items)
 from sdseg.preprocessing import intensity_range, normalize_intensities
-from sdseg.masks import components_near_point, components_touching
+from sdseg.masks import components_near_point, components_touching, interior_point
+from sdseg.prompt_maps import CropPrompt
 from sdseg.metrics import voxel_variance
 
 # The crop recipe of models saved before it was recorded: `sdseg preprocess --crop 96` (its default), >= 1.2 x the
@@ -185,6 +189,21 @@ class _Lesion:
         point = (self.prompt.point_ijk[self.row_axis] - r0, self.prompt.point_ijk[self.column_axis] - c0)
         return components_near_point(masks, point, POINT_TOLERANCE_VOXELS).numpy()
 
+    def crop_prompt(self, crop, anchor: np.ndarray | None) -> CropPrompt:
+        """The prompt channels' prompt of a slice's crop (for models that take them): the most interior point of
+        ``anchor`` (the previous consensus of the slice's direction on the whole plane), else the user's prompt,
+        in the crop's pixels."""
+        r0, _, c0, _ = crop
+        point = None if anchor is None else interior_point(anchor)
+        if point is not None:
+            return CropPrompt(point=(point[0] - r0, point[1] - c0))
+        if self.prompt.box_ijk is not None:
+            box = self.prompt.box_ijk
+            return CropPrompt(box=(box[self.row_axis] - r0, box[self.row_axis + 3] - r0,
+                                   box[self.column_axis] - c0, box[self.column_axis + 3] - c0))
+        return CropPrompt(point=(self.prompt.point_ijk[self.row_axis] - r0,
+                                 self.prompt.point_ijk[self.column_axis] - c0))
+
     def grown_crop(self, crop, picked: np.ndarray):
         """A crop GROWTH times larger around the consensus when it touches an edge of ``crop`` with more ROI (or
         box) beyond it (the lesion goes on there: the model never saw a lesion cut by its crop); None when it does
@@ -286,9 +305,11 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                 return
             crops = [normalize_intensities(np.take(array_kji, index, axis=2 - slice_axis)[a0:a1, b0:b1], lo, hi)
                      for _, index, (a0, a1, b0, b1) in plan]
+            prompts = [lesion.crop_prompt(crop, None if direction is None else direction.anchor)
+                       for direction, _, crop in plan]
             drawn = [samples for _, samples in sample_items(
                 model, crops.__getitem__, lambda n: plan[n][1], len(crops), num_samples, steps, seed, batch,
-                stream=lesion.number)]
+                stream=lesion.number, prompt_of=prompts.__getitem__)]
             images_done += len(plan) * num_samples
             if on_batch is not None:
                 on_batch(images_done, images_total)

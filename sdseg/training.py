@@ -37,16 +37,18 @@ from tqdm import tqdm
 
 import sdseg
 from sdseg.checkpoint import CheckpointError, load_model, read_config, save_model
-from sdseg.data.dataset import CropsDataset, DatasetError, one_rater_batch
+from sdseg.data.batches import InMemoryCrops
+from sdseg.data.dataset import CropsDataset, DatasetError
 from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 from sdseg.ema import WeightEMA
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model, model_from_config
+from sdseg.prompt_maps import PROMPT_CHANNELS, crop_prompt_maps, data_channels, object_click, prompt_channels_of
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state, read_training_state,
                                   save_training_state, tensors_with_prefix, truncate_log)
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
-            "ema": 0.999, "seed": 0, "init": None}
+            "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(PROMPT_CHANNELS)}
 GRAD_CLIP_NORM = 1.0
 WARMUP_MAX_FRACTION = 0.1
 SAMPLE_EXAMPLES = 4
@@ -120,6 +122,16 @@ def parse_stage_steps(text: str) -> dict[str, int]:
     return result
 
 
+def parse_prompt_channels(text: str) -> list[str]:
+    """``"point,box"`` -> ``["point", "box"]``; ``"none"`` -> ``[]``."""
+    channels = [] if text.strip() == "none" else [c.strip() for c in text.split(",") if c.strip()]
+    try:
+        return list(prompt_channels_of({"prompt_channels": channels}))
+    except ValueError:
+        raise TrainingError(f"--prompt-channels: give {','.join(PROMPT_CHANNELS)}, a subset in that order, or "
+                            f"none; got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdseg train", description="Train a segmentation diffusion model on a crops data set. With --resume, "
@@ -130,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", help=f"model size preset: tiny, small or paper (default {DEFAULTS['preset']})")
     parser.add_argument("--init", help="fine-tune: start from this trained model (installed name or folder) instead "
                         "of random weights; --model and --preset are then taken from it")
+    parser.add_argument("--prompt-channels", help="prompts the model takes as input channels after the image: "
+                        f"{','.join(PROMPT_CHANNELS)} (default), a subset, or none (sdseg.prompt_maps)")
     parser.add_argument("--steps", type=int, help=f"training steps, split evenly over the stages of multi-stage "
                         f"models (default {DEFAULTS['steps']})")
     parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")
@@ -154,7 +168,8 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                 "batch_size": args.batch_size, "lr": args.lr,
                 "warmup": args.warmup, "ema": args.ema, "seed": args.seed,
                 "data": str(Path(args.data).resolve()) if args.data else None,
-                "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None}
+                "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None,
+                "prompt_channels": parse_prompt_channels(args.prompt_channels) if args.prompt_channels else None}
     if saved is not None:
         different = [f"--{key.replace('_', '-')} {value} (the saved run has {saved[key]})"
                      for key, value in explicit.items() if value is not None and value != saved.get(key)]
@@ -165,8 +180,9 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                                 + "; ".join(different) + ". Leave them out, or start a new run in another --out")
         return dict(saved)
     if explicit["init"] is not None:
-        if args.preset:
-            raise TrainingError("--init starts from a trained model's own size: leave out --preset")
+        if args.preset or args.prompt_channels:
+            raise TrainingError("--init starts from a trained model's own size and prompts: leave out --preset and "
+                                "--prompt-channels")
         try:
             kind = read_config(Path(explicit["init"]))["kind"]
         except CheckpointError as error:
@@ -179,6 +195,8 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
         raise TrainingError("--model (or --init) and --data are required to start a run (or pass --resume to "
                             "continue one)")
     settings = {key: DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
+    if settings["init"] is not None:
+        settings["prompt_channels"] = None  # the trained model's own
     settings["steps"] = DEFAULTS["steps"] if args.steps is None else args.steps
     if args.steps is not None and settings["stage_steps"] and args.steps != sum(settings["stage_steps"].values()):
         raise TrainingError(f"--steps {args.steps} differs from the sum of --stage-steps "
@@ -270,8 +288,8 @@ class Training:
                  resume: dict | None = None):
         self.settings, self.out, self.device, self.sample_every = settings, out, device, sample_every
         self.seed = settings["seed"]
-        self.dataset = CropsDataset(settings["data"], "train", augment=True)
-        self.examples = self._sample_examples()
+        self.dataset = CropsDataset(settings["data"], "train")
+        self.crops = InMemoryCrops(self.dataset, device)
         if resume is None:
             image_channels = self.dataset.read(0)["image"].shape[0]
             self.model = (self._initial_model(Path(settings["init"]), image_channels) if settings.get("init")
@@ -287,6 +305,8 @@ class Training:
             self.model.load_state_dict(tensors_with_prefix(resume["tensors"], "model."), strict=True)
             self.meta["resumed_at"].append(self.meta["step"])
         self.model.to(device)
+        self.prompt_channels = prompt_channels_of(self.model.config)
+        self.examples = self._sample_examples()
         if device.type == "cuda":  # same seed -> same weights also on GPUs (at some cost in speed)
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         self.plan = stage_plan(self.model.training_stages(), settings.get("steps", 0), settings["stage_steps"])
@@ -314,12 +334,17 @@ class Training:
         """A randomly initialised model of the run's kind and preset, sized for this data set."""
         settings = self.settings
         torch.manual_seed(derived_seed(self.seed, "init"))
+        prompts = settings.get("prompt_channels") or []
         try:
-            return build_model(settings["model"], settings["preset"], image_size=self.dataset.info["image_size"],
-                               image_channels=image_channels, preprocessing=self.dataset.info["preprocessing"])
+            model = build_model(settings["model"], settings["preset"], image_size=self.dataset.info["image_size"],
+                                image_channels=image_channels + len(prompts),
+                                preprocessing=self.dataset.info["preprocessing"])
         except ValueError as error:
             raise TrainingError(f"cannot build a {settings['model']} model ({settings['preset']} preset) for "
                                 f"this data set: {error}") from error
+        if prompts:
+            model.config["prompt_channels"] = list(prompts)
+        return model
 
     def _initial_model(self, folder: Path, image_channels: int):
         """The trained model at ``folder`` (float32), checked to fit this data set: image size, channels and
@@ -331,7 +356,7 @@ class Training:
         info, config = self.dataset.info, model.config
         differences = [f"{name} {ours} (the model has {theirs})" for name, ours, theirs in (
             ("image size", info["image_size"], config["image_size"]),
-            ("image channels", image_channels, config["image_channels"]),
+            ("image channels", image_channels, data_channels(config)),
             ("preprocessing", info["preprocessing"], config["preprocessing"])) if ours != theirs]
         if differences:
             raise TrainingError(f"--init {folder}: this data set does not fit the model: " + "; ".join(differences)
@@ -344,22 +369,28 @@ class Training:
         split = next((s for s in ("val", "test") if any((directory / s).glob("*.npz"))), "train")
         dataset = CropsDataset(directory, split)
         items = [dataset[i] for i in range(min(SAMPLE_EXAMPLES, len(dataset)))]
-        return torch.stack([image for image, _ in items]), [masks for _, masks in items]
+        images = torch.stack([image for image, _ in items])
+        if self.prompt_channels:  # the click a user would give: the most interior point of the raters' majority
+            size = images.shape[-1]
+            clicks = [object_click(masks.numpy() > 0) for _, masks in items]
+            images = torch.cat([images, crop_prompt_maps(clicks, [(size, size)] * len(items), size,
+                                                         self.prompt_channels, "cpu")], dim=1)
+        return images, [masks for _, masks in items]
 
     def _batch(self, step: int):
-        """The (image, one-rater mask) batch of ``step``; seeds torch's global generator for flips, rater choice
-        and dropout of this step."""
+        """The (image, one-rater mask) batch of ``step``, drawn from a generator seeded with (seed, step); seeds
+        torch's global generator for the model's dropout of this step."""
         torch.manual_seed(derived_seed(self.seed, "step", step))
-        image, mask = one_rater_batch([self.dataset[i] for i in self.order.indices(step)])
-        return image.to(self.device), mask.to(self.device)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, "batch", step))
+        return self.crops.batch(self.order.indices(step), generator, prompt_channels=self.prompt_channels)
 
     def _stage_batches(self, stage_index: int):
         """One pass over the training set in a fixed order, for ``begin_stage``."""
-        torch.manual_seed(derived_seed(self.seed, "stage", stage_index))
-        order = torch.randperm(len(self.dataset)).tolist()
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, "stage", stage_index))
+        order = torch.randperm(len(self.crops), generator=generator).tolist()
         for start in range(0, len(order), self.settings["batch_size"]):
-            image, mask = one_rater_batch([self.dataset[i] for i in order[start:start + self.settings["batch_size"]]])
-            yield image.to(self.device), mask.to(self.device)
+            yield self.crops.batch(order[start:start + self.settings["batch_size"]], generator,
+                                   prompt_channels=self.prompt_channels)
 
     # ----- stages and steps
     def _begin_stage(self, index: int, stage: str, resuming: bool) -> None:

@@ -1,8 +1,5 @@
-"""Reading crops data sets (docs/architecture.md "Data sets") for training and evaluation.
-
-A training batch pairs each image with ONE of its raters' masks, drawn at random every time the image is used
-(Christensen et al. 2025: the model learns the distribution of the raters' masks, not their consensus).
-"""
+"""Reading crops data sets (docs/architecture.md "Data sets") for training and evaluation (training batches:
+sdseg.data.batches)."""
 
 from __future__ import annotations
 
@@ -47,41 +44,18 @@ def read_dataset_info(directory) -> dict:
     return info
 
 
-def random_flips(image: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None):
-    """The same random horizontal and vertical flips (each with probability 1/2) of an image (C, H, W) and its
-    masks (R, H, W)."""
-    flip_vertical, flip_horizontal = (torch.rand(2, generator=generator) < 0.5).tolist()
-    dims = [d for d, flip in ((-2, flip_vertical), (-1, flip_horizontal)) if flip]
-    if dims:
-        image, masks = image.flip(dims), masks.flip(dims)
-    return image, masks
-
-
-def one_rater_batch(items, generator: torch.Generator | None = None):
-    """Collate ``[(image (C,H,W), masks (R,H,W)), ...]`` into ``(images (B,C,H,W), mask (B,1,H,W))`` with one
-    uniformly random rater's mask per item."""
-    images, masks = [], []
-    for image, rater_masks in items:
-        rater = int(torch.randint(rater_masks.shape[0], (1,), generator=generator))
-        images.append(image)
-        masks.append(rater_masks[rater:rater + 1])
-    return torch.stack(images), torch.stack(masks)
-
-
 class CropsDataset(Dataset):
     """Items ``(image (C, H, W) float32 in [-1, 1], masks (R, H, W) float32 in {0, 1})`` of one split.
 
-    Files are read on access. With ``augment``, each item gets :func:`random_flips` drawn from torch's global
-    random generator (seed it, or let a DataLoader seed its workers, for reproducible flips).
+    Files are read on access.
     """
 
-    def __init__(self, directory, split: str, augment: bool = False):
+    def __init__(self, directory, split: str):
         self.directory = Path(directory)
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.info = read_dataset_info(self.directory)
         self.split = split
-        self.augment = augment
         self.files = sorted((self.directory / split).glob("*.npz"))
         if not self.files:
             raise DatasetError(f"{self.directory / split}: no .npz crops in the {split!r} split of this data set; "
@@ -111,6 +85,4 @@ class CropsDataset(Dataset):
         arrays = self.read(index)
         image = torch.from_numpy(arrays["image"])
         masks = torch.from_numpy((arrays["masks"] > 0).astype(np.float32))
-        if self.augment:
-            image, masks = random_flips(image, masks)
         return image, masks

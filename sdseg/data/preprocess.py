@@ -137,12 +137,21 @@ def _splits_of(refs: list[CaseRef], seed: int):
     return splits, split_refs
 
 
+def negatives_for(lesion_crops: int, fraction: float) -> int:
+    """Lesion-free crops to add to a case's ``lesion_crops`` so that they make ``fraction`` of its crops."""
+    return round(lesion_crops * fraction / (1.0 - fraction))
+
+
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
-                       crops_per_lesion: int, margin_slices: int, seed: int) -> dict:
+                       crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0) -> dict:
     """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
-    Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``."""
+    Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``. With ``negatives`` F > 0, each 3D
+    case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice, touching
+    no lesion, mostly inside the body; empty masks) making F of its crops, named ``..._neg<NNNN>.npz``."""
     splits, split_refs = _splits_of(refs, seed)
     counts = dict.fromkeys(SPLITS, 0)
+    negative_counts = dict.fromkeys(SPLITS, 0)
+    rng = np.random.default_rng([seed, 1])
     n_raters = set()
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -153,16 +162,25 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                 raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
                                   f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
             stem = f"{_file_stem(case.patient)}_{number:05d}"
+            written = 0
             for crop_name, image, masks in case_crops(case, preprocessing, size, crop, crops_per_lesion,
                                                       margin_slices, seed):
                 _write_crop(out / split, f"{stem}_{crop_name}", image, masks, case.patient)
-                counts[split] += 1
+                written += 1
+            wanted = 0 if case.whole_image_roi else negatives_for(written, negatives)
+            empty = np.zeros((case.masks.shape[0], size, size), dtype=np.uint8)
+            for number, texture in enumerate(texture_crops(case, preprocessing, size, crop, wanted, rng)):
+                _write_crop(out / split, f"{stem}_neg{number:04d}", texture[None], empty, case.patient)
+                negative_counts[split] += 1
+            counts[split] += written
     return {"name": out.name, "source": source.name, "licence": source.licence, "provenance": source.provenance,
             "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters.pop(), "synthetic": False,
             "description": f"{source.description}. Masks: {source.masks}. 2D crops of {crop or 'whole'}-pixel "
                            f"regions of interest around each lesion (+-{margin_slices} slices), resized to "
-                           f"{size}x{size}.",
-            "splits": splits, "counts": counts, "crop": crop_record(crop)}
+                           f"{size}x{size}" + (f"; plus lesion-free crops away from the lesions, {negatives:.0%} of "
+                                               "each case's crops" if negatives else "") + ".",
+            "splits": splits, "counts": {split: counts[split] + negative_counts[split] for split in SPLITS},
+            "negatives": {"fraction": negatives, "counts": negative_counts}, "crop": crop_record(crop)}
 
 
 def crop_record(crop: int) -> dict:
@@ -260,6 +278,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="CT window instead of the source's default normalisation")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("P0", "P1"),
                         help="percentile normalisation over each ROI instead of the source's default")
+    parser.add_argument("--negatives", type=float, default=0.0, metavar="FRACTION",
+                        help="add lesion-free crops away from the lesions (random slices and places, empty masks) "
+                             "making FRACTION of each 3D case's crops, 0 <= FRACTION < 1 (default 0)")
     parser.add_argument("--multirater", type=int, metavar="N",
                         help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
     parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
@@ -293,6 +314,11 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError(f"--out {out} exists and is not an empty folder; choose a new folder")
     if args.size < 8 or args.crop < 0 or args.crops_per_lesion < 1 or args.margin_slices < 0:
         raise SourceError("need --size >= 8, --crop >= 0, --crops-per-lesion >= 1 and --margin-slices >= 0")
+    if not 0.0 <= args.negatives < 1.0:
+        raise SourceError(f"--negatives is a fraction of the crops, 0 <= FRACTION < 1; got {args.negatives}")
+    if args.negatives and args.multirater is not None:
+        raise SourceError("--negatives adds lesion-free crops to the real lesion crops; it does not apply to "
+                          "--multirater sets")
     if args.multirater is not None and args.multirater < 1:
         raise SourceError(f"--multirater needs N >= 1, got {args.multirater}")
     return source_path, out
@@ -320,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                                             args.multirater, args.multirater_counts, args.seed)
         else:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
-                                      args.crops_per_lesion, args.margin_slices, args.seed)
+                                      args.crops_per_lesion, args.margin_slices, args.seed, args.negatives)
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2

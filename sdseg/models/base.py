@@ -7,9 +7,10 @@ from typing import Iterable
 import torch
 
 # Config keys every model accepts besides its own: a one-line description (shown in model lists), the data sets it
-# was trained on (sdseg.training.training_data_record) and the recipe of its training crops (sdseg preprocess),
-# which inference follows to cut its crops (sdseg.propagation.crop_recipe).
-SHARED_CONFIG_KEYS = frozenset({"description", "training_data", "crop"})
+# was trained on (sdseg.training.training_data_record), the recipe of its training crops (sdseg preprocess),
+# which inference follows to cut its crops (sdseg.propagation.crop_recipe), and the prompt channels it takes after
+# the image's (sdseg.prompt_maps).
+SHARED_CONFIG_KEYS = frozenset({"description", "training_data", "crop", "prompt_channels"})
 
 
 class SegmentationDiffusionModel(torch.nn.Module):

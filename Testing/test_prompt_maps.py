@@ -1,0 +1,102 @@
+"""Prompt channels (sdseg.prompt_maps): the maps of a click and a box, their scaling from a crop to the model's size,
+the prompts training draws from the ground truth (objects and lesion-free crops), the click evaluation gives, and
+the most interior point of a mask (sdseg.masks.interior_point)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdseg.inference import ModelMismatchError, check_model_fits_volume
+from sdseg.masks import interior_point
+from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, PROMPT_CHANNELS, CropPrompt,
+                               crop_prompt_maps, data_channels, object_click, prompt_channels_of, prompt_maps,
+                               training_prompts)
+
+NAN = float("nan")
+
+
+def test_a_click_is_a_gaussian_at_the_point_and_a_box_its_inside():
+    maps = prompt_maps(torch.tensor([[5.0, 9.0], [NAN, NAN]]), torch.tensor([[2.0, 6.0, 3.0, 12.0], [NAN] * 4]), 16,
+                       PROMPT_CHANNELS)
+    assert maps.shape == (2, 2, 16, 16)
+    point, box = maps[0]
+    assert divmod(int(point.argmax()), 16) == (5, 9) and point.max() == 1.0
+    assert point[5, 11] == pytest.approx(np.exp(-4 / (2 * 0.5 ** 2)), rel=1e-5)  # sigma = 16 / 32 = 0.5 px
+    assert torch.equal(box.nonzero()[:, 0].unique(), torch.arange(2, 6))  # rows 2..5: centres inside (2, 6)
+    assert torch.equal(box.nonzero()[:, 1].unique(), torch.arange(3, 12))
+    assert not maps[1].any(), "no prompt: all zero"
+    only_box = prompt_maps(torch.tensor([[5.0, 9.0]]), torch.tensor([[2.0, 6.0, 3.0, 12.0]]), 16, ("box",))
+    assert only_box.shape == (1, 1, 16, 16) and torch.equal(only_box[0, 0], box)
+
+
+def test_crop_prompts_are_scaled_to_the_model_size_by_pixel_centres():
+    prompt = CropPrompt(point=(19.5, 0.0), box=(0.0, 40.0, 10.0, 30.0)).scaled((40, 80), 16)
+    assert prompt.point == pytest.approx(((19.5 + 0.5) * 0.4 - 0.5, 0.5 * 0.2 - 0.5))
+    assert prompt.box == pytest.approx((0.0, 16.0, 2.0, 6.0))
+    maps = crop_prompt_maps([CropPrompt(point=(39.0, 39.0)), None], [(40, 40), (10, 10)], 8, ("point",), "cpu")
+    assert divmod(int(maps[0, 0].argmax()), 8) == (7, 7) and not maps[1].any()
+
+
+def test_prompt_channels_are_validated_and_counted_after_the_image():
+    config = {"image_channels": 3, "prompt_channels": ["point", "box"], "image_size": 32,
+              "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}}
+    assert prompt_channels_of(config) == ("point", "box") and data_channels(config) == 1
+    check_model_fits_volume(config)  # one image channel + two prompt channels: fits a scalar volume
+    assert prompt_channels_of({"image_channels": 1}) == () and data_channels({"image_channels": 1}) == 1
+    for wrong in (["box", "point"], ["scribble"]):
+        with pytest.raises(ValueError, match="must be a subset"):
+            prompt_channels_of({"prompt_channels": wrong})
+        with pytest.raises(ModelMismatchError, match="must be a subset"):
+            check_model_fits_volume({**config, "prompt_channels": wrong})
+
+
+def _batch_with_objects(batch: int = 400, size: int = 24):
+    """Items 0, 2, 4, ...: an object (raters 0 and 1 a rectangle, rater 2 a smaller one); odd items: none."""
+    raters = torch.zeros(batch, 3, size, size, dtype=torch.bool)
+    raters[0::2, :2, 6:14, 4:18] = True
+    raters[0::2, 2, 8:12, 6:12] = True
+    return raters
+
+
+def test_training_prompts_come_from_the_ground_truth():
+    raters = _batch_with_objects()
+    points, boxes = training_prompts(raters, torch.Generator().manual_seed(0))
+    objects, negatives = slice(0, None, 2), slice(1, None, 2)
+    clicked, boxed = ~points[:, 0].isnan(), ~boxes[:, 0].isnan()
+    # a crop showing the object: clicks inside the raters' majority (the border of it included, +-1 px jitter)
+    object_points = points[objects][clicked[objects]]
+    assert ((object_points[:, 0] >= 5) & (object_points[:, 0] <= 14) & (object_points[:, 1] >= 3)
+            & (object_points[:, 1] <= 18)).all()
+    # boxes hold the union of the raters, with at most BOX_MARGIN_MAX of its extent more on each side
+    object_boxes = boxes[objects][boxed[objects]]
+    assert (object_boxes[:, 0] <= 6).all() and (object_boxes[:, 1] >= 14).all()
+    assert (object_boxes[:, 0] >= 6 - 0.25 * 8).all() and (object_boxes[:, 3] <= 18 + 0.25 * 14).all()
+    # the odds: roughly as declared, over 200 object crops and 200 lesion-free crops
+    expected_click = OBJECT_PROMPT_ODDS["point"] + OBJECT_PROMPT_ODDS["both"]
+    assert abs(clicked[objects].float().mean() - expected_click) < 0.1
+    assert abs((~clicked[objects] & ~boxed[objects]).float().mean() - OBJECT_PROMPT_ODDS["none"]) < 0.08
+    assert abs(clicked[negatives].float().mean() - NEGATIVE_PROMPT_ODDS["point"]) < 0.1
+    assert abs(boxed[negatives].float().mean() - NEGATIVE_PROMPT_ODDS["box"]) < 0.08
+    negative_points = points[negatives][clicked[negatives]]
+    assert negative_points[:, 0].std() > 4, "clicks on lesion-free crops fall anywhere"
+    again = training_prompts(raters, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0].nan_to_num(-1), points.nan_to_num(-1))
+    assert torch.equal(again[1].nan_to_num(-1), boxes.nan_to_num(-1))
+
+
+def test_the_evaluation_click_is_inside_the_majority_even_for_a_ring():
+    raters = np.zeros((3, 32, 32), dtype=bool)
+    yy, xx = np.mgrid[:32, :32]
+    ring = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 12 ** 2) & ((yy - 16) ** 2 + (xx - 16) ** 2 >= 6 ** 2)
+    raters[0], raters[1] = ring, ring
+    raters[2, 2:5, 2:5] = True  # one rater elsewhere: not the majority
+    click = object_click(raters)
+    row, column = click.point
+    assert ring[int(row), int(column)], "the centroid of a ring is outside it; the click must not be"
+    assert object_click(np.zeros((2, 8, 8), dtype=bool)) is None
+    assert interior_point(np.zeros((4, 4), dtype=bool)) is None
+    square = np.zeros((9, 9), dtype=bool)
+    square[2:7, 1:6] = True
+    assert interior_point(square) == (4.0, 3.0)

@@ -1,0 +1,62 @@
+"""Training batches from crops held in memory: the split is read once (on the training device when it fits), and
+each batch is gathered, given one rater's mask per image, flipped and given its prompt channels there, without a
+file read per item.
+
+Every random draw of a batch (which rater, which flips, which prompts) comes from the CPU generator the caller passes, so a step's
+batch depends only on that generator's seed, not on the device or on earlier steps (resumable training).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sdseg.data.dataset import CropsDataset
+from sdseg.device import free_memory_bytes
+from sdseg.prompt_maps import prompt_maps, training_prompts
+
+MEMORY_FRACTION = 0.25  # the crops go to the device when they take at most this share of its free memory
+
+
+class InMemoryCrops:
+    """``images`` (N, C, S, S) float32 in [-1, 1] and ``masks`` (N, R, S, S) bool of a crops data set split, with
+    ``rater_counts`` (N,) (items with fewer raters than R are padded with empty masks that are never drawn)."""
+
+    def __init__(self, dataset: CropsDataset, device: torch.device):
+        items = [dataset.read(i) for i in range(len(dataset))]
+        counts = [item["masks"].shape[0] for item in items]
+        masks = np.zeros((len(items), max(counts), *items[0]["masks"].shape[1:]), dtype=bool)
+        for index, item in enumerate(items):
+            masks[index, :counts[index]] = item["masks"] > 0
+        images = np.stack([item["image"] for item in items])
+        fits = images.nbytes + masks.nbytes <= MEMORY_FRACTION * free_memory_bytes(device)
+        self.storage = device if fits else torch.device("cpu")
+        self.device = device
+        self.images = torch.from_numpy(images).to(self.storage)
+        self.masks = torch.from_numpy(masks).to(self.storage)
+        self.rater_counts = torch.tensor(counts)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, indices: list[int], generator: torch.Generator, augment: bool = True, prompt_channels=()):
+        """``(images (B, C + P, S, S), mask (B, 1, S, S) float32 in {0, 1})`` on the device: item ``indices``, one
+        uniformly random rater's mask each, with ``augment`` the same random vertical and horizontal flips (each
+        with probability 1/2) of an image and its masks, and the P ``prompt_channels`` drawn from the flipped
+        masks (sdseg.prompt_maps.training_prompts)."""
+        chosen = torch.tensor(indices)
+        raters = (torch.rand(len(indices), generator=generator) * self.rater_counts[chosen]).long()
+        flips = torch.rand(len(indices), 2, generator=generator) < 0.5
+        index = chosen.to(self.storage)
+        images = self.images[index].to(self.device, non_blocking=True)
+        every_rater = self.masks[index].to(self.device, non_blocking=True)
+        if augment:
+            for axis, flip in ((-2, flips[:, 0]), (-1, flips[:, 1])):
+                flip = flip.to(self.device)[:, None, None, None]
+                images = torch.where(flip, images.flip(axis), images)
+                every_rater = torch.where(flip, every_rater.flip(axis), every_rater)
+        mask = every_rater[torch.arange(len(indices), device=self.device), raters.to(self.device)][:, None].float()
+        if prompt_channels:
+            points, boxes = training_prompts(every_rater, generator)
+            images = torch.cat([images, prompt_maps(points, boxes, images.shape[-1], prompt_channels)], dim=1)
+        return images, mask
