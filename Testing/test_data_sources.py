@@ -228,6 +228,17 @@ def test_preprocess_cli_crops_rois_around_the_sample_lesion(tmp_path):
     info = json.loads((out / "dataset.json").read_text())
     assert info["splits"] == {"test": [], "val": [], "train": ["sample"]}
     assert info["crop"] == {"in_plane_voxels": 96, "lesion_margin": 1.2}  # --crop's default; training keeps it
+    # neighbours: the masks of the slices before and after, in the same ROI (one rater: its mask)
+    items = {path.stem: data.read(index) for index, path in enumerate(data.files)}
+    checked = 0
+    for stem, item in items.items():
+        head, slice_name = stem.rsplit("_s", 1)
+        before, after = (items.get(f"{head}_s{int(slice_name) + step:04d}") for step in (-1, 1))
+        for side, other in ((0, before), (1, after)):
+            if other is not None:
+                np.testing.assert_array_equal(item["neighbours"][side], other["masks"][0], err_msg=stem)
+                checked += 1
+    assert checked > 10 and any(item["neighbours"].any() and not item["masks"].any() for item in items.values())
 
 
 def test_preprocess_negatives_add_lesion_free_crops_at_the_fraction_asked(tmp_path):
@@ -260,13 +271,18 @@ def test_preprocess_multirater_draws_synthetic_raters_on_real_textures(tmp_path)
     lidc_like_pickle(pickle_path, patients=5)
     out = tmp_path / "multi"
     assert preprocess.main(["--source", "lidc-pickle", "--input", str(pickle_path), "--out", str(out), "--size", "16",
-                            "--multirater", "3", "--multirater-counts", "6", "2", "2", "--seed", "4"]) == 0
+                            "--multirater", "3", "--multirater-counts", "6", "2", "2", "--seed", "4",
+                            "--negatives", "0.25"]) == 0
     info = json.loads((out / "dataset.json").read_text())
-    assert info["synthetic"] is True and info["n_raters"] == 3 and info["counts"] == {"train": 6, "val": 2, "test": 2}
+    assert info["synthetic"] is True and info["n_raters"] == 3 and info["counts"] == {"train": 8, "val": 3, "test": 3}
+    assert info["negatives"] == {"fraction": 0.25, "counts": {"train": 2, "val": 1, "test": 1}}
+    negatives = sorted((out / "train").glob("train-neg*.npz"))
+    assert len(negatives) == 2 and all(not np.load(path)["masks"].any() for path in negatives)
+    assert all(np.load(path)["masks"].shape == (3, 16, 16) for path in negatives)
     assert "lidc-pickle" in info["source"] and "CC BY" in info["licence"]
     assert all(info["textures"][split] > 0 for split in ("train", "val", "test"))
     data = CropsDataset(out, "train")
-    assert len(data) == 6 and data[0][1].shape == (3, 16, 16)
+    assert len(data) == 8 and data[0][1].shape == (3, 16, 16)
     assert any(bool((m != m[0]).any()) for m in (data.read(i)["masks"] for i in range(len(data))))
 
 

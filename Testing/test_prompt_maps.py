@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from sdseg.inference import ModelMismatchError, check_model_fits_volume
-from sdseg.masks import interior_point
-from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, PROMPT_CHANNELS, CropPrompt,
+from sdseg.masks import interior_point, interior_points
+from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, PROMPT_CHANNELS, PROPAGATION_CLICK_ODDS,
+                               CropPrompt,
                                crop_prompt_maps, data_channels, object_click, prompt_channels_of, prompt_maps,
                                training_prompts)
 
@@ -100,3 +101,42 @@ def test_the_evaluation_click_is_inside_the_majority_even_for_a_ring():
     square = np.zeros((9, 9), dtype=bool)
     square[2:7, 1:6] = True
     assert interior_point(square) == (4.0, 3.0)
+
+
+def test_interior_points_of_a_batch_match_one_by_one_and_empty_masks_give_nan():
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[0, 2:9, 3:15] = True
+    masks[1, 5:18, 5:8] = True
+    masks[1, 15:18, 5:19] = True  # an L
+    points = interior_points(masks)
+    for index in range(2):
+        assert tuple(points[index].tolist()) == interior_point(masks[index].numpy())
+        row, column = points[index].long().tolist()
+        assert masks[index, row, column]
+    assert points[2].isnan().all()
+
+
+def test_the_propagation_click_comes_from_the_neighbouring_slices_mask():
+    """Where a neighbouring slice shows the object, training sometimes clicks at that mask's interior, as the
+    propagation does: often on crops where the object has ended (their answer is empty), less on crops that show
+    it; no box then."""
+    raters = _batch_with_objects(size=24)
+    neighbours = torch.zeros(400, 2, 24, 24, dtype=torch.bool)
+    neighbours[:, 1, 14:22, 14:22] = True  # the slice after: an object at rows/columns 14..21 (interior 17.5)
+    neighbours[::4] = False  # a quarter of the crops have no neighbour object
+    points, boxes = training_prompts(raters, torch.Generator().manual_seed(1), neighbours)
+    at_neighbour = (points - torch.tensor([17.5, 17.5])).abs().max(1).values <= 1.5
+    with_neighbour = torch.ones(400, dtype=torch.bool)
+    with_neighbour[::4] = False
+    objects = torch.zeros(400, dtype=torch.bool)
+    objects[::2] = True
+    negatives = ~objects
+    assert not at_neighbour[~with_neighbour & negatives].float().mean() > 0.05  # only where a neighbour shows it
+    share_negative = at_neighbour[with_neighbour & negatives].float().mean()
+    share_object = at_neighbour[with_neighbour & objects].float().mean()
+    assert abs(share_negative - PROPAGATION_CLICK_ODDS["negative"]) < 0.12, share_negative
+    assert abs(share_object - PROPAGATION_CLICK_ODDS["object"]) < 0.12, share_object
+    assert boxes[at_neighbour].isnan().all()
+    without = training_prompts(raters, torch.Generator().manual_seed(1))
+    unchanged = ~at_neighbour
+    assert torch.equal(points[unchanged].nan_to_num(-1), without[0][unchanged].nan_to_num(-1))

@@ -248,6 +248,19 @@ def test_the_crop_recipe_of_the_data_goes_into_the_model(data, tmp_path):
     assert load_model(tmp_path / "m").config["crop"] == {"in_plane_voxels": 80, "lesion_margin": 1.5}
 
 
+def test_prompt_channels_none_trains_a_model_without_prompts(data, tmp_path):
+    assert main(["--model", "ambiguous", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "plain"),
+                 "--steps", "1", "--batch-size", "2", "--sample-every", "1", "--device", "cpu",
+                 "--prompt-channels", "none"]) == 0
+    config = load_model(tmp_path / "plain").config
+    assert config["image_channels"] == 1 and "prompt_channels" not in config
+    assert main(["--model", "ambiguous", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "point"),
+                 "--steps", "1", "--batch-size", "2", "--sample-every", "1", "--device", "cpu",
+                 "--prompt-channels", "point"]) == 0
+    config = load_model(tmp_path / "point").config
+    assert config["image_channels"] == 2 and config["prompt_channels"] == ["point"]
+
+
 def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_sdseg_run, capsys):
     other = make_shapes_dataset(tmp_path / "shapes64", 8, 2, 2, image_size=64, n_raters=1, seed=0)
     assert main(["--init", str(uninterrupted_sdseg_run), "--data", str(other), "--out", str(tmp_path / "out"),
@@ -262,6 +275,10 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
     (["--data", "{data}", "--out", "{tmp}/out"], "--model (or --init) and --data are required"),
     (["--init", "{tmp}/nothing", "--data", "{data}", "--out", "{tmp}/out"], "--init: no model named or found"),
     (["--init", "{run}", "--preset", "tiny", "--data", "{data}", "--out", "{tmp}/out"], "leave out --preset"),
+    (["--init", "{run}", "--prompt-channels", "none", "--data", "{data}", "--out", "{tmp}/out"],
+     "leave out --preset and --prompt-channels"),
+    (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--prompt-channels", "box,point"],
+     "--prompt-channels: give point,box"),
     (["--init", "{run}", "--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out"], "is a sdseg model"),
     (["--out", "{tmp}/out", "--resume"], "no saved training state"),
     (["--model", "sdseg", "--data", "{data}", "--out", "{tmp}/out", "--stage-steps", "diffusion=5"],

@@ -83,21 +83,35 @@ def components_touching(masks: torch.Tensor, anchor: torch.Tensor) -> torch.Tens
     return keep
 
 
+def interior_points(masks: torch.Tensor) -> torch.Tensor:
+    """(B, 2) row, column of the most interior pixel of each 2D boolean mask of ``masks`` (B, H, W): of the pixels
+    that survive the most 3x3 erosions (the deepest ones, chessboard distance; outside the image counts as
+    background), the one nearest to their centroid; NaN for an empty mask. A click there lies inside the object even
+    when it is not convex (its centroid may not)."""
+    current = masks.float()[:, None]
+    deepest = current
+    while current.flatten(1).any(1).any():
+        alive = current.flatten(1).any(1)[:, None, None, None]
+        deepest = torch.where(alive, current, deepest)
+        current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), kernel_size=3, stride=1)
+    deepest = deepest[:, 0] > 0
+    rows = torch.arange(masks.shape[-2], device=masks.device, dtype=torch.float32)[None, :, None]
+    columns = torch.arange(masks.shape[-1], device=masks.device, dtype=torch.float32)[None, None, :]
+    count = deepest.flatten(1).sum(1).clamp(min=1)[:, None, None]
+    centre_row = (deepest * rows).flatten(1).sum(1)[:, None, None] / count
+    centre_column = (deepest * columns).flatten(1).sum(1)[:, None, None] / count
+    distance = torch.where(deepest, (rows - centre_row) ** 2 + (columns - centre_column) ** 2, float("inf"))
+    nearest = distance.flatten(1).argmin(1)
+    points = torch.stack([nearest // masks.shape[-1], nearest % masks.shape[-1]], 1).float()
+    return torch.where(deepest.flatten(1).any(1)[:, None], points, float("nan"))
+
+
 def interior_point(mask: np.ndarray) -> tuple[float, float] | None:
-    """(row, column) of the most interior pixel of a 2D boolean mask: of the pixels that survive the most 3x3
-    erosions (the deepest ones, chessboard distance), the one nearest to their centroid; None for an empty mask.
-    A click there lies inside the object even when it is not convex (its centroid may not)."""
+    """:func:`interior_points` of one 2D boolean mask (cut to its bounding box first), None when it is empty."""
     if not mask.any():
         return None
     rows, columns = np.nonzero(mask)
     r0, c0 = rows.min(), columns.min()
-    deepest = torch.from_numpy(np.ascontiguousarray(mask[r0:rows.max() + 1, c0:columns.max() + 1]))[None, None]
-    deepest = deepest.float()
-    while True:
-        eroded = -F.max_pool2d(-F.pad(deepest, (1, 1, 1, 1)), kernel_size=3, stride=1)
-        if not eroded.any():
-            break
-        deepest = eroded
-    rows, columns = np.nonzero(deepest[0, 0].numpy())
-    nearest = np.argmin((rows - rows.mean()) ** 2 + (columns - columns.mean()) ** 2)
-    return float(r0 + rows[nearest]), float(c0 + columns[nearest])
+    box = torch.from_numpy(np.ascontiguousarray(mask[r0:rows.max() + 1, c0:columns.max() + 1]))
+    row, column = interior_points(box[None])[0].tolist()
+    return float(r0 + row), float(c0 + column)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sdseg.masks import interior_point
+from sdseg.masks import interior_point, interior_points
 
 PROMPT_CHANNELS = ("point", "box")
 POINT_SIGMA_FRACTION = 1.0 / 32.0  # 2 pixels at 64 x 64
@@ -31,6 +31,10 @@ CLICK_JITTER_PIXELS = 1.0  # uniform +- jitter of a click
 BOX_MARGIN_MAX = 0.25  # each side of a training box is moved out by up to this fraction of the object's extent
 # A crop without the object (a negative): a click or box on healthy tissue (the answer must be empty), else nothing.
 NEGATIVE_PROMPT_ODDS = {"none": 0.4, "point": 0.45, "box": 0.15}
+# The propagation's click: when the slice before or after shows the object, the click it gives the next slice (the
+# most interior point of that slice's mask) replaces the prompt above with these odds, on crops that show the object
+# (it is still there) and on crops that do not (the object ended: the answer must be empty).
+PROPAGATION_CLICK_ODDS = {"object": 0.25, "negative": 0.6}
 
 
 def prompt_channels_of(config: dict) -> tuple[str, ...]:
@@ -126,14 +130,18 @@ def _random_pixel(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tenso
     return torch.stack([flat // size, flat % size], 1).float()
 
 
-def training_prompts(raters: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def training_prompts(raters: torch.Tensor, generator: torch.Generator,
+                     neighbours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts drawn from the ground truth of a training batch: ``raters`` (B, R, S, S) bool, every rater's mask
-    (padding raters empty). Returns (points (B, 2), boxes (B, 4)) with NaN rows for "no prompt", on the masks'
-    device. A crop showing the object gets, as :data:`OBJECT_PROMPT_ODDS` say, no prompt, a click (a random pixel
-    of the raters' majority, else of their union; with :data:`BORDER_CLICK_ODDS` one on its border; jittered by up
-    to :data:`CLICK_JITTER_PIXELS`), a box (the union's bounding box, each side moved out by up to
+    (padding raters empty); ``neighbours`` (B, 2, S, S) bool, the raters' union on the slices before and after
+    (None: unknown). Returns (points (B, 2), boxes (B, 4)) with NaN rows for "no prompt", on the masks' device.
+    A crop showing the object gets, as :data:`OBJECT_PROMPT_ODDS` say, no prompt, a click (a random pixel of the
+    raters' majority, else of their union; with :data:`BORDER_CLICK_ODDS` one on its border; jittered by up to
+    :data:`CLICK_JITTER_PIXELS`), a box (the union's bounding box, each side moved out by up to
     :data:`BOX_MARGIN_MAX` of its extent) or both. A crop without it gets a click or box anywhere, or nothing
-    (:data:`NEGATIVE_PROMPT_ODDS`). Every random draw comes from ``generator`` (CPU)."""
+    (:data:`NEGATIVE_PROMPT_ODDS`). Where a neighbour shows the object, the propagation's click (the most
+    interior point of a random such neighbour, jittered) replaces that prompt as :data:`PROPAGATION_CLICK_ODDS`
+    say. Every random draw comes from ``generator`` (CPU)."""
     batch, _, size, _ = raters.shape
     device = raters.device
     union = raters.any(1)
@@ -171,4 +179,22 @@ def training_prompts(raters: torch.Tensor, generator: torch.Generator) -> tuple[
     nan = torch.tensor(float("nan"), device=device)
     points = torch.where(want_point[:, None], points, nan)
     boxes = torch.where(want_box[:, None], torch.where(has_object[:, None], boxes, random_boxes), nan)
-    return points, boxes
+    if neighbours is None:
+        return points, boxes
+    return _with_propagation_clicks(points, boxes, has_object, neighbours, generator)
+
+
+def _with_propagation_clicks(points, boxes, has_object, neighbours, generator):
+    """``points``, ``boxes`` with the propagation's click (see :func:`training_prompts`) where it is drawn."""
+    batch, size, device = neighbours.shape[0], neighbours.shape[-1], neighbours.device
+    odds = torch.where(has_object, PROPAGATION_CLICK_ODDS["object"], PROPAGATION_CLICK_ODDS["negative"])
+    drawn = torch.rand(batch, generator=generator).to(device) < odds
+    first = (torch.rand(batch, generator=generator) < 0.5).to(device)
+    jitter = ((torch.rand(batch, 2, generator=generator) * 2 - 1) * CLICK_JITTER_PIXELS).to(device)
+    present = neighbours.flatten(2).any(2)
+    use_first = present[:, 0] & (first | ~present[:, 1])
+    chosen = torch.where(use_first[:, None, None], neighbours[:, 0], neighbours[:, 1])
+    replace = drawn & present.any(1)
+    clicks = (interior_points(chosen) + jitter).clamp(0, size - 1)
+    nan = torch.tensor(float("nan"), device=device)
+    return torch.where(replace[:, None], clicks, points), torch.where(replace[:, None], nan, boxes)

@@ -19,8 +19,9 @@ MEMORY_FRACTION = 0.25  # the crops go to the device when they take at most this
 
 
 class InMemoryCrops:
-    """``images`` (N, C, S, S) float32 in [-1, 1] and ``masks`` (N, R, S, S) bool of a crops data set split, with
-    ``rater_counts`` (N,) (items with fewer raters than R are padded with empty masks that are never drawn)."""
+    """``images`` (N, C, S, S) float32 in [-1, 1], ``masks`` (N, R, S, S) bool and ``neighbours`` (N, 2, S, S) bool
+    (the raters' union on the slices before and after) of a crops data set split, with ``rater_counts`` (N,) (items
+    with fewer raters than R are padded with empty masks that are never drawn)."""
 
     def __init__(self, dataset: CropsDataset, device: torch.device):
         items = [dataset.read(i) for i in range(len(dataset))]
@@ -29,11 +30,13 @@ class InMemoryCrops:
         for index, item in enumerate(items):
             masks[index, :counts[index]] = item["masks"] > 0
         images = np.stack([item["image"] for item in items])
-        fits = images.nbytes + masks.nbytes <= MEMORY_FRACTION * free_memory_bytes(device)
+        neighbours = np.stack([item["neighbours"] > 0 for item in items])
+        fits = images.nbytes + masks.nbytes + neighbours.nbytes <= MEMORY_FRACTION * free_memory_bytes(device)
         self.storage = device if fits else torch.device("cpu")
         self.device = device
         self.images = torch.from_numpy(images).to(self.storage)
         self.masks = torch.from_numpy(masks).to(self.storage)
+        self.neighbours = torch.from_numpy(neighbours).to(self.storage)
         self.rater_counts = torch.tensor(counts)
 
     def __len__(self) -> int:
@@ -43,20 +46,22 @@ class InMemoryCrops:
         """``(images (B, C + P, S, S), mask (B, 1, S, S) float32 in {0, 1})`` on the device: item ``indices``, one
         uniformly random rater's mask each, with ``augment`` the same random vertical and horizontal flips (each
         with probability 1/2) of an image and its masks, and the P ``prompt_channels`` drawn from the flipped
-        masks (sdseg.prompt_maps.training_prompts)."""
+        masks and neighbours (sdseg.prompt_maps.training_prompts)."""
         chosen = torch.tensor(indices)
         raters = (torch.rand(len(indices), generator=generator) * self.rater_counts[chosen]).long()
         flips = torch.rand(len(indices), 2, generator=generator) < 0.5
         index = chosen.to(self.storage)
         images = self.images[index].to(self.device, non_blocking=True)
         every_rater = self.masks[index].to(self.device, non_blocking=True)
+        neighbours = self.neighbours[index].to(self.device, non_blocking=True)
         if augment:
             for axis, flip in ((-2, flips[:, 0]), (-1, flips[:, 1])):
                 flip = flip.to(self.device)[:, None, None, None]
                 images = torch.where(flip, images.flip(axis), images)
                 every_rater = torch.where(flip, every_rater.flip(axis), every_rater)
+                neighbours = torch.where(flip, neighbours.flip(axis), neighbours)
         mask = every_rater[torch.arange(len(indices), device=self.device), raters.to(self.device)][:, None].float()
         if prompt_channels:
-            points, boxes = training_prompts(every_rater, generator)
+            points, boxes = training_prompts(every_rater, generator, neighbours)
             images = torch.cat([images, prompt_maps(points, boxes, images.shape[-1], prompt_channels)], dim=1)
         return images, mask

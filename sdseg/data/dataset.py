@@ -65,11 +65,14 @@ class CropsDataset(Dataset):
         return len(self.files)
 
     def read(self, index: int) -> dict:
-        """The raw arrays of item ``index``: ``image`` float32 (C, H, W), ``masks`` uint8 (R, H, W), ``patient``."""
+        """The raw arrays of item ``index``: ``image`` float32 (C, H, W), ``masks`` uint8 (R, H, W), ``patient``,
+        ``neighbours`` uint8 (2, H, W) (the raters' union on the slices before and after; empty when the crop file
+        has none: 2D sources, lesion-free crops, older data sets)."""
         path = self.files[index]
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in ("image", "masks", "patient")}
+                neighbours = data["neighbours"] if "neighbours" in data.files else None
         except KeyError as error:
             raise DatasetError(f"{path}: missing array {error}; each crop needs image, masks and patient") from error
         except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -79,7 +82,13 @@ class CropsDataset(Dataset):
         if image.ndim != 3 or image.shape[1:] != (size, size) or masks.ndim != 3 or masks.shape[1:] != (size, size):
             raise DatasetError(f"{path}: image {image.shape} and masks {masks.shape} must be (C, {size}, {size}) and "
                                f"(R, {size}, {size}) (image_size in dataset.json); make the data set again")
-        return {"image": image.astype(np.float32), "masks": masks.astype(np.uint8), "patient": str(arrays["patient"])}
+        if neighbours is None:
+            neighbours = np.zeros((2, size, size), dtype=np.uint8)
+        elif neighbours.shape != (2, size, size):
+            raise DatasetError(f"{path}: neighbours {neighbours.shape} must be (2, {size}, {size}); make the data set "
+                               "again")
+        return {"image": image.astype(np.float32), "masks": masks.astype(np.uint8), "patient": str(arrays["patient"]),
+                "neighbours": neighbours.astype(np.uint8)}
 
     def __getitem__(self, index: int):
         arrays = self.read(index)

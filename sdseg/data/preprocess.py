@@ -87,17 +87,30 @@ def _resize(slices: list[np.ndarray], size: int) -> np.ndarray:
 
 
 def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: dict,
-              size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(slice index, image float32 (1, S, S) in [-1, 1], masks uint8 (R, S, S)) for each slice of the ROI along
-    ``slice_axis``: normalised over the whole ROI and resized like sdseg.inference does; masks resized bilinearly
-    (antialiased) and thresholded at 0.5."""
+              size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(slice index, image float32 (1, S, S) in [-1, 1], masks uint8 (R, S, S), neighbours uint8 (2, S, S)) for
+    each slice of the ROI along ``slice_axis``: normalised over the whole ROI and resized like sdseg.inference does;
+    masks resized bilinearly (antialiased) and thresholded at 0.5; neighbours = the raters' union on the slice
+    before and on the slice after, in the same in-plane ROI (empty beyond the volume), resized the same way
+    (training draws the propagation's click from them: sdseg.prompt_maps.training_prompts)."""
     roi = roi_array(case.image, roi_ijk)
     lo, hi = intensity_range(roi, preprocessing)
     mask_rois = [roi_array(mask, roi_ijk) for mask in case.masks]
+    union = case.masks.max(axis=0)
+    dim = case.image.shape[2 - slice_axis]
     for position in range(roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]):
+        index = roi_ijk[slice_axis] + position
         image = _resize([normalize_intensities(slice_of_roi(roi, slice_axis, position), lo, hi)], size)
         masks = _resize([slice_of_roi(m, slice_axis, position) for m in mask_rois], size) >= 0.5
-        yield roi_ijk[slice_axis] + position, image.astype(np.float32), masks.astype(np.uint8)
+        neighbours = []
+        for other in (index - 1, index + 1):
+            plane_roi = list(roi_ijk)
+            plane_roi[slice_axis], plane_roi[slice_axis + 3] = other, other + 1
+            inside = 0 <= other < dim
+            neighbours.append(slice_of_roi(roi_array(union, plane_roi), slice_axis, 0) if inside
+                              else np.zeros_like(slice_of_roi(mask_rois[0], slice_axis, position)))
+        neighbours = _resize(neighbours, size) >= 0.5
+        yield index, image.astype(np.float32), masks.astype(np.uint8), neighbours.astype(np.uint8)
 
 
 def _file_stem(patient: str) -> str:
@@ -105,9 +118,9 @@ def _file_stem(patient: str) -> str:
 
 
 def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_lesion: int, margin_slices: int,
-               seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name within the case, image, masks) of every crop of a case; 2D cases (``whole_image_roi``) give one
-    crop, the image."""
+               seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(name within the case, image, masks, neighbours) of every crop of a case (:func:`roi_crops`); 2D cases
+    (``whole_image_roi``) give one crop, the image (their neighbours empty)."""
     dims_ijk = case.image.shape[::-1]
     slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
     if case.whole_image_roi:
@@ -119,12 +132,14 @@ def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_
                 for box in lesion_bounding_boxes(union)]
     for lesion, lesion_rois_ in enumerate(rois):
         for number, roi in enumerate(lesion_rois_):
-            for index, image, masks in roi_crops(case, roi, slice_axis, preprocessing, size):
-                yield f"l{lesion:02d}_c{number:02d}_s{index:04d}", image, masks
+            for index, image, masks, neighbours in roi_crops(case, roi, slice_axis, preprocessing, size):
+                yield f"l{lesion:02d}_c{number:02d}_s{index:04d}", image, masks, neighbours
 
 
-def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, patient: str) -> None:
-    np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient))
+def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, patient: str,
+                neighbours: np.ndarray | None = None) -> None:
+    extra = {} if neighbours is None else {"neighbours": neighbours}
+    np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient), **extra)
 
 
 def _splits_of(refs: list[CaseRef], seed: int):
@@ -163,9 +178,9 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                                   f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
             stem = f"{_file_stem(case.patient)}_{number:05d}"
             written = 0
-            for crop_name, image, masks in case_crops(case, preprocessing, size, crop, crops_per_lesion,
-                                                      margin_slices, seed):
-                _write_crop(out / split, f"{stem}_{crop_name}", image, masks, case.patient)
+            for crop_name, image, masks, neighbours in case_crops(case, preprocessing, size, crop,
+                                                                  crops_per_lesion, margin_slices, seed):
+                _write_crop(out / split, f"{stem}_{crop_name}", image, masks, case.patient, neighbours)
                 written += 1
             wanted = 0 if case.whole_image_roi else negatives_for(written, negatives)
             empty = np.zeros((case.masks.shape[0], size, size), dtype=np.uint8)
@@ -215,17 +230,18 @@ def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: 
             roi[axis + 3] = roi[axis] + extent
         if roi_array(union, roi).any():
             continue
-        _, image, _ = next(roi_crops(case, roi, slice_axis, preprocessing, size))
+        _, image, _, _ = next(roi_crops(case, roi, slice_axis, preprocessing, size))
         if np.mean(image > -0.8) >= 0.5:
             textures.append(image[0])
     return textures
 
 
 def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict,
-                             crop: int, n_raters: int, counts: list[int], seed: int) -> dict:
+                             crop: int, n_raters: int, counts: list[int], seed: int, negatives: float = 0.0) -> dict:
     """Synthetic ``n_raters``-rater lesions (sdseg.data.synthetic) drawn on lesion-free crops of the real images;
     the textures of each split (TEXTURES_PER_SPLIT, shared evenly by its cases) come from that split's patients
-    only. Returns dataset.json."""
+    only. With ``negatives`` F > 0, lesion-free crops (those textures themselves, every rater's mask empty) make F
+    of each split, named ``<split>-neg<NNNNN>.npz``. Returns dataset.json."""
     from sdseg.data.synthetic import GENERATOR_DESCRIPTION, make_shapes_dataset
 
     splits, split_refs = _splits_of(refs, seed)
@@ -241,20 +257,32 @@ def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, siz
         if count and not split_textures[split]:
             raise SourceError(f"no lesion-free texture found for the {split} split (patients "
                               f"{splits[split]}); use more patients or a smaller --crop")
+    negative_counts = dict.fromkeys(SPLITS, 0)
     with tempfile.TemporaryDirectory(prefix="sdseg-multirater-", dir=out) as tmp:
         for number, (split, count) in enumerate(zip(SPLITS, counts)):
             one_split = [count if s == split else 0 for s in SPLITS]
             part = make_shapes_dataset(Path(tmp) / split, *one_split, image_size=size, n_raters=n_raters, seed=seed,
                                        texture_images=split_textures[split] or None)
             (part / split).rename(out / split)
+            textures = split_textures[split]
+            wanted = negatives_for(count, negatives) if textures else 0
+            order = rng.permutation(wanted) % len(textures) if wanted else []
+            empty = np.zeros((n_raters, size, size), dtype=np.uint8)
+            for number, texture in enumerate(order):
+                _write_crop(out / split, f"{split}-neg{number:05d}", textures[texture][None], empty,
+                            f"synthetic-{split}-neg{number:05d}")
+            negative_counts[split] = wanted
     texture = (f"lesion-free {crop or 'whole-slice'}-pixel crops of the real images of {source.name} "
                f"({source.description}), normalised and resized like the real crops, each split's from its own "
                "patients")
     return {"name": out.name, "source": f"{source.name} (textures) + sdseg.data.synthetic (lesions, raters)",
             "licence": f"textures: {source.licence}; synthetic lesions: CC0-1.0", "provenance": source.provenance,
             "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters, "synthetic": True,
-            "description": GENERATOR_DESCRIPTION.format(texture=texture),
-            "splits": splits, "counts": dict(zip(SPLITS, counts)),
+            "description": GENERATOR_DESCRIPTION.format(texture=texture) + (
+                f" Plus lesion-free crops (those textures, every rater's mask empty), {negatives:.0%} of each split."
+                if negatives else ""),
+            "splits": splits, "counts": {split: count + negative_counts[split] for split, count in zip(SPLITS, counts)},
+            "negatives": {"fraction": negatives, "counts": negative_counts},
             "textures": {name: len(split_textures[name]) for name in SPLITS}, "crop": crop_record(crop)}
 
 
@@ -280,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="percentile normalisation over each ROI instead of the source's default")
     parser.add_argument("--negatives", type=float, default=0.0, metavar="FRACTION",
                         help="add lesion-free crops away from the lesions (random slices and places, empty masks) "
-                             "making FRACTION of each 3D case's crops, 0 <= FRACTION < 1 (default 0)")
+                             "making FRACTION of each 3D case's crops (with --multirater: of each split), "
+                             "0 <= FRACTION < 1 (default 0)")
     parser.add_argument("--multirater", type=int, metavar="N",
                         help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
     parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
@@ -316,9 +345,6 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError("need --size >= 8, --crop >= 0, --crops-per-lesion >= 1 and --margin-slices >= 0")
     if not 0.0 <= args.negatives < 1.0:
         raise SourceError(f"--negatives is a fraction of the crops, 0 <= FRACTION < 1; got {args.negatives}")
-    if args.negatives and args.multirater is not None:
-        raise SourceError("--negatives adds lesion-free crops to the real lesion crops; it does not apply to "
-                          "--multirater sets")
     if args.multirater is not None and args.multirater < 1:
         raise SourceError(f"--multirater needs N >= 1, got {args.multirater}")
     return source_path, out
@@ -343,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if args.multirater:
             info = build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop,
-                                            args.multirater, args.multirater_counts, args.seed)
+                                            args.multirater, args.multirater_counts, args.seed, args.negatives)
         else:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives)
