@@ -25,9 +25,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SDSegSlicerLib import backend_install, stats, variance_display
-from SDSegSlicerLib.prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines
-from SDSegSlicerLib.run import DEFAULT_SAMPLES, MAX_SAMPLES, format_duration, slices_text
+from SDSegSlicerLib import backend_install, result_view, variance_display
+from SDSegSlicerLib.prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING
+from SDSegSlicerLib.run import DEFAULT_SAMPLES, MAX_SAMPLES
 from SDSegSlicerLib.session import BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
@@ -91,16 +91,6 @@ class SDSegSlicerParameterNode:
     varianceOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
-def describeDevice(hello):
-    """One line about the worker's compute device, from its hello message."""
-    torchVersion = hello.get("torch") or "?"
-    if hello.get("gpu_name"):
-        free = hello.get("gpu_free_mb")
-        memory = f", {free / 1024:.1f} GB free" if free is not None else ""
-        return f"{hello['gpu_name']}{memory} (CUDA {hello.get('cuda')}, torch {torchVersion})"
-    return f"no GPU found: CPU (torch {torchVersion})"
-
-
 #
 # Widget
 #
@@ -114,7 +104,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._timer = None
-        self._sampleIndex = 0
+        self._browser = None
         self._resultsShown = False
         self._shownOpacity = None
         self._installNeeded = False
@@ -128,6 +118,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SDSegSlicerLogic()
+        self._browser = result_view.SampleBrowser(self.logic)
         self._timer = qt.QTimer()
         self._timer.setInterval(TIMER_INTERVAL_MS)
         self._timer.connect("timeout()", self.onTimer)
@@ -156,9 +147,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installBackendButton.connect("clicked()", self.onInstallBackend)
         self.ui.restartWorkerButton.connect("clicked()", self.onRestartWorker)
         self.ui.segmentButton.connect("clicked()", self.onSegmentOrCancel)
-        self.ui.previousSampleButton.connect("clicked()", lambda: self.showSample(self._sampleIndex - 1))
-        self.ui.nextSampleButton.connect("clicked()", lambda: self.showSample(self._sampleIndex + 1))
-        self.ui.showAllSamplesCheckBox.connect("toggled(bool)", lambda _: self.showSample(self._sampleIndex))
+        self.ui.previousSampleButton.connect("clicked()", lambda: self.showSample(-1))
+        self.ui.nextSampleButton.connect("clicked()", lambda: self.showSample(1))
+        self.ui.showAllSamplesCheckBox.connect("toggled(bool)", lambda _: self.showSample())
         self.ui.acceptSampleButton.connect("clicked()", self.onAcceptSample)
         self.ui.showVarianceCheckBox.connect("toggled(bool)", self.onShowVariance)
         self.ui.exportSegNrrdButton.connect("clicked()", lambda: self.onExport("segmentation"))
@@ -315,7 +306,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
         self.setStatus("")
         self.fillModelCombo(hello.get("models", []))
-        self.ui.gpuLabel.text = describeDevice(hello)
+        self.ui.gpuLabel.text = result_view.describe_device(hello)
         return True
 
     def whileWaiting(self):
@@ -326,11 +317,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        combo.addItem("default model", "")
-        combo.setItemData(0, "The worker's default model.", qt.Qt.ToolTipRole)
-        for model in models:
-            combo.addItem(f"{model['name']} ({model['kind']})", model["name"])
-            combo.setItemData(combo.count - 1, model["card"] or model["description"], qt.Qt.ToolTipRole)
+        for choice in result_view.model_choices(models):
+            combo.addItem(choice["label"], choice["name"])
+            combo.setItemData(combo.count - 1, choice["card"], qt.Qt.ToolTipRole)
         combo.blockSignals(wasBlocked)
         name = self._parameterNode.model
         if name and combo.findData(name) < 0:  # e.g. a scene saved with a model this worker does not have
@@ -428,26 +417,16 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onRunFinished(state)
 
     def updateProgress(self, progress):
-        done, total, eta = progress["done"], progress["total"], progress["eta_s"]
-        self.ui.progressBar.maximum = max(total, 1)
-        self.ui.progressBar.value = done
-        text = f"{progress['phase']}: {slices_text(progress)}" if total else progress["phase"]
-        if eta is not None and done < total:
-            text += f", about {format_duration(eta)} left"
-        self.ui.progressLabel.text = text
+        self.ui.progressBar.maximum = max(progress["total"], 1)
+        self.ui.progressBar.value = progress["done"]
+        self.ui.progressLabel.text = result_view.progress_text(progress)
 
     def onRunFinished(self, state):
-        run = self.logic.run
         self.ui.segmentButton.text = "Segment"
         self.updateButtons()
-        if state == "done":
-            self.ui.progressLabel.text = f"Done: {run.progress['done']} slices."
-            if self.logic.has_result():
-                self.setStatus(" ".join(lesion_lines(self.logic.statistics(), run.accepted.get("prompt"))))
-        elif state == "cancelled":
-            self.ui.progressLabel.text = f"Cancelled after {run.progress['done']} slices."
-        else:
-            self.setStatus(run.error_message, error=True)
+        statistics = self.logic.statistics() if self.logic.has_result() else None
+        self.ui.progressLabel.text, status, error = result_view.finished_texts(self.logic.run, statistics)
+        self.setStatus(status, error=error)
         if self.logic.has_result():
             self.showResults()
             self.updateStats()
@@ -457,7 +436,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def clearResults(self):
         self._resultsShown = False
-        self._sampleIndex = 0
+        self._browser.reset()
         self.ui.resultsCollapsibleButton.enabled = False
         self.ui.exportCollapsibleButton.enabled = False
         self.ui.statsTable.clear()
@@ -469,35 +448,22 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._resultsShown = True
         self.ui.resultsCollapsibleButton.enabled = True
         self.ui.exportCollapsibleButton.enabled = True
-        self.showSample(self._sampleIndex)
+        self.showSample()
         if first:  # once per run: from then on the layers are the user's
             self.logic.prepareVarianceOverlay(self._parameterNode.inputVolume if self._parameterNode else None)
             self.onShowVariance(self.ui.showVarianceCheckBox.checked)
 
-    def showSample(self, index):
-        sampleIds = self.logic.sample_segment_ids()
-        if not sampleIds:
-            return
-        self._sampleIndex = index % len(sampleIds)
+    def showSample(self, step=0):
         showAll = self.ui.showAllSamplesCheckBox.checked
-        displayNode = self.logic.result_segmentation.GetDisplayNode()
-        for position, segmentId in enumerate(sampleIds):
-            displayNode.SetSegmentVisibility(segmentId, showAll or position == self._sampleIndex)
-        self.ui.sampleLabel.text = (
-            f"All {len(sampleIds)} samples" if showAll else f"Sample {self._sampleIndex + 1} of {len(sampleIds)}")
+        self.ui.sampleLabel.text = self._browser.show(self._browser.index + step, "all" if showAll else "one")
         self.ui.previousSampleButton.enabled = self.ui.nextSampleButton.enabled = not showAll
         self.ui.acceptSampleButton.enabled = not showAll and not self.logic.is_running()
 
     def onAcceptSample(self):
-        sampleIds = self.logic.sample_segment_ids()
-        if not sampleIds:
-            return
         try:
-            name = self.logic.accept_sample(sampleIds[self._sampleIndex])
+            self.setStatus(self._browser.accept())
         except ValueError as error:
             self.setStatus(str(error), error=True)
-            return
-        self.setStatus(f"Sample {self._sampleIndex + 1} copied to segment '{name}': edit it in the Segment Editor.")
 
     def onShowVariance(self, show):
         if not self.logic.has_result() or self.logic.result_variance.GetScene() is None or not self._parameterNode:
@@ -510,7 +476,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateStats(self):
         try:
-            header, rows = stats.statistics_table(self.logic.statistics())
+            header, rows = result_view.statistics_text_table(self.logic.statistics())
         except ValueError as error:
             self.setStatus(str(error), error=True)
             return
@@ -520,8 +486,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setHorizontalHeaderLabels(header)
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            for c, value in enumerate(row):
-                text = f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
+            for c, text in enumerate(row):
                 table.setItem(r, c, qt.QTableWidgetItem(text))
         table.resizeColumnsToContents()
 
@@ -596,10 +561,7 @@ class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
 
     def prepareVarianceOverlay(self, inputVolume):
         """Perceptual colour map on the variance volume; the input volume as background where a view has none."""
-        colourNode = variance_display.variance_colour_node(slicer.mrmlScene)
-        variance_display.configure_variance_display(self.result_variance, colourNode)
-        if inputVolume is not None:
-            variance_display.show_as_background_where_empty(inputVolume)
+        result_view.prepare_variance_overlay(slicer.mrmlScene, self.result_variance, inputVolume)
 
 
 #

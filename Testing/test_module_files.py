@@ -139,10 +139,11 @@ def imported_modules(path):
     return names
 
 
-def test_module_and_lib_never_import_torch():
-    files = [MODULE_SCRIPT, *sorted(LIB_DIR.glob("*.py"))]
+def test_module_lib_and_web_app_never_import_torch():
+    files = [MODULE_SCRIPT, *sorted(LIB_DIR.glob("*.py")), *sorted((REPO / "SDSegSlicerWeb").glob("*.py"))]
     assert LIB_DIR / "module_logic.py" in files
     offenders = {f.name: sorted(m for m in imported_modules(f) if m.split(".")[0] == "torch") for f in files}
+    assert REPO / "SDSegSlicerWeb" / "app.py" in files
     assert not {f: m for f, m in offenders.items() if m}, "the MRML side imports torch"
 
 

@@ -41,6 +41,7 @@ from .remote_server import DEFAULT_PORT, serve
 from .worker_client import WorkerClient, WorkerError
 
 DEFAULT_MAX_UPLOAD_MB = 2048
+DEFAULT_WEB_PORT = 8080
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 WORKER_START_TIMEOUT_S = 300.0
@@ -157,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=positive_int, default=DEFAULT_MAX_UPLOAD_MB,
                        help=f"largest volume upload (default {DEFAULT_MAX_UPLOAD_MB})")
     serve.add_argument("--data-root", help="clients may also name volumes inside this folder of the server")
+    web = commands.add_parser("web", help="the segmentation workflow in a browser (needs sdseg-slicer[web])")
+    web.add_argument("input", nargs="?", help="volume file or DICOM series folder to open (or upload one in the page)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                     "only; any other needs a token)")
+    web.add_argument("--port", type=int_from(0, 65535), default=DEFAULT_WEB_PORT, help=f"default {DEFAULT_WEB_PORT}")
+    web.add_argument("--token", help=f"browsers must present it (default: ${TOKEN_ENVIRONMENT_VARIABLE})")
+    web.add_argument("--max-upload-mb", type=positive_int, default=DEFAULT_MAX_UPLOAD_MB,
+                     help=f"largest volume upload (default {DEFAULT_MAX_UPLOAD_MB})")
+    web.add_argument("--python", help="Python interpreter of the worker (default: this one)")
+    web.add_argument("--server", metavar="URL", help="use the worker of an `sdseg-slicer serve` server instead")
+    web.add_argument("--worker-token", help="that server's token")
     return parser
 
 
@@ -235,6 +247,25 @@ def command_serve(args) -> int:
         print("Stopped.", file=sys.stderr)
         return exit_status_of(signal_of(interrupt))
     return 0
+
+
+def command_web(args) -> int:
+    try:
+        from SDSegSlicerWeb.command import run
+    except ImportError as error:
+        raise UsageError(f"the web app needs trame-slicer ({error}): pip install 'sdseg-slicer[web]'") from None
+    token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
+    if args.input and not Path(args.input).exists():
+        raise UsageError(f"{args.input}: no such file or folder; give a volume file or a DICOM series folder")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("SDSegSlicerWeb").setLevel(logging.INFO)
+    try:
+        return run(args, token)
+    except ValueError as error:  # a public address without a token, an unreadable input
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt as interrupt:
+        print("Stopped.", file=sys.stderr)
+        return exit_status_of(signal_of(interrupt))
 
 
 BATCH_SEGMENT_OPTIONS = [  # passed on to each volume's `segment`
@@ -464,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"models": command_models, "segment": command_segment, "serve": command_serve,
-                    "batch": command_batch}
+                    "batch": command_batch, "web": command_web}
         with termination_as_interrupt():
             return commands[args.command](args)
     except UsageError as error:

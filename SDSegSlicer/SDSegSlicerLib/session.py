@@ -23,7 +23,10 @@ from .worker_client import WorkerClient, WorkerError
 
 WORKER_START_TIMEOUT_S = 180
 INPUT_FOLDER_PREFIX = "SDSegSlicer-input-"  # the worker's copy of the input volume
-EXPORTS = ("segmentation", "nifti", "dicom", "variance", "stats")
+# Each export and the end of its file name (after the result's name); "stats" also writes a .json beside the .csv.
+EXPORT_SUFFIXES = {"segmentation": ".seg.nrrd", "nifti": "_consensus.nii.gz", "dicom": "_seg.dcm",
+                   "variance": "_variance.nrrd", "stats": "_summary.csv"}
+EXPORTS = tuple(EXPORT_SUFFIXES)
 
 
 class BusyError(RuntimeError):
@@ -203,23 +206,29 @@ class SegmentationSession:
         self.require_result()
         return stats.segmentation_statistics(self.result_segmentation, self.result_variance)
 
-    def export_result(self, what: str, folder) -> str:
-        """Write one export (one of EXPORTS) into ``folder``, files named after the result; returns the (first)
-        file path."""
+    def export_file_names(self) -> dict:
+        """``{export: file name}`` of the current result's exports (EXPORTS), named after the result."""
         self.require_result()
-        base = os.path.join(folder, re.sub(r"[^\w.-]+", "_", self.result_segmentation.GetName()))
+        base = re.sub(r"[^\w.-]+", "_", self.result_segmentation.GetName())
+        return {export_name: base + suffix for export_name, suffix in EXPORT_SUFFIXES.items()}
+
+    def export_result(self, what: str, folder, source_dicom=None) -> str:
+        """Write one export (one of EXPORTS) into ``folder``, named by export_file_names(); returns its path.
+        ``source_dicom``: the folder of the input's DICOM series (DICOM SEG; inside Slicer the volume's DICOM
+        attributes say it)."""
+        if what not in EXPORT_SUFFIXES:
+            raise ValueError(f"Unknown export '{what}'; choose one of {', '.join(EXPORTS)}.")
+        path = os.path.join(folder, self.export_file_names()[what])
         if what == "segmentation":
-            return export.export_segmentation(self.result_segmentation, base + ".seg.nrrd")
+            return export.export_segmentation(self.result_segmentation, path)
         if what == "nifti":  # a labelmap holds one label per voxel: the consensus of each lesion (label L)
             ids_by_name = segment_ids_by_name(self.result_segmentation)
             consensus_ids = [ids_by_name[names[0]] for names in stats.result_lesions(self.result_segmentation)]
-            export.export_nifti_labelmap(self.result_segmentation, base + "_consensus.nii.gz", consensus_ids)
-            return base + "_consensus.nii.gz"
+            export.export_nifti_labelmap(self.result_segmentation, path, consensus_ids)
+            return path
         if what == "dicom":
-            return export.export_dicom_seg(self.result_segmentation, base + "_seg.dcm")
+            return export.export_dicom_seg(self.result_segmentation, path, source_dicom=source_dicom)
         if what == "variance":
-            return export.export_volume(self.result_variance, base + "_variance.nrrd")
-        if what == "stats":
-            stats.write_statistics(self.statistics(), base + "_summary.json", base + "_summary.csv")
-            return base + "_summary.csv"
-        raise ValueError(f"Unknown export '{what}'; choose one of {', '.join(EXPORTS)}.")
+            return export.export_volume(self.result_variance, path)
+        stats.write_statistics(self.statistics(), path[: -len(".csv")] + ".json", path)
+        return path

@@ -97,3 +97,10 @@ def show_as_background_where_empty(volume_node) -> None:
     for composite in slice_composite_nodes(volume_node.GetScene()):
         if not composite.GetBackgroundVolumeID():
             composite.SetBackgroundVolumeID(volume_node.GetID())
+
+
+def set_variance_threshold(variance_node, threshold: float) -> None:
+    """Show only the voxels whose variance is at least ``threshold`` (0: every non-zero variance)."""
+    display = variance_node.GetDisplayNode()
+    if display is not None:
+        display.SetLowerThreshold(max(float(threshold), VARIANCE_TRANSPARENT_BELOW))

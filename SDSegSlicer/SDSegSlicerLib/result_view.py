@@ -1,0 +1,119 @@
+"""What a GUI shows of the worker and of a run, without Qt or a web framework: the device line, the model choices,
+progress and end-of-run texts, the statistics table as text, the sample browser (which segments are visible) and
+the variance overlay's set-up. The Slicer module and the web app both draw from these, so they say the same.
+"""
+
+from __future__ import annotations
+
+from . import stats, variance_display
+from .prompts import lesion_lines
+from .run import format_duration, slices_text
+
+DEFAULT_MODEL_LABEL = "default model"
+
+
+def describe_device(hello: dict) -> str:
+    """One line about the worker's compute device, from its hello message."""
+    torch_version = hello.get("torch") or "?"
+    if hello.get("gpu_name"):
+        free = hello.get("gpu_free_mb")
+        memory = f", {free / 1024:.1f} GB free" if free is not None else ""
+        return f"{hello['gpu_name']}{memory} (CUDA {hello.get('cuda')}, torch {torch_version})"
+    return f"no GPU found: CPU (torch {torch_version})"
+
+
+def model_choices(models: list[dict]) -> list[dict]:
+    """``[{label, name, card}]`` for a model selector: the worker's default first (name ""), then each model of
+    the hello."""
+    return [{"label": DEFAULT_MODEL_LABEL, "name": "", "card": "The worker's default model."}] + [
+        {"label": f"{model['name']} ({model['kind']})", "name": model["name"],
+         "card": model.get("card") or model.get("description") or ""} for model in models]
+
+
+def progress_text(progress: dict) -> str:
+    """'segmenting: 3/25 slices, about 0:12 left' from a run's progress."""
+    done, total, eta = progress["done"], progress["total"], progress["eta_s"]
+    text = f"{progress['phase']}: {slices_text(progress)}" if total else progress["phase"]
+    if eta is not None and done < total:
+        text += f", about {format_duration(eta)} left"
+    return text
+
+
+def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
+    """(progress line, status line, whether the status is an error) when ``run`` has ended; ``statistics`` of
+    its result (None: no result)."""
+    done = run.progress["done"]
+    if run.state == "done":
+        status = " ".join(lesion_lines(statistics, run.accepted.get("prompt"))) if statistics else ""
+        return f"Done: {done} slices.", status, False
+    if run.state == "cancelled":
+        return f"Cancelled after {done} slices.", "Cancelled: the slices already segmented are kept.", False
+    return f"Stopped after {done} slices.", run.error_message or "The segmentation failed.", True
+
+
+# The columns a narrow panel shows (the module's table and the CSV have them all).
+SUMMARY_COLUMNS = ("segment", "volume_ml", "voxels", "variance_mean", "mean_dice_with_other_samples")
+
+
+def statistics_text_table(statistics: dict, columns=None) -> tuple[list[str], list[list[str]]]:
+    """stats.statistics_table() (only ``columns``, if given) with every cell as display text (4 significant
+    digits, empty for none)."""
+    header, rows = stats.statistics_table(statistics)
+    keep = [header.index(name) for name in columns] if columns else range(len(header))
+    return [header[c] for c in keep], [
+        [f"{row[c]:.4g}" if isinstance(row[c], float) else "" if row[c] is None else str(row[c]) for c in keep]
+        for row in rows]
+
+
+SAMPLE_MODES = ("none", "one", "all")  # which samples a browser shows beside the consensus
+
+
+class SampleBrowser:
+    """Which samples of a result are shown beside the consensus (always shown): none, one at a time (``index``)
+    or all (``mode``). Applies it to the result's display node."""
+
+    def __init__(self, session, mode: str = "one"):
+        self.session = session
+        self.default_mode = mode
+        self.reset()
+
+    def reset(self) -> None:
+        self.index, self.mode = 0, self.default_mode
+
+    def show(self, index: int | None = None, mode: str | None = None) -> str:
+        """Show sample ``index`` (wrapping around) in ``mode`` (one of SAMPLE_MODES); returns the label ('Sample 2
+        of 8', 'All 8 samples', 'Consensus only (8 samples)', 'Sample -' before any result)."""
+        if mode is not None:
+            if mode not in SAMPLE_MODES:
+                raise ValueError(f"Unknown sample mode '{mode}'; choose one of {', '.join(SAMPLE_MODES)}.")
+            self.mode = mode
+        sample_ids = self.session.sample_segment_ids()
+        if not sample_ids:
+            return "Sample -"
+        self.index = (self.index if index is None else index) % len(sample_ids)
+        display_node = self.session.result_segmentation.GetDisplayNode()
+        for position, segment_id in enumerate(sample_ids):
+            display_node.SetSegmentVisibility(segment_id, self.mode == "all"
+                                              or (self.mode == "one" and position == self.index))
+        if self.mode == "all":
+            return f"All {len(sample_ids)} samples"
+        if self.mode == "none":
+            return f"Consensus only ({len(sample_ids)} samples)"
+        return f"Sample {self.index + 1} of {len(sample_ids)}"
+
+    def accept(self) -> str:
+        """Copy the shown sample into a new editable segment; returns the message for the user (ValueError: why
+        not)."""
+        sample_ids = self.session.sample_segment_ids()
+        if self.mode != "one" or not sample_ids:
+            raise ValueError("Show one sample to accept it.")
+        name = self.session.accept_sample(sample_ids[self.index])
+        return f"Sample {self.index + 1} copied to segment '{name}': edit it in the Segment Editor."
+
+
+def prepare_variance_overlay(scene, variance_node, input_volume) -> None:
+    """Perceptual colour map on the variance volume; the input volume as background where a view has none."""
+    colour_node = variance_display.variance_colour_node(scene)
+    variance_display.configure_variance_display(variance_node, colour_node)
+    if input_volume is not None:
+        variance_display.show_as_background_where_empty(input_volume)

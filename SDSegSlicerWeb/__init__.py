@@ -1,0 +1,1 @@
+"""SDSegSlicer Web: the SDSegSlicer workflow in a browser on trame-slicer (`sdseg-slicer web`)."""

@@ -1,0 +1,335 @@
+"""SDSegSlicer Web: the module's workflow in a browser, on Slicer's own MRML and slice views (trame-slicer).
+
+The page state (``sdseg_*`` names) is the only thing the browser sees; everything it triggers goes through
+SDSegSlicerLib's SegmentationSession, the same logic as the Slicer module and the headless command, with the
+model in the same separate worker process. The worker starts in a thread and a run is polled from an asyncio task,
+so the page never freezes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from slicer import vtkMRMLMarkupsNode
+from trame.app import TrameApp
+from trame.app.file_upload import ClientFile
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.app.logic.segmentation import SegmentEditorLogic
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+
+from SDSegSlicerLib import result_view, variance_display
+from SDSegSlicerLib.prompts import WHOLE_VOLUME_WARNING, points_ijk
+from SDSegSlicerLib.run import DEFAULT_SAMPLES
+from SDSegSlicerLib.segmentation_writer import ensure_converter_rules
+from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
+from SDSegSlicerLib.worker_client import WorkerError
+
+from . import panel
+from .access import token_middleware
+from .volumes import load_input
+
+POLL_INTERVAL_S = 0.1
+WORKER_STARTING = "Starting the worker (loading PyTorch)..."
+VIEW_FIT_DELAY_S = 1.0  # a new page lays its views out first
+DEFAULT_LAYOUT = "Axial Primary"
+POINT_EVENTS = (vtkMRMLMarkupsNode.PointPositionDefinedEvent, vtkMRMLMarkupsNode.PointRemovedEvent)
+log = logging.getLogger("SDSegSlicerWeb")
+
+
+class SDSegWebApp(TrameApp):
+    """One browser workspace: a Slicer scene, its views, the segment editor and a SegmentationSession."""
+
+    def __init__(self, server=None, *, python_executable: str = "", worker_url: str = "",
+                 worker_token: str | None = None, access_token: str | None = None,
+                 max_upload_mb: int):
+        super().__init__(server)
+        self.server.enable_module(trame_slicer_module)
+        self.slicer_app = SlicerApp()
+        ensure_converter_rules()
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout(DEFAULT_LAYOUT)
+        self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
+        self.session = SegmentationSession(self.slicer_app.scene)
+        self.browser = result_view.SampleBrowser(self.session, mode="none")
+        self.worker_options = {"python_executable": python_executable, "server_url": worker_url,
+                               "token": worker_token}
+        self.max_upload_bytes = max_upload_mb * 1024 * 1024
+        self.volume_node = self.points_node = self.roi_node = None
+        self.source_dicom = None
+        self._results_shown = False
+        self._work_dir = tempfile.TemporaryDirectory(prefix="SDSegSlicerWeb-")  # uploads, exports
+        self._init_state()
+        self.ui = panel.build(self)
+        self.editor_logic.set_ui(self.ui.editor)
+        if access_token:
+            self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(token_middleware(access_token)))
+        self.ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self.ensure_worker()))
+        self.ctrl.on_server_exited.add(lambda **_: self.session.shutdown())
+        self.ctrl.on_client_connected.add(lambda **_: asyncio.ensure_future(self._fit_views_when_shown()))
+
+    def _init_state(self) -> None:
+        self.state.update({
+            "trame__title": "SDSegSlicer Web",
+            "sdseg_volume_name": "", "sdseg_volume_loaded": False,
+            "sdseg_models": result_view.model_choices([]), "sdseg_model": "",
+            "sdseg_samples": DEFAULT_SAMPLES, "sdseg_steps": 0, "sdseg_seed": 0, "sdseg_device": "auto",
+            "sdseg_device_line": "worker not started", "sdseg_worker_ready": False,
+            "sdseg_points": [], "sdseg_box": "", "sdseg_placing": "",
+            "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_text": "",
+            "sdseg_status": "", "sdseg_status_error": False,
+            "sdseg_has_result": False, "sdseg_sample_label": "Sample -", "sdseg_sample_mode": "none",
+            "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
+            "sdseg_stats_headers": [], "sdseg_stats_rows": [], "sdseg_export_names": {},
+            "sdseg_editing": False,
+        })
+        self.state.change("sdseg_variance_on", "sdseg_variance_opacity")(self.on_variance_display)
+        self.state.change("sdseg_variance_threshold")(self.on_variance_threshold)
+        self.state.change("sdseg_sample_mode")(lambda sdseg_sample_mode, **_: self.show_sample(mode=sdseg_sample_mode))
+
+    async def _fit_views_when_shown(self) -> None:
+        """Fit the volume to the views once the browser has given them their size."""
+        await asyncio.sleep(VIEW_FIT_DELAY_S)
+        if self.volume_node is not None:
+            self.slicer_app.display_manager.reset_views()
+
+    # --- messages ---------------------------------------------------------------------------------------------
+
+    def set_status(self, message: str, error: bool = False) -> None:
+        self.state.sdseg_status, self.state.sdseg_status_error = message, error
+        if error:
+            log.warning(message)
+
+    # --- input ------------------------------------------------------------------------------------------------
+
+    def load_volume(self, path: str) -> bool:
+        """Load a volume file or DICOM folder and show it; False (and a status line) if it cannot be read."""
+        if self.session.is_running():
+            self.set_status("A segmentation is running: cancel it before loading another volume.", error=True)
+            return False
+        try:
+            node, source_dicom = load_input(self.slicer_app, path)
+        except ValueError as error:
+            self.set_status(str(error), error=True)
+            return False
+        self.volume_node, self.source_dicom = node, source_dicom
+        self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
+        self.clear_prompts()
+        self.state.sdseg_volume_name, self.state.sdseg_volume_loaded = node.GetName(), True
+        self.set_status(f"Loaded {node.GetName()}: click the lesion, then Segment.")
+        return True
+
+    def upload(self, files: list[dict]) -> None:
+        """Files chosen in the browser (one volume file)."""
+        files = [ClientFile(item) for item in files or []]
+        if len(files) != 1:
+            self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha, .dcm).", error=True)
+            return
+        size = files[0].size or len(files[0].content or b"")
+        if size > self.max_upload_bytes:
+            self.set_status(f"{files[0].name} is {size / 2**20:.0f} MB, more than this server accepts "
+                            f"({self.max_upload_bytes / 2**20:.0f} MB).", error=True)
+            return
+        folder = tempfile.mkdtemp(prefix="SDSegSlicerWeb-upload-", dir=self._work_dir.name)
+        path = Path(folder) / Path(files[0].name).name
+        path.write_bytes(files[0].content or b"")
+        self.load_volume(str(path))
+
+    # --- prompts ----------------------------------------------------------------------------------------------
+
+    def _markups_node(self, kind: str):
+        if kind == "point":
+            if self.points_node is None or self.points_node.GetScene() is None:
+                self.points_node = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                                                           "lesion points")
+                self.points_node.CreateDefaultDisplayNodes()
+                for event in POINT_EVENTS:
+                    self.points_node.AddObserver(event, lambda *_: self._prompts_changed())
+            return self.points_node
+        if self.roi_node is None or self.roi_node.GetScene() is None:
+            self.roi_node = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "lesion box")
+            self.roi_node.CreateDefaultDisplayNodes()
+            self.roi_node.AddObserver(vtkMRMLMarkupsNode.PointPositionDefinedEvent, lambda *_: self._prompts_changed())
+        return self.roi_node
+
+    def place(self, kind: str) -> None:
+        """Next click in a view places a lesion point (``kind`` "point") or the box (``"box"``)."""
+        if self.volume_node is None:
+            self.set_status("Load a volume first.", error=True)
+            return
+        node = self._markups_node(kind)
+        if kind == "box":
+            node.RemoveAllControlPoints()
+        self.slicer_app.markups_logic.place_node(node, persistent=False)
+        self.state.sdseg_placing = kind
+        self.set_status("Click the lesion in a slice view." if kind == "point"
+                        else "Click two opposite corners of the box around the lesion.")
+
+    def clear_prompts(self) -> None:
+        for node in (self.points_node, self.roi_node):
+            if node is not None and node.GetScene() is not None:
+                node.RemoveAllControlPoints()
+        self._prompts_changed()
+
+    def _prompts_changed(self) -> None:
+        with self.state:
+            points = points_ijk(self.points_node, self.volume_node) if self.points_node and self.volume_node else []
+            self.state.sdseg_points = [f"lesion {n}: IJK {', '.join(f'{v:.1f}' for v in point)}"
+                                       for n, point in enumerate(points, start=1)]
+            defined = self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete()
+            self.state.sdseg_box = "box drawn" if defined and not points else ""
+            if self.state.sdseg_placing and (points or self.state.sdseg_box):
+                self.state.sdseg_placing = ""
+                self.set_status(f"{len(points)} lesion point(s): Segment." if points else "Box drawn: Segment.")
+
+    # --- worker -----------------------------------------------------------------------------------------------
+
+    async def ensure_worker(self) -> bool:
+        """Start the worker (or connect to the server) in a thread unless it runs; fill the models and device."""
+        options = self.worker_options
+        if self.session.worker_ready(options["python_executable"], options["server_url"]):
+            return True
+        with self.state:
+            self.set_status(WORKER_STARTING)
+        try:
+            hello = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.session.start_worker(**options))
+        except (WorkerError, BusyError) as error:
+            with self.state:
+                self.set_status(str(error), error=True)
+            return False
+        with self.state:
+            self.state.sdseg_models = result_view.model_choices(hello.get("models", []))
+            self.state.sdseg_device_line = result_view.describe_device(hello)
+            self.state.sdseg_worker_ready = True
+            if self.state.sdseg_status == WORKER_STARTING:
+                self.set_status("Worker ready: click the lesion, then Segment." if self.volume_node is not None
+                                else "Worker ready: upload a volume.")
+        return True
+
+    # --- run --------------------------------------------------------------------------------------------------
+
+    def job(self) -> dict:
+        """The segment job of the page's settings (ValueError says what to fix)."""
+        points = self.points_node if self.points_node is not None and self.points_node.GetNumberOfControlPoints() \
+            else None
+        roi = self.roi_node if self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete() \
+            else None
+        return self.session.build_job(self.volume_node, points_node=points, roi_node=roi,
+                                      model=self.state.sdseg_model or None, samples=int(self.state.sdseg_samples),
+                                      steps=int(self.state.sdseg_steps) or None, seed=int(self.state.sdseg_seed),
+                                      device=self.state.sdseg_device)
+
+    async def segment_or_cancel(self) -> None:
+        if self.session.is_running():
+            self.session.cancel_run()
+            self.set_status("Cancelling: slices already segmented are kept.")
+            return
+        try:
+            job = self.job()
+        except ValueError as error:
+            self.set_status(str(error), error=True)
+            return
+        if not await self.ensure_worker():
+            return
+        try:
+            self.session.start_run(job, self.volume_node)
+        except (ValueError, OSError, WorkerError, BusyError) as error:
+            self.set_status(f"The segmentation did not start: {error}", error=True)
+            return
+        self._results_shown = False
+        self.browser.reset()
+        self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting...",
+                           "sdseg_has_result": False, "sdseg_stats_rows": [], "sdseg_sample_mode": "none"})
+        self.set_status(WHOLE_VOLUME_WARNING if job["prompt"] is None else "")
+        self.state.flush()
+        await self._follow_run()
+
+    async def _follow_run(self) -> None:
+        """Poll the run until it ends; results appear in the views slice by slice."""
+        while True:
+            with self.state:
+                state = self.session.process_run()
+                progress = self.session.run.progress
+                self.state.sdseg_progress = 100 * progress["done"] / max(progress["total"], 1)
+                self.state.sdseg_progress_text = result_view.progress_text(progress)
+                if self.session.has_result() and not self._results_shown:
+                    self._show_results()
+                if state != "running":
+                    self._finish()
+                    return
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    def _finish(self) -> None:
+        run = self.session.run
+        statistics = self.session.statistics() if self.session.has_result() else None
+        progress_line, status, error = result_view.finished_texts(run, statistics)
+        self.state.sdseg_running = False
+        self.state.sdseg_progress_text = progress_line
+        self.set_status(status, error)
+        if statistics is not None:
+            self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
+                result_view.statistics_text_table(statistics, result_view.SUMMARY_COLUMNS)
+            self.state.sdseg_export_names = self.session.export_file_names()
+            self.show_sample()
+        self.session.finish_run()
+
+    def _show_results(self) -> None:
+        self._results_shown = True
+        self.state.sdseg_has_result = True
+        result_view.prepare_variance_overlay(self.slicer_app.scene, self.session.result_variance, self.volume_node)
+        self.on_variance_display(self.state.sdseg_variance_on, self.state.sdseg_variance_opacity)
+        self.on_variance_threshold(self.state.sdseg_variance_threshold)
+        self.show_sample()
+
+    # --- results ----------------------------------------------------------------------------------------------
+
+    def show_sample(self, step: int = 0, mode: str | None = None) -> None:
+        self.state.sdseg_sample_label = self.browser.show(self.browser.index + step, mode)
+
+    def accept_sample(self) -> None:
+        try:
+            message = self.browser.accept()
+        except ValueError as error:
+            self.set_status(str(error), error=True)
+            return
+        self.editor_logic.segmentation_editor.set_active_segmentation(self.session.result_segmentation,
+                                                                     self.volume_node)
+        ids = self.session.result_segmentation.GetSegmentation().GetSegmentIDs()
+        self.editor_logic.segmentation_editor.set_active_segment_id(ids[-1])
+        self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
+            result_view.statistics_text_table(self.session.statistics(), result_view.SUMMARY_COLUMNS)
+        self.set_status(message)
+
+    def on_variance_display(self, sdseg_variance_on=None, sdseg_variance_opacity=None, **_) -> None:
+        variance = self.session.result_variance if self.session.has_result() else None
+        if variance is None or variance.GetScene() is None:
+            return
+        if sdseg_variance_on:
+            variance_display.show_variance_overlay(variance, float(sdseg_variance_opacity))
+            variance_display.set_variance_opacity(variance, float(sdseg_variance_opacity))
+        else:
+            variance_display.hide_variance_overlay(variance)
+
+    def on_variance_threshold(self, sdseg_variance_threshold=0.0, **_) -> None:
+        if self.session.has_result() and self.session.result_variance.GetScene() is not None:
+            variance_display.set_variance_threshold(self.session.result_variance, float(sdseg_variance_threshold))
+
+    def export(self, what: str):
+        """The bytes of one export as a download attachment (None and a status line if it cannot be written)."""
+        if what not in EXPORTS:
+            return None
+        with tempfile.TemporaryDirectory(dir=self._work_dir.name) as folder:
+            try:
+                path = self.session.export_result(what, folder, source_dicom=self.source_dicom)
+                data = Path(path).read_bytes()
+            except (OSError, ValueError) as error:  # no result, not from DICOM, missing highdicom, ...
+                self.set_status(f"Export failed: {error}", error=True)
+                return None
+        self.set_status(f"Downloaded {Path(path).name}.")
+        return self.server.protocol.addAttachment(data)

@@ -1,0 +1,29 @@
+"""`sdseg-slicer web [VOLUME] [--host H] [--port P] [--token T]`: start the web app and print its address."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .access import check_binding
+
+
+def run(args, token: str | None) -> int:
+    """Serve the app until Ctrl-C. ValueError (one line) for a public address without a token or an input that
+    cannot be read."""
+    check_binding(args.host, token)
+    os.environ["TRAME_ARGS"] = ""  # trame parses no command line of its own: everything comes from ``args``
+    from .app import SDSegWebApp
+
+    app = SDSegWebApp(python_executable=args.python or "", worker_url=args.server or "",
+                      worker_token=args.worker_token, access_token=token, max_upload_mb=args.max_upload_mb)
+    if args.input and not app.load_volume(args.input):
+        raise ValueError(app.state.sdseg_status)
+
+    def announce(**_):
+        address = f"http://{args.host}:{app.server.port}/" + ("?token=<the token>" if token else "")
+        print(f"SDSegSlicer Web on {address} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    app.ctrl.on_server_ready.add(announce)
+    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
+    return 0

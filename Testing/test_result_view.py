@@ -1,0 +1,73 @@
+"""SDSegSlicerLib.result_view, what the Slicer module and the web app show, on a REAL run (real worker subprocess,
+tiny real model, real MRML): the sample browser's visibility in each mode and accept, the progress and end texts,
+the statistics as text, the model choices and the device line."""
+
+from __future__ import annotations
+
+import pytest
+import slicer
+from test_session import lesion_node, run_to_the_end
+from slicerlib_testing import MODEL_NAME
+
+from SDSegSlicerLib import result_view
+from SDSegSlicerLib.session import SegmentationSession
+
+
+@pytest.fixture
+def finished(worker_env):
+    session = SegmentationSession(slicer.vtkMRMLScene())
+    volume = lesion_node(session.scene)
+    session.start_worker()
+    run = run_to_the_end(session, session.build_job(volume, model=MODEL_NAME, samples=3, steps=2, device="cpu"),
+                         volume)
+    yield session, run
+    session.shutdown()
+
+
+def visible(session) -> list[str]:
+    segmentation, display = session.result_segmentation.GetSegmentation(), session.result_segmentation.GetDisplayNode()
+    return [segmentation.GetSegment(segment_id).GetName() for segment_id in segmentation.GetSegmentIDs()
+            if display.GetSegmentVisibility(segment_id)]
+
+
+def test_sample_browser_modes_and_accept(finished):
+    session, _ = finished
+    browser = result_view.SampleBrowser(session, mode="none")
+    assert browser.show() == "Consensus only (3 samples)" and visible(session) == ["consensus"]
+    with pytest.raises(ValueError, match="Show one sample"):
+        browser.accept()
+    assert browser.show(mode="one") == "Sample 1 of 3" and visible(session) == ["consensus", "sample 1"]
+    assert browser.show(browser.index - 1) == "Sample 3 of 3" and visible(session) == ["consensus", "sample 3"]
+    assert browser.accept() == ("Sample 3 copied to segment 'accepted': edit it in the Segment Editor.")
+    assert browser.show(mode="all") == "All 3 samples"
+    assert set(visible(session)) >= {"consensus", "sample 1", "sample 2", "sample 3"}
+    with pytest.raises(ValueError, match="Unknown sample mode"):
+        browser.show(mode="some")
+    browser.reset()
+    assert (browser.index, browser.mode) == (0, "none")
+    assert result_view.SampleBrowser(SegmentationSession(slicer.vtkMRMLScene())).show() == "Sample -"
+
+
+def test_progress_end_and_statistics_texts(finished):
+    session, run = finished
+    total = run.progress["total"]
+    assert result_view.finished_texts(run, None) == (f"Done: {total} slices.", "", False)
+    running = {"phase": "segmenting", "done": 1, "total": 4, "eta_s": 75.0, "total_is_bound": False}
+    assert result_view.progress_text(running) == "segmenting: 1/4 slices, about 1:15 left"
+    assert result_view.progress_text({**running, "done": 4, "eta_s": 0.0}) == "segmenting: 4/4 slices"
+    header, rows = result_view.statistics_text_table(session.statistics(), result_view.SUMMARY_COLUMNS)
+    assert header == list(result_view.SUMMARY_COLUMNS)
+    assert [row[0] for row in rows] == ["consensus", "sample 1", "sample 2", "sample 3"]
+    voxels = {row["segment"]: row["voxels"] for row in session.statistics()["segments"]}
+    assert all(row[2] == str(voxels[row[0]]) for row in rows)
+    run.state, run.error_message = "error", "The worker ran out of memory."
+    assert result_view.finished_texts(run, None)[1:] == ("The worker ran out of memory.", True)
+
+
+def test_model_choices_and_device_line():
+    choices = result_view.model_choices([{"name": "m", "kind": "sdseg", "description": "d", "card": ""}])
+    assert [(c["label"], c["name"], c["card"]) for c in choices] == [
+        ("default model", "", "The worker's default model."), ("m (sdseg)", "m", "d")]
+    assert result_view.describe_device({"torch": "2.13"}) == "no GPU found: CPU (torch 2.13)"
+    assert result_view.describe_device({"torch": "2.11", "gpu_name": "H200", "gpu_free_mb": 2048, "cuda": "13.0"}) \
+        == "H200, 2.0 GB free (CUDA 13.0, torch 2.11)"

@@ -1,0 +1,320 @@
+"""SDSegSlicer Web in a REAL browser: `sdseg-slicer web` (trame-slicer: Slicer's MRML and slice views) as a real
+process with its real worker and the bundled sdseg-small model, driven by Playwright in the system Chromium
+(headless). A click on the tumour in the axial view, Segment, the result read back from the page and from its
+.seg.nrrd download (slicerio), a sample accepted and painted on in the segment editor, screenshots compared with
+committed references; the token and the upload limit refused. Under CI=true a missing browser fails the run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicerlib_testing import CLI_TIMEOUT_S, lib_python_path, read_seg_nrrd_with_slicerio
+
+from SDSegSlicerLib.stats import dice
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if os.environ.get("CI") != "true":
+    pytest.importorskip("trame_slicer")
+    pytest.importorskip("playwright")
+    if CHROMIUM is None:
+        pytest.skip("no chromium (apt-get install chromium)", allow_module_level=True)
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "Resources" / "SampleData" / "sample.nrrd"
+SAMPLE_LABEL = REPO / "Resources" / "SampleData" / "sample_label.nrrd"
+REFERENCES = Path(__file__).resolve().parent / "Data" / "web"
+VIEWPORT = {"width": 1400, "height": 850}
+MODEL = "sdseg-small"
+SHOWN_SLICE = 12  # the axial views open at the middle slice of the sample's 25
+RUN_TIMEOUT_MS = 180_000
+TOKEN = "web-s3cret"
+# Screenshots vs references: the fraction of pixels whose grey level (0-255) differs by more than
+# PIXEL_TOLERANCE. Repeated runs here give identical images; fonts or llvmpipe rounding elsewhere move a few
+# pixels, while the segmentation and its variance overlay alone change 1.9 % of the page.
+PIXEL_TOLERANCE = 40
+SCREENSHOT_TOLERANCE = 0.005
+
+
+class WebProcess:
+    """`sdseg-slicer web` on a free loopback port, its log collected."""
+
+    def __init__(self, *options):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=lib_python_path())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "SDSegSlicerLib.headless", "web", *options, "--port", str(self.port)],
+            env=env, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.lines = []
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "SDSegSlicer Web on" in line:
+                threading.Thread(target=self.lines.extend, args=(self.process.stderr,), daemon=True).start()
+                self.url = f"http://127.0.0.1:{self.port}/"
+                return
+        raise AssertionError("the web app did not start: " + "".join(self.lines))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(CLI_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app():
+    web = WebProcess(str(SAMPLE))
+    yield web
+    web.stop()
+    assert "Traceback" not in "".join(web.lines), "".join(web.lines)
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    page.goto(url)
+    page.wait_for_selector("#sdseg-segment", timeout=60_000)
+    page.wait_for_function("!document.querySelector('#sdseg-device-line').innerText.startsWith('worker')",
+                           timeout=CLI_TIMEOUT_S * 1000)
+    page.wait_for_timeout(3000)  # views fitted to the volume and streamed
+    return page
+
+
+def axial_screen_position(page, i: float, j: float) -> tuple[float, float]:
+    """Where voxel (i, j) of the shown axial slice is on the screen: the sample (96 x 96 voxels, square pixels) is
+    fitted to the axial view, patient left to the right (i), anterior up (j)."""
+    view = page.query_selector_all("img")[0].bounding_box()
+    scale = min(view["width"], view["height"]) / 96
+    return (view["x"] + view["width"] / 2 + (i + 0.5 - 48) * scale,
+            view["y"] + view["height"] / 2 - (j + 0.5 - 48) * scale)
+
+
+def tumour_click_ijk() -> tuple[float, float]:
+    """The most interior voxel (i, j) of the tumour label on the shown slice: where a user clicks."""
+    from sdseg.masks import interior_point
+
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_LABEL))) > 0
+    j, i = interior_point(label[SHOWN_SLICE])
+    return i, j
+
+
+def click_tumour(page) -> tuple[float, float]:
+    """Click lesion, then a click on the tumour in the axial view; returns the voxel (i, j) aimed at."""
+    i, j = tumour_click_ijk()
+    page.click("#sdseg-place-point")
+    x, y = axial_screen_position(page, i, j)
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    page.wait_for_selector(".sdseg-point", timeout=10_000)
+    return i, j
+
+
+def segment_with(page, model: str) -> None:
+    """Choose ``model``, press Segment and wait for the run's end."""
+    page.locator(".v-select").filter(has=page.locator("#sdseg-model")).click()
+    page.click(f".v-list-item:has-text('{model}')")
+    page.click("#sdseg-segment")
+    page.wait_for_function("document.querySelector('#sdseg-progress').innerText.startsWith('Done')",
+                           timeout=RUN_TIMEOUT_MS)
+
+
+def compare_with_reference(page, name: str, out_dir: Path) -> float:
+    """The fraction of pixels that differ (PIXEL_TOLERANCE) between a screenshot and Testing/Data/web/NAME.png; with
+    SDSEG_UPDATE_WEB_REFERENCES=1 the reference is rewritten instead."""
+    from PIL import Image
+
+    shot = out_dir / f"{name}.png"
+    page.screenshot(path=str(shot))
+    reference = REFERENCES / f"{name}.png"
+    if os.environ.get("SDSEG_UPDATE_WEB_REFERENCES") == "1":
+        REFERENCES.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, reference)
+    assert reference.exists(), f"no reference {reference}: run once with SDSEG_UPDATE_WEB_REFERENCES=1"
+    a = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    b = np.asarray(Image.open(reference).convert("L"), dtype=float)
+    assert a.shape == b.shape
+    return float((np.abs(a - b) > PIXEL_TOLERANCE).mean())
+
+
+def on_label_lattice(masks: dict, ijk_to_lps: np.ndarray, label_image) -> dict:
+    """Masks read from a .seg.nrrd (their own voxel lattice: Slicer may order the slices the other way round)
+    resampled (nearest voxel) onto the lattice of ``label_image`` (SimpleITK), as (K, J, I) arrays."""
+    size = label_image.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    index = np.stack([i.ravel(), j.ravel(), k.ravel()])
+    direction = np.asarray(label_image.GetDirection()).reshape(3, 3) * np.asarray(label_image.GetSpacing())
+    lps = direction @ index + np.asarray(label_image.GetOrigin())[:, None]
+    seg_index = np.rint(np.linalg.inv(ijk_to_lps) @ np.vstack([lps, np.ones(lps.shape[1])]))[:3].astype(int)
+    resampled = {}
+    for name, mask in masks.items():
+        inside = np.all((seg_index >= 0) & (seg_index < np.asarray(mask.shape[::-1])[:, None]), axis=0)
+        values = np.zeros(index.shape[1], dtype=bool)
+        values[inside] = mask[seg_index[2, inside], seg_index[1, inside], seg_index[0, inside]]
+        resampled[name] = values.reshape(size[::-1])
+    return resampled
+
+
+def read_result(path: Path) -> dict:
+    """The segments of a downloaded .seg.nrrd, read by slicerio, on the sample's voxel lattice."""
+    masks, ijk_to_lps = read_seg_nrrd_with_slicerio(path)
+    return on_label_lattice(masks, ijk_to_lps, sitk.ReadImage(str(SAMPLE_LABEL)))
+
+
+def table(page) -> dict:
+    """The statistics table: {segment name: {column: text}}."""
+    headers = [cell.inner_text() for cell in page.query_selector_all("#sdseg-stats th")]
+    rows = [[cell.inner_text() for cell in row.query_selector_all("td")]
+            for row in page.query_selector_all("#sdseg-stats tbody tr")]
+    return {row[0]: dict(zip(headers, row)) for row in rows}
+
+
+def download(page, what: str, out_dir: Path) -> Path:
+    with page.expect_download(timeout=60_000) as event:
+        page.click(f"#sdseg-export-{what}")
+    path = out_dir / event.value.suggested_filename
+    event.value.save_as(str(path))
+    return path
+
+
+def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
+    page = open_page(browser, app.url)
+    assert page.inner_text("#sdseg-volume-name") == "sample"
+    assert compare_with_reference(page, "loaded", tmp_path) < SCREENSHOT_TOLERANCE
+
+    # One click on the tumour in the axial view.
+    i, j = click_tumour(page)
+    clicked = [float(v) for v in re.findall(r"-?\d+\.\d", page.inner_text(".sdseg-point"))]
+    assert abs(clicked[0] - i) <= 1 and abs(clicked[1] - j) <= 1 and clicked[2] == SHOWN_SLICE
+    segment_with(page, MODEL)
+    assert re.search(r"lesion 1: \d+\.\d\d ml on \d+ slice", page.inner_text("#sdseg-status"))
+    page.wait_for_timeout(3000)
+    assert compare_with_reference(page, "segmented", tmp_path) < SCREENSHOT_TOLERANCE
+
+    # The page's numbers are the file's: the .seg.nrrd download read back by slicerio.
+    rows = table(page)
+    masks = read_result(download(page, "segmentation", tmp_path))
+    assert set(rows) == set(masks) and len(masks) == 1 + 8
+    for name, mask in masks.items():
+        assert int(rows[name]["voxels"]) == int(mask.sum())
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_LABEL))) > 0
+    consensus = masks["consensus"]
+    assert consensus[SHOWN_SLICE, int(round(j)), int(round(i))]  # the clicked voxel is in the lesion found
+    slices = consensus.any(axis=(1, 2))
+    assert dice(consensus[slices], label[slices]) > 0.5
+    variance = sitk.GetArrayFromImage(sitk.ReadImage(str(download(page, "variance", tmp_path))))
+    assert variance.shape == label.shape and 0 < variance.max() <= 0.25
+
+    # Review: one sample, the next one, accept it; the variance overlay off and on.
+    page.click("#sdseg-mode-one")
+    page.wait_for_function("document.querySelector('#sdseg-sample-label').innerText === 'Sample 1 of 8'")
+    page.click("#sdseg-next")
+    page.wait_for_function("document.querySelector('#sdseg-sample-label').innerText === 'Sample 2 of 8'")
+    page.click("#sdseg-accept")
+    page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes(\"'accepted'\")")
+
+    # Edit the accepted segment: paint a stroke away from the lesion in the axial view.
+    page.click("#sdseg-tool-editor")
+    page.click(".v-navigation-drawer button:has(.mdi-brush)")
+    page.wait_for_timeout(500)
+    start, end = axial_screen_position(page, 20, 80), axial_screen_position(page, 30, 80)
+    page.mouse.move(*start)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(start[0] + (end[0] - start[0]) * step / 10, start[1])
+        page.wait_for_timeout(50)
+    page.mouse.up()
+    page.wait_for_timeout(1000)
+    page.click("#sdseg-tool-panel")
+    edited = read_result(download(page, "segmentation", tmp_path))
+    assert np.all(edited["accepted"] >= masks["sample 2"])  # the accepted sample, plus the stroke
+    painted = edited["accepted"] & ~masks["sample 2"]
+    assert painted[SHOWN_SLICE, 75:86, 15:36].sum() > 10 and painted.sum() == painted[SHOWN_SLICE].sum()
+    assert np.array_equal(edited["sample 2"], masks["sample 2"])  # the sample itself stays as it was
+    page.close()
+
+
+def test_token_is_required_on_every_page(browser, tmp_path):
+    import requests
+
+    web = WebProcess(str(SAMPLE), "--token", TOKEN)
+    try:
+        assert requests.get(web.url, timeout=30).status_code == 401
+        assert requests.get(web.url + "?token=wrong", timeout=30).status_code == 401
+        assert "token" in requests.get(web.url, timeout=30).text
+        page = open_page(browser, web.url + f"?token={TOKEN}")  # the page, its files and its websocket
+        assert page.inner_text("#sdseg-volume-name") == "sample"
+        page.close()
+    finally:
+        web.stop()
+    assert TOKEN not in "".join(web.lines)
+
+
+def test_public_address_without_token_is_refused():
+    result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "web", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                            env=dict(os.environ, PYTHONPATH=lib_python_path(), SDSEG_TOKEN=""))
+    assert result.returncode == 2
+    assert "--token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_upload_too_large_or_unreadable_keeps_the_volume(browser, tmp_path):
+    web = WebProcess(str(SAMPLE), "--max-upload-mb", "1")
+    try:
+        page = open_page(browser, web.url)
+        big = tmp_path / "big.nrrd"
+        big.write_bytes(b"\0" * (2 * 1024 * 1024))
+        page.set_input_files("#sdseg-upload", str(big))
+        page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes('more than')")
+        text = tmp_path / "notes.nrrd"
+        text.write_text("not a volume")
+        page.set_input_files("#sdseg-upload", str(text))
+        page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes('notes')")
+        assert page.inner_text("#sdseg-volume-name") == "sample"  # the loaded volume stays
+        good = tmp_path / "again.nrrd"
+        shutil.copy(SAMPLE, good)
+        page.set_input_files("#sdseg-upload", str(good))
+        page.wait_for_function("document.querySelector('#sdseg-volume-name').innerText === 'again'")
+        page.close()
+    finally:
+        web.stop()
+
+
+def test_the_worker_of_a_remote_server(browser, tmp_path):
+    from test_remote import TOKEN as SERVER_TOKEN
+    from test_remote import ServerProcess
+
+    server = ServerProcess(dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=lib_python_path()),
+                           "--token", SERVER_TOKEN)
+    web = WebProcess(str(SAMPLE), "--server", server.url, "--worker-token", SERVER_TOKEN)
+    try:
+        page = open_page(browser, web.url)
+        click_tumour(page)
+        segment_with(page, MODEL)
+        assert re.search(r"lesion 1: \d+\.\d\d ml on \d+ slice", page.inner_text("#sdseg-status"))
+        masks = read_result(download(page, "segmentation", tmp_path))
+        assert masks["consensus"].any() and len(masks) == 1 + 8
+        page.close()
+    finally:
+        web.stop()
+        server.stop()
+    assert any("POST /jobs" in line for line in server.lines)  # the job ran on the server
