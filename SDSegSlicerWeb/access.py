@@ -5,7 +5,6 @@ Compared in constant time; refusals are a short page that says what to do, never
 from __future__ import annotations
 
 import hmac
-import ipaddress
 
 from aiohttp import web
 
@@ -14,22 +13,6 @@ TOKEN_COOKIE = "sdseg_web_token"
 REFUSED_PAGE = ("<!doctype html><title>SDSegSlicer Web: token needed</title><body style='font-family:sans-serif'>"
                 "<h1>SDSegSlicer Web</h1><p>This server needs its access token: open the address it printed at "
                 "start, <code>http://HOST:PORT/?token=TOKEN</code>.</p></body>")
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost'."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_binding(host: str, token: str | None) -> None:
-    """A ValueError unless ``host`` is loopback or a token is set."""
-    if not is_loopback(host) and not token:
-        raise ValueError(f"--host {host} lets other machines in: give --token (or $SDSEG_TOKEN) as well.")
 
 
 def token_middleware(token: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .access import check_binding
+from SDSegSlicerLib.remote_server import check_binding
 
 
 def run(args, token: str | None) -> int:

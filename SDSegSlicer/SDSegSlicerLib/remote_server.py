@@ -43,12 +43,19 @@ log = logging.getLogger(__name__)
 
 
 def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_binding(host: str, token: str | None) -> None:
+    """A ValueError unless ``host`` is loopback or there is a token (`serve` and `web` alike)."""
+    if not token and not is_loopback(host):
+        raise ValueError(f"--host {host} is reachable from other machines: give a --token (or $SDSEG_TOKEN)")
 
 
 class RequestError(Exception):
@@ -356,8 +363,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def serve(host: str, port: int, token: str | None, python: str | None, max_upload_bytes: int,
           data_root: Path | None, on_ready=None) -> None:
     """Run the server until interrupted (KeyboardInterrupt): start the worker, then answer requests."""
-    if token is None and not is_loopback(host):
-        raise ValueError(f"--host {host} is reachable from other machines: give a --token (or $SDSEG_TOKEN)")
+    check_binding(host, token)
     worker = WorkerClient(python_executable=python)
     worker.start()
     uploads = owned_temp_folder(UPLOADS_FOLDER_PREFIX)
