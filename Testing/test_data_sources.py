@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from sdseg.data.dataset import CropsDataset
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "Resources" / "SampleData"
-# Where scripts/fetch_pyradiomics_data.sh puts it: $SDSEG_CACHE, by default ~/.cache/sdseg.
-PYRADIOMICS_SDIST = Path(os.environ.get("SDSEG_CACHE", Path.home() / ".cache" / "sdseg")) / "pyradiomics-3.0.1.tar.gz"
+# Where scripts/fetch_pyradiomics_data.sh and fetch_mricron_data.sh put them: $SDSEG_CACHE, by default ~/.cache/sdseg.
+CACHE = Path(os.environ.get("SDSEG_CACHE", Path.home() / ".cache" / "sdseg"))
+PYRADIOMICS_SDIST = CACHE / "pyradiomics-3.0.1.tar.gz"
+MRICRON_DEB = CACHE / "mricron-data_1.2.20211006+dfsg-4_all.deb"
 # CI (CI=true) must run the real-data test: a missing file fails it instead of skipping it.
 IN_CI = os.environ.get("CI", "").lower() == "true"
 NRRD_TYPES = {"short": "<i2", "unsigned char": "u1", "uchar": "u1", "int": "<i4"}
@@ -83,12 +86,7 @@ def test_sample_volume_is_real_mr_with_its_lesion_label_and_geometry():
 def test_pyradiomics_sdist_gives_five_patients_matching_an_independent_read(tmp_path):
     import tarfile
 
-    if not PYRADIOMICS_SDIST.is_file():
-        missing = (f"PyRadiomics 3.0.1 sdist not at {PYRADIOMICS_SDIST}: run scripts/fetch_pyradiomics_data.sh "
-                   "(it honours $SDSEG_CACHE)")
-        if IN_CI:
-            pytest.fail(missing)
-        pytest.skip(missing)
+    require_real_file(PYRADIOMICS_SDIST, "fetch_pyradiomics_data.sh")
 
     cases = {ref.patient: ref.read() for ref in sources.load_pyradiomics(PYRADIOMICS_SDIST)}
     assert sorted(cases) == ["brain1", "brain2", "breast1", "lung1", "lung2"]
@@ -111,6 +109,99 @@ def test_missing_real_data_fails_under_ci_and_is_skipped_elsewhere(tmp_path, ci,
                             cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, CI=ci, SDSEG_CACHE=str(tmp_path / "empty-cache")))
     assert outcome in result.stdout and "fetch_pyradiomics_data.sh" in result.stdout, result.stdout[-2000:]
+
+
+def require_real_file(path: Path, fetch_script: str) -> None:
+    """Skip a real-data test without its file, or fail it under CI=true."""
+    if not path.is_file():
+        missing = f"{path.name} not at {path}: run scripts/{fetch_script} (it honours $SDSEG_CACHE)"
+        if IN_CI:
+            pytest.fail(missing)
+        pytest.skip(missing)
+
+
+def test_mricron_deb_gives_colin27_with_its_116_aal_regions():
+    require_real_file(MRICRON_DEB, "fetch_mricron_data.sh")
+    [ref] = sources.load_mricron(MRICRON_DEB)
+    case = ref.read()
+    assert ref.patient == case.patient == "colin27"
+    assert case.image.shape == case.objects.shape == (181, 217, 181)
+    assert len(np.unique(case.objects)) == 117 and case.objects.max() == 116
+    np.testing.assert_array_equal(case.masks[0], case.objects > 0)
+    brain = case.image[case.objects > 0]
+    assert brain.mean() > 2 * case.image[case.image.shape[0] // 2, :5, :5].mean()  # T1 brain vs air
+    np.testing.assert_array_equal(np.diag(case.ijk_to_ras)[:3], [1.0, 1.0, 1.0])  # 1 mm voxels
+
+
+def write_atlas(folder: Path) -> np.ndarray:
+    """A tiny stand-in of mricron-data's templates: ch2.nii.gz (noise) and aal.nii.gz with two touching boxes
+    (labels 1: 10 x 10, 2: 20 x 10 voxels in-plane, slices 2-9) on a 40 x 40 x 12 grid; returns the labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = np.zeros((12, 40, 40), dtype=np.uint8)
+    labels[2:10, 10:20, 10:20] = 1
+    labels[2:10, 10:20, 20:40] = 2
+    image = np.random.default_rng(0).integers(50, 200, labels.shape).astype(np.uint8)
+    for name, array in (("ch2.nii.gz", image), ("aal.nii.gz", labels)):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / name))
+    return labels
+
+
+def build_deb(folder: Path, templates: Path) -> Path:
+    """A real .deb (dpkg-deb --build) holding ``templates`` under usr/share/mricron/templates."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    package = folder / "pkg"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN" / "control").write_text("Package: mricron-data\nVersion: 0.1\nArchitecture: all\n"
+                                                "Maintainer: test <t@example.org>\nDescription: test\n")
+    shutil.copytree(templates, package / sources.MRICRON_TEMPLATES)
+    deb = folder / "mricron-data_0.1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Zxz", str(package), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def test_mricron_loader_reads_the_deb_and_its_folder_alike(tmp_path):
+    labels = write_atlas(tmp_path / "templates")
+    deb = build_deb(tmp_path, tmp_path / "templates")
+    from_deb, from_folder = (sources.load_mricron(path)[0].read() for path in (deb, tmp_path / "templates"))
+    for case in (from_deb, from_folder):
+        np.testing.assert_array_equal(case.objects, labels)
+    np.testing.assert_array_equal(from_deb.image, from_folder.image)
+    only_2 = sources.load_mricron(deb, labels=[2])[0].read()
+    np.testing.assert_array_equal(only_2.objects, np.where(labels == 2, 2, 0))
+    with pytest.raises(sources.SourceError, match="mricron-data"):
+        sources.load_mricron(tmp_path / "templates" / "ch2.nii.gz")
+    (tmp_path / "notadeb.deb").write_bytes(b"hello")
+    with pytest.raises(sources.SourceError, match="not a Debian package"):
+        sources.load_mricron(tmp_path / "notadeb.deb")[0].read()
+
+
+def test_preprocess_add_train_crops_each_atlas_structure_alone_into_train(tmp_path):
+    write_atlas(tmp_path / "templates")
+    out = tmp_path / "lesions-and-atlas"
+    result = run_preprocess("--source", "pairs", "--input", SAMPLE_DIR, "--out", out, "--crops-per-lesion", 1,
+                            "--negatives", 0.3, "--add-train", f"mricron={tmp_path / 'templates'}",
+                            "--object-rois", 2, "--object-slices", 3)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "dataset.json").read_text())
+    assert "colin27" in info["splits"]["train"]
+    assert all("colin27" not in info["splits"][split] for split in ("val", "test"))
+    assert info["extra_train_sources"][0]["source"] == "mricron"
+    assert info["extra_train_sources"][0]["patients"] == ["colin27"]
+    data = CropsDataset(out, "train")
+    atlas = [i for i, path in enumerate(data.files) if path.name.startswith("colin27")]
+    names = sorted(data.files[i].stem.split("_", 2)[2] for i in atlas)
+    assert len(atlas) == 2 * 2 * 3 and {name[:4] for name in names} == {"o001", "o002"}  # objects x ROIs x slices
+    assert not any("_neg" in data.files[i].stem for i in atlas)  # no lesion-free texture inside an atlas
+    scale = (64 / 40) ** 2  # the 40-voxel ROI (the whole slice) resized to 64
+    for index in atlas:
+        item, label = data.read(index), int(data.files[index].stem.split("_o")[1][:3])
+        assert item["patient"] == "colin27" and item["masks"].shape == (1, 64, 64)
+        area = item["masks"].sum() / scale  # that structure alone, never its neighbour
+        assert abs(area - (100 if label == 1 else 200)) < 25, (data.files[index].name, area)
+    bad = run_preprocess("--source", "pairs", "--input", SAMPLE_DIR, "--out", tmp_path / "bad", "--add-train",
+                         "mricron")
+    assert bad.returncode == 2 and "SOURCE=PATH" in bad.stderr
 
 
 def test_btcv_loader_reads_nifti_written_by_nibabel_and_selects_labels(tmp_path):

@@ -10,6 +10,7 @@ masks are set aside and a synthetic multi-rater set is drawn on the real crops (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -28,6 +29,9 @@ from sdseg.preprocessing import intensity_range, normalize_intensities, resize_i
 from sdseg.volume_io import choose_slice_axis, roi_array, slice_of_roi
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+OBJECT_ROIS = 2  # ROIs per atlas structure (the first centred, the others shifted, as for lesions)
+OBJECT_SLICES = 4  # slices per ROI of an atlas structure (they span tens of slices; a few per ROI keep variety)
+OBJECT_SLICE_SPAN = (0.25, 0.75)  # ... taken from this part of the structure's slice range
 JITTER = 0.25  # ROI centre offsets of the extra crops, as a fraction of the ROI size
 LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
 TEXTURES_PER_SPLIT = 1000  # real lesion-free crops used as backgrounds of the synthetic multi-rater set
@@ -86,19 +90,20 @@ def _resize(slices: list[np.ndarray], size: int) -> np.ndarray:
     return resize_images(torch.from_numpy(np.stack(slices)[:, None].astype(np.float32)), size)[:, 0].numpy()
 
 
-def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: dict,
-              size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: dict, size: int,
+              positions=None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(slice index, image float32 (1, S, S) in [-1, 1], masks uint8 (R, S, S), neighbours uint8 (2, S, S)) for
     each slice of the ROI along ``slice_axis``: normalised over the whole ROI and resized like sdseg.inference does;
     masks resized bilinearly (antialiased) and thresholded at 0.5; neighbours = the raters' union on the slice
     before and on the slice after, in the same in-plane ROI (empty beyond the volume), resized the same way
-    (training draws the propagation's click from them: sdseg.prompt_maps.training_prompts)."""
+    (training draws the propagation's click from them: sdseg.prompt_maps.training_prompts). ``positions``: only
+    these slices of the ROI (0 = its first), still normalised over the whole ROI."""
     roi = roi_array(case.image, roi_ijk)
     lo, hi = intensity_range(roi, preprocessing)
     mask_rois = [roi_array(mask, roi_ijk) for mask in case.masks]
     union = case.masks.max(axis=0)
     dim = case.image.shape[2 - slice_axis]
-    for position in range(roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]):
+    for position in range(roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]) if positions is None else positions:
         index = roi_ijk[slice_axis] + position
         image = _resize([normalize_intensities(slice_of_roi(roi, slice_axis, position), lo, hi)], size)
         masks = _resize([slice_of_roi(m, slice_axis, position) for m in mask_rois], size) >= 0.5
@@ -117,16 +122,43 @@ def _file_stem(patient: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", patient)
 
 
-def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_lesion: int, margin_slices: int,
-               seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """(name within the case, image, masks, neighbours) of every crop of a case (:func:`roi_crops`); 2D cases
-    (``whole_image_roi``) give one crop, the image (their neighbours empty)."""
+def object_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_object: int, slices: int,
+                 rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Crops of an atlas case (``case.objects``): for each labelled structure, ``crops_per_object`` ROIs around it
+    (:func:`lesion_rois`, no margin slices), each on ``slices`` of its slices spread evenly over the middle
+    (OBJECT_SLICE_SPAN of its extent: near its ends a structure is a speck), with that structure alone as the mask (the task: "the object at this prompt", whatever else surrounds it)."""
     dims_ijk = case.image.shape[::-1]
     slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
+    for label in np.unique(case.objects[case.objects > 0]):
+        mask = (case.objects == label).astype(np.uint8)
+        indices = np.nonzero(mask)[::-1]  # i, j, k
+        start = [int(v.min()) for v in indices]
+        box = (start, [int(v.max()) + 1 - first for v, first in zip(indices, start)])
+        single = dataclasses.replace(case, masks=mask[None], objects=None)
+        for number, roi in enumerate(lesion_rois(box, dims_ijk, slice_axis, crop, 0, crops_per_object, rng)):
+            extent = roi[slice_axis + 3] - roi[slice_axis]
+            positions = sorted(set(np.linspace(OBJECT_SLICE_SPAN[0] * (extent - 1), OBJECT_SLICE_SPAN[1] * (extent - 1),
+                                               min(slices, extent)).round().astype(int).tolist()))
+            for index, image, masks, neighbours in roi_crops(single, roi, slice_axis, preprocessing, size,
+                                                             positions):
+                yield f"o{int(label):03d}_c{number:02d}_s{index:04d}", image, masks, neighbours
+
+
+def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_lesion: int, margin_slices: int,
+               seed: int, objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES)
+               ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(name within the case, image, masks, neighbours) of every crop of a case (:func:`roi_crops`); 2D cases
+    (``whole_image_roi``) give one crop, the image (their neighbours empty); atlas cases give
+    :func:`object_crops` with ``objects`` = (ROIs per structure, slices per ROI)."""
+    dims_ijk = case.image.shape[::-1]
+    slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
+    rng = np.random.default_rng([seed, int(hashlib.sha256(case.patient.encode()).hexdigest()[:8], 16)])
+    if case.objects is not None:
+        yield from object_crops(case, preprocessing, size, crop, *objects, rng)
+        return
     if case.whole_image_roi:
         rois = [[[0, 0, 0, *dims_ijk]]]
     else:
-        rng = np.random.default_rng([seed, int(hashlib.sha256(case.patient.encode()).hexdigest()[:8], 16)])
         union = case.masks.max(axis=0)
         rois = [lesion_rois(box, dims_ijk, slice_axis, crop, margin_slices, crops_per_lesion, rng)
                 for box in lesion_bounding_boxes(union)]
@@ -157,37 +189,56 @@ def negatives_for(lesion_crops: int, fraction: float) -> int:
     return round(lesion_crops * fraction / (1.0 - fraction))
 
 
+def _write_case_crops(folder: Path, stem: str, case: Case, size: int, preprocessing: dict, crop: int,
+                      crops_per_lesion: int, margin_slices: int, seed: int, negatives: float,
+                      objects: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """Write one case's crops (and lesion-free crops: :func:`build_real_dataset`) into ``folder``; returns
+    (crops, lesion-free crops)."""
+    written = 0
+    for crop_name, image, masks, neighbours in case_crops(case, preprocessing, size, crop, crops_per_lesion,
+                                                          margin_slices, seed, objects):
+        _write_crop(folder, f"{stem}_{crop_name}", image, masks, case.patient, neighbours)
+        written += 1
+    wanted = 0 if case.whole_image_roi or case.objects is not None else negatives_for(written, negatives)
+    empty = np.zeros((case.masks.shape[0], size, size), dtype=np.uint8)
+    textures = texture_crops(case, preprocessing, size, crop, wanted, rng)
+    for number, texture in enumerate(textures):
+        _write_crop(folder, f"{stem}_neg{number:04d}", texture[None], empty, case.patient)
+    return written, len(textures)
+
+
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
-                       crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0) -> dict:
+                       crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0,
+                       extra_train=(), objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES)) -> dict:
     """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
     Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``. With ``negatives`` F > 0, each 3D
-    case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice, touching
-    no lesion, mostly inside the body; empty masks) making F of its crops, named ``..._neg<NNNN>.npz``."""
+    lesion case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice,
+    touching no lesion, mostly inside the body; empty masks) making F of its crops, named ``..._neg<NNNN>.npz``.
+    ``extra_train``: (source, refs) pairs whose cases go to the train split only (their patients never reach val or
+    test), e.g. atlas structures (:func:`object_crops`; ``objects`` = (ROIs per structure, slices per ROI))."""
     splits, split_refs = _splits_of(refs, seed)
     counts = dict.fromkeys(SPLITS, 0)
     negative_counts = dict.fromkeys(SPLITS, 0)
     rng = np.random.default_rng([seed, 1])
     n_raters = set()
+    cases = [(split, number, ref) for split in SPLITS for number, ref in split_refs[split]]
+    cases += [("train", len(refs) + number, ref) for number, ref in enumerate(ref for _, extra in extra_train
+                                                                             for ref in extra)]
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
-        for number, ref in split_refs[split]:
-            case = ref.read()
-            n_raters.add(case.masks.shape[0])
-            if len(n_raters) != 1:
-                raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
-                                  f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
-            stem = f"{_file_stem(case.patient)}_{number:05d}"
-            written = 0
-            for crop_name, image, masks, neighbours in case_crops(case, preprocessing, size, crop,
-                                                                  crops_per_lesion, margin_slices, seed):
-                _write_crop(out / split, f"{stem}_{crop_name}", image, masks, case.patient, neighbours)
-                written += 1
-            wanted = 0 if case.whole_image_roi else negatives_for(written, negatives)
-            empty = np.zeros((case.masks.shape[0], size, size), dtype=np.uint8)
-            for number, texture in enumerate(texture_crops(case, preprocessing, size, crop, wanted, rng)):
-                _write_crop(out / split, f"{stem}_neg{number:04d}", texture[None], empty, case.patient)
-                negative_counts[split] += 1
-            counts[split] += written
+    for split, number, ref in cases:
+        case = ref.read()
+        n_raters.add(case.masks.shape[0])
+        if len(n_raters) != 1:
+            raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
+                              f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
+        written, negative = _write_case_crops(out / split, f"{_file_stem(case.patient)}_{number:05d}", case, size,
+                                              preprocessing, crop, crops_per_lesion, margin_slices, seed, negatives,
+                                              objects, rng)
+        counts[split] += written
+        negative_counts[split] += negative
+    extra_patients = sorted({ref.patient for _, extra in extra_train for ref in extra})
+    splits["train"] = sorted(set(splits["train"]) | set(extra_patients))
     return {"name": out.name, "source": source.name, "licence": source.licence, "provenance": source.provenance,
             "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters.pop(), "synthetic": False,
             "description": f"{source.description}. Masks: {source.masks}. 2D crops of {crop or 'whole'}-pixel "
@@ -195,7 +246,13 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                            f"{size}x{size}" + (f"; plus lesion-free crops away from the lesions, {negatives:.0%} of "
                                                "each case's crops" if negatives else "") + ".",
             "splits": splits, "counts": {split: counts[split] + negative_counts[split] for split in SPLITS},
-            "negatives": {"fraction": negatives, "counts": negative_counts}, "crop": crop_record(crop)}
+            "negatives": {"fraction": negatives, "counts": negative_counts}, "crop": crop_record(crop),
+            "extra_train_sources": [
+                {"source": extra_source.name, "description": extra_source.description,
+                 "licence": extra_source.licence, "provenance": extra_source.provenance, "masks": extra_source.masks,
+                 "patients": sorted({ref.patient for ref in extra}), "rois_per_object": objects[0],
+                 "slices_per_object_roi": objects[1]}
+                for extra_source, extra in extra_train]}
 
 
 def crop_record(crop: int) -> dict:
@@ -314,8 +371,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
     parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
                         metavar=("TRAIN", "VAL", "TEST"), help="images per split with --multirater")
+    parser.add_argument("--add-train", action="append", default=[], metavar="SOURCE=PATH",
+                        help="also crop the cases of another source into the train split only (never val/test), "
+                             "e.g. mricron=~/.cache/sdseg/mricron-data_1.2.20211006+dfsg-4_all.deb; repeatable")
+    parser.add_argument("--object-rois", type=int, default=OBJECT_ROIS,
+                        help=f"ROIs per atlas structure (default {OBJECT_ROIS})")
+    parser.add_argument("--object-slices", type=int, default=OBJECT_SLICES,
+                        help=f"slices per ROI of an atlas structure (default {OBJECT_SLICES})")
     parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
     return parser
+
+
+def _extra_train(specs: list[str], labels) -> list[tuple[Source, list[CaseRef]]]:
+    """--add-train SOURCE=PATH values -> (source, cases) pairs."""
+    extra = []
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator or not path:
+            raise SourceError(f"--add-train needs SOURCE=PATH, got {spec!r}")
+        source = get_source(name)
+        if not Path(path).expanduser().exists():
+            raise SourceError(f"--add-train {spec}: {path} does not exist: {source.how_to_get}")
+        extra.append((source, source.load(Path(path).expanduser(), labels)))
+    return extra
 
 
 def _preprocessing(args, source: Source) -> dict:
@@ -345,6 +423,10 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError("need --size >= 8, --crop >= 0, --crops-per-lesion >= 1 and --margin-slices >= 0")
     if not 0.0 <= args.negatives < 1.0:
         raise SourceError(f"--negatives is a fraction of the crops, 0 <= FRACTION < 1; got {args.negatives}")
+    if args.object_rois < 1 or args.object_slices < 1:
+        raise SourceError("need --object-rois >= 1 and --object-slices >= 1")
+    if args.add_train and args.multirater:
+        raise SourceError("--add-train works with real crops sets, not with --multirater")
     if args.multirater is not None and args.multirater < 1:
         raise SourceError(f"--multirater needs N >= 1, got {args.multirater}")
     return source_path, out
@@ -372,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                                             args.multirater, args.multirater_counts, args.seed, args.negatives)
         else:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
-                                      args.crops_per_lesion, args.margin_slices, args.seed, args.negatives)
+                                      args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
+                                      _extra_train(args.add_train, None), (args.object_rois, args.object_slices))
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2

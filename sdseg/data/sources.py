@@ -10,6 +10,7 @@ See docs/data.md for how to obtain each source.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import tarfile
@@ -45,6 +46,9 @@ class Case:
     masks: np.ndarray  # uint8 (R, K, J, I), values {0, 1}
     ijk_to_ras: np.ndarray  # 4x4 float64
     whole_image_roi: bool = False  # True: the image already is the region of interest (2D crops / photos)
+    # An atlas label map (K, J, I) whose labels are separate objects (anatomical structures): each is cropped with
+    # its own mask only (sdseg.data.preprocess.object_crops); None: the masks' connected components are the lesions.
+    objects: np.ndarray | None = None
 
 
 class CaseRef(NamedTuple):
@@ -168,6 +172,69 @@ def load_pyradiomics(path, labels=None) -> list[CaseRef]:
         raise SourceError(f"{path}: the archive holds no data/X_image.nrrd + data/X_label.nrrd; is it the "
                           "PyRadiomics 3.0.1 source distribution?")
     return refs
+
+
+MRICRON_TEMPLATES = "usr/share/mricron/templates"
+MRICRON_IMAGE, MRICRON_ATLAS = "ch2.nii.gz", "aal.nii.gz"  # Colin27 T1 1 mm and its AAL labels, the same grid
+MRICRON_HOW_TO_GET = ("pass the Debian package mricron-data (`bash scripts/fetch_mricron_data.sh` puts it in "
+                      "~/.cache/sdseg/) or its templates folder (/usr/share/mricron/templates)")
+
+
+def _deb_data_members(deb_path: Path, names) -> dict[str, bytes]:
+    """Files ``names`` of the templates folder inside a .deb (an ar archive holding data.tar.*)."""
+    with open(deb_path, "rb") as deb:
+        if deb.read(8) != b"!<arch>\n":
+            raise SourceError(f"{deb_path}: not a Debian package (no ar header); {MRICRON_HOW_TO_GET}")
+        while True:
+            header = deb.read(60)
+            if len(header) < 60:
+                raise SourceError(f"{deb_path}: no data.tar member; {MRICRON_HOW_TO_GET}")
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+            payload = deb.read(size)
+            deb.read(size % 2)  # members are 2-byte aligned
+            if name.startswith("data.tar"):
+                break
+    found = {}
+    with tarfile.open(fileobj=io.BytesIO(payload)) as archive:
+        for member in archive.getmembers():
+            base = member.name.lstrip("./")
+            if member.isfile() and base.startswith(MRICRON_TEMPLATES + "/") and Path(base).name in names:
+                found[Path(base).name] = archive.extractfile(member).read()
+    return found
+
+
+def _read_colin27(path: Path, labels) -> Case:
+    names = (MRICRON_IMAGE, MRICRON_ATLAS)
+    if path.is_dir():
+        files = {name: (path / name).read_bytes() for name in names if (path / name).is_file()}
+    else:
+        files = _deb_data_members(path, names)
+    missing = [name for name in names if name not in files]
+    if missing:
+        raise SourceError(f"{path}: no {', '.join(missing)}; {MRICRON_HOW_TO_GET}")
+    with tempfile.TemporaryDirectory(prefix="sdseg-mricron-") as tmp:
+        images = {}
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+            images[name] = read_volume(Path(tmp) / name)
+    image, atlas = images[MRICRON_IMAGE], images[MRICRON_ATLAS]
+    if atlas.array_kji.shape != image.array_kji.shape:
+        raise SourceError(f"{path}: {MRICRON_ATLAS} and {MRICRON_IMAGE} are not on one grid")
+    objects = atlas.array_kji.astype(np.int32)
+    if labels is not None:
+        objects = np.where(np.isin(objects, labels), objects, 0)
+    return Case("colin27", image.array_kji.astype(np.float32), (objects > 0)[None].astype(np.uint8),
+                image.ijk_to_ras, objects=objects)
+
+
+def load_mricron(path, labels=None) -> list[CaseRef]:
+    """Debian's mricron-data: the Colin27 single-subject T1 MR (1 mm, ``ch2.nii.gz``) with its AAL atlas
+    (``aal.nii.gz``, 116 regions drawn on this subject; Tzourio-Mazoyer et al. 2002): one case whose atlas
+    regions are separate objects (``labels`` selects some). ``path``: the .deb or its templates folder."""
+    path = Path(path)
+    if not (path.is_dir() or path.suffix == ".deb"):
+        raise SourceError(f"{path}: not the mricron-data .deb or a folder; {MRICRON_HOW_TO_GET}")
+    return [CaseRef("colin27", partial(_read_colin27, path, labels))]
 
 
 def load_btcv(folder, labels=None) -> list[CaseRef]:
@@ -310,6 +377,16 @@ SOURCES: dict[str, Source] = {
         "BSD-3-Clause (Copyright 2017 Harvard Medical School), the licence of the PyRadiomics distribution",
         "one lesion segmentation per case (tumour / nodule / breast lesion), single rater",
         PERCENTILE, PYRADIOMICS_HOW_TO_GET, load_pyradiomics),
+    "mricron": Source(
+        "mricron",
+        "Colin27: one healthy adult's T1 MR brain (1 mm, the average of 27 scans of one subject) with the 116 regions "
+        "of the AAL atlas drawn on it, each region its own object",
+        "Debian package mricron-data 1.2.20211006+dfsg-4 (usr/share/mricron/templates/ch2.nii.gz and aal.nii.gz); "
+        "Colin27: Holmes et al. 1998; AAL: Tzourio-Mazoyer et al. 2002",
+        "BSD-3-Clause (Copyright 2006-2010 Chris Rorden), the licence Debian's copyright file gives every file of "
+        "mricron-data; cite Holmes et al. 1998 and Tzourio-Mazoyer et al. 2002",
+        "anatomical regions (AAL atlas), one rater; not lesions",
+        PERCENTILE, MRICRON_HOW_TO_GET, load_mricron),
     "pairs": Source(
         "pairs",
         "your own image/label volume pairs (X.nrrd + X_label.nrrd, also .nii.gz/.mha/.mhd/.nhdr)",
