@@ -1,5 +1,6 @@
 """Consistency of the Slicer module's files, checked without Slicer: the .ui, the parameter node, the module
-script, the CMake lists and the icon (SDSegSlicer.py cannot be imported outside Slicer, so it is parsed)."""
+script and its Qt package SDSegSlicerGui, the CMake lists and the icon (they cannot be imported outside Slicer, so
+they are parsed)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "SDSegSlicer"
 MODULE_SCRIPT = MODULE_DIR / "SDSegSlicer.py"
 LIB_DIR = MODULE_DIR / "SDSegSlicerLib"
+GUI_DIR = MODULE_DIR / "SDSegSlicerGui"
+MODULE_FILES = [MODULE_SCRIPT, *sorted(GUI_DIR.glob("*.py"))]  # the module's classes: SDSegSlicer.py imports them
+MAX_MODULE_SCRIPT_LINES = 300
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SDSegSlicer.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "SDSegSlicer.png"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
@@ -36,13 +40,28 @@ def ui_widgets():
 
 @pytest.fixture(scope="module")
 def module_tree():
-    return ast.parse(MODULE_SCRIPT.read_text(encoding="utf-8"), filename=str(MODULE_SCRIPT))
+    """The module script and SDSegSlicerGui parsed as one module."""
+    trees = [ast.parse(path.read_text(encoding="utf-8"), filename=str(path)) for path in MODULE_FILES]
+    return ast.Module(body=[node for tree in trees for node in tree.body], type_ignores=[])
 
 
 def module_class(tree, name):
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    assert name in classes, f"class {name} missing from SDSegSlicer.py"
+    assert name in classes, f"class {name} missing from SDSegSlicer.py and SDSegSlicerGui"
     return classes[name]
+
+
+def test_module_script_is_glue_that_names_its_classes():
+    """Slicer looks the Module, Widget, Logic and Test classes up by name in SDSegSlicer.py."""
+    text = MODULE_SCRIPT.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= MAX_MODULE_SCRIPT_LINES
+    exported = ast.literal_eval(re.search(r"__all__ = (\[.*?\])", text, re.S).group(1))
+    assert set(exported) == {"SDSegSlicer", "SDSegSlicerWidget", "SDSegSlicerLogic", "SDSegSlicerTest",
+                             "SDSegSlicerParameterNode"}
+    tree = ast.parse(text)
+    defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    imported = {alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert set(exported) <= defined | imported
 
 
 def parameter_annotations(tree):
@@ -140,7 +159,7 @@ def imported_modules(path):
 
 
 def test_module_lib_and_web_app_never_import_torch():
-    files = [MODULE_SCRIPT, *sorted(LIB_DIR.glob("*.py")), *sorted((REPO / "SDSegSlicerWeb").glob("*.py"))]
+    files = [*MODULE_FILES, *sorted(LIB_DIR.glob("*.py")), *sorted((REPO / "SDSegSlicerWeb").glob("*.py"))]
     assert LIB_DIR / "module_logic.py" in files
     offenders = {f.name: sorted(m for m in imported_modules(f) if m.split(".")[0] == "torch") for f in files}
     assert REPO / "SDSegSlicerWeb" / "app.py" in files
@@ -154,7 +173,7 @@ def cmake_listed_files(path, prefix_variable="${MODULE_NAME}"):
 
 def test_cmake_lists_every_lib_file_and_resource():
     listed = cmake_listed_files(MODULE_CMAKE)
-    lib_files = {f"SDSegSlicerLib/{p.name}" for p in LIB_DIR.glob("*.py")}
+    lib_files = {f"{folder.name}/{p.name}" for folder in (LIB_DIR, GUI_DIR) for p in folder.glob("*.py")}
     assert lib_files <= listed, f"not in SDSegSlicer/CMakeLists.txt: {sorted(lib_files - listed)}"
     assert {"SDSegSlicer.py", "Resources/UI/SDSegSlicer.ui", "Resources/Icons/SDSegSlicer.png"} <= listed
     missing = sorted(f for f in listed if not (MODULE_DIR / f).is_file())

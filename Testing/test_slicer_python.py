@@ -1,5 +1,5 @@
-"""The module in 3D Slicer's own Python: the import graph of SDSegSlicer.py and of every SDSegSlicerLib module
-loads with only what Slicer ships.
+"""The module in 3D Slicer's own Python: the import graph of SDSegSlicer.py (with its SDSegSlicerGui files) and of
+every SDSegSlicerLib module loads with only what Slicer ships.
 
 Slicer 5.6 bundles the Python distributions its SuperBuild names (backend_install.SLICER_SHIPPED: 5.8 and 5.10 ship
 the same names) plus its own application modules (slicer, vtk, qt, ctk). This environment has far
@@ -24,6 +24,8 @@ from SDSegSlicerLib import backend_install
 
 MODULE_SCRIPT = Path(__file__).resolve().parents[1] / "SDSegSlicer" / "SDSegSlicer.py"
 LIB_DIR = MODULE_SCRIPT.parent / "SDSegSlicerLib"
+# The module script and the Qt package it imports its classes from (their own imports are followed here).
+MODULE_FILES = [MODULE_SCRIPT, *sorted((MODULE_SCRIPT.parent / "SDSegSlicerGui").glob("*.py"))]
 
 # Import names of the distributions Slicer ships (the table the backend installer pins).
 SLICER_SHIPPED = frozenset(name for names in backend_install.SLICER_SHIPPED.values() for name in names)
@@ -36,7 +38,7 @@ IMPORT_GRAPH = r"""
 import ast, importlib, json, pkgutil, sys
 allowed = set(json.loads(sys.argv[1]))
 application_only = tuple(json.loads(sys.argv[2]))
-module_script, lib_dir, extra = sys.argv[3], sys.argv[4], sys.argv[5:]
+module_scripts, lib_dir, extra = sys.argv[3].split(","), sys.argv[4], sys.argv[5:]
 
 import slicer, slicer.util, vtk  # the application's modules, loaded as Slicer loads them
 
@@ -54,11 +56,11 @@ class RefuseWhatSlicerDoesNotShip:
         raise ModuleNotFoundError(f"No module named {name!r} (3D Slicer does not ship it)", name=name)
 
 sys.meta_path.insert(0, RefuseWhatSlicerDoesNotShip())
-tree = ast.parse(open(module_script, encoding="utf-8").read())
-for node in tree.body:  # module-level imports: what `import SDSegSlicer` runs
+body = [node for script in module_scripts for node in ast.parse(open(script, encoding="utf-8").read()).body]
+for node in body:  # module-level imports: what `import SDSegSlicer` runs, through its SDSegSlicerGui files
     if isinstance(node, ast.Import):
         wanted = [(alias.name, None) for alias in node.names]
-    elif isinstance(node, ast.ImportFrom):
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and not node.module.startswith("SDSegSlicerGui"):
         wanted = [(node.module, alias.name) for alias in node.names]
     else:
         continue
@@ -81,7 +83,7 @@ def import_like_slicer(*extra_modules: str) -> subprocess.CompletedProcess:
     allowed = sorted(SLICER_SHIPPED | SLICER_APPLICATION)
     return subprocess.run(
         [sys.executable, "-c", IMPORT_GRAPH, json.dumps(allowed), json.dumps(APPLICATION_ONLY_IMPORTS),
-         str(MODULE_SCRIPT), str(LIB_DIR), *extra_modules],
+         ",".join(map(str, MODULE_FILES)), str(LIB_DIR), *extra_modules],
         capture_output=True, text=True, timeout=120,
         env=dict(os.environ, PYTHONPATH=lib_python_path()))
 

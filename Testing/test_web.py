@@ -318,3 +318,47 @@ def test_the_worker_of_a_remote_server(browser, tmp_path):
         web.stop()
         server.stop()
     assert any("POST /jobs" in line for line in server.lines)  # the job ran on the server
+
+
+def test_a_dicom_folder_in_and_dicom_seg_out(browser, tmp_path):
+    import pydicom
+    from slicerlib_testing import write_ct_series
+
+    image = sitk.ReadImage(str(SAMPLE))
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    series = write_ct_series(tmp_path / "brain_series", sitk.GetArrayFromImage(image), ijk_to_lps)
+    web = WebProcess(str(series))
+    try:
+        page = open_page(browser, web.url)
+        assert page.inner_text("#sdseg-volume-name") == "brain_series"
+        click_tumour(page)
+        segment_with(page, MODEL)
+        seg = pydicom.dcmread(download(page, "dicom", tmp_path))
+        page.close()
+    finally:
+        web.stop()
+    assert seg.Modality == "SEG"
+    assert [item.SegmentLabel for item in seg.SegmentSequence][:2] == ["consensus", "sample 1"]
+    source_series = pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
+
+
+def test_a_worker_that_cannot_start_is_one_line_and_the_page_stays(browser, tmp_path):
+    web = WebProcess(str(SAMPLE), "--python", shutil.which("false"))
+    try:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(web.url)
+        page.wait_for_function("document.querySelector('#sdseg-status')?.innerText.includes('worker')",
+                               timeout=CLI_TIMEOUT_S * 1000)
+        status = page.inner_text("#sdseg-status")
+        assert "\n" not in status.strip() and "Traceback" not in status
+        page.click("#sdseg-segment")  # tries again, says so again; the volume stays loaded
+        page.wait_for_timeout(2000)
+        assert "worker" in page.inner_text("#sdseg-status")
+        assert page.inner_text("#sdseg-volume-name") == "sample"
+        page.close()
+    finally:
+        web.stop()
+    assert "Traceback" not in "".join(web.lines)
