@@ -25,7 +25,8 @@ def test_sdseg_help_lists_subcommands(capsys):
     assert all(name in out for name in cli.SUBCOMMANDS)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["segment", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *([command, "--help"]
+                                                 for command in ("segment", "models", "batch", "serve", "web"))])
 def test_sdseg_slicer_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         headless.main(argv)

@@ -2,8 +2,9 @@
 each batch is gathered, given one rater's mask per image, flipped and given its prompt channels there, without a
 file read per item.
 
-Every random draw of a batch (which rater, which flips, which prompts) comes from the CPU generator the caller passes, so a step's
-batch depends only on that generator's seed, not on the device or on earlier steps (resumable training).
+Every random draw of a batch (which rater, which flips, which prompts) comes from the CPU generator the caller
+passes, so a step's batch depends only on that generator's seed, not on the device or on earlier steps
+(resumable training).
 """
 
 from __future__ import annotations

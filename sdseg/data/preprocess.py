@@ -126,7 +126,8 @@ def object_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_pe
                  rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """Crops of an atlas case (``case.objects``): for each labelled structure, ``crops_per_object`` ROIs around it
     (:func:`lesion_rois`, no margin slices), each on ``slices`` of its slices spread evenly over the middle
-    (OBJECT_SLICE_SPAN of its extent: near its ends a structure is a speck), with that structure alone as the mask (the task: "the object at this prompt", whatever else surrounds it)."""
+    (OBJECT_SLICE_SPAN of its extent: near its ends a structure is a speck), with that structure alone as the mask
+    (the task: "the object at this prompt", whatever else surrounds it)."""
     dims_ijk = case.image.shape[::-1]
     slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
     for label in np.unique(case.objects[case.objects > 0]):

@@ -1,8 +1,9 @@
 """Loaders of real medical images with segmentation masks, each documenting where the data come from and its licence.
 
 Every loader returns a list of :class:`CaseRef` (patient id + ``read()``, so one volume at a time is in memory);
-``read()`` gives a :class:`Case` (one patient volume, or one image for 2D sources): ``image`` float32 (K, J, I) in the source's intensity units, ``masks`` uint8 (R, K, J, I) in {0, 1} (R raters),
-``ijk_to_ras`` 4x4. 2D sources (LIDC crops, Kvasir) give K = 1 and ``whole_image_roi`` True: the whole image
+``read()`` gives a :class:`Case` (one patient volume, or one image for 2D sources): ``image`` float32 (K, J, I) in
+the source's intensity units, ``masks`` uint8 (R, K, J, I) in {0, 1} (R raters), ``ijk_to_ras`` 4x4, and for
+atlases ``objects``, a label map whose labels are separate objects. 2D sources (LIDC crops, Kvasir) give K = 1 and ``whole_image_roi`` True: the whole image
 is the region of interest; for 3D sources the preprocessing cuts regions of interest around each lesion, as a user
 would draw them in Slicer. Nothing here touches the network: data obtained elsewhere are read from a local path.
 See docs/data.md for how to obtain each source.
