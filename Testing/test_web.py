@@ -129,6 +129,17 @@ def click_tumour(page) -> tuple[float, float]:
     return i, j
 
 
+def draw_box(page, corner: tuple[float, float], opposite: tuple[float, float]) -> None:
+    """Draw box, then its two opposite corners (voxels i, j of the shown slice) in the axial view."""
+    page.click("#sdseg-place-box")
+    for i, j in (corner, opposite):
+        x, y = axial_screen_position(page, i, j)
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+    page.wait_for_function("document.querySelector('#sdseg-status').innerText.startsWith('Box drawn')",
+                           timeout=10_000)
+
+
 def segment_with(page, model: str) -> None:
     """Choose ``model``, press Segment and wait for the run's end."""
     page.locator(".v-select").filter(has=page.locator("#sdseg-model")).click()
@@ -299,7 +310,7 @@ def test_upload_too_large_or_unreadable_keeps_the_volume(browser, tmp_path):
         web.stop()
 
 
-def test_the_worker_of_a_remote_server(browser, tmp_path):
+def test_a_box_drawn_on_the_worker_of_a_remote_server(browser, tmp_path):
     from test_remote import TOKEN as SERVER_TOKEN
     from test_remote import ServerProcess
 
@@ -308,11 +319,15 @@ def test_the_worker_of_a_remote_server(browser, tmp_path):
     web = WebProcess(str(SAMPLE), "--server", server.url, "--worker-token", SERVER_TOKEN)
     try:
         page = open_page(browser, web.url)
-        click_tumour(page)
+        i, j = tumour_click_ijk()
+        draw_box(page, (i - 13, j + 13), (i + 13, j - 13))  # a box around the tumour instead of a click
         segment_with(page, MODEL)
         assert re.search(r"lesion 1: \d+\.\d\d ml on \d+ slice", page.inner_text("#sdseg-status"))
         masks = read_result(download(page, "segmentation", tmp_path))
-        assert masks["consensus"].any() and len(masks) == 1 + 8
+        assert masks["consensus"][SHOWN_SLICE].any() and len(masks) == 1 + 8
+        box = np.zeros_like(masks["consensus"][SHOWN_SLICE])
+        box[int(j) - 14:int(j) + 15, int(i) - 14:int(i) + 15] = True
+        assert not (masks["consensus"][SHOWN_SLICE] & ~box).any()  # the drawn box bounds the prompted slice
         page.close()
     finally:
         web.stop()
