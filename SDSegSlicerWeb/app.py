@@ -79,14 +79,13 @@ class SDSegWebApp(TrameApp):
             "sdseg_volume_name": "", "sdseg_volume_loaded": False,
             "sdseg_models": result_view.model_choices([]), "sdseg_model": "",
             "sdseg_samples": DEFAULT_SAMPLES, "sdseg_steps": 0, "sdseg_seed": 0, "sdseg_device": "auto",
-            "sdseg_device_line": "worker not started", "sdseg_worker_ready": False,
+            "sdseg_device_line": "worker not started",
             "sdseg_points": [], "sdseg_box": "", "sdseg_placing": "",
             "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_text": "",
             "sdseg_status": "", "sdseg_status_error": False,
             "sdseg_has_result": False, "sdseg_sample_label": "Sample -", "sdseg_sample_mode": "none",
             "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
             "sdseg_stats_headers": [], "sdseg_stats_rows": [], "sdseg_export_names": {},
-            "sdseg_editing": False,
         })
         self.state.change("sdseg_variance_on", "sdseg_variance_opacity")(self.on_variance_display)
         self.state.change("sdseg_variance_threshold")(self.on_variance_threshold)
@@ -206,7 +205,6 @@ class SDSegWebApp(TrameApp):
         with self.state:
             self.state.sdseg_models = result_view.model_choices(hello.get("models", []))
             self.state.sdseg_device_line = result_view.describe_device(hello)
-            self.state.sdseg_worker_ready = True
             if self.state.sdseg_status == WORKER_STARTING:
                 self.set_status("Worker ready: click the lesion, then Segment." if self.volume_node is not None
                                 else "Worker ready: upload a volume.")
@@ -216,11 +214,9 @@ class SDSegWebApp(TrameApp):
 
     def job(self) -> dict:
         """The segment job of the page's settings (ValueError says what to fix)."""
-        points = self.points_node if self.points_node is not None and self.points_node.GetNumberOfControlPoints() \
-            else None
         roi = self.roi_node if self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete() \
             else None
-        return self.session.build_job(self.volume_node, points_node=points, roi_node=roi,
+        return self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
                                       model=self.state.sdseg_model or None, samples=int(self.state.sdseg_samples),
                                       steps=int(self.state.sdseg_steps) or None, seed=int(self.state.sdseg_seed),
                                       device=self.state.sdseg_device)
@@ -310,9 +306,8 @@ class SDSegWebApp(TrameApp):
         variance = self.session.result_variance if self.session.has_result() else None
         if variance is None or variance.GetScene() is None:
             return
-        if sdseg_variance_on:
+        if sdseg_variance_on:  # also sets the opacity of the views that show it already
             variance_display.show_variance_overlay(variance, float(sdseg_variance_opacity))
-            variance_display.set_variance_opacity(variance, float(sdseg_variance_opacity))
         else:
             variance_display.hide_variance_overlay(variance)
 

@@ -22,11 +22,10 @@ from trame.widgets.vuetify3 import (
 from trame_slicer.app.ui import SegmentEditorUI, ViewerLayout
 from trame_slicer.app.ui.control_button import ControlButton
 
-from SDSegSlicerLib.run import MAX_SAMPLES
+from SDSegSlicerLib.run import DEVICES, MAX_SAMPLES
 
 PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
-DEVICES = ("auto", "cpu", "cuda")
 EXPORT_BUTTONS = (("segmentation", ".seg.nrrd"), ("nifti", "NIfTI labelmap"), ("dicom", "DICOM SEG"),
                   ("variance", "variance .nrrd"), ("stats", "statistics .csv"))
 

@@ -158,8 +158,8 @@ def training_prompts(raters: torch.Tensor, generator: torch.Generator,
     corners = (torch.rand(batch, 4, generator=generator) * size).to(device)
 
     inside = torch.where(majority.flatten(1).any(1)[:, None, None], majority, union)
-    candidates = torch.where(on_border[:, None, None] & _border(inside).flatten(1).any(1)[:, None, None],
-                             _border(inside), inside)
+    border = _border(inside)
+    candidates = torch.where(on_border[:, None, None] & border.flatten(1).any(1)[:, None, None], border, inside)
     points = (_random_pixel(candidates, scores) + jitter).clamp(0, size - 1)
 
     rows, columns = union.any(2), union.any(1)

@@ -6,7 +6,7 @@ from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLSca
 from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 
 from SDSegSlicerLib.prompts import DEFAULT_STOP_AFTER_EMPTY
-from SDSegSlicerLib.run import DEFAULT_SAMPLES, MAX_SAMPLES
+from SDSegSlicerLib.run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES
 
 
 @parameterNodeWrapper
@@ -37,7 +37,7 @@ class SDSegSlicerParameterNode:
     samples: Annotated[int, WithinRange(1, MAX_SAMPLES)] = DEFAULT_SAMPLES
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     seed: Annotated[int, Minimum(0)] = 0
-    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
     pythonExecutable: str = ""
     serverUrl: str = ""
     varianceOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

@@ -129,6 +129,14 @@ def export_nifti_labelmap(segmentation_node, path, segment_ids=None) -> dict[int
 
 # --- DICOM SEG ------------------------------------------------------------------------------------------------------
 
+def dicom_series_files(folder) -> list[str]:
+    """The files of the largest DICOM series in ``folder`` (the series the worker reads, sdseg.volume_io), in
+    slice order; empty if it holds none."""
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    return list(max((reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series), key=len, default=()))
+
+
 def _source_dicom_files(segmentation_node, source_dicom):
     """Files of the source DICOM series: `source_dicom` (folder or file list), else the files 3D Slicer's DICOM
     database holds for the volume the segmentation was made on."""

@@ -29,11 +29,11 @@ import slicer
 import vtk
 
 from .batch import BatchError, add_prompts, read_inputs, run_batch
-from .export import export_segmentation, export_volume
+from .export import dicom_series_files, export_segmentation, export_volume
 from .outputs import OutputError, check_outputs, output_paths
 from .preview import write_preview
 from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
-from .run import DEFAULT_SAMPLES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
+from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
 from .segmentation_writer import ensure_converter_rules
 from .stats import segmentation_statistics, write_statistics
 from .remote_client import TOKEN_ENVIRONMENT_VARIABLE, RemoteWorkerClient
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"number of samples, 1 to {MAX_SAMPLES} (default {DEFAULT_SAMPLES})")
     segment.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
     segment.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    segment.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: automatic)")
     add_worker_options(segment)
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -228,8 +228,18 @@ def start_client(args):
     return client
 
 
+def listening_token(args) -> str | None:
+    """The token a `serve` or `web` server requires: --token, else $SDSEG_TOKEN, else none."""
+    return args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
+
+
+def require_input(path: str) -> None:
+    if not Path(path).exists():
+        raise UsageError(f"{path}: no such file or folder; give a volume file or a DICOM series folder")
+
+
 def command_serve(args) -> int:
-    token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
+    token = listening_token(args)
     data_root = Path(args.data_root) if args.data_root else None
     if data_root is not None and not data_root.is_dir():
         raise UsageError(f"--data-root {args.data_root}: no such folder")
@@ -254,9 +264,9 @@ def command_web(args) -> int:
         from SDSegSlicerWeb.command import run
     except ImportError as error:
         raise UsageError(f"the web app needs trame-slicer ({error}): pip install 'sdseg-slicer[web]'") from None
-    token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
-    if args.input and not Path(args.input).exists():
-        raise UsageError(f"{args.input}: no such file or folder; give a volume file or a DICOM series folder")
+    token = listening_token(args)
+    if args.input:
+        require_input(args.input)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("SDSegSlicerWeb").setLevel(logging.INFO)
     try:
@@ -271,7 +281,7 @@ def command_web(args) -> int:
 BATCH_SEGMENT_OPTIONS = [  # passed on to each volume's `segment`
     ("--model", {"help": "model name or folder"}), ("--samples", {"type": int_from(1, MAX_SAMPLES)}),
     ("--steps", {"type": positive_int}), ("--seed", {"type": non_negative_int}),
-    ("--device", {"choices": ("auto", "cuda", "cpu")}), ("--stop-after-empty", {"type": positive_int}),
+    ("--device", {"choices": DEVICES}), ("--stop-after-empty", {"type": positive_int}),
     ("--max-slices", {"type": positive_int}), ("--server", {"metavar": "URL"}), ("--token", {}), ("--python", {}),
 ]
 
@@ -392,9 +402,7 @@ def read_input_voxels(path: str, shape_kji):
     try:
         if Path(path).is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(path)
-            files = max((reader.GetGDCMSeriesFileNames(path, uid) for uid in series), key=len, default=())
-            reader.SetFileNames(files)
+            reader.SetFileNames(dicom_series_files(path))
             image = reader.Execute()
         else:
             image = sitk.ReadImage(path)
@@ -429,8 +437,7 @@ def write_outputs(run, paths, args) -> dict:
 
 
 def command_segment(args) -> int:
-    if not Path(args.input).exists():
-        raise UsageError(f"{args.input}: no such file or folder; give a volume file or a DICOM series folder")
+    require_input(args.input)
     points = [{"point_ras": point} for point in args.point] + [{"point_ijk": point} for point in args.point_ijk]
     if points and args.whole_volume:
         raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk, or --whole-volume")

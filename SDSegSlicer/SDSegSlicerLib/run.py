@@ -12,10 +12,11 @@ from pathlib import Path
 
 from .segmentation_writer import StreamedSegmentationWriter
 
-# The worker's default and largest number of samples (sdseg.worker.protocol; a test keeps them equal): the
-# module's and the command's default and limit.
+# The worker's default and largest number of samples and its devices (sdseg.worker.protocol; a test keeps them
+# equal): the module's, the web app's and the command's default, limit and choices.
 DEFAULT_SAMPLES = 8
 MAX_SAMPLES = 256
+DEVICES = ("auto", "cuda", "cpu")
 VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
 
 

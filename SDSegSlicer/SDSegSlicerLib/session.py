@@ -214,8 +214,8 @@ class SegmentationSession:
 
     def export_result(self, what: str, folder, source_dicom=None) -> str:
         """Write one export (one of EXPORTS) into ``folder``, named by export_file_names(); returns its path.
-        ``source_dicom``: the folder of the input's DICOM series (DICOM SEG; inside Slicer the volume's DICOM
-        attributes say it)."""
+        ``source_dicom``: the folder or the files of the input's DICOM series (DICOM SEG; inside Slicer the volume's
+        DICOM attributes say it)."""
         if what not in EXPORT_SUFFIXES:
             raise ValueError(f"Unknown export '{what}'; choose one of {', '.join(EXPORTS)}.")
         path = os.path.join(folder, self.export_file_names()[what])
