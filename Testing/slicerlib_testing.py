@@ -22,6 +22,7 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING = (0.7, 1.1, 2.3)
 MODEL_NAME = "tiny-ambiguous"
 BRIGHT_MODEL_NAME = "bright-voxels"  # the threshold model: mask = intensity above the middle of its window
+BRIGHT_3D_MODEL_NAME = "bright-voxels-3d"  # the same, taking the prompt channels point, box and previous
 BRIGHT_MODEL_SIZE = 16  # its input size and its crops' in-plane size: masks are exactly the bright voxels
 BRIGHT_WINDOW = (0.0, 200.0)  # its intensity window: voxels above 100 are "lesion", whatever else is around
 CLI_TIMEOUT_S = 240
@@ -135,10 +136,10 @@ def write_volume_file(path, array_kji, ijk_to_ras):
     return path
 
 
-def write_ct_series(folder, array_kji, ijk_to_lps, shuffle_seed=0):
+def write_ct_series(folder, array_kji, ijk_to_lps, shuffle_seed=0, series_uid=None, patient_id="P1"):
     """A CT series, one file per K slice, in a shuffled file order with shuffled instance numbers."""
     folder.mkdir()
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    study, series, frame_of_reference = generate_uid(), series_uid or generate_uid(), generate_uid()
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
     order = np.random.default_rng(shuffle_seed).permutation(array_kji.shape[0])
     for file_number, k in enumerate(order):
@@ -149,7 +150,7 @@ def write_ct_series(folder, array_kji, ijk_to_lps, shuffle_seed=0):
         ds = FileDataset(str(folder / f"im{file_number:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", patient_id, "19700101", "O"
         ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "A1", ""
         ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.Modality = "1", 1, int(file_number) + 1, "CT"
         ds.Manufacturer, ds.PositionReferenceIndicator = "test", ""

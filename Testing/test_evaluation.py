@@ -150,6 +150,17 @@ def write_hand_made_dataset(folder: Path) -> Path:
     return folder
 
 
+def test_reports_name_semi_synthetic_data(tmp_path, model_dir):
+    data = write_hand_made_dataset(tmp_path / "hand")
+    info = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**info, "semi_synthetic": True}))
+    assert main(["--model", str(model_dir), "--data", str(data), "--samples", "1", "--steps", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["data"]["semi_synthetic"] is True
+    assert "(SEMI-SYNTHETIC (real LIDC outlines, painted nodules) data, 2 raters)" in \
+        (tmp_path / "out" / "metrics.md").read_text()
+
+
 def test_baselines_on_a_hand_made_case(tmp_path, model_dir):
     data = write_hand_made_dataset(tmp_path / "hand")
     assert main(["--model", str(model_dir), "--data", str(data), "--samples", "1", "--steps", "1", "--baselines",

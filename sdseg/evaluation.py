@@ -211,6 +211,13 @@ def _cell(value) -> str:
     return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
 
 
+def data_kind(data: dict) -> str:
+    """'real', 'synthetic' or 'SEMI-SYNTHETIC (real LIDC outlines, painted nodules)' for a report's data entry."""
+    if data.get("semi_synthetic"):
+        return "SEMI-SYNTHETIC (real LIDC outlines, painted nodules)"
+    return "synthetic" if data["synthetic"] else "real"
+
+
 def markdown_report(report: dict) -> str:
     """The metrics table with a caption stating every convention."""
     header = ["predictor", "samples", "post-processing"] + [title for _, title in METRIC_COLUMNS]
@@ -223,7 +230,7 @@ def markdown_report(report: dict) -> str:
     data, settings = report["data"], report["settings"]
     lines += ["", *[f"- {text}" for text in [
         f"Data: {data['cases']} cases of the {data['split']} split of {data['name']} "
-        f"({'synthetic' if data['synthetic'] else 'real'} data, {data['n_raters']} raters), {data['path']}. "
+        f"({data_kind(data)} data, {data['n_raters']} raters), {data['path']}. "
         f"Model: {report['model']['name']} ({report['model']['kind']}, {report['model']['parameters']:,} "
         f"parameters), steps {settings['steps'] or 'model default'}, seed {settings['seed']}.",
         "Consensus = pixels in at least half of a case's samples. Dice/IoU vs raters: of the consensus with each "
@@ -394,7 +401,8 @@ def evaluate(args: argparse.Namespace) -> Path:
         "model": {"name": folder.name, "path": str(folder), "kind": model.kind,
                   "parameters": model.num_parameters()},
         "data": {"name": info["name"], "path": str(data.resolve()), "split": args.split, "cases": len(images),
-                 "n_raters": info["n_raters"], "synthetic": info["synthetic"]},
+                 "n_raters": info["n_raters"], "synthetic": info["synthetic"],
+                 "semi_synthetic": bool(info.get("semi_synthetic", False))},
         "settings": {"samples": args.samples, "seed": args.seed, "steps": args.steps, "device": str(device),
                      "batch_size": batch_size, "relative_area_r": RELATIVE_AREA, "ged_self_pairs": False,
                      "prompt": (f"{args.prompt} (lesion case: the most interior point of the raters' majority; "

