@@ -27,9 +27,9 @@ def one_torch_thread():
 def tiny_models_dir(tmp_path_factory):
     """A models folder with the tiny ambiguous model (random weights), named MODEL_NAME, and the threshold model
     BRIGHT_MODEL_NAME (intensity above the middle of BRIGHT_WINDOW, on BRIGHT_MODEL_SIZE^2 inputs: its masks are
-    known exactly). It imports torch in the test process only; the MRML side never does."""
+    known exactly), also as BRIGHT_3D_MODEL_NAME with the prompt channels point, box and previous. It imports torch in the test process only; the MRML side never does."""
     import torch
-    from slicerlib_testing import BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, BRIGHT_WINDOW, MODEL_NAME
+    from slicerlib_testing import BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, BRIGHT_WINDOW, MODEL_NAME
 
     from sdseg.checkpoint import save_model
     from sdseg.models import build_model
@@ -41,6 +41,11 @@ def tiny_models_dir(tmp_path_factory):
                            crop={"in_plane_voxels": BRIGHT_MODEL_SIZE, "lesion_margin": 1.2},
                            preprocessing={"normalization": "ct_window", "window": list(BRIGHT_WINDOW)}),
                folder / BRIGHT_MODEL_NAME, card="# Bright voxels: normalised intensity > 0 (test model)")
+    save_model(build_model("threshold", "tiny", image_size=BRIGHT_MODEL_SIZE, threshold=0.0, polarity="above",
+                           crop={"in_plane_voxels": BRIGHT_MODEL_SIZE, "lesion_margin": 1.2},
+                           preprocessing={"normalization": "ct_window", "window": list(BRIGHT_WINDOW)},
+                           image_channels=4, prompt_channels=["point", "box", "previous"]),
+               folder / BRIGHT_3D_MODEL_NAME, card="# Bright voxels, taking the previous slice's mask (test model)")
     return folder
 
 

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from slicerlib_testing import (BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
+from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
                                read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
 
 SHAPE_KJI = (18, 30, 34)  # every axis at least the crop size: crops are never resized
@@ -84,6 +84,21 @@ def test_points_follow_the_slice_axis_of_any_orientation(tmp_path, worker_env, s
     assert summary["slice_axis"] == superior_axis
     assert summary["lesions"][0]["slices"] == int(a.any(axis=tuple(x for x in range(3) if x != 2 - superior_axis))
                                                   .sum())
+
+
+def test_the_summary_says_whether_samples_are_3d_hypotheses(tmp_path, worker_env):
+    ijk_to_ras = oblique_ijk_to_ras()
+    volume = volume_with_blobs(tmp_path / "two.nrrd", ijk_to_ras)
+    a, _ = blobs()
+    for model, expected in ((BRIGHT_MODEL_NAME, "per-slice draws"), (BRIGHT_3D_MODEL_NAME, "3D hypotheses")):
+        output = tmp_path / f"{model}.seg.nrrd"
+        _, summary = segment(worker_env, volume, output, "--point-ijk", "10,12,5", "--model", model)
+        assert summary["samples_are"].startswith(expected), summary["samples_are"]
+        masks, _ = read_seg_nrrd_with_slicerio(output)
+        for name, mask in masks.items():
+            np.testing.assert_array_equal(mask, a, err_msg=f"{model}: {name}")
+    _, summary = segment(worker_env, volume, tmp_path / "whole.seg.nrrd", "--model", BRIGHT_3D_MODEL_NAME)
+    assert summary["mode"] == "whole volume" and summary["samples_are"].startswith("per-slice draws")
 
 
 def test_a_point_without_lesion_says_so_and_gives_empty_segments(tmp_path, worker_env):

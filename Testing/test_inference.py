@@ -211,3 +211,27 @@ def test_the_pass_planner_fills_passes_with_whole_slices_or_chunks_of_one_slices
         drawn = [(item, sample) for p in passes for item in p.items for sample in p.samples]
         assert sorted(drawn) == [(i, n) for i in range(count) for n in range(samples)]  # each exactly once
         assert all(len(p.items) * len(p.samples) <= batch for p in passes)
+
+
+def test_a_model_taking_the_previous_mask_conditions_each_sample_on_its_own_with_the_same_noise():
+    """With the ``previous`` channel every (crop, sample) is one conditioning image: unknown previous masks give
+    exactly the samples of the model's own batched call (same noise), and changing sample 1's previous mask
+    changes sample 1 only. (The tiny ambiguous model with random weights: its masks depend on every input.)"""
+    from sdseg.masks import postprocess
+    from sdseg.noise import sample_generators
+
+    torch.manual_seed(0)
+    model = build_model("ambiguous", "tiny", image_channels=4, prompt_channels=["point", "box", "previous"]).eval()
+    crop = np.random.default_rng(0).uniform(-1, 1, (32, 32)).astype(np.float32)
+    unknown = inference.sample_crops(model, [crop], [3], range(3), 3, 0, 32)[0]
+    images = torch.cat([torch.from_numpy(crop)[None, None], torch.zeros(1, 3, 32, 32)], dim=1)
+    direct = model.sample(images, 3, steps=3, generator=sample_generators(0, 3, range(3), 0)) > 0.5
+    np.testing.assert_array_equal(unknown, postprocess(direct, model.config)[0].numpy())
+    square = np.zeros((32, 32), dtype=bool)
+    square[8:20, 8:20] = True
+    same = inference.sample_crops(model, [crop], [3], range(3), 3, 0, 32, previous=[np.stack([square] * 3)])[0]
+    other = np.stack([square, ~square, square])
+    changed = inference.sample_crops(model, [crop], [3], range(3), 3, 0, 32, previous=[other])[0]
+    np.testing.assert_array_equal(changed[[0, 2]], same[[0, 2]])
+    assert not np.array_equal(changed[1], same[1])
+    assert not np.array_equal(same, unknown)

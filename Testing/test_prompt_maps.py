@@ -10,17 +10,16 @@ import torch
 
 from sdseg.inference import ModelMismatchError, check_model_fits_volume
 from sdseg.masks import interior_point, interior_points
-from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, PROMPT_CHANNELS, PROPAGATION_CLICK_ODDS,
-                               CropPrompt,
-                               crop_prompt_maps, data_channels, object_click, prompt_channels_of, prompt_maps,
-                               training_prompts)
+from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, PREVIOUS_UNKNOWN_ODDS, PROMPT_CHANNELS,
+                               PROPAGATION_CLICK_ODDS, CropPrompt, crop_prompt_maps, data_channels, object_click,
+                               prompt_channels_of, prompt_maps, training_prompts)
 
 NAN = float("nan")
 
 
 def test_a_click_is_a_gaussian_at_the_point_and_a_box_its_inside():
     maps = prompt_maps(torch.tensor([[5.0, 9.0], [NAN, NAN]]), torch.tensor([[2.0, 6.0, 3.0, 12.0], [NAN] * 4]), 16,
-                       PROMPT_CHANNELS)
+                       ("point", "box"))
     assert maps.shape == (2, 2, 16, 16)
     point, box = maps[0]
     assert divmod(int(point.argmax()), 16) == (5, 9) and point.max() == 1.0
@@ -38,6 +37,22 @@ def test_crop_prompts_are_scaled_to_the_model_size_by_pixel_centres():
     assert prompt.box == pytest.approx((0.0, 16.0, 2.0, 6.0))
     maps = crop_prompt_maps([CropPrompt(point=(39.0, 39.0)), None], [(40, 40), (10, 10)], 8, ("point",), "cpu")
     assert divmod(int(maps[0, 0].argmax()), 8) == (7, 7) and not maps[1].any()
+
+
+def test_the_previous_slice_mask_is_plus_one_inside_minus_one_outside_zero_unknown():
+    previous = torch.full((2, 16, 16), -1.0)
+    previous[0, 4:8, 4:8] = 1.0
+    previous[1] = 0.0
+    maps = prompt_maps(torch.full((2, 2), NAN), torch.full((2, 4), NAN), 16, PROMPT_CHANNELS, previous)
+    assert maps.shape == (2, 3, 16, 16) and torch.equal(maps[:, 2], previous) and not maps[:, :2].any()
+    unknown = prompt_maps(torch.full((1, 2), NAN), torch.full((1, 4), NAN), 16, PROMPT_CHANNELS)
+    assert not unknown.any()
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[10:30, 20:40] = True  # a crop's previous-slice mask, resized to the model's 8 x 8
+    maps = crop_prompt_maps([None, None], [(40, 40), (40, 40)], 8, PROMPT_CHANNELS, "cpu", [mask, None])
+    expected = -torch.ones(8, 8)
+    expected[2:6, 4:8] = 1.0
+    assert torch.equal(maps[0, 2], expected) and not maps[1].any()
 
 
 def test_prompt_channels_are_validated_and_counted_after_the_image():
@@ -63,7 +78,8 @@ def _batch_with_objects(batch: int = 400, size: int = 24):
 
 def test_training_prompts_come_from_the_ground_truth():
     raters = _batch_with_objects()
-    points, boxes = training_prompts(raters, torch.Generator().manual_seed(0))
+    points, boxes, previous = training_prompts(raters, torch.Generator().manual_seed(0))
+    assert previous is None
     objects, negatives = slice(0, None, 2), slice(1, None, 2)
     clicked, boxed = ~points[:, 0].isnan(), ~boxes[:, 0].isnan()
     # a crop showing the object: clicks inside the raters' majority (the border of it included, +-1 px jitter)
@@ -124,7 +140,7 @@ def test_the_propagation_click_comes_from_the_neighbouring_slices_mask():
     neighbours = torch.zeros(400, 2, 24, 24, dtype=torch.bool)
     neighbours[:, 1, 14:22, 14:22] = True  # the slice after: an object at rows/columns 14..21 (interior 17.5)
     neighbours[::4] = False  # a quarter of the crops have no neighbour object
-    points, boxes = training_prompts(raters, torch.Generator().manual_seed(1), neighbours)
+    points, boxes, _ = training_prompts(raters, torch.Generator().manual_seed(1), neighbours)
     at_neighbour = (points - torch.tensor([17.5, 17.5])).abs().max(1).values <= 1.5
     with_neighbour = torch.ones(400, dtype=torch.bool)
     with_neighbour[::4] = False
@@ -140,3 +156,29 @@ def test_the_propagation_click_comes_from_the_neighbouring_slices_mask():
     without = training_prompts(raters, torch.Generator().manual_seed(1))
     unchanged = ~at_neighbour
     assert torch.equal(points[unchanged].nan_to_num(-1), without[0][unchanged].nan_to_num(-1))
+
+
+def test_training_gives_the_neighbour_the_click_came_from_as_previous_mask_or_unknown():
+    raters = _batch_with_objects(size=24)
+    neighbours = torch.zeros(400, 2, 24, 24, dtype=torch.bool)
+    neighbours[:, 0, 2:6, 2:6] = True  # the slice before: a small object
+    neighbours[:, 1, 14:22, 14:22] = True  # the slice after: another
+    has_neighbours = torch.ones(400, dtype=torch.bool)
+    has_neighbours[::5] = False  # crops without neighbours (2D sources, lesion-free crops): always unknown
+    plain = training_prompts(raters, torch.Generator().manual_seed(3), neighbours)
+    points, boxes, previous = training_prompts(raters, torch.Generator().manual_seed(3), neighbours, True,
+                                               has_neighbours)
+    assert torch.equal(points.nan_to_num(-1), plain.points.nan_to_num(-1))  # its draws come after the others'
+    assert torch.equal(boxes.nan_to_num(-1), plain.boxes.nan_to_num(-1))
+    unknown = ~previous.flatten(1).any(1)
+    assert unknown[~has_neighbours].all()
+    assert abs(unknown[has_neighbours].float().mean() - PREVIOUS_UNKNOWN_ODDS) < 0.08
+    known = ~unknown
+    before = known & (previous[:, 3, 3] == 1)
+    after = known & (previous[:, 17, 17] == 1)
+    assert torch.equal(before | after, known) and not (before & after).any()  # one neighbour, +1 in, -1 out
+    assert set(previous[known].unique().tolist()) == {-1.0, 1.0}
+    assert 0.3 < before[known].float().mean() < 0.7  # either neighbour
+    clicked_before = (points - torch.tensor([3.5, 3.5])).abs().max(1).values <= 1.5
+    clicked_after = (points - torch.tensor([17.5, 17.5])).abs().max(1).values <= 1.5
+    assert before[known & clicked_before].all() and after[known & clicked_after].all()  # the click's own slice

@@ -183,3 +183,31 @@ def test_a_prompted_model_gets_the_click_then_the_previous_consensus_interior():
     rows, columns = np.nonzero(box_map.numpy())
     assert not seen[0][0, 0].any(), "a box prompt: no click on its first slice"
     assert box_map.sum() == 13 * 13 and np.ptp(rows) == np.ptp(columns) == 12  # the 13 x 13 voxel box, unresized
+
+
+def test_a_model_taking_the_previous_mask_gets_sample_n_of_the_slice_before_for_sample_n():
+    """Sample n of each later slice is conditioned on sample n of the slice before it in its direction, in the new
+    crop's pixels (+1 inside, -1 outside); the prompted slice's samples see "unknown" (zeros). The threshold model
+    segments the bright disc exactly, so the expected previous masks are the disc of the slice before."""
+    array, truth = tube(step=(0.0, 2.0))
+    model = bright_model(size=32, crop=32, image_channels=4, prompt_channels=["point", "box", "previous"])
+    seen = []
+    sample = model.sample
+
+    def recording_sample(image, num_samples, *args, **kwargs):
+        seen.append((image[:, 3].clone(), num_samples))
+        return sample(image, num_samples, *args, **kwargs)
+
+    model.sample = recording_sample
+    results = run(model, array, [Prompt(point_ijk=(24.0, 10.0, 9.0))], samples=2, batch_size=2)
+    assert [r.index for r in results][:3] == [9, 10, 8]
+    (first, n_first), (second, n_second), (third, _) = seen[:3]
+    assert first.shape[0] == 2 and n_first == n_second == 1  # one conditioning image per (crop, sample)
+    assert not first.any()
+    for maps, result in ((second, results[1]), (third, results[2])):
+        i0, j0, k0, i1, j1, _ = result.box_ijk
+        expected = np.where(truth[9, j0:j1, i0:i1], 1.0, -1.0)  # slice 9's samples, in this slice's crop
+        for n in range(2):
+            np.testing.assert_array_equal(maps[n].numpy(), expected)
+    np.testing.assert_array_equal(assemble(results, array.shape)[0], truth)
+    assert propagation.takes_previous_masks(model.config) and not propagation.takes_previous_masks({})

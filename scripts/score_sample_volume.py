@@ -6,7 +6,9 @@ the default) or segmenting every slice (whole-volume mode). Prints tables.
 
 Prompt mode: one click at the tumour's centre (the centre of mass of its largest slice), propagated outward as
 the worker does; columns: Dice of the 3D consensus vs the label, consensus voxels on slices without tumour, slices
-visited, and for a click in tumour-free tissue the slices where a lesion was found (0 is right). Whole-volume mode:
+visited, the samples' coherence (mean Dice of consecutive slices within a sample / across two samples: equal for
+per-slice draws, within > across for 3D hypotheses), mean Dice of each sample (a 3D hypothesis) vs the label, and
+for a click in tumour-free tissue the slices where a lesion was found (0 is right). Whole-volume mode:
 mean Dice of the consensus on the tumour slices, Dice of the whole volume, consensus voxels on the other slices.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from SDSegSlicerLib.stats import slice_coherence
 from sdseg import registry
 from sdseg.checkpoint import load_model
 from sdseg.evaluation import prompt_point
@@ -45,27 +48,37 @@ def score_whole(model, volume, truth: np.ndarray, samples: int, seed: int) -> di
             "seconds": seconds}
 
 
-def run_prompt(model, volume, point, samples: int, seed: int) -> tuple[np.ndarray, int, float, float]:
-    """(consensus, slices visited, seconds to the first slice, seconds in all) of one click."""
+def run_prompt(model, volume, point, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """(consensus, samples (N, K, J, I), slices visited, seconds to the first slice, seconds in all) of one
+    click."""
     shape = volume.array_kji.shape
     consensus = np.zeros(shape, dtype=bool)
+    drawn = np.zeros((samples, *shape), dtype=bool)
     started, first, visited = time.perf_counter(), None, 0
     for result in propagate(model, volume.array_kji, volume.ijk_to_ras, 2, [Prompt(point_ijk=point)],
                             [0, 0, 0, shape[2], shape[1], shape[0]], samples, seed=seed):
         first = time.perf_counter() - started if first is None else first
         i0, j0, k0, i1, j1, k1 = result.box_ijk
         consensus[k0, j0:j1, i0:i1] = result.consensus > 0
+        drawn[:, k0, j0:j1, i0:i1] = result.samples > 0
         visited += 1
-    return consensus, visited, first, time.perf_counter() - started
+    return consensus, drawn, visited, first, time.perf_counter() - started
 
 
 def score_prompt(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
-    consensus, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
+    consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
     lesion = truth.any(axis=(1, 2))
-    healthy, _, _, _ = run_prompt(model, volume, HEALTHY_POINT_IJK, samples, seed)
+    healthy, _, _, _, _ = run_prompt(model, volume, HEALTHY_POINT_IJK, samples, seed)
+    coherence = slice_coherence(drawn, 0)
     return {"dice": dice(consensus, truth), "false_positive_voxels": int(consensus[~lesion].sum()),
             "slices": visited, "first_s": first, "seconds": seconds,
+            "within": coherence["within_samples"], "across": coherence["across_samples"],
+            "sample_dice": float(np.mean([dice(sample, truth) for sample in drawn])),
             "healthy_found_slices": int(healthy.any(axis=(1, 2)).sum())}
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
@@ -88,12 +101,14 @@ def main() -> None:
         print(f"\nPrompt mode: a click at the tumour centre {point} (IJK); a click in tumour-free tissue "
               f"{list(HEALTHY_POINT_IJK)}")
         print("| model | Dice (3D consensus vs label) | consensus voxels on slices without tumour | slices visited "
-              "| first slice s | total s | slices found at the tumour-free click |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+              "| first slice s | total s | coherence within / across samples | sample Dice vs label "
+              "| slices found at the tumour-free click |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, model in models.items():
             r = score_prompt(model, volume, truth, args.samples, args.seed)
             print(f"| {name} | {r['dice']:.3f} | {r['false_positive_voxels']} | {r['slices']} | {r['first_s']:.2f} "
-                  f"| {r['seconds']:.1f} | {r['healthy_found_slices']} |", flush=True)
+                  f"| {r['seconds']:.1f} | {_number(r['within'])} / {_number(r['across'])} | {r['sample_dice']:.3f} "
+                  f"| {r['healthy_found_slices']} |", flush=True)
     if "whole" in args.modes:
         print("\nWhole-volume mode (every slice)")
         print("| model | Dice on tumour slices | Dice of the volume | false-positive voxels on other slices | s |")

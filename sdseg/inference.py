@@ -100,22 +100,39 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: range, steps, seed: int, size: int,
                  stream: int = 0, postprocessing: bool = True,
-                 prompts: list[CropPrompt | None] | None = None) -> list[np.ndarray]:
+                 prompts: list[CropPrompt | None] | None = None,
+                 previous: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """Binary samples (len(samples), A_b, B_b) of each normalised 2D crop b (shapes may differ): every crop is
     resized to the model's size x size (with the maps of ``prompts[b]``, in the crop's pixels, when the model takes
     prompt channels: sdseg.prompt_maps), all are sampled in one forward pass, binarised (soft > 0.5),
     post-processed as the model says (:func:`sdseg.masks.postprocess`; ``postprocessing=False``: as drawn) and
-    resized back."""
+    resized back. A model with the ``previous`` channel conditions each sample on its own previous-slice mask,
+    ``previous[b][n]`` (A_b, B_b) bool for sample n of crop b (None: unknown): every (crop, sample) pair is then
+    one conditioning image, with the same noise as otherwise."""
     device = model_device(model)
     images = torch.cat([resize_images(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
                                       .to(device), size) for crop in crops])
     channels = prompt_channels_of(model.config)
-    if channels:
-        maps = crop_prompt_maps(prompts or [None] * len(crops), [crop.shape for crop in crops], size, channels,
-                                device)
+    prompts = prompts or [None] * len(crops)
+    per_sample = "previous" in channels
+    if per_sample:
+        repeat = len(samples)
+        images = images.repeat_interleave(repeat, dim=0)
+        masks = [None if previous is None or previous[b] is None else previous[b][n]
+                 for b in range(len(crops)) for n in range(repeat)]
+        maps = crop_prompt_maps([p for p in prompts for _ in range(repeat)],
+                                [crop.shape for crop in crops for _ in range(repeat)], size, channels, device, masks)
+        images = torch.cat([images, maps], dim=1)
+    elif channels:
+        maps = crop_prompt_maps(prompts, [crop.shape for crop in crops], size, channels, device)
         images = torch.cat([images, maps], dim=1)
     generators = [g for index in indices for g in sample_generators(seed, index, samples, stream)]
-    binary = model.sample(images, num_samples=len(samples), steps=steps, generator=generators) > 0.5
+    if per_sample:
+        soft = model.sample(images, num_samples=1, steps=steps, generator=generators)
+        soft = soft.reshape(len(crops), len(samples), *soft.shape[-2:])
+    else:
+        soft = model.sample(images, num_samples=len(samples), steps=steps, generator=generators)
+    binary = soft > 0.5
     if postprocessing:
         binary = postprocess(binary, model.config)
     return [resize_masks(masks[None], crop.shape)[0].cpu().numpy() for masks, crop in zip(binary, crops)]
@@ -157,10 +174,13 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
                  num_samples: int, steps, seed: int, batch: BatchSize, stream: int = 0, first_alone: bool = False,
                  postprocessing: bool = True, should_stop: Callable[[], bool] | None = None,
                  on_pass: Callable[[int], None] | None = None,
-                 prompt_of: Callable[[int], CropPrompt | None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                 prompt_of: Callable[[int], CropPrompt | None] | None = None,
+                 previous_of: Callable[[int], np.ndarray | None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Execute the passes of :func:`plan_passes`: yield ``(item, samples (N, A, B))`` for items 0..count-1 in order,
     each as soon as all its samples are drawn. Item n is the normalised 2D crop ``crop_of(n)`` whose noise is that of
-    slice ``index_of(n)`` (and ``stream``), with the prompt ``prompt_of(n)`` (None: none). On out-of-memory ``batch`` is halved and the pass planned again;
+    slice ``index_of(n)`` (and ``stream``), with the prompt ``prompt_of(n)`` (None: none) and the previous-slice
+    masks ``previous_of(n)`` (num_samples, A, B) (None: unknown). On out-of-memory ``batch`` is halved and the pass
+    planned again;
     :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass;
     ``on_pass(images)`` is called after each one."""
     size, device = int(model.config["image_size"]), model_device(model)
@@ -173,7 +193,9 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
             try:
                 masks = sample_crops(model, [crop_of(n) for n in step.items], [index_of(n) for n in step.items],
                                      step.samples, steps, seed, size, stream, postprocessing,
-                                     None if prompt_of is None else [prompt_of(n) for n in step.items])
+                                     None if prompt_of is None else [prompt_of(n) for n in step.items],
+                                     None if previous_of is None else [_samples_of(previous_of(n), step.samples)
+                                                                       for n in step.items])
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(error):
                     raise
@@ -197,6 +219,10 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
                     parts = []
         else:
             return
+
+
+def _samples_of(masks: np.ndarray | None, samples: range) -> np.ndarray | None:
+    return None if masks is None else masks[samples.start:samples.stop]
 
 
 def _slice_result(index: int, samples: np.ndarray) -> SliceResult:

@@ -8,6 +8,10 @@ order); its ``image_channels`` then count them after the image's own channels. T
 - ``point``: a Gaussian heat map exp(-d^2 / (2 sigma^2)), sigma = :data:`POINT_SIGMA_FRACTION` x S, around the
   click; all zero without a click.
 - ``box``: 1 inside the box, 0 outside; all zero without a box.
+- ``previous``: the mask of the slice the propagation comes from, +1 inside, -1 outside, all zero when unknown (the
+  prompted slice, a 2D image). The propagation gives sample n of a slice sample n of the previous slice, so that
+  sample n is one 3D hypothesis (sdseg.propagation); training gives the raters' union on a neighbouring slice,
+  unknown with :data:`PREVIOUS_UNKNOWN_ODDS` (:func:`training_prompts`).
 
 Training draws the prompts from the ground truth (:func:`training_prompts`); inference converts the user's prompt
 into crop pixel coordinates (:class:`CropPrompt`) and the maps are drawn at the model's size the same way.
@@ -16,13 +20,16 @@ into crop pixel coordinates (:class:`CropPrompt`) and the maps are drawn at the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from sdseg.masks import interior_point, interior_points
+from sdseg.preprocessing import resize_masks
 
-PROMPT_CHANNELS = ("point", "box")
+PROMPT_CHANNELS = ("point", "box", "previous")
+DEFAULT_PROMPT_CHANNELS = ("point", "box")  # `sdseg train` without --prompt-channels
 POINT_SIGMA_FRACTION = 1.0 / 32.0  # 2 pixels at 64 x 64
 # How training prompts are drawn for a crop that shows the object: no prompt, a click, a box, or both.
 OBJECT_PROMPT_ODDS = {"none": 0.15, "point": 0.45, "box": 0.2, "both": 0.2}
@@ -35,6 +42,9 @@ NEGATIVE_PROMPT_ODDS = {"none": 0.4, "point": 0.45, "box": 0.15}
 # most interior point of that slice's mask) replaces the prompt above with these odds, on crops that show the object
 # (it is still there) and on crops that do not (the object ended: the answer must be empty).
 PROPAGATION_CLICK_ODDS = {"object": 0.25, "negative": 0.6}
+# The previous slice's mask is given as unknown (as on the prompted slice) with these odds; otherwise it is the
+# neighbour the propagation's click came from (else a random neighbour). Crops without neighbours: always unknown.
+PREVIOUS_UNKNOWN_ODDS = 0.3
 
 
 def prompt_channels_of(config: dict) -> tuple[str, ...]:
@@ -65,9 +75,11 @@ class CropPrompt:
         return CropPrompt(point, box)
 
 
-def prompt_maps(points: torch.Tensor, boxes: torch.Tensor, size: int, channels) -> torch.Tensor:
+def prompt_maps(points: torch.Tensor, boxes: torch.Tensor, size: int, channels,
+                previous: torch.Tensor | None = None) -> torch.Tensor:
     """(B, len(channels), size, size) float32 maps of ``points`` (B, 2) rows/columns and ``boxes`` (B, 4) row0,
-    row1, column0, column1, both in pixel coordinates of the size x size image; a NaN row means no prompt."""
+    row1, column0, column1, both in pixel coordinates of the size x size image; a NaN row means no prompt;
+    ``previous`` (B, size, size) float32 in {-1, 0, 1} (None: unknown everywhere)."""
     device = points.device
     grid = torch.arange(size, device=device, dtype=torch.float32)
     maps = []
@@ -83,22 +95,38 @@ def prompt_maps(points: torch.Tensor, boxes: torch.Tensor, size: int, channels) 
             inside_rows = (centres[None, :] > boxes[:, :1]) & (centres[None, :] < boxes[:, 1:2])
             inside_columns = (centres[None, :] > boxes[:, 2:3]) & (centres[None, :] < boxes[:, 3:])
             maps.append((inside_rows[:, :, None] & inside_columns[:, None, :]).float())
+        elif channel == "previous":
+            maps.append(torch.zeros(points.shape[0], size, size, device=device) if previous is None
+                        else previous.to(device=device, dtype=torch.float32))
         else:
             raise ValueError(f"unknown prompt channel {channel!r}; known: {', '.join(PROMPT_CHANNELS)}")
     return torch.stack(maps, dim=1)
 
 
+def previous_map(mask: np.ndarray | None, size: int) -> torch.Tensor:
+    """(size, size) float32 "previous" map of a crop's previous-slice mask (A, B) bool: resized like the masks
+    (sdseg.preprocessing.resize_masks), +1 inside, -1 outside; None: unknown (zeros)."""
+    if mask is None:
+        return torch.zeros(size, size)
+    resized = resize_masks(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None, None], (size, size))[0, 0]
+    return resized.float() * 2.0 - 1.0
+
+
 def crop_prompt_maps(prompts: list[CropPrompt | None], shapes: list[tuple[int, int]], size: int, channels,
-                     device) -> torch.Tensor:
-    """The maps of inference crops: ``prompts[b]`` is in the pixels of a crop of ``shapes[b]`` (None: no prompt)."""
+                     device, previous: list[np.ndarray | None] | None = None) -> torch.Tensor:
+    """The maps of inference crops: ``prompts[b]`` is in the pixels of a crop of ``shapes[b]`` (None: no prompt);
+    ``previous[b]``: the previous slice's mask in the same pixels (None, or no list: unknown)."""
     nan = float("nan")
     points, boxes = [], []
     for prompt, shape in zip(prompts, shapes):
         prompt = prompt.scaled(shape, size) if prompt is not None else CropPrompt()
         points.append(prompt.point if prompt.point is not None else (nan, nan))
         boxes.append(prompt.box if prompt.box is not None else (nan,) * 4)
+    previous_maps = None
+    if previous is not None and "previous" in channels:
+        previous_maps = torch.stack([previous_map(mask, size) for mask in previous])
     return prompt_maps(torch.tensor(points, dtype=torch.float32, device=device),
-                       torch.tensor(boxes, dtype=torch.float32, device=device), size, channels)
+                       torch.tensor(boxes, dtype=torch.float32, device=device), size, channels, previous_maps)
 
 
 def object_click(raters: np.ndarray) -> CropPrompt | None:
@@ -130,18 +158,28 @@ def _random_pixel(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tenso
     return torch.stack([flat // size, flat % size], 1).float()
 
 
-def training_prompts(raters: torch.Tensor, generator: torch.Generator,
-                     neighbours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+class TrainingPrompts(NamedTuple):
+    points: torch.Tensor  # (B, 2) rows, columns; NaN rows: no click
+    boxes: torch.Tensor  # (B, 4) row0, row1, column0, column1; NaN rows: no box
+    previous: torch.Tensor | None  # (B, S, S) in {-1, 0, 1}: the "previous" maps (None: not asked for)
+
+
+def training_prompts(raters: torch.Tensor, generator: torch.Generator, neighbours: torch.Tensor | None = None,
+                     with_previous: bool = False, has_neighbours: torch.Tensor | None = None) -> TrainingPrompts:
     """Prompts drawn from the ground truth of a training batch: ``raters`` (B, R, S, S) bool, every rater's mask
     (padding raters empty); ``neighbours`` (B, 2, S, S) bool, the raters' union on the slices before and after
-    (None: unknown). Returns (points (B, 2), boxes (B, 4)) with NaN rows for "no prompt", on the masks' device.
+    (None: unknown; ``has_neighbours`` (B,) bool: which items have them, default all). Returns the points (B, 2)
+    and boxes (B, 4) with NaN rows for "no prompt", on the masks' device, and with ``with_previous`` the "previous"
+    maps (unknown with :data:`PREVIOUS_UNKNOWN_ODDS`, else the neighbour the propagation's click came from, else a
+    random one; unknown without neighbours).
     A crop showing the object gets, as :data:`OBJECT_PROMPT_ODDS` say, no prompt, a click (a random pixel of the
     raters' majority, else of their union; with :data:`BORDER_CLICK_ODDS` one on its border; jittered by up to
     :data:`CLICK_JITTER_PIXELS`), a box (the union's bounding box, each side moved out by up to
     :data:`BOX_MARGIN_MAX` of its extent) or both. A crop without it gets a click or box anywhere, or nothing
     (:data:`NEGATIVE_PROMPT_ODDS`). Where a neighbour shows the object, the propagation's click (the most
     interior point of a random such neighbour, jittered) replaces that prompt as :data:`PROPAGATION_CLICK_ODDS`
-    say. Every random draw comes from ``generator`` (CPU)."""
+    say. Every random draw comes from ``generator`` (CPU); the previous maps' draws come last, so asking for them
+    leaves the other prompts as they were."""
     batch, _, size, _ = raters.shape
     device = raters.device
     union = raters.any(1)
@@ -180,12 +218,22 @@ def training_prompts(raters: torch.Tensor, generator: torch.Generator,
     points = torch.where(want_point[:, None], points, nan)
     boxes = torch.where(want_box[:, None], torch.where(has_object[:, None], boxes, random_boxes), nan)
     if neighbours is None:
-        return points, boxes
-    return _with_propagation_clicks(points, boxes, has_object, neighbours, generator)
+        return TrainingPrompts(points, boxes, torch.zeros(batch, size, size, device=device) if with_previous else None)
+    points, boxes, clicked_first, clicked = _with_propagation_clicks(points, boxes, has_object, neighbours, generator)
+    if not with_previous:
+        return TrainingPrompts(points, boxes, None)
+    known = torch.rand(batch, generator=generator).to(device) >= PREVIOUS_UNKNOWN_ODDS
+    if has_neighbours is not None:
+        known &= has_neighbours.to(device)
+    first = torch.where(clicked, clicked_first, (torch.rand(batch, generator=generator) < 0.5).to(device))
+    chosen = torch.where(first[:, None, None], neighbours[:, 0], neighbours[:, 1])
+    previous = torch.where(known[:, None, None], chosen.float() * 2.0 - 1.0, 0.0)
+    return TrainingPrompts(points, boxes, previous)
 
 
 def _with_propagation_clicks(points, boxes, has_object, neighbours, generator):
-    """``points``, ``boxes`` with the propagation's click (see :func:`training_prompts`) where it is drawn."""
+    """``points``, ``boxes`` with the propagation's click (see :func:`training_prompts`) where it is drawn, and
+    which neighbour each click came from (True: the first) and where one was given."""
     batch, size, device = neighbours.shape[0], neighbours.shape[-1], neighbours.device
     odds = torch.where(has_object, PROPAGATION_CLICK_ODDS["object"], PROPAGATION_CLICK_ODDS["negative"])
     drawn = torch.rand(batch, generator=generator).to(device) < odds
@@ -197,4 +245,5 @@ def _with_propagation_clicks(points, boxes, has_object, neighbours, generator):
     replace = drawn & present.any(1)
     clicks = (interior_points(chosen) + jitter).clamp(0, size - 1)
     nan = torch.tensor(float("nan"), device=device)
-    return torch.where(replace[:, None], clicks, points), torch.where(replace[:, None], nan, boxes)
+    return (torch.where(replace[:, None], clicks, points), torch.where(replace[:, None], nan, boxes), use_first,
+            replace)

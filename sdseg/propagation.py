@@ -25,8 +25,10 @@ For each lesion prompt:
 6. **Stopping.** A direction stops after ``stop_after_empty`` consecutive slices with an empty consensus, at the end
    of the ROI (a box: of the box), or once the lesion has ``max_slices`` slices.
 
-Samples are drawn slice by slice (sample n of slice k and of slice k+1 are independent draws), as in the
-whole-volume mode: a "sample" segment is not a 3D hypothesis.
+7. **3D hypotheses** (models with the ``previous`` prompt channel): sample n of each later slice is conditioned on
+   sample n of the slice before it in its direction (the kept components, in the new crop's pixels), so that sample n
+   is one 3D hypothesis; the prompted slice's samples see "unknown". Other models draw samples slice by slice
+   (sample n of slice k and of slice k+1 are independent draws), as in the whole-volume mode.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume
                              sample_items)
 from sdseg.preprocessing import intensity_range, normalize_intensities
 from sdseg.masks import components_near_point, components_touching, interior_point
-from sdseg.prompt_maps import CropPrompt
+from sdseg.prompt_maps import CropPrompt, prompt_channels_of
 from sdseg.metrics import voxel_variance
 
 # The crop recipe of models saved before it was recorded: `sdseg preprocess --crop 96` (its default), >= 1.2 x the
@@ -104,6 +106,7 @@ class _Direction:
     anchor: np.ndarray | None  # previous consensus on the whole plane (None: use the prompt)
     empty_run: int
     active: bool = True
+    previous: np.ndarray | None = None  # (N, rows, columns) bool: the previous slice's samples on the whole plane
 
 
 class _Lesion:
@@ -224,22 +227,31 @@ class _Lesion:
         bigger = self.crop(centre, tuple(n / self.recipe["lesion_margin"] for n in needed))
         return None if (bigger[1] - bigger[0], bigger[3] - bigger[2]) <= (r1 - r0, c1 - c0) else bigger
 
-    def result(self, index: int, crop, picked: np.ndarray) -> tuple[LesionSlice, np.ndarray]:
-        """The slice's result clipped to the ROI (and box), and its consensus on the whole plane."""
+    def result(self, index: int, crop, picked: np.ndarray,
+               with_samples: bool) -> tuple[LesionSlice, np.ndarray, np.ndarray | None]:
+        """The slice's result clipped to the ROI (and box), its consensus on the whole plane, and ``with_samples``
+        its samples on the whole plane (else None)."""
         r0, _, c0, _ = crop
         cr0, cr1, cc0, cc1 = self.clipped(crop)
         kept = picked[:, cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
         consensus = consensus_mask(kept)
         plane = np.zeros(self.plane_shape, dtype=bool)
         plane[cr0:cr1, cc0:cc1] = consensus > 0
+        sample_planes = None
+        if with_samples:
+            sample_planes = np.zeros((len(kept), *self.plane_shape), dtype=bool)
+            sample_planes[:, cr0:cr1, cc0:cc1] = kept
         self.slices += 1
         return LesionSlice(self.number, index, self.box_ijk(index, crop), kept.astype(np.uint8), consensus,
-                           voxel_variance(kept)), plane
+                           voxel_variance(kept)), plane, sample_planes
 
     @staticmethod
-    def follow(direction: _Direction, plane: np.ndarray, stop_after_empty: int, move: bool = True) -> None:
-        """Update a direction after a slice: re-centre on the consensus, or count an empty slice; ``move`` on to
-        its next slice (not after the prompted slice, which both directions start from)."""
+    def follow(direction: _Direction, plane: np.ndarray, stop_after_empty: int, move: bool = True,
+               samples: np.ndarray | None = None) -> None:
+        """Update a direction after a slice: re-centre on the consensus, or count an empty slice; keep its
+        ``samples`` on the whole plane for the next slice's; ``move`` on to its next slice (not after the prompted
+        slice, which both directions start from)."""
+        direction.previous = samples
         if plane.any():
             rows, columns = np.nonzero(plane)
             direction.centre = (float(rows.mean()), float(columns.mean()))
@@ -250,6 +262,12 @@ class _Lesion:
             direction.active = direction.empty_run < stop_after_empty
         if move:
             direction.next_index += direction.step
+
+
+def takes_previous_masks(config: dict) -> bool:
+    """Whether a model conditions a slice on the previous slice's mask, so that the propagation draws samples that
+    are 3D hypotheses."""
+    return "previous" in prompt_channels_of(config)
 
 
 def check_prompts(prompts: list[Prompt], shape_kji, slice_axis: int, roi_ijk) -> None:
@@ -293,6 +311,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     lesions = [_Lesion(n, prompt, dims_ijk, slice_axis, roi_ijk, recipe) for n, prompt in enumerate(prompts)]
     images_total = slices_at_most(prompts, array_kji.shape, slice_axis, roi_ijk, max_slices) * num_samples
     batch = BatchSize(batch_size or auto_batch_size(model_device(model), size))
+    coherent = takes_previous_masks(config)
     images_done = 0
     for lesion in lesions:
         first, end = lesion.normalisation_slices(ijk_to_ras)
@@ -307,9 +326,12 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                      for _, index, (a0, a1, b0, b1) in plan]
             prompts = [lesion.crop_prompt(crop, None if direction is None else direction.anchor)
                        for direction, _, crop in plan]
+            previous = [None if direction is None or direction.previous is None
+                        else direction.previous[:, a0:a1, b0:b1] for direction, _, (a0, a1, b0, b1) in plan]
             drawn = [samples for _, samples in sample_items(
                 model, crops.__getitem__, lambda n: plan[n][1], len(crops), num_samples, steps, seed, batch,
-                stream=lesion.number, prompt_of=prompts.__getitem__)]
+                stream=lesion.number, prompt_of=prompts.__getitem__,
+                previous_of=previous.__getitem__ if coherent else None)]
             images_done += len(plan) * num_samples
             if on_batch is not None:
                 on_batch(images_done, images_total)
@@ -320,13 +342,13 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                 if bigger is not None:  # the lesion goes beyond the crop: this slice again, in a larger crop
                     retries.append((direction, index, bigger))
                     continue
-                result, plane = lesion.result(index, crop, picked)
+                result, plane, sample_planes = lesion.result(index, crop, picked, coherent)
                 yield result
                 if direction is None:  # the prompted slice: both directions start from it
                     for follower in lesion.directions:
-                        lesion.follow(follower, plane, stop_after_empty, move=False)
+                        lesion.follow(follower, plane, stop_after_empty, move=False, samples=sample_planes)
                 else:
-                    lesion.follow(direction, plane, stop_after_empty)
+                    lesion.follow(direction, plane, stop_after_empty, samples=sample_planes)
             if any(direction is None for direction, _, _ in retries):
                 plan = retries  # nothing goes outward before the prompted slice is done
                 continue

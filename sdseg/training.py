@@ -42,13 +42,14 @@ from sdseg.data.dataset import CropsDataset, DatasetError
 from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 from sdseg.ema import WeightEMA
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model, model_from_config
-from sdseg.prompt_maps import PROMPT_CHANNELS, crop_prompt_maps, data_channels, object_click, prompt_channels_of
+from sdseg.prompt_maps import (DEFAULT_PROMPT_CHANNELS, PROMPT_CHANNELS, crop_prompt_maps, data_channels, object_click,
+                               prompt_channels_of)
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state, read_training_state,
                                   save_training_state, tensors_with_prefix, truncate_log)
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
-            "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(PROMPT_CHANNELS)}
+            "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(DEFAULT_PROMPT_CHANNELS)}
 GRAD_CLIP_NORM = 1.0
 WARMUP_MAX_FRACTION = 0.1
 SAMPLE_EXAMPLES = 4
@@ -143,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", help="fine-tune: start from this trained model (installed name or folder) instead "
                         "of random weights; --model and --preset are then taken from it")
     parser.add_argument("--prompt-channels", help="prompts the model takes as input channels after the image: "
-                        f"{','.join(PROMPT_CHANNELS)} (default), a subset, or none (sdseg.prompt_maps)")
+                        f"{','.join(DEFAULT_PROMPT_CHANNELS)} (default), a subset of {','.join(PROMPT_CHANNELS)} "
+                        "in that order (previous: the previous slice's mask, for 3D-coherent samples), or none "
+                        "(sdseg.prompt_maps)")
     parser.add_argument("--steps", type=int, help=f"training steps, split evenly over the stages of multi-stage "
                         f"models (default {DEFAULTS['steps']})")
     parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")

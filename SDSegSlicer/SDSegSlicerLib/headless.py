@@ -421,7 +421,7 @@ def write_outputs(run, paths, args) -> dict:
     run_info = {
         "input": str(Path(args.input).resolve()), "state": run.state,
         "mode": "prompt" if prompt else "whole volume", "prompt": prompt,
-        "samples_are": "per-slice draws (sample n of two slices are independent: not a 3D hypothesis)",
+        "samples_are": run.accepted.get("samples_are"),
         "slices_done": run.progress["done"], "slices_total": None if prompt else run.progress["total"],
         "model": run.accepted["model"], "device": run.accepted["device"], "samples": run.accepted["samples"],
         "steps": run.accepted["steps"], "sampler": run.accepted["sampler"], "seed": run.accepted["seed"],

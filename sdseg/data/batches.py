@@ -21,8 +21,9 @@ MEMORY_FRACTION = 0.25  # the crops go to the device when they take at most this
 
 class InMemoryCrops:
     """``images`` (N, C, S, S) float32 in [-1, 1], ``masks`` (N, R, S, S) bool and ``neighbours`` (N, 2, S, S) bool
-    (the raters' union on the slices before and after) of a crops data set split, with ``rater_counts`` (N,) (items
-    with fewer raters than R are padded with empty masks that are never drawn)."""
+    (the raters' union on the slices before and after; ``has_neighbours`` (N,): which crop files hold them) of a
+    crops data set split, with ``rater_counts`` (N,) (items with fewer raters than R are padded with empty masks
+    that are never drawn)."""
 
     def __init__(self, dataset: CropsDataset, device: torch.device):
         items = [dataset.read(i) for i in range(len(dataset))]
@@ -32,6 +33,7 @@ class InMemoryCrops:
             masks[index, :counts[index]] = item["masks"] > 0
         images = np.stack([item["image"] for item in items])
         neighbours = np.stack([item["neighbours"] > 0 for item in items])
+        self.has_neighbours = torch.tensor([item["has_neighbours"] for item in items])
         fits = images.nbytes + masks.nbytes + neighbours.nbytes <= MEMORY_FRACTION * free_memory_bytes(device)
         self.storage = device if fits else torch.device("cpu")
         self.device = device
@@ -63,6 +65,8 @@ class InMemoryCrops:
                 neighbours = torch.where(flip, neighbours.flip(axis), neighbours)
         mask = every_rater[torch.arange(len(indices), device=self.device), raters.to(self.device)][:, None].float()
         if prompt_channels:
-            points, boxes = training_prompts(every_rater, generator, neighbours)
-            images = torch.cat([images, prompt_maps(points, boxes, images.shape[-1], prompt_channels)], dim=1)
+            prompts = training_prompts(every_rater, generator, neighbours, "previous" in prompt_channels,
+                                       self.has_neighbours[chosen])
+            images = torch.cat([images, prompt_maps(prompts.points, prompts.boxes, images.shape[-1], prompt_channels,
+                                                    prompts.previous)], dim=1)
         return images, mask

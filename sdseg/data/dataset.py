@@ -67,7 +67,7 @@ class CropsDataset(Dataset):
     def read(self, index: int) -> dict:
         """The raw arrays of item ``index``: ``image`` float32 (C, H, W), ``masks`` uint8 (R, H, W), ``patient``,
         ``neighbours`` uint8 (2, H, W) (the raters' union on the slices before and after; empty when the crop file
-        has none: 2D sources, lesion-free crops, older data sets)."""
+        has none: 2D sources, lesion-free crops, older data sets) and ``has_neighbours`` (whether it has them)."""
         path = self.files[index]
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -82,13 +82,14 @@ class CropsDataset(Dataset):
         if image.ndim != 3 or image.shape[1:] != (size, size) or masks.ndim != 3 or masks.shape[1:] != (size, size):
             raise DatasetError(f"{path}: image {image.shape} and masks {masks.shape} must be (C, {size}, {size}) and "
                                f"(R, {size}, {size}) (image_size in dataset.json); make the data set again")
+        has_neighbours = neighbours is not None
         if neighbours is None:
             neighbours = np.zeros((2, size, size), dtype=np.uint8)
         elif neighbours.shape != (2, size, size):
             raise DatasetError(f"{path}: neighbours {neighbours.shape} must be (2, {size}, {size}); make the data set "
                                "again")
         return {"image": image.astype(np.float32), "masks": masks.astype(np.uint8), "patient": str(arrays["patient"]),
-                "neighbours": neighbours.astype(np.uint8)}
+                "neighbours": neighbours.astype(np.uint8), "has_neighbours": has_neighbours}
 
     def __getitem__(self, index: int):
         arrays = self.read(index)

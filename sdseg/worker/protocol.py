@@ -65,6 +65,15 @@ def accepted(job_id: str, shape_kji, ijk_to_ras, slice_axis: int, roi_ijk, model
             "total": int(total), "prompt": prompt, **parameters}
 
 
+SAMPLES_ARE = {True: "3D hypotheses (sample n of a slice is conditioned on sample n of the slice before it)",
+               False: "per-slice draws (sample n of two slices are independent: not a 3D hypothesis)"}
+
+
+def samples_are(coherent: bool) -> str:
+    """What a job's sample n is across slices (``accepted``'s ``samples_are``)."""
+    return SAMPLES_ARE[coherent]
+
+
 def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None) -> dict:
     return {"type": "progress", "job_id": job_id, "phase": phase, "done": done, "total": total,
             "eta_s": _finite_or_none(eta_s)}

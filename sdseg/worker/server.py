@@ -290,7 +290,9 @@ class Worker:
         self.send(protocol.accepted(job_id, volume.array_kji.shape, volume.ijk_to_ras, slice_axis, roi, folder.name,
                                     device.type, progress.total, job["prompt"],
                                     {"samples": job["samples"], "steps": steps, "seed": job["seed"],
-                                     "sampler": model.config.get("sampler")}))
+                                     "sampler": model.config.get("sampler"),
+                                     "samples_are": protocol.samples_are(
+                                         bool(prompts) and propagation.takes_previous_masks(model.config))}))
         stopped = False
 
         def should_stop() -> bool:
