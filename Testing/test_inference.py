@@ -182,13 +182,16 @@ def test_out_of_memory_with_one_image_raises():
 
 
 def test_auto_batch_size_follows_free_memory_within_limits():
-    cpu, size = torch.device("cpu"), 128
+    cpu, size = torch.device("cpu"), 64
     per_image = inference.ACTIVATION_BYTES_PER_PIXEL * size * size
     assert inference.auto_batch_size(cpu, size, free_bytes=0) == 1
     assert inference.auto_batch_size(cpu, size, free_bytes=int(6 * per_image / inference.MEMORY_FRACTION)) == 6
     assert inference.auto_batch_size(cpu, size, free_bytes=2 ** 50) == inference.MAX_BATCH["cpu"]
     assert inference.auto_batch_size(torch.device("cuda"), size, free_bytes=2 ** 50) == inference.MAX_BATCH["cuda"]
     assert inference.auto_batch_size(cpu, size) >= 1  # reads this machine's available memory
+    # a CPU pass holds at most CPU_PIXELS_PER_PASS input pixels: past that a bigger batch costs more per image
+    assert [inference.auto_batch_size(cpu, s, free_bytes=2 ** 50) for s in (32, 64, 128, 256, 512)] == [16, 16, 4, 1, 1]
+    assert inference.auto_batch_size(torch.device("cuda"), 256, free_bytes=2 ** 50) == inference.MAX_BATCH["cuda"]
 
 
 def test_model_expecting_colour_images_is_a_mismatch():

@@ -9,6 +9,10 @@ does (sdseg.propagation); prints first-slice latency, total time and slices visi
 
     python scripts/benchmark_inference.py --slices 8 --size 64 --samples 1 4 16
     python scripts/benchmark_inference.py --prompt --samples 8 --threads 2
+    python scripts/benchmark_inference.py --batch-sweep --sizes 64 128 --threads 1
+
+--batch-sweep: seconds per image of one sampling call at 1, 2, 4, 8, 16 images per forward pass, per kind and image
+size (a preset model of each kind made at that size), and the batch that sdseg.inference.auto_batch_size picks.
 """
 
 from __future__ import annotations
@@ -70,6 +74,26 @@ def prompt_mode(samples: list[int], device: torch.device) -> None:
                   f"{visited:>15}", flush=True)
 
 
+def batch_sweep(kinds: list[str], sizes: list[int], device: torch.device, steps: int | None) -> None:
+    """Seconds per image of ``model.sample`` vs images per pass (a random ``small`` preset at each size)."""
+    batches = (1, 2, 4, 8, 16)
+    print(f"{'model':<24} {'size':>5} " + " ".join(f"{f'b={b} ms':>9}" for b in batches) + f" {'auto':>5}")
+    for kind in kinds:
+        for size in sizes:
+            torch.manual_seed(0)
+            model = build_model(kind, "small", image_size=size).to(device).eval()
+            per_image = []
+            for batch in batches:
+                images = torch.zeros(batch, model.config["image_channels"], size, size, device=device)
+                model.sample(images, 1, steps=steps)  # warm-up
+                started = time.perf_counter()
+                model.sample(images, 1, steps=steps)
+                per_image.append((time.perf_counter() - started) / batch)
+            auto = inference.auto_batch_size(device, size)
+            print(f"{kind + '/small':<24} {size:>5} " + " ".join(f"{1000 * t:>9.1f}" for t in per_image)
+                  + f" {auto:>5}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", default=DIFFUSION_KINDS, choices=DIFFUSION_KINDS)
@@ -81,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--prompt", action="store_true", help="time the prompt mode on the sample volume instead")
+    parser.add_argument("--batch-sweep", action="store_true",
+                        help="seconds per image vs images per pass instead (see --sizes)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128], help="image sizes of --batch-sweep")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.prompt:
         prompt_mode(args.samples, device)
+        return 0
+    if args.batch_sweep:
+        print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        batch_sweep(args.kinds, args.sizes, device, args.steps)
         return 0
     volume = np.random.default_rng(0).normal(0.0, 100.0, (args.slices, args.size, args.size)).astype(np.float32)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, volume "

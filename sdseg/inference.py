@@ -26,6 +26,10 @@ from sdseg.metrics import voxel_variance
 from sdseg.volume_io import roi_array, slice_of_roi
 
 MAX_BATCH = {"cpu": 16, "cuda": 128}  # CPU throughput stops growing early; big batches only delay the first slice
+# On a CPU the cost per image grows again past about this many input pixels per pass (scripts/benchmark_inference.py
+# --batch-sweep, 1 thread: ambiguous/small at 128 px costs 1.47 s per image at 4 images, 1.89 s at 16; sdseg/small
+# 55 vs 54 ms; at 64 px both are cheapest at 16): 16 images of 64 px, 4 of 128 px, 1 of 256 px.
+CPU_PIXELS_PER_PASS = 16 * 64 * 64
 ACTIVATION_BYTES_PER_PIXEL = 8192  # estimate: ~2000 float32 activations alive per input pixel at the peak
 MEMORY_FRACTION = 0.5  # of the free memory, for activations (the out-of-memory back-off covers misestimates)
 
@@ -78,10 +82,14 @@ def consensus_mask(samples: np.ndarray) -> np.ndarray:
 
 def auto_batch_size(device: torch.device, image_size: int, free_bytes: int | None = None) -> int:
     """Images per forward pass fitting ``MEMORY_FRACTION`` of the free memory at
-    ``ACTIVATION_BYTES_PER_PIXEL`` per input pixel, clamped to [1, MAX_BATCH[device]]."""
+    ``ACTIVATION_BYTES_PER_PIXEL`` per input pixel, clamped to [1, MAX_BATCH[device]] and on a CPU to
+    CPU_PIXELS_PER_PASS input pixels (where the measured cost per image is lowest)."""
     free_bytes = free_memory_bytes(device) if free_bytes is None else free_bytes
     per_image = ACTIVATION_BYTES_PER_PIXEL * image_size * image_size
-    return int(max(1, min(MAX_BATCH.get(device.type, MAX_BATCH["cpu"]), MEMORY_FRACTION * free_bytes // per_image)))
+    limit = MAX_BATCH.get(device.type, MAX_BATCH["cpu"])
+    if device.type == "cpu":
+        limit = min(limit, CPU_PIXELS_PER_PASS // (image_size * image_size))
+    return int(max(1, min(limit, MEMORY_FRACTION * free_bytes // per_image)))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
