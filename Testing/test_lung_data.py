@@ -159,6 +159,14 @@ def test_chest_ct_wheel_gives_one_real_unlabelled_ct(tmp_path):
     assert abs(case.ijk_to_ras[2, 2]) == pytest.approx(5.0)
     result = run_preprocess("--source", "chest-ct", "--input", CHEST_CT_WHEEL, "--out", tmp_path / "o")
     assert result.returncode == 2 and "no masks" in result.stderr
+    # synthetic lesions on its texture: one patient can only fill the train split
+    result = run_preprocess("--source", "chest-ct", "--input", CHEST_CT_WHEEL, "--multirater", 2,
+                            "--multirater-counts", 6, 2, 2, "--out", tmp_path / "s1")
+    assert result.returncode == 2 and "the val split has no patient" in result.stderr
+    result = run_preprocess("--source", "chest-ct", "--input", CHEST_CT_WHEEL, "--multirater", 2,
+                            "--multirater-counts", 6, 0, 0, "--size", 32, "--out", tmp_path / "s2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "s2" / "dataset.json").read_text())["counts"] == {"train": 6, "val": 0, "test": 0}
 
 
 def test_semisynthetic_set_puts_real_lidc_outlines_on_lung_texture(tmp_path):

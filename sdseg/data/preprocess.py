@@ -312,6 +312,10 @@ def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, siz
                 break
             split_textures[split] += texture_crops(ref.read(), preprocessing, size, crop, per_case, rng)
     for split, count in zip(SPLITS, counts):
+        if count and not splits[split]:
+            raise SourceError(f"the {split} split has no patient ({len(refs)} case(s) of "
+                              f"{len({ref.patient for ref in refs})} patient(s) in {source.name}): give it 0 images "
+                              "with --multirater-counts, or use a source with more patients")
         if count and not split_textures[split]:
             raise SourceError(f"no lesion-free texture found for the {split} split (patients "
                               f"{splits[split]}); use more patients or a smaller --crop")
