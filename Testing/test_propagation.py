@@ -187,27 +187,35 @@ def test_a_prompted_model_gets_the_click_then_the_previous_consensus_interior():
 
 def test_a_model_taking_the_previous_mask_gets_sample_n_of_the_slice_before_for_sample_n():
     """Sample n of each later slice is conditioned on sample n of the slice before it in its direction, in the new
-    crop's pixels (+1 inside, -1 outside); the prompted slice's samples see "unknown" (zeros). The threshold model
-    segments the bright disc exactly, so the expected previous masks are the disc of the slice before."""
+    crop's pixels (+1 inside, -1 outside); the prompted slice's samples see "unknown" (zeros). The threshold model,
+    its masks grown by 0-2 pixels drawn from each sample's own noise generator, gives samples that differ by n."""
     array, truth = tube(step=(0.0, 2.0))
     model = bright_model(size=32, crop=32, image_channels=4, prompt_channels=["point", "box", "previous"])
     seen = []
     sample = model.sample
 
-    def recording_sample(image, num_samples, *args, **kwargs):
+    def varied_sample(image, num_samples, steps=None, generator=None, sampler=None):
         seen.append((image[:, 3].clone(), num_samples))
-        return sample(image, num_samples, *args, **kwargs)
+        masks = sample(image, num_samples, steps, generator, sampler)
+        grown = [torch.nn.functional.max_pool2d(masks[b:b + 1], 2 * g + 1, stride=1, padding=g)
+                 for b, g in enumerate(int(torch.randint(0, 3, (1,), generator=gen)) for gen in generator)]
+        return torch.cat(grown)
 
-    model.sample = recording_sample
-    results = run(model, array, [Prompt(point_ijk=(24.0, 10.0, 9.0))], samples=2, batch_size=2)
-    assert [r.index for r in results][:3] == [9, 10, 8]
-    (first, n_first), (second, n_second), (third, _) = seen[:3]
-    assert first.shape[0] == 2 and n_first == n_second == 1  # one conditioning image per (crop, sample)
-    assert not first.any()
-    for maps, result in ((second, results[1]), (third, results[2])):
-        i0, j0, k0, i1, j1, _ = result.box_ijk
-        expected = np.where(truth[9, j0:j1, i0:i1], 1.0, -1.0)  # slice 9's samples, in this slice's crop
-        for n in range(2):
-            np.testing.assert_array_equal(maps[n].numpy(), expected)
-    np.testing.assert_array_equal(assemble(results, array.shape)[0], truth)
+    model.sample = varied_sample
+    results = run(model, array, [Prompt(point_ijk=(24.0, 10.0, 9.0))], samples=3, batch_size=3)
+    assert [r.index for r in results][:3] == [9, 10, 8] and len(seen) == len(results)
+    assert all(n == 1 and maps.shape[0] == 3 for maps, n in seen)  # one conditioning image per (crop, sample)
+    assert not seen[0][0].any()  # the prompted slice: unknown
+    assert any(not np.array_equal(r.samples[0], r.samples[1]) for r in results), "the samples differ by n"
+    by_index = {r.index: r for r in results}
+    for (maps, _), result in list(zip(seen, results))[1:]:
+        before = by_index[result.index - (1 if result.index > 9 else -1)]
+        planes = np.zeros((3, *array.shape[1:]), dtype=bool)
+        i0, j0, _, i1, j1, _ = before.box_ijk
+        planes[:, j0:j1, i0:i1] = before.samples > 0
+        i0, j0, _, i1, j1, _ = result.box_ijk
+        for n in range(3):  # sample n of the slice before, cut to this slice's crop
+            np.testing.assert_array_equal(maps[n].numpy(), np.where(planes[n, j0:j1, i0:i1], 1.0, -1.0),
+                                          err_msg=f"slice {result.index}, sample {n}")
+    assert len(results) >= 6
     assert propagation.takes_previous_masks(model.config) and not propagation.takes_previous_masks({})

@@ -297,3 +297,31 @@ def test_bad_arguments_give_a_clear_message_and_exit_code_2(arguments, message, 
     assert main([a.format(**values) for a in arguments]) == 2
     error = capsys.readouterr().err
     assert error.startswith("sdseg train: error:") and message in error and "Traceback" not in error
+
+
+def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_neighbours(data, tmp_path):
+    """InMemoryCrops: the "previous" channel is one of the crop's neighbouring-slice masks (+1 in, -1 out) or
+    unknown (0), and always unknown for crop files without neighbours (2D sources, lesion-free crops)."""
+    from sdseg.data.batches import InMemoryCrops
+
+    copy = tmp_path / "shapes"
+    shutil.copytree(data, copy)
+    files = sorted((copy / "train").glob("*.npz"))
+    with_neighbours = set(range(0, len(files), 2))
+    for index in with_neighbours:
+        item = dict(np.load(files[index]))
+        item["neighbours"] = np.stack([item["masks"][0], np.roll(item["masks"][0], 3, axis=1)]).astype(np.uint8)
+        np.savez(files[index], **item)
+    crops = InMemoryCrops(CropsDataset(copy, "train"), torch.device("cpu"))
+    assert crops.has_neighbours.tolist() == [i in with_neighbours for i in range(len(files))]
+    indices = list(range(len(files)))
+    images, _ = crops.batch(indices, torch.Generator().manual_seed(0), augment=False,
+                            prompt_channels=("point", "box", "previous"))
+    previous = images[:, 3]
+    assert images.shape[1] == 4 and set(previous.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    known = previous.flatten(1).ne(0).any(1)
+    assert not known[[i for i in indices if i not in with_neighbours]].any()
+    assert known[sorted(with_neighbours)].float().mean() > 0.4
+    for index in torch.nonzero(known).flatten().tolist():
+        options = [crops.neighbours[index, side].float() * 2 - 1 for side in (0, 1)]
+        assert any(torch.equal(previous[index], option) for option in options), index

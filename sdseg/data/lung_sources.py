@@ -43,12 +43,15 @@ def _nodule_case(files: list[str], nodule: Nodule) -> Case:
     that at least one radiologist outlined (HU; up to four raters' masks, missing raters empty)."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
-    except RuntimeError as error:
+        # each file's own ImagePositionPatient z (as the outlines' image_z_position): right also where the series
+        # has a gap or uneven spacing, which ITK's one spacing would misplace
+        z_of_slice = np.array([float(reader.GetMetaData(k, "0020|0032").split("\\")[2]) for k in range(len(files))])
+    except (RuntimeError, IndexError, ValueError) as error:
         raise SourceError(f"{nodule.patient} series {nodule.series_uid}: cannot be read ({error})") from error
     array = sitk.GetArrayFromImage(image).astype(np.float32)
-    z_of_slice = np.array([image.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(array.shape[0])])
     to_grid = crop_grid(nodule.centre, nodule.pixel_spacing)
     half_gap = max(0.5 * float(np.min(np.abs(np.diff(z_of_slice)))) if len(z_of_slice) > 1 else 0.5, 0.01)
     images, masks = [], []

