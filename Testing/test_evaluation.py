@@ -295,3 +295,43 @@ def test_a_prompted_model_is_evaluated_with_the_users_click(data, tmp_path, monk
     assert main(["--model", str(folder), "--data", str(data), "--samples", "1", "--steps", "1", "--max-cases", "3",
                  "--prompt", "none", "--out", str(tmp_path / "none")]) == 0
     assert seen and all(prompt is None for prompt in seen)
+
+
+def test_previous_neighbour_gives_a_coherent_model_the_neighbour_the_lesion_comes_from(tmp_path):
+    """--previous neighbour: each case's samples get the neighbouring slice's raters' union with more foreground
+    (unknown where neither neighbour shows anything or the file has none); the report says so."""
+    from sdseg.evaluation import draw_samples, read_previous_masks
+
+    data = write_hand_made_dataset(tmp_path / "hand")
+    files = sorted((data / "test").glob("*.npz"))
+    item = dict(np.load(files[0]))
+    small, large = square_mask(S1), square_mask(S1, S2)
+    item["neighbours"] = np.stack([large, small]).astype(np.uint8)
+    np.savez(files[0], **item)
+    previous = read_previous_masks(data, "test")
+    assert len(previous) == 1 and np.array_equal(previous[0], large > 0)
+    item["neighbours"] = np.zeros_like(item["neighbours"])
+    np.savez(files[0], **item)
+    assert read_previous_masks(data, "test") == [None]
+
+    torch.manual_seed(0)
+    model = build_model("ambiguous", "tiny", image_channels=4, prompt_channels=["point", "box", "previous"]).eval()
+    seen = []
+    sample = model.sample
+
+    def recording_sample(image, *args, **kwargs):
+        seen.append(image[:, 3].clone())
+        return sample(image, *args, **kwargs)
+
+    model.sample = recording_sample
+    images = np.zeros((1, 32, 32), np.float32)
+    draw_samples(model, images, 2, 1, 0, 8, previous=[large > 0])
+    assert torch.equal(seen[-1], torch.from_numpy(np.where(large > 0, 1.0, -1.0)).float()[None].repeat(2, 1, 1))
+    draw_samples(model, images, 2, 1, 0, 8, previous=[None])
+    assert not seen[-1].any()
+    folder = save_model(build_model("ambiguous", "tiny", image_channels=4,
+                                    prompt_channels=["point", "box", "previous"]), tmp_path / "coherent")
+    assert main(["--model", str(folder), "--data", str(data), "--samples", "1", "--steps", "1", "--previous",
+                 "neighbour", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["settings"]["previous"].startswith("the neighbouring slice's raters' union")

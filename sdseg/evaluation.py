@@ -43,6 +43,7 @@ METRIC_COLUMNS = [("dice_vs_raters", "Dice vs raters"), ("iou_vs_raters", "IoU v
                   ("dice_lesion_cases", "Dice, lesion cases"), ("false_positive_rate", "FP rate"),
                   ("false_positive_pixels", "FP pixels"), ("slices_per_s", "slices/s")]
 PROMPTS = ("click", "none")
+PREVIOUS = ("unknown", "neighbour")  # what a model with the previous-slice channel is given (--previous)
 
 
 class EvaluationError(Exception):
@@ -62,6 +63,21 @@ def read_split(directory, split: str, max_cases: int | None = None) -> tuple[dic
         raise EvaluationError(f"{directory}: the {split} images have {sorted(channels)} channels; evaluation "
                               "supports single-channel (grayscale) data sets only")
     return dataset.info, np.stack([item["image"][0] for item in items]), [item["masks"] > 0 for item in items]
+
+
+def read_previous_masks(directory, split: str, max_cases: int | None = None) -> list[np.ndarray | None]:
+    """Per case, the previous-slice mask the propagation would give it (``--previous neighbour``): of the raters'
+    unions on the slices before and after, the one with more foreground (the side the lesion comes from); None
+    when neither shows anything or the crop file has no neighbours (2D sources, lesion-free crops)."""
+    dataset = CropsDataset(directory, split)
+    count = len(dataset) if max_cases is None else min(max_cases, len(dataset))
+    previous = []
+    for index in range(count):
+        item = dataset.read(index)
+        neighbours = item["neighbours"] > 0
+        side = int(neighbours[1].sum() > neighbours[0].sum())
+        previous.append(neighbours[side] if item["has_neighbours"] and neighbours.any() else None)
+    return previous
 
 
 # ----- trivial baselines
@@ -147,13 +163,19 @@ def evaluation_prompts(rater_masks: list[np.ndarray], size: int, prompt: str) ->
 
 
 def draw_samples(model, images: np.ndarray, num_samples: int, steps: int | None, seed: int,
-                 batch_size: int, prompts: list[CropPrompt | None] | None = None) -> np.ndarray:
+                 batch_size: int, prompts: list[CropPrompt | None] | None = None,
+                 previous: list[np.ndarray | None] | None = None) -> np.ndarray:
     """Binary samples (cases, N, H, W) of normalised images (cases, H, W) as drawn (no post-processing), case n with
-    the noise of slice n and the prompt ``prompts[n]`` (models with prompt channels), in the worker's passes
+    the noise of slice n, the prompt ``prompts[n]`` (models with prompt channels) and, for every sample, the
+    previous-slice mask ``previous[n]`` (models with that channel; None: unknown), in the worker's passes
     (:func:`sdseg.inference.plan_passes`) of at most ``batch_size`` images."""
+    def previous_of(n: int):
+        return None if previous[n] is None else np.repeat(previous[n][None], num_samples, axis=0)
+
     return np.stack([samples for _, samples in sample_items(
         model, images.__getitem__, lambda n: n, len(images), num_samples, steps, seed, BatchSize(batch_size),
-        postprocessing=False, prompt_of=None if prompts is None else prompts.__getitem__)])
+        postprocessing=False, prompt_of=None if prompts is None else prompts.__getitem__,
+        previous_of=None if previous is None else previous_of)])
 
 
 def postprocess(samples: np.ndarray, method: str, model_config: dict) -> np.ndarray:
@@ -245,7 +267,7 @@ def markdown_report(report: dict) -> str:
         f"= consensus vs majority over them only. Lesion-free cases ({report['results'][0]['lesion_free_cases']}):"
         " no rater marks anything; FP rate = the fraction of them with a non-empty consensus, FP pixels = their "
         "mean consensus pixels (n/a: no such case).",
-        f"Prompts: {settings['prompt']}.",
+        f"Prompts: {settings['prompt']}. Previous-slice mask: {settings.get('previous', 'the model takes none')}.",
         "AUROC = area under the ROC curve of the per-pixel sample variance p(1 − p) as a detector of rater "
         "disagreement (raters not unanimous), pooled over all pixels of all cases (not averaged per case); 0.5 "
         "= no information, as for one sample or a deterministic predictor.",
@@ -340,22 +362,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", choices=PROMPTS, default="click", help="for models with prompt channels: "
                         "click each lesion case where a user would (and a lesion-free case at its centre), or give "
                         "no prompt (default click)")
+    parser.add_argument("--previous", choices=PREVIOUS, default="unknown",
+                        help="for models with the previous-slice channel: give each case no previous mask "
+                             "(unknown, as the prompted slice; default) or its neighbouring slice's raters' union, "
+                             "as the propagation gives the slices after the prompted one (neighbour)")
     parser.add_argument("--baselines", action="store_true",
                         help="also score the empty mask, the train mean mask and an intensity threshold fitted on "
                              "the train split")
     return parser
 
 
-def _model_rows(model, images, rater_masks, args, batch_size: int,
-                prompts: list[CropPrompt | None] | None) -> tuple[list[dict], np.ndarray]:
+def _model_rows(model, images, rater_masks, args, batch_size: int, prompts: list[CropPrompt | None] | None,
+                previous: list[np.ndarray | None] | None) -> tuple[list[dict], np.ndarray]:
     """Metric rows of the model for every sample count and post-processing, and the largest count's samples as
     the model outputs them by default."""
     default = "relative_area" if model.config.get("relative_area") else "none"
     rows, shown = [], None
-    draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size, prompts)  # warm-up, not timed
+    draw_samples(model, images[:1], 1, args.steps, args.seed, batch_size, prompts, previous)  # warm-up, not timed
     for count in args.samples:
         started = time.perf_counter()
-        drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size, prompts)
+        drawn = draw_samples(model, images, count, args.steps, args.seed, batch_size, prompts, previous)
         seconds = time.perf_counter() - started
         print(f"N={count}: sampled {len(images)} cases in {seconds:.1f} s", flush=True)
         for method in POSTPROCESSING:
@@ -396,7 +422,10 @@ def evaluate(args: argparse.Namespace) -> Path:
     baselines = _baseline_rows(data, images, rater_masks) if args.baselines else []
     prompted = bool(prompt_channels_of(model.config))
     prompts = evaluation_prompts(rater_masks, images.shape[-1], args.prompt) if prompted else None
-    rows, shown = _model_rows(model, images, rater_masks, args, batch_size, prompts)
+    coherent = "previous" in prompt_channels_of(model.config)
+    previous = read_previous_masks(data, args.split, args.max_cases) if coherent and args.previous == "neighbour" \
+        else None
+    rows, shown = _model_rows(model, images, rater_masks, args, batch_size, prompts, previous)
     report = {
         "model": {"name": folder.name, "path": str(folder), "kind": model.kind,
                   "parameters": model.num_parameters()},
@@ -407,7 +436,10 @@ def evaluate(args: argparse.Namespace) -> Path:
                      "batch_size": batch_size, "relative_area_r": RELATIVE_AREA, "ged_self_pairs": False,
                      "prompt": (f"{args.prompt} (lesion case: the most interior point of the raters' majority; "
                                 "lesion-free case: its centre)" if args.prompt == "click" else "none")
-                     if prompted else "the model takes none"},
+                     if prompted else "the model takes none",
+                     "previous": ("unknown (as on the prompted slice)" if args.previous == "unknown" else
+                                  "the neighbouring slice's raters' union with more foreground (None: unknown)")
+                     if coherent else "the model takes none"},
         "hardware": hardware_description(device),
         "results": rows,
         "baselines": baselines,
