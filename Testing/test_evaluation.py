@@ -300,7 +300,7 @@ def test_a_prompted_model_is_evaluated_with_the_users_click(data, tmp_path, monk
 def test_previous_neighbour_gives_a_coherent_model_the_neighbour_the_lesion_comes_from(tmp_path):
     """--previous neighbour: each case's samples get the neighbouring slice's raters' union with more foreground
     (unknown where neither neighbour shows anything or the file has none); the report says so."""
-    from sdseg.evaluation import draw_samples, read_previous_masks
+    from sdseg.evaluation import draw_samples, read_split
 
     data = write_hand_made_dataset(tmp_path / "hand")
     files = sorted((data / "test").glob("*.npz"))
@@ -308,11 +308,11 @@ def test_previous_neighbour_gives_a_coherent_model_the_neighbour_the_lesion_come
     small, large = square_mask(S1), square_mask(S1, S2)
     item["neighbours"] = np.stack([large, small]).astype(np.uint8)
     np.savez(files[0], **item)
-    previous = read_previous_masks(data, "test")
+    previous = read_split(data, "test").previous
     assert len(previous) == 1 and np.array_equal(previous[0], large > 0)
     item["neighbours"] = np.zeros_like(item["neighbours"])
     np.savez(files[0], **item)
-    assert read_previous_masks(data, "test") == [None]
+    assert read_split(data, "test").previous == [None]
 
     torch.manual_seed(0)
     model = build_model("ambiguous", "tiny", image_channels=4, prompt_channels=["point", "box", "previous"]).eval()

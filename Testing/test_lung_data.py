@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.lidc import LIDC_CROP, LIDC_GRID_MM, Nodule, Outline, Reading, crop_grid, group_nodules, load_nodules
 from sdseg.data.lung_sources import load_chest_ct
-from sdseg.data.semisynthetic import MIN_LUNG_PIXELS, SLAB_GAP, texture_slabs
+from sdseg.data.semisynthetic import MIN_LUNG_PIXELS, SLAB_GAP, lung_slices, texture_slabs
 from slicerlib_testing import write_ct_series
 from test_data_sources import CACHE, require_real_file, run_preprocess
 
@@ -223,7 +223,7 @@ def test_texture_slabs_give_each_split_its_own_slices_of_lung():
     volume[2:18, 20:100, 68:108] = -850.0
     for k in range(20):
         volume[k, 10, 10] = k
-    slabs = texture_slabs(volume, 1.0)
+    slabs = texture_slabs(lung_slices(volume, 1.0))
     tags = {split: [int(t.image[10, 10]) for t in textures] for split, textures in slabs.items()}
     # 16 lung slices (2..17): 20 % / 20 % / the rest, the first slice of val and of train left out as the gap
     assert tags == {"test": [2, 3, 4], "val": [6, 7], "train": list(range(9, 18))}
@@ -231,4 +231,4 @@ def test_texture_slabs_give_each_split_its_own_slices_of_lung():
     assert all(len(t.lung_centres) >= MIN_LUNG_PIXELS for textures in slabs.values() for t in textures)
     for t in slabs["train"]:  # crop centres inside the lungs, 8 mm from their edge
         assert (t.image[t.lung_centres[:, 1], t.lung_centres[:, 0]] == -850.0).all()
-    assert len(texture_slabs(volume, 1.0, whole=True)) == 16
+    assert len(lung_slices(volume, 1.0)) == 16

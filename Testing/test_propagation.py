@@ -11,6 +11,7 @@ import torch
 from sdseg import inference, preprocessing, propagation
 from sdseg.data.preprocess import lesion_rois
 from sdseg.models import build_model
+from sdseg.prompt_maps import takes_previous_masks
 from sdseg.propagation import Prompt
 
 SPACING_IJK = (0.8, 0.8, 2.0)
@@ -218,4 +219,4 @@ def test_a_model_taking_the_previous_mask_gets_sample_n_of_the_slice_before_for_
             np.testing.assert_array_equal(maps[n].numpy(), np.where(planes[n, j0:j1, i0:i1], 1.0, -1.0),
                                           err_msg=f"slice {result.index}, sample {n}")
     assert len(results) >= 6
-    assert propagation.takes_previous_masks(model.config) and not propagation.takes_previous_masks({})
+    assert takes_previous_masks(model.config) and not takes_previous_masks({})

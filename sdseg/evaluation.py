@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from sdseg.inference import (BatchSize, ModelMismatchError, auto_batch_size, che
 from sdseg.metrics import (auroc, dice, generalized_energy_distance, iou, rater_disagreement, sample_diversity,
                            voxel_variance)
 from sdseg.models.threshold import threshold_masks
-from sdseg.prompt_maps import CropPrompt, object_click, prompt_channels_of
+from sdseg.prompt_maps import CropPrompt, object_click, prompt_channels_of, takes_previous_masks
 from sdseg.registry import UnknownModelError, resolve_model
 from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 
@@ -52,9 +53,24 @@ class EvaluationError(Exception):
 
 # ----- data
 
-def read_split(directory, split: str, max_cases: int | None = None) -> tuple[dict, np.ndarray, list[np.ndarray]]:
-    """``dataset.json`` content, images (cases, H, W) float32 and rater masks [(R, H, W) bool] of a
-    single-channel data set split."""
+class Split(NamedTuple):
+    info: dict  # dataset.json
+    images: np.ndarray  # (cases, H, W) float32
+    rater_masks: list[np.ndarray]  # [(R, H, W) bool]
+    previous: list[np.ndarray | None]  # per case, the previous-slice mask for --previous neighbour (previous_mask)
+
+
+def previous_mask(item: dict) -> np.ndarray | None:
+    """The previous-slice mask the propagation would give a crop (``--previous neighbour``): of the raters' unions
+    on the slices before and after, the one with more foreground (the side the lesion comes from); None when
+    neither shows anything or the crop file has no neighbours (2D sources, lesion-free crops)."""
+    neighbours = item["neighbours"] > 0
+    side = int(neighbours[1].sum() > neighbours[0].sum())
+    return neighbours[side] if item["has_neighbours"] and neighbours.any() else None
+
+
+def read_split(directory, split: str, max_cases: int | None = None) -> Split:
+    """The cases of a single-channel data set split, read once."""
     dataset = CropsDataset(directory, split)
     count = len(dataset) if max_cases is None else min(max_cases, len(dataset))
     items = [dataset.read(i) for i in range(count)]
@@ -62,22 +78,8 @@ def read_split(directory, split: str, max_cases: int | None = None) -> tuple[dic
     if channels != {1}:
         raise EvaluationError(f"{directory}: the {split} images have {sorted(channels)} channels; evaluation "
                               "supports single-channel (grayscale) data sets only")
-    return dataset.info, np.stack([item["image"][0] for item in items]), [item["masks"] > 0 for item in items]
-
-
-def read_previous_masks(directory, split: str, max_cases: int | None = None) -> list[np.ndarray | None]:
-    """Per case, the previous-slice mask the propagation would give it (``--previous neighbour``): of the raters'
-    unions on the slices before and after, the one with more foreground (the side the lesion comes from); None
-    when neither shows anything or the crop file has no neighbours (2D sources, lesion-free crops)."""
-    dataset = CropsDataset(directory, split)
-    count = len(dataset) if max_cases is None else min(max_cases, len(dataset))
-    previous = []
-    for index in range(count):
-        item = dataset.read(index)
-        neighbours = item["neighbours"] > 0
-        side = int(neighbours[1].sum() > neighbours[0].sum())
-        previous.append(neighbours[side] if item["has_neighbours"] and neighbours.any() else None)
-    return previous
+    return Split(dataset.info, np.stack([item["image"][0] for item in items]), [item["masks"] > 0 for item in items],
+                 [previous_mask(item) for item in items])
 
 
 # ----- trivial baselines
@@ -395,7 +397,7 @@ def _model_rows(model, images, rater_masks, args, batch_size: int, prompts: list
 
 
 def _baseline_rows(data: Path, images, rater_masks) -> list[dict]:
-    _, train_images, train_masks = read_split(data, "train")
+    _, train_images, train_masks, _ = read_split(data, "train")
     return [{"predictor": name, "samples": 1, "postprocessing": "none", **details,
              **prediction_metrics(masks, rater_masks), "slices_per_s": None}
             for name, details, masks in baseline_predictions(train_images, train_masks, images)]
@@ -406,7 +408,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     folder = resolve_model(args.model)
     device = resolve_device(args.device)
     data = Path(args.data)
-    info, images, rater_masks = read_split(data, args.split, args.max_cases)
+    info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases)
     model = load_model(folder, device)
     check_model_fits_volume(model.config)
     warnings = []
@@ -422,9 +424,8 @@ def evaluate(args: argparse.Namespace) -> Path:
     baselines = _baseline_rows(data, images, rater_masks) if args.baselines else []
     prompted = bool(prompt_channels_of(model.config))
     prompts = evaluation_prompts(rater_masks, images.shape[-1], args.prompt) if prompted else None
-    coherent = "previous" in prompt_channels_of(model.config)
-    previous = read_previous_masks(data, args.split, args.max_cases) if coherent and args.previous == "neighbour" \
-        else None
+    coherent = takes_previous_masks(model.config)
+    previous = neighbour_masks if coherent and args.previous == "neighbour" else None
     rows, shown = _model_rows(model, images, rater_masks, args, batch_size, prompts, previous)
     report = {
         "model": {"name": folder.name, "path": str(folder), "kind": model.kind,

@@ -20,7 +20,7 @@ import torch
 from sdseg.device import free_memory_bytes
 from sdseg.masks import postprocess
 from sdseg.noise import sample_generators
-from sdseg.prompt_maps import CropPrompt, crop_prompt_maps, data_channels, prompt_channels_of
+from sdseg.prompt_maps import CropPrompt, crop_prompt_maps, data_channels, prompt_channels_of, takes_previous_masks
 from sdseg.preprocessing import intensity_range, normalize_intensities, resize_images, resize_masks
 from sdseg.metrics import voxel_variance
 from sdseg.volume_io import roi_array, slice_of_roi
@@ -122,7 +122,7 @@ def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: ra
                                       .to(device), size) for crop in crops])
     channels = prompt_channels_of(model.config)
     prompts = prompts or [None] * len(crops)
-    per_sample = "previous" in channels
+    per_sample = takes_previous_masks(model.config)
     if per_sample:
         repeat = len(samples)
         images = images.repeat_interleave(repeat, dim=0)

@@ -55,6 +55,12 @@ def prompt_channels_of(config: dict) -> tuple[str, ...]:
     return channels
 
 
+def takes_previous_masks(config: dict) -> bool:
+    """Whether a model conditions a slice on the previous slice's mask (the ``previous`` channel), so that the
+    propagation draws samples that are 3D hypotheses."""
+    return "previous" in prompt_channels_of(config)
+
+
 def data_channels(config: dict) -> int:
     """The image channels of a model's input that come from the image (its ``image_channels`` less its prompts)."""
     return int(config.get("image_channels", 1)) - len(prompt_channels_of(config))

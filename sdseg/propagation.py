@@ -44,7 +44,7 @@ from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume
                              sample_items)
 from sdseg.preprocessing import intensity_range, normalize_intensities
 from sdseg.masks import components_near_point, components_touching, interior_point
-from sdseg.prompt_maps import CropPrompt, prompt_channels_of
+from sdseg.prompt_maps import CropPrompt, takes_previous_masks
 from sdseg.metrics import voxel_variance
 
 # The crop recipe of models saved before it was recorded: `sdseg preprocess --crop 96` (its default), >= 1.2 x the
@@ -262,12 +262,6 @@ class _Lesion:
             direction.active = direction.empty_run < stop_after_empty
         if move:
             direction.next_index += direction.step
-
-
-def takes_previous_masks(config: dict) -> bool:
-    """Whether a model conditions a slice on the previous slice's mask, so that the propagation draws samples that
-    are 3D hypotheses."""
-    return "previous" in prompt_channels_of(config)
 
 
 def check_prompts(prompts: list[Prompt], shape_kji, slice_axis: int, roi_ijk) -> None:

@@ -158,14 +158,19 @@ def load_nodules(database, series_uids=None) -> list[Nodule]:
     scans = connection.execute("select id, series_instance_uid, patient_id, pixel_spacing, slice_thickness "
                                "from scans order by patient_id, series_instance_uid").fetchall()
     if series_uids is not None:
-        scans = [scan for scan in scans if scan[1] in set(series_uids)]
+        wanted = set(series_uids)
+        scans = [scan for scan in scans if scan[1] in wanted]
+    scan_ids = {scan[0] for scan in scans}
+    annotations = [(annotation_id, scan_id, texture) for annotation_id, scan_id, texture in connection.execute(
+        "select id, scan_id, texture from annotations order by id") if scan_id in scan_ids]
+    annotation_ids = {annotation[0] for annotation in annotations}
     outlines: dict[int, list[Outline]] = {}
     for annotation_id, inclusion, z, coords in connection.execute(
             "select annotation_id, inclusion, image_z_position, coords from contours order by id"):
-        outlines.setdefault(annotation_id, []).append(Outline(float(z), _parse_points(coords), bool(inclusion)))
+        if annotation_id in annotation_ids:  # parse only the outlines of the scans asked for
+            outlines.setdefault(annotation_id, []).append(Outline(float(z), _parse_points(coords), bool(inclusion)))
     readings: dict[int, list[Reading]] = {}
-    for annotation_id, scan_id, texture in connection.execute(
-            "select id, scan_id, texture from annotations order by id"):
+    for annotation_id, scan_id, texture in annotations:
         if annotation_id in outlines:
             readings.setdefault(scan_id, []).append(Reading(annotation_id, int(texture or 5),
                                                             tuple(outlines[annotation_id])))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 import zipfile
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +38,26 @@ def _dicom_series(root: Path) -> dict[str, list[str]]:
     return series
 
 
-def _nodule_case(files: list[str], nodule: Nodule) -> Case:
-    """The nodule as a stack of LIDC_CROP x LIDC_CROP crops with LIDC_GRID_MM pixels centred on it, one per slice
-    that at least one radiologist outlined (HU; up to four raters' masks, missing raters empty)."""
+@lru_cache(maxsize=1)  # the nodules of one scan come one after another: its series is read once, one in memory
+def _read_series(files: tuple[str, ...], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(voxels (K, J, I) float32, each file's ImagePositionPatient z) of a CT series; the z of each file itself (as
+    the outlines' image_z_position): right also where the series has a gap or uneven spacing, which ITK's one
+    spacing would misplace. ``what`` names the series in errors."""
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
-        # each file's own ImagePositionPatient z (as the outlines' image_z_position): right also where the series
-        # has a gap or uneven spacing, which ITK's one spacing would misplace
         z_of_slice = np.array([float(reader.GetMetaData(k, "0020|0032").split("\\")[2]) for k in range(len(files))])
     except (RuntimeError, IndexError, ValueError) as error:
-        raise SourceError(f"{nodule.patient} series {nodule.series_uid}: cannot be read ({error})") from error
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+        raise SourceError(f"{what}: cannot be read ({error})") from error
+    return sitk.GetArrayFromImage(image).astype(np.float32), z_of_slice
+
+
+def _nodule_case(files: list[str], nodule: Nodule) -> Case:
+    """The nodule as a stack of LIDC_CROP x LIDC_CROP crops with LIDC_GRID_MM pixels centred on it, one per slice
+    that at least one radiologist outlined (HU; up to four raters' masks, missing raters empty)."""
+    array, z_of_slice = _read_series(tuple(files), f"{nodule.patient} series {nodule.series_uid}")
     to_grid = crop_grid(nodule.centre, nodule.pixel_spacing)
     half_gap = max(0.5 * float(np.min(np.abs(np.diff(z_of_slice)))) if len(z_of_slice) > 1 else 0.5, 0.01)
     images, masks = [], []

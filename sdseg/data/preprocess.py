@@ -90,6 +90,11 @@ def _resize(slices: list[np.ndarray], size: int) -> np.ndarray:
     return resize_images(torch.from_numpy(np.stack(slices)[:, None].astype(np.float32)), size)[:, 0].numpy()
 
 
+def _resize_masks(masks: list[np.ndarray], size: int) -> np.ndarray:
+    """Masks resized as the images (bilinear, antialiased) and thresholded at 0.5: bool (len(masks), S, S)."""
+    return _resize(masks, size) >= 0.5
+
+
 def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: dict, size: int,
               positions=None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(slice index, image float32 (1, S, S) in [-1, 1], masks uint8 (R, S, S), neighbours uint8 (2, S, S)) for
@@ -106,7 +111,7 @@ def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: di
     for position in range(roi_ijk[slice_axis + 3] - roi_ijk[slice_axis]) if positions is None else positions:
         index = roi_ijk[slice_axis] + position
         image = _resize([normalize_intensities(slice_of_roi(roi, slice_axis, position), lo, hi)], size)
-        masks = _resize([slice_of_roi(m, slice_axis, position) for m in mask_rois], size) >= 0.5
+        masks = _resize_masks([slice_of_roi(m, slice_axis, position) for m in mask_rois], size)
         neighbours = []
         for other in (index - 1, index + 1):
             plane_roi = list(roi_ijk)
@@ -114,7 +119,7 @@ def roi_crops(case: Case, roi_ijk: list[int], slice_axis: int, preprocessing: di
             inside = 0 <= other < dim
             neighbours.append(slice_of_roi(roi_array(union, plane_roi), slice_axis, 0) if inside
                               else np.zeros_like(slice_of_roi(mask_rois[0], slice_axis, position)))
-        neighbours = _resize(neighbours, size) >= 0.5
+        neighbours = _resize_masks(neighbours, size)
         yield index, image.astype(np.float32), masks.astype(np.uint8), neighbours.astype(np.uint8)
 
 
@@ -379,14 +384,15 @@ def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, 
     for ref in refs:
         case = ref.read()
         spacing = float(np.linalg.norm(case.ijk_to_ras[:3, 0]))
+        usable = semisynthetic.lung_slices(case.image, spacing)
         if texture_split_of is None:
-            for split, textures in semisynthetic.texture_slabs(case.image, spacing).items():
+            for split, textures in semisynthetic.texture_slabs(usable).items():
                 slabs[split] += textures
         else:
-            slabs[texture_split_of[ref.patient]] += semisynthetic.texture_slabs(case.image, spacing, whole=True)
+            slabs[texture_split_of[ref.patient]] += usable
     negative_counts = dict.fromkeys(SPLITS, 0)
-    for number, (split, count) in enumerate(zip(SPLITS, counts)):
-        rng = np.random.default_rng([seed, 2, number])  # each split its own draws
+    for split_number, (split, count) in enumerate(zip(SPLITS, counts)):
+        rng = np.random.default_rng([seed, 2, split_number])  # each split its own draws
         (out / split).mkdir(parents=True, exist_ok=True)
         if count and not slabs[split]:
             raise SourceError(f"no slice with enough lung for the {split} split in {source.name}; give a chest CT")
@@ -397,8 +403,8 @@ def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, 
             texture = slabs[split][rng.integers(len(slabs[split]))]
             image, masks = semisynthetic.semisynthetic_example(nodule, z, texture, n_raters, rng)
             _write_crop(out / split, f"{split}-{number:05d}", _normalised_image(image, preprocessing, size),
-                        (_resize(list(masks), size) >= 0.5).astype(np.uint8), nodule.patient)
-        negative_counts[split] = negatives_for(count, negatives) if count else 0
+                        _resize_masks(list(masks), size).astype(np.uint8), nodule.patient)
+        negative_counts[split] = negatives_for(count, negatives)
         empty = np.zeros((n_raters, size, size), dtype=np.uint8)
         for number in range(negative_counts[split]):
             texture = slabs[split][rng.integers(len(slabs[split]))]

@@ -63,17 +63,19 @@ def lung_centres(slice_hu: np.ndarray, pixel_spacing: float) -> np.ndarray:
     return np.column_stack([cols, rows])
 
 
-def texture_slabs(image_kji: np.ndarray, pixel_spacing: float, whole: bool = False):
-    """A texture CT's slices with enough lung (MIN_LUNG_PIXELS), split into contiguous slabs per split
-    (SLAB_FRACTIONS of them, SLAB_GAP slices apart) so no slice gives texture to two splits: {split: slices};
-    ``whole``: all of them, one list (the CT is one split's own patient)."""
+def lung_slices(image_kji: np.ndarray, pixel_spacing: float) -> list[TextureSlice]:
+    """A texture CT's slices with enough lung (MIN_LUNG_PIXELS), in slice order."""
     usable = []
     for slice_hu in image_kji:
         centres = lung_centres(slice_hu, pixel_spacing)
         if len(centres) >= MIN_LUNG_PIXELS:
             usable.append(TextureSlice(slice_hu, pixel_spacing, centres))
-    if whole:
-        return usable
+    return usable
+
+
+def texture_slabs(usable: list[TextureSlice]) -> dict[str, list[TextureSlice]]:
+    """One CT's lung slices (:func:`lung_slices`) split into contiguous slabs per split (SLAB_FRACTIONS of them,
+    SLAB_GAP slices apart) so no slice gives texture to two splits."""
     slabs = {}
     for split, (start, stop) in SLAB_FRACTIONS.items():
         first = int(round(start * len(usable))) + (SLAB_GAP if start > 0 else 0)

@@ -20,6 +20,7 @@ import torch
 from sdseg import checkpoint, inference, propagation, registry
 from sdseg.device import DeviceUnavailable, resolve_device
 from sdseg.volume_io import VolumeError, check_roi, choose_slice_axis, read_volume
+from sdseg.prompt_maps import takes_previous_masks
 from sdseg.worker import protocol
 
 PROGRESS_INTERVAL_S = 1.0  # at most one batch-progress message per second (slices report their own progress)
@@ -292,7 +293,7 @@ class Worker:
                                     {"samples": job["samples"], "steps": steps, "seed": job["seed"],
                                      "sampler": model.config.get("sampler"),
                                      "samples_are": protocol.samples_are(
-                                         bool(prompts) and propagation.takes_previous_masks(model.config))}))
+                                         bool(prompts) and takes_previous_masks(model.config))}))
         stopped = False
 
         def should_stop() -> bool:
