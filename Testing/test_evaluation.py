@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,22 @@ def test_baselines_on_a_hand_made_case(tmp_path, model_dir):
     assert fitted["polarity"] == "above" and -0.4 <= fitted["threshold"] < 0.6
     assert fitted["train_dice"] == pytest.approx((1 + (1 + 128 / 144) / 2) / 2)  # case 2: S1+S2 vs rater S1
     assert "intensity threshold" in (tmp_path / "out" / "metrics.md").read_text()
+
+
+def test_external_test_set_takes_its_baselines_from_another_train_split(tmp_path, model_dir):
+    data = write_hand_made_dataset(tmp_path / "hand")
+    external = tmp_path / "external"
+    external.mkdir()
+    shutil.copy(data / "dataset.json", external)
+    shutil.copytree(data / "test", external / "test")
+    common = ["--model", str(model_dir), "--samples", "1", "--steps", "1", "--baselines"]
+    result = run_cli(*common, "--data", str(external), "--out", str(tmp_path / "none"), cwd=tmp_path)
+    assert result.returncode == 2 and "--baselines-from" in result.stderr and result.stderr.count("\n") == 1
+    assert main([*common, "--data", str(data), "--out", str(tmp_path / "own")]) == 0
+    assert main([*common, "--data", str(external), "--baselines-from", str(data), "--out", str(tmp_path / "ext")]) == 0
+    own, ext = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("own", "ext"))
+    assert ext["baselines"] == own["baselines"] and ext["baselines_fitted_on"] == str(data)
+    assert str(data) in (tmp_path / "ext" / "metrics.md").read_text()
 
 
 def test_mean_mask_and_threshold_fits():

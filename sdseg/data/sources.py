@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sdseg.data.cases import Case, CaseRef, SourceError
+from sdseg.data.liver_mr import LIVER_MR_HOW_TO_GET, load_liver_mr
 from sdseg.data.lung_sources import (CHEST_CT_HOW_TO_GET, LIDC_HOW_TO_GET, LUNG_CT_WINDOW, load_chest_ct,
                                      load_lidc)
 from sdseg.volume_io import FILE_SUFFIXES, VolumeError, read_volume
@@ -48,6 +49,7 @@ class Source(NamedTuple):
     how_to_get: str  # shown when --input is missing or wrong
     load: Callable[..., list[CaseRef]]  # load(path, labels=None) -> the cases, not yet read
     labelled: bool = True  # False: images only (texture for --multirater), no masks
+    every_lesion_outlined: bool = True  # False: the images show lesions that are not outlined (no lesion-free crops)
 
 
 def _binary(labelmap: np.ndarray, labels) -> np.ndarray:
@@ -402,6 +404,17 @@ SOURCES: dict[str, Source] = {
         "collection (CC BY 4.0 per TCIA; cite Li et al. 2020)",
         "none (the patient's tumour is not outlined)",
         LUNG_CT_WINDOW, CHEST_CT_HOW_TO_GET, load_chest_ct, labelled=False),
+    "liver-mr": Source(
+        "liver-mr",
+        "one real abdominal MR slice (Siemens 1.5 T, contrast-enhanced T1, 484x484, 0.72 mm pixels) with one liver "
+        "lesion outlined by a reader in its DICOM overlay; a second, larger liver lesion on the slice is not "
+        "outlined. A patient of another source, anatomy and scanner than the bundled models' training data",
+        "PyPI pydicom-data 1.0.0 (data_store/data/MR-SIEMENS-DICOM-WithOverlays.dcm, sha256 of the wheel "
+        "622ac97265f1d91f76b5120b5bd6eb0f57737c392ef863b72c71779c91e33637); the file does not say who acquired "
+        "or outlined it",
+        "MIT (Copyright 2020 Dicom in Python), the licence of the pydicom-data distribution",
+        "one liver lesion, the reader's overlay outline filled (its text and box marks dropped), single rater",
+        PERCENTILE, LIVER_MR_HOW_TO_GET, load_liver_mr, every_lesion_outlined=False),
     "btcv": Source(
         "btcv",
         "BTCV multi-organ abdominal CT (30 training volumes, 13 organs)",
