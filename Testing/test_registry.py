@@ -113,7 +113,7 @@ def test_default_model_is_bundled(monkeypatch):
 
 def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     first, second = two_dirs
-    write_model_folder(second, "ambiguous")
+    write_model_folder(second, registry.DEFAULT_MODEL)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=120)
@@ -121,7 +121,8 @@ def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "KIND", "DESCRIPTION", "PATH"]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert "(default)" in rows["ambiguous"] and str(second / "ambiguous") in rows["ambiguous"]
+    default = rows[registry.DEFAULT_MODEL]
+    assert "(default)" in default and str(second / registry.DEFAULT_MODEL) in default
     assert "Lesion model (small)" in rows["lesions"] and str(first / "lesions") in rows["lesions"]
 
 

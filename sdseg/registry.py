@@ -15,7 +15,7 @@ from pathlib import Path
 from sdseg.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
 
 MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
-DEFAULT_MODEL = "ambiguous"
+DEFAULT_MODEL = "sdseg-small"  # the bundled model that wins the validation patient (README "Choosing the default")
 
 log = logging.getLogger(__name__)
 
