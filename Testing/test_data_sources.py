@@ -20,7 +20,7 @@ from sdseg.data.dataset import CropsDataset
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "Resources" / "SampleData"
-# Where scripts/fetch_pyradiomics_data.sh and fetch_mricron_data.sh put them: $SDSEG_CACHE, by default ~/.cache/sdseg.
+# Where scripts/fetch_pyradiomics_data.sh and fetch_debian_data.sh put them: $SDSEG_CACHE, by default ~/.cache/sdseg.
 CACHE = Path(os.environ.get("SDSEG_CACHE", Path.home() / ".cache" / "sdseg"))
 PYRADIOMICS_SDIST = CACHE / "pyradiomics-3.0.1.tar.gz"
 MRICRON_DEB = CACHE / "mricron-data_1.2.20211006+dfsg-4_all.deb"
@@ -121,7 +121,7 @@ def require_real_file(path: Path, fetch_script: str) -> None:
 
 
 def test_mricron_deb_gives_colin27_with_its_116_aal_regions():
-    require_real_file(MRICRON_DEB, "fetch_mricron_data.sh")
+    require_real_file(MRICRON_DEB, "fetch_debian_data.sh")
     [ref] = sources.load_mricron(MRICRON_DEB)
     case = ref.read()
     assert ref.patient == case.patient == "colin27"

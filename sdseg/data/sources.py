@@ -11,7 +11,6 @@ See docs/data.md for how to obtain each source.
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import tarfile
@@ -24,6 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from sdseg.data.cases import Case, CaseRef, SourceError
+from sdseg.data.debian import deb_members
+from sdseg.data.head_ct import HEAD_CT_HOW_TO_GET, load_head_ct
 from sdseg.data.liver_mr import LIVER_MR_HOW_TO_GET, load_liver_mr
 from sdseg.data.lung_sources import (CHEST_CT_HOW_TO_GET, LIDC_HOW_TO_GET, LUNG_CT_WINDOW, load_chest_ct,
                                      load_lidc)
@@ -159,31 +160,8 @@ def load_pyradiomics(path, labels=None) -> list[CaseRef]:
 
 MRICRON_TEMPLATES = "usr/share/mricron/templates"
 MRICRON_IMAGE, MRICRON_ATLAS = "ch2.nii.gz", "aal.nii.gz"  # Colin27 T1 1 mm and its AAL labels, the same grid
-MRICRON_HOW_TO_GET = ("pass the Debian package mricron-data (`bash scripts/fetch_mricron_data.sh` puts it in "
+MRICRON_HOW_TO_GET = ("pass the Debian package mricron-data (`bash scripts/fetch_debian_data.sh` puts it in "
                       "~/.cache/sdseg/) or its templates folder (/usr/share/mricron/templates)")
-
-
-def _deb_data_members(deb_path: Path, names) -> dict[str, bytes]:
-    """Files ``names`` of the templates folder inside a .deb (an ar archive holding data.tar.*)."""
-    with open(deb_path, "rb") as deb:
-        if deb.read(8) != b"!<arch>\n":
-            raise SourceError(f"{deb_path}: not a Debian package (no ar header); {MRICRON_HOW_TO_GET}")
-        while True:
-            header = deb.read(60)
-            if len(header) < 60:
-                raise SourceError(f"{deb_path}: no data.tar member; {MRICRON_HOW_TO_GET}")
-            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
-            payload = deb.read(size)
-            deb.read(size % 2)  # members are 2-byte aligned
-            if name.startswith("data.tar"):
-                break
-    found = {}
-    with tarfile.open(fileobj=io.BytesIO(payload)) as archive:
-        for member in archive.getmembers():
-            base = member.name.lstrip("./")
-            if member.isfile() and base.startswith(MRICRON_TEMPLATES + "/") and Path(base).name in names:
-                found[Path(base).name] = archive.extractfile(member).read()
-    return found
 
 
 def _read_colin27(path: Path, labels) -> Case:
@@ -191,7 +169,7 @@ def _read_colin27(path: Path, labels) -> Case:
     if path.is_dir():
         files = {name: (path / name).read_bytes() for name in names if (path / name).is_file()}
     else:
-        files = _deb_data_members(path, names)
+        files = deb_members(path, MRICRON_TEMPLATES, names, MRICRON_HOW_TO_GET)
     missing = [name for name in names if name not in files]
     if missing:
         raise SourceError(f"{path}: no {', '.join(missing)}; {MRICRON_HOW_TO_GET}")
@@ -415,6 +393,17 @@ SOURCES: dict[str, Source] = {
         "MIT (Copyright 2020 Dicom in Python), the licence of the pydicom-data distribution",
         "one liver lesion, the reader's overlay outline filled (its text and box marks dropped), single rater",
         PERCENTILE, LIVER_MR_HOW_TO_GET, load_liver_mr, every_lesion_outlined=False),
+    "head-ct": Source(
+        "head-ct",
+        "one real head CT (108 axial slices, 1.5 mm, 256x256 of 0.96 mm; InVesalius' example project 'ProMED CT "
+        "0051') shipped in Debian's invesalius-examples; no masks: texture for synthetic lesions",
+        "Debian package invesalius-examples 3.1.99998-4 (usr/share/doc/invesalius-examples/examples/Cranium.inv3, "
+        "sha256 of the .deb f2f14bdfef6dc3812eafc5013d133c6c18370aaab5666b78d54af2e7db432f97); the package does "
+        "not say who acquired the scan",
+        "GPL-2 (Copyright 2008-2021 Centro de Tecnologia da Informacao Renato Archer), the licence Debian's "
+        "copyright file gives every file of invesalius; check it before you ship a model trained on it",
+        "none (its project masks are bone thresholds, not outlines)",
+        PERCENTILE, HEAD_CT_HOW_TO_GET, load_head_ct, labelled=False),
     "btcv": Source(
         "btcv",
         "BTCV multi-organ abdominal CT (30 training volumes, 13 organs)",
