@@ -198,10 +198,24 @@ def test_external_test_set_takes_its_baselines_from_another_train_split(tmp_path
     result = run_cli(*common, "--data", str(external), "--out", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode == 2 and "--baselines-from" in result.stderr and result.stderr.count("\n") == 1
     assert main([*common, "--data", str(data), "--out", str(tmp_path / "own")]) == 0
-    assert main([*common, "--data", str(external), "--baselines-from", str(data), "--out", str(tmp_path / "ext")]) == 0
+    external_info = json.loads((external / "dataset.json").read_text())
+    (external / "dataset.json").write_text(json.dumps({**external_info, "external_test": True}))
+    # --baselines-from alone asks for the baselines too
+    assert main([*common[:-1], "--data", str(external), "--baselines-from", str(data),
+                 "--out", str(tmp_path / "ext")]) == 0
     own, ext = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("own", "ext"))
     assert ext["baselines"] == own["baselines"] and ext["baselines_fitted_on"] == str(data)
-    assert str(data) in (tmp_path / "ext" / "metrics.md").read_text()
+    text = (tmp_path / "ext" / "metrics.md").read_text()
+    assert f"train split of {data}" in text and "an external test set" in text
+    # Baselines fitted on crops of another size cannot be scored: one line, before the model loads.
+    other = tmp_path / "other"
+    (other / "train").mkdir(parents=True)
+    (other / "dataset.json").write_text(json.dumps({**external_info, "image_size": 48}))
+    np.savez(other / "train" / "0.npz", image=np.zeros((1, 48, 48), np.float32),
+             masks=np.zeros((2, 48, 48), np.uint8), patient=np.str_("o"))
+    result = run_cli(*common, "--data", str(external), "--baselines-from", str(other), "--out",
+                     str(tmp_path / "size"), cwd=tmp_path)
+    assert result.returncode == 2 and "48 px" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_mean_mask_and_threshold_fits():

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image, ImageDraw
 
-from sdseg.data.liver_mr import LIVER_MR_MEMBER, load_liver_mr, outlined_lesions
+from sdseg.data.liver_mr import LIVER_MR_MEMBER, load_liver_mr, outlined_lesions, overlay_on_image
 from test_data_sources import CACHE, require_real_file, run_preprocess
 
 PYDICOM_DATA_WHEEL = CACHE / "pydicom_data-1.0.0-py3-none-any.whl"
@@ -52,9 +52,12 @@ def test_wheel_gives_the_outlined_liver_lesion_with_the_slice_geometry():
     mask = case.masks[0, 0] > 0
     # The lesion's outline (the one closed curve inside the body) lies on the mask; the text and box marks, all in
     # the image's right part, do not.
-    rows, columns = np.nonzero(overlay & ~mask)
+    _, columns = np.nonzero(overlay & ~mask)
     assert columns.min() > 380 and (overlay & mask).sum() > 100
-    assert overlay.sum() - (overlay & mask).sum() == len(rows)
+    # The mask is the outline filled: its border pixels are the reader's outline.
+    inner = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+    border = mask & ~inner
+    assert border.sum() > 50 and overlay[border].all()
     spacing = [float(v) for v in dataset.PixelSpacing]
     area_mm2 = mask.sum() * spacing[0] * spacing[1]
     assert 400 < area_mm2 < 560  # a lesion of about 25 mm
@@ -66,6 +69,21 @@ def test_wheel_gives_the_outlined_liver_lesion_with_the_slice_geometry():
     np.testing.assert_allclose(case.ijk_to_ras[:3, 3], to_ras @ origin_lps, atol=1e-3)
     np.testing.assert_allclose(case.ijk_to_ras[:3, 0], to_ras @ row_lps * spacing[1], atol=1e-6)
     np.testing.assert_allclose(case.ijk_to_ras[:3, 1], to_ras @ column_lps * spacing[0], atol=1e-6)
+    normal = np.cross(row_lps, column_lps)  # one slice: its thickness is the spacing along the normal
+    np.testing.assert_allclose(case.ijk_to_ras[:3, 2], to_ras @ normal * float(dataset.SliceThickness), atol=1e-6)
+
+
+def test_overlay_is_placed_at_its_origin():
+    dataset = pydicom.Dataset()
+    plane = np.zeros((4, 6), dtype=np.uint8)
+    plane[0, 0] = plane[3, 5] = 1
+    for element, vr, value in ((0x0010, "US", 4), (0x0011, "US", 6), (0x0050, "SS", [3, 2]), (0x0100, "US", 1),
+                               (0x0102, "US", 0), (0x0040, "CS", "G"),
+                               (0x3000, "OW", np.packbits(plane.ravel(), bitorder="little").tobytes() + b"\x00")):
+        dataset.add_new((0x6000, element), vr, value)
+    overlay = overlay_on_image(dataset, (8, 8))
+    assert overlay.sum() == 2 and overlay[2, 1] == 1 and overlay[5, 6] == 1  # origin (3, 2) is 1-based
+    assert overlay_on_image(dataset, (4, 4)).sum() == 1  # the part past the image's edge is cut
 
 
 def test_preprocess_makes_an_external_test_set_of_lesion_crops(tmp_path):
@@ -83,11 +101,15 @@ def test_preprocess_makes_an_external_test_set_of_lesion_crops(tmp_path):
         # a 96-pixel ROI resized to 64: the lesion keeps its area times (64 / 96)^2
         assert crop["masks"].sum() == pytest.approx(mask_pixels * (64 / 96) ** 2, rel=0.05)
     # Lesion-free crops could show the slice's second lesion, which nobody outlined: refused in one line.
-    result = run_preprocess("--source", "liver-mr", "--input", PYDICOM_DATA_WHEEL, "--negatives", 0.3,
-                            "--out", tmp_path / "neg")
-    assert result.returncode == 2 and "not outlined" in result.stderr and result.stderr.count("\n") == 1
+    for extra in (["--negatives", 0.3], ["--multirater", 2]):
+        result = run_preprocess("--source", "liver-mr", "--input", PYDICOM_DATA_WHEEL, *extra, "--out", tmp_path / "x")
+        assert result.returncode == 2 and "not outlined" in result.stderr and result.stderr.count("\n") == 1
     result = run_preprocess("--source", "pyradiomics", "--input", tmp_path, "--negatives", 0.3, "--add-train",
                             f"liver-mr={PYDICOM_DATA_WHEEL}", "--out", tmp_path / "add")
-    assert result.returncode == 2 and "not outlined" in result.stderr
+    assert result.returncode == 2 and "not outlined" in result.stderr and result.stderr.count("\n") == 1
+    for extra in (["--multirater", 2], ["--add-train", f"liver-mr={PYDICOM_DATA_WHEEL}"]):
+        result = run_preprocess("--source", "pyradiomics", "--input", tmp_path, "--external-test", *extra,
+                                "--out", tmp_path / "ext")
+        assert result.returncode == 2 and "--external-test" in result.stderr and result.stderr.count("\n") == 1
     result = run_preprocess("--source", "liver-mr", "--input", tmp_path, "--out", tmp_path / "bad")
     assert result.returncode == 2 and "fetch_pypi_data.sh" in result.stderr and "Traceback" not in result.stderr

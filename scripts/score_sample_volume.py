@@ -70,35 +70,41 @@ def run_prompt(model, volume, point, samples: int, seed: int) -> tuple[np.ndarra
     return consensus, drawn, visited, first, time.perf_counter() - started
 
 
-def score_prompt(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
+def score_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(scores, consensus, samples) of one click at the lesion's centre (the centre of its largest slice)."""
     consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
+    scores = {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
+              "slices": visited, "first_s": first, "seconds": seconds}
+    return scores, consensus, drawn
+
+
+def score_prompt(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
+    scores, consensus, drawn = score_click(model, volume, truth, samples, seed)
     lesion = truth.any(axis=(1, 2))
     healthy, _, _, _, _ = run_prompt(model, volume, HEALTHY_POINT_IJK, samples, seed)
     coherence = slice_coherence(drawn, 0)
-    return {"dice": dice(consensus, truth), "false_positive_voxels": int(consensus[~lesion].sum()),
-            "slices": visited, "first_s": first, "seconds": seconds,
+    return {**scores, "false_positive_voxels": int(consensus[~lesion].sum()),
             "within": coherence["within_samples"], "across": coherence["across_samples"],
             "sample_dice": float(np.mean([dice(sample, truth) for sample in drawn])),
             "healthy_found_slices": int(healthy.any(axis=(1, 2)).sum())}
 
 
 def external_cases(spec: str):
-    """(name, volume, truth) of each case of ``SOURCE=PATH``: the union of its raters' masks is the truth."""
-    name, _, path = spec.partition("=")
+    """(name, volume, truth) of each case with a lesion of ``SOURCE=PATH``, a labelled data source: the union of its
+    raters' masks is the truth."""
+    name, separator, path = spec.partition("=")
+    if not separator or not path:
+        raise SystemExit(f"--external needs SOURCE=PATH (e.g. liver-mr=FILE), got {spec!r}")
     try:
-        refs = get_source(name).load(Path(path).expanduser())
-        cases = [ref.read() for ref in refs]
+        source = get_source(name)
+        if not source.labelled:
+            raise SourceError(f"{name} has no masks: there is no lesion to click")
+        cases = [ref.read() for ref in source.load(Path(path).expanduser())]
     except SourceError as error:
         raise SystemExit(f"--external {spec}: {error}") from None
-    return [(f"{name} {case.patient}", Volume(case.image, case.ijk_to_ras), case.masks.max(axis=0) > 0)
-            for case in cases]
-
-
-def score_external(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
-    """One click at the lesion's centre, as in prompt mode."""
-    consensus, _, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
-    return {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
-            "slices": visited, "seconds": seconds}
+    found = [(f"{name} {case.patient}", Volume(case.image, case.ijk_to_ras), case.masks.max(axis=0) > 0)
+             for case in cases]
+    return [case for case in found if case[2].any()]  # a case without a lesion has nothing to click
 
 
 def _number(value) -> str:
@@ -118,6 +124,7 @@ def main() -> None:
     truth = read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0
     if choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape) != 2:
         raise SystemExit("the sample volume is expected to be stored axially")
+    externals = {spec: external_cases(spec) for spec in args.external}  # bad specs fail before any scoring
     names = args.models or [entry["name"] for entry in registry.list_models()]
     models = {name: load_model(registry.resolve_model(name)) for name in names}
     point = [round(v, 1) for v in prompt_point(truth)]
@@ -143,13 +150,13 @@ def main() -> None:
             r = score_whole(model, volume, truth, args.samples, args.seed)
             print(f"| {name} | {r['lesion_slice_dice']:.3f} | {r['volume_dice']:.3f} | "
                   f"{r['false_positive_voxels']} | {r['seconds']:.1f} |", flush=True)
-    for spec in args.external:
+    for spec in externals:
         print(f"\nExternal cases ({spec}): a click at each lesion's centre")
         print("| case | model | Dice (consensus vs label) | consensus voxels | label voxels | slices visited | s |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for case, case_volume, case_truth in external_cases(spec):
+        for case, case_volume, case_truth in externals[spec]:
             for name, model in models.items():
-                r = score_external(model, case_volume, case_truth, args.samples, args.seed)
+                r, _, _ = score_click(model, case_volume, case_truth, args.samples, args.seed)
                 print(f"| {case} | {name} | {r['dice']:.3f} | {r['voxels']} | {r['truth_voxels']} | {r['slices']} "
                       f"| {r['seconds']:.1f} |", flush=True)
 

@@ -254,7 +254,9 @@ def markdown_report(report: dict) -> str:
     data, settings = report["data"], report["settings"]
     lines += ["", *[f"- {text}" for text in [
         f"Data: {data['cases']} cases of the {data['split']} split of {data['name']} "
-        f"({data_kind(data)} data, {data['n_raters']} raters), {data['path']}. "
+        f"({data_kind(data)} data, {data['n_raters']} raters"
+        f"{'; an external test set: no split of it was trained or tuned on' if data.get('external_test') else ''}"
+        f"), {data['path']}. "
         f"Model: {report['model']['name']} ({report['model']['kind']}, {report['model']['parameters']:,} "
         f"parameters), steps {settings['steps'] or 'model default'}, seed {settings['seed']}.",
         "Consensus = pixels in at least half of a case's samples. Dice/IoU vs raters: of the consensus with each "
@@ -373,8 +375,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also score the empty mask, the train mean mask and an intensity threshold fitted on "
                              "the train split")
     parser.add_argument("--baselines-from", metavar="DATA",
-                        help="fit the baselines on the train split of this data set instead (for an external test "
-                             "set, which has no train split: e.g. the model's training data)")
+                        help="score the baselines (--baselines) fitted on the train split of this data set instead "
+                             "(for an external test set, which has no train split: e.g. the model's training data)")
     return parser
 
 
@@ -400,8 +402,26 @@ def _model_rows(model, images, rater_masks, args, batch_size: int, prompts: list
     return rows, shown
 
 
-def _baseline_rows(train_data: Path, images, rater_masks) -> list[dict]:
-    _, train_images, train_masks, _ = read_split(train_data, "train")
+def _baseline_train_split(args: argparse.Namespace, info: dict, warnings: list[str]):
+    """(train images, train masks) to fit the baselines on: the train split of ``--baselines-from`` DATA, else of
+    the evaluated data set. An image size other than the evaluated one is refused; other preprocessing is warned."""
+    train_data = Path(args.baselines_from or args.data)
+    try:
+        train_info, train_images, train_masks, _ = read_split(train_data, "train")
+    except DatasetError as error:
+        hint = "" if args.baselines_from else (" (an external test set has none: add --baselines-from DATA, e.g. the "
+                                               "model's training data)")
+        raise DatasetError(f"{error}{hint}") from None
+    if train_info["image_size"] != info["image_size"]:
+        raise DatasetError(f"--baselines-from {train_data}: its crops are {train_info['image_size']} px, the "
+                           f"evaluated ones {info['image_size']} px; give a data set of the same size")
+    if train_info["preprocessing"] != info["preprocessing"]:
+        warnings.append(f"The baselines were fitted on {train_data}, preprocessed with {train_info['preprocessing']}, "
+                        f"not {info['preprocessing']} as the evaluated data: the intensity threshold may not carry.")
+    return train_images, train_masks
+
+
+def _baseline_rows(train_images, train_masks, images, rater_masks) -> list[dict]:
     return [{"predictor": name, "samples": 1, "postprocessing": "none", **details,
              **prediction_metrics(masks, rater_masks), "slices_per_s": None}
             for name, details, masks in baseline_predictions(train_images, train_masks, images)]
@@ -413,12 +433,11 @@ def evaluate(args: argparse.Namespace) -> Path:
     device = resolve_device(args.device)
     data = Path(args.data)
     info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases)
-    if args.baselines and not args.baselines_from and not any((data / "train").glob("*.npz")):
-        raise DatasetError(f"{data} has no crops in its 'train' split to fit the baselines on (an external test "
-                           "set?): add --baselines-from DATA, e.g. the model's training data")
+    warnings = []
+    baselines_fitted = args.baselines or args.baselines_from
+    train_split = _baseline_train_split(args, info, warnings) if baselines_fitted else None
     model = load_model(folder, device)
     check_model_fits_volume(model.config)
-    warnings = []
     if model.config["preprocessing"] != info["preprocessing"]:
         warnings.append(f"The model was trained with preprocessing {model.config['preprocessing']} but the data set "
                         f"uses {info['preprocessing']}; the metrics may be pessimistic.")
@@ -428,8 +447,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     batch_size = auto_batch_size(device, int(model.config["image_size"]))
-    train_data = Path(args.baselines_from) if args.baselines_from else data
-    baselines = _baseline_rows(train_data, images, rater_masks) if args.baselines else []
+    baselines = _baseline_rows(*train_split, images, rater_masks) if baselines_fitted else []
     prompted = bool(prompt_channels_of(model.config))
     prompts = evaluation_prompts(rater_masks, images.shape[-1], args.prompt) if prompted else None
     coherent = takes_previous_masks(model.config)
@@ -440,7 +458,8 @@ def evaluate(args: argparse.Namespace) -> Path:
                   "parameters": model.num_parameters()},
         "data": {"name": info["name"], "path": str(data.resolve()), "split": args.split, "cases": len(images),
                  "n_raters": info["n_raters"], "synthetic": info["synthetic"],
-                 "semi_synthetic": bool(info.get("semi_synthetic", False))},
+                 "semi_synthetic": bool(info.get("semi_synthetic", False)),
+                 "external_test": bool(info.get("external_test", False))},
         "settings": {"samples": args.samples, "seed": args.seed, "steps": args.steps, "device": str(device),
                      "batch_size": batch_size, "relative_area_r": RELATIVE_AREA, "ged_self_pairs": False,
                      "prompt": (f"{args.prompt} (lesion case: the most interior point of the raters' majority; "
@@ -452,7 +471,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         "hardware": hardware_description(device),
         "results": rows,
         "baselines": baselines,
-        "baselines_fitted_on": str(train_data) if baselines else None,
+        "baselines_fitted_on": str(args.baselines_from or data) if baselines_fitted else None,
         "warnings": warnings,
     }
     out = Path(args.out or f"evaluation-{folder.name}-{args.split}")

@@ -35,19 +35,32 @@ def _dicom_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _overlay(data: bytes, path: Path) -> np.ndarray:
-    """The overlay plane 0x6000 (rows, columns) as uint8 {0, 1}, read by pydicom (which unpacks its bits)."""
+def _dataset(data: bytes, path: Path):
+    """The slice read by pydicom (which also unpacks the overlay's bits)."""
     try:
         import pydicom
     except ImportError:
         raise SourceError("--source liver-mr reads the DICOM overlay with pydicom: pip install pydicom") from None
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-        overlay = dataset.overlay_array(OVERLAY_GROUP)
-    except (pydicom.errors.InvalidDicomError, KeyError, ValueError, AttributeError, TypeError) as error:
-        raise SourceError(f"{path}: no overlay plane 0x6000 could be read ({error}); {LIVER_MR_HOW_TO_GET}") \
+        return pydicom.dcmread(io.BytesIO(data))
+    except (pydicom.errors.InvalidDicomError, ValueError, TypeError, EOFError) as error:
+        raise SourceError(f"{path}: not a readable DICOM slice ({error}); {LIVER_MR_HOW_TO_GET}") from error
+
+
+def overlay_on_image(dataset, shape: tuple[int, int]) -> np.ndarray:
+    """The overlay plane 0x6000 as uint8 {0, 1} on the image's pixel grid: the plane placed at its Overlay Origin
+    (6000,0050), the image pixel (row, column), 1-based, of its first pixel."""
+    try:
+        plane = np.asarray(dataset.overlay_array(OVERLAY_GROUP)) > 0
+        row, column = (int(v) - 1 for v in dataset[OVERLAY_GROUP, 0x0050].value)
+    except (KeyError, ValueError, AttributeError, TypeError) as error:
+        raise SourceError(f"the slice has no overlay plane 0x6000 with an origin ({error}); {LIVER_MR_HOW_TO_GET}") \
             from error
-    return (np.asarray(overlay) > 0).astype(np.uint8)
+    overlay = np.zeros(shape, dtype=np.uint8)
+    rows, columns = max(0, min(plane.shape[0], shape[0] - row)), max(0, min(plane.shape[1], shape[1] - column))
+    overlay[max(row, 0):max(row, 0) + rows, max(column, 0):max(column, 0) + columns] = \
+        plane[max(-row, 0):max(-row, 0) + rows, max(-column, 0):max(-column, 0) + columns]
+    return overlay
 
 
 def outlined_lesions(overlay: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -68,20 +81,26 @@ def outlined_lesions(overlay: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 def _read_liver_mr(path: Path) -> Case:
     data = _dicom_bytes(path)
+    dataset = _dataset(data, path)
     with tempfile.TemporaryDirectory(prefix="sdseg-liver-mr-") as folder:
         (Path(folder) / "slice.dcm").write_bytes(data)
         try:
             volume = read_volume(folder)
         except VolumeError as error:
-            raise SourceError(str(error)) from error
+            raise SourceError(f"{path}: its image cannot be read ({error}); {LIVER_MR_HOW_TO_GET}") from error
     image = volume.array_kji.astype(np.float32)
-    overlay = _overlay(data, path)
-    if overlay.shape != image.shape[1:]:
-        raise SourceError(f"{path}: overlay {overlay.shape} and image {image.shape[1:]} differ in size")
+    try:
+        overlay = overlay_on_image(dataset, image.shape[1:])
+    except SourceError as error:
+        raise SourceError(f"{path}: {error}") from None
     mask = outlined_lesions(overlay, image[0])
     if not mask.any():
         raise SourceError(f"{path}: its overlay outlines no region inside the body; {LIVER_MR_HOW_TO_GET}")
-    return Case("pydicom-liver-mr", image, mask[None, None], volume.ijk_to_ras)
+    ijk_to_ras = volume.ijk_to_ras.copy()
+    thickness = float(dataset.get("SliceThickness") or 0)
+    if image.shape[0] == 1 and thickness > 0:  # one slice: ITK knows no spacing between slices, use its thickness
+        ijk_to_ras[:3, 2] *= thickness / np.linalg.norm(ijk_to_ras[:3, 2])
+    return Case("pydicom-liver-mr", image, mask[None, None], ijk_to_ras)
 
 
 def load_liver_mr(path, labels=None) -> list[CaseRef]:

@@ -182,8 +182,9 @@ def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, p
 
 def _splits_of(refs: list[CaseRef], seed: int, external_test: bool = False):
     """(patients of each split, [(case number, case)] of each split); ``external_test``: every patient in test."""
-    patients = sorted({ref.patient for ref in refs})
-    splits = ({"test": patients, "val": [], "train": []} if external_test else split_patients(patients, seed))
+    everyone = [ref.patient for ref in refs]
+    splits = ({"test": sorted(set(everyone)), "val": [], "train": []} if external_test
+              else split_patients(everyone, seed))
     split_of = {p: name for name, patients in splits.items() for p in patients}
     split_refs = {name: [] for name in SPLITS}
     for number, ref in enumerate(refs):
