@@ -53,14 +53,15 @@ def score_whole(model, volume, truth: np.ndarray, samples: int, seed: int) -> di
             "seconds": seconds}
 
 
-def run_prompt(model, volume, point, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, float, float]:
-    """(consensus, samples (N, K, J, I), slices visited, seconds to the first slice, seconds in all) of one
-    click."""
+def run_prompt(model, volume, point, samples: int, seed: int,
+               slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """(consensus, samples (N, K, J, I), slices visited, seconds to the first slice, seconds in all) of one click,
+    propagated along ``slice_axis`` (IJK axis; the sample volume is axial: 2)."""
     shape = volume.array_kji.shape
     consensus = np.zeros(shape, dtype=bool)
     drawn = np.zeros((samples, *shape), dtype=bool)
     started, first, visited = time.perf_counter(), None, 0
-    for result in propagate(model, volume.array_kji, volume.ijk_to_ras, 2, [Prompt(point_ijk=point)],
+    for result in propagate(model, volume.array_kji, volume.ijk_to_ras, slice_axis, [Prompt(point_ijk=point)],
                             [0, 0, 0, shape[2], shape[1], shape[0]], samples, seed=seed):
         first = time.perf_counter() - started if first is None else first
         i0, j0, k0, i1, j1, k1 = result.box_ijk
@@ -71,8 +72,11 @@ def run_prompt(model, volume, point, samples: int, seed: int) -> tuple[np.ndarra
 
 
 def score_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(scores, consensus, samples) of one click at the lesion's centre (the centre of its largest slice)."""
-    consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth), samples, seed)
+    """(scores, consensus, samples) of one click at the lesion's centre (the centre of its largest slice), propagated
+    along the volume's axial axis (from its geometry, as the worker chooses it)."""
+    axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
+    consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth, axis), samples, seed,
+                                                           axis)
     scores = {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
               "slices": visited, "first_s": first, "seconds": seconds}
     return scores, consensus, drawn

@@ -47,14 +47,14 @@ def _dataset(data: bytes, path: Path):
         raise SourceError(f"{path}: not a readable DICOM slice ({error}); {LIVER_MR_HOW_TO_GET}") from error
 
 
-def overlay_on_image(dataset, shape: tuple[int, int]) -> np.ndarray:
+def overlay_on_image(dataset, shape: tuple[int, int], what="the slice") -> np.ndarray:
     """The overlay plane 0x6000 as uint8 {0, 1} on the image's pixel grid: the plane placed at its Overlay Origin
-    (6000,0050), the image pixel (row, column), 1-based, of its first pixel."""
+    (6000,0050), the image pixel (row, column), 1-based, of its first pixel. ``what`` names the slice in errors."""
     try:
         plane = np.asarray(dataset.overlay_array(OVERLAY_GROUP)) > 0
         row, column = (int(v) - 1 for v in dataset[OVERLAY_GROUP, 0x0050].value)
     except (KeyError, ValueError, AttributeError, TypeError) as error:
-        raise SourceError(f"the slice has no overlay plane 0x6000 with an origin ({error}); {LIVER_MR_HOW_TO_GET}") \
+        raise SourceError(f"{what}: no overlay plane 0x6000 with an origin ({error}); {LIVER_MR_HOW_TO_GET}") \
             from error
     overlay = np.zeros(shape, dtype=np.uint8)
     rows, columns = max(0, min(plane.shape[0], shape[0] - row)), max(0, min(plane.shape[1], shape[1] - column))
@@ -89,11 +89,7 @@ def _read_liver_mr(path: Path) -> Case:
         except VolumeError as error:
             raise SourceError(f"{path}: its image cannot be read ({error}); {LIVER_MR_HOW_TO_GET}") from error
     image = volume.array_kji.astype(np.float32)
-    try:
-        overlay = overlay_on_image(dataset, image.shape[1:])
-    except SourceError as error:
-        raise SourceError(f"{path}: {error}") from None
-    mask = outlined_lesions(overlay, image[0])
+    mask = outlined_lesions(overlay_on_image(dataset, image.shape[1:], path), image[0])
     if not mask.any():
         raise SourceError(f"{path}: its overlay outlines no region inside the body; {LIVER_MR_HOW_TO_GET}")
     ijk_to_ras = volume.ijk_to_ras.copy()

@@ -538,12 +538,11 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         name = spec.partition("=")[0]
         if name in SOURCES and not SOURCES[name].labelled:
             raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
-        if name in SOURCES and not SOURCES[name].every_lesion_outlined and args.negatives:
-            raise SourceError(f"--add-train {spec}: {name} shows lesions that are not outlined: its lesion-free "
-                              "crops (--negatives) could hold one")
-    if not source.every_lesion_outlined and (args.negatives or args.multirater):
-        raise SourceError(f"{source.name} shows lesions that are not outlined: a lesion-free crop (--negatives) or a "
-                          "texture crop (--multirater) could hold one; use its lesion crops only")
+    named = [("", source.name)] + [(f"--add-train {spec}: ", spec.partition("=")[0]) for spec in args.add_train]
+    for where, name in named:
+        if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater):
+            raise SourceError(f"{where}{name} shows lesions that are not outlined: a lesion-free crop (--negatives) "
+                              "or a texture crop (--multirater) could hold one; use its lesion crops only")
     if args.external_test and (args.multirater or args.add_train):
         raise SourceError("--external-test makes a test set of real crops: leave out --multirater and --add-train")
     if source.name == "lidc" and args.multirater:
