@@ -193,7 +193,7 @@ def test_in_memory_batches_flip_image_and_mask_together_and_pick_one_rater(datas
     assert flips == {(False, False), (False, True), (True, False), (True, True)} and raters == {0, 1, 2}
     same = [crops.batch([0, 1, 2], torch.Generator().manual_seed(5)) for _ in range(2)]
     assert torch.equal(same[0][0], same[1][0]) and torch.equal(same[0][1], same[1][1])
-    images, _ = crops.batch([0], torch.Generator().manual_seed(5), augment=False)
+    images, _ = crops.batch([0], torch.Generator().manual_seed(5), augmentations=())
     assert torch.equal(images[0], plain[0][0])
 
 

@@ -261,6 +261,17 @@ def test_prompt_channels_none_trains_a_model_without_prompts(data, tmp_path):
     assert config["image_channels"] == 2 and config["prompt_channels"] == ["point"]
 
 
+def test_augmentations_are_a_recorded_setting_of_the_run(data, tmp_path):
+    run = ["--model", "ambiguous", "--preset", "tiny", "--data", str(data), "--steps", "2", "--batch-size", "4",
+           "--sample-every", "0", "--device", "cpu"]
+    assert main(run + ["--out", str(tmp_path / "flip")]) == 0
+    assert main(run + ["--out", str(tmp_path / "all"), "--augment", "flip,transpose,scale,intensity"]) == 0
+    assert "| augmentations | flip |" in (tmp_path / "flip" / "README.md").read_text()
+    assert "| augmentations | flip, transpose, scale, intensity |" in (tmp_path / "all" / "README.md").read_text()
+    flip, every = (load_file(tmp_path / name / "model.safetensors") for name in ("flip", "all"))
+    assert not all(torch.equal(flip[name], every[name]) for name in flip)  # other batches, other weights
+
+
 def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_sdseg_run, capsys):
     other = make_shapes_dataset(tmp_path / "shapes64", 8, 2, 2, image_size=64, n_raters=1, seed=0)
     assert main(["--init", str(uninterrupted_sdseg_run), "--data", str(other), "--out", str(tmp_path / "out"),
@@ -288,6 +299,9 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
      "cuda"),
     (SDSEG_RUN + ["--data", "{data}", "--out", "{run}"], "already holds a training run"),
     (["--out", "{run}", "--resume", "--lr", "0.5"], "--lr 0.5 (the saved run has 0.002)"),
+    (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--augment", "rotate"],
+     "--augment: give a subset of flip,transpose,scale,intensity or none"),
+    (["--out", "{run}", "--resume", "--augment", "scale"], "--augment ['scale'] (the saved run has ['flip'])"),
 ])
 def test_bad_arguments_give_a_clear_message_and_exit_code_2(arguments, message, data, tmp_path, capsys,
                                                            uninterrupted_sdseg_run):
@@ -315,7 +329,7 @@ def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_ne
     crops = InMemoryCrops(CropsDataset(copy, "train"), torch.device("cpu"))
     assert crops.has_neighbours.tolist() == [i in with_neighbours for i in range(len(files))]
     indices = list(range(len(files)))
-    images, _ = crops.batch(indices, torch.Generator().manual_seed(0), augment=False,
+    images, _ = crops.batch(indices, torch.Generator().manual_seed(0), augmentations=(),
                             prompt_channels=("point", "box", "previous"))
     previous = images[:, 3]
     assert images.shape[1] == 4 and set(previous.unique().tolist()) <= {-1.0, 0.0, 1.0}

@@ -2,7 +2,7 @@
 
 AdamW with linear warm-up and cosine decay of the learning rate, gradient clipping at norm 1, an optional
 exponential moving average (EMA) of the weights (the saved model is then the EMA model), one random rater mask
-per image per step and random flips. Models with several stages (SDSeg: autoencoder, then diffusion) train them in
+per image per step and the augmentations of ``--augment`` (sdseg.data.augment; default: random flips). Models with several stages (SDSeg: autoencoder, then diffusion) train them in
 order, each with its own optimizer and schedule.
 
 Reproducible and resumable without saving random-generator states: every random draw of step s (data order,
@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 import sdseg
 from sdseg.checkpoint import CheckpointError, load_model, read_config, save_model
+from sdseg.data.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS, parse_augmentations
 from sdseg.data.batches import InMemoryCrops
 from sdseg.data.dataset import CropsDataset, DatasetError
 from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
@@ -49,7 +50,8 @@ from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state
                                   save_training_state, tensors_with_prefix, truncate_log)
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
-            "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(DEFAULT_PROMPT_CHANNELS)}
+            "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(DEFAULT_PROMPT_CHANNELS),
+            "augment": list(DEFAULT_AUGMENTATIONS)}
 GRAD_CLIP_NORM = 1.0
 WARMUP_MAX_FRACTION = 0.1
 SAMPLE_EXAMPLES = 4
@@ -133,6 +135,13 @@ def parse_prompt_channels(text: str) -> list[str]:
                             f"none; got {text!r}") from None
 
 
+def _parse_augment(text: str) -> list[str]:
+    try:
+        return parse_augmentations(text)
+    except ValueError as error:
+        raise TrainingError(f"--augment: {error}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdseg train", description="Train a segmentation diffusion model on a crops data set. With --resume, "
@@ -147,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                         f"{','.join(DEFAULT_PROMPT_CHANNELS)} (default), a subset of {','.join(PROMPT_CHANNELS)} "
                         "in that order (previous: the previous slice's mask, for 3D-coherent samples), or none "
                         "(sdseg.prompt_maps)")
+    parser.add_argument("--augment", help="training augmentations, a subset of "
+                        f"{','.join(AUGMENTATIONS)} or none (default {','.join(DEFAULT_AUGMENTATIONS)}; "
+                        "sdseg.data.augment)")
     parser.add_argument("--steps", type=int, help=f"training steps, split evenly over the stages of multi-stage "
                         f"models (default {DEFAULTS['steps']})")
     parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")
@@ -172,8 +184,10 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                 "warmup": args.warmup, "ema": args.ema, "seed": args.seed,
                 "data": str(Path(args.data).resolve()) if args.data else None,
                 "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None,
-                "prompt_channels": parse_prompt_channels(args.prompt_channels) if args.prompt_channels else None}
+                "prompt_channels": parse_prompt_channels(args.prompt_channels) if args.prompt_channels else None,
+                "augment": _parse_augment(args.augment) if args.augment else None}
     if saved is not None:
+        saved = {"augment": list(DEFAULT_AUGMENTATIONS), **saved}  # runs saved before --augment existed
         different = [f"--{key.replace('_', '-')} {value} (the saved run has {saved[key]})"
                      for key, value in explicit.items() if value is not None and value != saved.get(key)]
         if args.steps is not None and args.steps != sum(saved["stage_steps"].values()):
@@ -385,7 +399,7 @@ class Training:
         torch's global generator for the model's dropout of this step."""
         torch.manual_seed(derived_seed(self.seed, "step", step))
         generator = torch.Generator().manual_seed(derived_seed(self.seed, "batch", step))
-        return self.crops.batch(self.order.indices(step), generator, prompt_channels=self.prompt_channels)
+        return self.crops.batch(self.order.indices(step), generator, self.settings["augment"], self.prompt_channels)
 
     def _stage_batches(self, stage_index: int):
         """One pass over the training set in a fixed order, for ``begin_stage``."""
@@ -393,7 +407,7 @@ class Training:
         order = torch.randperm(len(self.crops), generator=generator).tolist()
         for start in range(0, len(order), self.settings["batch_size"]):
             yield self.crops.batch(order[start:start + self.settings["batch_size"]], generator,
-                                   prompt_channels=self.prompt_channels)
+                                   self.settings["augment"], self.prompt_channels)
 
     # ----- stages and steps
     def _begin_stage(self, index: int, stage: str, resuming: bool) -> None:
@@ -506,7 +520,8 @@ class Training:
                              f"{len(self.dataset)} training crops of {info['image_size']} px, {info['n_raters']} "
                              f"rater(s)); source: {info['source']}; licence: {info['licence']}"),
                 ("command", f"`{self.meta['command']}`{resumed}"),
-                ("steps", f"{steps} (batch {s['batch_size']}, one random rater mask per image, random flips)"),
+                ("steps", f"{steps} (batch {s['batch_size']}, one random rater mask per image)"),
+                ("augmentations", ", ".join(s["augment"]) or "none"),
                 ("optimiser", f"AdamW, peak learning rate {s['lr']}, linear warm-up of {warmup} steps, then "
                               f"cosine decay, gradient clipping at {GRAD_CLIP_NORM}"),
                 ("EMA", ema), ("seed", str(s["seed"])),

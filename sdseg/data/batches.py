@@ -1,8 +1,8 @@
 """Training batches from crops held in memory: the split is read once (on the training device when it fits), and
-each batch is gathered, given one rater's mask per image, flipped and given its prompt channels there, without a
-file read per item.
+each batch is gathered, given one rater's mask per image, augmented (sdseg.data.augment) and given its prompt
+channels there, without a file read per item.
 
-Every random draw of a batch (which rater, which flips, which prompts) comes from the CPU generator the caller
+Every random draw of a batch (which rater, which augmentations, which prompts) comes from the CPU generator the caller
 passes, so a step's batch depends only on that generator's seed, not on the device or on earlier steps
 (resumable training).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sdseg.data.augment import DEFAULT_AUGMENTATIONS, augment_batch
 from sdseg.data.dataset import CropsDataset
 from sdseg.device import free_memory_bytes
 from sdseg.prompt_maps import prompt_maps, training_prompts
@@ -45,11 +46,12 @@ class InMemoryCrops:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, indices: list[int], generator: torch.Generator, augment: bool = True, prompt_channels=()):
+    def batch(self, indices: list[int], generator: torch.Generator, augmentations=DEFAULT_AUGMENTATIONS,
+              prompt_channels=()):
         """``(images (B, C + P, S, S), mask (B, 1, S, S) float32 in {0, 1})`` on the device: item ``indices``, one
-        uniformly random rater's mask each, with ``augment`` the same random vertical and horizontal flips (each
-        with probability 1/2) of an image and its masks, and the P ``prompt_channels`` drawn from the flipped
-        masks and neighbours (sdseg.prompt_maps.training_prompts)."""
+        uniformly random rater's mask each, the ``augmentations`` (sdseg.data.augment.augment_batch: the same
+        geometric change of an image, its masks and neighbours), and the P ``prompt_channels`` drawn from the
+        augmented masks and neighbours (sdseg.prompt_maps.training_prompts)."""
         chosen = torch.tensor(indices)
         raters = (torch.rand(len(indices), generator=generator) * self.rater_counts[chosen]).long()
         flips = torch.rand(len(indices), 2, generator=generator) < 0.5
@@ -57,12 +59,8 @@ class InMemoryCrops:
         images = self.images[index].to(self.device, non_blocking=True)
         every_rater = self.masks[index].to(self.device, non_blocking=True)
         neighbours = self.neighbours[index].to(self.device, non_blocking=True)
-        if augment:
-            for axis, flip in ((-2, flips[:, 0]), (-1, flips[:, 1])):
-                flip = flip.to(self.device)[:, None, None, None]
-                images = torch.where(flip, images.flip(axis), images)
-                every_rater = torch.where(flip, every_rater.flip(axis), every_rater)
-                neighbours = torch.where(flip, neighbours.flip(axis), neighbours)
+        images, (every_rater, neighbours) = augment_batch(images, [every_rater, neighbours], generator,
+                                                          augmentations, flips)
         mask = every_rater[torch.arange(len(indices), device=self.device), raters.to(self.device)][:, None].float()
         if prompt_channels:
             prompts = training_prompts(every_rater, generator, neighbours, "previous" in prompt_channels,
