@@ -55,11 +55,11 @@ def _zoom(tensor: torch.Tensor, grid: torch.Tensor, is_mask: bool) -> torch.Tens
 
 
 def augment_batch(images: torch.Tensor, masks: list[torch.Tensor], generator: torch.Generator,
-                  names=DEFAULT_AUGMENTATIONS, flips: torch.Tensor | None = None):
+                  names=DEFAULT_AUGMENTATIONS):
     """``(images, masks)`` after the augmentations ``names`` (a subset of AUGMENTATIONS), per image:
 
-    - ``flip``: vertical and horizontal mirroring, each with probability 1/2 (``flips`` (B, 2) bool, drawn by the
-      caller; drawn here when None);
+    - ``flip``: vertical and horizontal mirroring, each with probability 1/2 (drawn even when ``flip`` is not
+      named, so that the draws after it do not depend on it);
     - ``transpose``: swap the two in-plane axes;
     - ``scale``: zoom about the centre by a factor in ZOOM_RANGE (sampling grid x / factor);
     - ``intensity``: on the image mapped to [0, 1], a gamma in GAMMA_RANGE, then contrast about its mean (factor in
@@ -67,8 +67,7 @@ def augment_batch(images: torch.Tensor, masks: list[torch.Tensor], generator: to
 
     ``images`` (B, C, S, S) float; ``masks``: bool tensors (B, *, S, S), each moved with the image."""
     count = images.shape[0]
-    if flips is None:
-        flips = torch.rand(count, 2, generator=generator) < 0.5
+    flips = torch.rand(count, 2, generator=generator) < 0.5
     if "flip" in names:
         for axis, flip in ((-2, flips[:, 0]), (-1, flips[:, 1])):
             images = _where(flip, images.flip(axis), images)

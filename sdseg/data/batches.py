@@ -2,8 +2,8 @@
 each batch is gathered, given one rater's mask per image, augmented (sdseg.data.augment) and given its prompt
 channels there, without a file read per item.
 
-Every random draw of a batch (which rater, which augmentations, which prompts) comes from the CPU generator the caller
-passes, so a step's batch depends only on that generator's seed, not on the device or on earlier steps
+Every random draw of a batch (which rater, which augmentations, which prompts) comes from the CPU generator the
+caller passes, so a step's batch depends only on that generator's seed, not on the device or on earlier steps
 (resumable training).
 """
 
@@ -54,13 +54,11 @@ class InMemoryCrops:
         augmented masks and neighbours (sdseg.prompt_maps.training_prompts)."""
         chosen = torch.tensor(indices)
         raters = (torch.rand(len(indices), generator=generator) * self.rater_counts[chosen]).long()
-        flips = torch.rand(len(indices), 2, generator=generator) < 0.5
         index = chosen.to(self.storage)
         images = self.images[index].to(self.device, non_blocking=True)
         every_rater = self.masks[index].to(self.device, non_blocking=True)
         neighbours = self.neighbours[index].to(self.device, non_blocking=True)
-        images, (every_rater, neighbours) = augment_batch(images, [every_rater, neighbours], generator,
-                                                          augmentations, flips)
+        images, (every_rater, neighbours) = augment_batch(images, [every_rater, neighbours], generator, augmentations)
         mask = every_rater[torch.arange(len(indices), device=self.device), raters.to(self.device)][:, None].float()
         if prompt_channels:
             prompts = training_prompts(every_rater, generator, neighbours, "previous" in prompt_channels,
