@@ -403,8 +403,9 @@ def _model_rows(model, images, rater_masks, args, batch_size: int, prompts: list
 
 
 def _baseline_train_split(args: argparse.Namespace, info: dict, warnings: list[str]):
-    """(train images, train masks) to fit the baselines on: the train split of ``--baselines-from`` DATA, else of
-    the evaluated data set. An image size other than the evaluated one is refused; other preprocessing is warned."""
+    """(data set folder, train images, train masks) to fit the baselines on: the train split of ``--baselines-from``
+    DATA, else of the evaluated data set. An image size other than the evaluated one is refused; other
+    preprocessing is warned."""
     train_data = Path(args.baselines_from or args.data)
     try:
         train_info, train_images, train_masks, _ = read_split(train_data, "train")
@@ -418,7 +419,7 @@ def _baseline_train_split(args: argparse.Namespace, info: dict, warnings: list[s
     if train_info["preprocessing"] != info["preprocessing"]:
         warnings.append(f"The baselines were fitted on {train_data}, preprocessed with {train_info['preprocessing']}, "
                         f"not {info['preprocessing']} as the evaluated data: the intensity threshold may not carry.")
-    return train_images, train_masks
+    return train_data, train_images, train_masks
 
 
 def _baseline_rows(train_images, train_masks, images, rater_masks) -> list[dict]:
@@ -435,7 +436,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases)
     warnings = []
     baselines_fitted = args.baselines or args.baselines_from
-    train_split = _baseline_train_split(args, info, warnings) if baselines_fitted else None
+    fitted_on, *train_split = _baseline_train_split(args, info, warnings) if baselines_fitted else (None,)
     model = load_model(folder, device)
     check_model_fits_volume(model.config)
     if model.config["preprocessing"] != info["preprocessing"]:
@@ -471,7 +472,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         "hardware": hardware_description(device),
         "results": rows,
         "baselines": baselines,
-        "baselines_fitted_on": str(args.baselines_from or data) if baselines_fitted else None,
+        "baselines_fitted_on": None if fitted_on is None else str(fitted_on),
         "warnings": warnings,
     }
     out = Path(args.out or f"evaluation-{folder.name}-{args.split}")
