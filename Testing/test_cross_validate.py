@@ -1,0 +1,86 @@
+"""scripts/cross_validate.py end to end with real subprocesses (`sdseg preprocess --fold`, `sdseg train` of the tiny
+ambiguous model, `sdseg evaluate`) on a small LIDC-like pickle of 4 patients: one fold per patient outside test,
+each model never trained on its fold's val patient, the mean row computed from the folds' own metrics files, a
+rerun that reuses everything, and a one-line error for a model given to the wrong fold."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_data_sources import lidc_like_pickle
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = "--model ambiguous --preset tiny --steps 4 --batch-size 4 --warmup 0 --sample-every 0 --prompt-channels none"
+
+
+def cross_validate(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "cross_validate.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("cv")
+    pickle_path = folder / "data_lidc.pickle"
+    lidc_like_pickle(pickle_path, patients=4)
+    out = folder / "out"
+    done = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
+                          "--train", TRAIN, "--samples", 2, "--jobs", 2)
+    return out, pickle_path, done
+
+
+def test_every_patient_outside_test_validates_once_on_a_model_that_never_trained_on_it(run):
+    out, _, done = run
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "cross_validation.json").read_text())
+    folds = result["folds"]
+    assert [f["fold"] for f in folds] == [1, 2, 3]
+    test = json.loads((out / "fold1" / "data" / "dataset.json").read_text())["splits"]["test"]
+    val = [p for f in folds for p in f["val"]]
+    assert len(val) == len(set(val)) == 3 and not set(val) & set(test)
+    for f in folds:
+        config = json.loads((out / f"fold{f['fold']}" / "model" / "config.json").read_text())["config"]
+        trained_on = config["training_data"][-1]["splits"]["train"]
+        assert sorted(trained_on + f["val"] + test) == sorted(set(val) | set(test))
+
+
+def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
+    out, _, _ = run
+    result = json.loads((out / "cross_validation.json").read_text())
+    dice = []
+    for f in result["folds"]:
+        rows = json.loads((out / f"fold{f['fold']}" / "eval-n2" / "metrics.json").read_text())["results"]
+        dice.append(next(r["dice_vs_raters"] for r in rows if r["predictor"] == "model" and r["samples"] == 2
+                         and r["model_default"]))
+    assert result["mean"]["model"]["dice_vs_raters"]["mean"] == pytest.approx(statistics.fmean(dice))
+    assert result["mean"]["model"]["dice_vs_raters"]["sd"] == pytest.approx(statistics.stdev(dice))
+    text = (out / "cross_validation.md").read_text()
+    assert f"| mean ± SD | 3 folds | | model | {statistics.fmean(dice):.3f} ± {statistics.stdev(dice):.3f} |" in text
+    assert text.count("| empty mask |") == 4  # one per fold and the mean
+
+
+def test_a_rerun_reuses_every_step_and_prints_the_same_table(run):
+    out, pickle_path, first = run
+    weights = out / "fold2" / "model" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
+                           "--train", TRAIN, "--samples", 2)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout and weights.stat().st_mtime_ns == before
+
+
+def test_a_model_trained_on_the_folds_val_patient_is_refused_in_one_line(run, tmp_path):
+    out, pickle_path, _ = run
+    done = cross_validate("--out", tmp_path / "other", "--preprocess",
+                          f"--source lidc-pickle --input {pickle_path} --size 32", "--train", TRAIN, "--folds", 1,
+                          "--fold-model", f"1={out / 'fold2' / 'model'}", "--samples", 2)
+    val = json.loads((out / "fold1" / "data" / "dataset.json").read_text())["splits"]["val"]
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"cross_validate: error: {out / 'fold2' / 'model'} trained on {val}, a "
+                                   "validation patient of its fold: give the model of that fold")

@@ -1,0 +1,171 @@
+"""Cross-validation of a training recipe over the patients outside test: for each fold (`sdseg preprocess --fold K`:
+the K-th validation patient(s) left out), make the fold's crops, train the recipe on its train split and evaluate
+the model on its val split; print per-fold and mean figures. One validation patient is an unreliable judge of a
+recipe (README, "Augmentation and symmetric views"); every fold's is a patient the recipe never trained on.
+
+    python scripts/cross_validate.py --out OUT --preprocess "--source pyradiomics --input ... --seed 2"
+        --train "--model sdseg --preset small ..." [--eval-negatives 0.3] [--folds 1,2] [--fold-model 1=MODEL]
+        [--samples 16] [--jobs 2]
+
+Layout: OUT/fold<K>/{data, eval-data, model, eval-n<N>}; a step whose output exists is not run again, so an
+interrupted run continues and a finished one only prints. ``--eval-negatives F``: the val split is evaluated on
+crops made with ``--negatives F`` (lesion-free crops: false-positive rate), the recipe trains on the crops without
+them (add ``--negatives`` to --preprocess to train with them too). ``--fold-model K=MODEL``: an already trained
+model is fold K's (e.g. the bundled model, trained on the default split = fold 1); it is checked against the fold's
+val patients when it records its training data. ``--jobs J``: J folds at once, each with cores / J torch threads.
+Writes OUT/cross_validation.json and .md; nothing is evaluated on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+COLUMNS = (("dice_vs_raters", "Dice"), ("ged", "GED"), ("false_positive_rate", "FP rate"),
+           ("false_positive_pixels", "FP pixels"), ("dice_lesion_cases", "Dice, lesion crops"))
+
+
+class CrossValidationError(Exception):
+    """A fold's step failed or a given model does not belong to its fold: one line for the user."""
+
+
+def sdseg(arguments: list[str], log: Path, threads: int) -> None:
+    """Run ``python -m sdseg.cli ARGUMENTS`` with ``threads`` torch threads, output into ``log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "sdseg.cli", *arguments], stdout=out, stderr=subprocess.STDOUT,
+                              env=env)
+    if done.returncode:
+        last = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        raise CrossValidationError(f"sdseg {arguments[0]} failed ({log}): {last[0]}")
+
+
+def check_fold_model(model: Path, val_patients: list[str]) -> None:
+    """A given fold model must not have trained on the fold's val patients (where it records its training data)."""
+    config = json.loads((model / "config.json").read_text())["config"]
+    seen = {p for record in config.get("training_data", []) for p in (record.get("splits") or {}).get("train", [])}
+    if seen & set(val_patients):
+        raise CrossValidationError(f"{model} trained on {sorted(seen & set(val_patients))}, a validation patient of "
+                                   "its fold: give the model of that fold")
+
+
+def run_fold(fold: int, args, threads: int) -> dict:
+    """Make, train and evaluate fold ``fold`` (skipping what exists); its figures."""
+    folder = args.out / f"fold{fold}"
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocess = shlex.split(args.preprocess) + ["--fold", str(fold)]
+    data, eval_data = folder / "data", folder / ("eval-data" if args.eval_negatives else "data")
+    if not (data / "dataset.json").exists():
+        sdseg(["preprocess", *preprocess, "--out", str(data)], folder / "preprocess.log", threads)
+    if args.eval_negatives and not (eval_data / "dataset.json").exists():
+        sdseg(["preprocess", *preprocess, "--negatives", str(args.eval_negatives), "--out", str(eval_data)],
+              folder / "preprocess-eval.log", threads)
+    info = json.loads((eval_data / "dataset.json").read_text())
+    model = args.fold_model.get(fold, folder / "model")
+    if fold in args.fold_model:
+        check_fold_model(model, info["splits"]["val"])
+    elif not (model / "model.safetensors").exists():
+        resume = ["--resume"] if (model / "training_state").exists() else []
+        sdseg(["train", *shlex.split(args.train), "--data", str(data), "--out", str(model), *resume],
+              folder / "train.log", threads)
+    evaluation = folder / f"eval-n{args.samples}"
+    if not (evaluation / "metrics.json").exists():
+        sdseg(["evaluate", "--model", str(model), "--data", str(eval_data), "--split", "val", "--samples",
+               str(args.samples), "--baselines", "--out", str(evaluation)], folder / "evaluate.log", threads)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    row = next(r for r in metrics["results"] if r["model_default"])
+    empty = next(r for r in metrics["baselines"] if r["predictor"] == "empty mask")
+    return {"fold": fold, "val": info["splits"]["val"], "crops": info["counts"]["val"], "model_path": str(model),
+            "model": {key: row[key] for key, _ in COLUMNS}, "empty mask": {key: empty[key] for key, _ in COLUMNS}}
+
+
+def summary(folds: list[dict]) -> dict:
+    """Mean and sample standard deviation over the folds of every column, for the model and the empty mask."""
+    out = {}
+    for predictor in ("model", "empty mask"):
+        for key, _ in COLUMNS:
+            values = [f[predictor][key] for f in folds if f[predictor][key] is not None]
+            out.setdefault(predictor, {})[key] = {
+                "mean": statistics.fmean(values) if values else None,
+                "sd": statistics.stdev(values) if len(values) > 1 else None}
+    return out
+
+
+def table(folds: list[dict], means: dict, samples: int) -> str:
+    """Markdown: one row per fold (its val patients), then the mean +- SD, for the model and the empty mask."""
+    def cell(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = ["| fold | val patients | crops | predictor | " + " | ".join(t for _, t in COLUMNS) + " |",
+             "| --- " * (4 + len(COLUMNS)) + "|"]
+    for f in folds:
+        for predictor in ("model", "empty mask"):
+            lines.append(f"| {f['fold']} | {', '.join(f['val'])} | {f['crops']} | {predictor} | "
+                         + " | ".join(cell(f[predictor][k]) for k, _ in COLUMNS) + " |")
+    for predictor in ("model", "empty mask"):
+        lines.append(f"| mean ± SD | {len(folds)} folds | | {predictor} | " + " | ".join(
+            cell(means[predictor][k]["mean"]) + ("" if means[predictor][k]["sd"] is None
+                                                  else f" ± {means[predictor][k]['sd']:.3f}")
+            for k, _ in COLUMNS) + " |")
+    return f"Cross-validation, val splits, N = {samples}, each model's default post-processing:\n\n" + "\n".join(
+        lines) + "\n"
+
+
+def _fold_model(text: str) -> tuple[int, Path]:
+    fold, _, model = text.partition("=")
+    if not fold.isdigit() or not (Path(model).expanduser() / "config.json").exists():
+        raise argparse.ArgumentTypeError(f"--fold-model needs K=MODEL_FOLDER with a config.json, got {text!r}")
+    return int(fold), Path(model).expanduser()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="cross-validation folder (created; reused)")
+    parser.add_argument("--preprocess", required=True, help="`sdseg preprocess` arguments without --out/--fold")
+    parser.add_argument("--train", required=True, help="`sdseg train` arguments without --data/--out")
+    parser.add_argument("--eval-negatives", type=float, default=0.0, metavar="F",
+                        help="evaluate on crops with this fraction of lesion-free crops (default 0: the train crops)")
+    parser.add_argument("--folds", help="comma-separated folds (default: all)")
+    parser.add_argument("--fold-model", type=_fold_model, action="append", default=[], metavar="K=MODEL",
+                        help="use this trained model as fold K's (repeatable)")
+    parser.add_argument("--samples", type=int, default=16, help="samples per crop (default 16)")
+    parser.add_argument("--jobs", type=int, default=1, help="folds run at once (default 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.fold_model = dict(args.fold_model)
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    try:
+        if args.folds:
+            folds = [int(k) for k in args.folds.split(",")]
+        else:  # fold 1's crops tell how many folds there are
+            run_first = ["preprocess", *shlex.split(args.preprocess), "--fold", "1"]
+            data = args.out / "fold1" / "data"
+            if not (data / "dataset.json").exists():
+                data.parent.mkdir(parents=True, exist_ok=True)
+                sdseg([*run_first, "--out", str(data)], data.parent / "preprocess.log", threads)
+            folds = list(range(1, json.loads((data / "dataset.json").read_text())["fold"]["of"] + 1))
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(lambda k: run_fold(k, args, threads), folds))
+    except (CrossValidationError, ValueError) as error:
+        print(f"cross_validate: error: {error}", file=sys.stderr)
+        return 2
+    means = summary(results)
+    text = table(results, means, args.samples)
+    (args.out / "cross_validation.json").write_text(json.dumps({"folds": results, "mean": means}, indent=2) + "\n")
+    (args.out / "cross_validation.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
