@@ -1,5 +1,5 @@
 """scripts/cross_validate.py end to end with real subprocesses (`sdseg preprocess --fold`, `sdseg train` of the tiny
-ambiguous model, `sdseg evaluate`) on a small LIDC-like pickle of 4 patients: one fold per patient outside test,
+ambiguous model, `sdseg evaluate`, clicks by `python -m sdseg.volume_scores`) on a small LIDC-like pickle of 4 patients: one fold per patient outside test,
 each model never trained on its fold's val patient, the mean row computed from the folds' own metrics files, a
 rerun that reuses everything, and a one-line error for a model given to the wrong fold."""
 
@@ -31,7 +31,8 @@ def run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     lidc_like_pickle(pickle_path, patients=4)
     out = folder / "out"
     done = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
-                          "--train", TRAIN, "--samples", 2, "--jobs", 2)
+                          "--train", TRAIN, "--samples", 2, "--jobs", 2, "--click", f"lidc-pickle={pickle_path}",
+                          "--click-samples", 2)
     return out, pickle_path, done
 
 
@@ -60,7 +61,13 @@ def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
                          and r["model_default"]))
     assert result["mean"]["model"]["dice_vs_raters"]["mean"] == pytest.approx(statistics.fmean(dice))
     assert result["mean"]["model"]["dice_vs_raters"]["sd"] == pytest.approx(statistics.stdev(dice))
+    for f in result["folds"]:  # the clicks: on the fold's val patient only, with the fold's model
+        clicks = json.loads((out / f"fold{f['fold']}" / "click-n2.json").read_text())
+        assert {case["patient"] for case in clicks["cases"]} == set(f["val"]) and clicks["samples"] == 2
+        assert Path(clicks["model"]) == out / f"fold{f['fold']}" / "model"
+        assert f["model"]["click_dice"] == pytest.approx(statistics.fmean(c["dice"] for c in clicks["cases"]))
     text = (out / "cross_validation.md").read_text()
+    assert "| click: 3D Dice | click: voxels off the lesion slices |" in text
     assert f"| mean ± SD | 3 folds | | model | {statistics.fmean(dice):.3f} ± {statistics.stdev(dice):.3f} |" in text
     assert text.count("| empty mask |") == 4  # one per fold and the mean
 
@@ -70,7 +77,8 @@ def test_a_rerun_reuses_every_step_and_prints_the_same_table(run):
     weights = out / "fold2" / "model" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     again = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
-                           "--train", TRAIN, "--samples", 2)
+                           "--train", TRAIN, "--samples", 2, "--click", f"lidc-pickle={pickle_path}",
+                           "--click-samples", 2)
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout and weights.stat().st_mtime_ns == before
 
@@ -84,3 +92,11 @@ def test_a_model_trained_on_the_folds_val_patient_is_refused_in_one_line(run, tm
     assert done.returncode == 2
     assert done.stderr.strip() == (f"cross_validate: error: {out / 'fold2' / 'model'} trained on {val}, a "
                                    "validation patient of its fold: give the model of that fold")
+
+
+def test_volume_scores_refuses_a_source_without_masks_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sdseg.volume_scores", "--model", "sdseg-small", "--source",
+                           f"chest-ct={tmp_path}", "--out", tmp_path / "x.json"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "x.json").exists()
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "error:" in done.stderr

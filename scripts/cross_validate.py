@@ -5,14 +5,16 @@ recipe (README, "Augmentation and symmetric views"); every fold's is a patient t
 
     python scripts/cross_validate.py --out OUT --preprocess "--source pyradiomics --input ... --seed 2"
         --train "--model sdseg --preset small ..." [--eval-negatives 0.3] [--folds 1,2] [--fold-model 1=MODEL]
-        [--samples 16] [--jobs 2]
+        [--samples 16] [--click SOURCE=PATH [--click-samples 8]] [--jobs 2]
 
 Layout: OUT/fold<K>/{data, eval-data, model, eval-n<N>}; a step whose output exists is not run again, so an
 interrupted run continues and a finished one only prints. ``--eval-negatives F``: the val split is evaluated on
 crops made with ``--negatives F`` (lesion-free crops: false-positive rate), the recipe trains on the crops without
 them (add ``--negatives`` to --preprocess to train with them too). ``--fold-model K=MODEL``: an already trained
 model is fold K's (e.g. the bundled model, trained on the default split = fold 1); it is checked against the fold's
-val patients when it records its training data. ``--jobs J``: J folds at once, each with cores / J torch threads.
+val patients when it records its training data. ``--click SOURCE=PATH``: also a click at the lesion of each val
+patient's volume, propagated as a user's click is (sdseg.volume_scores): 3D Dice and consensus voxels on slices
+without lesion. ``--jobs J``: J folds at once, each with cores / J torch threads.
 Writes OUT/cross_validation.json and .md; nothing is evaluated on the test split.
 """
 
@@ -30,21 +32,23 @@ from pathlib import Path
 
 COLUMNS = (("dice_vs_raters", "Dice"), ("ged", "GED"), ("false_positive_rate", "FP rate"),
            ("false_positive_pixels", "FP pixels"), ("dice_lesion_cases", "Dice, lesion crops"))
+CLICK_COLUMNS = (("click_dice", "click: 3D Dice"), ("click_off_slice_voxels", "click: voxels off the lesion slices"))
 
 
 class CrossValidationError(Exception):
     """A fold's step failed or a given model does not belong to its fold: one line for the user."""
 
 
-def sdseg(arguments: list[str], log: Path, threads: int) -> None:
-    """Run ``python -m sdseg.cli ARGUMENTS`` with ``threads`` torch threads, output into ``log``."""
+def sdseg(arguments: list[str], log: Path, threads: int, module: str = "sdseg.cli") -> None:
+    """Run ``python -m MODULE ARGUMENTS`` (by default the sdseg command) with ``threads`` torch threads, output into
+    ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "sdseg.cli", *arguments], stdout=out, stderr=subprocess.STDOUT,
+        done = subprocess.run([sys.executable, "-m", module, *arguments], stdout=out, stderr=subprocess.STDOUT,
                               env=env)
     if done.returncode:
         last = log.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise CrossValidationError(f"sdseg {arguments[0]} failed ({log}): {last[0]}")
+        raise CrossValidationError(f"{module} {arguments[0]} failed ({log}): {last[0]}")
 
 
 def check_fold_model(model: Path, val_patients: list[str]) -> None:
@@ -82,15 +86,33 @@ def run_fold(fold: int, args, threads: int) -> dict:
     metrics = json.loads((evaluation / "metrics.json").read_text())
     row = next(r for r in metrics["results"] if r["model_default"])
     empty = next(r for r in metrics["baselines"] if r["predictor"] == "empty mask")
-    return {"fold": fold, "val": info["splits"]["val"], "crops": info["counts"]["val"], "model_path": str(model),
-            "model": {key: row[key] for key, _ in COLUMNS}, "empty mask": {key: empty[key] for key, _ in COLUMNS}}
+    figures = {"fold": fold, "val": info["splits"]["val"], "crops": info["counts"]["val"], "model_path": str(model),
+               "model": {key: row[key] for key, _ in COLUMNS}, "empty mask": {key: empty[key] for key, _ in COLUMNS}}
+    if args.click:
+        figures["model"].update(click_figures(model, folder, info["splits"]["val"], args, threads))
+        figures["empty mask"].update({"click_dice": 0.0, "click_off_slice_voxels": 0})
+    return figures
+
+
+def click_figures(model: Path, folder: Path, patients: list[str], args, threads: int) -> dict:
+    """A click at the lesion of each val patient's volume (sdseg.volume_scores), propagated: the mean 3D Dice of
+    the consensus over the patients' cases and the consensus voxels on slices without lesion, summed."""
+    clicks = folder / f"click-n{args.click_samples}.json"
+    if not clicks.exists():
+        sdseg(["--model", str(model), "--source", args.click, "--patients", ",".join(patients), "--samples",
+               str(args.click_samples), "--out", str(clicks)], folder / "click.log", threads, "sdseg.volume_scores")
+    cases = json.loads(clicks.read_text())["cases"]
+    if not cases:
+        raise CrossValidationError(f"--click {args.click}: no lesion case of {patients} to click")
+    return {"click_dice": statistics.fmean(case["dice"] for case in cases),
+            "click_off_slice_voxels": sum(case["off_lesion_slice_voxels"] for case in cases)}
 
 
 def summary(folds: list[dict]) -> dict:
     """Mean and sample standard deviation over the folds of every column, for the model and the empty mask."""
     out = {}
     for predictor in ("model", "empty mask"):
-        for key, _ in COLUMNS:
+        for key in folds[0][predictor]:
             values = [f[predictor][key] for f in folds if f[predictor][key] is not None]
             out.setdefault(predictor, {})[key] = {
                 "mean": statistics.fmean(values) if values else None,
@@ -101,19 +123,20 @@ def summary(folds: list[dict]) -> dict:
 def table(folds: list[dict], means: dict, samples: int) -> str:
     """Markdown: one row per fold (its val patients), then the mean +- SD, for the model and the empty mask."""
     def cell(value):
-        return "n/a" if value is None else f"{value:.3f}"
+        return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    lines = ["| fold | val patients | crops | predictor | " + " | ".join(t for _, t in COLUMNS) + " |",
-             "| --- " * (4 + len(COLUMNS)) + "|"]
+    columns = [c for c in COLUMNS + CLICK_COLUMNS if c[0] in folds[0]["model"]]
+    lines = ["| fold | val patients | crops | predictor | " + " | ".join(t for _, t in columns) + " |",
+             "| --- " * (4 + len(columns)) + "|"]
     for f in folds:
         for predictor in ("model", "empty mask"):
             lines.append(f"| {f['fold']} | {', '.join(f['val'])} | {f['crops']} | {predictor} | "
-                         + " | ".join(cell(f[predictor][k]) for k, _ in COLUMNS) + " |")
+                         + " | ".join(cell(f[predictor][k]) for k, _ in columns) + " |")
     for predictor in ("model", "empty mask"):
         lines.append(f"| mean ± SD | {len(folds)} folds | | {predictor} | " + " | ".join(
             cell(means[predictor][k]["mean"]) + ("" if means[predictor][k]["sd"] is None
                                                   else f" ± {means[predictor][k]['sd']:.3f}")
-            for k, _ in COLUMNS) + " |")
+            for k, _ in columns) + " |")
     return f"Cross-validation, val splits, N = {samples}, each model's default post-processing:\n\n" + "\n".join(
         lines) + "\n"
 
@@ -136,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold-model", type=_fold_model, action="append", default=[], metavar="K=MODEL",
                         help="use this trained model as fold K's (repeatable)")
     parser.add_argument("--samples", type=int, default=16, help="samples per crop (default 16)")
+    parser.add_argument("--click", metavar="SOURCE=PATH",
+                        help="also click the lesion of each val patient's volume in this labelled source (the one "
+                             "--preprocess reads) and propagate, as a user would (python -m sdseg.volume_scores)")
+    parser.add_argument("--click-samples", type=int, default=8, help="samples of a click (default 8)")
     parser.add_argument("--jobs", type=int, default=1, help="folds run at once (default 1)")
     return parser
 

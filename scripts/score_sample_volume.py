@@ -19,7 +19,6 @@ sources than any training data.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,88 +26,34 @@ import numpy as np
 from SDSegSlicerLib.stats import slice_coherence
 from sdseg import registry
 from sdseg.checkpoint import load_model
-from sdseg.data.sources import SourceError, get_source
+from sdseg.data.sources import SourceError
 from sdseg.evaluation import prompt_point
-from sdseg.inference import segment_slices
 from sdseg.metrics import dice
-from sdseg.propagation import Prompt, propagate
-from sdseg.volume_io import Volume, choose_slice_axis, read_volume
+from sdseg.volume_io import choose_slice_axis, read_volume
+from sdseg.volume_scores import labelled_cases, run_prompt, score_click, score_whole
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 HEALTHY_POINT_IJK = (20.0, 80.0, 5.0)  # tumour-free brain, far from the tumour
 
 
-def score_whole(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
-    """Consensus scores of ``model`` on the whole volume (all slices along the axial axis)."""
-    shape = volume.array_kji.shape
-    started = time.perf_counter()
-    consensus = np.zeros(shape, dtype=bool)
-    for result in segment_slices(model, volume.array_kji, [0, 0, 0, shape[2], shape[1], shape[0]], 2, samples,
-                                 seed=seed):
-        consensus[result.index] = result.consensus > 0
-    seconds = time.perf_counter() - started
-    lesion = truth.any(axis=(1, 2))
-    return {"lesion_slice_dice": float(np.mean([dice(consensus[k], truth[k]) for k in np.flatnonzero(lesion)])),
-            "volume_dice": dice(consensus, truth), "false_positive_voxels": int(consensus[~lesion].sum()),
-            "seconds": seconds}
-
-
-def run_prompt(model, volume, point, samples: int, seed: int,
-               slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray, int, float, float]:
-    """(consensus, samples (N, K, J, I), slices visited, seconds to the first slice, seconds in all) of one click,
-    propagated along ``slice_axis`` (IJK axis; the sample volume is axial: 2)."""
-    shape = volume.array_kji.shape
-    consensus = np.zeros(shape, dtype=bool)
-    drawn = np.zeros((samples, *shape), dtype=bool)
-    started, first, visited = time.perf_counter(), None, 0
-    for result in propagate(model, volume.array_kji, volume.ijk_to_ras, slice_axis, [Prompt(point_ijk=point)],
-                            [0, 0, 0, shape[2], shape[1], shape[0]], samples, seed=seed):
-        first = time.perf_counter() - started if first is None else first
-        i0, j0, k0, i1, j1, k1 = result.box_ijk
-        consensus[k0, j0:j1, i0:i1] = result.consensus > 0
-        drawn[:, k0, j0:j1, i0:i1] = result.samples > 0
-        visited += 1
-    return consensus, drawn, visited, first, time.perf_counter() - started
-
-
-def score_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(scores, consensus, samples) of one click at the lesion's centre (the centre of its largest slice), propagated
-    along the volume's axial axis (from its geometry, as the worker chooses it)."""
-    axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
-    consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth, axis), samples, seed,
-                                                           axis)
-    scores = {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
-              "slices": visited, "first_s": first, "seconds": seconds}
-    return scores, consensus, drawn
-
-
 def score_prompt(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
-    scores, consensus, drawn = score_click(model, volume, truth, samples, seed)
-    lesion = truth.any(axis=(1, 2))
+    scores, _, drawn = score_click(model, volume, truth, samples, seed)
     healthy, _, _, _, _ = run_prompt(model, volume, HEALTHY_POINT_IJK, samples, seed)
     coherence = slice_coherence(drawn, 0)
-    return {**scores, "false_positive_voxels": int(consensus[~lesion].sum()),
-            "within": coherence["within_samples"], "across": coherence["across_samples"],
+    return {**scores, "within": coherence["within_samples"], "across": coherence["across_samples"],
             "sample_dice": float(np.mean([dice(sample, truth) for sample in drawn])),
             "healthy_found_slices": int(healthy.any(axis=(1, 2)).sum())}
 
 
 def external_cases(spec: str):
-    """(name, volume, truth) of each case with a lesion of ``SOURCE=PATH``, a labelled data source: the union of its
-    raters' masks is the truth."""
+    """(name, volume, truth) of each case with a lesion of ``SOURCE=PATH``, a labelled data source."""
     name, separator, path = spec.partition("=")
     if not separator or not path:
         raise SystemExit(f"--external needs SOURCE=PATH (e.g. liver-mr=FILE), got {spec!r}")
     try:
-        source = get_source(name)
-        if not source.labelled:
-            raise SourceError(f"{name} has no masks: there is no lesion to click")
-        cases = [ref.read() for ref in source.load(Path(path).expanduser())]
+        return [(f"{name} {patient}", volume, truth) for patient, volume, truth in labelled_cases(name, Path(path))]
     except SourceError as error:
         raise SystemExit(f"--external {spec}: {error}") from None
-    found = [(f"{name} {case.patient}", Volume(case.image, case.ijk_to_ras), case.masks.max(axis=0) > 0)
-             for case in cases]
-    return [case for case in found if case[2].any()]  # a case without a lesion has nothing to click
 
 
 def _number(value) -> str:
@@ -143,7 +88,7 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, model in models.items():
             r = score_prompt(model, volume, truth, args.samples, args.seed)
-            print(f"| {name} | {r['dice']:.3f} | {r['false_positive_voxels']} | {r['slices']} | {r['first_s']:.2f} "
+            print(f"| {name} | {r['dice']:.3f} | {r['off_lesion_slice_voxels']} | {r['slices']} | {r['first_s']:.2f} "
                   f"| {r['seconds']:.1f} | {_number(r['within'])} / {_number(r['across'])} | {r['sample_dice']:.3f} "
                   f"| {r['healthy_found_slices']} |", flush=True)
     if "whole" in args.modes:

@@ -1,0 +1,116 @@
+"""A model on a whole labelled volume, as a user runs it: one click at the lesion propagated outward
+(sdseg.propagation), or every slice (whole-volume mode), scored against the label. Used by
+scripts/score_sample_volume.py (the bundled sample volume, external sources) and scripts/cross_validate.py (the
+validation patients of each fold)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdseg.data.sources import SourceError, get_source
+from sdseg.evaluation import prompt_point
+from sdseg.inference import segment_slices
+from sdseg.metrics import dice
+from sdseg.propagation import Prompt, propagate
+from sdseg.volume_io import Volume, choose_slice_axis
+
+
+def score_whole(model, volume, truth: np.ndarray, samples: int, seed: int) -> dict:
+    """Consensus scores of ``model`` on the whole volume (all slices along the axial axis)."""
+    shape = volume.array_kji.shape
+    started = time.perf_counter()
+    consensus = np.zeros(shape, dtype=bool)
+    for result in segment_slices(model, volume.array_kji, [0, 0, 0, shape[2], shape[1], shape[0]], 2, samples,
+                                 seed=seed):
+        consensus[result.index] = result.consensus > 0
+    seconds = time.perf_counter() - started
+    lesion = truth.any(axis=(1, 2))
+    return {"lesion_slice_dice": float(np.mean([dice(consensus[k], truth[k]) for k in np.flatnonzero(lesion)])),
+            "volume_dice": dice(consensus, truth), "false_positive_voxels": int(consensus[~lesion].sum()),
+            "seconds": seconds}
+
+
+def run_prompt(model, volume, point, samples: int, seed: int,
+               slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """(consensus, samples (N, K, J, I), slices visited, seconds to the first slice, seconds in all) of one click,
+    propagated along ``slice_axis`` (IJK axis; the sample volume is axial: 2)."""
+    shape = volume.array_kji.shape
+    consensus = np.zeros(shape, dtype=bool)
+    drawn = np.zeros((samples, *shape), dtype=bool)
+    started, first, visited = time.perf_counter(), None, 0
+    for result in propagate(model, volume.array_kji, volume.ijk_to_ras, slice_axis, [Prompt(point_ijk=point)],
+                            [0, 0, 0, shape[2], shape[1], shape[0]], samples, seed=seed):
+        first = time.perf_counter() - started if first is None else first
+        i0, j0, k0, i1, j1, k1 = result.box_ijk
+        consensus[k0, j0:j1, i0:i1] = result.consensus > 0
+        drawn[:, k0, j0:j1, i0:i1] = result.samples > 0
+        visited += 1
+    return consensus, drawn, visited, first, time.perf_counter() - started
+
+
+def score_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(scores, consensus, samples) of one click at the lesion's centre (the centre of its largest slice), propagated
+    along the volume's axial axis (from its geometry, as the worker chooses it). Scores: Dice of the 3D consensus,
+    its voxels, the label's voxels, consensus voxels on slices (of that axis) without lesion, slices visited, seconds
+    to the first slice and in all."""
+    axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
+    consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth, axis), samples, seed,
+                                                           axis)
+    kji_axis = 2 - axis
+    lesion_slices = truth.any(axis=tuple(a for a in range(3) if a != kji_axis))
+    off = int(np.compress(~lesion_slices, consensus, axis=kji_axis).sum())
+    scores = {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
+              "off_lesion_slice_voxels": off, "slices": visited, "first_s": first, "seconds": seconds}
+    return scores, consensus, drawn
+
+
+def labelled_cases(name: str, path: Path, patients=None) -> list[tuple[str, Volume, np.ndarray]]:
+    """(patient, volume, truth) of each case with a lesion of the labelled data source ``name`` read from ``path``
+    (only ``patients`` when given): the union of its raters' masks is the truth. Raises SourceError."""
+    source = get_source(name)
+    if not source.labelled:
+        raise SourceError(f"{name} has no masks: there is no lesion to click")
+    refs = [ref for ref in source.load(Path(path).expanduser()) if patients is None or ref.patient in patients]
+    found = [(case.patient, Volume(case.image, case.ijk_to_ras), case.masks.max(axis=0) > 0)
+             for case in (ref.read() for ref in refs)]
+    return [case for case in found if case[2].any()]  # a case without a lesion has nothing to click
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sdseg.volume_scores --model M --source NAME=PATH [--patients P,...] --samples N --out F.json``:
+    click each lesion case of the source (of those patients) with the model; write the scores per case."""
+    import argparse
+    import json
+    import sys
+
+    from sdseg.checkpoint import load_model
+    from sdseg.registry import UnknownModelError, resolve_model
+
+    parser = argparse.ArgumentParser(prog="python -m sdseg.volume_scores", description="Click each lesion case of a labelled source with a model and "
+                                     "write the scores per case (Dice of the 3D consensus, ...).")
+    parser.add_argument("--model", required=True, help="installed model name or model folder")
+    parser.add_argument("--source", required=True, metavar="NAME=PATH", help="a labelled data source")
+    parser.add_argument("--patients", help="comma-separated patients (default: all)")
+    parser.add_argument("--samples", type=int, default=8, help="samples (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    name, _, path = args.source.partition("=")
+    try:
+        cases = labelled_cases(name, Path(path), None if args.patients is None else args.patients.split(","))
+        model = load_model(resolve_model(args.model))
+    except (SourceError, UnknownModelError) as error:
+        print(f"volume_scores: error: {error}", file=sys.stderr)
+        return 2
+    scores = [{"patient": patient, **score_click(model, volume, truth, args.samples, args.seed)[0]}
+              for patient, volume, truth in cases]
+    args.out.write_text(json.dumps({"model": args.model, "samples": args.samples, "seed": args.seed,
+                                    "cases": scores}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
