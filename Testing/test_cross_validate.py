@@ -72,15 +72,17 @@ def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
     assert text.count("| empty mask |") == 4  # one per fold and the mean
 
 
-def test_a_rerun_reuses_every_step_and_prints_the_same_table(run):
+def test_a_rerun_reuses_every_finished_step_and_prints_the_same_table(run):
     out, pickle_path, first = run
     weights = out / "fold2" / "model" / "model.safetensors"
     before = weights.stat().st_mtime_ns
+    (out / "fold3" / "data" / "dataset.json").unlink()  # as if preprocessing had been interrupted: made again
     again = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
                            "--train", TRAIN, "--samples", 2, "--click", f"lidc-pickle={pickle_path}",
                            "--click-samples", 2)
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout and weights.stat().st_mtime_ns == before
+    assert (out / "fold3" / "data" / "dataset.json").exists()
 
 
 def test_a_model_trained_on_the_folds_val_patient_is_refused_in_one_line(run, tmp_path):

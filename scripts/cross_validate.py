@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,17 +61,26 @@ def check_fold_model(model: Path, val_patients: list[str]) -> None:
                                    "its fold: give the model of that fold")
 
 
+def make_crops(out: Path, preprocess: list[str], log: Path, threads: int) -> None:
+    """``sdseg preprocess PREPROCESS --out OUT`` unless OUT is complete (has dataset.json); the crops of an
+    interrupted run (no dataset.json yet) are made again."""
+    if (out / "dataset.json").exists():
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    sdseg(["preprocess", *preprocess, "--out", str(out)], log, threads)
+
+
 def run_fold(fold: int, args, threads: int) -> dict:
     """Make, train and evaluate fold ``fold`` (skipping what exists); its figures."""
     folder = args.out / f"fold{fold}"
     folder.mkdir(parents=True, exist_ok=True)
     preprocess = shlex.split(args.preprocess) + ["--fold", str(fold)]
     data, eval_data = folder / "data", folder / ("eval-data" if args.eval_negatives else "data")
-    if not (data / "dataset.json").exists():
-        sdseg(["preprocess", *preprocess, "--out", str(data)], folder / "preprocess.log", threads)
-    if args.eval_negatives and not (eval_data / "dataset.json").exists():
-        sdseg(["preprocess", *preprocess, "--negatives", str(args.eval_negatives), "--out", str(eval_data)],
-              folder / "preprocess-eval.log", threads)
+    make_crops(data, preprocess, folder / "preprocess.log", threads)
+    if args.eval_negatives:
+        make_crops(eval_data, preprocess + ["--negatives", str(args.eval_negatives)], folder / "preprocess-eval.log",
+                   threads)
     info = json.loads((eval_data / "dataset.json").read_text())
     model = args.fold_model.get(fold, folder / "model")
     if fold in args.fold_model:
@@ -175,11 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.folds:
             folds = [int(k) for k in args.folds.split(",")]
         else:  # fold 1's crops tell how many folds there are
-            run_first = ["preprocess", *shlex.split(args.preprocess), "--fold", "1"]
             data = args.out / "fold1" / "data"
-            if not (data / "dataset.json").exists():
-                data.parent.mkdir(parents=True, exist_ok=True)
-                sdseg([*run_first, "--out", str(data)], data.parent / "preprocess.log", threads)
+            data.parent.mkdir(parents=True, exist_ok=True)
+            make_crops(data, [*shlex.split(args.preprocess), "--fold", "1"], data.parent / "preprocess.log", threads)
             folds = list(range(1, json.loads((data / "dataset.json").read_text())["fold"]["of"] + 1))
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = list(pool.map(lambda k: run_fold(k, args, threads), folds))
