@@ -32,7 +32,7 @@ def run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     out = folder / "out"
     done = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
                           "--train", TRAIN, "--samples", 2, "--jobs", 2, "--click", f"lidc-pickle={pickle_path}",
-                          "--click-samples", 2)
+                          "--click-samples", 2, "--steps", 3)
     return out, pickle_path, done
 
 
@@ -56,18 +56,21 @@ def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
     result = json.loads((out / "cross_validation.json").read_text())
     dice = []
     for f in result["folds"]:
-        rows = json.loads((out / f"fold{f['fold']}" / "eval-n2" / "metrics.json").read_text())["results"]
+        metrics = json.loads((out / f"fold{f['fold']}" / "eval-n2-steps3" / "metrics.json").read_text())
+        assert metrics["settings"]["steps"] == 3  # every fold sampled as asked, not with its model's default
+        rows = metrics["results"]
         dice.append(next(r["dice_vs_raters"] for r in rows if r["predictor"] == "model" and r["samples"] == 2
                          and r["model_default"]))
     assert result["mean"]["model"]["dice_vs_raters"]["mean"] == pytest.approx(statistics.fmean(dice))
     assert result["mean"]["model"]["dice_vs_raters"]["sd"] == pytest.approx(statistics.stdev(dice))
     for f in result["folds"]:  # the clicks: on the fold's val patient only, with the fold's model
-        clicks = json.loads((out / f"fold{f['fold']}" / "click-n2.json").read_text())
+        clicks = json.loads((out / f"fold{f['fold']}" / "click-n2-steps3.json").read_text())
         assert {case["patient"] for case in clicks["cases"]} == set(f["val"]) and clicks["samples"] == 2
+        assert clicks["steps"] == 3
         assert Path(clicks["model"]) == out / f"fold{f['fold']}" / "model"
         assert f["model"]["click_dice"] == pytest.approx(statistics.fmean(c["dice"] for c in clicks["cases"]))
     text = (out / "cross_validation.md").read_text()
-    assert "| click: 3D Dice | click: voxels off the lesion slices |" in text
+    assert "| click: 3D Dice | click: voxels off the lesion slices |" in text and "3 sampling steps" in text
     assert f"| mean ± SD | 3 folds | | model | {statistics.fmean(dice):.3f} ± {statistics.stdev(dice):.3f} |" in text
     assert text.count("| empty mask |") == 4  # one per fold and the mean
 
@@ -79,7 +82,7 @@ def test_a_rerun_reuses_every_finished_step_and_prints_the_same_table(run):
     (out / "fold3" / "data" / "dataset.json").unlink()  # as if preprocessing had been interrupted: made again
     again = cross_validate("--out", out, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
                            "--train", TRAIN, "--samples", 2, "--click", f"lidc-pickle={pickle_path}",
-                           "--click-samples", 2)
+                           "--click-samples", 2, "--steps", 3)
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout and weights.stat().st_mtime_ns == before
     assert (out / "fold3" / "data" / "dataset.json").exists()

@@ -5,7 +5,7 @@ recipe (README, "Augmentation and symmetric views"); every fold's is a patient t
 
     python scripts/cross_validate.py --out OUT --preprocess "--source pyradiomics --input ... --seed 2"
         --train "--model sdseg --preset small ..." [--eval-negatives 0.3] [--folds 1,2] [--fold-model 1=MODEL]
-        [--samples 16] [--click SOURCE=PATH [--click-samples 8]] [--jobs 2]
+        [--samples 16] [--steps K] [--click SOURCE=PATH [--click-samples 8]] [--jobs 2]
 
 Layout: OUT/fold<K>/{data, eval-data, model, eval-n<N>}; a step whose output exists is not run again, so an
 interrupted run continues and a finished one only prints. ``--eval-negatives F``: the val split is evaluated on
@@ -61,6 +61,16 @@ def check_fold_model(model: Path, val_patients: list[str]) -> None:
                                    "its fold: give the model of that fold")
 
 
+def steps_option(steps: int | None) -> list[str]:
+    """The sampling-steps option of `sdseg evaluate` / sdseg.volume_scores (none: each model's default)."""
+    return [] if steps is None else ["--steps", str(steps)]
+
+
+def steps_name(steps: int | None) -> str:
+    """The part of an output's name that says its sampling steps."""
+    return "" if steps is None else f"-steps{steps}"
+
+
 def make_crops(out: Path, preprocess: list[str], log: Path, threads: int) -> None:
     """``sdseg preprocess PREPROCESS --out OUT`` unless OUT is complete (has dataset.json); the crops of an
     interrupted run (no dataset.json yet) are made again."""
@@ -89,10 +99,11 @@ def run_fold(fold: int, args, threads: int) -> dict:
         resume = ["--resume"] if (model / "training_state").exists() else []
         sdseg(["train", *shlex.split(args.train), "--data", str(data), "--out", str(model), *resume],
               folder / "train.log", threads)
-    evaluation = folder / f"eval-n{args.samples}"
+    evaluation = folder / f"eval-n{args.samples}{steps_name(args.steps)}"
     if not (evaluation / "metrics.json").exists():
         sdseg(["evaluate", "--model", str(model), "--data", str(eval_data), "--split", "val", "--samples",
-               str(args.samples), "--baselines", "--out", str(evaluation)], folder / "evaluate.log", threads)
+               str(args.samples), "--baselines", "--out", str(evaluation), *steps_option(args.steps)],
+              folder / "evaluate.log", threads)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     row = next(r for r in metrics["results"] if r["model_default"])
     empty = next(r for r in metrics["baselines"] if r["predictor"] == "empty mask")
@@ -107,10 +118,11 @@ def run_fold(fold: int, args, threads: int) -> dict:
 def click_figures(model: Path, folder: Path, patients: list[str], args, threads: int) -> dict:
     """A click at the lesion of each val patient's volume (sdseg.volume_scores), propagated: the mean 3D Dice of
     the consensus over the patients' cases and the consensus voxels on slices without lesion, summed."""
-    clicks = folder / f"click-n{args.click_samples}.json"
+    clicks = folder / f"click-n{args.click_samples}{steps_name(args.steps)}.json"
     if not clicks.exists():
         sdseg(["--model", str(model), "--source", args.click, "--patients", ",".join(patients), "--samples",
-               str(args.click_samples), "--out", str(clicks)], folder / "click.log", threads, "sdseg.volume_scores")
+               str(args.click_samples), "--out", str(clicks), *steps_option(args.steps)], folder / "click.log",
+              threads, "sdseg.volume_scores")
     cases = json.loads(clicks.read_text())["cases"]
     if not cases:
         raise CrossValidationError(f"--click {args.click}: no lesion case of {patients} to click")
@@ -130,7 +142,7 @@ def summary(folds: list[dict]) -> dict:
     return out
 
 
-def table(folds: list[dict], means: dict, samples: int) -> str:
+def table(folds: list[dict], means: dict, samples: int, steps: int | None) -> str:
     """Markdown: one row per fold (its val patients), then the mean +- SD, for the model and the empty mask."""
     def cell(value):
         return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -147,8 +159,9 @@ def table(folds: list[dict], means: dict, samples: int) -> str:
             cell(means[predictor][k]["mean"]) + ("" if means[predictor][k]["sd"] is None
                                                   else f" ± {means[predictor][k]['sd']:.3f}")
             for k, _ in columns) + " |")
-    return f"Cross-validation, val splits, N = {samples}, each model's default post-processing:\n\n" + "\n".join(
-        lines) + "\n"
+    steps_text = "each model's default sampling steps" if steps is None else f"{steps} sampling steps"
+    return (f"Cross-validation, val splits, N = {samples}, {steps_text}, each model's default post-processing:\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def _fold_model(text: str) -> tuple[int, Path]:
@@ -169,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold-model", type=_fold_model, action="append", default=[], metavar="K=MODEL",
                         help="use this trained model as fold K's (repeatable)")
     parser.add_argument("--samples", type=int, default=16, help="samples per crop (default 16)")
+    parser.add_argument("--steps", type=int, help="sampling steps of every fold's model (default: each model's own; "
+                        "a trained, unbundled model's is its kind's default, a bundled one's what bundle_model set)")
     parser.add_argument("--click", metavar="SOURCE=PATH",
                         help="also click the lesion of each val patient's volume in this labelled source (the one "
                              "--preprocess reads) and propagate, as a user would (python -m sdseg.volume_scores)")
@@ -188,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
             data = args.out / "fold1" / "data"
             data.parent.mkdir(parents=True, exist_ok=True)
             make_crops(data, [*shlex.split(args.preprocess), "--fold", "1"], data.parent / "preprocess.log", threads)
-            folds = list(range(1, json.loads((data / "dataset.json").read_text())["fold"]["of"] + 1))
+            fold = json.loads((data / "dataset.json").read_text()).get("fold")
+            if fold is None:
+                raise CrossValidationError(f"{data} was not made with --fold: give --folds")
+            folds = list(range(1, fold["of"] + 1))
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = list(pool.map(lambda k: run_fold(k, args, threads), folds))
     except (CrossValidationError, ValueError) as error:
         print(f"cross_validate: error: {error}", file=sys.stderr)
         return 2
     means = summary(results)
-    text = table(results, means, args.samples)
+    text = table(results, means, args.samples, args.steps)
     (args.out / "cross_validation.json").write_text(json.dumps({"folds": results, "mean": means}, indent=2) + "\n")
     (args.out / "cross_validation.md").write_text(text)
     print(text)

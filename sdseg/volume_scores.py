@@ -33,16 +33,17 @@ def score_whole(model, volume, truth: np.ndarray, samples: int, seed: int) -> di
             "seconds": seconds}
 
 
-def run_prompt(model, volume, point, samples: int, seed: int,
-               slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+def run_prompt(model, volume, point, samples: int, seed: int, slice_axis: int = 2,
+               steps: int | None = None) -> tuple[np.ndarray, np.ndarray, int, float, float]:
     """(consensus, samples (N, K, J, I), slices visited, seconds to the first slice, seconds in all) of one click,
-    propagated along ``slice_axis`` (IJK axis; the sample volume is axial: 2)."""
+    propagated along ``slice_axis`` (IJK axis; the sample volume is axial: 2) with ``steps`` sampling steps (None:
+    the model's default)."""
     shape = volume.array_kji.shape
     consensus = np.zeros(shape, dtype=bool)
     drawn = np.zeros((samples, *shape), dtype=bool)
     started, first, visited = time.perf_counter(), None, 0
     for result in propagate(model, volume.array_kji, volume.ijk_to_ras, slice_axis, [Prompt(point_ijk=point)],
-                            [0, 0, 0, shape[2], shape[1], shape[0]], samples, seed=seed):
+                            [0, 0, 0, shape[2], shape[1], shape[0]], samples, steps=steps, seed=seed):
         first = time.perf_counter() - started if first is None else first
         i0, j0, k0, i1, j1, k1 = result.box_ijk
         consensus[k0, j0:j1, i0:i1] = result.consensus > 0
@@ -51,14 +52,15 @@ def run_prompt(model, volume, point, samples: int, seed: int,
     return consensus, drawn, visited, first, time.perf_counter() - started
 
 
-def score_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+def score_click(model, volume, truth: np.ndarray, samples: int, seed: int,
+                steps: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     """(scores, consensus, samples) of one click at the lesion's centre (the centre of its largest slice), propagated
     along the volume's axial axis (from its geometry, as the worker chooses it). Scores: Dice of the 3D consensus,
     its voxels, the label's voxels, consensus voxels on slices (of that axis) without lesion, slices visited, seconds
     to the first slice and in all."""
     axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
     consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth, axis), samples, seed,
-                                                           axis)
+                                                           axis, steps)
     kji_axis = 2 - axis
     lesion_slices = truth.any(axis=tuple(a for a in range(3) if a != kji_axis))
     off = int(np.compress(~lesion_slices, consensus, axis=kji_axis).sum())
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", help="comma-separated patients (default: all)")
     parser.add_argument("--samples", type=int, default=8, help="samples (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     name, _, path = args.source.partition("=")
@@ -105,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, UnknownModelError) as error:
         print(f"volume_scores: error: {error}", file=sys.stderr)
         return 2
-    scores = [{"patient": patient, **score_click(model, volume, truth, args.samples, args.seed)[0]}
+    scores = [{"patient": patient, **score_click(model, volume, truth, args.samples, args.seed, args.steps)[0]}
               for patient, volume, truth in cases]
     args.out.write_text(json.dumps({"model": args.model, "samples": args.samples, "seed": args.seed,
-                                    "cases": scores}, indent=2) + "\n")
+                                    "steps": args.steps, "cases": scores}, indent=2) + "\n")
     return 0
 
 
