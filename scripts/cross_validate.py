@@ -155,7 +155,7 @@ def table(folds: list[dict], means: dict, samples: int, steps: int | None) -> st
             lines.append(f"| {f['fold']} | {', '.join(f['val'])} | {f['crops']} | {predictor} | "
                          + " | ".join(cell(f[predictor][k]) for k, _ in columns) + " |")
     for predictor in ("model", "empty mask"):
-        lines.append(f"| mean ± SD | {len(folds)} folds | | {predictor} | " + " | ".join(
+        lines.append(f"| mean ± SD | {len(folds)} fold{'s' * (len(folds) > 1)} | | {predictor} | " + " | ".join(
             cell(means[predictor][k]["mean"]) + ("" if means[predictor][k]["sd"] is None
                                                   else f" ± {means[predictor][k]['sd']:.3f}")
             for k, _ in columns) + " |")
