@@ -6,6 +6,7 @@ rerun that reuses everything, and a one-line error for a model given to the wron
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,3 +106,35 @@ def test_volume_scores_refuses_a_source_without_masks_in_one_line(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2 and not (tmp_path / "x.json").exists()
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "error:" in done.stderr
+
+
+def test_results_of_another_model_are_not_reused_and_repeated_folds_count_once(run, tmp_path):
+    out, pickle_path, _ = run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    other = tmp_path / "other-model"  # fold 1's weights under another name, recording no training data
+    shutil.copytree(copy / "fold1" / "model", other)
+    config = json.loads((other / "config.json").read_text())
+    del config["config"]["training_data"]
+    (other / "config.json").write_text(json.dumps(config))
+    arguments = ["--out", copy, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32", "--train",
+                 TRAIN, "--samples", 2, "--click", f"lidc-pickle={pickle_path}", "--click-samples", 2, "--steps", 3]
+    done = cross_validate(*arguments, "--folds", "1,1", "--fold-model", f"1={other}")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((copy / "cross_validation.json").read_text())
+    assert [f["fold"] for f in result["folds"]] == [1]
+    metrics = json.loads((copy / "fold1" / "eval-n2-steps3" / "metrics.json").read_text())
+    clicks = json.loads((copy / "fold1" / "click-n2-steps3.json").read_text())
+    assert Path(metrics["model"]["path"]) == other.resolve() and Path(clicks["model"]) == other
+    bad = cross_validate(*arguments, "--folds", "0,2")
+    assert bad.returncode == 2 and bad.stderr.strip() == "cross_validate: error: --folds are numbered from 1, got 0,2"
+
+
+def test_volume_scores_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path):
+    pickle_path = tmp_path / "data_lidc.pickle"
+    lidc_like_pickle(pickle_path, patients=1)
+    done = subprocess.run([sys.executable, "-m", "sdseg.volume_scores", "--model", tmp_path, "--source",
+                           f"lidc-pickle={pickle_path}", "--out", tmp_path / "x.json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "x.json").exists()
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("volume_scores: error: ")

@@ -7,15 +7,16 @@ recipe (README, "Augmentation and symmetric views"); every fold's is a patient t
         --train "--model sdseg --preset small ..." [--eval-negatives 0.3] [--folds 1,2] [--fold-model 1=MODEL]
         [--samples 16] [--steps K] [--click SOURCE=PATH [--click-samples 8]] [--jobs 2]
 
-Layout: OUT/fold<K>/{data, eval-data, model, eval-n<N>}; a step whose output exists is not run again, so an
-interrupted run continues and a finished one only prints. ``--eval-negatives F``: the val split is evaluated on
-crops made with ``--negatives F`` (lesion-free crops: false-positive rate), the recipe trains on the crops without
-them (add ``--negatives`` to --preprocess to train with them too). ``--fold-model K=MODEL``: an already trained
-model is fold K's (e.g. the bundled model, trained on the default split = fold 1); it is checked against the fold's
-val patients when it records its training data. ``--click SOURCE=PATH``: also a click at the lesion of each val
-patient's volume, propagated as a user's click is (sdseg.volume_scores): 3D Dice and consensus voxels on slices
-without lesion. ``--jobs J``: J folds at once, each with cores / J torch threads.
-Writes OUT/cross_validation.json and .md; nothing is evaluated on the test split.
+Layout: OUT/fold<K>/{data, eval-data, model, eval-n<N>[-steps<S>], click-n<N>[-steps<S>].json}; a step whose output
+exists (made by that fold's model, on those crops) is not run again, so an interrupted run continues and a finished
+one only prints. ``--eval-negatives F``: the val split is evaluated on crops made with ``--negatives F``
+(lesion-free crops: false-positive rate), the recipe trains on the crops without them (add ``--negatives`` to
+--preprocess to train with them too). ``--fold-model K=MODEL``: an already trained model is fold K's (e.g. the
+bundled model, trained on the default split = fold 1); it is checked against the fold's val patients when it records
+its training data. ``--click SOURCE=PATH``: also a click at the lesion of each val patient's volume, propagated as a
+user's click is (sdseg.volume_scores): 3D Dice and consensus voxels on slices without lesion. ``--jobs J``: J folds
+at once, each with cores / J torch threads. Writes OUT/cross_validation.json and .md; nothing is evaluated on the
+test split.
 """
 
 from __future__ import annotations
@@ -40,16 +41,16 @@ class CrossValidationError(Exception):
     """A fold's step failed or a given model does not belong to its fold: one line for the user."""
 
 
-def sdseg(arguments: list[str], log: Path, threads: int, module: str = "sdseg.cli") -> None:
+def sdseg(arguments: list[str], log: Path, threads: int, module: str = "sdseg.cli", step: str | None = None) -> None:
     """Run ``python -m MODULE ARGUMENTS`` (by default the sdseg command) with ``threads`` torch threads, output into
-    ``log``."""
+    ``log``; a failure names ``step`` (default: the sdseg subcommand)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-m", module, *arguments], stdout=out, stderr=subprocess.STDOUT,
                               env=env)
     if done.returncode:
         last = log.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise CrossValidationError(f"{module} {arguments[0]} failed ({log}): {last[0]}")
+        raise CrossValidationError(f"{step or 'sdseg ' + arguments[0]} failed ({log}): {last[0]}")
 
 
 def check_fold_model(model: Path, val_patients: list[str]) -> None:
@@ -59,6 +60,17 @@ def check_fold_model(model: Path, val_patients: list[str]) -> None:
     if seen & set(val_patients):
         raise CrossValidationError(f"{model} trained on {sorted(seen & set(val_patients))}, a validation patient of "
                                    "its fold: give the model of that fold")
+
+
+def made_by(result: Path, model: Path, data: Path | None = None) -> bool:
+    """Whether ``result`` (an evaluation's metrics.json or a click JSON) exists and was made by ``model`` (and on
+    ``data``): a result of another model, e.g. before --fold-model named one, is made again."""
+    if not result.exists():
+        return False
+    record = json.loads(result.read_text())
+    made = record["model"]["path"] if isinstance(record["model"], dict) else record["model"]
+    return Path(made).resolve() == model.resolve() and (
+        data is None or Path(record["data"]["path"]).resolve() == data.resolve())
 
 
 def steps_option(steps: int | None) -> list[str]:
@@ -71,10 +83,12 @@ def steps_name(steps: int | None) -> str:
     return "" if steps is None else f"-steps{steps}"
 
 
-def make_crops(out: Path, preprocess: list[str], log: Path, threads: int) -> None:
-    """``sdseg preprocess PREPROCESS --out OUT`` unless OUT is complete (has dataset.json); the crops of an
-    interrupted run (no dataset.json yet) are made again."""
-    if (out / "dataset.json").exists():
+def make_crops(out: Path, preprocess: list[str], log: Path, threads: int, negatives: float | None = None) -> None:
+    """``sdseg preprocess PREPROCESS --out OUT`` unless OUT is complete (has dataset.json) and, when ``negatives`` is
+    given, was made with that fraction of lesion-free crops; the crops of an interrupted run (no dataset.json yet)
+    or of another fraction are made again."""
+    if (out / "dataset.json").exists() and (negatives is None or json.loads((out / "dataset.json").read_text())[
+            "negatives"]["fraction"] == negatives):
         return
     if out.exists():
         shutil.rmtree(out)
@@ -90,7 +104,7 @@ def run_fold(fold: int, args, threads: int) -> dict:
     make_crops(data, preprocess, folder / "preprocess.log", threads)
     if args.eval_negatives:
         make_crops(eval_data, preprocess + ["--negatives", str(args.eval_negatives)], folder / "preprocess-eval.log",
-                   threads)
+                   threads, args.eval_negatives)
     info = json.loads((eval_data / "dataset.json").read_text())
     model = args.fold_model.get(fold, folder / "model")
     if fold in args.fold_model:
@@ -100,7 +114,7 @@ def run_fold(fold: int, args, threads: int) -> dict:
         sdseg(["train", *shlex.split(args.train), "--data", str(data), "--out", str(model), *resume],
               folder / "train.log", threads)
     evaluation = folder / f"eval-n{args.samples}{steps_name(args.steps)}"
-    if not (evaluation / "metrics.json").exists():
+    if not made_by(evaluation / "metrics.json", model, eval_data):
         sdseg(["evaluate", "--model", str(model), "--data", str(eval_data), "--split", "val", "--samples",
                str(args.samples), "--baselines", "--out", str(evaluation), *steps_option(args.steps)],
               folder / "evaluate.log", threads)
@@ -119,10 +133,10 @@ def click_figures(model: Path, folder: Path, patients: list[str], args, threads:
     """A click at the lesion of each val patient's volume (sdseg.volume_scores), propagated: the mean 3D Dice of
     the consensus over the patients' cases and the consensus voxels on slices without lesion, summed."""
     clicks = folder / f"click-n{args.click_samples}{steps_name(args.steps)}.json"
-    if not clicks.exists():
+    if not made_by(clicks, model):
         sdseg(["--model", str(model), "--source", args.click, "--patients", ",".join(patients), "--samples",
                str(args.click_samples), "--out", str(clicks), *steps_option(args.steps)], folder / "click.log",
-              threads, "sdseg.volume_scores")
+              threads, "sdseg.volume_scores", "the click")
     cases = json.loads(clicks.read_text())["cases"]
     if not cases:
         raise CrossValidationError(f"--click {args.click}: no lesion case of {patients} to click")
@@ -138,7 +152,7 @@ def summary(folds: list[dict]) -> dict:
             values = [f[predictor][key] for f in folds if f[predictor][key] is not None]
             out.setdefault(predictor, {})[key] = {
                 "mean": statistics.fmean(values) if values else None,
-                "sd": statistics.stdev(values) if len(values) > 1 else None}
+                "sd": statistics.stdev(values) if len(values) > 1 else None, "folds": len(values)}
     return out
 
 
@@ -154,11 +168,13 @@ def table(folds: list[dict], means: dict, samples: int, steps: int | None) -> st
         for predictor in ("model", "empty mask"):
             lines.append(f"| {f['fold']} | {', '.join(f['val'])} | {f['crops']} | {predictor} | "
                          + " | ".join(cell(f[predictor][k]) for k, _ in columns) + " |")
+    def mean_cell(mean: dict) -> str:
+        text = cell(mean["mean"]) + ("" if mean["sd"] is None else f" ± {mean['sd']:.3f}")
+        return text + (f" ({mean['folds']} of {len(folds)} folds)" if 0 < mean["folds"] < len(folds) else "")
+
     for predictor in ("model", "empty mask"):
-        lines.append(f"| mean ± SD | {len(folds)} fold{'s' * (len(folds) > 1)} | | {predictor} | " + " | ".join(
-            cell(means[predictor][k]["mean"]) + ("" if means[predictor][k]["sd"] is None
-                                                  else f" ± {means[predictor][k]['sd']:.3f}")
-            for k, _ in columns) + " |")
+        lines.append(f"| mean ± SD | {len(folds)} fold{'s' * (len(folds) > 1)} | | {predictor} | "
+                     + " | ".join(mean_cell(means[predictor][k]) for k, _ in columns) + " |")
     steps_text = "each model's default sampling steps" if steps is None else f"{steps} sampling steps"
     return (f"Cross-validation, val splits, N = {samples}, {steps_text}, each model's default post-processing:\n\n"
             + "\n".join(lines) + "\n")
@@ -198,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     try:
         if args.folds:
-            folds = [int(k) for k in args.folds.split(",")]
+            folds = sorted({int(k) for k in args.folds.split(",")})
+            if folds[0] < 1:
+                raise CrossValidationError(f"--folds are numbered from 1, got {args.folds}")
         else:  # fold 1's crops tell how many folds there are
             data = args.out / "fold1" / "data"
             data.parent.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from sdseg.checkpoint import load_model
+    from sdseg.checkpoint import CheckpointError, load_model
     from sdseg.registry import UnknownModelError, resolve_model
 
     parser = argparse.ArgumentParser(prog="python -m sdseg.volume_scores", description="Click each lesion case of a labelled source with a model and "
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cases = labelled_cases(name, Path(path), None if args.patients is None else args.patients.split(","))
         model = load_model(resolve_model(args.model))
-    except (SourceError, UnknownModelError) as error:
+    except (SourceError, UnknownModelError, CheckpointError) as error:
         print(f"volume_scores: error: {error}", file=sys.stderr)
         return 2
     scores = [{"patient": patient, **score_click(model, volume, truth, args.samples, args.seed, args.steps)[0]}
