@@ -1,7 +1,8 @@
 """scripts/cross_validate.py end to end with real subprocesses (`sdseg preprocess --fold`, `sdseg train` of the tiny
-ambiguous model, `sdseg evaluate`, clicks by `python -m sdseg.volume_scores`) on a small LIDC-like pickle of 4 patients: one fold per patient outside test,
-each model never trained on its fold's val patient, the mean row computed from the folds' own metrics files, a
-rerun that reuses everything, and a one-line error for a model given to the wrong fold."""
+ambiguous model, `sdseg evaluate`, clicks by `python -m sdseg.volume_scores`) on a small LIDC-like pickle of 4
+patients: one fold per patient outside test, each model never trained on its fold's val patient, the mean row
+computed from the folds' own metrics files, a rerun that reuses everything, and a one-line error for a model given
+to the wrong fold."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
         clicks = json.loads((out / f"fold{f['fold']}" / "click-n2-steps3.json").read_text())
         assert {case["patient"] for case in clicks["cases"]} == set(f["val"]) and clicks["samples"] == 2
         assert clicks["steps"] == 3
-        assert Path(clicks["model"]) == out / f"fold{f['fold']}" / "model"
+        assert Path(clicks["model"]["path"]) == (out / f"fold{f['fold']}" / "model").resolve()
         assert f["model"]["click_dice"] == pytest.approx(statistics.fmean(c["dice"] for c in clicks["cases"]))
     text = (out / "cross_validation.md").read_text()
     assert "| click: 3D Dice | click: voxels off the lesion slices |" in text and "3 sampling steps" in text
@@ -125,7 +126,7 @@ def test_results_of_another_model_are_not_reused_and_repeated_folds_count_once(r
     assert [f["fold"] for f in result["folds"]] == [1]
     metrics = json.loads((copy / "fold1" / "eval-n2-steps3" / "metrics.json").read_text())
     clicks = json.loads((copy / "fold1" / "click-n2-steps3.json").read_text())
-    assert Path(metrics["model"]["path"]) == other.resolve() and Path(clicks["model"]) == other
+    assert Path(metrics["model"]["path"]) == other.resolve() and Path(clicks["model"]["path"]) == other.resolve()
     bad = cross_validate(*arguments, "--folds", "0,2")
     assert bad.returncode == 2 and bad.stderr.strip() == "cross_validate: error: --folds are numbered from 1, got 0,2"
 

@@ -68,8 +68,7 @@ def made_by(result: Path, model: Path, data: Path | None = None) -> bool:
     if not result.exists():
         return False
     record = json.loads(result.read_text())
-    made = record["model"]["path"] if isinstance(record["model"], dict) else record["model"]
-    return Path(made).resolve() == model.resolve() and (
+    return Path(record["model"]["path"]).resolve() == model.resolve() and (
         data is None or Path(record["data"]["path"]).resolve() == data.resolve())
 
 

@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     from sdseg.checkpoint import CheckpointError, load_model
     from sdseg.registry import UnknownModelError, resolve_model
 
-    parser = argparse.ArgumentParser(prog="python -m sdseg.volume_scores", description="Click each lesion case of a labelled source with a model and "
-                                     "write the scores per case (Dice of the 3D consensus, ...).")
+    parser = argparse.ArgumentParser(
+        prog="python -m sdseg.volume_scores",
+        description="Click each lesion case of a labelled source with a model and write the scores per case (Dice "
+                    "of the 3D consensus, ...).")
     parser.add_argument("--model", required=True, help="installed model name or model folder")
     parser.add_argument("--source", required=True, metavar="NAME=PATH", help="a labelled data source")
     parser.add_argument("--patients", help="comma-separated patients (default: all)")
@@ -104,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     name, _, path = args.source.partition("=")
     try:
         cases = labelled_cases(name, Path(path), None if args.patients is None else args.patients.split(","))
-        model = load_model(resolve_model(args.model))
+        folder = resolve_model(args.model)
+        model = load_model(folder)
     except (SourceError, UnknownModelError, CheckpointError) as error:
         print(f"volume_scores: error: {error}", file=sys.stderr)
         return 2
     scores = [{"patient": patient, **score_click(model, volume, truth, args.samples, args.seed, args.steps)[0]}
               for patient, volume, truth in cases]
-    args.out.write_text(json.dumps({"model": args.model, "samples": args.samples, "seed": args.seed,
-                                    "steps": args.steps, "cases": scores}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"model": {"name": folder.name, "path": str(folder)}, "samples": args.samples,
+                                    "seed": args.seed, "steps": args.steps, "cases": scores}, indent=2) + "\n")
     return 0
 
 
