@@ -399,6 +399,49 @@ def test_preprocess_negatives_add_lesion_free_crops_at_the_fraction_asked(tmp_pa
         assert bad.returncode == 2 and message in bad.stderr
 
 
+def test_preprocess_add_synthetic_draws_one_visible_lesion_per_crop_on_train_texture_only(tmp_path):
+    import torch
+
+    from sdseg.masks import connected_components
+
+    write_atlas(tmp_path / "templates")
+    plain, out = tmp_path / "plain", tmp_path / "synthetic"
+    common = ["--source", "pairs", "--input", SAMPLE_DIR, "--crops-per-lesion", 1, "--negatives", 0.25, "--seed", 5]
+    assert run_preprocess(*common, "--out", plain).returncode == 0
+    result = run_preprocess(*common, "--out", out, "--add-synthetic", 6, "--texture",
+                            f"mricron={tmp_path / 'templates'}")
+    assert result.returncode == 0, result.stderr
+    for split in ("train", "val", "test"):  # the real crops are those of the set without synthetic lesions
+        real = sorted(path.name for path in (out / split).glob("*.npz") if not path.name.startswith("synthetic"))
+        assert real == sorted(path.name for path in (plain / split).glob("*.npz"))
+        assert all((out / split / name).read_bytes() == (plain / split / name).read_bytes() for name in real)
+    assert not list((out / "val").glob("synthetic*")) and not list((out / "test").glob("synthetic*"))
+    lesions, negatives = sorted((out / "train").glob("synthetic-0*.npz")), sorted((out / "train").glob("synthetic-neg*"))
+    assert len(lesions) == 6 and len(negatives) == round(6 * 0.25 / 0.75)
+    patient = str(np.load(sorted((plain / "train").glob("*.npz"))[0])["patient"])
+    assert {str(np.load(path)["patient"]) for path in lesions} <= {patient, "colin27"}
+    assert {str(np.load(path)["patient"]) for path in negatives} == {patient}  # the real patient's outlined texture
+    assert all(not np.load(path)["masks"].any() for path in negatives)
+    for path in lesions:
+        item = np.load(path)
+        mask = item["masks"][0].astype(bool)
+        assert item["masks"].shape == (1, 64, 64) and item["image"].shape == (1, 64, 64) and mask.sum() >= 10
+        components = connected_components(torch.from_numpy(mask)).numpy()
+        assert np.bincount(components[mask]).max() >= 0.9 * mask.sum(), f"{path.name}: one lesion"
+    info = json.loads((out / "dataset.json").read_text())
+    record = info["synthetic_train"]
+    assert record["count"] == 6 and record["negatives"] == len(negatives) and set(record["textures"]) == {patient,
+                                                                                                         "colin27"}
+    assert record["texture_sources"][0]["source"] == "mricron" and "colin27" in info["splits"]["train"]
+    assert info["counts"]["train"] == len(list((out / "train").glob("*.npz"))) and "SYNTHETIC" in info["description"]
+    assert info["synthetic"] is False  # val and test stay real
+    for extra, message in ((["--texture", f"mricron={tmp_path / 'templates'}"], "--texture gives textures"),
+                           (["--add-synthetic", 3, "--multirater", 2], "leave out --multirater"),
+                           (["--add-synthetic", -1], "N >= 0")):
+        bad = run_preprocess(*common, "--out", tmp_path / "bad", *extra)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_preprocess_multirater_draws_synthetic_raters_on_real_textures(tmp_path):
     pickle_path = tmp_path / "data_lidc.pickle"
     lidc_like_pickle(pickle_path, patients=5)

@@ -12,7 +12,8 @@ import torch
 from sdseg.data.batches import InMemoryCrops
 from sdseg.data.dataset import CropsDataset, DatasetError
 from sdseg.data.synthetic import (FAINT_CONTRAST, gaussian_smooth, grow_or_shrink, lesion_contrasts, lesion_mask,
-                                  make_shapes_dataset, rater_masks, render_image)
+                                  make_shapes_dataset, rater_masks, render_image, SINGLE_LESION_RADII,
+                                  single_lesion_crop)
 
 
 def disk_dilation_by_distances(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -115,6 +116,24 @@ def test_render_image_draws_lesions_with_their_contrast_on_the_texture():
 def dataset_dir(tmp_path_factory):
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", 6, 3, 2, image_size=32, n_raters=3,
                                seed=7)
+
+
+def test_single_lesion_crops_are_one_visible_blob_of_every_size_on_the_texture():
+    texture = np.random.default_rng(0).uniform(-0.5, 0.5, (64, 64)).astype(np.float32)
+    areas, contrasts = [], []
+    for seed in range(60):
+        image, masks = single_lesion_crop(texture, 1, np.random.default_rng(seed))
+        assert image.shape == (1, 64, 64) and masks.shape == (1, 64, 64) and masks.dtype == np.uint8
+        mask = masks[0].astype(bool)
+        core, ring = grow_or_shrink(mask, -2), grow_or_shrink(mask, 6) & ~grow_or_shrink(mask, 3)
+        # no faint lesion: the lesion core differs from the texture around it by about its contrast (>= 0.35)
+        contrasts.append(abs(float((image[0] - texture)[core].mean())) if core.any() else 1.0)
+        areas.append(mask.sum())
+        assert ring.any() and abs(float(image[0][ring].mean() - texture[ring].mean())) < 0.1
+    assert min(contrasts) >= 0.25
+    radii = np.sqrt(np.array(areas) / np.pi) / 64  # equivalent radius, fraction of the crop
+    assert radii.min() < 0.1 and radii.max() > 0.3  # from small nodules to ROI-filling tumours
+    assert SINGLE_LESION_RADII[0] * 0.8 <= radii.min() and radii.max() <= SINGLE_LESION_RADII[1] * 1.3
 
 
 def test_dataset_is_written_in_the_crops_format_and_reads_back(dataset_dir):

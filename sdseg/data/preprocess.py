@@ -244,10 +244,57 @@ def _write_case_crops(folder: Path, stem: str, case: Case, size: int, preprocess
     return written, len(textures)
 
 
+def _texture_only(case: Case) -> Case:
+    """A case of a ``--texture`` source as texture: its masks (atlas structures, thresholds) are not lesions."""
+    return dataclasses.replace(case, masks=np.zeros((1, *case.image.shape), dtype=np.uint8), objects=None)
+
+
+def write_synthetic_train(folder: Path, lesion_cases: list[Case], texture_cases: list[Case], count: int,
+                          n_raters: int, size: int, preprocessing: dict, crop: int, negatives: float,
+                          rng: np.random.Generator) -> dict:
+    """Write ``count`` synthetic single-lesion crops (:func:`sdseg.data.synthetic.single_lesion_crop`) into the
+    train ``folder``, each on its own lesion-free texture (:func:`texture_crops`) of ``lesion_cases`` (real cases
+    whose every lesion is outlined) and ``texture_cases`` (images only; they may show an unoutlined lesion, as
+    chest-ct's tumour), which share them evenly (a case with too few lends its textures again, with other lesions).
+    With ``negatives`` F, textures of ``lesion_cases`` without a lesion make F of the crops. Named
+    ``synthetic-<NNNNN>.npz`` / ``synthetic-neg<NNNNN>.npz``, each with its texture's patient. Returns the
+    dataset.json record."""
+    from sdseg.data.synthetic import GENERATOR_DESCRIPTION, SINGLE_LESION_RADII, single_lesion_crop
+
+    cases = lesion_cases + texture_cases
+    per_case = -(-count // max(1, len(cases)))
+    textures = [(case.patient, texture) for case in cases
+                for texture in texture_crops(case, preprocessing, size, crop, per_case, rng)]
+    wanted = negatives_for(count, negatives)
+    per_case = -(-wanted // max(1, len(lesion_cases)))
+    negative_textures = [(case.patient, texture) for case in lesion_cases
+                         for texture in texture_crops(case, preprocessing, size, crop, per_case, rng)]
+    if not textures or (wanted and not negative_textures):
+        raise SourceError("no lesion-free texture found for --add-synthetic; use a smaller --crop")
+    empty = np.zeros((n_raters, size, size), dtype=np.uint8)
+    for number, index in enumerate(rng.permutation(max(count, len(textures)))[:count] % len(textures)):
+        patient, texture = textures[index]
+        image, masks = single_lesion_crop(texture, n_raters, rng)
+        _write_crop(folder, f"synthetic-{number:05d}", image, masks, patient)
+    for number, index in enumerate(rng.permutation(max(wanted, len(negative_textures)))[:wanted]
+                                   % max(1, len(negative_textures))):
+        patient, texture = negative_textures[index]
+        _write_crop(folder, f"synthetic-neg{number:05d}", texture[None], empty, patient)
+    per_patient = {}
+    for patient, _ in textures:
+        per_patient[patient] = per_patient.get(patient, 0) + 1
+    return {"count": count, "negatives": wanted, "lesion_radii": list(SINGLE_LESION_RADII),
+            "textures": per_patient,
+            "generator": GENERATOR_DESCRIPTION.format(texture="lesion-free crops of the train split's images") +
+            " Here one blob per crop and the real set's number of raters; lesion-free crops from the train split's "
+            "own patients only."}
+
+
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
                        crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0,
                        extra_train=(), objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES),
-                       external_test: bool = False, fold: int | None = None) -> dict:
+                       external_test: bool = False, fold: int | None = None, synthetic: int = 0,
+                       texture_sources=()) -> dict:
     """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
     Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``. With ``negatives`` F > 0, each 3D
     lesion case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice,
@@ -255,7 +302,9 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
     ``extra_train``: (source, refs) pairs whose cases go to the train split only (their patients never reach val or
     test), e.g. atlas structures (:func:`object_crops`; ``objects`` = (ROIs per structure, slices per ROI)).
     ``external_test``: every patient goes to the test split (a set only for ``sdseg evaluate``); ``fold``: the
-    cross-validation fold of the split (:func:`split_patients`)."""
+    cross-validation fold of the split (:func:`split_patients`). ``synthetic`` N > 0: N synthetic single-lesion
+    crops in the train split (:func:`write_synthetic_train`) on textures of its cases and of ``texture_sources``
+    ((source, refs) pairs whose images are texture only)."""
     splits, split_refs = _splits_of(refs, seed, external_test, fold)
     counts = dict.fromkeys(SPLITS, 0)
     negative_counts = dict.fromkeys(SPLITS, 0)
@@ -277,14 +326,29 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                                               objects, rng)
         counts[split] += written
         negative_counts[split] += negative
-    extra_patients = sorted({ref.patient for _, extra in extra_train for ref in extra})
+    synthetic_record = None
+    if synthetic:
+        lesion_cases = [ref.read() for _, ref in split_refs["train"]]
+        texture_cases = [_texture_only(ref.read()) for _, texture_refs in texture_sources for ref in texture_refs]
+        synthetic_record = write_synthetic_train(out / "train", lesion_cases, texture_cases, synthetic,
+                                                 next(iter(n_raters)), size, preprocessing, crop, negatives,
+                                                 np.random.default_rng([seed, 2]))
+        synthetic_record["texture_sources"] = [
+            {"source": texture_source.name, "description": texture_source.description,
+             "licence": texture_source.licence, "provenance": texture_source.provenance,
+             "patients": sorted({ref.patient for ref in texture_refs})} for texture_source, texture_refs in texture_sources]
+        counts["train"] += synthetic_record["count"]
+        negative_counts["train"] += synthetic_record["negatives"]
+    extra_patients = sorted({ref.patient for _, extra in list(extra_train) + list(texture_sources) for ref in extra})
     splits["train"] = sorted(set(splits["train"]) | set(extra_patients))
     return {"name": out.name, "source": source.name, "licence": source.licence, "provenance": source.provenance,
             "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters.pop(), "synthetic": False,
             "description": f"{source.description}. Masks: {source.masks}. 2D crops of {crop or 'whole'}-pixel "
                            f"regions of interest around each lesion (+-{margin_slices} slices), resized to "
                            f"{size}x{size}" + (f"; plus lesion-free crops away from the lesions, {negatives:.0%} of "
-                                               "each case's crops" if negatives else "") + ".",
+                                               "each case's crops" if negatives else "") + "." + (
+                               f" Plus {synthetic} SYNTHETIC single-lesion crops in the train split only, drawn on "
+                               "lesion-free real texture (synthetic_train)." if synthetic else ""),
             "splits": splits, "counts": {split: counts[split] + negative_counts[split] for split in SPLITS},
             "negatives": {"fraction": negatives, "counts": negative_counts}, "crop": crop_record(crop),
             "external_test": external_test,
@@ -293,7 +357,8 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                  "licence": extra_source.licence, "provenance": extra_source.provenance, "masks": extra_source.masks,
                  "patients": sorted({ref.patient for ref in extra}), "rois_per_object": objects[0],
                  "slices_per_object_roi": objects[1]}
-                for extra_source, extra in extra_train]}
+                for extra_source, extra in extra_train],
+            "synthetic_train": synthetic_record}
 
 
 def crop_record(crop: int) -> dict:
@@ -499,6 +564,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--add-train", action="append", default=[], metavar="SOURCE=PATH",
                         help="also crop the cases of another source into the train split only (never val/test), "
                              "e.g. mricron=~/.cache/sdseg/mricron-data_1.2.20211006+dfsg-4_all.deb; repeatable")
+    parser.add_argument("--add-synthetic", type=int, default=0, metavar="N",
+                        help="also write N synthetic single-lesion crops into the train split, drawn on lesion-free "
+                             "texture of its patients and of --texture sources (with --negatives F, plus lesion-free "
+                             "crops making F of them; docs/data.md)")
+    parser.add_argument("--texture", action="append", default=[], metavar="SOURCE=PATH",
+                        help="with --add-synthetic: another source whose images (masks ignored) give textures for "
+                             "the synthetic lesions, train only, e.g. head-ct=~/.cache/sdseg/invesalius-"
+                             "examples_3.1.99998-4_all.deb; repeatable")
     parser.add_argument("--object-rois", type=int, default=OBJECT_ROIS,
                         help=f"ROIs per atlas structure (default {OBJECT_ROIS})")
     parser.add_argument("--object-slices", type=int, default=OBJECT_SLICES,
@@ -520,16 +593,16 @@ def _load(source: Source, path: Path, labels, lidc_db):
     return source.load(path, labels)
 
 
-def _extra_train(specs: list[str], labels, lidc_db) -> list[tuple[Source, list[CaseRef]]]:
-    """--add-train SOURCE=PATH values -> (source, cases) pairs."""
+def _extra_train(specs: list[str], labels, lidc_db, option: str = "--add-train") -> list[tuple[Source, list[CaseRef]]]:
+    """--add-train (or --texture) SOURCE=PATH values -> (source, cases) pairs."""
     extra = []
     for spec in specs:
         name, separator, path = spec.partition("=")
         if not separator or not path:
-            raise SourceError(f"--add-train needs SOURCE=PATH, got {spec!r}")
+            raise SourceError(f"{option} needs SOURCE=PATH, got {spec!r}")
         source = get_source(name)
         if not Path(path).expanduser().exists():
-            raise SourceError(f"--add-train {spec}: {path} does not exist: {source.how_to_get}")
+            raise SourceError(f"{option} {spec}: {path} does not exist: {source.how_to_get}")
         extra.append((source, _load(source, Path(path).expanduser(), labels, lidc_db)))
     return extra
 
@@ -575,9 +648,18 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
             raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
     named = [("", source.name)] + [(f"--add-train {spec}: ", spec.partition("=")[0]) for spec in args.add_train]
     for where, name in named:
-        if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater):
+        if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater
+                                                                            or (args.add_synthetic and not where)):
             raise SourceError(f"{where}{name} shows lesions that are not outlined: a lesion-free crop (--negatives) "
-                              "or a texture crop (--multirater) could hold one; use its lesion crops only")
+                              "or a texture crop (--multirater, --add-synthetic) could hold one; use its lesion "
+                              "crops only")
+    if args.add_synthetic < 0:
+        raise SourceError(f"--add-synthetic needs N >= 0, got {args.add_synthetic}")
+    if args.texture and not args.add_synthetic:
+        raise SourceError("--texture gives textures to --add-synthetic N: add it, or leave out --texture")
+    if args.add_synthetic and (args.multirater or args.external_test):
+        raise SourceError("--add-synthetic adds to the train split of a real crops set: leave out --multirater and "
+                          "--external-test")
     if args.external_test and (args.multirater or args.add_train):
         raise SourceError("--external-test makes a test set of real crops: leave out --multirater and --add-train")
     if args.fold is not None and (args.external_test or (args.multirater and args.lidc_db)):
@@ -621,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
                                       _extra_train(args.add_train, None, args.lidc_db),
-                                      (args.object_rois, args.object_slices), args.external_test, args.fold)
+                                      (args.object_rois, args.object_slices), args.external_test, args.fold,
+                                      args.add_synthetic, _extra_train(args.texture, None, args.lidc_db, "--texture"))
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2

@@ -184,6 +184,24 @@ def render_image(labels: np.ndarray, contrasts: np.ndarray, rng: np.random.Gener
     return np.clip(image, -1.0, 1.0).astype(np.float32)
 
 
+# Lesion semi-axes of :func:`single_lesion_crop`, fractions of the crop: real lesion crops run from a small nodule in
+# a 96-voxel ROI (~0.05) to a tumour filling its ROI, which is 1.2 x the lesion (~0.4).
+SINGLE_LESION_RADII = (0.05, 0.4)
+
+
+def single_lesion_crop(texture: np.ndarray, n_raters: int, rng: np.random.Generator,
+                       radius_range: tuple[float, float] = SINGLE_LESION_RADII) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic lesion on ``texture`` (S, S) in [-1, 1]: (image (1, S, S) float32, masks (n_raters, S, S)
+    uint8), made by steps 1-4 above with a single blob, so that a click or box drawn from the masks points at the
+    whole object (the prompt-conditioned training of sdseg.prompt_maps). No lesion is faint: faint lesions stand for
+    the lesions only some raters see, and a lone rater marking an invisible one would teach the model to draw
+    lesions where the image shows none."""
+    labels = lesion_mask(texture.shape[0], rng, max_lesions=1, radius_range=radius_range)
+    contrasts = lesion_contrasts(1, rng, faint_probability=0.0)
+    masks = rater_masks(labels, n_raters, rng, contrasts)
+    return render_image(labels, contrasts, rng, texture)[None], masks
+
+
 def _texture_crop(texture_images, size: int, rng: np.random.Generator) -> np.ndarray:
     image = np.asarray(texture_images[int(rng.integers(len(texture_images)))], dtype=np.float64)
     top = int(rng.integers(image.shape[0] - size + 1))
