@@ -416,7 +416,8 @@ def test_preprocess_add_synthetic_draws_one_visible_lesion_per_crop_on_train_tex
         assert real == sorted(path.name for path in (plain / split).glob("*.npz"))
         assert all((out / split / name).read_bytes() == (plain / split / name).read_bytes() for name in real)
     assert not list((out / "val").glob("synthetic*")) and not list((out / "test").glob("synthetic*"))
-    lesions, negatives = sorted((out / "train").glob("synthetic-0*.npz")), sorted((out / "train").glob("synthetic-neg*"))
+    lesions = sorted((out / "train").glob("synthetic-0*.npz"))
+    negatives = sorted((out / "train").glob("synthetic-neg*.npz"))
     assert len(lesions) == 6 and len(negatives) == round(6 * 0.25 / 0.75)
     patient = str(np.load(sorted((plain / "train").glob("*.npz"))[0])["patient"])
     assert {str(np.load(path)["patient"]) for path in lesions} <= {patient, "colin27"}

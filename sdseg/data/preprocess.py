@@ -16,6 +16,7 @@ import json
 import re
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -259,35 +260,31 @@ def write_synthetic_train(folder: Path, lesion_cases: list[Case], texture_cases:
     With ``negatives`` F, textures of ``lesion_cases`` without a lesion make F of the crops. Named
     ``synthetic-<NNNNN>.npz`` / ``synthetic-neg<NNNNN>.npz``, each with its texture's patient. Returns the
     dataset.json record."""
-    from sdseg.data.synthetic import GENERATOR_DESCRIPTION, SINGLE_LESION_RADII, single_lesion_crop
+    from sdseg.data.synthetic import SINGLE_LESION_DESCRIPTION, SINGLE_LESION_RADII, single_lesion_crop
 
-    cases = lesion_cases + texture_cases
-    per_case = -(-count // max(1, len(cases)))
-    textures = [(case.patient, texture) for case in cases
+    def drawn(textures: list, wanted: int) -> list:  # ``wanted`` of them, each once before any twice
+        return [textures[i] for i in rng.permutation(max(wanted, len(textures)))[:wanted] % len(textures)]
+
+    def textures_of(cases: list[Case], wanted: int) -> list:
+        per_case = -(-wanted // max(1, len(cases)))
+        return [(case.patient, texture) for case in cases
                 for texture in texture_crops(case, preprocessing, size, crop, per_case, rng)]
+
     wanted = negatives_for(count, negatives)
-    per_case = -(-wanted // max(1, len(lesion_cases)))
-    negative_textures = [(case.patient, texture) for case in lesion_cases
-                         for texture in texture_crops(case, preprocessing, size, crop, per_case, rng)]
+    textures, negative_textures = textures_of(lesion_cases + texture_cases, count), textures_of(lesion_cases, wanted)
     if not textures or (wanted and not negative_textures):
         raise SourceError("no lesion-free texture found for --add-synthetic; use a smaller --crop")
-    empty = np.zeros((n_raters, size, size), dtype=np.uint8)
-    for number, index in enumerate(rng.permutation(max(count, len(textures)))[:count] % len(textures)):
-        patient, texture = textures[index]
+    for number, (patient, texture) in enumerate(drawn(textures, count)):
         image, masks = single_lesion_crop(texture, n_raters, rng)
         _write_crop(folder, f"synthetic-{number:05d}", image, masks, patient)
-    for number, index in enumerate(rng.permutation(max(wanted, len(negative_textures)))[:wanted]
-                                   % max(1, len(negative_textures))):
-        patient, texture = negative_textures[index]
+    empty = np.zeros((n_raters, size, size), dtype=np.uint8)
+    for number, (patient, texture) in enumerate(drawn(negative_textures, wanted) if wanted else []):
         _write_crop(folder, f"synthetic-neg{number:05d}", texture[None], empty, patient)
-    per_patient = {}
-    for patient, _ in textures:
-        per_patient[patient] = per_patient.get(patient, 0) + 1
     return {"count": count, "negatives": wanted, "lesion_radii": list(SINGLE_LESION_RADII),
-            "textures": per_patient,
-            "generator": GENERATOR_DESCRIPTION.format(texture="lesion-free crops of the train split's images") +
-            " Here one blob per crop and the real set's number of raters; lesion-free crops from the train split's "
-            "own patients only."}
+            "textures": dict(Counter(patient for patient, _ in textures)),
+            "generator": SINGLE_LESION_DESCRIPTION.format(
+                radii=SINGLE_LESION_RADII, texture="lesion-free crops of the train split's patients and of the texture "
+                "sources, each its texture's patient") + " Lesion-free crops: the train split's own patients only."}
 
 
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
@@ -336,7 +333,8 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
         synthetic_record["texture_sources"] = [
             {"source": texture_source.name, "description": texture_source.description,
              "licence": texture_source.licence, "provenance": texture_source.provenance,
-             "patients": sorted({ref.patient for ref in texture_refs})} for texture_source, texture_refs in texture_sources]
+             "patients": sorted({ref.patient for ref in texture_refs})}
+            for texture_source, texture_refs in texture_sources]
         counts["train"] += synthetic_record["count"]
         negative_counts["train"] += synthetic_record["negatives"]
     extra_patients = sorted({ref.patient for _, extra in list(extra_train) + list(texture_sources) for ref in extra})

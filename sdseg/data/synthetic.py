@@ -228,6 +228,13 @@ GENERATOR_DESCRIPTION = (
     "Each crop is its own 'patient'.")
 
 
+SINGLE_LESION_DESCRIPTION = (
+    "Synthetic single-lesion crops made by sdseg.data.synthetic.single_lesion_crop: one blob per crop (an ellipse "
+    "with semi-axes of {radii[0]:.0%}-{radii[1]:.0%} of the crop and a boundary perturbed by harmonics 2-4 of the "
+    "polar angle), drawn with a signed contrast that is never faint on {texture}, with Gaussian pixel "
+    "noise; each rater grows or shrinks it by -1, 0 or 1 pixel and adds smooth boundary noise.")
+
+
 def make_shapes_dataset(out_dir, n_train: int, n_val: int, n_test: int, image_size: int = 64, n_raters: int = 4,
                         seed: int = 0, texture_images=None, info: dict | None = None) -> Path:
     """Write a synthetic multi-rater crops data set into the new or empty folder ``out_dir`` and return its path.
