@@ -100,8 +100,8 @@ def test_preprocess_makes_an_external_test_set_of_lesion_crops(tmp_path):
         assert crop["image"].shape == (1, 64, 64) and crop["masks"].shape == (1, 64, 64)
         # a 96-pixel ROI resized to 64: the lesion keeps its area times (64 / 96)^2
         assert crop["masks"].sum() == pytest.approx(mask_pixels * (64 / 96) ** 2, rel=0.05)
-    # Lesion-free crops could show the slice's second lesion, which nobody outlined: refused in one line.
-    for extra in (["--negatives", 0.3], ["--multirater", 2]):
+    # Lesion-free or texture crops could show the slice's second lesion, which nobody outlined: refused in one line.
+    for extra in (["--negatives", 0.3], ["--multirater", 2], ["--add-synthetic", 3]):
         result = run_preprocess("--source", "liver-mr", "--input", PYDICOM_DATA_WHEEL, *extra, "--out", tmp_path / "x")
         assert result.returncode == 2 and "not outlined" in result.stderr and result.stderr.count("\n") == 1
     result = run_preprocess("--source", "pyradiomics", "--input", tmp_path, "--negatives", 0.3, "--add-train",

@@ -591,8 +591,8 @@ def _load(source: Source, path: Path, labels, lidc_db):
     return source.load(path, labels)
 
 
-def _extra_train(specs: list[str], labels, lidc_db, option: str = "--add-train") -> list[tuple[Source, list[CaseRef]]]:
-    """--add-train (or --texture) SOURCE=PATH values -> (source, cases) pairs."""
+def _other_sources(specs: list[str], labels, lidc_db, option: str) -> list[tuple[Source, list[CaseRef]]]:
+    """--add-train or --texture (``option``) SOURCE=PATH values -> (source, cases) pairs."""
     extra = []
     for spec in specs:
         name, separator, path = spec.partition("=")
@@ -646,11 +646,12 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
             raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
     named = [("", source.name)] + [(f"--add-train {spec}: ", spec.partition("=")[0]) for spec in args.add_train]
     for where, name in named:
-        if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater
-                                                                            or (args.add_synthetic and not where)):
+        if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater):
             raise SourceError(f"{where}{name} shows lesions that are not outlined: a lesion-free crop (--negatives) "
-                              "or a texture crop (--multirater, --add-synthetic) could hold one; use its lesion "
-                              "crops only")
+                              "or a texture crop (--multirater) could hold one; use its lesion crops only")
+    if args.add_synthetic and not source.every_lesion_outlined:
+        raise SourceError(f"{source.name} shows lesions that are not outlined: a texture crop of --add-synthetic could "
+                          "hold one; use its lesion crops only, or give its images as a --texture source")
     if args.add_synthetic < 0:
         raise SourceError(f"--add-synthetic needs N >= 0, got {args.add_synthetic}")
     if args.texture and not args.add_synthetic:
@@ -700,9 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
-                                      _extra_train(args.add_train, None, args.lidc_db),
+                                      _other_sources(args.add_train, None, args.lidc_db, "--add-train"),
                                       (args.object_rois, args.object_slices), args.external_test, args.fold,
-                                      args.add_synthetic, _extra_train(args.texture, None, args.lidc_db, "--texture"))
+                                      args.add_synthetic, _other_sources(args.texture, None, args.lidc_db, "--texture"))
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2
