@@ -127,6 +127,12 @@ def test_results_of_another_model_are_not_reused_and_repeated_folds_count_once(r
     metrics = json.loads((copy / "fold1" / "eval-n2-steps3" / "metrics.json").read_text())
     clicks = json.loads((copy / "fold1" / "click-n2-steps3.json").read_text())
     assert Path(metrics["model"]["path"]) == other.resolve() and Path(clicks["model"]["path"]) == other.resolve()
+    clicks["model"] = str(other)  # the shape an earlier version recorded: made again, not a traceback
+    (copy / "fold1" / "click-n2-steps3.json").write_text(json.dumps(clicks))
+    done = cross_validate(*arguments, "--folds", "1", "--fold-model", f"1={other}")
+    assert done.returncode == 0, done.stderr
+    clicks = json.loads((copy / "fold1" / "click-n2-steps3.json").read_text())
+    assert Path(clicks["model"]["path"]) == other.resolve()
     bad = cross_validate(*arguments, "--folds", "0,2")
     assert bad.returncode == 2 and bad.stderr.strip() == "cross_validate: error: --folds are numbered from 1, got 0,2"
 

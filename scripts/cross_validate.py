@@ -64,10 +64,13 @@ def check_fold_model(model: Path, val_patients: list[str]) -> None:
 
 def made_by(result: Path, model: Path, data: Path | None = None) -> bool:
     """Whether ``result`` (an evaluation's metrics.json or a click JSON) exists and was made by ``model`` (and on
-    ``data``): a result of another model, e.g. before --fold-model named one, is made again."""
+    ``data``): a result of another model, e.g. before --fold-model named one, is made again, and so is one whose
+    record names its model in another shape (a click of a version before 3a0da0b recorded the path alone)."""
     if not result.exists():
         return False
     record = json.loads(result.read_text())
+    if not all(isinstance(record.get(key), dict) for key in ("model",) + (("data",) if data else ())):
+        return False
     return Path(record["model"]["path"]).resolve() == model.resolve() and (
         data is None or Path(record["data"]["path"]).resolve() == data.resolve())
 
