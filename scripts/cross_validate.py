@@ -69,10 +69,12 @@ def made_by(result: Path, model: Path, data: Path | None = None) -> bool:
     if not result.exists():
         return False
     record = json.loads(result.read_text())
-    if not all(isinstance(record.get(key), dict) for key in ("model",) + (("data",) if data else ())):
-        return False
-    return Path(record["model"]["path"]).resolve() == model.resolve() and (
-        data is None or Path(record["data"]["path"]).resolve() == data.resolve())
+
+    def recorded(key: str) -> Path | None:
+        value = record.get(key)
+        return Path(value["path"]).resolve() if isinstance(value, dict) else None
+
+    return recorded("model") == model.resolve() and (data is None or recorded("data") == data.resolve())
 
 
 def steps_option(steps: int | None) -> list[str]:
