@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from sdseg.data import preprocess, sources
 from sdseg.data.dataset import CropsDataset
+from sdseg.data.lesion_appearance import MIN_LESION_PIXELS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "Resources" / "SampleData"
@@ -399,6 +400,18 @@ def test_preprocess_negatives_add_lesion_free_crops_at_the_fraction_asked(tmp_pa
         assert bad.returncode == 2 and message in bad.stderr
 
 
+def contrast_and_radius(crop) -> tuple[float, float]:
+    """A crop's lesion (raters' majority): mean inside less mean 2-4 pixels outside (Euclidean distance), and the
+    radius of the disk of its area as a fraction of the crop."""
+    lesion = crop["masks"].mean(0) >= 0.5
+    points = np.argwhere(lesion)
+    grid = np.indices(lesion.shape).reshape(2, -1).T
+    distance = np.sqrt(((grid[:, None, :] - points[None, :, :]) ** 2).sum(-1)).min(1).reshape(lesion.shape)
+    image = crop["image"][0]
+    return (float(image[lesion].mean() - image[(distance > 1) & (distance <= 4)].mean()),
+            float(np.sqrt(lesion.sum() / np.pi) / lesion.shape[0]))
+
+
 def test_preprocess_add_synthetic_draws_one_visible_lesion_per_crop_on_train_texture_only(tmp_path):
     import torch
 
@@ -436,7 +449,21 @@ def test_preprocess_add_synthetic_draws_one_visible_lesion_per_crop_on_train_tex
     assert record["texture_sources"][0]["source"] == "mricron" and "colin27" in info["splits"]["train"]
     assert info["counts"]["train"] == len(list((out / "train").glob("*.npz"))) and "SYNTHETIC" in info["description"]
     assert info["synthetic"] is False  # val and test stay real
+    # by default each synthetic lesion looks like one of the train split's real lesions (contrast, size)
+    real_crops = [np.load(path) for path in sorted((plain / "train").glob("*.npz"))]
+    real_crops = [crop for crop in real_crops if crop["masks"].mean(0).round().sum() >= MIN_LESION_PIXELS]
+    assert record["lesion_appearance"] == "real" and record["real_lesions"]["crops"] == {patient: len(real_crops)}
+    real_contrast, real_radius = zip(*(contrast_and_radius(crop) for crop in real_crops))
+    synthetic_contrast, synthetic_radius = zip(*(contrast_and_radius(np.load(path)) for path in lesions))
+    assert min(real_contrast) > 0 and min(synthetic_contrast) > 0  # bright, as the real lesion
+    assert min(real_contrast) <= np.median(synthetic_contrast) <= max(real_contrast)
+    assert min(real_radius) * 0.7 <= min(synthetic_radius) and max(synthetic_radius) <= max(real_radius) * 1.3
+    generic = run_preprocess(*common, "--out", tmp_path / "generic", "--add-synthetic", 6, "--lesion-appearance",
+                             "generic")
+    record = json.loads((tmp_path / "generic" / "dataset.json").read_text())["synthetic_train"]
+    assert generic.returncode == 0 and record["lesion_appearance"] == "generic" and "real_lesions" not in record
     for extra, message in ((["--texture", f"mricron={tmp_path / 'templates'}"], "--texture gives textures"),
+                           (["--lesion-appearance", "real"], "--lesion-appearance is how --add-synthetic"),
                            (["--add-synthetic", 3, "--multirater", 2], "leave out --multirater"),
                            (["--add-synthetic", -1], "N >= 0")):
         bad = run_preprocess(*common, "--out", tmp_path / "bad", *extra)

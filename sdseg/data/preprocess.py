@@ -250,16 +250,38 @@ def _texture_only(case: Case) -> Case:
     return dataclasses.replace(case, masks=np.zeros((1, *case.image.shape), dtype=np.uint8), objects=None)
 
 
+def real_lesion_appearances(folder: Path, patients) -> dict:
+    """{patient: [LesionAppearance of each of its crops in ``folder`` with a measurable lesion]}
+    (:func:`sdseg.data.lesion_appearance.measure_appearance`) for ``patients``; SourceError when none has one."""
+    from sdseg.data.lesion_appearance import measure_appearance
+
+    found = {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as crop:
+            if str(crop["patient"]) in patients:
+                appearance = measure_appearance(crop["image"], crop["masks"])
+                if appearance is not None:
+                    found.setdefault(str(crop["patient"]), []).append(appearance)
+    if not found:
+        raise SourceError("--add-synthetic: no lesion of the train split is big enough to measure its appearance; "
+                          "add --lesion-appearance generic")
+    return found
+
+
 def write_synthetic_train(folder: Path, lesion_cases: list[Case], texture_cases: list[Case], count: int,
                           n_raters: int, size: int, preprocessing: dict, crop: int, negatives: float,
-                          rng: np.random.Generator) -> dict:
+                          rng: np.random.Generator, appearances: dict | None = None) -> dict:
     """Write ``count`` synthetic single-lesion crops (:func:`sdseg.data.synthetic.single_lesion_crop`) into the
     train ``folder``, each on its own lesion-free texture (:func:`texture_crops`) of ``lesion_cases`` (real cases
     whose every lesion is outlined) and ``texture_cases`` (images only; they may show an unoutlined lesion, as
     chest-ct's tumour), which share them evenly (a case with too few lends its textures again, with other lesions).
     With ``negatives`` F, textures of ``lesion_cases`` without a lesion make F of the crops. Named
-    ``synthetic-<NNNNN>.npz`` / ``synthetic-neg<NNNNN>.npz``, each with its texture's patient. Returns the
-    dataset.json record."""
+    ``synthetic-<NNNNN>.npz`` / ``synthetic-neg<NNNNN>.npz``, each with its texture's patient. ``appearances``
+    ({patient: real lesion appearances}, :func:`real_lesion_appearances`): each lesion gets the contrast, interior
+    texture and size of one of them (:func:`sdseg.data.lesion_appearance.real_appearance_crop`); None: the generic
+    ranges of :func:`sdseg.data.synthetic.single_lesion_crop`. Returns the dataset.json record."""
+    from sdseg.data.lesion_appearance import (REAL_APPEARANCE_DESCRIPTION, appearance_summary, draw_appearance,
+                                              real_appearance_crop)
     from sdseg.data.synthetic import SINGLE_LESION_DESCRIPTION, SINGLE_LESION_RADII, single_lesion_crop
 
     def drawn(textures: list, wanted: int) -> list:  # ``wanted`` of them, each once before any twice
@@ -275,23 +297,30 @@ def write_synthetic_train(folder: Path, lesion_cases: list[Case], texture_cases:
     if not textures or (wanted and not negative_textures):
         raise SourceError("no lesion-free texture found for --add-synthetic; use a smaller --crop")
     for number, (patient, texture) in enumerate(drawn(textures, count)):
-        image, masks = single_lesion_crop(texture, n_raters, rng)
+        image, masks = (single_lesion_crop(texture, n_raters, rng) if appearances is None else
+                        real_appearance_crop(texture, n_raters, rng, draw_appearance(appearances, rng)))
         _write_crop(folder, f"synthetic-{number:05d}", image, masks, patient)
     empty = np.zeros((n_raters, size, size), dtype=np.uint8)
     for number, (patient, texture) in enumerate(drawn(negative_textures, wanted) if wanted else []):
         _write_crop(folder, f"synthetic-neg{number:05d}", texture[None], empty, patient)
-    return {"count": count, "negatives": wanted, "lesion_radii": list(SINGLE_LESION_RADII),
-            "textures": dict(Counter(patient for patient, _ in textures)),
-            "generator": SINGLE_LESION_DESCRIPTION.format(
-                radii=SINGLE_LESION_RADII, texture="lesion-free crops of the train split's patients and of the texture "
-                "sources, each its texture's patient") + " Lesion-free crops: the train split's own patients only."}
+    where = ("lesion-free crops of the train split's patients and of the texture sources, each its texture's "
+             "patient")
+    if appearances is None:
+        lesions = {"lesion_appearance": "generic", "lesion_radii": list(SINGLE_LESION_RADII),
+                   "generator": SINGLE_LESION_DESCRIPTION.format(radii=SINGLE_LESION_RADII, texture=where)}
+    else:
+        lesions = {"lesion_appearance": "real", "real_lesions": appearance_summary(appearances),
+                   "generator": REAL_APPEARANCE_DESCRIPTION.format(texture=where)}
+    lesions["generator"] += " Lesion-free crops: the train split's own patients only."
+    return {"count": count, "negatives": wanted, "textures": dict(Counter(patient for patient, _ in textures)),
+            **lesions}
 
 
 def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int, preprocessing: dict, crop: int,
                        crops_per_lesion: int, margin_slices: int, seed: int, negatives: float = 0.0,
                        extra_train=(), objects: tuple[int, int] = (OBJECT_ROIS, OBJECT_SLICES),
                        external_test: bool = False, fold: int | None = None, synthetic: int = 0,
-                       texture_sources=()) -> dict:
+                       texture_sources=(), real_appearance: bool = True) -> dict:
     """Write the crops of the cases into ``out/{train,val,test}`` (patient-level split); return dataset.json.
     Files are named ``<patient>_<case number>_l<lesion>_c<ROI>_s<slice>.npz``. With ``negatives`` F > 0, each 3D
     lesion case also gets lesion-free crops (:func:`texture_crops`: ``crop`` voxels in-plane on a random slice,
@@ -301,7 +330,8 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
     ``external_test``: every patient goes to the test split (a set only for ``sdseg evaluate``); ``fold``: the
     cross-validation fold of the split (:func:`split_patients`). ``synthetic`` N > 0: N synthetic single-lesion
     crops in the train split (:func:`write_synthetic_train`) on textures of its cases and of ``texture_sources``
-    ((source, refs) pairs whose images are texture only)."""
+    ((source, refs) pairs whose images are texture only); ``real_appearance``: their lesions look like the train
+    split's real lesions (:func:`real_lesion_appearances`), else generic."""
     splits, split_refs = _splits_of(refs, seed, external_test, fold)
     counts = dict.fromkeys(SPLITS, 0)
     negative_counts = dict.fromkeys(SPLITS, 0)
@@ -327,9 +357,11 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
     if synthetic:
         lesion_cases = [ref.read() for _, ref in split_refs["train"]]
         texture_cases = [_texture_only(ref.read()) for _, texture_refs in texture_sources for ref in texture_refs]
+        appearances = (real_lesion_appearances(out / "train", {case.patient for case in lesion_cases})
+                       if real_appearance else None)
         synthetic_record = write_synthetic_train(out / "train", lesion_cases, texture_cases, synthetic,
                                                  next(iter(n_raters)), size, preprocessing, crop, negatives,
-                                                 np.random.default_rng([seed, 2]))
+                                                 np.random.default_rng([seed, 2]), appearances)
         synthetic_record["texture_sources"] = [
             {"source": texture_source.name, "description": texture_source.description,
              "licence": texture_source.licence, "provenance": texture_source.provenance,
@@ -566,6 +598,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="also write N synthetic single-lesion crops into the train split, drawn on lesion-free "
                              "texture of its patients and of --texture sources (with --negatives F, plus lesion-free "
                              "crops making F of them; docs/data.md)")
+    parser.add_argument("--lesion-appearance", choices=("real", "generic"),
+                        help="with --add-synthetic: the synthetic lesions take the contrast, interior texture and "
+                             "size of the train split's real lesions (real, default) or generic ranges (generic)")
     parser.add_argument("--texture", action="append", default=[], metavar="SOURCE=PATH",
                         help="with --add-synthetic: another source whose images (masks ignored) give textures for "
                              "the synthetic lesions, train only, e.g. head-ct=~/.cache/sdseg/invesalius-"
@@ -656,6 +691,9 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError(f"--add-synthetic needs N >= 0, got {args.add_synthetic}")
     if args.texture and not args.add_synthetic:
         raise SourceError("--texture gives textures to --add-synthetic N: add it, or leave out --texture")
+    if args.lesion_appearance and not args.add_synthetic:
+        raise SourceError("--lesion-appearance is how --add-synthetic N draws its lesions: add it, or leave out "
+                          "--lesion-appearance")
     if args.add_synthetic and (args.multirater or args.external_test):
         raise SourceError("--add-synthetic adds to the train split of a real crops set: leave out --multirater and "
                           "--external-test")
@@ -703,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
                                       _other_sources(args.add_train, None, args.lidc_db, "--add-train"),
                                       (args.object_rois, args.object_slices), args.external_test, args.fold,
-                                      args.add_synthetic, _other_sources(args.texture, None, args.lidc_db, "--texture"))
+                                      args.add_synthetic, _other_sources(args.texture, None, args.lidc_db, "--texture"),
+                                      args.lesion_appearance != "generic")
     except SourceError as error:
         print(f"sdseg preprocess: error: {error}", file=sys.stderr)
         return 2
