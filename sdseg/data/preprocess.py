@@ -271,15 +271,15 @@ def real_lesion_appearances(folder: Path, patients) -> dict:
 def write_synthetic_train(folder: Path, lesion_cases: list[Case], texture_cases: list[Case], count: int,
                           n_raters: int, size: int, preprocessing: dict, crop: int, negatives: float,
                           rng: np.random.Generator, appearances: dict | None = None) -> dict:
-    """Write ``count`` synthetic single-lesion crops (:func:`sdseg.data.synthetic.single_lesion_crop`) into the
-    train ``folder``, each on its own lesion-free texture (:func:`texture_crops`) of ``lesion_cases`` (real cases
-    whose every lesion is outlined) and ``texture_cases`` (images only; they may show an unoutlined lesion, as
-    chest-ct's tumour), which share them evenly (a case with too few lends its textures again, with other lesions).
-    With ``negatives`` F, textures of ``lesion_cases`` without a lesion make F of the crops. Named
-    ``synthetic-<NNNNN>.npz`` / ``synthetic-neg<NNNNN>.npz``, each with its texture's patient. ``appearances``
-    ({patient: real lesion appearances}, :func:`real_lesion_appearances`): each lesion gets the contrast, interior
-    texture and size of one of them (:func:`sdseg.data.lesion_appearance.real_appearance_crop`); None: the generic
-    ranges of :func:`sdseg.data.synthetic.single_lesion_crop`. Returns the dataset.json record."""
+    """Write ``count`` synthetic single-lesion crops into the train ``folder``, each on its own lesion-free texture
+    (:func:`texture_crops`) of ``lesion_cases`` (real cases whose every lesion is outlined) and ``texture_cases``
+    (images only; they may show an unoutlined lesion, as chest-ct's tumour), which share them evenly (a case with
+    too few lends its textures again, with other lesions). With ``negatives`` F, textures of ``lesion_cases`` without
+    a lesion make F of the crops. Named ``synthetic-<NNNNN>.npz`` / ``synthetic-neg<NNNNN>.npz``, each with its
+    texture's patient. ``appearances`` ({patient: real lesion appearances}, :func:`real_lesion_appearances`): each
+    lesion gets the contrast, interior texture and size of one of them
+    (:func:`sdseg.data.lesion_appearance.real_appearance_crop`); None: the generic ranges of
+    :func:`sdseg.data.synthetic.single_lesion_crop`. Returns the dataset.json record."""
     from sdseg.data.lesion_appearance import (REAL_APPEARANCE_DESCRIPTION, appearance_summary, draw_appearance,
                                               real_appearance_crop)
     from sdseg.data.synthetic import SINGLE_LESION_DESCRIPTION, SINGLE_LESION_RADII, single_lesion_crop
