@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from sdseg.data import preprocess, sources
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.lesion_appearance import MIN_LESION_PIXELS
+from test_data_synthetic import distance_to
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "Resources" / "SampleData"
@@ -404,9 +405,7 @@ def contrast_and_radius(crop) -> tuple[float, float]:
     """A crop's lesion (raters' majority): mean inside less mean 2-4 pixels outside (Euclidean distance), and the
     radius of the disk of its area as a fraction of the crop."""
     lesion = crop["masks"].mean(0) >= 0.5
-    points = np.argwhere(lesion)
-    grid = np.indices(lesion.shape).reshape(2, -1).T
-    distance = np.sqrt(((grid[:, None, :] - points[None, :, :]) ** 2).sum(-1)).min(1).reshape(lesion.shape)
+    distance = distance_to(lesion)
     image = crop["image"][0]
     return (float(image[lesion].mean() - image[(distance > 1) & (distance <= 4)].mean()),
             float(np.sqrt(lesion.sum() / np.pi) / lesion.shape[0]))

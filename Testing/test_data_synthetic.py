@@ -16,12 +16,17 @@ from sdseg.data.synthetic import (FAINT_CONTRAST, gaussian_smooth, grow_or_shrin
                                   single_lesion_crop)
 
 
-def disk_dilation_by_distances(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Independent reference: pixels within Euclidean distance ``radius`` of a foreground pixel."""
+def distance_to(mask: np.ndarray) -> np.ndarray:
+    """Independent reference: the Euclidean distance of every pixel to the nearest pixel of ``mask`` (0 on it), by
+    brute force."""
     points = np.argwhere(mask)
     grid = np.indices(mask.shape).reshape(2, -1).T
-    distances = np.sqrt(((grid[:, None, :] - points[None, :, :]) ** 2).sum(-1)).min(1)
-    return (distances <= radius).reshape(mask.shape)
+    return np.sqrt(((grid[:, None, :] - points[None, :, :]) ** 2).sum(-1)).min(1).reshape(mask.shape)
+
+
+def disk_dilation_by_distances(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Independent reference: pixels within Euclidean distance ``radius`` of a foreground pixel."""
+    return distance_to(mask) <= radius
 
 
 def test_gaussian_smooth_of_a_point_is_the_normalised_gaussian():

@@ -11,13 +11,7 @@ import pytest
 from sdseg.data.lesion_appearance import (LesionAppearance, MIN_LESION_PIXELS, draw_appearance, measure_appearance,
                                           real_appearance_crop)
 from sdseg.data.synthetic import smooth_noise
-
-
-def distance_to(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance of every pixel to the nearest pixel of ``mask`` (0 on it)."""
-    points = np.argwhere(mask)
-    grid = np.indices(mask.shape).reshape(2, -1).T
-    return np.sqrt(((grid[:, None, :] - points[None, :, :]) ** 2).sum(-1)).min(1).reshape(mask.shape)
+from test_data_synthetic import distance_to
 
 
 def test_a_disk_of_known_brightness_measures_as_drawn():
