@@ -2,7 +2,8 @@
 ambiguous model, `sdseg evaluate`, clicks by `python -m sdseg.volume_scores`) on a small LIDC-like pickle of 4
 patients: one fold per patient outside test, each model never trained on its fold's val patient, the mean row
 computed from the folds' own metrics files, a rerun that reuses everything, and a one-line error for a model given
-to the wrong fold."""
+to the wrong fold; scripts/compare_recipes.py pooling two training seeds' runs, and refusing runs that measured
+something else."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def test_every_patient_outside_test_validates_once_on_a_model_that_never_trained
 def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
     out, _, _ = run
     result = json.loads((out / "cross_validation.json").read_text())
+    assert result["settings"] == {"samples": 2, "steps": 3, "click_samples": 2}
     dice = []
     for f in result["folds"]:
         metrics = json.loads((out / f"fold{f['fold']}" / "eval-n2-steps3" / "metrics.json").read_text())
@@ -145,3 +147,60 @@ def test_volume_scores_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and not (tmp_path / "x.json").exists()
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("volume_scores: error: ")
+
+
+def compare_recipes(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare_recipes.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def model_dice(run_folder: Path, fold: int) -> float:
+    """A fold's model Dice, read from its own metrics file (not from cross_validation.json)."""
+    metrics = json.loads((run_folder / f"fold{fold}" / "eval-n2-steps3" / "metrics.json").read_text())
+    return next(r["dice_vs_raters"] for r in metrics["results"] if r["predictor"] == "model" and r["model_default"])
+
+
+def test_two_training_seeds_are_pooled_over_every_seed_and_fold_cell(run, tmp_path):
+    out, pickle_path, _ = run
+    seed1 = tmp_path / "seed1"
+    done = cross_validate("--out", seed1, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
+                          "--train", TRAIN + " --seed 1", "--samples", 2, "--jobs", 2, "--click",
+                          f"lidc-pickle={pickle_path}", "--click-samples", 2, "--steps", 3)
+    assert done.returncode == 0, done.stderr
+    weights = [(folder / "fold1" / "model" / "model.safetensors").read_bytes() for folder in (out, seed1)]
+    assert weights[0] != weights[1]  # another seed trained another model
+    table = tmp_path / "comparison.md"
+    done = compare_recipes(f"two-seeds={out},{seed1}", f"one-seed={seed1}", "--out", table)
+    assert done.returncode == 0, done.stderr
+    cells = [model_dice(folder, fold) for folder in (out, seed1) for fold in (1, 2, 3)]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| two-seeds |")]
+    assert len(rows) == 3  # each seed, then all six cells
+    assert rows[2].startswith(f"| two-seeds | all 2 seeds x 3 folds | 6 | {statistics.fmean(cells):.3f} ± "
+                              f"{statistics.stdev(cells):.3f} |")
+    assert rows[1].startswith(f"| two-seeds | {seed1} | 3 | {statistics.fmean(cells[3:]):.3f} ± ")
+    assert [line for line in done.stdout.splitlines() if line.startswith("| one-seed |")] == [rows[1].replace(
+        "two-seeds", "one-seed")]  # one folder: no pooled row
+    assert done.stdout.count("| empty mask | every fold | 3 |") == 1
+    assert table.read_text() == done.stdout.strip("\n") + "\n"
+
+
+def test_runs_that_measured_something_else_are_refused_in_one_line(run, tmp_path):
+    out, pickle_path, _ = run
+    other = tmp_path / "fold1-only"
+    shutil.copytree(out, other)
+    done = cross_validate("--out", other, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
+                          "--train", TRAIN, "--folds", 1, "--samples", 2, "--click", f"lidc-pickle={pickle_path}",
+                          "--click-samples", 2, "--steps", 3)
+    assert done.returncode == 0, done.stderr
+    val = " ".join(json.loads((out / "cross_validation.json").read_text())["folds"][0]["val"])
+    for folders, message in (
+            ([out, other], f"{other} (a) measured N = 2, 3 steps, clicks of 2 samples, folds 1 ({val}); {out}: "),
+            ([out, tmp_path], f"{tmp_path} has no cross_validation.json: run scripts/cross_validate.py there first")):
+        done = compare_recipes("a=" + ",".join(map(str, folders)))
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert done.stderr.startswith("compare_recipes: error: " + message), done.stderr
+    old = json.loads((other / "cross_validation.json").read_text())
+    del old["settings"]  # as written before cross_validate recorded its settings
+    (other / "cross_validation.json").write_text(json.dumps(old))
+    done = compare_recipes(f"a={other}")
+    assert done.returncode == 2 and "does not record its evaluation settings" in done.stderr

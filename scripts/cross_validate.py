@@ -15,8 +15,9 @@ one only prints. ``--eval-negatives F``: the val split is evaluated on crops mad
 bundled model, trained on the default split = fold 1); it is checked against the fold's val patients when it records
 its training data. ``--click SOURCE=PATH``: also a click at the lesion of each val patient's volume, propagated as a
 user's click is (sdseg.volume_scores): 3D Dice and consensus voxels on slices without lesion. ``--jobs J``: J folds
-at once, each with cores / J torch threads. Writes OUT/cross_validation.json and .md; nothing is evaluated on the
-test split.
+at once, each with cores / J torch threads. Writes OUT/cross_validation.json (the evaluation settings, each fold's
+figures and their means) and .md; nothing is evaluated on the test split. scripts/compare_recipes.py compares
+recipes over several training seeds from these folders.
 """
 
 from __future__ import annotations
@@ -236,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     means = summary(results)
     text = table(results, means, args.samples, args.steps)
-    (args.out / "cross_validation.json").write_text(json.dumps({"folds": results, "mean": means}, indent=2) + "\n")
+    settings = {"samples": args.samples, "steps": args.steps,
+                "click_samples": args.click_samples if args.click else None}
+    (args.out / "cross_validation.json").write_text(json.dumps({"settings": settings, "folds": results, "mean": means},
+                                                               indent=2) + "\n")
     (args.out / "cross_validation.md").write_text(text)
     print(text)
     return 0
