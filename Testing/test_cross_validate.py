@@ -57,7 +57,7 @@ def test_every_patient_outside_test_validates_once_on_a_model_that_never_trained
 def test_the_mean_row_is_the_mean_of_the_folds_own_metrics_files(run):
     out, _, _ = run
     result = json.loads((out / "cross_validation.json").read_text())
-    assert result["settings"] == {"samples": 2, "steps": 3, "click_samples": 2}
+    assert result["settings"] == {"samples": 2, "steps": 3, "eval_negatives": 0.0, "click_samples": 2}
     dice = []
     for f in result["folds"]:
         metrics = json.loads((out / f"fold{f['fold']}" / "eval-n2-steps3" / "metrics.json").read_text())
@@ -184,7 +184,7 @@ def test_two_training_seeds_are_pooled_over_every_seed_and_fold_cell(run, tmp_pa
     assert table.read_text() == done.stdout.strip("\n") + "\n"
 
 
-def test_runs_that_measured_something_else_are_refused_in_one_line(run, tmp_path):
+def test_runs_of_other_folds_or_settings_are_refused_in_one_line(run, tmp_path):
     out, pickle_path, _ = run
     other = tmp_path / "fold1-only"
     shutil.copytree(out, other)
@@ -192,9 +192,17 @@ def test_runs_that_measured_something_else_are_refused_in_one_line(run, tmp_path
                           "--train", TRAIN, "--folds", 1, "--samples", 2, "--click", f"lidc-pickle={pickle_path}",
                           "--click-samples", 2, "--steps", 3)
     assert done.returncode == 0, done.stderr
+    two_steps = tmp_path / "two-steps"
+    shutil.copytree(out, two_steps)
+    done = cross_validate("--out", two_steps, "--preprocess", f"--source lidc-pickle --input {pickle_path} --size 32",
+                          "--train", TRAIN, "--samples", 2, "--click", f"lidc-pickle={pickle_path}",
+                          "--click-samples", 2, "--steps", 2)
+    assert done.returncode == 0, done.stderr
     val = " ".join(json.loads((out / "cross_validation.json").read_text())["folds"][0]["val"])
+    measured = "N = 2, {} steps, the train crops, clicks of 2 samples, folds 1 ({})"
     for folders, message in (
-            ([out, other], f"{other} (a) measured N = 2, 3 steps, clicks of 2 samples, folds 1 ({val}); {out}: "),
+            ([out, other], f"{other} (a) measured {measured.format(3, val)}; {out}: "),
+            ([out, two_steps], f"{two_steps} (a) measured {measured.format(2, val)}, 2 ("),
             ([out, tmp_path], f"{tmp_path} has no cross_validation.json: run scripts/cross_validate.py there first")):
         done = compare_recipes("a=" + ",".join(map(str, folders)))
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -18,11 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-from cross_validate import CLICK_COLUMNS, COLUMNS, summary
+from cross_validate import CLICK_COLUMNS, COLUMNS, SETTINGS, summary
 
 
 class ComparisonError(Exception):
-    """A folder that is not a cross-validation or covers other folds than the rest: one line for the user."""
+    """A folder without a cross-validation, or one that measured otherwise than the rest: one line for the user."""
 
 
 def _recipe(text: str) -> tuple[str, list[Path]]:
@@ -42,7 +42,7 @@ def read_run(folder: Path) -> dict:
         folds = sorted(run["folds"], key=lambda fold: fold["fold"])
     except (KeyError, TypeError, ValueError):
         raise ComparisonError(f"{path} is not a result of scripts/cross_validate.py") from None
-    if "settings" not in run:
+    if set(run.get("settings", ())) != set(SETTINGS):
         raise ComparisonError(f"{path} does not record its evaluation settings: run scripts/cross_validate.py there "
                               "again (it reuses every finished step)")
     return {"settings": run["settings"], "folds": folds}
@@ -52,14 +52,16 @@ def plan(run: dict) -> str:
     """What a run measured, in words: its evaluation settings and each fold with its validation patients."""
     settings = run["settings"]
     steps = "each model's default steps" if settings["steps"] is None else f"{settings['steps']} steps"
+    crops = ("the train crops" if not settings["eval_negatives"]
+             else f"{settings['eval_negatives']:g} lesion-free crops")
     clicks = "no clicks" if settings["click_samples"] is None else f"clicks of {settings['click_samples']} samples"
     folds = ", ".join(f"{fold['fold']} ({' '.join(fold['val'])})" for fold in run["folds"])
-    return f"N = {settings['samples']}, {steps}, {clicks}, folds {folds}"
+    return f"N = {settings['samples']}, {steps}, {crops}, {clicks}, folds {folds}"
 
 
-def compare(recipes: list[tuple[str, list[Path]]]) -> tuple[list[dict], str]:
-    """Rows and their Markdown table: per recipe, the mean of each run (seed) over its folds and, given several, of
-    all its cells; then the empty mask's over the folds. Every run must have the same evaluation settings and cover
+def compare(recipes: list[tuple[str, list[Path]]]) -> str:
+    """A Markdown table: per recipe, the mean of each run (seed) over its folds and, given several, of all its
+    cells; then the empty mask's over the folds. Every run must have the same evaluation settings and cover
     the same folds with the same validation patients."""
     runs = {(name, folder): read_run(folder) for name, folders in recipes for folder in folders}
     (first, first_run), *others = runs.items()
@@ -90,7 +92,7 @@ def compare(recipes: list[tuple[str, list[Path]]]) -> tuple[list[dict], str]:
              "| --- " * (3 + len(columns)) + "|"]
     lines += [f"| {row['recipe']} | {row['cells']} | {row['n']} | "
               + " | ".join(cell(row["mean"][key]) for key, _ in columns) + " |" for row in rows]
-    return rows, "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     args = parser.parse_args(argv)
     try:
-        _, text = compare(args.recipes)
+        text = compare(args.recipes)
     except ComparisonError as error:
         print(f"compare_recipes: error: {error}", file=sys.stderr)
         return 2

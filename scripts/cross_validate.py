@@ -36,6 +36,7 @@ from pathlib import Path
 COLUMNS = (("dice_vs_raters", "Dice"), ("ged", "GED"), ("false_positive_rate", "FP rate"),
            ("false_positive_pixels", "FP pixels"), ("dice_lesion_cases", "Dice, lesion crops"))
 CLICK_COLUMNS = (("click_dice", "click: 3D Dice"), ("click_off_slice_voxels", "click: voxels off the lesion slices"))
+SETTINGS = ("samples", "steps", "eval_negatives", "click_samples")  # recorded in cross_validation.json
 
 
 class CrossValidationError(Exception):
@@ -237,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     means = summary(results)
     text = table(results, means, args.samples, args.steps)
-    settings = {"samples": args.samples, "steps": args.steps,
-                "click_samples": args.click_samples if args.click else None}
+    settings = {key: getattr(args, key) for key in SETTINGS} | {
+        "click_samples": args.click_samples if args.click else None}
     (args.out / "cross_validation.json").write_text(json.dumps({"settings": settings, "folds": results, "mean": means},
                                                                indent=2) + "\n")
     (args.out / "cross_validation.md").write_text(text)
