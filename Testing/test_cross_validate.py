@@ -175,16 +175,16 @@ def test_two_training_seeds_are_pooled_over_every_seed_and_fold_cell(run, tmp_pa
     cells = [model_dice(folder, fold) for folder in (out, seed1) for fold in (1, 2, 3)]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| two-seeds |")]
     assert len(rows) == 3  # each seed, then all six cells
-    assert rows[2].startswith(f"| two-seeds | all 2 seeds x 3 folds | 6 | {statistics.fmean(cells):.3f} ± "
+    assert rows[2].startswith(f"| two-seeds | 3 | all 2 seeds x 3 folds | 6 | {statistics.fmean(cells):.3f} ± "
                               f"{statistics.stdev(cells):.3f} |")
-    assert rows[1].startswith(f"| two-seeds | {seed1} | 3 | {statistics.fmean(cells[3:]):.3f} ± ")
+    assert rows[1].startswith(f"| two-seeds | 3 | {seed1} | 3 | {statistics.fmean(cells[3:]):.3f} ± ")
     assert [line for line in done.stdout.splitlines() if line.startswith("| one-seed |")] == [rows[1].replace(
         "two-seeds", "one-seed")]  # one folder: no pooled row
-    assert done.stdout.count("| empty mask | every fold | 3 |") == 1
+    assert done.stdout.count("| empty mask |  | every fold | 3 |") == 1
     assert table.read_text() == done.stdout.strip("\n") + "\n"
 
 
-def test_runs_of_other_folds_or_settings_are_refused_in_one_line(run, tmp_path):
+def test_runs_validated_otherwise_or_one_recipe_sampled_two_ways_are_refused_in_one_line(run, tmp_path):
     out, pickle_path, _ = run
     other = tmp_path / "fold1-only"
     shutil.copytree(out, other)
@@ -199,14 +199,18 @@ def test_runs_of_other_folds_or_settings_are_refused_in_one_line(run, tmp_path):
                           "--click-samples", 2, "--steps", 2)
     assert done.returncode == 0, done.stderr
     val = " ".join(json.loads((out / "cross_validation.json").read_text())["folds"][0]["val"])
-    measured = "N = 2, {} steps, the train crops, clicks of 2 samples, folds 1 ({})"
     for folders, message in (
-            ([out, other], f"{other} (a) measured {measured.format(3, val)}; {out}: "),
-            ([out, two_steps], f"{two_steps} (a) measured {measured.format(2, val)}, 2 ("),
+            ([out, other], f"{other} (a) validated on N = 2, the train crops, clicks of 2 samples, folds 1 ({val}); "
+                           f"{out}: "),
+            ([out, two_steps], f"the runs of a sample with different steps ({out}: 3, {two_steps}: 2): give each "
+                               "step count as its own recipe"),
             ([out, tmp_path], f"{tmp_path} has no cross_validation.json: run scripts/cross_validate.py there first")):
         done = compare_recipes("a=" + ",".join(map(str, folders)))
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
         assert done.stderr.startswith("compare_recipes: error: " + message), done.stderr
+    done = compare_recipes(f"three-steps={out}", f"two-steps={two_steps}")  # recipes may sample differently
+    assert done.returncode == 0, done.stderr
+    assert [line.split(" | ")[1] for line in done.stdout.splitlines() if line.startswith("| t")] == ["3", "2"]
     old = json.loads((other / "cross_validation.json").read_text())
     del old["settings"]  # as written before cross_validate recorded its settings
     (other / "cross_validation.json").write_text(json.dumps(old))
