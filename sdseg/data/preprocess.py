@@ -342,8 +342,11 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                                                                              for ref in extra)]
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
+    lesion_cases = []  # the train split's real cases: the synthetic lesions' textures and appearances
     for split, number, ref in cases:
         case = ref.read()
+        if synthetic and split == "train" and number < len(refs):
+            lesion_cases.append(case)
         n_raters.add(case.masks.shape[0])
         if len(n_raters) != 1:
             raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
@@ -355,7 +358,6 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
         negative_counts[split] += negative
     synthetic_record = None
     if synthetic:
-        lesion_cases = [ref.read() for _, ref in split_refs["train"]]
         texture_cases = [_texture_only(ref.read()) for _, texture_refs in texture_sources for ref in texture_refs]
         appearances = (real_lesion_appearances(out / "train", {case.patient for case in lesion_cases})
                        if real_appearance else None)
