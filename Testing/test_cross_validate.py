@@ -22,9 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = "--model ambiguous --preset tiny --steps 4 --batch-size 4 --warmup 0 --sample-every 0 --prompt-channels none"
 
 
-def cross_validate(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "cross_validate.py"), *map(str, args)], cwd=REPO,
+def script(name: str, *args) -> subprocess.CompletedProcess:
+    """Run ``scripts/<name>.py`` with ``args`` as a user would, in a real subprocess."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
+
+
+def cross_validate(*args) -> subprocess.CompletedProcess:
+    return script("cross_validate", *args)
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +155,7 @@ def test_volume_scores_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path
 
 
 def compare_recipes(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare_recipes.py"), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return script("compare_recipes", *args)
 
 
 def model_dice(run_folder: Path, fold: int) -> float:
