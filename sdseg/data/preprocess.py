@@ -342,10 +342,11 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
                                                                              for ref in extra)]
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
-    lesion_cases = []  # the train split's real cases: the synthetic lesions' textures and appearances
+    lesion_numbers = {number for number, _ in split_refs["train"]} if synthetic else set()
+    lesion_cases = []  # the train split's cases of the source (not --add-train): synthetic textures, appearances
     for split, number, ref in cases:
         case = ref.read()
-        if synthetic and split == "train" and number < len(refs):
+        if number in lesion_numbers:
             lesion_cases.append(case)
         n_raters.add(case.masks.shape[0])
         if len(n_raters) != 1:
