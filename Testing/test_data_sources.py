@@ -503,3 +503,35 @@ def test_preprocess_errors_say_what_to_do(tmp_path, capsys):
     bad.write_bytes(b"not a pickle")
     assert preprocess.main(["--source", "lidc-pickle", "--input", str(bad), "--out", str(tmp_path / "z")]) == 2
     assert "not a usable LIDC crops pickle" in capsys.readouterr().err
+
+
+def test_preprocess_refuses_held_out_patients_in_train_and_a_failed_run_leaves_nothing(tmp_path, capsys,
+                                                                                       monkeypatch):
+    pickle_path = tmp_path / "data_lidc.pickle"
+    lidc_like_pickle(pickle_path, patients=6)
+    out = tmp_path / "out"
+    assert preprocess.main(["--source", "lidc-pickle", "--input", str(pickle_path), "--out", str(out), "--size",
+                            "32", "--add-train", f"lidc-pickle={pickle_path}"]) == 2
+    assert "a held-out patient must not be trained on" in capsys.readouterr().err and not out.exists()
+    assert preprocess.main(["--source", "pairs", "--input", str(SAMPLE_DIR), "--out", str(out), "--labels",
+                            "7"]) == 2
+    assert "no crop written: no case has a lesion with --labels 7" in capsys.readouterr().err and not out.exists()
+    assert preprocess.main(["--source", "lidc-pickle", "--input", str(pickle_path), "--out", str(out),
+                            "--multirater", "2", "--multirater-counts", "-5", "2", "2"]) == 2
+    assert "--multirater-counts needs TRAIN, VAL, TEST >= 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert preprocess.main(["--source", "lidc-pickle", "--input", str(pickle_path), "--out",
+                            str(tmp_path / "file" / "x")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
+
+    def interrupted(source, refs, out, *args, **kwargs):  # Ctrl-C in the middle of writing the crops
+        (out / "train").mkdir()
+        (out / "train" / "half.npz").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preprocess, "build_real_dataset", interrupted)
+    out.mkdir()  # an empty folder given by the user stays, empty
+    assert preprocess.main(["--source", "lidc-pickle", "--input", str(pickle_path), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == "sdseg preprocess: error: interrupted; nothing written"
+    assert out.is_dir() and not any(out.iterdir())
+

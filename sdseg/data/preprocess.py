@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -333,6 +334,12 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
     ((source, refs) pairs whose images are texture only); ``real_appearance``: their lesions look like the train
     split's real lesions (:func:`real_lesion_appearances`), else generic."""
     splits, split_refs = _splits_of(refs, seed, external_test, fold)
+    held_out = {ref.patient for ref in refs} - set(splits["train"])
+    leaked = held_out & {ref.patient for _, extra in list(extra_train) + list(texture_sources) for ref in extra}
+    if leaked:
+        raise SourceError(f"--add-train / --texture bring {', '.join(sorted(leaked))} into the train split, but "
+                          "the split puts them in val or test: a held-out patient must not be trained on; give "
+                          "another source")
     counts = dict.fromkeys(SPLITS, 0)
     negative_counts = dict.fromkeys(SPLITS, 0)
     rng = np.random.default_rng([seed, 1])
@@ -712,6 +719,8 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         raise SourceError("--lidc-db is for --source lidc, or with --multirater N for the semi-synthetic set")
     if args.multirater is not None and args.multirater < 1:
         raise SourceError(f"--multirater needs N >= 1, got {args.multirater}")
+    if min(args.multirater_counts) < 0 or not any(args.multirater_counts):
+        raise SourceError(f"--multirater-counts needs TRAIN, VAL, TEST >= 0, not all 0; got {args.multirater_counts}")
     return source_path, out
 
 
@@ -725,35 +734,55 @@ def _labels(text: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`sdseg preprocess`: a data set is written whole or not at all. --out is new or empty (checked first); when
+    the run fails, finds no crop or is interrupted (Ctrl-C), what it wrote is removed and one line says why."""
     args = _parser().parse_args(argv)
+    out = None
     try:
         source = get_source(args.source)
         source_path, out = _check_args(args, source)
+        existed = out.exists()
         preprocessing = _preprocessing(args, source)
         refs = _load(source, source_path, _labels(args.labels), args.lidc_db)
-        out.mkdir(parents=True, exist_ok=True)
-        if args.multirater and args.lidc_db:
-            info = build_semisynthetic_dataset(source, refs, out, args.size, preprocessing, args.multirater,
-                                               args.multirater_counts, args.seed, args.negatives, args.lidc_db)
-        elif args.multirater:
-            info = build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop,
-                                            args.multirater, args.multirater_counts, args.seed, args.negatives,
-                                            args.fold)
-        else:
-            info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop,
-                                      args.crops_per_lesion, args.margin_slices, args.seed, args.negatives,
-                                      _other_sources(args.add_train, None, args.lidc_db, "--add-train"),
-                                      (args.object_rois, args.object_slices), args.external_test, args.fold,
-                                      args.add_synthetic, _other_sources(args.texture, None, args.lidc_db, "--texture"),
-                                      args.lesion_appearance != "generic")
-    except SourceError as error:
-        print(f"sdseg preprocess: error: {error}", file=sys.stderr)
-        return 2
+        info = _build(args, source, refs, out, preprocessing)
+        if not any(info["counts"].values()):
+            raise SourceError("no crop written: no case has a lesion" + (
+                f" with --labels {args.labels}" if args.labels else "") + "; check --input and --labels")
+    except (SourceError, OSError, KeyboardInterrupt) as error:
+        if out is not None and out.exists():
+            _remove_partial(out, existed)
+        why = "interrupted; nothing written" if isinstance(error, KeyboardInterrupt) else str(error)
+        print(f"sdseg preprocess: error: {why}", file=sys.stderr)
+        return 130 if isinstance(error, KeyboardInterrupt) else 2
     if args.fold is not None:
         info["fold"] = {"fold": args.fold, "of": fold_count(ref.patient for ref in refs)}
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {out}: " + ", ".join(f"{n} {s}" for s, n in info["counts"].items()) + " crops")
     return 0
+
+
+def _remove_partial(out: Path, existed: bool) -> None:
+    """Remove what a failed run wrote into ``out`` (new, or empty before the run: :func:`_check_args`)."""
+    shutil.rmtree(out, ignore_errors=True)
+    if existed:
+        out.mkdir(exist_ok=True)
+
+
+def _build(args, source: Source, refs: list[CaseRef], out: Path, preprocessing: dict) -> dict:
+    """Write the data set the arguments ask for into ``out``; its dataset.json record."""
+    out.mkdir(parents=True, exist_ok=True)
+    if args.multirater and args.lidc_db:
+        return build_semisynthetic_dataset(source, refs, out, args.size, preprocessing, args.multirater,
+                                           args.multirater_counts, args.seed, args.negatives, args.lidc_db)
+    if args.multirater:
+        return build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop, args.multirater,
+                                        args.multirater_counts, args.seed, args.negatives, args.fold)
+    return build_real_dataset(source, refs, out, args.size, preprocessing, args.crop, args.crops_per_lesion,
+                              args.margin_slices, args.seed, args.negatives,
+                              _other_sources(args.add_train, None, args.lidc_db, "--add-train"),
+                              (args.object_rois, args.object_slices), args.external_test, args.fold,
+                              args.add_synthetic, _other_sources(args.texture, None, args.lidc_db, "--texture"),
+                              args.lesion_appearance != "generic")
 
 
 if __name__ == "__main__":
