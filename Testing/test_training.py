@@ -302,6 +302,10 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
     (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--augment", "rotate"],
      "--augment: give a subset of flip,transpose,scale,intensity or none"),
     (["--out", "{run}", "--resume", "--augment", "scale"], "--augment ['scale'] (the saved run has ['flip'])"),
+    (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--stop-after", "0"],
+     "--stop-after 0: the run is at step 0; give a later step"),
+    (["--out", "{run}", "--resume", "--stop-after", "3"], "--stop-after 3: the run is at step 6"),
+    (["--model", "ambiguous", "--data", "{data}", "--out", "{data}/dataset.json/out"], "cannot write into --out"),
 ])
 def test_bad_arguments_give_a_clear_message_and_exit_code_2(arguments, message, data, tmp_path, capsys,
                                                            uninterrupted_sdseg_run):

@@ -550,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "another --out")
         settings = _settings(args, resume["meta"]["settings"] if resume else None)
         _check_settings(settings)
+        at_step = resume["meta"]["step"] if resume else 0
+        if args.stop_after is not None and args.stop_after <= at_step:
+            raise TrainingError(f"--stop-after {args.stop_after}: the run is at step {at_step}; give a later step")
         try:
             device = resolve_device(args.device)
         except DeviceUnavailable as error:
@@ -571,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError:
         print("sdseg train: error: out of GPU memory; use a smaller --batch-size or preset, or --device cpu",
               file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"sdseg train: error: cannot write into --out {out} ({error})", file=sys.stderr)
         return 2
     print(f"model written to {folder}", flush=True)
     return 0
