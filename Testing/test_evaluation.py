@@ -251,6 +251,18 @@ def test_bad_data_folder_gives_a_one_line_error(tmp_path, model_dir):
     assert str(tmp_path / "missing") in result.stderr and "Traceback" not in result.stderr
 
 
+def one_case_data(folder: Path) -> Path:
+    """A data set of one blank test crop."""
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps({
+        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True,
+        "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}, "description": "t"}))
+    (folder / "test").mkdir()
+    np.savez(folder / "test" / "0.npz", image=np.zeros((1, 32, 32), np.float32),
+             masks=np.zeros((1, 32, 32), np.uint8), patient=np.str_("p"))
+    return folder
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "no-such-model"], "no model named"),
     (["--baselines"], "'train' split"),
@@ -258,14 +270,7 @@ def test_bad_data_folder_gives_a_one_line_error(tmp_path, model_dir):
     (["--steps", "x"], "integer"),
 ])
 def test_bad_arguments_give_a_clear_message(arguments, message, tmp_path, model_dir, capsys):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "dataset.json").write_text(json.dumps({
-        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True,
-        "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}, "description": "t"}))
-    (data / "test").mkdir()
-    np.savez(data / "test" / "0.npz", image=np.zeros((1, 32, 32), np.float32), masks=np.zeros((1, 32, 32), np.uint8),
-             patient=np.str_("p"))
+    data = one_case_data(tmp_path / "data")
     base = {"--model": str(model_dir), "--data": str(data), "--out": str(tmp_path / "out"), "--steps": "1",
             "--samples": "1"}
     for key in arguments[::2]:
@@ -278,6 +283,26 @@ def test_bad_arguments_give_a_clear_message(arguments, message, tmp_path, model_
     assert code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def test_an_evaluation_in_out_is_kept_unless_overwrite_and_an_unwritable_out_fails_first(tmp_path, model_dir,
+                                                                                          capsys):
+    out = tmp_path / "out"
+    run = ["--model", str(model_dir), "--data", str(one_case_data(tmp_path / "data")), "--steps", "1", "--samples",
+           "1", "--out", str(out)]
+    assert main(run) == 0
+    first = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(run + ["--seed", "1"]) == 2
+    assert "already holds an evaluation; choose another --out or add --overwrite" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == first
+    assert main(run + ["--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["settings"]["seed"] == 1
+    capsys.readouterr()
+    (tmp_path / "file").write_text("x")
+    assert main(run[:-1] + [str(tmp_path / "file" / "out")]) == 2
+    output = capsys.readouterr()
+    assert "choose a writable --out" in output.err and output.out == ""  # refused before any sampling
 
 
 def test_lesion_free_cases_give_the_false_positive_figures():

@@ -122,7 +122,7 @@ def run_fold(fold: int, args, threads: int) -> dict:
     evaluation = folder / f"eval-n{args.samples}{steps_name(args.steps)}"
     if not made_by(evaluation / "metrics.json", model, eval_data):
         sdseg(["evaluate", "--model", str(model), "--data", str(eval_data), "--split", "val", "--samples",
-               str(args.samples), "--baselines", "--out", str(evaluation), *steps_option(args.steps)],
+               str(args.samples), "--baselines", "--out", str(evaluation), "--overwrite", *steps_option(args.steps)],
               folder / "evaluate.log", threads)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     row = next(r for r in metrics["results"] if r["model_default"])

@@ -363,6 +363,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     parser.add_argument("--steps", type=_int_at_least(1), help="sampling steps (default: the model's)")
     parser.add_argument("--out", help="output folder (default ./evaluation-MODEL-SPLIT)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the evaluation already in --out")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     parser.add_argument("--prompt", choices=PROMPTS, default="click", help="for models with prompt channels: "
                         "click each lesion case where a user would (and a lesion-free case at its centre), or give "
@@ -431,6 +432,10 @@ def _baseline_rows(train_images, train_masks, images, rater_masks) -> list[dict]
 def evaluate(args: argparse.Namespace) -> Path:
     """Run the evaluation described by the parsed arguments; returns the output folder."""
     folder = resolve_model(args.model)
+    out = Path(args.out or f"evaluation-{folder.name}-{args.split}")
+    if (out / "metrics.json").exists() and not args.overwrite:
+        raise EvaluationError(f"{out} already holds an evaluation; choose another --out or add --overwrite")
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the sampling
     device = resolve_device(args.device)
     data = Path(args.data)
     info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases)
@@ -475,8 +480,6 @@ def evaluate(args: argparse.Namespace) -> Path:
         "baselines_fitted_on": None if fitted_on is None else str(fitted_on),
         "warnings": warnings,
     }
-    out = Path(args.out or f"evaluation-{folder.name}-{args.split}")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     table = markdown_report(report)
     (out / "metrics.md").write_text(table, encoding="utf-8")
@@ -503,5 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdseg evaluate: error: cannot write the results ({error}); choose a writable --out",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sdseg evaluate: error: interrupted; no result written", file=sys.stderr)
+        return 130
     print(f"results written to {out}", flush=True)
     return 0
