@@ -198,6 +198,39 @@ def test_statistics_of_a_result_match_the_samples(tmp_path):
     assert float(rows[1]["volume_ml"]) == pytest.approx(samples[0].sum() * voxel_ml)
 
 
+def test_each_lesions_variance_figures_are_its_own_where_the_lesions_overlap(tmp_path):
+    """Two lesions prompted in one run, on the same crop: the variance volume keeps the larger of the two there,
+    but each lesion's figures are those of its own samples, as if it had been prompted alone."""
+    accepted = accepted_message(SHAPE_KJI, oblique_ijk_to_ras(), 2, [0, 0, 0, *SHAPE_KJI[::-1]])
+    accepted["prompt"] = {"lesions": [{"point_ijk": [5.0, 4.0, 2.0]}, {"point_ijk": [6.0, 5.0, 2.0]}],
+                          "stop_after_empty": 2, "max_slices": None}
+    writer = StreamedSegmentationWriter(slicer.vtkMRMLScene(), accepted, "ct", 4)
+    rng = np.random.default_rng(2)
+    own = []
+    for lesion, fraction in enumerate((0.2, 0.5)):
+        samples = rng.random((4, *SHAPE_KJI[1:])) < fraction
+        p = samples.mean(axis=0)
+        variance = (p * (1 - p)).astype(np.float32)
+        path = tmp_path / f"lesion{lesion}.npz"
+        np.savez(path, samples=samples.astype(np.uint8), consensus=(p >= 0.5).astype(np.uint8), variance=variance)
+        writer.add_slice({"type": "slice", "index": 2, "file": str(path), "lesion": lesion,
+                          "box_ijk": [0, 0, 2, SHAPE_KJI[2], SHAPE_KJI[1], 3]})
+        own.append((samples, variance))
+    writer.flush()
+    result = stats.segmentation_statistics(writer.segmentation_node, writer.variance_node)
+    rows = {row["segment"]: row for row in result["segments"]}
+    for number, (samples, variance) in enumerate(own, start=1):
+        lesion = result["lesions"][number - 1]
+        assert lesion["variance_mean"] == pytest.approx(variance[samples.any(axis=0)].mean())
+        assert lesion["variance_max"] == pytest.approx(variance.max())
+        for n in range(4):
+            row = rows[f"lesion {number} sample {n + 1}"]
+            assert row["variance_mean"] == pytest.approx(variance[samples[n]].mean())
+    shown = np.maximum(own[0][1], own[1][1])  # the overlay: the larger variance where the lesions overlap
+    assert result["variance_max"] == pytest.approx(shown.max())
+    assert (shown > own[0][1]).any()  # so lesion 1's figures would differ if taken from the overlay
+
+
 def test_coherence_of_3d_samples_exceeds_that_of_per_slice_draws():
     """Two samples that are each one object (A: a cylinder, B: another) have consecutive slices that agree within a
     sample (Dice 1) but not across samples; independent per-slice draws agree about as much within as across."""

@@ -59,14 +59,24 @@ def slice_coherence(samples: np.ndarray, slice_axis_kji: int) -> dict:
             "across_samples": float(np.mean(across)) if across else None}
 
 
-def lesion_statistics(names: list[str], masks: np.ndarray, variance: np.ndarray, voxel_ml: float,
+def samples_variance(samples: np.ndarray) -> np.ndarray:
+    """Per-voxel variance p (1 - p) of one lesion's boolean samples (N, ...), p = their mean, float32: the worker's
+    definition (sdseg.metrics.voxel_variance), so it equals the variance volume wherever no other lesion's crops
+    overlap this lesion's (the volume keeps the maximum of the lesions there)."""
+    p = samples.mean(axis=0, dtype=np.float64)
+    return (p * (1.0 - p)).astype(np.float32)
+
+
+def lesion_statistics(names: list[str], masks: np.ndarray, voxel_ml: float,
                       slice_axis_kji: int) -> tuple[dict, list[dict]]:
     """(lesion summary, segment rows) of one lesion's segments ``names`` (its consensus first, then its samples;
     boolean masks (S, K, J, I)).
 
-    variance_mean / variance_max are taken over the union of the samples, where the model considered a lesion
-    possible; slices = slices with a non-empty consensus."""
+    variance_mean / variance_max are of the lesion's own samples' variance (:func:`samples_variance`: other lesions
+    prompted in the same run do not change them), the summary's over the union of the samples, where the model
+    considered a lesion possible; slices = slices with a non-empty consensus."""
     samples, consensus = masks[1:], masks[0]
+    variance = samples_variance(samples)
     sample_dice = pairwise_dice(samples)
     rows = []
     for name, mask in zip(names, masks):
@@ -141,8 +151,7 @@ def segmentation_statistics(segmentation_node, variance_node) -> dict:
     slice_axis_kji = 2 - int(segmentation_node.GetAttribute(SLICE_AXIS_ATTRIBUTE) or 2)
     summaries, rows, first = [], [], 0
     for group in lesions:
-        summary, group_rows = lesion_statistics(group, masks[first:first + len(group)], variance, voxel_ml,
-                                                slice_axis_kji)
+        summary, group_rows = lesion_statistics(group, masks[first:first + len(group)], voxel_ml, slice_axis_kji)
         summaries.append(summary)
         rows += group_rows
         first += len(group)
