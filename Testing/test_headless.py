@@ -162,6 +162,7 @@ def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--seed", "-3"], "argument --seed: '-3' is not an integer >= 0"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--point", "1,2"], "argument --point: '1,2' is not x,y,z"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--point-ijk", "1,2,3", "--whole-volume"], "--whole-volume"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "-1,2,3,4,5,6"], "argument --roi: '-1,2,3,4,5,6'"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--python", "/nonexistent/python"], "Cannot start the worker"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -176,3 +177,19 @@ def test_bad_command_lines_are_one_clear_line(tmp_path, capsys, monkeypatch, arg
     else:
         assert code == headless.EXIT_USAGE and "Starting the worker" not in err
     assert not (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_an_output_that_is_the_input_is_refused_even_with_overwrite(tmp_path, capsys):
+    volume = lesion_volume(tmp_path / "ct_variance.nrrd", (2, 6, 6))  # where -o ct.seg.nrrd puts the variance
+    content = volume.read_bytes()
+    assert headless.main(["segment", str(volume), "-o", str(tmp_path / "ct.seg.nrrd"), "--overwrite"]) == 2
+    assert "ct_variance.nrrd is the input volume, which is never replaced" in capsys.readouterr().err
+    assert volume.read_bytes() == content
+
+
+def test_points_are_lesions_in_the_order_given_and_may_be_negative():
+    args = headless.build_parser().parse_args(headless.attach_negative_values(
+        ["segment", "ct.nrrd", "-o", "out.seg.nrrd", "--point-ijk", "25,20,9", "--point", "-43.4,-19.9,26",
+         "--point", "-0.5,2,3", "--point-ijk=1,2,3"]))
+    assert args.points == [{"point_ijk": [25.0, 20.0, 9.0]}, {"point_ras": [-43.4, -19.9, 26.0]},
+                           {"point_ras": [-0.5, 2.0, 3.0]}, {"point_ijk": [1.0, 2.0, 3.0]}]

@@ -49,24 +49,24 @@ def test_points_in_mm_and_in_voxels_give_one_set_of_segments_per_lesion(tmp_path
     ijk_to_ras = oblique_ijk_to_ras()
     volume = volume_with_blobs(tmp_path / "two.nrrd", ijk_to_ras)
     output = tmp_path / "two.seg.nrrd"
-    stderr, summary = segment(worker_env, volume, output, "--point", ras_of(ijk_to_ras, (10, 12, 5)),
-                              "--point-ijk", "25,20,9")
+    stderr, summary = segment(worker_env, volume, output, "--point-ijk", "25,20,9", "--point",
+                              ras_of(ijk_to_ras, (10, 12, 5)))  # lesion 1: B, lesion 2: A (the order given)
     a, b = blobs()
     masks, ijk_to_lps = read_seg_nrrd_with_slicerio(output)
     np.testing.assert_allclose(ijk_to_lps, RAS_TO_LPS @ ijk_to_ras, atol=1e-5)
     assert list(masks) == ["lesion 1 consensus", "lesion 1 sample 1", "lesion 1 sample 2",
                            "lesion 2 consensus", "lesion 2 sample 1", "lesion 2 sample 2"]
     for name, mask in masks.items():
-        np.testing.assert_array_equal(mask, a if name.startswith("lesion 1") else b, err_msg=name)
-    assert summary["mode"] == "prompt" and summary["prompt"]["lesions"][1] == {"point_ijk": [25.0, 20.0, 9.0]}
-    np.testing.assert_allclose(summary["prompt"]["lesions"][0]["point_ijk"], [10, 12, 5], atol=1e-3)
+        np.testing.assert_array_equal(mask, b if name.startswith("lesion 1") else a, err_msg=name)
+    assert summary["mode"] == "prompt" and summary["prompt"]["lesions"][0] == {"point_ijk": [25.0, 20.0, 9.0]}
+    np.testing.assert_allclose(summary["prompt"]["lesions"][1]["point_ijk"], [10, 12, 5], atol=1e-3)
     lesions = summary["lesions"]
-    assert [lesion["slices"] for lesion in lesions] == [5, 3]
+    assert [lesion["slices"] for lesion in lesions] == [3, 5]
     voxel_ml = abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000
-    assert lesions[0]["volume_ml"] == pytest.approx(a.sum() * voxel_ml)
-    assert lesions[1]["sample_volume_ml"] == pytest.approx([b.sum() * voxel_ml] * 2)
-    assert lesions[0]["coherence"]["within_samples"] == lesions[0]["coherence"]["across_samples"]  # equal samples
-    assert f"lesion 1: {a.sum() * voxel_ml:.2f} ml on 5 slice(s)" in stderr
+    assert lesions[1]["volume_ml"] == pytest.approx(a.sum() * voxel_ml)
+    assert lesions[0]["sample_volume_ml"] == pytest.approx([b.sum() * voxel_ml] * 2)
+    assert lesions[1]["coherence"]["within_samples"] == lesions[1]["coherence"]["across_samples"]  # equal samples
+    assert f"lesion 2: {a.sum() * voxel_ml:.2f} ml on 5 slice(s)" in stderr
     assert "Done: 16 slices" in stderr  # each lesion: its slices, then 2 empty ones each way (9 + 7)
 
 

@@ -135,6 +135,10 @@ def test_prompts_outside_are_refused_naming_the_lesion():
                                   array.shape, 2, [0, 0, 0, 40, 40, 20])
     with pytest.raises(ValueError, match="lesion 1: the prompt's slice 3 is outside slices 5..19"):
         propagation.check_prompts([Prompt(point_ijk=(1.0, 1.0, 3.0))], array.shape, 2, [0, 0, 5, 40, 40, 20])
+    with pytest.raises(ValueError, match=r"lesion 1: the point \[30.0, 1.0, 8.0\] \(IJK\) is outside the region of "
+                                         r"interest \[0, 0, 5, 20, 40, 20\]"):
+        propagation.check_prompts([Prompt(point_ijk=(30.0, 1.0, 8.0))], array.shape, 2, [0, 0, 5, 20, 40, 20])
+    propagation.check_prompts([Prompt(point_ijk=(19.4, 0.0, 8.0))], array.shape, 2, [0, 0, 5, 20, 40, 20])
 
 
 def test_the_first_lesion_draws_the_noise_of_a_whole_volume_run_and_the_next_their_own():

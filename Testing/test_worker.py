@@ -356,6 +356,8 @@ PROMPT_ERRORS = [
     ({"lesions": [{"box_ijk": [0, 0, 0, 1, 1]}]}, "6 integers"),
     ({"lesions": [{"point_ijk": [1, 2, 3]}], "stop_after_empty": 0}, "'stop_after_empty' must be an integer >= 1"),
     ({"lesions": [{"point_ijk": [60.0, 2, 3]}]}, "lesion 1: the point [60.0, 2.0, 3.0] (IJK) is outside the volume"),
+    ({"lesions": [{"point_ijk": [1, 2, 3]}, {"point_ras": [-500.0, 2.5, 3.0]}]},
+     "(points given in mm, RAS: lesion 2: [-500.0, 2.5, 3.0])"),
     ({"lesions": [{"point_ijk": [1, 2, 3]}, {"box_ijk": [0, 0, 0, 49, 5, 5]}]}, "lesion 2: the box"),
 ]
 

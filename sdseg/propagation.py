@@ -137,6 +137,11 @@ class _Lesion:
         if not low <= self.start < high:
             raise ValueError(f"lesion {number + 1}: the prompt's slice {self.start} is outside slices {low}..{high - 1} "
                              "of the region of interest (and box); move the prompt or the ROI")
+        rr0, rr1, cc0, cc1 = self.roi_plane
+        inside = rr0 - 0.5 <= centre[0] < rr1 - 0.5 and cc0 - 0.5 <= centre[1] < cc1 - 0.5
+        if prompt.point_ijk is not None and not inside:
+            raise ValueError(f"lesion {number + 1}: the point {list(prompt.point_ijk)} (IJK) is outside the region "
+                             f"of interest {list(roi_ijk)}; move the point or the ROI")
         self.low, self.high = low, high
         self.directions = [_Direction(+1, self.start + 1, centre, extent, None, 0),
                            _Direction(-1, self.start - 1, centre, extent, None, 0)]

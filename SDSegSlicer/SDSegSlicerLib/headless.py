@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -45,6 +46,7 @@ DEFAULT_WEB_PORT = 8080
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 WORKER_START_TIMEOUT_S = 300.0
+COORDINATE_OPTIONS = ("--point", "--point-ijk", "--roi")  # values that may start with '-'
 POLL_INTERVAL_S = 0.2
 PROGRESS_BAR_WIDTH = 30
 LOG_INTERVAL_S = 1.0  # progress lines when stderr is not a terminal
@@ -79,6 +81,26 @@ def parse_point(text: str) -> list[float]:
     return values
 
 
+def tagged_point(kind: str):
+    """An argparse type: 'x,y,z' -> {kind: [x, y, z]} (a lesion of the prompt request), so that --point and
+    --point-ijk fill one list in the order given: lesion 1 is the first point on the command line."""
+    def parse(text: str) -> dict:
+        return {kind: parse_point(text)}
+    return parse
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """'--point -43.4,-19.9,26' -> '--point=-43.4,-19.9,26': argparse takes a value that starts with '-' for an
+    option (except a plain negative number), and RAS coordinates are negative for half the body."""
+    joined = []
+    for token in argv:
+        if joined and joined[-1] in COORDINATE_OPTIONS and re.match(r"-[\d.]", token):
+            joined[-1] += "=" + token
+        else:
+            joined.append(token)
+    return joined
+
+
 def int_from(low: int, high: int | None = None):
     """An argparse type: an integer >= low (and <= high); argparse names the option in the error."""
     def parse(text: str) -> int:
@@ -109,13 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", help="volume (.nrrd .nhdr .nii .nii.gz .mha .mhd) or DICOM series folder")
     segment.add_argument("-o", "--output", required=True, help="output OUT.seg.nrrd (other files are named after it)")
     prompts = segment.add_argument_group(
-        "prompts", "Click the lesion: --point / --point-ijk (repeat for several lesions; the ROI, if given, bounds "
-        "them), or a box (--roi alone). Without any (or with --whole-volume), every slice of the volume (or ROI) is "
+        "prompts", "Click the lesion: --point / --point-ijk (repeat for several lesions, numbered in the order given; "
+        "the ROI, if given, bounds them), or a box (--roi alone). Without any (or with --whole-volume), every slice of the volume (or ROI) is "
         "segmented.")
-    prompts.add_argument("--point", type=parse_point, action="append", default=[], metavar="R,A,S",
-                         help="a point on a lesion, in mm (RAS, as Slicer shows it)")
-    prompts.add_argument("--point-ijk", type=parse_point, action="append", default=[], metavar="I,J,K",
-                         help="a point on a lesion, in voxel indices")
+    prompts.add_argument("--point", dest="points", type=tagged_point("point_ras"), action="append", default=[],
+                         metavar="R,A,S", help="a point on a lesion, in mm (RAS, as Slicer shows it)")
+    prompts.add_argument("--point-ijk", dest="points", type=tagged_point("point_ijk"), action="append", default=[],
+                         metavar="I,J,K", help="a point on a lesion, in voxel indices")
     prompts.add_argument("--roi", type=parse_roi, metavar="I0,J0,K0,I1,J1,K1",
                          help="IJK voxel box, end exclusive: the lesion's box, or with points the region they stay in")
     prompts.add_argument("--stop-after-empty", type=positive_int, default=DEFAULT_STOP_AFTER_EMPTY, metavar="K",
@@ -438,7 +460,7 @@ def write_outputs(run, paths, args) -> dict:
 
 def command_segment(args) -> int:
     require_input(args.input)
-    points = [{"point_ras": point} for point in args.point] + [{"point_ijk": point} for point in args.point_ijk]
+    points = args.points  # lesion L: the L-th --point / --point-ijk
     if points and args.whole_volume:
         raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk, or --whole-volume")
     try:
@@ -500,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     vtk.vtkObject.GlobalWarningDisplayOff()  # VTK's own error prints: every failure is reported in one line
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(attach_negative_values(argv))
         commands = {"models": command_models, "segment": command_segment, "serve": command_serve,
                     "batch": command_batch, "web": command_web}
         with termination_as_interrupt():

@@ -3,6 +3,7 @@ work starts, so that a run never computes for minutes and then finds it cannot w
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,6 +53,10 @@ def check_outputs(paths: dict[str, Path], output: str, input_path, overwrite: bo
     nothing in the way (a file where a folder should be, a folder where a file should be), an existing result
     only replaced with ``overwrite``, the folder writable, roughly enough free space. OutputError says what to do."""
     folder = paths["segmentation"].parent
+    source = Path(input_path)
+    inputs = [p for p in paths.values() if p.exists() and source.exists() and os.path.samefile(p, source)]
+    if inputs:
+        raise OutputError(f"-o {output}: {inputs[0]} is the input volume, which is never replaced; choose another -o")
     blocking = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise OutputError(f"-o {output}: {blocking} is a file, not a folder; choose another -o")

@@ -269,7 +269,10 @@ class Worker:
         try:
             propagation.check_prompts(prompts, shape, slice_axis, roi)
         except ValueError as error:
-            raise JobError(protocol.BAD_REQUEST, str(error)) from error
+            given = "; ".join(f"lesion {n}: {lesion['point_ras']}" for n, lesion in enumerate(lesions, start=1)
+                              if "point_ras" in lesion)
+            raise JobError(protocol.BAD_REQUEST, f"{error}" + (f" (points given in mm, RAS: {given})" if given
+                                                                else "")) from error
         try:
             inference.check_model_fits_volume(config)
         except inference.ModelMismatchError as error:
