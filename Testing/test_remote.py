@@ -5,13 +5,17 @@ a server that dies mid-job."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,8 +58,6 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def server(tiny_models_dir, tmp_path_factory):
-    import os
-
     from slicerlib_testing import lib_python_path
 
     env = dict(os.environ, SDSEG_MODELS_PATH=str(tiny_models_dir), OMP_NUM_THREADS="1", PYTHONPATH=lib_python_path())
@@ -97,12 +99,23 @@ def test_a_public_address_needs_a_token(worker_env):
     assert result.returncode == 2 and "--host 0.0.0.0 is reachable from other machines: give a --token" in result.stderr
 
 
+def zip_of_zeros(size: int) -> bytes:
+    """A zip of a few KB that unpacks to ``size`` bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("IM0001", bytes(size))
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("request_kwargs, status, phrase", [
     ({"data": b"x" * (2 * 2 ** 20), "headers": {"X-SDSeg-Volume-Name": "big.nrrd"}}, 413, "over this server's limit"),
     ({"data": b"x", "headers": {"X-SDSeg-Job": "{not json", "X-SDSeg-Volume-Name": "a.nrrd"}}, 400, "not JSON"),
     ({"data": b"x", "headers": {"X-SDSeg-Job": "{}", "X-SDSeg-Volume-Name": "a.exe"}}, 400, "X-SDSeg-Volume-Name"),
     ({"data": b"PK-not-a-zip", "headers": {"X-SDSeg-Volume-Name": "series.zip"}}, 400, "not a valid zip"),
     ({"headers": {"X-SDSeg-Job": json.dumps({"server_volume": "../../etc/passwd"})}}, 400, "outside the server's"),
+    ({"data": b"data file: /etc/hostname\n", "headers": {"X-SDSeg-Volume-Name": "a.nhdr"}}, 400,
+     "X-SDSeg-Volume-Name"),  # a detached header could name any file of the server
+    ({"data": zip_of_zeros(2 * 2 ** 20), "headers": {"X-SDSeg-Volume-Name": "bomb.zip"}}, 413, "unpacks to"),
 ])
 def test_bad_requests_are_refused_with_a_reason(server, request_kwargs, status, phrase):
     extra = request_kwargs.pop("headers")
@@ -123,11 +136,34 @@ def test_the_worker_validates_remote_jobs_as_local_ones(server, tmp_path):
         _, messages = run_job(client, {"volume": str(volume), "model": MODEL_NAME, "samples": 0})
         assert messages[-1]["type"] == "error" and messages[-1]["code"] == "bad_request"
         assert "'samples' must be an integer from 1 to 256" in messages[-1]["message"]
-        _, messages = run_job(client, {"volume": "unused", "server_volume": "on_server.nrrd", "model": MODEL_NAME,
-                                       "samples": 1, "steps": 1})
+        job_id, messages = run_job(client, {"volume": "unused", "server_volume": "on_server.nrrd",
+                                            "model": MODEL_NAME, "samples": 1, "steps": 1})
         assert messages[-1]["type"] == "done" and messages[-1]["slices"] == 3  # a volume named on the server
+        again = requests.get(f"{server.url}/jobs/{job_id}/events", headers=headers(), timeout=10)
+        assert again.status_code == 409 and "being or were read" in again.json()["error"]  # not left waiting
+        named = lesion_volume(tmp_path / "患者 Müller.nrrd", (3, 16, 16))
+        _, messages = run_job(client, {"volume": str(named), "model": MODEL_NAME, "samples": 1, "steps": 1})
+        assert messages[-1]["type"] == "done"  # any file name reaches the server (percent-encoded)
+        with pytest.raises(WorkerError, match="keeps its voxels in another file"):
+            client.submit({"volume": str(tmp_path / "ct.nhdr"), "model": MODEL_NAME})
     finally:
         client.stop()
+
+
+def test_a_worker_that_dies_between_jobs_is_replaced_before_the_next_job(tiny_models_dir, tmp_path, worker_env):
+    running = ServerProcess({**worker_env, "SDSEG_MODELS_PATH": str(tiny_models_dir)})
+    client = RemoteWorkerClient(running.url)
+    try:
+        client.start()
+        (worker,) = Path(f"/proc/{running.process.pid}/task/{running.process.pid}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        time.sleep(2.0)  # the server notices the crash while idle
+        volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+        _, messages = run_job(client, {"volume": str(volume), "model": MODEL_NAME, "samples": 1, "steps": 1})
+        assert messages[-1]["type"] == "done", messages[-1]
+    finally:
+        client.stop()
+        running.stop()
 
 
 def test_two_clients_are_served_in_turn(server, tmp_path):

@@ -20,6 +20,7 @@ import uuid
 import zipfile
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import requests
 
@@ -28,18 +29,23 @@ from .worker_client import JOBS_FOLDER_PREFIX, PROTOCOL_VERSION, TERMINAL_MESSAG
 
 CONNECT_TIMEOUT_S = 10.0
 TOKEN_ENVIRONMENT_VARIABLE = "SDSEG_TOKEN"
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")  # their voxels are in another file
 
 
 def volume_upload(path) -> tuple[str, bytes]:
-    """(file name, bytes) to upload for a volume file or a DICOM folder (zipped)."""
+    """(file name, percent-encoded for its HTTP header; bytes) to upload for a volume file or a DICOM folder
+    (zipped). A detached header (.nhdr, .mhd) names another file, which a server does not take: WorkerError."""
     path = Path(path)
+    if path.name.lower().endswith(DETACHED_HEADER_SUFFIXES):
+        raise WorkerError(f"{path.name} keeps its voxels in another file, which cannot be sent to a server: save "
+                          "the volume as .nrrd or .nii.gz and try again")
     if not path.is_dir():
-        return path.name, path.read_bytes()
+        return quote(path.name), path.read_bytes()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             archive.write(file, file.relative_to(path).as_posix())
-    return f"{path.name or 'series'}.zip", buffer.getvalue()
+    return quote(f"{path.name or 'series'}.zip"), buffer.getvalue()
 
 
 class RemoteWorkerClient:

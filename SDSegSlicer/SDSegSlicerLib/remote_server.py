@@ -28,14 +28,14 @@ import threading
 import uuid
 import zipfile
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from .temp_folders import owned_temp_folder
 from .worker_client import TERMINAL_MESSAGES, WorkerClient, WorkerError
 
 DEFAULT_PORT = 8765
 MAX_JOB_HEADER_BYTES = 64 * 1024
-UPLOAD_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".zip")
+UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".zip")  # one file each: no header naming another file
 POLL_S = 0.2
 UPLOADS_FOLDER_PREFIX = "sdseg-uploads-"
 
@@ -73,6 +73,8 @@ class Job:
         self.id, self.client, self.request, self.folder = uuid.uuid4().hex[:12], client, request, folder
         self.started = False
         self.messages: queue.Queue = queue.Queue()
+        self.events_claimed = False  # the messages go to one reader (GET /jobs/<id>/events), once
+        self.claim_lock = threading.Lock()
         self.finished = False
         self.result: dict | None = None  # its last message (done, cancelled or error)
 
@@ -158,7 +160,9 @@ class Dispatcher:
 
     def _route(self, message: dict) -> None:
         job = self.jobs.get(message.get("job_id"))
-        if job is None:  # a message for no job (the worker crashed between jobs): nothing to route
+        if job is None:  # a message for no job: the worker crashed between jobs, so start another for the next
+            if message.get("code") == "worker_crashed":
+                self._restart_worker()
             return
         if message.get("type") == "slice":
             message = dict(message)
@@ -309,7 +313,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not path.is_relative_to(root):
                 raise RequestError(400, f"server_volume {server_volume!r} is outside the server's data root")
             return path
-        name = Path(self.headers.get("X-SDSeg-Volume-Name", "")).name
+        name = Path(unquote(self.headers.get("X-SDSeg-Volume-Name", ""))).name
         if not name.lower().endswith(UPLOAD_SUFFIXES) or length == 0:
             raise RequestError(400, "upload the volume in the body with its file name in X-SDSeg-Volume-Name "
                                     f"(one of {', '.join(UPLOAD_SUFFIXES)}; a DICOM folder as a .zip)")
@@ -323,17 +327,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 out.write(chunk)
                 remaining -= len(chunk)
         if name.lower().endswith(".zip"):
-            return self._unzip(path, folder / "series")
+            return self._unzip(path, folder / "series", self.server.max_upload_bytes)
         return path
 
     @staticmethod
-    def _unzip(path: Path, into: Path) -> Path:
+    def _unzip(path: Path, into: Path, max_bytes: int) -> Path:
+        """Unpack a zipped DICOM folder: no path outside ``into``, at most ``max_bytes`` unpacked (the upload limit;
+        zipfile never unpacks a member beyond its recorded size)."""
         try:
             with zipfile.ZipFile(path) as archive:
-                for member in archive.namelist():
-                    target = (into / member).resolve()
+                members = archive.infolist()
+                for member in members:
+                    target = (into / member.filename).resolve()
                     if not target.is_relative_to(into.resolve()):
-                        raise RequestError(400, f"the zip holds a path outside it: {member}")
+                        raise RequestError(400, f"the zip holds a path outside it: {member.filename}")
+                unpacked = sum(member.file_size for member in members)
+                if unpacked > max_bytes:
+                    raise RequestError(413, f"the zip unpacks to {unpacked} bytes, over this server's limit of "
+                                            f"{max_bytes} bytes")
                 archive.extractall(into)
         except zipfile.BadZipFile:
             raise RequestError(400, "the upload is not a valid zip of a DICOM folder") from None
@@ -341,7 +352,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return into
 
     def _events(self, job: Job) -> None:
-        """The job's messages as JSON lines (chunked), until its last one; a client that goes away cancels it."""
+        """The job's messages as JSON lines (chunked), until its last one; a client that goes away cancels it. One
+        reader takes them: a second one (or one after the last message was sent) is refused, not left waiting."""
+        with job.claim_lock:
+            if job.events_claimed:
+                raise RequestError(409, f"the messages of job {job.id} are being or were read by another request; "
+                                        f"GET /jobs/{job.id} gives its state")
+            job.events_claimed = True
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
