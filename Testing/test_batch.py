@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import time
 
 import pytest
 from slicerlib_testing import MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
-from SDSegSlicerLib import headless
+from SDSegSlicerLib import batch, headless
 
 OPTIONS = ["--model", MODEL_NAME, "--samples", "2", "--steps", "2", "--device", "cpu"]
 
@@ -21,7 +25,8 @@ def cohort(tmp_path):
     lesion_volume(folder / "beta.nii.gz", (4, 16, 16), seed=2)
     (folder / "broken.nrrd").write_text("NRRD0004\nnot a volume\n")
     prompts = tmp_path / "prompts.csv"
-    prompts.write_text("id,kind,value\nbeta,point_ijk,8 8 2\nbeta,point_ijk,3;3;1\n")
+    prompts.write_text("\ufeffid,kind,value\nbeta,point_ijk,8 8 2\nbeta,point_ijk,3;3;1\nbeta,box_ijk,0 0 0 16 16 4\n",
+                       encoding="utf-8")  # a spreadsheet's "CSV UTF-8" (byte-order mark); a box is a lesion too
     return folder, prompts
 
 
@@ -34,16 +39,16 @@ def check_cohort(out):
     rows = summary(out)
     assert rows["alpha"]["status"] == "done" and rows["beta"]["status"] == "done"
     assert rows["broken"]["status"] == "error" and "broken.nrrd" in rows["broken"]["error"]
-    assert rows["beta"]["lesions"] == "2" and len(rows["beta"]["lesion_volumes_ml"].split(";")) == 2
+    assert rows["beta"]["lesions"] == "3" and len(rows["beta"]["lesion_volumes_ml"].split(";")) == 3
     assert rows["alpha"]["lesions"] == "1"  # whole volume: one set of segments
     masks, _ = read_seg_nrrd_with_slicerio(out / "beta.seg.nrrd")
-    assert "lesion 2 sample 2" in masks and masks["lesion 1 consensus"].shape == (4, 16, 16)
+    assert "lesion 3 sample 2" in masks and masks["lesion 1 consensus"].shape == (4, 16, 16)
     return rows
 
 
 def test_a_cohort_on_a_local_pool_records_failures_and_resumes(cohort, tmp_path, worker_env, capsys):
     folder, prompts = cohort
-    out = tmp_path / "out"
+    out = folder / "results"  # inside the inputs folder: never an input itself
     arguments = ["batch", "--inputs", str(folder), "--out", str(out), "--prompts", str(prompts), "--workers", "2",
                  *OPTIONS]
     assert headless.main(arguments) == 1  # one volume failed
@@ -51,8 +56,12 @@ def test_a_cohort_on_a_local_pool_records_failures_and_resumes(cohort, tmp_path,
     assert "2 of 3 volumes done" in err and "broken: error:" in err
     first = check_cohort(out)
     stamp = (out / "alpha.seg.nrrd").stat().st_mtime_ns
+    stale = out / "broken_summary.json"  # left by an earlier run: not this run's figures
+    stale.write_text(json.dumps({"state": "cancelled", "lesions": [{"volume_ml": 4.32}], "variance_mean": 0.1}))
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     assert headless.main(arguments) == 1
     again = summary(out)
+    assert list(again) == ["alpha", "beta", "broken"] and again["broken"]["lesions"] == ""
     assert again["alpha"]["status"] == again["beta"]["status"] == "skipped (done before)"
     assert again["alpha"]["lesion_volumes_ml"] == first["alpha"]["lesion_volumes_ml"]
     assert (out / "alpha.seg.nrrd").stat().st_mtime_ns == stamp and again["broken"]["status"] == "error"
@@ -86,3 +95,27 @@ def test_bad_cohorts_are_one_line(tmp_path, capsys):
         assert headless.main(["batch", "--out", str(tmp_path / "o"), *arguments]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    (tmp_path / "one" / "out").mkdir()
+    assert headless.main(["batch", "--inputs", str(tmp_path / "one"), "--out", str(tmp_path / "one")]) == 2
+    assert "is the --inputs folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_cohort_starts_no_further_volume_and_lists_every_one(tmp_path, monkeypatch):
+    tasks = [batch.Task(f"v{n}", str(tmp_path / f"v{n}.nrrd")) for n in range(4)]
+    started = []
+
+    def run_task(arguments, threads):  # Ctrl-C reaches the command while the second volume runs
+        started.append(arguments[1])
+        if len(started) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        return 0, "", 0.5
+
+    monkeypatch.setattr(batch, "run_task", run_task)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_batch(tasks, tmp_path / "out", [], workers=1)
+    assert started == [tasks[0].input, tasks[1].input]  # v2, v3 were queued: never started
+    rows = summary(tmp_path / "out")
+    assert list(rows) == ["v0", "v1", "v2", "v3"] and rows["v0"]["status"] == "done"
+    assert {rows[i]["status"] for i in ("v1", "v2", "v3")} == {"not finished (interrupted)"}
+

@@ -164,6 +164,7 @@ def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--point-ijk", "1,2,3", "--whole-volume"], "--whole-volume"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "-1,2,3,4,5,6"], "argument --roi: '-1,2,3,4,5,6'"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--python", "/nonexistent/python"], "Cannot start the worker"),
+    (["segment", "M\udcfcller.nrrd", "-o", "out.seg.nrrd"], "M\\udcfcller.nrrd: the file name is not valid UTF-8"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_command_lines_are_one_clear_line(tmp_path, capsys, monkeypatch, args, message):
@@ -187,9 +188,10 @@ def test_an_output_that_is_the_input_is_refused_even_with_overwrite(tmp_path, ca
     assert volume.read_bytes() == content
 
 
-def test_points_are_lesions_in_the_order_given_and_may_be_negative():
+def test_points_and_boxes_are_lesions_in_the_order_given_and_may_be_negative():
     args = headless.build_parser().parse_args(headless.attach_negative_values(
         ["segment", "ct.nrrd", "-o", "out.seg.nrrd", "--point-ijk", "25,20,9", "--point", "-43.4,-19.9,26",
-         "--point", "-0.5,2,3", "--point-ijk=1,2,3"]))
-    assert args.points == [{"point_ijk": [25.0, 20.0, 9.0]}, {"point_ras": [-43.4, -19.9, 26.0]},
-                           {"point_ras": [-0.5, 2.0, 3.0]}, {"point_ijk": [1.0, 2.0, 3.0]}]
+         "--point", "-0.5,2,3", "--box", "1,2,3,4,5,6", "--point-ijk=1,2,3"]))
+    assert args.lesions == [{"point_ijk": [25.0, 20.0, 9.0]}, {"point_ras": [-43.4, -19.9, 26.0]},
+                            {"point_ras": [-0.5, 2.0, 3.0]}, {"box_ijk": [1, 2, 3, 4, 5, 6]},
+                            {"point_ijk": [1.0, 2.0, 3.0]}]

@@ -24,9 +24,11 @@ from pathlib import Path
 from .outputs import SEGMENTATION_SUFFIX
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-PROMPT_KINDS = {"point_ras": ("--point", 3), "point_ijk": ("--point-ijk", 3), "box_ijk": ("--roi", 6)}
+PROMPT_KINDS = {"point_ras": ("--point", 3), "point_ijk": ("--point-ijk", 3), "box_ijk": ("--box", 6)}
 SUMMARY_COLUMNS = ("id", "input", "status", "error", "lesions", "lesion_volumes_ml", "variance_mean", "seconds")
 TASK_TIMEOUT_S = 24 * 3600
+CLOCK_SLACK_S = 2.0  # a volume's summary file counts as this run's if written at most this long before it started
+CSV_ENCODING = "utf-8-sig"  # reads what spreadsheets save as "CSV UTF-8" (with a byte-order mark) and plain UTF-8
 
 
 class BatchError(ValueError):
@@ -48,15 +50,19 @@ def _id_of(path: Path) -> str:
     return re.sub(r"[^\w.-]+", "_", name) or "volume"
 
 
-def read_inputs(inputs: str) -> list[Task]:
-    """The cohort's volumes, from a folder or a CSV (see the module docstring); ids must be unique."""
+def read_inputs(inputs: str, out: Path) -> list[Task]:
+    """The cohort's volumes, from a folder or a CSV (see the module docstring); ids must be unique. The output
+    folder ``out`` is never an input (it may lie inside the inputs folder, not be it)."""
     path = Path(inputs)
     if path.is_dir():
-        entries = sorted(p for p in path.iterdir()
-                         if (p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)) or p.is_dir())
+        if path.resolve() == out.resolve():
+            raise BatchError(f"--out {out} is the --inputs folder: the results would become inputs; choose another "
+                             "--out")
+        entries = sorted(p for p in path.iterdir() if p.resolve() != out.resolve() and (
+            (p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)) or p.is_dir()))
         tasks = [Task(_id_of(p), str(p.resolve())) for p in entries]
     elif path.is_file() and path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as stream:
+        with open(path, newline="", encoding=CSV_ENCODING) as stream:
             rows = list(csv.DictReader(stream))
         if not rows or "input" not in rows[0]:
             raise BatchError(f"--inputs {inputs}: a CSV needs an 'input' column (and optionally 'id')")
@@ -80,7 +86,7 @@ def read_inputs(inputs: str) -> list[Task]:
 def add_prompts(tasks: list[Task], prompts: str) -> None:
     """Give each task the command-line options of its lesions from the prompts CSV."""
     by_key = {key: task for task in tasks for key in (task.id, task.input)}
-    with open(prompts, newline="", encoding="utf-8") as stream:
+    with open(prompts, newline="", encoding=CSV_ENCODING) as stream:
         for line, row in enumerate(csv.DictReader(stream), start=2):
             key = row.get("input") or row.get("id") or ""
             task = by_key.get(key) or by_key.get(str((Path(prompts).parent / key).resolve()))
@@ -121,12 +127,17 @@ def run_task(arguments: list[str], threads: int) -> tuple[int, str, float]:
     return result.returncode, (errors[-1] if errors else ""), time.monotonic() - started
 
 
-def summary_row(out: Path, task: Task, status: str, error: str, seconds: float | None) -> dict:
-    """The cohort summary's row of a volume, from its own summary file when there is one."""
+def summary_row(out: Path, task: Task, status: str, error: str, seconds: float | None,
+                since: float | None = None) -> dict:
+    """The cohort summary's row of a volume, from its own summary file when there is one (written after the time
+    ``since``, when given: not one left by an earlier run of a volume that failed now)."""
     row = {"id": task.id, "input": task.input, "status": status, "error": error, "lesions": "",
            "lesion_volumes_ml": "", "variance_mean": "", "seconds": "" if seconds is None else round(seconds, 1)}
+    path = summary_path(out, task)
     try:
-        summary = json.loads(summary_path(out, task).read_text(encoding="utf-8"))
+        if since is not None and path.stat().st_mtime < since - CLOCK_SLACK_S:
+            return row
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return row
     lesions = summary.get("lesions", [])
@@ -151,16 +162,21 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
     from tqdm import tqdm  # the command's progress bar; 3D Slicer's Python (which imports this module) has no tqdm
 
     progress = tqdm(total=len(tasks), initial=len(rows), desc="cohort", unit="volume", file=sys.stderr)
+    results = _execute(todo, out, options, workers or local_workers(threads_per_task), ray_address, gpus_per_task,
+                       threads_per_task)
     try:
-        for task, (status, error, seconds) in _execute(todo, out, options, workers or local_workers(
-                threads_per_task), ray_address, gpus_per_task, threads_per_task):
+        for task, (status, error, seconds) in results:
             state = "done" if status == 0 else "cancelled" if status >= 128 else "error"
-            rows[task.id] = summary_row(out, task, state, error, seconds)
+            rows[task.id] = summary_row(out, task, state, error, seconds, time.time() - seconds)
             progress.update()
     finally:
+        results.close()  # interrupted: the volumes not started are not started, the running ones end
         progress.close()
-        ordered = [rows[task.id] for task in tasks if task.id in rows]
-        with open(out / "summary.csv", "w", newline="", encoding="utf-8") as stream:
+        for task in todo:
+            rows.setdefault(task.id, summary_row(out, task, "not finished (interrupted)", "", None, time.time()))
+        ordered = [rows[task.id] for task in tasks]
+        # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has
+        with open(out / "summary.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:
             writer = csv.DictWriter(stream, SUMMARY_COLUMNS)
             writer.writeheader()
             writer.writerows(ordered)
@@ -173,10 +189,13 @@ def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads):
     if ray_address:
         yield from _on_ray(tasks, arguments, ray_address, gpus_per_task, threads)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # each task is a `segment` process: threads suffice here
+    pool = ThreadPoolExecutor(max_workers=workers)  # each task is a `segment` process: threads suffice here
+    try:
         futures = {pool.submit(run_task, arguments[task.id], threads): task for task in tasks}
         for future in as_completed(futures):
             yield futures[future], future.result()
+    finally:  # also when the caller stops early (Ctrl-C): queued volumes are dropped, running ones awaited
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _on_ray(tasks, arguments, address, gpus_per_task, threads):

@@ -5,7 +5,7 @@ SegmentationRun on a vtkMRMLScene from slicer-core), and list the installed mode
                          [--model NAME] [--samples 8] ...
     sdseg-slicer models [--python PATH]
 
-Writes OUT.seg.nrrd (segments consensus, sample 1..N; `lesion L ...` for several points), OUT_variance.nrrd,
+Writes OUT.seg.nrrd (segments consensus, sample 1..N; `lesion L ...` for several lesions), OUT_variance.nrrd,
 OUT_summary.json / .csv and OUT_preview.png, each whole or not at all, after checking that they can be written.
 Ctrl-C, SIGTERM or SIGHUP cancels the job and writes what arrived (exit status 128 + the signal's number). Every
 failure is one line on stderr and a non-zero exit status.
@@ -46,7 +46,7 @@ DEFAULT_WEB_PORT = 8080
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 WORKER_START_TIMEOUT_S = 300.0
-COORDINATE_OPTIONS = ("--point", "--point-ijk", "--roi")  # values that may start with '-'
+COORDINATE_OPTIONS = ("--point", "--point-ijk", "--box", "--roi")  # values that may start with '-'
 POLL_INTERVAL_S = 0.2
 PROGRESS_BAR_WIDTH = 30
 LOG_INTERVAL_S = 1.0  # progress lines when stderr is not a terminal
@@ -81,11 +81,11 @@ def parse_point(text: str) -> list[float]:
     return values
 
 
-def tagged_point(kind: str):
-    """An argparse type: 'x,y,z' -> {kind: [x, y, z]} (a lesion of the prompt request), so that --point and
-    --point-ijk fill one list in the order given: lesion 1 is the first point on the command line."""
+def lesion_prompt(kind: str, parse_values):
+    """An argparse type: the option's text -> {kind: values} (a lesion of the prompt request), so that --point,
+    --point-ijk and --box fill one list in the order given: lesion 1 is the first of them on the command line."""
     def parse(text: str) -> dict:
-        return {kind: parse_point(text)}
+        return {kind: parse_values(text)}
     return parse
 
 
@@ -131,15 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", help="volume (.nrrd .nhdr .nii .nii.gz .mha .mhd) or DICOM series folder")
     segment.add_argument("-o", "--output", required=True, help="output OUT.seg.nrrd (other files are named after it)")
     prompts = segment.add_argument_group(
-        "prompts", "Click the lesion: --point / --point-ijk (repeat for several lesions, numbered in the order given; "
-        "the ROI, if given, bounds them), or a box (--roi alone). Without any (or with --whole-volume), every slice of the volume (or ROI) is "
+        "prompts", "Click the lesion: --point / --point-ijk / --box (repeat for several lesions, numbered in the "
+        "order given; the ROI, if given, bounds them), or a box (--roi alone). Without any (or with --whole-volume), every slice of the volume (or ROI) is "
         "segmented.")
-    prompts.add_argument("--point", dest="points", type=tagged_point("point_ras"), action="append", default=[],
-                         metavar="R,A,S", help="a point on a lesion, in mm (RAS, as Slicer shows it)")
-    prompts.add_argument("--point-ijk", dest="points", type=tagged_point("point_ijk"), action="append", default=[],
-                         metavar="I,J,K", help="a point on a lesion, in voxel indices")
+    prompts.add_argument("--point", dest="lesions", type=lesion_prompt("point_ras", parse_point), action="append",
+                         default=[], metavar="R,A,S", help="a point on a lesion, in mm (RAS, as Slicer shows it)")
+    prompts.add_argument("--point-ijk", dest="lesions", type=lesion_prompt("point_ijk", parse_point),
+                         action="append", default=[], metavar="I,J,K", help="a point on a lesion, in voxel indices")
+    prompts.add_argument("--box", dest="lesions", type=lesion_prompt("box_ijk", parse_roi), action="append",
+                         default=[], metavar="I0,J0,K0,I1,J1,K1",
+                         help="a box around a lesion, IJK voxel indices, end exclusive")
     prompts.add_argument("--roi", type=parse_roi, metavar="I0,J0,K0,I1,J1,K1",
-                         help="IJK voxel box, end exclusive: the lesion's box, or with points the region they stay in")
+                         help="IJK voxel box, end exclusive: the lesion's box, or with --point/--box the region they stay in")
     prompts.add_argument("--stop-after-empty", type=positive_int, default=DEFAULT_STOP_AFTER_EMPTY, metavar="K",
                          help="stop going outward after K slices in a row without lesion "
                               f"(default {DEFAULT_STOP_AFTER_EMPTY})")
@@ -256,6 +259,11 @@ def listening_token(args) -> str | None:
 
 
 def require_input(path: str) -> None:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in the name: ITK's readers would abort the process
+        raise UsageError(f"{path.encode('utf-8', 'backslashreplace').decode()}: the file name is not valid UTF-8; "
+                         "rename it") from None
     if not Path(path).exists():
         raise UsageError(f"{path}: no such file or folder; give a volume file or a DICOM series folder")
 
@@ -315,7 +323,7 @@ def command_batch(args) -> int:
         if value is not None:
             options += [option, str(value)]
     try:
-        tasks = read_inputs(args.inputs)
+        tasks = read_inputs(args.inputs, Path(args.out))
         if args.prompts:
             add_prompts(tasks, args.prompts)
         rows = run_batch(tasks, Path(args.out), options, args.workers, args.ray, args.gpus_per_task,
@@ -460,9 +468,10 @@ def write_outputs(run, paths, args) -> dict:
 
 def command_segment(args) -> int:
     require_input(args.input)
-    points = args.points  # lesion L: the L-th --point / --point-ijk
-    if points and args.whole_volume:
-        raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk, or --whole-volume")
+    lesions = args.lesions  # lesion L: the L-th --point / --point-ijk / --box
+    if lesions and args.whole_volume:
+        raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk/--box, or "
+                         "--whole-volume")
     try:
         paths = output_paths(args.output)
         check_outputs(paths, args.output, args.input, args.overwrite)
@@ -471,13 +480,13 @@ def command_segment(args) -> int:
 
     ensure_converter_rules()
     scene = slicer.vtkMRMLScene()
-    box = [{"box_ijk": args.roi}] if args.roi and not points and not args.whole_volume else []
-    prompt = prompt_request(points or box, args.stop_after_empty, args.max_slices)
+    box = [{"box_ijk": args.roi}] if args.roi and not lesions and not args.whole_volume else []
+    prompt = prompt_request(lesions or box, args.stop_after_empty, args.max_slices)
     if prompt is None:
         print(WHOLE_VOLUME_WARNING, file=sys.stderr)
     job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,
            "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
-           "roi_ijk": args.roi if points or prompt is None else None, "slice_axis": None, "prompt": prompt}
+           "roi_ijk": args.roi if lesions or prompt is None else None, "slice_axis": None, "prompt": prompt}
     try:
         client = start_client(args)
     except KeyboardInterrupt as interrupt:
