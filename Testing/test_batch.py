@@ -119,3 +119,12 @@ def test_an_interrupted_cohort_starts_no_further_volume_and_lists_every_one(tmp_
     assert list(rows) == ["v0", "v1", "v2", "v3"] and rows["v0"]["status"] == "done"
     assert {rows[i]["status"] for i in ("v1", "v2", "v3")} == {"not finished (interrupted)"}
 
+
+
+def test_a_volume_whose_process_was_killed_says_so(tmp_path, monkeypatch):
+    suicide = tmp_path / "python"
+    suicide.write_text("#!/bin/sh\nkill -9 $$\n")
+    suicide.chmod(0o755)
+    monkeypatch.setattr(batch.sys, "executable", str(suicide))
+    status, error, _ = batch.run_task(["segment"], 1)
+    assert status == -9 and error == "the segment process ended with exit status -9 (killed by signal 9)"

@@ -5,6 +5,7 @@ a server that dies mid-job."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -121,6 +122,19 @@ def test_bad_requests_are_refused_with_a_reason(server, request_kwargs, status, 
     extra = request_kwargs.pop("headers")
     response = requests.post(server.url + "/jobs", headers=headers(**extra), timeout=30, **request_kwargs)
     assert response.status_code == status and phrase in response.json()["error"]
+
+
+def test_a_bad_content_length_is_answered_400(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    for value in ("-5", "abc"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.putrequest("POST", "/jobs")
+        for name, header in headers(**{"X-SDSeg-Volume-Name": "a.nrrd", "Content-Length": value}).items():
+            connection.putheader(name, header)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 400 and "Content-Length" in json.loads(response.read())["error"]
+        connection.close()
 
 
 def test_unknown_resources_are_404(server):

@@ -124,6 +124,9 @@ def run_task(arguments: list[str], threads: int) -> tuple[int, str, float]:
     result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", *arguments], capture_output=True,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=TASK_TIMEOUT_S)
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    if not errors and result.returncode:  # e.g. killed: it could not say why
+        errors = [f"the segment process ended with exit status {result.returncode}" + (
+            f" (killed by signal {-result.returncode})" if result.returncode < 0 else "")]
     return result.returncode, (errors[-1] if errors else ""), time.monotonic() - started
 
 

@@ -289,7 +289,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise RequestError(400, "X-SDSeg-Job is not JSON: send the job's fields as one JSON object") from None
         if not isinstance(fields, dict):
             raise RequestError(400, "X-SDSeg-Job must be a JSON object")
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise RequestError(400, "Content-Length must be the body's size in bytes")
         if length > self.server.max_upload_bytes:
             raise RequestError(413, f"the upload ({length} bytes) is over this server's limit of "
                                     f"{self.server.max_upload_bytes} bytes")
