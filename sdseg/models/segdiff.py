@@ -8,8 +8,9 @@ a strided subset of the timesteps (``config["sampling_steps"]``). G(I) is comput
 every sample and step.
 
 Consensus: SegDiff's prediction is the average of several independent samples (Amit et al. 2021, abstract: the
-model "is applied multiple times, and the results are merged"); here the mean of the N soft samples returned by
-``sample()``, thresholded at 0.5, is that consensus (computed downstream from the samples, not by this class).
+model "is applied multiple times, and the results are merged"); here, as for every model, each of the N samples
+returned by ``sample()`` is binarised at 0.5 and the consensus is their majority vote (computed downstream,
+sdseg.inference.consensus_mask, not by this class).
 """
 
 from __future__ import annotations
