@@ -2,8 +2,9 @@
 
 The page state (``sdseg_*`` names) is the only thing the browser sees; everything it triggers goes through
 SDSegSlicerLib's SegmentationSession, the same logic as the Slicer module and the headless command, with the
-model in the same separate worker process. The worker starts in a thread and a run is polled from an asyncio task,
-so the page never freezes.
+model in the same separate worker process. The worker starts in a thread, and a run is started and polled in an
+asyncio task of its own: wslink handles a page's messages one at a time, so a click handler that waited for the
+run would hold back every other click (Cancel included) until the run ended.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from slicer import vtkMRMLMarkupsNode
-from trame.app import TrameApp
+from trame.app import TrameApp, asynchronous
 from trame.app.file_upload import ClientFile
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.app.logic.segmentation import SegmentEditorLogic
@@ -23,7 +25,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from SDSegSlicerLib import result_view, variance_display
 from SDSegSlicerLib.prompts import WHOLE_VOLUME_WARNING, points_ijk
-from SDSegSlicerLib.run import DEFAULT_SAMPLES
+from SDSegSlicerLib.run import DEFAULT_SAMPLES, MAX_SAMPLES
 from SDSegSlicerLib.segmentation_writer import ensure_converter_rules
 from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
@@ -36,8 +38,27 @@ POLL_INTERVAL_S = 0.1
 WORKER_STARTING = "Starting the worker (loading PyTorch)..."
 VIEW_FIT_DELAY_S = 1.0  # a new page lays its views out first
 DEFAULT_LAYOUT = "Axial Primary"
+DOUBLE_CLICK_S = 0.5  # a Cancel this soon after Segment is the second click of a double click on Segment
 POINT_EVENTS = (vtkMRMLMarkupsNode.PointPositionDefinedEvent, vtkMRMLMarkupsNode.PointRemovedEvent)
 log = logging.getLogger("SDSegSlicerWeb")
+
+
+def whole_number(value, name: str, low: int, high: int | None = None, hint: str = "") -> int:
+    """A number field of the page (``value`` as the browser sent it) as an int from ``low`` to ``high`` (None: no
+    limit); otherwise (empty, a fraction, out of range) a ValueError with one line that names the field."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < low or (high is not None and number > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of {low} or more"
+        given = "the field is empty" if value is None or str(value).strip() == "" else f"not {value}"
+        raise ValueError(f"{name} must be a whole number {bounds}{hint}: {given}.")
+    return number
 
 
 class SDSegWebApp(TrameApp):
@@ -63,6 +84,10 @@ class SDSegWebApp(TrameApp):
         self.volume_node = self.points_node = self.roi_node = None
         self.source_dicom = None
         self._results_shown = False
+        self._run_task = None  # starts and follows a run (segment_or_cancel)
+        self._worker_start = None  # the task that starts the worker (ensure_worker)
+        self._cancel_requested = False
+        self._segment_clicked_at = 0.0
         self._work_dir = tempfile.TemporaryDirectory(prefix="SDSegSlicerWeb-")  # uploads, exports
         self._init_state()
         self.ui = panel.build(self)
@@ -70,13 +95,13 @@ class SDSegWebApp(TrameApp):
         if access_token:
             self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(token_middleware(access_token)))
         self.ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self.ensure_worker()))
-        self.ctrl.on_server_exited.add(lambda **_: self.session.shutdown())
+        self.ctrl.on_server_exited.add(lambda **_: self.shutdown())
         self.ctrl.on_client_connected.add(lambda **_: asyncio.ensure_future(self._fit_views_when_shown()))
 
     def _init_state(self) -> None:
         self.state.update({
             "trame__title": "SDSegSlicer Web",
-            "sdseg_volume_name": "", "sdseg_volume_loaded": False,
+            "sdseg_volume_name": "", "sdseg_volume_loaded": False, "sdseg_dicom_input": False,
             "sdseg_models": result_view.model_choices([]), "sdseg_model": "",
             "sdseg_samples": DEFAULT_SAMPLES, "sdseg_steps": 0, "sdseg_seed": 0, "sdseg_device": "auto",
             "sdseg_device_line": "worker not started",
@@ -90,6 +115,11 @@ class SDSegWebApp(TrameApp):
         self.state.change("sdseg_variance_on", "sdseg_variance_opacity")(self.on_variance_display)
         self.state.change("sdseg_variance_threshold")(self.on_variance_threshold)
         self.state.change("sdseg_sample_mode")(lambda sdseg_sample_mode, **_: self.show_sample(mode=sdseg_sample_mode))
+
+    def shutdown(self) -> None:
+        if self.run_active():
+            self._run_task.cancel()
+        self.session.shutdown()
 
     async def _fit_views_when_shown(self) -> None:
         """Fit the volume to the views once the browser has given them their size."""
@@ -108,7 +138,7 @@ class SDSegWebApp(TrameApp):
 
     def load_volume(self, path: str) -> bool:
         """Load a volume file or DICOM folder and show it; False (and a status line) if it cannot be read."""
-        if self.session.is_running():
+        if self.run_active():
             self.set_status("A segmentation is running: cancel it before loading another volume.", error=True)
             return False
         try:
@@ -120,6 +150,7 @@ class SDSegWebApp(TrameApp):
         self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
         self.clear_prompts()
         self.state.sdseg_volume_name, self.state.sdseg_volume_loaded = node.GetName(), True
+        self.state.sdseg_dicom_input = source_dicom is not None
         self.set_status(f"Loaded {node.GetName()}: click the lesion, then Segment.")
         return True
 
@@ -174,6 +205,8 @@ class SDSegWebApp(TrameApp):
             if node is not None and node.GetScene() is not None:
                 node.RemoveAllControlPoints()
         self._prompts_changed()
+        if self.volume_node is not None and not self.run_active():
+            self.set_status("Cleared: click the lesion (or draw a box), then Segment.")
 
     def _prompts_changed(self) -> None:
         with self.state:
@@ -189,7 +222,13 @@ class SDSegWebApp(TrameApp):
     # --- worker -----------------------------------------------------------------------------------------------
 
     async def ensure_worker(self) -> bool:
-        """Start the worker (or connect to the server) in a thread unless it runs; fill the models and device."""
+        """Start the worker (or connect to the server) in a thread unless it runs; fill the models and device.
+        A second caller while it starts (Segment clicked then) waits for the same start."""
+        if self._worker_start is None or self._worker_start.done():
+            self._worker_start = asyncio.ensure_future(self._start_worker())
+        return await asyncio.shield(self._worker_start)
+
+    async def _start_worker(self) -> bool:
         options = self.worker_options
         if self.session.worker_ready(options["python_executable"], options["server_url"]):
             return True
@@ -213,42 +252,77 @@ class SDSegWebApp(TrameApp):
     # --- run --------------------------------------------------------------------------------------------------
 
     def job(self) -> dict:
-        """The segment job of the page's settings (ValueError says what to fix)."""
+        """The segment job of the page's settings (ValueError says what to fix, in one line)."""
+        samples = whole_number(self.state.sdseg_samples, "Samples", 1, MAX_SAMPLES)
+        steps = whole_number(self.state.sdseg_steps, "Steps", 0, hint=" (0: the model's own)")
+        seed = whole_number(self.state.sdseg_seed, "Seed", 0)
         roi = self.roi_node if self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete() \
             else None
         return self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
-                                      model=self.state.sdseg_model or None, samples=int(self.state.sdseg_samples),
-                                      steps=int(self.state.sdseg_steps) or None, seed=int(self.state.sdseg_seed),
-                                      device=self.state.sdseg_device)
+                                      model=self.state.sdseg_model or None, samples=samples, steps=steps or None,
+                                      seed=seed, device=self.state.sdseg_device)
 
-    async def segment_or_cancel(self) -> None:
-        if self.session.is_running():
-            self.session.cancel_run()
-            self.set_status("Cancelling: slices already segmented are kept.")
+    def run_active(self) -> bool:
+        """A segmentation is starting (the worker, the volume for it) or running."""
+        return self._run_task is not None and not self._run_task.done()
+
+    def segment_or_cancel(self, cancel: bool = False) -> None:
+        """The Segment / Cancel button; ``cancel``: the button said Cancel when it was clicked. Returns at once:
+        the run starts and is followed in a background task, so every other click is handled meanwhile. A second
+        click on Segment (a double click) neither starts another run nor cancels this one."""
+        if cancel:
+            self.cancel_run()
             return
+        if self.run_active():
+            return  # the page has not shown Cancel yet: a second click on Segment
         try:
             job = self.job()
         except ValueError as error:
             self.set_status(str(error), error=True)
             return
-        if not await self.ensure_worker():
-            return
+        self._cancel_requested = False
+        self._segment_clicked_at = time.monotonic()
+        self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting..."})
+        self._run_task = asynchronous.create_task(self._segment(job))
+
+    def cancel_run(self) -> None:
+        if not self.run_active() or time.monotonic() - self._segment_clicked_at < DOUBLE_CLICK_S:
+            return  # nothing to cancel, or the second click of a double click on Segment
+        self._cancel_requested = True
+        if self.session.is_running():
+            self.session.cancel_run()
+        self.set_status("Cancelling: slices already segmented are kept.")
+
+    async def _segment(self, job: dict) -> None:
+        """Start the worker if needed, then the run of ``job``, and follow it to its end."""
         try:
-            self.session.start_run(job, self.volume_node)
-        except (ValueError, OSError, WorkerError, BusyError) as error:
-            self.set_status(f"The segmentation did not start: {error}", error=True)
-            return
-        self._results_shown = False
-        self.browser.reset()
-        self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting...",
-                           "sdseg_has_result": False, "sdseg_stats_rows": [], "sdseg_sample_mode": "none"})
-        self.set_status(WHOLE_VOLUME_WARNING if job["prompt"] is None else "")
-        self.state.flush()
-        await self._follow_run()
+            if not await self.ensure_worker():
+                return
+            with self.state:
+                if self._cancel_requested:
+                    self.set_status("Cancelled before the segmentation started.")
+                    return
+                try:
+                    self.session.start_run(job, self.volume_node)
+                except (ValueError, OSError, WorkerError, BusyError) as error:
+                    self.set_status(f"The segmentation did not start: {error}", error=True)
+                    return
+                self._results_shown = False
+                self.browser.reset()
+                self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting...",
+                                   "sdseg_has_result": False, "sdseg_stats_rows": [], "sdseg_sample_mode": "none"})
+                self.set_status(WHOLE_VOLUME_WARNING if job["prompt"] is None else "")
+            await self._follow_run()
+        finally:
+            with self.state:
+                if not self.session.is_running():
+                    self.state.sdseg_running = False
+                    if self.state.sdseg_progress_text == "Starting...":
+                        self.state.sdseg_progress_text = ""
 
     async def _follow_run(self) -> None:
         """Poll the run until it ends; results appear in the views slice by slice."""
-        while True:
+        while self.session.run is not None:
             with self.state:
                 state = self.session.process_run()
                 progress = self.session.run.progress
@@ -318,6 +392,9 @@ class SDSegWebApp(TrameApp):
     def export(self, what: str):
         """The bytes of one export as a download attachment (None and a status line if it cannot be written)."""
         if what not in EXPORTS:
+            return None
+        if what == "dicom" and self.source_dicom is None:
+            self.set_status(f"Export failed: {panel.DICOM_ONLY}", error=True)
             return None
         with tempfile.TemporaryDirectory(dir=self._work_dir.name) as folder:
             try:

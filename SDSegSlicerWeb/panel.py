@@ -26,6 +26,7 @@ from SDSegSlicerLib.run import DEVICES, MAX_SAMPLES
 
 PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
+DICOM_ONLY = "DICOM SEG: only for a volume loaded from a DICOM series folder."
 EXPORT_BUTTONS = (("segmentation", ".seg.nrrd"), ("nifti", "NIfTI labelmap"), ("dicom", "DICOM SEG"),
                   ("variance", "variance .nrrd"), ("stats", "statistics .csv"))
 
@@ -106,7 +107,7 @@ def _panel(app) -> None:
 
     VBtn("{{ sdseg_running ? 'Cancel' : 'Segment' }}", id="sdseg-segment", block=True, classes="mt-3",
          color=("sdseg_running ? 'warning' : 'primary'",), disabled=("!sdseg_volume_loaded",),
-         click=app.segment_or_cancel)
+         click=f"trigger('{ctrl.trigger_name(app.segment_or_cancel)}', [sdseg_running])")  # what the button said
     VProgressLinear(model_value=("sdseg_progress",), height=6, classes="mt-2", color="primary")
     html.Div("{{ sdseg_progress_text }}", id="sdseg-progress", classes="text-caption")
     html.Div("{{ sdseg_status }}", id="sdseg-status", classes="text-caption mt-1",
@@ -147,6 +148,8 @@ def _panel(app) -> None:
         with html.Div(classes="d-flex flex-wrap ga-1"):
             for what, label in EXPORT_BUTTONS:
                 VBtn(label, size="small", variant="tonal", id=f"sdseg-export-{what}",
-                     disabled=("sdseg_running",),
-                     click=(f"utils.download(sdseg_export_names['{what}'], "
-                            f"trigger('{ctrl.trigger_name(app.export)}', ['{what}']), 'application/octet-stream')"))
+                     disabled=("sdseg_running || !sdseg_dicom_input" if what == "dicom" else "sdseg_running",),
+                     click=(f"trigger('{ctrl.trigger_name(app.export)}', ['{what}']).then((data) => data && "
+                            f"utils.download(sdseg_export_names['{what}'], data, 'application/octet-stream'))"))
+        html.Div(DICOM_ONLY, v_if=("!sdseg_dicom_input",), id="sdseg-dicom-only",
+                 classes="text-caption text-medium-emphasis mt-1")

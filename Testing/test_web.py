@@ -2,7 +2,9 @@
 process with its real worker and the bundled sdseg-small model, driven by Playwright in the system Chromium
 (headless). A click on the tumour in the axial view, Segment, the result read back from the page and from its
 .seg.nrrd download (slicerio), a sample accepted and painted on in the segment editor, screenshots compared with
-committed references; the token and the upload limit refused. Under CI=true a missing browser fails the run."""
+committed references; Cancel in the middle of a run (the page answers at once, the slices that arrived are
+kept), a double click on Segment (one run) and bad numbers refused before anything starts; the token and the upload
+limit refused. Under CI=true a missing browser fails the run."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 import SimpleITK as sitk
 from slicerlib_testing import CLI_TIMEOUT_S, lib_python_path, read_seg_nrrd_with_slicerio
 
+from SDSegSlicerLib.run import MAX_SAMPLES
 from SDSegSlicerLib.stats import dice
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -140,10 +143,14 @@ def draw_box(page, corner: tuple[float, float], opposite: tuple[float, float]) -
                            timeout=10_000)
 
 
-def segment_with(page, model: str) -> None:
-    """Choose ``model``, press Segment and wait for the run's end."""
+def choose_model(page, model: str) -> None:
     page.locator(".v-select").filter(has=page.locator("#sdseg-model")).click()
     page.click(f".v-list-item:has-text('{model}')")
+
+
+def segment_with(page, model: str) -> None:
+    """Choose ``model``, press Segment and wait for the run's end."""
+    choose_model(page, model)
     page.click("#sdseg-segment")
     page.wait_for_function("document.querySelector('#sdseg-progress').innerText.startsWith('Done')",
                            timeout=RUN_TIMEOUT_MS)
@@ -234,6 +241,7 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
     assert dice(consensus[slices], label[slices]) > 0.5
     variance = sitk.GetArrayFromImage(sitk.ReadImage(str(download(page, "variance", tmp_path))))
     assert variance.shape == label.shape and 0 < variance.max() <= 0.25
+    assert page.is_disabled("#sdseg-export-dicom") and "DICOM" in page.inner_text("#sdseg-dicom-only")  # a .nrrd
 
     # Review: one sample, the next one, accept it; the variance overlay off and on.
     page.click("#sdseg-mode-one")
@@ -261,6 +269,90 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
     painted = edited["accepted"] & ~masks["sample 2"]
     assert painted[SHOWN_SLICE, 75:86, 15:36].sum() > 10 and painted.sum() == painted[SHOWN_SLICE].sum()
     assert np.array_equal(edited["sample 2"], masks["sample 2"])  # the sample itself stays as it was
+    page.close()
+
+
+# Records each text #sdseg-progress shows, in order (window.sdsegProgress).
+RECORD_PROGRESS = """window.sdsegProgress = [];
+new MutationObserver(() => {
+  const text = document.querySelector('#sdseg-progress').innerText;
+  if (text !== window.sdsegProgress[window.sdsegProgress.length - 1]) window.sdsegProgress.push(text);
+}).observe(document.body, {subtree: true, childList: true, characterData: true});"""
+
+
+def wait_for_text(page, selector: str, pattern: str, timeout: int = 10_000) -> str:
+    """Wait until the text of ``selector`` matches the regular expression ``pattern``; returns the text."""
+    page.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
+                           "document.querySelector(selector)?.innerText ?? '')", arg=[selector, pattern],
+                           timeout=timeout)
+    return page.inner_text(selector)
+
+
+def test_double_click_is_one_run_and_cancel_keeps_the_slices(app, browser):
+    page = open_page(browser, app.url)
+    page.click("#sdseg-clear-prompts")
+    wait_for_text(page, "#sdseg-status", "^Cleared: click the lesion")
+    click_tumour(page)
+    choose_model(page, MODEL)
+    page.fill("#sdseg-samples", "2")
+    page.evaluate(RECORD_PROGRESS)
+
+    # A double click on Segment: one run, to its end (neither cancelled by the second click nor run again).
+    page.dblclick("#sdseg-segment")
+    wait_for_text(page, "#sdseg-progress", "^Done", RUN_TIMEOUT_MS)
+    page.wait_for_timeout(3000)
+    progress = page.evaluate("window.sdsegProgress")
+    assert progress.count("Starting...") == 1 and progress[-1].startswith("Done"), progress
+    assert len(table(page)) == 1 + 2
+
+    # A longer run (the whole volume, 25 slices, at 300 sampling steps): the page answers its clicks while it runs,
+    # and Cancel stops it at once, keeping the slices that arrived, the Segment button back.
+    page.click("#sdseg-clear-prompts")
+    page.fill("#sdseg-samples", "8")
+    page.fill("#sdseg-steps", "300")
+    page.click("#sdseg-segment")
+    wait_for_text(page, "#sdseg-progress", "^segmenting: [1-9]", RUN_TIMEOUT_MS)
+    page.click("#sdseg-mode-all")
+    wait_for_text(page, "#sdseg-sample-label", "^All ", 5000)
+    page.click("#sdseg-segment")
+    wait_for_text(page, "#sdseg-status", "^Cancel", 5000)  # "Cancelling: ...", or already "Cancelled: ..."
+    kept = int(re.search(r"^Cancelled after (\d+) slices", wait_for_text(
+        page, "#sdseg-progress", "^Cancelled after", RUN_TIMEOUT_MS)).group(1))
+    assert page.inner_text("#sdseg-status") == "Cancelled: the slices already segmented are kept."
+    assert page.inner_text("#sdseg-segment").lower() == "segment" and not page.is_disabled("#sdseg-export-segmentation")
+    rows = table(page)
+    assert len(rows) == 1 + 8 and "consensus" in rows and 1 <= kept < 25
+    page.wait_for_timeout(3000)
+    assert page.inner_text("#sdseg-progress").startswith("Cancelled")  # the Cancel click started no run
+    assert page.evaluate("window.sdsegProgress").count("Starting...") == 2
+    page.fill("#sdseg-steps", "0")
+    page.close()
+
+
+def test_a_bad_number_is_refused_in_one_line_and_the_result_stays(app, browser):
+    page = open_page(browser, app.url)
+    if page.query_selector("#sdseg-results") is None:  # run alone: a result first
+        click_tumour(page)
+        page.fill("#sdseg-samples", "2")
+        segment_with(page, MODEL)
+    results, progress = table(page), page.inner_text("#sdseg-progress")
+    page.evaluate(RECORD_PROGRESS)
+    for field, value in (("samples", ""), ("samples", "0"), ("samples", "-1"), ("samples", "2.5"),
+                         ("samples", str(MAX_SAMPLES + 1)), ("steps", "-3"), ("seed", ""), ("seed", "-1")):
+        page.fill("#sdseg-samples", "2")
+        page.fill("#sdseg-steps", "0")
+        page.fill("#sdseg-seed", "0")
+        page.fill(f"#sdseg-{field}", value)
+        page.click("#sdseg-segment")
+        said = "the field is empty" if value == "" else f"not {re.escape(value)}"
+        status = wait_for_text(page, "#sdseg-status", f"^{field.title()} must be a whole number .*: {said}\\.$")
+        assert "\n" not in status.strip() and "int()" not in status
+        page.wait_for_timeout(1000)  # nothing starts
+        assert page.inner_text("#sdseg-segment").lower() == "segment"
+        assert page.inner_text("#sdseg-progress") == progress and table(page) == results
+    assert set(page.evaluate("window.sdsegProgress")) <= {progress}  # no run started
+    page.fill("#sdseg-samples", "8")
+    page.fill("#sdseg-seed", "0")
     page.close()
 
 
