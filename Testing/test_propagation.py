@@ -99,6 +99,28 @@ def test_crops_grow_with_the_lesion():
         assert (found[k] == truth[k]).mean() > 0.99  # resized to 32 and back: boundary pixels may differ
 
 
+def test_a_stop_request_is_honoured_between_the_passes_of_one_slice_and_progress_follows_each_pass():
+    """One image per pass: the prompted slice takes 4 passes; a stop after the first pass ends the propagation
+    before the second (nothing half-drawn is yielded), and each pass reports its images."""
+    array, _ = tube()
+    passes = []
+    results = run(bright_model(), array, [Prompt(point_ijk=(8.0, 10.0, 9.0))], samples=4, batch_size=1,
+                  should_stop=lambda: bool(passes), on_batch=lambda done, total: passes.append((done, total)))
+    assert results == [] and passes == [(1, 20 * 4)]
+    passes_of_a_full_run = []
+    run(bright_model(), array, [Prompt(point_ijk=(8.0, 10.0, 9.0))], samples=4, batch_size=1,
+        on_batch=lambda done, total: passes_of_a_full_run.append(done))
+    assert passes_of_a_full_run == list(range(1, len(passes_of_a_full_run) + 1))  # one report per image here
+
+
+def test_progress_counts_a_slice_cut_again_in_a_larger_crop():
+    array, _ = tube(radius=12.0, start=(20.0, 20.0), step=(0.0, 0.0), slices=range(6, 10))
+    reports = []
+    run(bright_model(size=32), array, [Prompt(point_ijk=(20.0, 20.0, 7.0))],
+        on_batch=lambda done, total: reports.append((done, total)))
+    assert all(done <= total for done, total in reports) and reports[-1][1] > 20 * 2  # re-cuts added to the total
+
+
 @pytest.mark.parametrize("stop_after_empty, max_slices, expected", [
     (1, None, [9, 10, 8]),
     (3, None, [9, 10, 8, 11, 7, 12, 6]),

@@ -414,3 +414,41 @@ def test_shutdown_during_a_job_cancels_it_and_exits_0(shared, volume_path, tmp_p
     assert shared.until({"cancelled"})[-1]["job_id"] == "busy"
     assert shared.process.wait(TIMEOUT) == 0
     assert shared.next() is None
+
+
+# The client starts the worker, and a process that inherits (and so holds open) the worker's stdin; then the client
+# is killed outright. Run by REAPER, which adopts the orphaned worker (a child subreaper) to read its exit status.
+ORPHANING_CLIENT = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-m", "sdseg.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+holder = subprocess.Popen(["sleep", "60"], pass_fds=(worker.stdin.fileno(),))
+worker.stdout.readline()  # hello
+print(worker.pid, holder.pid, flush=True)
+time.sleep(60)
+"""
+REAPER = """
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphaned descendants become this process's
+client = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+worker, holder = map(int, client.stdout.readline().split())
+os.kill(client.pid, signal.SIGKILL)
+client.wait()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    pid, status = os.waitpid(worker, os.WNOHANG)
+    if pid:
+        print("signal" if os.WIFSIGNALED(status) else "exit", os.WTERMSIG(status) if os.WIFSIGNALED(status)
+              else os.WEXITSTATUS(status))
+        break
+    time.sleep(0.2)
+else:
+    print("still running")
+    os.kill(worker, signal.SIGKILL)
+os.kill(holder, signal.SIGKILL)
+"""
+
+
+def test_a_worker_whose_client_was_killed_exits_cleanly_while_its_stdin_is_held_open():
+    result = subprocess.run([sys.executable, "-c", REAPER, ORPHANING_CLIENT], capture_output=True, text=True,
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), timeout=120)
+    assert result.stdout.strip() == "exit 0", result.stdout + result.stderr[-2000:]

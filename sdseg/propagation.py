@@ -301,7 +301,8 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
               on_batch: Callable[[int, int], None] | None = None) -> Iterator[LesionSlice]:
     """Yield the :class:`LesionSlice` results of every lesion prompt, lesion after lesion, each starting with the
     prompted slice and going outward (see the module docstring). ``should_stop()`` is checked before every
-    forward pass; ``on_batch(images_done, images_at_most)`` is called after each one."""
+    forward pass (also between the passes of one slice's samples); ``on_batch(images_done, images_at_most)`` is
+    called after each one (a slice cut again in a larger crop adds its images to both)."""
     config = model.config
     check_model_fits_volume(config)
     check_prompts(prompts, array_kji.shape, slice_axis, roi_ijk)
@@ -312,6 +313,13 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     batch = BatchSize(batch_size or auto_batch_size(model_device(model), size))
     coherent = takes_previous_masks(config)
     images_done = 0
+
+    def on_pass(images: int) -> None:
+        nonlocal images_done
+        images_done += images
+        if on_batch is not None:
+            on_batch(images_done, images_total)
+
     for lesion in lesions:
         first, end = lesion.normalisation_slices(ijk_to_ras)
         r0, r1, c0, c1 = lesion.crop(lesion.first_centre, lesion.first_extent)
@@ -329,17 +337,15 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                         else direction.previous[:, a0:a1, b0:b1] for direction, _, (a0, a1, b0, b1) in plan]
             drawn = [samples for _, samples in sample_items(
                 model, crops.__getitem__, lambda n: plan[n][1], len(crops), num_samples, steps, seed, batch,
-                stream=lesion.number, prompt_of=prompts.__getitem__,
-                previous_of=previous.__getitem__ if coherent else None)]
-            images_done += len(plan) * num_samples
-            if on_batch is not None:
-                on_batch(images_done, images_total)
+                stream=lesion.number, should_stop=should_stop, on_pass=on_pass, prompt_of=prompts.__getitem__,
+                previous_of=previous.__getitem__ if coherent else None)]  # stopped: the slices done so far
             retries = []
             for (direction, index, crop), samples in zip(plan, drawn):
                 picked = lesion.pick(samples, crop, None if direction is None else direction.anchor)
                 bigger = lesion.grown_crop(crop, picked)
                 if bigger is not None:  # the lesion goes beyond the crop: this slice again, in a larger crop
                     retries.append((direction, index, bigger))
+                    images_total += num_samples
                     continue
                 result, plane, sample_planes = lesion.result(index, crop, picked, coherent)
                 yield result

@@ -39,5 +39,12 @@ def watch_parent(worker, parent: int) -> None:
     worker.client_gone(f"the client process {parent} is gone")
 
 
+def exit_now(code: int) -> None:
+    """End the process once ``main`` returned: the stdin reader may still be blocked in a read (a pipe another
+    process holds open), and a normal interpreter shutdown would then abort on the stdin lock (SIGABRT)."""
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -73,7 +73,7 @@ class JobProgress:
 
     def on_batch(self, images_done: int, images_total: int) -> None:
         now = time.monotonic()
-        self.eta_s = (now - self._since) / images_done * (images_total - images_done)
+        self.eta_s = (now - self._since) / images_done * max(0, images_total - images_done)
         if now - self._last_message >= PROGRESS_INTERVAL_S:
             self._send(protocol.progress(self.job_id, "segmenting", self.delivered, self.total, self.eta_s))
             self._last_message = now
