@@ -142,13 +142,13 @@ def test_a_log_gets_a_line_per_phase_and_the_first_slice_at_once_then_one_per_in
 
 def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
     (tmp_path / "text.nrrd").write_text("not a volume")
-    code = headless.main(["segment", str(tmp_path / "text.nrrd"), "-o", str(tmp_path / "text.seg.nrrd"),
+    code = headless.main(["segment", str(tmp_path / "text.nrrd"), "-o", str(tmp_path / "new" / "text.seg.nrrd"),
                           "--model", MODEL_NAME])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert len(error_lines(err)) == 1 and err.count("sdseg-slicer: error:") == 1
     assert "text.nrrd" in error_lines(err)[0]
-    assert not (tmp_path / "text.seg.nrrd").exists()
+    assert not (tmp_path / "new").exists()  # the output folder made for the run is gone with nothing in it
 
 
 @pytest.mark.parametrize("args, message", [  # exit 2 (before any worker is started) unless noted

@@ -474,10 +474,21 @@ def command_segment(args) -> int:
                          "--whole-volume")
     try:
         paths = output_paths(args.output)
+        folder = paths["segmentation"].parent
+        new_folders = [p for p in [folder, *folder.parents] if not p.exists()]  # made by check_outputs
         check_outputs(paths, args.output, args.input, args.overwrite)
     except OutputError as error:
         raise UsageError(str(error)) from None
+    try:
+        return _segment(args, lesions, paths)
+    finally:
+        for made in new_folders:  # those still empty: nothing was written (refused, cancelled early, failed)
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
+
+def _segment(args, lesions: list[dict], paths: dict) -> int:
+    """Run the segment job of the command line and write its outputs at ``paths``; the exit status."""
     ensure_converter_rules()
     scene = slicer.vtkMRMLScene()
     box = [{"box_ijk": args.roi}] if args.roi and not lesions and not args.whole_volume else []
