@@ -5,6 +5,10 @@ SDSegSlicerLib's SegmentationSession, the same logic as the Slicer module and th
 model in the same separate worker process. The worker starts in a thread, and a run is started and polled in an
 asyncio task of its own: wslink handles a page's messages one at a time, so a click handler that waited for the
 run would hold back every other click (Cancel included) until the run ended.
+
+The page keeps one result at a time (in Slicer, every run's result stays as nodes of its own): a new run, once it has
+started, removes the previous result's nodes from the scene, and loading another volume removes the result of the
+one before, so no result of another run or another patient stays drawn or can be exported.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
 from SDSegSlicerLib import result_view, variance_display
+from SDSegSlicerLib.module_logic import ACCEPTED_SEGMENT_NAME
 from SDSegSlicerLib.prompts import WHOLE_VOLUME_WARNING, points_ijk
 from SDSegSlicerLib.run import DEFAULT_SAMPLES, MAX_SAMPLES
 from SDSegSlicerLib.segmentation_writer import ensure_converter_rules
@@ -61,6 +66,12 @@ def whole_number(value, name: str, low: int, high: int | None = None, hint: str 
     return number
 
 
+def sentences(*parts: str) -> str:
+    """The non-empty ``parts`` as one status line, each ended with a full stop unless it has one."""
+    return " ".join(part if part.endswith((".", "!", "?", ":")) else part + "."
+                    for part in (part.strip() for part in parts) if part)
+
+
 class SDSegWebApp(TrameApp):
     """One browser workspace: a Slicer scene, its views, the segment editor and a SegmentationSession."""
 
@@ -84,6 +95,7 @@ class SDSegWebApp(TrameApp):
         self.volume_node = self.points_node = self.roi_node = None
         self.source_dicom = None
         self._results_shown = False
+        self._replaced_note = ""  # says that the previous result, with segments the user accepted, was replaced
         self._run_task = None  # starts and follows a run (segment_or_cancel)
         self._worker_start = None  # the task that starts the worker (ensure_worker)
         self._cancel_requested = False
@@ -146,12 +158,16 @@ class SDSegWebApp(TrameApp):
         except ValueError as error:
             self.set_status(str(error), error=True)
             return False
+        lost = self._remove_result(self._result_nodes(), "The previous volume's result")
+        self.session.abandon_run()  # not running: forgets the finished run and its result
+        self._reset_result_state()
+        self.state.update({"sdseg_progress": 0, "sdseg_progress_text": ""})
         self.volume_node, self.source_dicom = node, source_dicom
         self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
         self.clear_prompts()
         self.state.sdseg_volume_name, self.state.sdseg_volume_loaded = node.GetName(), True
         self.state.sdseg_dicom_input = source_dicom is not None
-        self.set_status(f"Loaded {node.GetName()}: click the lesion, then Segment.")
+        self.set_status(sentences(f"Loaded {node.GetName()}: click the lesion, then Segment.", lost))
         return True
 
     def upload(self, files: list[dict]) -> None:
@@ -302,16 +318,16 @@ class SDSegWebApp(TrameApp):
                 if self._cancel_requested:
                     self.set_status("Cancelled before the segmentation started.")
                     return
+                previous = self._result_nodes()
                 try:
                     self.session.start_run(job, self.volume_node)
                 except (ValueError, OSError, WorkerError, BusyError) as error:
                     self.set_status(f"The segmentation did not start: {error}", error=True)
                     return
-                self._results_shown = False
-                self.browser.reset()
-                self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting...",
-                                   "sdseg_has_result": False, "sdseg_stats_rows": [], "sdseg_sample_mode": "none"})
-                self.set_status(WHOLE_VOLUME_WARNING if job["prompt"] is None else "")
+                self._replaced_note = self._remove_result(previous, "The previous result")
+                self._reset_result_state()
+                self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting..."})
+                self.set_status(sentences(WHOLE_VOLUME_WARNING if job["prompt"] is None else "", self._replaced_note))
             await self._follow_run()
         finally:
             with self.state:
@@ -341,7 +357,8 @@ class SDSegWebApp(TrameApp):
         progress_line, status, error = result_view.finished_texts(run, statistics)
         self.state.sdseg_running = False
         self.state.sdseg_progress_text = progress_line
-        self.set_status(status, error)
+        self.set_status(sentences(status, self._replaced_note) if self._replaced_note else status, error)
+        self._replaced_note = ""
         if statistics is not None:
             self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
                 result_view.statistics_text_table(statistics, result_view.SUMMARY_COLUMNS)
@@ -358,6 +375,58 @@ class SDSegWebApp(TrameApp):
         self.show_sample()
 
     # --- results ----------------------------------------------------------------------------------------------
+
+    def _result_nodes(self) -> list:
+        """The nodes in the scene of the page's result: the session's result and those of its last run (a run that
+        ended before the session kept its nodes)."""
+        run = self.session.run
+        candidates = [self.session.result_segmentation, self.session.result_variance]
+        if run is not None:
+            candidates += [run.segmentation_node, run.variance_node]
+        nodes = []
+        for node in candidates:
+            if node is not None and node.GetScene() is not None and node not in nodes:
+                nodes.append(node)
+        return nodes
+
+    def _remove_result(self, nodes: list, what: str) -> str:
+        """Remove a result's ``nodes`` (segmentation, variance volume), with their display and storage nodes, from
+        the scene; the segment editor lets go of the segmentation first. Returns a sentence for the status when
+        segments the user accepted (and maybe edited) went with them (``what`` names the result there, e.g.
+        "The previous result"), else ""."""
+        scene = self.slicer_app.scene
+        editor = self.editor_logic.segmentation_editor
+        accepted, edited = [], False
+        for node in nodes:
+            if node.GetScene() is None:
+                continue
+            if node.IsA("vtkMRMLSegmentationNode"):
+                segmentation = node.GetSegmentation()
+                names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+                accepted += [name for name in names if name.startswith(ACCEPTED_SEGMENT_NAME)]
+                if editor.active_segmentation_node is node:
+                    edited = True
+                    editor.clear()
+            helpers = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())]
+            helpers.append(node.GetStorageNode())
+            for helper in helpers:
+                if helper is not None and helper.GetScene() is not None:
+                    scene.RemoveNode(helper)
+            scene.RemoveNode(node)
+        if not accepted and not edited:
+            return ""
+        segments = (f"your accepted segment{'s' if len(accepted) > 1 else ''} "
+                    f"{', '.join(repr(name) for name in accepted)}" if accepted else "your edits")
+        return (f"{what}, with {segments}, was removed: the page keeps one result at a time (export a result "
+                f"before the next run to keep it).")
+
+    def _reset_result_state(self) -> None:
+        """The page without a result: no samples, statistics or exports."""
+        self._results_shown = False
+        self.browser.reset()
+        self.state.update({"sdseg_has_result": False, "sdseg_stats_headers": [], "sdseg_stats_rows": [],
+                           "sdseg_sample_mode": "none", "sdseg_sample_label": "Sample -",
+                           "sdseg_export_names": {}})
 
     def show_sample(self, step: int = 0, mode: str | None = None) -> None:
         self.state.sdseg_sample_label = self.browser.show(self.browser.index + step, mode)

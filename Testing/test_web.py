@@ -4,7 +4,8 @@ process with its real worker and the bundled sdseg-small model, driven by Playwr
 .seg.nrrd download (slicerio), a sample accepted and painted on in the segment editor, screenshots compared with
 committed references; Cancel in the middle of a run (the page answers at once, the slices that arrived are
 kept), a double click on Segment (one run) and bad numbers refused before anything starts; the token and the upload
-limit refused. Under CI=true a missing browser fails the run."""
+limit refused; a second run replaces the first one's result, and another volume drops the result of the one
+before. Under CI=true a missing browser fails the run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ MODEL = "sdseg-small"
 SHOWN_SLICE = 12  # the axial views open at the middle slice of the sample's 25
 RUN_TIMEOUT_MS = 180_000
 TOKEN = "web-s3cret"
+HEALTHY_IJK = (30.0, 60.0)  # normal brain on the shown slice, away from the tumour: no lesion there
 # Screenshots vs references: the fraction of pixels whose grey level (0-255) differs by more than
 # PIXEL_TOLERANCE. Repeated runs here give identical images; fonts or llvmpipe rounding elsewhere move a few
 # pixels, while the segmentation and its variance overlay alone change 1.9 % of the page.
@@ -90,7 +94,21 @@ def app():
     web = WebProcess(str(SAMPLE))
     yield web
     web.stop()
-    assert "Traceback" not in "".join(web.lines), "".join(web.lines)
+    assert not app_errors(web.lines), "".join(web.lines)
+
+
+# wslink's log when a page closes while its views are still streaming images: the browser went away, not an error
+CLOSED_PAGE = "Cannot write to closing transport"
+
+
+def app_errors(lines) -> list[str]:
+    """The exception lines of the tracebacks in the app's log, but those of a page closed mid-frame (CLOSED_PAGE)."""
+    errors = []
+    for block in "".join(lines).split("Traceback (most recent call last):")[1:]:
+        exception = next((line for line in block.splitlines()[1:] if line and not line.startswith(" ")), block)
+        if CLOSED_PAGE not in exception:
+            errors.append(exception)
+    return errors
 
 
 def open_page(browser, url):
@@ -121,15 +139,51 @@ def tumour_click_ijk() -> tuple[float, float]:
     return i, j
 
 
-def click_tumour(page) -> tuple[float, float]:
-    """Click lesion, then a click on the tumour in the axial view; returns the voxel (i, j) aimed at."""
-    i, j = tumour_click_ijk()
+def click_point(page, i: float, j: float) -> None:
+    """Click lesion, then a click on voxel (i, j) of the shown slice in the axial view."""
     page.click("#sdseg-place-point")
     x, y = axial_screen_position(page, i, j)
     page.mouse.move(x, y)
     page.mouse.click(x, y)
     page.wait_for_selector(".sdseg-point", timeout=10_000)
+
+
+def click_tumour(page) -> tuple[float, float]:
+    """Click lesion, then a click on the tumour in the axial view; returns the voxel (i, j) aimed at."""
+    i, j = tumour_click_ijk()
+    click_point(page, i, j)
     return i, j
+
+
+def close_quietly(page) -> None:
+    """Close the page once its views have streamed their last images (a page closed in the middle of a frame leaves
+    a CLOSED_PAGE traceback in the app's log)."""
+    page.wait_for_timeout(3000)
+    page.close()
+
+
+def colour_around(page, i: float, j: float, half: int = 8) -> float:
+    """The fraction of the axial view's pixels within ``half`` voxels of voxel (i, j) that are drawn in colour (a
+    segment, the variance overlay, a point): the MR image itself is grey."""
+    from PIL import Image
+
+    view = page.query_selector_all("img")[0].bounding_box()
+    size = 2 * half * min(view["width"], view["height"]) / 96
+    x, y = axial_screen_position(page, i, j)
+    shot = page.screenshot(clip={"x": x - size / 2, "y": y - size / 2, "width": size, "height": size})
+    rgb = np.asarray(Image.open(BytesIO(shot)).convert("RGB"), dtype=int)
+    return float((rgb.max(axis=2) - rgb.min(axis=2) > 60).mean())
+
+
+def wait_for_colour(page, i: float, j: float, coloured: bool, timeout_s: float = 60) -> float:
+    """Wait until the axial view around voxel (i, j) is drawn in colour (``coloured``: more than a fifth of it) or
+    grey (less than 1 %), the views streamed; returns the last colour_around()."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fraction = colour_around(page, i, j)
+        if (fraction > 0.2 if coloured else fraction < 0.01) or time.monotonic() > deadline:
+            return fraction
+        page.wait_for_timeout(1000)
 
 
 def draw_box(page, corner: tuple[float, float], opposite: tuple[float, float]) -> None:
@@ -149,10 +203,13 @@ def choose_model(page, model: str) -> None:
 
 
 def segment_with(page, model: str) -> None:
-    """Choose ``model``, press Segment and wait for the run's end."""
+    """Choose ``model``, press Segment and wait for the end of the run it starts (not the 'Done' a run before left:
+    every text of the progress line is recorded, RECORD_PROGRESS)."""
     choose_model(page, model)
+    page.evaluate(RECORD_PROGRESS)
     page.click("#sdseg-segment")
-    page.wait_for_function("document.querySelector('#sdseg-progress').innerText.startsWith('Done')",
+    page.wait_for_function("() => { const texts = window.sdsegProgress, start = texts.lastIndexOf('Starting...');"
+                           " return start >= 0 && texts.slice(start).some((text) => text.startsWith('Done')); }",
                            timeout=RUN_TIMEOUT_MS)
 
 
@@ -209,6 +266,7 @@ def table(page) -> dict:
 def download(page, what: str, out_dir: Path) -> Path:
     with page.expect_download(timeout=60_000) as event:
         page.click(f"#sdseg-export-{what}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / event.value.suggested_filename
     event.value.save_as(str(path))
     return path
@@ -356,6 +414,80 @@ def test_a_bad_number_is_refused_in_one_line_and_the_result_stays(app, browser):
     page.close()
 
 
+def test_a_second_run_replaces_the_first_result(app, browser, tmp_path):
+    page = open_page(browser, app.url)
+    page.click("#sdseg-clear-prompts")
+    wait_for_text(page, "#sdseg-status", "^Cleared: click the lesion")
+    i, j = tumour_click_ijk()
+    click_tumour(page)
+    page.fill("#sdseg-samples", "2")
+    segment_with(page, MODEL)
+    first = download(page, "segmentation", tmp_path / "first")
+    tumour = read_result(first)["consensus"]
+    assert tumour[SHOWN_SLICE, int(round(j)), int(round(i))]
+    assert wait_for_colour(page, i, j, coloured=True) > 0.2  # the tumour drawn
+    page.click("#sdseg-mode-one")  # a sample accepted: the status says when the next run removes it
+    wait_for_text(page, "#sdseg-sample-label", "^Sample 1 of 2$")
+    page.click("#sdseg-accept")
+    wait_for_text(page, "#sdseg-status", "'accepted'")
+
+    # A click on normal brain, Segment: the tumour's result goes from the views and the scene.
+    page.click("#sdseg-clear-prompts")
+    wait_for_text(page, "#sdseg-status", "^Cleared: click the lesion")
+    click_point(page, *HEALTHY_IJK)
+    segment_with(page, MODEL)
+    status = page.inner_text("#sdseg-status")
+    assert "The previous result, with your accepted segment 'accepted', was removed" in status, status
+    assert wait_for_colour(page, i, j, coloured=False) < 0.01  # no segment nor variance of the first run drawn
+    second = download(page, "segmentation", tmp_path / "second")
+    # One result node at a time: the new node has the name of the one it replaced, not 'sample sdseg-small 2'.
+    assert second.name == first.name == f"sample_{MODEL}.seg.nrrd"
+    masks = read_result(second)
+    rows = table(page)
+    assert set(masks) == set(rows) == {"consensus", "sample 1", "sample 2"}  # no 'accepted': not this run's
+    for name, mask in masks.items():
+        assert int(rows[name]["voxels"]) == int(mask.sum()) and not (mask & tumour).any(), name
+    page.fill("#sdseg-samples", "8")
+    close_quietly(page)
+
+
+def test_another_volume_drops_the_result_of_the_one_before(app, browser, tmp_path):
+    """The last test on the module's app: it loads another volume there."""
+    page = open_page(browser, app.url)
+    i, j = tumour_click_ijk()
+    page.fill("#sdseg-samples", "2")
+    if page.query_selector("#sdseg-results") is None:  # run alone: a result first
+        click_tumour(page)
+        segment_with(page, MODEL)
+    assert page.query_selector("#sdseg-export-segmentation") is not None
+
+    # Another patient: the sample mirrored left to right (the tumour on the other side).
+    image = sitk.ReadImage(str(SAMPLE))
+    mirrored = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[:, :, ::-1]))
+    mirrored.CopyInformation(image)
+    other = tmp_path / "other_patient.nrrd"
+    sitk.WriteImage(mirrored, str(other))
+    page.set_input_files("#sdseg-upload", str(other))
+    wait_for_text(page, "#sdseg-volume-name", "^other_patient$", 60_000)
+    wait_for_text(page, "#sdseg-status", "^Loaded other_patient: click the lesion", 60_000)
+    page.wait_for_timeout(3000)
+    assert page.query_selector("#sdseg-results") is None  # no samples, statistics or Export
+    assert page.query_selector("[id^=sdseg-export-]") is None
+    assert page.inner_text("#sdseg-progress") == "" and page.query_selector(".sdseg-point") is None
+    assert wait_for_colour(page, i, j, coloured=False) < 0.01  # the old contour is not drawn over the new anatomy
+
+    # A run on the new volume offers Export again, of its own result.
+    click_point(page, 95 - i, j)
+    segment_with(page, MODEL)
+    path = download(page, "segmentation", tmp_path)
+    assert path.name == f"other_patient_{MODEL}.seg.nrrd"
+    masks = read_result(path)
+    assert set(masks) == {"consensus", "sample 1", "sample 2"}
+    assert masks["consensus"][SHOWN_SLICE, int(round(j)), 95 - int(round(i))]
+    page.fill("#sdseg-samples", "8")
+    close_quietly(page)
+
+
 def test_token_is_required_on_every_page(browser, tmp_path):
     import requests
 
@@ -468,4 +600,4 @@ def test_a_worker_that_cannot_start_is_one_line_and_the_page_stays(browser, tmp_
         page.close()
     finally:
         web.stop()
-    assert "Traceback" not in "".join(web.lines)
+    assert not app_errors(web.lines), "".join(web.lines)
