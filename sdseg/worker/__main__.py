@@ -16,6 +16,7 @@ PARENT_POLL_S = 1.0
 
 
 def main() -> int:
+    parent = os.getppid()  # before the hello: a client may be gone (and the worker re-parented) as soon as it has it
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", newline="\n")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -27,7 +28,7 @@ def main() -> int:
     worker = Worker(protocol_out)
     worker.send(hello_message())
     threading.Thread(target=worker.read_requests, args=(sys.stdin.buffer,), name="stdin-reader", daemon=True).start()
-    threading.Thread(target=watch_parent, args=(worker, os.getppid()), name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch_parent, args=(worker, parent), name="parent-watch", daemon=True).start()
     return worker.run()
 
 
