@@ -176,7 +176,8 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
         results.close()  # interrupted: the volumes not started are not started, the running ones end
         progress.close()
         for task in todo:
-            rows.setdefault(task.id, summary_row(out, task, "not finished (interrupted)", "", None, time.time()))
+            if task.id not in rows:
+                rows[task.id] = summary_row(out, task, "not finished (interrupted)", "", None, time.time())
         ordered = [rows[task.id] for task in tasks]
         # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has
         with open(out / "summary.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:

@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True, help="output OUT.seg.nrrd (other files are named after it)")
     prompts = segment.add_argument_group(
         "prompts", "Click the lesion: --point / --point-ijk / --box (repeat for several lesions, numbered in the "
-        "order given; the ROI, if given, bounds them), or a box (--roi alone). Without any (or with --whole-volume), every slice of the volume (or ROI) is "
-        "segmented.")
+        "order given; the ROI, if given, bounds them), or a box (--roi alone). Without any (or with "
+        "--whole-volume), every slice of the volume (or ROI) is segmented.")
     prompts.add_argument("--point", dest="lesions", type=lesion_prompt("point_ras", parse_point), action="append",
                          default=[], metavar="R,A,S", help="a point on a lesion, in mm (RAS, as Slicer shows it)")
     prompts.add_argument("--point-ijk", dest="lesions", type=lesion_prompt("point_ijk", parse_point),
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                          default=[], metavar="I0,J0,K0,I1,J1,K1",
                          help="a box around a lesion, IJK voxel indices, end exclusive")
     prompts.add_argument("--roi", type=parse_roi, metavar="I0,J0,K0,I1,J1,K1",
-                         help="IJK voxel box, end exclusive: the lesion's box, or with --point/--box the region they stay in")
+                         help="IJK voxel box, end exclusive: the lesion's box, or with --point/--box the region "
+                              "they stay in")
     prompts.add_argument("--stop-after-empty", type=positive_int, default=DEFAULT_STOP_AFTER_EMPTY, metavar="K",
                          help="stop going outward after K slices in a row without lesion "
                               f"(default {DEFAULT_STOP_AFTER_EMPTY})")

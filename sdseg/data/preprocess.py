@@ -334,8 +334,8 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
     ((source, refs) pairs whose images are texture only); ``real_appearance``: their lesions look like the train
     split's real lesions (:func:`real_lesion_appearances`), else generic."""
     splits, split_refs = _splits_of(refs, seed, external_test, fold)
-    held_out = {ref.patient for ref in refs} - set(splits["train"])
-    leaked = held_out & {ref.patient for _, extra in list(extra_train) + list(texture_sources) for ref in extra}
+    extra_patients = {ref.patient for _, extra in list(extra_train) + list(texture_sources) for ref in extra}
+    leaked = extra_patients & ({ref.patient for ref in refs} - set(splits["train"]))
     if leaked:
         raise SourceError(f"--add-train / --texture bring {', '.join(sorted(leaked))} into the train split, but "
                           "the split puts them in val or test: a held-out patient must not be trained on; give "
@@ -379,8 +379,7 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
             for texture_source, texture_refs in texture_sources]
         counts["train"] += synthetic_record["count"]
         negative_counts["train"] += synthetic_record["negatives"]
-    extra_patients = sorted({ref.patient for _, extra in list(extra_train) + list(texture_sources) for ref in extra})
-    splits["train"] = sorted(set(splits["train"]) | set(extra_patients))
+    splits["train"] = sorted(set(splits["train"]) | extra_patients)
     return {"name": out.name, "source": source.name, "licence": source.licence, "provenance": source.provenance,
             "image_size": size, "preprocessing": preprocessing, "n_raters": n_raters.pop(), "synthetic": False,
             "description": f"{source.description}. Masks: {source.masks}. 2D crops of {crop or 'whole'}-pixel "
