@@ -140,7 +140,9 @@ def test_cli_trains_the_tiny_unet_on_the_majority_and_it_has_the_ambiguous_netwo
 def test_target_union_is_a_recorded_setting_and_the_diffusion_kinds_refuse_it(data, tmp_path, capsys):
     common = ["--preset", "tiny", "--data", str(data), "--steps", "2", "--batch-size", "2", "--sample-every", "0",
               "--device", "cpu"]
-    assert train_main(["--model", "unet", "--target", "union", "--out", str(tmp_path / "union"), *common]) == 0
+    assert train_main(["--model", "unet", "--target", "union", "--out", str(tmp_path / "union"), "--stop-after", "1",
+                       *common]) == 0
+    assert train_main(["--out", str(tmp_path / "union"), "--resume"]) == 0  # the target comes back with the run
     assert load_model(tmp_path / "union").config["target"] == "union"
     assert "the raters' union mask per image" in (tmp_path / "union" / "README.md").read_text()
     capsys.readouterr()
