@@ -2,8 +2,9 @@
 
 AdamW with linear warm-up and cosine decay of the learning rate, gradient clipping at norm 1, an optional
 exponential moving average (EMA) of the weights (the saved model is then the EMA model), one random rater mask
-per image per step (the deterministic ``unet``: the raters' majority or union, ``--target``) and the augmentations of ``--augment`` (sdseg.data.augment; default: random flips). Models with
-several stages (SDSeg: autoencoder, then diffusion) train them in order, each with its own optimizer and schedule.
+per image per step (the deterministic ``unet``: the raters' majority or union, ``--target``) and the augmentations
+of ``--augment`` (sdseg.data.augment; default: random flips). Models with several stages (SDSeg: autoencoder, then
+diffusion) train them in order, each with its own optimizer and schedule.
 
 Reproducible and resumable without saving random-generator states: every random draw of step s (data order,
 augmentations, rater choice, dropout, the model's noise and timesteps) comes from generators seeded with (seed, s),
