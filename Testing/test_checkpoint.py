@@ -19,7 +19,8 @@ from sdseg.models.base import SegmentationDiffusionModel
 REAL_MODELS = {"ambiguous": ("sdseg.models.ambiguous", "AmbiguousDiffusionModel"),
                "sdseg": ("sdseg.models.sdseg_ldm", "SDSegModel"),
                "segdiff": ("sdseg.models.segdiff", "SegDiffModel"),
-               "threshold": ("sdseg.models.threshold", "IntensityThresholdModel")}
+               "threshold": ("sdseg.models.threshold", "IntensityThresholdModel"),
+               "unet": ("sdseg.models.unet", "SegmentationUNet")}
 
 
 class ToyModel(SegmentationDiffusionModel):
@@ -174,7 +175,7 @@ def drop_and_add_tensor(folder):
 
 @pytest.mark.parametrize("corrupt", [
     corrupt_truncate, corrupt_flip_weight_byte, corrupt_garbage_weights, remove_weights, remove_config,
-    invalid_json, edit_config(format="something-else"), edit_config(format_version=2), edit_config(kind="unet"),
+    invalid_json, edit_config(format="something-else"), edit_config(format_version=2), edit_config(kind="mystery"),
     edit_config(config=[1, 2]), change_channels, config_rejected_by_constructor, drop_and_add_tensor,
 ], ids=lambda f: f.__name__)
 def test_every_failure_is_a_checkpoint_error_naming_the_file(saved_toy, corrupt):

@@ -287,7 +287,7 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
     (["--init", "{tmp}/nothing", "--data", "{data}", "--out", "{tmp}/out"], "--init: no model named or found"),
     (["--init", "{run}", "--preset", "tiny", "--data", "{data}", "--out", "{tmp}/out"], "leave out --preset"),
     (["--init", "{run}", "--prompt-channels", "none", "--data", "{data}", "--out", "{tmp}/out"],
-     "leave out --preset and --prompt-channels"),
+     "leave out --preset, --prompt-channels and --target"),
     (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--prompt-channels", "box,point"],
      "--prompt-channels: give point,box"),
     (["--init", "{run}", "--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out"], "is a sdseg model"),

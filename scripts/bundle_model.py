@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"bundle_model: error: {error}", file=sys.stderr)
         return 2
+    if args.steps is not None and model.deterministic:
+        print(f"bundle_model: error: --steps: a {model.kind} model draws no samples, it has no sampling steps",
+              file=sys.stderr)
+        return 2
     if args.steps is not None:
         model.config[model.steps_config_key] = args.steps
     training_card = (args.trained / "README.md").read_text(encoding="utf-8")

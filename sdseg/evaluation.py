@@ -44,6 +44,7 @@ METRIC_COLUMNS = [("dice_vs_raters", "Dice vs raters"), ("iou_vs_raters", "IoU v
                   ("dice_lesion_cases", "Dice, lesion cases"), ("false_positive_rate", "FP rate"),
                   ("false_positive_pixels", "FP pixels"), ("slices_per_s", "slices/s")]
 PROMPTS = ("click", "none")
+DETERMINISTIC_WORDS = "; deterministic: its N samples are one mask repeated, from one forward pass per case"
 PREVIOUS = ("unknown", "neighbour")  # what a model with the previous-slice channel is given (--previous)
 
 
@@ -258,7 +259,8 @@ def markdown_report(report: dict) -> str:
         f"{'; an external test set: no split of it was trained or tuned on' if data.get('external_test') else ''}"
         f"), {data['path']}. "
         f"Model: {report['model']['name']} ({report['model']['kind']}, {report['model']['parameters']:,} "
-        f"parameters), steps {settings['steps'] or 'model default'}, seed {settings['seed']}.",
+        f"parameters{DETERMINISTIC_WORDS if report['model'].get('deterministic') else ''}), steps "
+        f"{settings['steps'] or 'model default'}, seed {settings['seed']}.",
         "Consensus = pixels in at least half of a case's samples. Dice/IoU vs raters: of the consensus with each "
         "rater's mask, averaged over the raters, then over the cases. Majority = pixels marked by at least half "
         "of the raters (ties count as foreground). Two empty masks have Dice = IoU = 1.",
@@ -461,7 +463,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     rows, shown = _model_rows(model, images, rater_masks, args, batch_size, prompts, previous)
     report = {
         "model": {"name": folder.name, "path": str(folder), "kind": model.kind,
-                  "parameters": model.num_parameters()},
+                  "parameters": model.num_parameters(), "deterministic": model.deterministic},
         "data": {"name": info["name"], "path": str(data.resolve()), "split": args.split, "cases": len(images),
                  "n_raters": info["n_raters"], "synthetic": info["synthetic"],
                  "semi_synthetic": bool(info.get("semi_synthetic", False)),

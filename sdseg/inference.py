@@ -190,7 +190,14 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
     masks ``previous_of(n)`` (num_samples, A, B) (None: unknown). On out-of-memory ``batch`` is halved and the pass
     planned again;
     :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass;
-    ``on_pass(images)`` is called after each one."""
+    ``on_pass(images)`` is called after each one. A deterministic model (every sample the same mask) draws one sample
+    per item, repeated ``num_samples`` times (``on_pass`` counts the repeats)."""
+    if getattr(model, "deterministic", False) and num_samples > 1:
+        counted = None if on_pass is None else (lambda images: on_pass(images * num_samples))
+        for item, samples in sample_items(model, crop_of, index_of, count, 1, steps, seed, batch, stream, first_alone,
+                                          postprocessing, should_stop, counted, prompt_of, previous_of):
+            yield item, np.repeat(samples, num_samples, axis=0)
+        return
     size, device = int(model.config["image_size"]), model_device(model)
     start, alone, parts = (0, 0), first_alone, []
     while True:

@@ -57,6 +57,23 @@ def postprocess(masks: torch.Tensor, config: dict) -> torch.Tensor:
     return relative_area_filter(masks, r) if r else masks
 
 
+RATER_TARGETS = ("random", "majority", "union")  # the mask a training image comes with (rater_target)
+
+
+def rater_target(raters: torch.Tensor, counts: torch.Tensor, target: str, chosen: torch.Tensor) -> torch.Tensor:
+    """The training mask (B, H, W) bool of each image from its raters' masks ``raters`` (B, R, H, W) bool, of which
+    the first ``counts[b]`` are real (the rest is empty padding): "random", rater ``chosen[b]``'s mask; "majority",
+    the pixels marked by at least half of the image's raters (``2 sum_r m_r >= count``, ties foreground, empty masks
+    counted: the evaluation's majority, sdseg.inference.consensus_mask); "union", the pixels any rater marked."""
+    if target == "random":
+        return raters[torch.arange(raters.shape[0], device=raters.device), chosen.to(raters.device)]
+    if target == "majority":
+        return raters.sum(1) * 2 >= counts.to(raters.device).clamp(min=1)[:, None, None]
+    if target == "union":
+        return raters.any(1)
+    raise ValueError(f"the training target must be one of {', '.join(RATER_TARGETS)}, got {target!r}")
+
+
 def components_near_point(masks: torch.Tensor, point_rc, tolerance: float) -> torch.Tensor:
     """In each mask (N, H, W), the connected component under ``point_rc`` = (row, column), or, when the point is on
     background, the component nearest to it if it comes within ``tolerance`` pixels; everything else removed."""

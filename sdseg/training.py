@@ -2,8 +2,9 @@
 
 AdamW with linear warm-up and cosine decay of the learning rate, gradient clipping at norm 1, an optional
 exponential moving average (EMA) of the weights (the saved model is then the EMA model), one random rater mask
-per image per step and the augmentations of ``--augment`` (sdseg.data.augment; default: random flips). Models with
-several stages (SDSeg: autoencoder, then diffusion) train them in order, each with its own optimizer and schedule.
+per image per step (the deterministic ``unet``: the raters' majority or union, ``--target``) and the augmentations
+of ``--augment`` (sdseg.data.augment; default: random flips). Models with several stages (SDSeg: autoencoder, then
+diffusion) train them in order, each with its own optimizer and schedule.
 
 Reproducible and resumable without saving random-generator states: every random draw of step s (data order,
 augmentations, rater choice, dropout, the model's noise and timesteps) comes from generators seeded with (seed, s),
@@ -42,6 +43,7 @@ from sdseg.data.batches import InMemoryCrops
 from sdseg.data.dataset import CropsDataset, DatasetError
 from sdseg.device import DeviceUnavailable, hardware_description, resolve_device
 from sdseg.ema import WeightEMA
+from sdseg.masks import RATER_TARGETS
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model, model_from_config
 from sdseg.prompt_maps import (DEFAULT_PROMPT_CHANNELS, PROMPT_CHANNELS, crop_prompt_maps, data_channels, object_click,
                                prompt_channels_of)
@@ -51,11 +53,13 @@ from sdseg.training_state import (STATE_DIR, TrainingStateError, optimizer_state
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
             "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(DEFAULT_PROMPT_CHANNELS),
-            "augment": list(DEFAULT_AUGMENTATIONS)}
+            "augment": list(DEFAULT_AUGMENTATIONS), "target": None}
 GRAD_CLIP_NORM = 1.0
 WARMUP_MAX_FRACTION = 0.1
 SAMPLE_EXAMPLES = 4
 SAMPLES_PER_EXAMPLE = 4
+TARGET_WORDS = {"random": "one random rater mask per image", "majority": "the raters' majority mask per image",
+                "union": "the raters' union mask per image"}  # the model card's words for each training target
 
 
 class TrainingError(Exception):
@@ -159,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment", help="training augmentations, a subset of "
                         f"{','.join(AUGMENTATIONS)} or none (default {','.join(DEFAULT_AUGMENTATIONS)}; "
                         "sdseg.data.augment)")
+    parser.add_argument("--target", choices=RATER_TARGETS, help="--model unet only: the mask it learns, the raters' "
+                        "majority (default: pixels marked by at least half of them), their union, or one random "
+                        "rater's per step (what the diffusion models always learn from; sdseg.masks.rater_target)")
     parser.add_argument("--steps", type=int, help=f"training steps, split evenly over the stages of multi-stage "
                         f"models (default {DEFAULTS['steps']})")
     parser.add_argument("--stage-steps", help="steps per stage, e.g. autoencoder=2000,diffusion=8000")
@@ -185,7 +192,7 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                 "data": str(Path(args.data).resolve()) if args.data else None,
                 "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None,
                 "prompt_channels": parse_prompt_channels(args.prompt_channels) if args.prompt_channels else None,
-                "augment": _parse_augment(args.augment) if args.augment else None}
+                "augment": _parse_augment(args.augment) if args.augment else None, "target": args.target}
     if saved is not None:
         saved = {"augment": list(DEFAULT_AUGMENTATIONS), **saved}  # runs saved before --augment existed
         different = [f"--{key.replace('_', '-')} {value} (the saved run has {saved[key]})"
@@ -197,9 +204,9 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                                 + "; ".join(different) + ". Leave them out, or start a new run in another --out")
         return dict(saved)
     if explicit["init"] is not None:
-        if args.preset or args.prompt_channels:
-            raise TrainingError("--init starts from a trained model's own size and prompts: leave out --preset and "
-                                "--prompt-channels")
+        if args.preset or args.prompt_channels or args.target:
+            raise TrainingError("--init starts from a trained model's own size, prompts and target: leave out "
+                                "--preset, --prompt-channels and --target")
         try:
             kind = read_config(Path(explicit["init"]))["kind"]
         except CheckpointError as error:
@@ -233,7 +240,9 @@ def _check_settings(settings: dict) -> None:
               (settings["lr"] > 0, "--lr must be positive"),
               (settings["warmup"] >= 0, "--warmup must not be negative"),
               (0.0 <= settings["ema"] < 1.0, "--ema must be in [0, 1) (0 switches the EMA off)"),
-              (settings["seed"] >= 0, "--seed must not be negative")]
+              (settings["seed"] >= 0, "--seed must not be negative"),
+              (settings.get("target") is None or settings["model"] == "unet",
+               "--target is for --model unet; the diffusion models learn from one random rater's mask per step")]
     for ok, message in checks:
         if not ok:
             raise TrainingError(message)
@@ -352,10 +361,11 @@ class Training:
         settings = self.settings
         torch.manual_seed(derived_seed(self.seed, "init"))
         prompts = settings.get("prompt_channels") or []
+        target = {"target": settings["target"]} if settings.get("target") else {}
         try:
             model = build_model(settings["model"], settings["preset"], image_size=self.dataset.info["image_size"],
                                 image_channels=image_channels + len(prompts),
-                                preprocessing=self.dataset.info["preprocessing"])
+                                preprocessing=self.dataset.info["preprocessing"], **target)
         except ValueError as error:
             raise TrainingError(f"cannot build a {settings['model']} model ({settings['preset']} preset) for "
                                 f"this data set: {error}") from error
@@ -399,7 +409,8 @@ class Training:
         torch's global generator for the model's dropout of this step."""
         torch.manual_seed(derived_seed(self.seed, "step", step))
         generator = torch.Generator().manual_seed(derived_seed(self.seed, "batch", step))
-        return self.crops.batch(self.order.indices(step), generator, self.settings["augment"], self.prompt_channels)
+        return self.crops.batch(self.order.indices(step), generator, self.settings["augment"], self.prompt_channels,
+                                self.model.training_target())
 
     def _stage_batches(self, stage_index: int):
         """One pass over the training set in a fixed order, for ``begin_stage``."""
@@ -407,7 +418,7 @@ class Training:
         order = torch.randperm(len(self.crops), generator=generator).tolist()
         for start in range(0, len(order), self.settings["batch_size"]):
             yield self.crops.batch(order[start:start + self.settings["batch_size"]], generator,
-                                   self.settings["augment"], self.prompt_channels)
+                                   self.settings["augment"], self.prompt_channels, self.model.training_target())
 
     # ----- stages and steps
     def _begin_stage(self, index: int, stage: str, resuming: bool) -> None:
@@ -520,7 +531,7 @@ class Training:
                              f"{len(self.dataset)} training crops of {info['image_size']} px, {info['n_raters']} "
                              f"rater(s)); source: {info['source']}; licence: {info['licence']}"),
                 ("command", f"`{self.meta['command']}`{resumed}"),
-                ("steps", f"{steps} (batch {s['batch_size']}, one random rater mask per image)"),
+                ("steps", f"{steps} (batch {s['batch_size']}, {TARGET_WORDS[self.model.training_target()]})"),
                 ("augmentations", ", ".join(s["augment"]) or "none"),
                 ("optimiser", f"AdamW, peak learning rate {s['lr']}, linear warm-up of {warmup} steps, then "
                               f"cosine decay, gradient clipping at {GRAD_CLIP_NORM}"),

@@ -15,6 +15,7 @@ import torch
 from sdseg.data.augment import DEFAULT_AUGMENTATIONS, augment_batch
 from sdseg.data.dataset import CropsDataset
 from sdseg.device import free_memory_bytes
+from sdseg.masks import rater_target
 from sdseg.prompt_maps import prompt_maps, training_prompts
 
 MEMORY_FRACTION = 0.25  # the crops go to the device when they take at most this share of its free memory
@@ -47,9 +48,10 @@ class InMemoryCrops:
         return self.images.shape[0]
 
     def batch(self, indices: list[int], generator: torch.Generator, augmentations=DEFAULT_AUGMENTATIONS,
-              prompt_channels=()):
+              prompt_channels=(), target: str = "random"):
         """``(images (B, C + P, S, S), mask (B, 1, S, S) float32 in {0, 1})`` on the device: item ``indices``, one
-        uniformly random rater's mask each, the ``augmentations`` (sdseg.data.augment.augment_batch: the same
+        uniformly random rater's mask each (or the raters' majority or union: ``target``,
+        sdseg.masks.rater_target), the ``augmentations`` (sdseg.data.augment.augment_batch: the same
         geometric change of an image, its masks and neighbours), and the P ``prompt_channels`` drawn from the
         augmented masks and neighbours (sdseg.prompt_maps.training_prompts)."""
         chosen = torch.tensor(indices)
@@ -59,7 +61,7 @@ class InMemoryCrops:
         every_rater = self.masks[index].to(self.device, non_blocking=True)
         neighbours = self.neighbours[index].to(self.device, non_blocking=True)
         images, (every_rater, neighbours) = augment_batch(images, [every_rater, neighbours], generator, augmentations)
-        mask = every_rater[torch.arange(len(indices), device=self.device), raters.to(self.device)][:, None].float()
+        mask = rater_target(every_rater, self.rater_counts[chosen], target, raters)[:, None].float()
         if prompt_channels:
             prompts = training_prompts(every_rater, generator, neighbours, "previous" in prompt_channels,
                                        self.has_neighbours[chosen])

@@ -40,6 +40,7 @@ MODEL_CLASSES = _LazyClasses({
     "sdseg": "sdseg.models.sdseg_ldm:SDSegModel",
     "ambiguous": "sdseg.models.ambiguous:AmbiguousDiffusionModel",
     "segdiff": "sdseg.models.segdiff:SegDiffModel",
+    "unet": "sdseg.models.unet:SegmentationUNet",
     "threshold": "sdseg.models.threshold:IntensityThresholdModel",
 })
 # Kinds fitted by `sdseg evaluate --baselines` rather than trained by `sdseg train`.

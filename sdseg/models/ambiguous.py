@@ -73,21 +73,9 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
     steps_config_key = "steps"
 
     def __init__(self, config: dict):
-        super().__init__(_validated_config(config))
+        super().__init__(validated_config(config))
         c = self.config
-        n_blocks = len(c["block_out_channels"])
-        self.unet = UNet2DConditionModel(
-            sample_size=c["image_size"],
-            in_channels=1 + c["image_channels"],
-            out_channels=1,
-            block_out_channels=tuple(c["block_out_channels"]),
-            layers_per_block=tuple(c["layers_per_block"]),
-            down_block_types=("DownBlock2D",) * (n_blocks - 1) + ("AttnDownBlock2D",),
-            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n_blocks - 1),
-            mid_block_type="UNetMidBlock2D",
-            attention_head_dim=c["attention_head_dim"],
-            norm_num_groups=c["norm_num_groups"],
-        )
+        self.unet = denoiser_unet(c, 1 + c["image_channels"])
         self.weighting = loss_weighting(c["weighting"], c["sigmoid_bias"])
 
     @classmethod
@@ -96,7 +84,7 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
         ``paper`` (paper channels, 128 px), with config overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r} for the ambiguous model; choose one of: {', '.join(PRESETS)}")
-        return _validated_config({**PRESETS[name], **overrides})
+        return validated_config({**PRESETS[name], **overrides})
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """Clipped logSNR of the input-scaled cosine schedule of this model."""
@@ -171,7 +159,25 @@ class AmbiguousDiffusionModel(SegmentationDiffusionModel):
                              f"got {image.shape[2]}x{image.shape[3]}; crop or pad the input")
 
 
-def _validated_config(config: dict) -> dict:
+def denoiser_unet(config: dict, in_channels: int) -> UNet2DConditionModel:
+    """The network of :class:`AmbiguousDiffusionModel` (see there) of a validated ``config`` with ``in_channels``
+    inputs and one output channel; also the deterministic U-Net baseline's (sdseg.models.unet)."""
+    n_blocks = len(config["block_out_channels"])
+    return UNet2DConditionModel(
+        sample_size=config["image_size"],
+        in_channels=in_channels,
+        out_channels=1,
+        block_out_channels=tuple(config["block_out_channels"]),
+        layers_per_block=tuple(config["layers_per_block"]),
+        down_block_types=("DownBlock2D",) * (n_blocks - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n_blocks - 1),
+        mid_block_type="UNetMidBlock2D",
+        attention_head_dim=config["attention_head_dim"],
+        norm_num_groups=config["norm_num_groups"],
+    )
+
+
+def validated_config(config: dict) -> dict:
     """``config`` completed with ``DEFAULT_CONFIG``; raises ValueError with a clear message when invalid."""
     unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"image_size"} - SHARED_CONFIG_KEYS)
     if unknown:

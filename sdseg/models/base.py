@@ -25,6 +25,9 @@ class SegmentationDiffusionModel(torch.nn.Module):
     kind: str = ""
     # Config entry holding the default number of sampling steps (what ``sample(steps=None)`` runs).
     steps_config_key: str = "sampling_steps"
+    # True for a predictor whose N samples are one mask repeated: the inference path then runs one forward pass per
+    # image and repeats its mask (sdseg.inference.sample_items).
+    deterministic: bool = False
 
     def __init__(self, config: dict):
         super().__init__()
@@ -43,6 +46,11 @@ class SegmentationDiffusionModel(torch.nn.Module):
 
     def parameters_for_stage(self, stage: str) -> list[torch.nn.Parameter]:
         return list(self.parameters())
+
+    def training_target(self) -> str:
+        """The mask each training image comes with (sdseg.masks.rater_target): "random", one uniformly random
+        rater's per step (the diffusion models learn the raters' distribution), "majority" or "union"."""
+        return "random"
 
     def training_loss(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
                       stage: str = "main"):
