@@ -255,7 +255,7 @@ def one_case_data(folder: Path) -> Path:
     """A data set of one blank test crop."""
     folder.mkdir()
     (folder / "dataset.json").write_text(json.dumps({
-        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True,
+        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True, "description": "squares",
         "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}, "description": "t"}))
     (folder / "test").mkdir()
     np.savez(folder / "test" / "0.npz", image=np.zeros((1, 32, 32), np.float32),
@@ -391,3 +391,24 @@ def test_previous_neighbour_gives_a_coherent_model_the_neighbour_the_lesion_come
                  "neighbour", "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["settings"]["previous"].startswith("the neighbouring slice's raters' union")
+
+
+def test_spread_takes_cases_evenly_over_the_whole_split(tmp_path):
+    """--spread: a large split's subset reaches its last patients, which the first N cases never do."""
+    from sdseg.evaluation import case_indices, read_split
+
+    folder = tmp_path / "many"
+    (folder / "test").mkdir(parents=True)
+    for index in range(10):  # case i: a square of side i + 1, so each case read back is recognisable
+        masks = [square_mask((slice(0, index + 1), slice(0, index + 1)))]
+        np.savez(folder / "test" / f"{index:02d}.npz", image=image_with()[None], masks=np.stack(masks),
+                 patient=np.str_(f"p{index}"))
+    (folder / "dataset.json").write_text(json.dumps({"name": "many", "source": "test", "licence": "CC0-1.0",
+                                                     "image_size": 32, "n_raters": 1, "synthetic": True, "description": "squares",
+                                                     "preprocessing": {"normalization": "percentile",
+                                                                       "percentiles": [0.5, 99.5]}}))
+    assert case_indices(10, 4, spread=False) == [0, 1, 2, 3]
+    assert case_indices(10, 4, spread=True) == [0, 3, 6, 9]
+    assert case_indices(10, None, spread=True) == list(range(10))
+    sides = [int(masks[0].sum() ** 0.5) for masks in read_split(folder, "test", 4, spread=True).rater_masks]
+    assert sides == [1, 4, 7, 10]

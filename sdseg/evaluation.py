@@ -70,11 +70,19 @@ def previous_mask(item: dict) -> np.ndarray | None:
     return neighbours[side] if item["has_neighbours"] and neighbours.any() else None
 
 
-def read_split(directory, split: str, max_cases: int | None = None) -> Split:
-    """The cases of a single-channel data set split, read once."""
+def case_indices(total: int, max_cases: int | None, spread: bool) -> list[int]:
+    """Which of a split's ``total`` cases (file name order) are evaluated: all, the first ``max_cases``, or with
+    ``spread`` ``max_cases`` evenly spaced over the whole split (every patient of a large split represented)."""
+    count = total if max_cases is None else min(max_cases, total)
+    if not spread or count == total:
+        return list(range(count))
+    return [int(index) for index in np.linspace(0, total - 1, count).round()]
+
+
+def read_split(directory, split: str, max_cases: int | None = None, spread: bool = False) -> Split:
+    """The cases of a single-channel data set split (:func:`case_indices`), read once."""
     dataset = CropsDataset(directory, split)
-    count = len(dataset) if max_cases is None else min(max_cases, len(dataset))
-    items = [dataset.read(i) for i in range(count)]
+    items = [dataset.read(i) for i in case_indices(len(dataset), max_cases, spread)]
     channels = {item["image"].shape[0] for item in items}
     if channels != {1}:
         raise EvaluationError(f"{directory}: the {split} images have {sorted(channels)} channels; evaluation "
@@ -254,7 +262,8 @@ def markdown_report(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     data, settings = report["data"], report["settings"]
     lines += ["", *[f"- {text}" for text in [
-        f"Data: {data['cases']} cases of the {data['split']} split of {data['name']} "
+        f"Data: {data['cases']} {'evenly spaced ' if data.get('spread') else ''}cases of the {data['split']} split "
+        f"of {data['name']} "
         f"({data_kind(data)} data, {data['n_raters']} raters"
         f"{'; an external test set: no split of it was trained or tuned on' if data.get('external_test') else ''}"
         f"), {data['path']}. "
@@ -362,6 +371,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", default=[1, 4, 16], type=parse_sample_counts,
                         help="sample counts N, comma separated (default 1,4,16)")
     parser.add_argument("--max-cases", type=_int_at_least(1), help="evaluate only the first N cases (file name order)")
+    parser.add_argument("--spread", action="store_true", help="with --max-cases: N cases evenly spaced over the "
+                        "split (file name order) instead of the first N, so that every part of a large split counts")
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     parser.add_argument("--steps", type=_int_at_least(1), help="sampling steps (default: the model's)")
     parser.add_argument("--out", help="output folder (default ./evaluation-MODEL-SPLIT)")
@@ -440,7 +451,7 @@ def evaluate(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the sampling
     device = resolve_device(args.device)
     data = Path(args.data)
-    info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases)
+    info, images, rater_masks, neighbour_masks = read_split(data, args.split, args.max_cases, args.spread)
     warnings = []
     baselines_fitted = args.baselines or args.baselines_from
     fitted_on, *train_split = _baseline_train_split(args, info, warnings) if baselines_fitted else (None,)
@@ -465,6 +476,7 @@ def evaluate(args: argparse.Namespace) -> Path:
         "model": {"name": folder.name, "path": str(folder), "kind": model.kind,
                   "parameters": model.num_parameters(), "deterministic": model.deterministic},
         "data": {"name": info["name"], "path": str(data.resolve()), "split": args.split, "cases": len(images),
+                 "spread": bool(args.spread and args.max_cases),
                  "n_raters": info["n_raters"], "synthetic": info["synthetic"],
                  "semi_synthetic": bool(info.get("semi_synthetic", False)),
                  "external_test": bool(info.get("external_test", False))},
