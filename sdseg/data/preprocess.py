@@ -628,7 +628,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="cross-validation: the K-th group of the patients outside test validates, the others "
                              "train (leave one patient out when val has one patient; fold 1 is the default split)")
     parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
-    parser.add_argument("--modality", choices=("ct", "mr", "pet", "all"),
+    parser.add_argument("--modality", choices=tuple(IBSI_STS_PREPROCESSING),
                         help="--source ibsi-sts: which images of each patient (default ct; all: the three, each "
                              "patient in one split for all of them)")
     parser.add_argument("--export-volumes", metavar="DIR",
