@@ -90,6 +90,9 @@ def test_native_size_crops_are_the_pngs_with_raters_drawn_and_a_patient_split_fi
             np.testing.assert_allclose(crop["image"][0], image / 255 * 2 - 1, atol=1e-6)
             np.testing.assert_array_equal(crop["masks"], masks)  # all four, the empty ones too
             assert int(crop["raters_drawn"]) == int(masks.any(axis=(1, 2)).sum())
+            for side, other in enumerate((number - 1, number + 1)):  # the raters' union of the nodule's slice
+                expected = fixture_arrays(patient, other)[1].any(axis=0) if other in numbers else 0 * masks[0]
+                np.testing.assert_array_equal(crop["neighbours"][side], expected)
     histogram = {n: sum(info["raters_drawn"][s][str(n)] for s in SPLITS) for n in range(5)}
     assert histogram == {0: 2, 1: 1, 2: 1, 3: 0, 4: 2}
     assert info["reserved"] == {"rule": "LIDC-IDRI-0901 and above", "left_out": 0, "included": False}

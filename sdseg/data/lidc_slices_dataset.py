@@ -12,7 +12,7 @@ import numpy as np
 
 from sdseg.data.cases import SourceError
 from sdseg.data.dataset import SPLITS
-from sdseg.data.lidc_slices import RATERS, nodule_slices
+from sdseg.data.lidc_slices import RATERS, NoduleSlice, nodule_slices
 from sdseg.data.preprocess import _normalised_image, _resize_masks, _write_crop, split_patients
 from sdseg.data.reserved import reserved_rule
 from sdseg.data.sources import Source
@@ -40,10 +40,20 @@ def write_split_file(path: Path, splits: dict, nodules: dict, slices: dict) -> N
                 writer.writerow([patient, split, nodules[patient], slices[patient]])
 
 
+def _nodules(slices: list[NoduleSlice]) -> list[list[NoduleSlice]]:
+    """The slices grouped by nodule (``slices`` is ordered by patient, nodule and slice)."""
+    groups: dict[tuple[str, int], list[NoduleSlice]] = {}
+    for crop in slices:
+        groups.setdefault((crop.patient, crop.nodule), []).append(crop)
+    return list(groups.values())
+
+
 def build_lidc_slices_dataset(source: Source, path: Path, out: Path, size: int, preprocessing: dict, seed: int,
                               fold: int | None, include_reserved: bool) -> dict:
     """Write ``out/{train,val,test}/<patient>_n<nodule>_s<slice>.npz`` (``image`` (1, S, S) in [-1, 1], ``masks``
-    uint8 (4, S, S), ``patient``, ``raters_drawn``: how many of the stored masks are non-empty) and ``splits.csv``;
+    uint8 (4, S, S), ``patient``, ``raters_drawn``: how many of the stored masks are non-empty, ``neighbours`` (2, S,
+    S): the raters' union on the nodule's slice N - 1 and N + 1, empty where the nodule has no such slice; Pulmoseg
+    numbers a nodule's slices in their order along the scan) and ``splits.csv``;
     return dataset.json. Each crop is normalised over itself with ``preprocessing`` and resized to ``size`` like
     every 2D crop (bilinear, antialiased; masks thresholded at 0.5, so a rater's speck may vanish at a smaller size:
     counted in ``masks_lost_in_resize``). Split: :func:`split_patients` of the unreserved patients."""
@@ -58,14 +68,19 @@ def build_lidc_slices_dataset(source: Source, path: Path, out: Path, size: int, 
     lost = 0
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
-    for crop in slices:
-        image, masks = crop.read()
-        stored = _resize_masks(list(masks), size).astype(np.uint8)
-        raters = int(stored.any(axis=(1, 2)).sum())
-        lost += int(masks.any(axis=(1, 2)).sum()) - raters
-        drawn[split_of[crop.patient]][raters] += 1
-        _write_crop(out / split_of[crop.patient], crop.name, _normalised_image(image, preprocessing, size), stored,
-                    crop.patient, raters_drawn=np.array(raters))
+    for nodule in _nodules(slices):
+        read = {crop.number: crop.read() for crop in nodule}
+        for crop in nodule:
+            image, masks = read[crop.number]
+            stored = _resize_masks(list(masks), size).astype(np.uint8)
+            raters = int(stored.any(axis=(1, 2)).sum())
+            lost += int(masks.any(axis=(1, 2)).sum()) - raters
+            drawn[split_of[crop.patient]][raters] += 1
+            unions = [read[number][1].max(axis=0) if number in read else np.zeros_like(masks[0])
+                      for number in (crop.number - 1, crop.number + 1)]
+            _write_crop(out / split_of[crop.patient], crop.name, _normalised_image(image, preprocessing, size),
+                        stored, crop.patient, _resize_masks(unions, size).astype(np.uint8),
+                        raters_drawn=np.array(raters))
     nodules = Counter(patient for patient, _ in {(crop.patient, crop.nodule) for crop in slices})
     write_split_file(out / SPLIT_FILE, splits, nodules, Counter(crop.patient for crop in slices))
     if reserved:
