@@ -4,6 +4,7 @@ there): NIfTI and DICOM + RTSTRUCT read back with independent readers (nibabel, 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import pytest
 
 from sdseg.data.dataset import SPLITS, CropsDataset
 from sdseg.data.ibsi_sts import rtstruct_agreement
+from sdseg.data import sources
+from sdseg.data.preprocess import texture_crops
 from sdseg.data.sources import get_source
 import test_data_sources
 from test_data_sources import read_nrrd
@@ -96,7 +99,7 @@ def test_a_patient_is_in_one_split_for_every_modality_with_its_crops_named_by_mo
         # 4.7 mm, the tumour on every slice) has none
         assert (info["negatives"]["counts"]["train"] > 0) == (modality != "pet")
         expected = {"ct": {"normalization": "ct_window", "window": [-160.0, 240.0]},
-                    "pet": {"normalization": "ct_window", "window": [0.0, 10.0]}}.get(
+                    "pet": {"normalization": "ct_window", "window": [0.0, 10.0], "body_above": -0.98}}.get(
             modality, {"normalization": "percentile", "percentiles": [0.5, 99.5]})
         assert info["preprocessing"] == expected
         names = {"ct": ["CT"], "mr": ["MR_T1"], "pet": ["PET"], "all": list(MODALITIES)}[modality]
@@ -112,6 +115,17 @@ def test_a_patient_is_in_one_split_for_every_modality_with_its_crops_named_by_mo
         CropsDataset(out, "train")[0]
     assert splits["ct"] == splits["mr"] == splits["pet"] == splits["all"]
     assert sorted(p for s in SPLITS for p in splits["ct"][s]) == ["STS_002", "STS_003", "STS_004", PATIENT]
+
+
+def test_pet_lesion_free_regions_count_body_tissue_at_low_suv():
+    """Body tissue is SUV 0.1-1, at the bottom of the 0..10 window: the generic body test (normalised > -0.8, made
+    for CT and MR) would take every PET region for air and cut no lesion-free PET crop."""
+    case = get_source("ibsi-sts").load(FIXTURE, modality="pet")[0].read()
+    case = dataclasses.replace(case, masks=np.zeros_like(case.masks))  # where the tumour is not: any region
+    window = dict(sources.IBSI_STS_PREPROCESSING["pet"])
+    assert len(texture_crops(case, window, 32, 96, 4, np.random.default_rng(0))) == 4
+    del window["body_above"]
+    assert texture_crops(case, window, 32, 96, 4, np.random.default_rng(0)) == []
 
 
 def test_reserved_patients_are_left_out_refused_alone_and_never_exported(tmp_path):

@@ -37,6 +37,7 @@ OBJECT_SLICE_SPAN = (0.25, 0.75)  # ... taken from this part of the structure's 
 JITTER = 0.25  # ROI centre offsets of the extra crops, as a fraction of the ROI size
 LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
 TEXTURES_PER_SPLIT = 1000  # real lesion-free crops used as backgrounds of the synthetic multi-rater set
+BODY_ABOVE = -0.8  # a normalised value above this is body, not air (lesion-free crops are mostly body)
 RESERVED_SOURCES = ("lidc-slices", "ibsi-sts")  # sources whose loader leaves out the reserved patients (sdseg.data.reserved)
 
 
@@ -414,7 +415,8 @@ def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: 
     """Up to ``count`` lesion-free single-slice ROIs of a case, normalised and resized like :func:`roi_crops`
     ((S, S) float32 in [-1, 1]), as textures for synthetic lesions. An ROI is ``crop`` pixels in-plane (0: the
     whole slice; a third of the image for 2D cases, whose lesion is usually central), on a random slice, touching no
-    masked voxel and at least half inside the body (normalised value > -0.8)."""
+    masked voxel and at least half inside the body (normalised value > BODY_ABOVE, or the preprocessing's
+    ``body_above`` where the tissue sits near the bottom of its range, as PET in SUV)."""
     dims_ijk = case.image.shape[::-1]
     slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
     union = case.masks.max(axis=0)
@@ -436,7 +438,7 @@ def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: 
         if roi_array(union, roi).any():
             continue
         _, image, _, _ = next(roi_crops(case, roi, slice_axis, preprocessing, size))
-        if np.mean(image > -0.8) >= 0.5:
+        if np.mean(image > preprocessing.get("body_above", BODY_ABOVE)) >= 0.5:
             textures.append(image[0])
     return textures
 

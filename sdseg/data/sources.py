@@ -34,7 +34,8 @@ from sdseg.volume_io import FILE_SUFFIXES, VolumeError, read_volume
 
 PERCENTILE = {"normalization": "percentile", "percentiles": [0.5, 99.5]}
 ABDOMEN_CT_WINDOW = {"normalization": "ct_window", "window": [-160.0, 240.0]}
-PET_SUV_WINDOW = {"normalization": "ct_window", "window": [0.0, 10.0]}  # SUV 0..10 (FDG-PET in SUV)
+# FDG-PET in SUV: clipped at 0..10; body tissue is SUV > 0.1 (normalised -0.98), most of it below 1
+PET_SUV_WINDOW = {"normalization": "ct_window", "window": [0.0, 10.0], "body_above": -0.98}
 # ibsi-sts per --modality: CT a soft-tissue window, MR T1 the percentiles over each ROI, PET an SUV clip; one model
 # for all three sees no modality, so `all` normalises every one by percentiles
 IBSI_STS_PREPROCESSING = {"ct": ABDOMEN_CT_WINDOW, "mr": PERCENTILE, "pet": PET_SUV_WINDOW, "all": PERCENTILE}
