@@ -23,6 +23,7 @@ class Case:
     # An atlas label map (K, J, I) whose labels are separate objects (anatomical structures): each is cropped with
     # its own mask only (sdseg.data.preprocess.object_crops); None: the masks' connected components are the lesions.
     objects: np.ndarray | None = None
+    tag: str = ""  # what tells this case from the patient's others in crop file names (e.g. the modality); "" none
 
 
 class CaseRef(NamedTuple):

