@@ -62,3 +62,9 @@ def build_model(kind: str, preset: str = "small", **overrides):
 def model_from_config(kind: str, config: dict):
     """A new model of ``kind`` rebuilt from its saved ``config`` (weights not loaded)."""
     return model_class(kind)(config)
+
+
+def import_model_classes() -> None:
+    """Import every kind's class now (a worker does it while it waits for its first job)."""
+    for kind in MODEL_CLASSES:
+        model_class(kind)
