@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from slicerlib_testing import CLI_TIMEOUT_S
+from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME
 
 from SDSegSlicerLib.worker_client import WorkerClient
 
@@ -100,3 +100,24 @@ def test_a_reader_that_went_away_gets_no_traceback(argv, worker_env):
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr and "Errno" not in result.stderr, \
         result.stderr
+
+
+CONCURRENT_IMPORTS = """
+import sys, threading, time
+import torch
+from sdseg.checkpoint import load_model
+from sdseg.models import import_model_classes
+threading.Thread(target=import_model_classes, daemon=True).start()  # as the worker does after its hello
+while "diffusers" not in sys.modules:  # the thread is inside diffusers' import: a job loads a model now
+    time.sleep(0.001)
+print(type(load_model(sys.argv[1])).__name__)
+"""
+
+
+def test_a_job_loading_a_model_while_the_worker_imports_the_classes_gets_them(worker_env, tiny_models_dir):
+    """The worker imports the model classes in a thread after its hello; a job's model load then must wait for
+    them (diffusers replaces its module while it initialises: a second importer would find no classes)."""
+    result = subprocess.run([sys.executable, "-c", CONCURRENT_IMPORTS, str(tiny_models_dir / MODEL_NAME)],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["AmbiguousDiffusionModel"]
