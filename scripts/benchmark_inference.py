@@ -117,7 +117,7 @@ def top_level_calls(model, run) -> list[tuple]:
 
 def sampler_vs_bare_loop(model, samples: int, steps: int | None, repeats: int = 3) -> tuple[float, float]:
     """(seconds of ``model.sample`` of one image with ``samples`` samples, seconds of its forward passes alone);
-    best of ``repeats`` each."""
+    best of ``repeats`` each, the two runs taking turns (a machine whose load changes affects both alike)."""
     size = model.config["image_size"]
     image = torch.zeros(1, model.config["image_channels"], size, size, device=next(model.parameters()).device)
     calls = top_level_calls(model, lambda: model.sample(image, samples, steps=steps))
@@ -127,15 +127,13 @@ def sampler_vs_bare_loop(model, samples: int, steps: int | None, repeats: int = 
             for module, args, kwargs in calls:
                 module(*args, **kwargs)
 
-    def best(run) -> float:
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-        return min(times)
+    def seconds(run) -> float:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
 
-    return best(lambda: model.sample(image, samples, steps=steps)), best(bare_loop)
+    pairs = [(seconds(lambda: model.sample(image, samples, steps=steps)), seconds(bare_loop)) for _ in range(repeats)]
+    return min(p[0] for p in pairs), min(p[1] for p in pairs)
 
 
 def model_of_kind(kind: str, preset: str, device: torch.device):
