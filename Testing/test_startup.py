@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME
@@ -121,3 +122,18 @@ def test_a_job_loading_a_model_while_the_worker_imports_the_classes_gets_them(wo
                             env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["AmbiguousDiffusionModel"]
+
+
+def test_segment_without_slicer_core_says_what_to_install(worker_env, tmp_path):
+    """MRML is imported by `segment` itself now: without slicer-core it says what to install, in one line."""
+    shadow = tmp_path / "without_slicer_core"
+    shadow.mkdir()
+    (shadow / "slicer.py").write_text("raise ImportError('No module named slicer')\n")
+    sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "sample.nrrd"
+    result = subprocess.run([sys.executable, *SDSEG_SLICER, "segment", str(sample), "-o", str(tmp_path / "x.seg.nrrd"),
+                             "--point-ijk", "45,31,16"], capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                            env=dict(worker_env, PYTHONPATH=os.pathsep.join([str(shadow), worker_env["PYTHONPATH"]])))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith("pip install 'sdseg-slicer[headless]'")
+    assert not list(tmp_path.glob("x*"))

@@ -559,8 +559,11 @@ def quiet_vtk() -> None:
 
 def mrml_scene():
     """A new MRML scene (slicer-core, with the segmentation converter rules Slicer registers at start-up)."""
-    quiet_vtk()
-    import slicer
+    try:
+        quiet_vtk()
+        import slicer
+    except ImportError as error:
+        raise UsageError(f"segment needs slicer-core ({error}): pip install 'sdseg-slicer[headless]'") from None
 
     from .segmentation_writer import ensure_converter_rules
 
