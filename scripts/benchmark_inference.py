@@ -1,5 +1,14 @@
-"""Inference speed per model kind: slices/s and first-slice latency at N samples, batching on vs off; and with
---prompt, the prompt-driven mode on the bundled sample volume for each installed model.
+"""Inference speed per model kind, in one run: start-up (the command line's imports, the worker ready, its first
+slice of README command 1), slices/s and first-slice latency at N samples with batching on vs off, and each
+model's sampler against a bare loop of the same forward passes; with --prompt, the prompt-driven mode on the
+bundled sample volume for each installed model.
+
+Start-up: `sdseg-slicer --help` in a new process (wall and CPU seconds), then a real worker (SDSegSlicerLib's
+WorkerClient) started and given README command 1's job (the default model, one click on the sample volume): seconds
+to its hello, to the first slice and to the end.
+Sampler vs bare loop: the network calls one ``model.sample`` makes (every call of a sub-module not made inside
+another one, e.g. the UNet and the decoder, with their inputs) are recorded, then replayed alone; the ratio is
+bare-loop time / sampler time (1.0: the sampler adds nothing to its forward passes).
 
 "Batch on" lets sdseg.inference choose the images per forward pass from the free memory; "batch off" runs one image
 per forward pass. Uses the installed model of each kind (sdseg.registry) when there is one, otherwise a randomly
@@ -10,6 +19,7 @@ does (sdseg.propagation); prints first-slice latency, total time and slices visi
     python scripts/benchmark_inference.py --slices 8 --size 64 --samples 1 4 16
     python scripts/benchmark_inference.py --prompt --samples 8 --threads 2
     python scripts/benchmark_inference.py --batch-sweep --sizes 64 128 --threads 1
+    python scripts/benchmark_inference.py --slices 2 --size 16 --samples 1 --startup-samples 1   # CI
 
 --batch-sweep: seconds per image of one sampling call at 1, 2, 4, 8, 16 images per forward pass, per kind and image
 size (a preset model of each kind made at that size), and the batch that sdseg.inference.auto_batch_size picks.
@@ -18,8 +28,10 @@ size (a preset model of each kind made at that size), and the batch that sdseg.i
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +44,96 @@ from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model
 from sdseg.propagation import Prompt, propagate
 from sdseg.volume_io import read_volume
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT / "Resources" / "SampleData"
 DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
+README_CLICK_IJK = [45, 31, 16]  # README command 1: --point-ijk 45,31,16 on the sample volume
+STARTUP_TIMEOUT_S = 600.0
+
+
+def child_cpu_s() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def startup(samples: int) -> None:
+    """The command line's import time, then a real worker: ready, first slice and end of README command 1's job."""
+    sys.path.insert(0, str(ROOT / "SDSegSlicer"))
+    from SDSegSlicerLib.worker_client import WorkerClient
+
+    cpu, started = child_cpu_s(), time.perf_counter()
+    subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "--help"], check=True, stdout=subprocess.DEVNULL,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, sys.path[:1] + [ROOT]))))
+    print(f"start-up: `sdseg-slicer --help` {time.perf_counter() - started:.2f} s wall, {child_cpu_s() - cpu:.2f} "
+          "CPU-s")
+    started = time.perf_counter()
+    client = WorkerClient()
+    try:
+        hello = client.start(STARTUP_TIMEOUT_S)
+        ready = time.perf_counter() - started
+        job_id = client.submit({"volume": str(SAMPLE_DIR / "sample.nrrd"), "model": None, "samples": samples,
+                                "steps": None, "seed": 0, "device": "auto", "batch_size": None, "roi_ijk": None,
+                                "slice_axis": None, "prompt": {"lesions": [{"point_ijk": README_CLICK_IJK}]}})
+        first, slices, end = None, 0, None
+        while end is None and time.perf_counter() - started < STARTUP_TIMEOUT_S:
+            for message in client.poll(1.0):
+                if message.get("job_id") != job_id:
+                    continue
+                if message["type"] == "slice":
+                    first, slices = first or time.perf_counter() - started, slices + 1
+                elif message["type"] in ("done", "cancelled", "error"):
+                    end = message
+    finally:
+        client.stop()
+    if end is None or end["type"] != "done":
+        raise SystemExit(f"README command 1's job did not finish: {end}")
+    print(f"start-up: worker ready {ready:.2f} s after launch ({hello.get('runtime')}); README command 1 (default "
+          f"model, N={samples}): first slice at {first:.2f} s, {slices} slices done at "
+          f"{time.perf_counter() - started:.2f} s")
+
+
+def top_level_calls(model, run) -> list[tuple]:
+    """(module, args, kwargs) of every sub-module call ``run()`` makes that is not inside another one's call."""
+    calls, depth = [], [0]
+
+    def enter(module, args, kwargs):
+        if depth[0] == 0:
+            calls.append((module, args, kwargs))
+        depth[0] += 1
+
+    def leave(module, args, output):
+        depth[0] -= 1
+
+    modules = [module for module in model.modules() if module is not model]
+    hooks = [hook for module in modules for hook in (module.register_forward_pre_hook(enter, with_kwargs=True),
+                                                     module.register_forward_hook(leave))]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def sampler_vs_bare_loop(model, samples: int, steps: int | None, repeats: int = 3) -> tuple[float, float]:
+    """(seconds of ``model.sample`` of one image with ``samples`` samples, seconds of its forward passes alone);
+    best of ``repeats`` each, the two runs taking turns (a machine whose load changes affects both alike)."""
+    size = model.config["image_size"]
+    image = torch.zeros(1, model.config["image_channels"], size, size, device=next(model.parameters()).device)
+    calls = top_level_calls(model, lambda: model.sample(image, samples, steps=steps))
+
+    def bare_loop():
+        with torch.no_grad():
+            for module, args, kwargs in calls:
+                module(*args, **kwargs)
+
+    def seconds(run) -> float:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
+
+    pairs = [(seconds(lambda: model.sample(image, samples, steps=steps)), seconds(bare_loop)) for _ in range(repeats)]
+    return min(p[0] for p in pairs), min(p[1] for p in pairs)
 
 
 def model_of_kind(kind: str, preset: str, device: torch.device):
@@ -108,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sweep", action="store_true",
                         help="seconds per image vs images per pass instead (see --sizes)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128], help="image sizes of --batch-sweep")
+    parser.add_argument("--startup-samples", type=int, default=8, help="N of README command 1 in the start-up")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,13 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
         batch_sweep(args.kinds, args.sizes, device, args.steps)
         return 0
+    startup(args.startup_samples)
     volume = np.random.default_rng(0).normal(0.0, 100.0, (args.slices, args.size, args.size)).astype(np.float32)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, volume "
           f"{args.slices} x {args.size} x {args.size}")
     print(f"{'model':<36} {'N':>3} {'batch':>5} {'slices/s':>9} {'first slice s':>14}")
-    ratios = []
+    ratios, models = [], []
     for kind in args.kinds:
         model, label = model_of_kind(kind, args.preset, device)
+        models.append((model, label))
         auto = inference.auto_batch_size(device, model.config["image_size"])
         measure(model, volume[:1], 1, 1, args.steps)  # warm-up (kernel selection, allocator)
         for samples in args.samples:
@@ -141,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<36} {'N':>3} {'throughput x':>13} {'first-slice latency x':>22}")
     for label, samples, speedup, latency in ratios:
         print(f"{label:<36} {samples:>3} {speedup:>13.2f} {latency:>22.2f}")
+    print("\nsampler vs bare loop of its forward passes (one image, N samples; best of 3):")
+    print(f"{'model':<36} {'N':>3} {'sampler s':>10} {'bare loop s':>12} {'bare / sampler':>15}")
+    for model, label in models:
+        for samples in args.samples:
+            ours, bare = sampler_vs_bare_loop(model, samples, args.steps)
+            print(f"{label:<36} {samples:>3} {ours:>10.3f} {bare:>12.3f} {bare / ours:>15.2f}", flush=True)
     return 0
 
 

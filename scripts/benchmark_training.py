@@ -4,6 +4,9 @@ model and AdamW on one batch already on the device), per model kind, measured in
 
     python scripts/benchmark_training.py --preset small --batch-size 16 --steps 10
     python scripts/benchmark_training.py --preset small --batch-size 128 --steps 50 --device cuda   # on a GPU
+    python scripts/benchmark_training.py --preset tiny --image-size 32 --batch-size 2 --steps 1 --crops 8   # CI
+
+The run's settings come from `sdseg train`'s own parser and defaults (every kind, every setting it needs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from sdseg.data.synthetic import make_shapes_dataset
 from sdseg.device import resolve_device
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES
-from sdseg.training import Training, _StopRequest
+from sdseg.training import Training, _parser, _settings, _StopRequest
 
 DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
 
@@ -78,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.image_size} px, batch {args.batch_size}")
         print(f"{'kind':<10} {'sdseg train img/s':>18} {'bare loop img/s':>16} {'ratio':>6}")
         for kind in args.kinds:
-            settings = {"model": kind, "preset": args.preset, "init": None, "batch_size": args.batch_size,
-                        "lr": 1e-4, "warmup": 0, "ema": 0.999, "seed": 0, "data": str(data), "stage_steps": None,
-                        "steps": 1000}
+            train_args = ["--model", kind, "--data", str(data), "--out", str(Path(folder) / kind), "--preset",
+                          args.preset, "--batch-size", str(args.batch_size), "--warmup", "0", "--steps", "1000"]
+            settings = _settings(_parser().parse_args(train_args), None)
             with _StopRequest():
                 training = Training(settings, Path(folder) / kind, device, 0, "benchmark")
                 ours = training_loop_rate(training, args.steps, args.warmup)

@@ -13,12 +13,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from sdseg.models import MODEL_CLASSES, model_from_config
+
+if TYPE_CHECKING:  # torch loads with the first model, not with `sdseg models`
+    import torch
 
 FORMAT = "sdseg-model"
 FORMAT_VERSION = 1
@@ -49,6 +51,8 @@ def _refuse_pickles_in(folder: Path) -> None:
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name]
@@ -71,6 +75,8 @@ def save_model(model, folder, card: str | None = None, half_precision: bool = Fa
     float32). ``card`` (Markdown) becomes ``README.md``; with ``card=None`` an existing card is left as it is.
     Files are replaced atomically.
     """
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     kind = getattr(model, "kind", "")
     if kind not in MODEL_CLASSES:

@@ -1,8 +1,10 @@
-"""`sdseg` command line: train, evaluate, preprocess, models. Each subcommand lives in its own module."""
+"""`sdseg` command line: train, evaluate, preprocess, models. Each subcommand lives in its own module, imported
+only when it runs (`sdseg --help` and `sdseg models` load no torch)."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -14,6 +16,16 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        status = run(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return status
+    except BrokenPipeError:  # `sdseg models | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 1
+
+
+def run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         lines = ["usage: sdseg {" + ",".join(SUBCOMMANDS) + "} ...", ""]

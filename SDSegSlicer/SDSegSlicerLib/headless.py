@@ -8,7 +8,8 @@ SegmentationRun on a vtkMRMLScene from slicer-core), and list the installed mode
 Writes OUT.seg.nrrd (segments consensus, sample 1..N; `lesion L ...` for several lesions), OUT_variance.nrrd,
 OUT_summary.json / .csv and OUT_preview.png, each whole or not at all, after checking that they can be written.
 Ctrl-C, SIGTERM or SIGHUP cancels the job and writes what arrived (exit status 128 + the signal's number). Every
-failure is one line on stderr and a non-zero exit status.
+failure is one line on stderr and a non-zero exit status. VTK, MRML and SimpleITK are imported by the commands that
+use them only: --help, argument errors and `models` answer at once.
 """
 
 from __future__ import annotations
@@ -25,18 +26,10 @@ import threading
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
-import slicer
-import vtk
-
 from .batch import BatchError, add_prompts, read_inputs, run_batch
-from .export import dicom_series_files, export_segmentation, export_volume
 from .outputs import OutputError, check_outputs, output_paths
-from .preview import write_preview
 from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
 from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
-from .segmentation_writer import ensure_converter_rules
-from .stats import segmentation_statistics, write_statistics
 from .remote_client import TOKEN_ENVIRONMENT_VARIABLE, RemoteWorkerClient
 from .remote_server import DEFAULT_PORT, serve
 from .worker_client import WorkerClient, WorkerError
@@ -158,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: automatic)")
     add_worker_options(segment)
+    add_threads_option(segment)
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     models = commands.add_parser("models", help="list the installed models")
     add_worker_options(models)
+    add_threads_option(models)
     batch = commands.add_parser("batch", help="segment a cohort: one task per volume, resumable, one summary CSV")
     batch.add_argument("--inputs", required=True, help="a folder of volumes (sub-folders: DICOM series) or a CSV "
                        "with columns id, input")
@@ -171,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "running one) or 'local' (start one here)")
     batch.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each Ray task needs (default 0)")
     batch.add_argument("--workers", type=positive_int, help="local tasks at a time (default: cores / threads)")
-    batch.add_argument("--threads-per-task", type=positive_int, default=1, help="CPU threads each task uses "
-                       "(default 1)")
+    batch.add_argument("--threads-per-task", "--threads", type=positive_int, default=1,
+                       help="CPU threads each task uses (default 1)")
     for option, kwargs in BATCH_SEGMENT_OPTIONS:
         batch.add_argument(option, **kwargs)
     serve = commands.add_parser("serve", help="serve the worker to other machines over HTTP (docs/protocol.md)")
@@ -184,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=positive_int, default=DEFAULT_MAX_UPLOAD_MB,
                        help=f"largest volume upload (default {DEFAULT_MAX_UPLOAD_MB})")
     serve.add_argument("--data-root", help="clients may also name volumes inside this folder of the server")
+    add_threads_option(serve)
     web = commands.add_parser("web", help="the segmentation workflow in a browser (needs sdseg-slicer[web])")
     web.add_argument("input", nargs="?", help="volume file or DICOM series folder to open (or upload one in the page)")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
@@ -195,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--python", help="Python interpreter of the worker (default: this one)")
     web.add_argument("--server", metavar="URL", help="use the worker of an `sdseg-slicer serve` server instead")
     web.add_argument("--worker-token", help="that server's token")
+    add_threads_option(web)
     return parser
 
 
@@ -237,6 +234,11 @@ def add_worker_options(parser) -> None:
     parser.add_argument("--python", help="Python interpreter of the worker (default: this one)")
     parser.add_argument("--server", metavar="URL", help="use the worker of an `sdseg-slicer serve` server instead")
     parser.add_argument("--token", help=f"the server's token (default: ${TOKEN_ENVIRONMENT_VARIABLE})")
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument("--threads", type=positive_int, help="CPU threads of the worker (default: $OMP_NUM_THREADS, "
+                        "else the cores this process may use)")
 
 
 def start_client(args):
@@ -292,6 +294,7 @@ def command_serve(args) -> int:
 
 def command_web(args) -> int:
     try:
+        quiet_vtk()
         from SDSegSlicerWeb.command import run
     except ImportError as error:
         raise UsageError(f"the web app needs trame-slicer ({error}): pip install 'sdseg-slicer[web]'") from None
@@ -346,7 +349,8 @@ def command_models(args) -> int:
     finally:
         client.stop()
     device = hello["device"] + (f" ({hello['gpu_name']})" if hello.get("gpu_name") else "")
-    print(f"torch {hello['torch']}, device {device}")
+    threads = f", {hello['runtime']['threads']} CPU threads" if "runtime" in hello else ""  # older servers: none
+    print(f"torch {hello['torch']}, device {device}{threads}")
     if not hello["models"]:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
     for model in hello["models"]:
@@ -430,6 +434,10 @@ def wait_for_run(run, progress_bar) -> int | None:
 
 def read_input_voxels(path: str, shape_kji):
     """The input's voxels (K, J, I) for the preview background, or None if they cannot be read the same way."""
+    import SimpleITK as sitk
+
+    from .export import dicom_series_files
+
     try:
         if Path(path).is_dir():
             reader = sitk.ImageSeriesReader()
@@ -445,6 +453,10 @@ def read_input_voxels(path: str, shape_kji):
 
 def write_outputs(run, paths, args) -> dict:
     """Write every output file; returns the statistics."""
+    from .export import export_segmentation, export_volume
+    from .preview import write_preview
+    from .stats import segmentation_statistics, write_statistics
+
     export_segmentation(run.segmentation_node, paths["segmentation"])
     export_volume(run.variance_node, paths["variance"])
     statistics = segmentation_statistics(run.segmentation_node, run.variance_node)
@@ -490,8 +502,6 @@ def command_segment(args) -> int:
 
 def _segment(args, lesions: list[dict], paths: dict) -> int:
     """Run the segment job of the command line and write its outputs at ``paths``; the exit status."""
-    ensure_converter_rules()
-    scene = slicer.vtkMRMLScene()
     box = [{"box_ijk": args.roi}] if args.roi and not lesions and not args.whole_volume else []
     prompt = prompt_request(lesions or box, args.stop_after_empty, args.max_slices)
     if prompt is None:
@@ -504,7 +514,8 @@ def _segment(args, lesions: list[dict], paths: dict) -> int:
     except KeyboardInterrupt as interrupt:
         print("Cancelled before the worker was ready; nothing written.", file=sys.stderr)
         return exit_status_of(signal_of(interrupt))
-    try:
+    try:  # MRML loads here, while the worker loads its network code (sdseg.worker): both at once
+        scene = mrml_scene()
         run = SegmentationRun(scene, client, job)
         run.start()
         interrupted = wait_for_run(run, ProgressBar())
@@ -539,15 +550,42 @@ def report_run(run, paths, args, interrupted: int | None) -> int:
     return EXIT_ERROR
 
 
+def quiet_vtk() -> None:
+    """Import VTK with its own error prints off: every failure is reported in one line."""
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
+
+
+def mrml_scene():
+    """A new MRML scene (slicer-core, with the segmentation converter rules Slicer registers at start-up)."""
+    try:
+        quiet_vtk()
+        import slicer
+    except ImportError as error:
+        raise UsageError(f"segment needs slicer-core ({error}): pip install 'sdseg-slicer[headless]'") from None
+
+    from .segmentation_writer import ensure_converter_rules
+
+    ensure_converter_rules()
+    return slicer.vtkMRMLScene()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    vtk.vtkObject.GlobalWarningDisplayOff()  # VTK's own error prints: every failure is reported in one line
     try:
         args = build_parser().parse_args(attach_negative_values(argv))
+        if getattr(args, "threads", None):
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the workers started from here read it (sdseg.threads)
         commands = {"models": command_models, "segment": command_segment, "serve": command_serve,
                     "batch": command_batch, "web": command_web}
         with termination_as_interrupt():
-            return commands[args.command](args)
+            status = commands[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return status
+    except BrokenPipeError:  # `sdseg-slicer models | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return EXIT_ERROR
     except UsageError as error:
         print(f"sdseg-slicer: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,8 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import SimpleITK as sitk
-
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 # Roughly what the outputs take per input voxel at most (float32 variance, one byte per segment layer before
 # compression) and on top (summary, preview).
@@ -36,6 +34,8 @@ def input_voxels(path) -> int:
     path = Path(path)
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) // 2
+    import SimpleITK as sitk  # not imported by the command line's --help
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module_logic import world_to_ijk_matrix
-
 DEFAULT_STOP_AFTER_EMPTY = 2  # the worker's default: a direction ends after 2 slices in a row without lesion
 WHOLE_VOLUME_WARNING = (
     "Whole-volume mode: every slice is segmented, while the models were trained on ~96-voxel regions around a "
@@ -27,6 +25,8 @@ def prompt_request(lesions: list[dict], stop_after_empty: int = DEFAULT_STOP_AFT
 def points_ijk(markups_node, volume_node) -> list[list[float]]:
     """The control points of a markups node (world RAS, through any parent transforms) in the volume's continuous
     IJK coordinates."""
+    from .module_logic import world_to_ijk_matrix  # MRML: not imported by the command line's --help
+
     world_to_ijk = world_to_ijk_matrix(volume_node)
     points = []
     for n in range(markups_node.GetNumberOfControlPoints()):

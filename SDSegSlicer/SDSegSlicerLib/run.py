@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .segmentation_writer import StreamedSegmentationWriter
-
 # The worker's default and largest number of samples and its devices (sdseg.worker.protocol; a test keeps them
 # equal): the module's, the web app's and the command's default, limit and choices.
 DEFAULT_SAMPLES = 8
@@ -134,6 +132,8 @@ class SegmentationRun:
                                  total_is_bound=bool(message.get("prompt")))
             volume_name = (self.reference_volume_node.GetName() if self.reference_volume_node is not None
                            else volume_display_name(self.job["volume"]))
+            from .segmentation_writer import StreamedSegmentationWriter  # MRML: not imported by --help
+
             self.writer = StreamedSegmentationWriter(
                 self.scene, message, f"{volume_name} {message.get('model', 'segmentation')}",
                 int(message["samples"]), self.reference_volume_node)  # as the worker resolved it

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import MutableMapping
 
 
 class _LazyClasses(MutableMapping):
-    """Mapping kind -> class whose values may be given as "module:Class" and are imported on first access."""
+    """Mapping kind -> class whose values may be given as "module:Class" and are imported on first access, one
+    import at a time: diffusers replaces its module in ``sys.modules`` while it initialises, so a second thread
+    importing it then would get a module without its classes."""
 
     def __init__(self, entries: dict):
         self._entries = dict(entries)
+        self._import_lock = threading.RLock()
 
     def __getitem__(self, kind):
-        entry = self._entries[kind]
-        if isinstance(entry, str):
-            module_name, class_name = entry.split(":")
-            entry = getattr(importlib.import_module(module_name), class_name)
-            self._entries[kind] = entry
+        with self._import_lock:
+            entry = self._entries[kind]
+            if isinstance(entry, str):
+                module_name, class_name = entry.split(":")
+                entry = getattr(importlib.import_module(module_name), class_name)
+                self._entries[kind] = entry
         return entry
 
     def __contains__(self, kind):  # membership must not import the class
@@ -63,3 +68,9 @@ def build_model(kind: str, preset: str = "small", **overrides):
 def model_from_config(kind: str, config: dict):
     """A new model of ``kind`` rebuilt from its saved ``config`` (weights not loaded)."""
     return model_class(kind)(config)
+
+
+def import_model_classes() -> None:
+    """Import every kind's class now (a worker does it while it waits for its first job)."""
+    for kind in MODEL_CLASSES:
+        model_class(kind)

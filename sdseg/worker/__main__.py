@@ -12,10 +12,14 @@ import sys
 import threading
 import time
 
+from sdseg.threads import configure_openmp
+
 PARENT_POLL_S = 1.0
 
 
 def main() -> int:
+    threads = configure_openmp()  # before torch is imported: OpenMP reads its settings when it loads
+    set_before_torch = "torch" not in sys.modules
     parent = os.getppid()  # before the hello: a client may be gone (and the worker re-parented) as soon as it has it
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", newline="\n")
     sys.stdout.flush()
@@ -23,12 +27,20 @@ def main() -> int:
     sys.stdout = sys.stderr
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("SDSEG_WORKER_LOG", "INFO"),
                         format="sdseg.worker %(levelname)s %(name)s: %(message)s")
-    from sdseg.worker.server import Worker, hello_message  # after the redirection: importing torch may print
+    import torch  # after the redirection: importing torch may print
 
+    from sdseg.models import import_model_classes
+    from sdseg.worker.server import Worker, hello_message
+
+    torch.set_num_threads(threads)
     worker = Worker(protocol_out)
-    worker.send(hello_message())
+    runtime = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+               "openmp_set_before_torch": set_before_torch}
+    worker.send({**hello_message(), "runtime": runtime})
     threading.Thread(target=worker.read_requests, args=(sys.stdin.buffer,), name="stdin-reader", daemon=True).start()
     threading.Thread(target=watch_parent, args=(worker, parent), name="parent-watch", daemon=True).start()
+    # the network code (diffusers, ~2 CPU-s) loads while the client prepares its first job, not after it sent it
+    threading.Thread(target=import_model_classes, name="model-imports", daemon=True).start()
     return worker.run()
 
 

@@ -1,0 +1,139 @@
+"""Start-up of the real worker and command lines: the worker's OpenMP settings are made before torch loads and its
+thread count is the one it was given (or the cores it may use); `--help`, argument errors and `models` load none of
+vtk / slicer-core / SimpleITK / torch; a reader that goes away (`sdseg -h | head`) gets no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME
+
+from SDSegSlicerLib.worker_client import WorkerClient
+
+HEAVY_MODULES = ("vtk", "slicer", "SimpleITK", "torch")
+SDSEG = ["-m", "sdseg.cli"]
+SDSEG_SLICER = ["-m", "SDSegSlicerLib.headless"]
+
+
+def worker_hello(env: dict) -> dict:
+    client = WorkerClient(env=env)
+    try:
+        return client.start(timeout=CLI_TIMEOUT_S)
+    finally:
+        client.stop()
+
+
+def test_worker_uses_the_threads_it_was_given_with_a_passive_wait_policy(worker_env):
+    runtime = worker_hello(dict(worker_env, OMP_NUM_THREADS="3"))["runtime"]
+    assert runtime == {"threads": 3, "omp_wait_policy": "PASSIVE", "openmp_set_before_torch": True}
+
+
+def test_worker_keeps_the_users_wait_policy(worker_env):
+    assert worker_hello(dict(worker_env, OMP_WAIT_POLICY="ACTIVE"))["runtime"]["omp_wait_policy"] == "ACTIVE"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_worker_without_a_setting_uses_the_cores_it_may_run_on(worker_env):
+    env = {name: value for name, value in worker_env.items() if name != "OMP_NUM_THREADS"}
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # the worker inherits this process's affinity: one core
+    try:
+        client = WorkerClient(env=env)
+        client.start(timeout=CLI_TIMEOUT_S)  # in the try: the affinity comes back whatever happens
+    finally:
+        os.sched_setaffinity(0, allowed)
+    try:
+        assert client.hello["runtime"]["threads"] == 1
+    finally:
+        client.stop()
+
+
+def test_sdseg_slicer_threads_option_reaches_the_worker(worker_env):
+    result = subprocess.run([sys.executable, *SDSEG_SLICER, "models", "--threads", "3"], env=worker_env,
+                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert "3 CPU threads" in result.stdout.splitlines()[0]
+
+
+def imported_top_level_modules(argv: list[str], env: dict) -> tuple[set, subprocess.CompletedProcess]:
+    """The top-level packages a real CLI process imported (`python -X importtime` lists every import on stderr)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env, capture_output=True, text=True,
+                            timeout=CLI_TIMEOUT_S)
+    names = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+             if line.startswith("import time:")}
+    return names, result
+
+
+@pytest.mark.parametrize("argv, status", [
+    (SDSEG + ["--help"], 0), (SDSEG + ["no-such-command"], 2), (SDSEG + ["models"], 0),
+    (SDSEG_SLICER + ["--help"], 0), (SDSEG_SLICER + ["segment", "--help"], 0), (SDSEG_SLICER + ["batch", "--help"], 0),
+    (SDSEG_SLICER + ["segment", "in.nrrd"], 2), (SDSEG_SLICER + ["segment", "no-such.nrrd", "-o", "x.seg.nrrd"], 2),
+    (SDSEG_SLICER + ["segment", "x.nrrd", "-o", "x.seg.nrrd", "--samples", "0"], 2),
+])
+def test_command_line_answers_without_heavy_imports(argv, status, worker_env, tmp_path):
+    names, result = imported_top_level_modules(argv, worker_env)
+    assert result.returncode == status, result.stderr[-2000:]
+    assert names & {"sdseg", "SDSegSlicerLib"}  # the import list was read
+    assert not names & set(HEAVY_MODULES), sorted(names & set(HEAVY_MODULES))
+
+
+def test_sdseg_slicer_models_loads_torch_in_the_worker_only(worker_env):
+    names, result = imported_top_level_modules(SDSEG_SLICER + ["models"], worker_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch" in result.stdout  # the worker's torch version, from its hello
+    assert not names & set(HEAVY_MODULES)
+
+
+@pytest.mark.parametrize("argv", [SDSEG + ["-h"], SDSEG + ["models"], SDSEG_SLICER + ["-h"],
+                                  SDSEG_SLICER + ["segment", "-h"], SDSEG_SLICER + ["models"]])
+def test_a_reader_that_went_away_gets_no_traceback(argv, worker_env):
+    """`sdseg -h | head`: the pipe's reading end is closed before the command writes (as when `head` has exited)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, *argv], env=worker_env, stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=CLI_TIMEOUT_S)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr and "Errno" not in result.stderr, \
+        result.stderr
+
+
+CONCURRENT_IMPORTS = """
+import sys, threading, time
+import torch
+from sdseg.checkpoint import load_model
+from sdseg.models import import_model_classes
+threading.Thread(target=import_model_classes, daemon=True).start()  # as the worker does after its hello
+while "diffusers" not in sys.modules:  # the thread is inside diffusers' import: a job loads a model now
+    time.sleep(0.001)
+print(type(load_model(sys.argv[1])).__name__)
+"""
+
+
+def test_a_job_loading_a_model_while_the_worker_imports_the_classes_gets_them(worker_env, tiny_models_dir):
+    """The worker imports the model classes in a thread after its hello; a job's model load then must wait for
+    them (diffusers replaces its module while it initialises: a second importer would find no classes)."""
+    result = subprocess.run([sys.executable, "-c", CONCURRENT_IMPORTS, str(tiny_models_dir / MODEL_NAME)],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["AmbiguousDiffusionModel"]
+
+
+def test_segment_without_slicer_core_says_what_to_install(worker_env, tmp_path):
+    """MRML is imported by `segment` itself now: without slicer-core it says what to install, in one line."""
+    shadow = tmp_path / "without_slicer_core"
+    shadow.mkdir()
+    (shadow / "slicer.py").write_text("raise ImportError('No module named slicer')\n")
+    sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "sample.nrrd"
+    result = subprocess.run([sys.executable, *SDSEG_SLICER, "segment", str(sample), "-o", str(tmp_path / "x.seg.nrrd"),
+                             "--point-ijk", "45,31,16"], capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                            env=dict(worker_env, PYTHONPATH=os.pathsep.join([str(shadow), worker_env["PYTHONPATH"]])))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith("pip install 'sdseg-slicer[headless]'")
+    assert not list(tmp_path.glob("x*"))
