@@ -54,3 +54,28 @@ def test_lidc_crops_added_to_another_set_leave_the_reserved_patients_out(tmp_pat
         with np.load(path) as crop:
             patients.add(str(crop["patient"]))
     assert "LIDC-IDRI-0950" not in patients and {"LIDC-IDRI-0011", "LIDC-IDRI-0055"} <= patients
+
+
+def test_four_rater_lidc_crops_join_a_one_rater_set_for_training(tmp_path):
+    """--add-train may bring another number of raters (LIDC's four beside the sarcoma's one): its crops go to the
+    train split only, the data set keeps its own source's count, and the training batches take both."""
+    import torch
+
+    from sdseg.data.batches import InMemoryCrops
+    from sdseg.data.dataset import CropsDataset
+    from test_data_ibsi_sts import FIXTURE as STS_FIXTURE
+
+    out = tmp_path / "union"
+    result = run_preprocess("--source", "ibsi-sts", "--input", STS_FIXTURE, "--modality", "ct", "--out", out,
+                            "--size", 32, "--add-train", f"lidc-slices={LIDC_FIXTURE}")
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["n_raters"] == 1 and info["extra_train_sources"][0]["source"] == "lidc-slices"
+    raters = {}
+    for path in out.rglob("*.npz"):
+        with np.load(path) as crop:
+            raters.setdefault(path.parent.name, set()).add(crop["masks"].shape[0])
+    assert raters["train"] == {1, 4} and all(counts == {1} for split, counts in raters.items() if split != "train")
+    crops = InMemoryCrops(CropsDataset(out, "train"), torch.device("cpu"))
+    images, masks = crops.batch(list(range(len(crops))), torch.Generator().manual_seed(0))[:2]
+    assert images.shape[0] == masks.shape[0] == len(crops) and set(crops.rater_counts.tolist()) == {1, 4}

@@ -358,10 +358,11 @@ def build_real_dataset(source: Source, refs: list[CaseRef], out: Path, size: int
         case = ref.read()
         if number in lesion_numbers:
             lesion_cases.append(case)
-        n_raters.add(case.masks.shape[0])
-        if len(n_raters) != 1:
-            raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
-                              f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
+        if number < len(refs):  # --add-train cases may have another number of raters (train only: batches pad)
+            n_raters.add(case.masks.shape[0])
+            if len(n_raters) != 1:
+                raise SourceError(f"case {case.patient} has {case.masks.shape[0]} raters, others "
+                                  f"{sorted(n_raters - {case.masks.shape[0]})}; a data set needs one number")
         stem = "_".join(filter(None, (_file_stem(case.patient), case.tag, f"{number:05d}")))
         written, negative = _write_case_crops(out / split, stem, case, size,
                                               preprocessing, crop, crops_per_lesion, margin_slices, seed, negatives,
