@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -37,11 +38,11 @@ from SDSegSlicerLib.worker_client import WorkerError
 
 from . import panel
 from .access import token_middleware
+from .view_fit import keep_slices_fitted
 from .volumes import load_input
 
 POLL_INTERVAL_S = 0.1
 WORKER_STARTING = "Starting the worker (loading PyTorch)..."
-VIEW_FIT_DELAY_S = 1.0  # a new page lays its views out first
 DEFAULT_LAYOUT = "Axial Primary"
 DOUBLE_CLICK_S = 0.5  # a Cancel this soon after Segment is the second click of a double click on Segment
 POINT_EVENTS = (vtkMRMLMarkupsNode.PointPositionDefinedEvent, vtkMRMLMarkupsNode.PointRemovedEvent)
@@ -64,6 +65,12 @@ def whole_number(value, name: str, low: int, high: int | None = None, hint: str 
         given = "the field is empty" if value is None or str(value).strip() == "" else f"not {value}"
         raise ValueError(f"{name} must be a whole number {bounds}{hint}: {given}.")
     return number
+
+
+def voxel_of(point_ijk) -> list[int]:
+    """The voxel (I, J, K indices of the input file) that a clicked point lies in: voxel n spans n - 0.5 to n + 0.5.
+    The page shows and segments this voxel, so that `segment --point-ijk I,J,K` gives the page's result."""
+    return [int(math.floor(value + 0.5)) for value in point_ijk]
 
 
 def sentences(*parts: str) -> str:
@@ -104,11 +111,11 @@ class SDSegWebApp(TrameApp):
         self._init_state()
         self.ui = panel.build(self)
         self.editor_logic.set_ui(self.ui.editor)
+        keep_slices_fitted(self.slicer_app.view_manager.get_slice_views())
         if access_token:
             self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(token_middleware(access_token)))
         self.ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self.ensure_worker()))
         self.ctrl.on_server_exited.add(lambda **_: self.shutdown())
-        self.ctrl.on_client_connected.add(lambda **_: asyncio.ensure_future(self._fit_views_when_shown()))
 
     def _init_state(self) -> None:
         self.state.update({
@@ -132,12 +139,6 @@ class SDSegWebApp(TrameApp):
         if self.run_active():
             self._run_task.cancel()
         self.session.shutdown()
-
-    async def _fit_views_when_shown(self) -> None:
-        """Fit the volume to the views once the browser has given them their size."""
-        await asyncio.sleep(VIEW_FIT_DELAY_S)
-        if self.volume_node is not None:
-            self.slicer_app.display_manager.reset_views()
 
     # --- messages ---------------------------------------------------------------------------------------------
 
@@ -227,7 +228,7 @@ class SDSegWebApp(TrameApp):
     def _prompts_changed(self) -> None:
         with self.state:
             points = points_ijk(self.points_node, self.volume_node) if self.points_node and self.volume_node else []
-            self.state.sdseg_points = [f"lesion {n}: IJK {', '.join(f'{v:.1f}' for v in point)}"
+            self.state.sdseg_points = [f"lesion {n}: IJK {', '.join(str(v) for v in voxel_of(point))}"
                                        for n, point in enumerate(points, start=1)]
             defined = self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete()
             self.state.sdseg_box = "box drawn" if defined and not points else ""
@@ -274,9 +275,13 @@ class SDSegWebApp(TrameApp):
         seed = whole_number(self.state.sdseg_seed, "Seed", 0)
         roi = self.roi_node if self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete() \
             else None
-        return self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
-                                      model=self.state.sdseg_model or None, samples=samples, steps=steps or None,
-                                      seed=seed, device=self.state.sdseg_device)
+        job = self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
+                                     model=self.state.sdseg_model or None, samples=samples, steps=steps or None,
+                                     seed=seed, device=self.state.sdseg_device)
+        for lesion in (job["prompt"] or {}).get("lesions", []):
+            if "point_ijk" in lesion:
+                lesion["point_ijk"] = voxel_of(lesion["point_ijk"])
+        return job
 
     def run_active(self) -> bool:
         """A segmentation is starting (the worker, the volume for it) or running."""
