@@ -44,6 +44,10 @@ from .volumes import load_input
 POLL_INTERVAL_S = 0.1
 WORKER_STARTING = "Starting the worker (loading PyTorch)..."
 DEFAULT_LAYOUT = "Axial Primary"
+UNFINISHED_PROMPT = {  # Segment while a point or a box is being placed
+    "point": "Not started: click the lesion in a slice view first (or Clear to segment the whole volume).",
+    "box": "Not started: the box is not finished: click its second corner in a slice view (or Clear).",
+}
 DOUBLE_CLICK_S = 0.5  # a Cancel this soon after Segment is the second click of a double click on Segment
 POINT_EVENTS = (vtkMRMLMarkupsNode.PointPositionDefinedEvent, vtkMRMLMarkupsNode.PointRemovedEvent)
 log = logging.getLogger("SDSegSlicerWeb")
@@ -125,7 +129,7 @@ class SDSegWebApp(TrameApp):
             "sdseg_samples": DEFAULT_SAMPLES, "sdseg_steps": 0, "sdseg_seed": 0, "sdseg_device": "auto",
             "sdseg_device_line": "worker not started",
             "sdseg_points": [], "sdseg_box": "", "sdseg_placing": "",
-            "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_text": "",
+            "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_moving": False, "sdseg_progress_text": "",
             "sdseg_status": "", "sdseg_status_error": False,
             "sdseg_has_result": False, "sdseg_sample_label": "Sample -", "sdseg_sample_mode": "none",
             "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
@@ -218,6 +222,9 @@ class SDSegWebApp(TrameApp):
                         else "Click two opposite corners of the box around the lesion.")
 
     def clear_prompts(self) -> None:
+        if self.state.sdseg_placing:
+            self.slicer_app.markups_logic.disable_place_mode()
+            self.state.sdseg_placing = ""
         for node in (self.points_node, self.roi_node):
             if node is not None and node.GetScene() is not None:
                 node.RemoveAllControlPoints()
@@ -273,6 +280,8 @@ class SDSegWebApp(TrameApp):
         samples = whole_number(self.state.sdseg_samples, "Samples", 1, MAX_SAMPLES)
         steps = whole_number(self.state.sdseg_steps, "Steps", 0, hint=" (0: the model's own)")
         seed = whole_number(self.state.sdseg_seed, "Seed", 0)
+        if self.state.sdseg_placing:  # e.g. one corner of the box clicked: never the whole volume instead
+            raise ValueError(UNFINISHED_PROMPT[self.state.sdseg_placing])
         roi = self.roi_node if self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete() \
             else None
         job = self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
@@ -346,9 +355,7 @@ class SDSegWebApp(TrameApp):
         while self.session.run is not None:
             with self.state:
                 state = self.session.process_run()
-                progress = self.session.run.progress
-                self.state.sdseg_progress = 100 * progress["done"] / max(progress["total"], 1)
-                self.state.sdseg_progress_text = result_view.progress_text(progress)
+                self._show_progress()
                 if self.session.has_result() and not self._results_shown:
                     self._show_results()
                 if state != "running":
@@ -356,8 +363,15 @@ class SDSegWebApp(TrameApp):
                     return
             await asyncio.sleep(POLL_INTERVAL_S)
 
+    def _show_progress(self) -> None:
+        run = self.session.run
+        percent = result_view.progress_percent(run.progress, run.state)
+        self.state.update({"sdseg_progress": percent or 0, "sdseg_progress_moving": percent is None,
+                           "sdseg_progress_text": result_view.progress_text(run.progress, run.elapsed_s)})
+
     def _finish(self) -> None:
         run = self.session.run
+        self._show_progress()
         statistics = self.session.statistics() if self.session.has_result() else None
         progress_line, status, error = result_view.finished_texts(run, statistics)
         self.state.sdseg_running = False

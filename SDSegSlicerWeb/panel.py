@@ -108,7 +108,8 @@ def _panel(app) -> None:
     VBtn("{{ sdseg_running ? 'Cancel' : 'Segment' }}", id="sdseg-segment", block=True, classes="mt-3",
          color=("sdseg_running ? 'warning' : 'primary'",), disabled=("!sdseg_volume_loaded",),
          click=f"trigger('{ctrl.trigger_name(app.segment_or_cancel)}', [sdseg_running])")  # what the button said
-    VProgressLinear(model_value=("sdseg_progress",), height=6, classes="mt-2", color="primary")
+    VProgressLinear(model_value=("sdseg_progress",), indeterminate=("sdseg_progress_moving",), height=6,
+                    classes="mt-2", color="primary", id="sdseg-progress-bar")
     html.Div("{{ sdseg_progress_text }}", id="sdseg-progress", classes="text-caption")
     html.Div("{{ sdseg_status }}", id="sdseg-status", classes="text-caption mt-1",
              style=("sdseg_status_error ? 'color: #ff6b6b' : ''",))

@@ -264,7 +264,7 @@ def segment_with(page, model: str) -> None:
 
 
 def save_readme_screenshot(page) -> None:
-    """With SDSEG_UPDATE_WEB_SCREENSHOT=1, write the page as the README's screenshot (Testing/Data/web/segmented.png)."""
+    """With SDSEG_UPDATE_WEB_SCREENSHOT=1, write the page as the README's screenshot (README_SCREENSHOT)."""
     if os.environ.get("SDSEG_UPDATE_WEB_SCREENSHOT") == "1":
         page.screenshot(path=str(README_SCREENSHOT))
 
@@ -316,10 +316,12 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
 
     # One click on the tumour in the axial view.
     i, j = click_tumour(page)
-    clicked = [int(v) for v in re.fullmatch(r"lesion 1: IJK (\d+), (\d+), (\d+)", page.inner_text(".sdseg-point")).groups()]
+    point = re.fullmatch(r"lesion 1: IJK (\d+), (\d+), (\d+)", page.inner_text(".sdseg-point"))
+    clicked = [int(v) for v in point.groups()]
     assert abs(clicked[0] - i) <= 1 and abs(clicked[1] - j) <= 1 and clicked[2] == SHOWN_SLICE
     segment_with(page, MODEL)
     assert re.search(r"lesion 1: \d+\.\d\d ml on \d+ slice", page.inner_text("#sdseg-status"))
+    assert page.get_attribute("#sdseg-progress-bar", "aria-valuenow") == "100"  # though the run stopped before 25
     assert wait_for_colour(page, i, j, coloured=True) > 0.2  # the result drawn on the tumour
     assert slice_fits_view(page)  # still the whole slice
     save_readme_screenshot(page)
@@ -441,7 +443,7 @@ def test_the_page_keeps_the_input_grid_and_gives_the_command_lines_result(app, b
     assert web_masks["consensus"][README_POINT[::-1]]  # the clicked voxel, at the file's indices
     assert set(web_masks) == set(cli_masks) == {"consensus", "sample 1", "sample 2"}
     for name, mask in web_masks.items():
-        assert np.array_equal(mask, cli_masks[name]), f"{name}: {int(mask.sum())} vs {int(cli_masks[name].sum())} voxels"
+        assert np.array_equal(mask, cli_masks[name]), f"{name}: {mask.sum()} vs {cli_masks[name].sum()} voxels"
     cli_variance = sitk.ReadImage(str(cli.with_name("sample_variance.nrrd")))
     for image in (web_variance, web_nifti):
         assert image.GetSize() == sample.GetSize()
@@ -509,7 +511,7 @@ def test_double_click_is_one_run_and_cancel_keeps_the_slices(app, browser):
     page.close()
 
 
-def test_a_bad_number_is_refused_in_one_line_and_the_result_stays(app, browser):
+def test_a_bad_number_or_an_unfinished_box_is_refused_in_one_line_and_the_result_stays(app, browser):
     page = open_page(browser, app.url)
     if page.query_selector("#sdseg-results") is None:  # run alone: a result first
         click_tumour(page)
@@ -530,9 +532,18 @@ def test_a_bad_number_is_refused_in_one_line_and_the_result_stays(app, browser):
         page.wait_for_timeout(1000)  # nothing starts
         assert page.inner_text("#sdseg-segment").lower() == "segment"
         assert page.inner_text("#sdseg-progress") == progress and table(page) == results
-    assert set(page.evaluate("window.sdsegProgress")) <= {progress}  # no run started
+    # Segment with the box's first corner only clicked: refused, not the whole volume instead of the box.
     page.fill("#sdseg-samples", "8")
     page.fill("#sdseg-seed", "0")
+    page.click("#sdseg-place-box")
+    page.mouse.click(*axial_screen_position(page, 40, 40))
+    page.click("#sdseg-segment")
+    wait_for_text(page, "#sdseg-status", "^Not started: the box is not finished: click its second corner")
+    page.wait_for_timeout(1000)  # nothing starts
+    assert page.inner_text("#sdseg-segment").lower() == "segment" and table(page) == results
+    page.click("#sdseg-clear-prompts")
+    wait_for_text(page, "#sdseg-status", "^Cleared: click the lesion")
+    assert set(page.evaluate("window.sdsegProgress")) <= {progress}  # no run started
     page.close()
 
 
