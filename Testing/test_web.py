@@ -313,6 +313,8 @@ def download(page, what: str, out_dir: Path) -> Path:
 def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
     page = open_page(browser, app.url)
     assert page.inner_text("#sdseg-volume-name") == "sample" and slice_fits_view(page)
+    assert any(line.startswith("SDSegSlicer Web on") and line.rstrip().endswith("(Ctrl-C to stop)")
+               for line in app.lines)  # no --timeout: no idle stop
 
     # One click on the tumour in the axial view.
     i, j = click_tumour(page)
@@ -635,6 +637,21 @@ def test_token_is_required_on_every_page(browser, tmp_path):
     finally:
         web.stop()
     assert TOKEN not in "".join(web.lines)
+
+
+def test_the_server_says_it_starts_at_once_and_stops_only_when_asked(browser):
+    """"starting" is the first line, before the libraries load; the server stops without a page only when --timeout
+    asks for it (trame's own 300 s idle stop is off otherwise), which its address line says."""
+    web = WebProcess(str(SAMPLE), "--timeout", "5")
+    try:
+        assert web.lines[0].startswith("SDSegSlicer Web: starting")
+        assert web.lines[-1].rstrip().endswith("(stops after 5 s without an open page)")
+        page = open_page(browser, web.url)
+        page.close()
+        assert web.process.wait(CLI_TIMEOUT_S) == 0  # by itself, 5 s after the page closed
+    finally:
+        web.stop()
+    assert "SDSegSlicer Web stopped." in "".join(web.lines)
 
 
 def test_public_address_without_token_is_refused():

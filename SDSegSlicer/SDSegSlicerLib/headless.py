@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--python", help="Python interpreter of the worker (default: this one)")
     web.add_argument("--server", metavar="URL", help="use the worker of an `sdseg-slicer serve` server instead")
     web.add_argument("--worker-token", help="that server's token")
+    web.add_argument("--timeout", type=positive_int, metavar="S",
+                     help="stop after S seconds without an open page (default: run until stopped)")
     return parser
 
 
