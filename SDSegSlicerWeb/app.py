@@ -77,6 +77,18 @@ def voxel_of(point_ijk) -> list[int]:
     return [int(math.floor(value + 0.5)) for value in point_ijk]
 
 
+def accepted_segment_names(segmentation_node) -> list[str]:
+    """The names of the segments of a result that the user accepted (and may have edited)."""
+    segmentation = segmentation_node.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    return [name for name in names if name.startswith(ACCEPTED_SEGMENT_NAME)]
+
+
+def accepted_segments_text(names: list[str]) -> str:
+    """"your accepted segment 'accepted'" (or segments)."""
+    return f"your accepted segment{'s' if len(names) > 1 else ''} {', '.join(repr(name) for name in names)}"
+
+
 def sentences(*parts: str) -> str:
     """The non-empty ``parts`` as one status line, each ended with a full stop unless it has one."""
     return " ".join(part if part.endswith((".", "!", "?", ":")) else part + "."
@@ -104,6 +116,7 @@ class SDSegWebApp(TrameApp):
                                "token": worker_token}
         self.max_upload_bytes = max_upload_mb * 1024 * 1024
         self.volume_node = self.points_node = self.roi_node = None
+        self._pending_upload = None  # an uploaded volume waiting for the answer to sdseg_replace_question
         self.source_dicom = None
         self._results_shown = False
         self._replaced_note = ""  # says that the previous result, with segments the user accepted, was replaced
@@ -134,6 +147,7 @@ class SDSegWebApp(TrameApp):
             "sdseg_has_result": False, "sdseg_sample_label": "Sample -", "sdseg_sample_mode": "none",
             "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
             "sdseg_stats_headers": [], "sdseg_stats_rows": [], "sdseg_export_names": {},
+            "sdseg_replace_question": "",
         })
         self.state.change("sdseg_variance_on", "sdseg_variance_opacity")(self.on_variance_display)
         self.state.change("sdseg_variance_threshold")(self.on_variance_threshold)
@@ -178,8 +192,9 @@ class SDSegWebApp(TrameApp):
     def upload(self, files: list[dict]) -> None:
         """Files chosen in the browser (one volume file)."""
         files = [ClientFile(item) for item in files or []]
+        self.state.sdseg_upload_files = None  # the field empty again: it shows no refused file, takes the same again
         if len(files) != 1:
-            self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha, .dcm).", error=True)
+            self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha).", error=True)
             return
         size = files[0].size or len(files[0].content or b"")
         if size > self.max_upload_bytes:
@@ -189,7 +204,30 @@ class SDSegWebApp(TrameApp):
         folder = tempfile.mkdtemp(prefix="SDSegSlicerWeb-upload-", dir=self._work_dir.name)
         path = Path(folder) / Path(files[0].name).name
         path.write_bytes(files[0].content or b"")
+        if self.session.has_result():  # ask first: loading drops the result (one result at a time)
+            self._pending_upload = str(path)
+            self.state.sdseg_replace_question = (
+                f"Load {path.name}? The current result{self._accepted_names_note()} goes with the volume it was made on: "
+                "export it first to keep it.")
+            return
         self.load_volume(str(path))
+
+    def answer_replace(self, load: bool) -> None:
+        """The answer to the question upload() asked: load the uploaded volume (dropping the result) or keep the
+        result and the volume it was made on."""
+        path, self._pending_upload = self._pending_upload, None
+        self.state.sdseg_replace_question = ""
+        if path is None:
+            return
+        if load:
+            self.load_volume(path)
+        else:
+            self.set_status(f"Kept the result; {Path(path).name} was not loaded.")
+
+    def _accepted_names_note(self) -> str:
+        """', with your accepted segment 'accepted',' when the result has accepted segments, else ''."""
+        accepted = accepted_segment_names(self.session.result_segmentation)
+        return f", with {accepted_segments_text(accepted)}," if accepted else ""
 
     # --- prompts ----------------------------------------------------------------------------------------------
 
@@ -420,9 +458,7 @@ class SDSegWebApp(TrameApp):
             if node.GetScene() is None:
                 continue
             if node.IsA("vtkMRMLSegmentationNode"):
-                segmentation = node.GetSegmentation()
-                names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
-                accepted += [name for name in names if name.startswith(ACCEPTED_SEGMENT_NAME)]
+                accepted += accepted_segment_names(node)
                 if editor.active_segmentation_node is node:
                     edited = True
                     editor.clear()
@@ -434,8 +470,7 @@ class SDSegWebApp(TrameApp):
             scene.RemoveNode(node)
         if not accepted and not edited:
             return ""
-        segments = (f"your accepted segment{'s' if len(accepted) > 1 else ''} "
-                    f"{', '.join(repr(name) for name in accepted)}" if accepted else "your edits")
+        segments = accepted_segments_text(accepted) if accepted else "your edits"
         return (f"{what}, with {segments}, was removed: the page keeps one result at a time (export a result "
                 f"before the next run to keep it).")
 

@@ -26,6 +26,7 @@ from SDSegSlicerLib.run import DEVICES, MAX_SAMPLES
 
 PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
+UPLOAD_TYPES = ".nrrd,.nhdr,.nii,.nii.gz,.gz,.mha,.mhd"  # what the file picker offers (a .gz: Chrome's .nii.gz)
 DICOM_ONLY = "DICOM SEG: only for a volume loaded from a DICOM series folder."
 EXPORT_BUTTONS = (("segmentation", ".seg.nrrd"), ("nifti", "NIfTI labelmap"), ("dicom", "DICOM SEG"),
                   ("variance", "variance .nrrd"), ("stats", "statistics .csv"))
@@ -73,9 +74,17 @@ def _section(title: str) -> None:
 def _panel(app) -> None:
     ctrl = app.server.controller
     html.Div("Input", classes="text-subtitle-2 mb-1")
-    VFileInput(label="Upload a volume (.nrrd, .nii.gz, .mha)", density="compact", hide_details=True,
-               prepend_icon="mdi-file-upload", id="sdseg-upload",
-               change=(f"trigger('{ctrl.trigger_name(app.upload)}', [$event.target.files])"))
+    VFileInput(v_model=("sdseg_upload_files", None), label="Upload a volume (.nrrd, .nii.gz, .mha)",
+               raw_attrs=[f'accept="{UPLOAD_TYPES}"'], density="compact", hide_details=True,
+               prepend_icon="mdi-file-upload", id="sdseg-upload", change=(f"trigger('{ctrl.trigger_name(app.upload)}', [$event.target.files])"))
+
+    with html.Div(v_if=("sdseg_replace_question",), id="sdseg-replace", classes="mt-2"):
+        html.Div("{{ sdseg_replace_question }}", classes="text-caption", id="sdseg-replace-question")
+        with html.Div(classes="d-flex ga-1 mt-1"):
+            VBtn("Load it", id="sdseg-replace-load", size="small", color="warning",
+                 click=lambda: app.answer_replace(True))
+            VBtn("Keep the result", id="sdseg-replace-keep", size="small", variant="tonal",
+                 click=lambda: app.answer_replace(False))
 
     _section("Lesion")
     with html.Div(classes="d-flex ga-1"):

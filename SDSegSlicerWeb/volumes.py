@@ -46,7 +46,7 @@ def load_input(slicer_app, path: str):
     else:
         node = read_volume_file(slicer_app.scene, source, volume_display_name(path))
     if node is None:
-        raise ValueError(f"{source.name}: not a volume this app can read (.nrrd, .nii.gz, .mha or a DICOM folder).")
+        raise ValueError(f"{source.name}: not a volume this app can read (.nrrd, .nii.gz, .mha).")
     return node, source_dicom
 
 

@@ -602,10 +602,20 @@ def test_another_volume_drops_the_result_of_the_one_before(app, browser, tmp_pat
     mirrored.CopyInformation(image)
     other = tmp_path / "other_patient.nrrd"
     sitk.WriteImage(mirrored, str(other))
+    # The page asks first: Keep the result leaves volume and result as they were.
     page.set_input_files("#sdseg-upload", str(other))
-    wait_for_text(page, "#sdseg-volume-name", "^other_patient$", 60_000)
-    wait_for_text(page, "#sdseg-status", "^Loaded other_patient: click the lesion", 60_000)
-    page.wait_for_timeout(3000)
+    question = wait_for_text(page, "#sdseg-replace-question", "^Load other_patient.nrrd\\? The current result")
+    assert "export it first" in question and page.inner_text("#sdseg-volume-name") == "sample"
+    page.click("#sdseg-replace-keep")
+    wait_for_text(page, "#sdseg-status", "^Kept the result; other_patient.nrrd was not loaded")
+    assert page.inner_text("#sdseg-volume-name") == "sample" and page.query_selector("#sdseg-results") is not None
+    assert page.query_selector("#sdseg-replace") is None
+    page.set_input_files("#sdseg-upload", str(other))  # again, and load it
+    wait_for_text(page, "#sdseg-replace-question", "^Load other_patient.nrrd")
+    page.click("#sdseg-replace-load")
+    wait_for_text(page, "#sdseg-volume-name", "^other_patient$")
+    wait_for_text(page, "#sdseg-status", "^Loaded other_patient: click the lesion")
+    wait_for_fitted_slice(page)
     assert page.query_selector("#sdseg-results") is None  # no samples, statistics or Export
     assert page.query_selector("[id^=sdseg-export-]") is None
     assert page.inner_text("#sdseg-progress") == "" and page.query_selector(".sdseg-point") is None
@@ -675,6 +685,11 @@ def test_upload_too_large_or_unreadable_keeps_the_volume(browser, tmp_path):
         page.set_input_files("#sdseg-upload", str(text))
         page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes('notes')")
         assert page.inner_text("#sdseg-volume-name") == "sample"  # the loaded volume stays
+        assert "DICOM" not in page.inner_text("#sdseg-status")  # an upload takes no DICOM folder: not offered
+        page.wait_for_function("document.querySelector('#sdseg-upload').files.length === 0")  # no refused file shown
+        field = page.locator(".v-file-input").filter(has=page.locator("#sdseg-upload"))
+        assert "notes.nrrd" not in field.inner_text()
+        assert ".nii.gz" in page.get_attribute("#sdseg-upload", "accept")  # the file picker offers volumes only
         good = tmp_path / "again.nrrd"
         shutil.copy(SAMPLE, good)
         page.set_input_files("#sdseg-upload", str(good))
