@@ -207,8 +207,8 @@ class SDSegWebApp(TrameApp):
         if self.session.has_result():  # ask first: loading drops the result (one result at a time)
             self._pending_upload = str(path)
             self.state.sdseg_replace_question = (
-                f"Load {path.name}? The current result{self._accepted_names_note()} goes with the volume it was made on: "
-                "export it first to keep it.")
+                f"Load {path.name}? The current result{self._accepted_names_note()} goes with the volume it was "
+                "made on: export it first to keep it.")
             return
         self.load_volume(str(path))
 

@@ -76,7 +76,8 @@ def _panel(app) -> None:
     html.Div("Input", classes="text-subtitle-2 mb-1")
     VFileInput(v_model=("sdseg_upload_files", None), label="Upload a volume (.nrrd, .nii.gz, .mha)",
                raw_attrs=[f'accept="{UPLOAD_TYPES}"'], density="compact", hide_details=True,
-               prepend_icon="mdi-file-upload", id="sdseg-upload", change=(f"trigger('{ctrl.trigger_name(app.upload)}', [$event.target.files])"))
+               prepend_icon="mdi-file-upload", id="sdseg-upload",
+               change=(f"trigger('{ctrl.trigger_name(app.upload)}', [$event.target.files])"))
 
     with html.Div(v_if=("sdseg_replace_question",), id="sdseg-replace", classes="mt-2"):
         html.Div("{{ sdseg_replace_question }}", classes="text-caption", id="sdseg-replace-question")
