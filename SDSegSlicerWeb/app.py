@@ -36,7 +36,7 @@ from SDSegSlicerLib.segmentation_writer import ensure_converter_rules
 from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
-from . import panel
+from . import panel, view_aids
 from .access import token_middleware
 from .view_fit import keep_slices_fitted
 from .volumes import load_input
@@ -129,6 +129,7 @@ class SDSegWebApp(TrameApp):
         self.ui = panel.build(self)
         self.editor_logic.set_ui(self.ui.editor)
         keep_slices_fitted(self.slicer_app.view_manager.get_slice_views())
+        view_aids.add_orientation_aids(self.slicer_app.view_manager)
         if access_token:
             self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(token_middleware(access_token)))
         self.ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self.ensure_worker()))
@@ -183,6 +184,7 @@ class SDSegWebApp(TrameApp):
         self.state.update({"sdseg_progress": 0, "sdseg_progress_text": ""})
         self.volume_node, self.source_dicom = node, source_dicom
         self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
+        view_aids.hide_volume_rendering(self.slicer_app.volume_rendering, node)
         self.clear_prompts()
         self.state.sdseg_volume_name, self.state.sdseg_volume_loaded = node.GetName(), True
         self.state.sdseg_dicom_input = source_dicom is not None
@@ -237,6 +239,7 @@ class SDSegWebApp(TrameApp):
                 self.points_node = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
                                                                            "lesion points")
                 self.points_node.CreateDefaultDisplayNodes()
+                self.points_node.SetMarkupLabelFormat("%d")  # "1" beside lesion 1's point, not "lesion points-1"
                 for event in POINT_EVENTS:
                     self.points_node.AddObserver(event, lambda *_: self._prompts_changed())
             return self.points_node
@@ -421,6 +424,7 @@ class SDSegWebApp(TrameApp):
                 result_view.statistics_text_table(statistics, result_view.SUMMARY_COLUMNS)
             self.state.sdseg_export_names = self.session.export_file_names()
             self.show_sample()
+            view_aids.show_result_surfaces(self.session.result_segmentation)
         self.session.finish_run()
 
     def _show_results(self) -> None:

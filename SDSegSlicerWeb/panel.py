@@ -22,7 +22,10 @@ from trame.widgets.vuetify3 import (
 from trame_slicer.app.ui import SegmentEditorUI, ViewerLayout
 from trame_slicer.app.ui.control_button import ControlButton
 
+from SDSegSlicerLib import variance_display
 from SDSegSlicerLib.run import DEVICES, MAX_SAMPLES
+from SDSegSlicerLib.segmentation_writer import CONSENSUS_COLOUR
+from SDSegSlicerLib.variance_display import VARIANCE_DISPLAY_RANGE
 
 PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
@@ -69,6 +72,21 @@ def _tool_button(layout, icon: str, name: str, tool: str, element_id: str) -> No
 def _section(title: str) -> None:
     VDivider(classes="my-2")
     html.Div(title, classes="text-subtitle-2 mb-1")
+
+
+def _legend() -> None:
+    """What the colours in the views mean: the consensus, the samples, the variance's colour bar."""
+    consensus = "rgb({})".format(", ".join(str(round(255 * c)) for c in CONSENSUS_COLOUR))
+    low, high = VARIANCE_DISPLAY_RANGE
+    with html.Div(id="sdseg-legend", classes="text-caption mt-2"):
+        with html.Div(classes="d-flex align-center ga-1"):
+            html.Span(style=f"display:inline-block;width:14px;height:10px;background:{consensus}")
+            html.Span("consensus; samples: one colour each (outlines in All)")
+        with html.Div(classes="d-flex align-center ga-1"):
+            html.Span(f"variance {low:g}")
+            html.Span(style=f"display:inline-block;flex:1;height:10px;background:{variance_display.css_gradient()}",
+                      id="sdseg-variance-colour-bar")
+            html.Span(f"{high:g} (samples split 50/50)")
 
 
 def _panel(app) -> None:
@@ -138,6 +156,8 @@ def _panel(app) -> None:
                  disabled=("sdseg_sample_mode !== 'one'",), click=lambda: app.show_sample(1))
             VBtn("Accept", size="small", id="sdseg-accept", disabled=("sdseg_sample_mode !== 'one' || sdseg_running",),
                  click=app.accept_sample)
+
+        _legend()
 
         _section("Variance")
         VCheckbox(v_model=("sdseg_variance_on",), label="Show the sample variance", density="compact",

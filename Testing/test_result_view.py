@@ -41,6 +41,12 @@ def test_sample_browser_modes_and_accept(finished):
     assert browser.accept() == ("Sample 3 copied to segment 'accepted': edit it in the Segment Editor.")
     assert browser.show(mode="all") == "All 3 samples"
     assert set(visible(session)) >= {"consensus", "sample 1", "sample 2", "sample 3"}
+    display = session.result_segmentation.GetDisplayNode()
+    filled = {segment_id: display.GetSegmentVisibility2DFill(segment_id) for segment_id in session.sample_segment_ids()}
+    assert not any(filled.values())  # all samples: outlines, so none hides another or the variance
+    browser.show(mode="one")
+    assert all(display.GetSegmentVisibility2DFill(segment_id) for segment_id in session.sample_segment_ids())
+    browser.show(mode="all")
     with pytest.raises(ValueError, match="Unknown sample mode"):
         browser.show(mode="some")
     browser.reset()

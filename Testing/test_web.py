@@ -225,6 +225,19 @@ def colour_around(page, i: float, j: float, half: int = 8) -> float:
     return float((rgb.max(axis=2) - rgb.min(axis=2) > 60).mean())
 
 
+def view_pixels(page, index: int) -> np.ndarray:
+    """The RGB pixels (rows, columns, 3) of view ``index`` (0: axial, 1: 3D, 2: coronal, 3: sagittal)."""
+    from PIL import Image
+
+    box = page.query_selector_all("img")[index].bounding_box()
+    return np.asarray(Image.open(BytesIO(page.screenshot(clip=box))).convert("RGB"), dtype=int)
+
+
+def yellow_fraction(rgb: np.ndarray) -> float:
+    """The fraction of pixels in the consensus' yellow (CONSENSUS_COLOUR, shaded): red and green high, blue low."""
+    return float(((rgb[..., 0] > 120) & (rgb[..., 1] > 100) & (rgb[..., 2] < 0.5 * rgb[..., 1])).mean())
+
+
 def wait_for_colour(page, i: float, j: float, coloured: bool, timeout_s: float = STATE_TIMEOUT_MS / 1000) -> float:
     """Wait until the axial view around voxel (i, j) is drawn in colour (``coloured``: more than a fifth of it) or
     grey (less than 1 %), the views streamed; returns the last colour_around()."""
@@ -325,6 +338,13 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
     assert re.search(r"lesion 1: \d+\.\d\d ml on \d+ slice", page.inner_text("#sdseg-status"))
     assert page.get_attribute("#sdseg-progress-bar", "aria-valuenow") == "100"  # though the run stopped before 25
     assert wait_for_colour(page, i, j, coloured=True) > 0.2  # the result drawn on the tumour
+    legend = page.inner_text("#sdseg-legend")
+    assert "consensus" in legend and "variance 0" in legend and "0.25" in legend
+    assert "linear-gradient" in page.get_attribute("#sdseg-variance-colour-bar", "style")
+    deadline = time.monotonic() + STATE_TIMEOUT_MS / 1000  # the consensus as a surface in the 3D view
+    while yellow_fraction(view_pixels(page, 1)) < 0.002:
+        assert time.monotonic() < deadline, "no consensus surface in the 3D view"
+        page.wait_for_timeout(500)
     assert slice_fits_view(page)  # still the whole slice
     save_readme_screenshot(page)
 
@@ -657,6 +677,8 @@ def test_the_server_says_it_starts_at_once_and_stops_only_when_asked(browser):
         assert web.lines[0].startswith("SDSegSlicer Web: starting")
         assert web.lines[-1].rstrip().endswith("(stops after 5 s without an open page)")
         page = open_page(browser, web.url)
+        three_d = view_pixels(page, 1)  # no volume rendering (grainy, colourful): a plain background
+        assert float((three_d.max(axis=2) - three_d.min(axis=2) > 60).mean()) < 0.01
         page.close()
         assert web.process.wait(CLI_TIMEOUT_S) == 0  # by itself, 5 s after the page closed
     finally:

@@ -110,6 +110,7 @@ class SampleBrowser:
         for position, segment_id in enumerate(sample_ids):
             display_node.SetSegmentVisibility(segment_id, self.mode == "all"
                                               or (self.mode == "one" and position == self.index))
+            display_node.SetSegmentVisibility2DFill(segment_id, self.mode != "all")  # all: outlines, none hidden
         if self.mode == "all":
             return f"All {len(sample_ids)} samples"
         if self.mode == "none":
@@ -127,7 +128,7 @@ class SampleBrowser:
 
 
 def prepare_variance_overlay(scene, variance_node, input_volume) -> None:
-    """Perceptual colour map on the variance volume; the input volume as background where a view has none."""
+    """The blue-to-magenta colour map on the variance volume; the input volume as background where a view has none."""
     colour_node = variance_display.variance_colour_node(scene)
     variance_display.configure_variance_display(variance_node, colour_node)
     if input_volume is not None:
