@@ -263,5 +263,8 @@ def test_preview_draws_every_sample_and_the_variance(tmp_path):
     for colour in sample_colours(3):
         assert np.linalg.norm(pixels - np.array(colour), axis=-1).min() < 0.08, colour
     assert preview.preview_slices(samples.any(axis=0), 0, 4) == [2, 3, 4, 5]
-    assert preview.preview_slices(samples.any(axis=0), 0, 2) == [2, 5]
-    assert preview.preview_slices(np.zeros((5, 2, 2), bool), 0, 3) == [0, 2, 4]
+    largest = np.zeros_like(samples[0])
+    largest[4, :3] = True  # the consensus' largest slice: 4
+    assert preview.preview_slices(samples.any(axis=0), 0, 2, largest) == [3, 4]  # it and its nearest neighbour
+    assert preview.preview_slices(samples.any(axis=0), 0, 3, largest) == [3, 4, 5]
+    assert preview.preview_slices(np.zeros((5, 2, 2), bool), 0, 3) == [1, 2, 3]
