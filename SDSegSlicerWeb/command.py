@@ -3,6 +3,7 @@ address."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -11,8 +12,8 @@ from SDSegSlicerLib.remote_server import check_binding
 
 def run(args, token: str | None) -> int:
     """Serve the app until Ctrl-C (or, with ``--timeout S``, until no page has been open for S seconds: trame's own
-    idle stop, 300 s by default, is off otherwise). ValueError (one line) for a public address without a token or an
-    input that cannot be read."""
+    idle stop, 300 s by default, is off otherwise). ValueError (one line) for a public address without a token, an
+    input that cannot be read or a port in use."""
     check_binding(args.host, token)
     print("SDSegSlicer Web: starting (Slicer's libraries load in 10-30 s) ...", file=sys.stderr, flush=True)
     os.environ["TRAME_ARGS"] = ""  # trame parses no command line of its own: everything comes from ``args``
@@ -29,7 +30,13 @@ def run(args, token: str | None) -> int:
         print(f"SDSegSlicer Web on {address} ({until})", file=sys.stderr, flush=True)
 
     app.ctrl.on_server_ready.add(announce)
-    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
-                     timeout=args.timeout or 0)
+    try:
+        app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
+                         timeout=args.timeout or 0)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise ValueError(f"port {args.port} on {args.host} is in use (another server?): choose another with "
+                         "--port") from None
     print("SDSegSlicer Web stopped.", file=sys.stderr, flush=True)
     return 0

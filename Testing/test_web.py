@@ -694,6 +694,19 @@ def test_public_address_without_token_is_refused():
     assert "--token" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_port_in_use_is_one_line_that_suggests_another():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "web", "--port", str(port)],
+                                capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                                env=dict(os.environ, PYTHONPATH=lib_python_path()))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"sdseg-slicer: error: port {port} on 127.0.0.1 is in use "
+                                                      "(another server?): choose another with --port")
+
+
 def test_upload_too_large_or_unreadable_keeps_the_volume(browser, tmp_path):
     web = WebProcess(str(SAMPLE), "--max-upload-mb", "1")
     try:
