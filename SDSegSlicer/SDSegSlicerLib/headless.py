@@ -352,7 +352,8 @@ def command_models(args) -> int:
     if not hello["models"]:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
     for model in hello["models"]:
-        print(f"{model['name']:<24} {model['kind']:<10} {model.get('description') or ''}")
+        name = model["name"] + (" (default)" if model.get("default") else "")
+        print(f"{name:<24} {model['kind']:<10} {model.get('description') or ''}")
     return 0
 
 
