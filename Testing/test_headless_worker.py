@@ -138,7 +138,7 @@ def test_models_lists_the_installed_models(worker_env, capsys):
 
 
 def test_models_marks_the_default_model(capsys):
-    """With the bundled models, `sdseg-slicer models` marks the one a job without --model uses, as `sdseg models` does."""
+    """With the bundled models, `sdseg-slicer models` marks the one a job without --model uses (as `sdseg models`)."""
     from sdseg.registry import DEFAULT_MODEL
 
     assert headless.main(["models"]) == 0
