@@ -145,7 +145,8 @@ class SDSegWebApp(TrameApp):
             "sdseg_points": [], "sdseg_box": "", "sdseg_placing": "",
             "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_moving": False, "sdseg_progress_text": "",
             "sdseg_status": "", "sdseg_status_error": False,
-            "sdseg_has_result": False, "sdseg_sample_label": "Sample -", "sdseg_sample_mode": "none",
+            "sdseg_has_result": False, "sdseg_has_accepted": False, "sdseg_sample_label": "Sample -",
+            "sdseg_sample_mode": "none",
             "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
             "sdseg_stats_headers": [], "sdseg_stats_rows": [], "sdseg_export_names": {},
             "sdseg_replace_question": "",
@@ -420,8 +421,7 @@ class SDSegWebApp(TrameApp):
         self.set_status(sentences(status, self._replaced_note) if self._replaced_note else status, error)
         self._replaced_note = ""
         if statistics is not None:
-            self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
-                result_view.statistics_text_table(statistics, result_view.SUMMARY_COLUMNS)
+            self._show_statistics(statistics)
             self.state.sdseg_export_names = self.session.export_file_names()
             self.show_sample()
             view_aids.show_result_surfaces(self.session.result_segmentation)
@@ -482,7 +482,8 @@ class SDSegWebApp(TrameApp):
         """The page without a result: no samples, statistics or exports."""
         self._results_shown = False
         self.browser.reset()
-        self.state.update({"sdseg_has_result": False, "sdseg_stats_headers": [], "sdseg_stats_rows": [],
+        self.state.update({"sdseg_has_result": False, "sdseg_has_accepted": False, "sdseg_stats_headers": [],
+                           "sdseg_stats_rows": [],
                            "sdseg_sample_mode": "none", "sdseg_sample_label": "Sample -",
                            "sdseg_export_names": {}})
 
@@ -499,9 +500,14 @@ class SDSegWebApp(TrameApp):
                                                                      self.volume_node)
         ids = self.session.result_segmentation.GetSegmentation().GetSegmentIDs()
         self.editor_logic.segmentation_editor.set_active_segment_id(ids[-1])
-        self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
-            result_view.statistics_text_table(self.session.statistics(), result_view.SUMMARY_COLUMNS)
+        self._show_statistics(self.session.statistics())
+        self.state.sdseg_has_accepted = True
         self.set_status(message)
+
+    def _show_statistics(self, statistics: dict) -> None:
+        headers, self.state.sdseg_stats_rows = result_view.statistics_text_table(statistics,
+                                                                                result_view.SUMMARY_COLUMNS)
+        self.state.sdseg_stats_headers = [panel.COLUMN_LABELS[header] for header in headers]
 
     def on_variance_display(self, sdseg_variance_on=None, sdseg_variance_opacity=None, **_) -> None:
         variance = self.session.result_variance if self.session.has_result() else None

@@ -31,6 +31,9 @@ PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
 UPLOAD_TYPES = ".nrrd,.nhdr,.nii,.nii.gz,.gz,.mha,.mhd"  # what the file picker offers (a .gz: Chrome's .nii.gz)
 DICOM_ONLY = "DICOM SEG: only for a volume loaded from a DICOM series folder."
+# The statistics table's headers in the panel: short, so that its five columns fit the drawer.
+COLUMN_LABELS = {"segment": "segment", "volume_ml": "ml", "voxels": "voxels", "variance_mean": "mean var.",
+                 "mean_dice_with_other_samples": "Dice"}
 EXPORT_BUTTONS = (("segmentation", ".seg.nrrd"), ("nifti", "NIfTI labelmap"), ("dicom", "DICOM SEG"),
                   ("variance", "variance .nrrd"), ("stats", "statistics .csv"))
 
@@ -49,6 +52,9 @@ def build(app) -> SimpleNamespace:
         with layout.drawer:
             with html.Div(v_if=(_is_active(layout, PANEL_TOOL),), classes="pa-3", id="sdseg-panel"):
                 _panel(app)
+            html.Div("Nothing to edit yet: segment, show One sample, press Accept (SDSeg panel); the accepted "
+                     "segment opens here.", v_if=(f"{_is_active(layout, EDITOR_TOOL)} && !sdseg_has_accepted",),
+                     classes="text-caption pa-3", id="sdseg-editor-hint")
             editor = SegmentEditorUI(v_if=(_is_active(layout, EDITOR_TOOL),))
         with layout.content:
             app.layout_manager.initialize_layout_grid(layout)
@@ -125,10 +131,11 @@ def _panel(app) -> None:
     with html.Div(classes="d-flex ga-1 mt-2"):
         VTextField(v_model_number=("sdseg_samples",), label="Samples", type="number", min=1, max=MAX_SAMPLES,
                    density="compact", hide_details=True, id="sdseg-samples")
-        VTextField(v_model_number=("sdseg_steps",), label="Steps (0: model's)", type="number", min=0,
+        VTextField(v_model_number=("sdseg_steps",), label="Steps", type="number", min=0,
                    density="compact", hide_details=True, id="sdseg-steps")
         VTextField(v_model_number=("sdseg_seed",), label="Seed", type="number", density="compact",
                    hide_details=True, id="sdseg-seed")
+    html.Div("Steps 0: the model's own.", classes="text-caption text-medium-emphasis")
     VSelect(v_model=("sdseg_device",), items=("devices", list(DEVICES)), label="Device", density="compact",
             hide_details=True, classes="mt-2")
     html.Div("{{ sdseg_device_line }}", classes="text-caption text-medium-emphasis", id="sdseg-device-line")
@@ -170,10 +177,10 @@ def _panel(app) -> None:
         _section("Statistics")
         with VTable(density="compact", id="sdseg-stats"):
             with html.Thead(), html.Tr():
-                html.Th("{{ header }}", v_for="header in sdseg_stats_headers", classes="text-caption")
+                html.Th("{{ header }}", v_for="header in sdseg_stats_headers", classes="text-caption px-1")
             with html.Tbody():
                 with html.Tr(v_for="row in sdseg_stats_rows"):
-                    html.Td("{{ cell }}", v_for="cell in row", classes="text-caption")
+                    html.Td("{{ cell }}", v_for="cell in row", classes="text-caption px-1")
 
         _section("Export")
         with html.Div(classes="d-flex flex-wrap ga-1"):

@@ -306,6 +306,9 @@ def read_result(path: Path) -> dict:
     return on_label_lattice(masks, ijk_to_lps, sitk.ReadImage(str(SAMPLE_LABEL)))
 
 
+FITS = "(element) => element.scrollWidth <= element.clientWidth"  # nothing cut or scrolled sideways
+
+
 def table(page) -> dict:
     """The statistics table: {segment name: {column: text}}."""
     headers = [cell.inner_text() for cell in page.query_selector_all("#sdseg-stats th")]
@@ -348,8 +351,12 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
     assert slice_fits_view(page)  # still the whole slice
     save_readme_screenshot(page)
 
-    # The page's numbers are the file's: the .seg.nrrd download read back by slicerio.
+    # The page's numbers are the file's: the .seg.nrrd download read back by slicerio. Its five columns fit.
     rows = table(page)
+    assert list(next(iter(rows.values()))) == ["segment", "ml", "voxels", "mean var.", "Dice"]
+    assert page.evaluate(FITS, page.query_selector("#sdseg-stats .v-table__wrapper"))
+    assert page.evaluate(FITS, page.query_selector("#sdseg-steps").evaluate_handle("e => e.closest('.v-field')"
+                                                                              ".querySelector('label')"))
     masks = read_result(download(page, "segmentation", tmp_path))
     assert set(rows) == set(masks) and len(masks) == 1 + 8
     for name, mask in masks.items():
@@ -363,6 +370,11 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
     assert variance.shape == label.shape and 0 < variance.max() <= 0.25
     assert page.is_disabled("#sdseg-export-dicom") and "DICOM" in page.inner_text("#sdseg-dicom-only")  # a .nrrd
 
+    # Before Accept the segment editor says what to do.
+    page.click("#sdseg-tool-editor")
+    wait_for_text(page, "#sdseg-editor-hint", "^Nothing to edit yet: segment, show One sample, press Accept")
+    page.click("#sdseg-tool-panel")
+
     # Review: one sample, the next one, accept it; the variance overlay off and on.
     page.click("#sdseg-mode-one")
     page.wait_for_function("document.querySelector('#sdseg-sample-label').innerText === 'Sample 1 of 8'")
@@ -373,6 +385,7 @@ def test_click_segment_review_accept_edit_export(app, browser, tmp_path):
 
     # Edit the accepted segment: paint a stroke away from the lesion in the axial view.
     page.click("#sdseg-tool-editor")
+    assert page.query_selector("#sdseg-editor-hint") is None
     page.click(".v-navigation-drawer button:has(.mdi-brush)")
     page.wait_for_timeout(500)
     start, end = axial_screen_position(page, 20, 80), axial_screen_position(page, 30, 80)
