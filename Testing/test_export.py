@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import matplotlib.image
 import numpy as np
@@ -189,8 +190,13 @@ def test_statistics_of_a_result_match_the_samples(tmp_path):
     assert result["variance_max"] == pytest.approx(variance.max())
 
     stats.write_statistics(result, tmp_path / "s.json", tmp_path / "s.csv", extra={"state": "done"})
-    saved = json.loads((tmp_path / "s.json").read_text())
-    assert saved["state"] == "done" and saved["lesions"][0]["dice_between_samples"] == lesion["dice_between_samples"]
+    text = (tmp_path / "s.json").read_text()
+    saved = json.loads(text)
+    assert saved["state"] == "done"
+    np.testing.assert_allclose(saved["lesions"][0]["dice_between_samples"], lesion["dice_between_samples"], rtol=1e-5)
+    assert saved["variance_mean"] == float(f"{result['variance_mean']:.6g}")  # 6 significant digits, no more
+    for number in re.findall(r"\d+\.\d+", text + (tmp_path / "s.csv").read_text()):  # e.g. 0.0102504, 13.1992
+        assert len(number.replace(".", "").lstrip("0")) <= 6, number
     with open(tmp_path / "s.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["segment"] for row in rows] == list(by_name)
