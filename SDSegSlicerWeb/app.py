@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -35,14 +36,18 @@ from SDSegSlicerLib.segmentation_writer import ensure_converter_rules
 from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
-from . import panel
+from . import panel, view_aids
 from .access import token_middleware
+from .view_fit import keep_slices_fitted
 from .volumes import load_input
 
 POLL_INTERVAL_S = 0.1
 WORKER_STARTING = "Starting the worker (loading PyTorch)..."
-VIEW_FIT_DELAY_S = 1.0  # a new page lays its views out first
 DEFAULT_LAYOUT = "Axial Primary"
+UNFINISHED_PROMPT = {  # Segment while a point or a box is being placed
+    "point": "Not started: click the lesion in a slice view first (or Clear to segment the whole volume).",
+    "box": "Not started: the box is not finished: click its second corner in a slice view (or Clear).",
+}
 DOUBLE_CLICK_S = 0.5  # a Cancel this soon after Segment is the second click of a double click on Segment
 POINT_EVENTS = (vtkMRMLMarkupsNode.PointPositionDefinedEvent, vtkMRMLMarkupsNode.PointRemovedEvent)
 log = logging.getLogger("SDSegSlicerWeb")
@@ -64,6 +69,24 @@ def whole_number(value, name: str, low: int, high: int | None = None, hint: str 
         given = "the field is empty" if value is None or str(value).strip() == "" else f"not {value}"
         raise ValueError(f"{name} must be a whole number {bounds}{hint}: {given}.")
     return number
+
+
+def voxel_of(point_ijk) -> list[int]:
+    """The voxel (I, J, K indices of the input file) that a clicked point lies in: voxel n spans n - 0.5 to n + 0.5.
+    The page shows and segments this voxel, so that `segment --point-ijk I,J,K` gives the page's result."""
+    return [int(math.floor(value + 0.5)) for value in point_ijk]
+
+
+def accepted_segment_names(segmentation_node) -> list[str]:
+    """The names of the segments of a result that the user accepted (and may have edited)."""
+    segmentation = segmentation_node.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    return [name for name in names if name.startswith(ACCEPTED_SEGMENT_NAME)]
+
+
+def accepted_segments_text(names: list[str]) -> str:
+    """"your accepted segment 'accepted'" (or segments)."""
+    return f"your accepted segment{'s' if len(names) > 1 else ''} {', '.join(repr(name) for name in names)}"
 
 
 def sentences(*parts: str) -> str:
@@ -93,6 +116,7 @@ class SDSegWebApp(TrameApp):
                                "token": worker_token}
         self.max_upload_bytes = max_upload_mb * 1024 * 1024
         self.volume_node = self.points_node = self.roi_node = None
+        self._pending_upload = None  # an uploaded volume waiting for the answer to sdseg_replace_question
         self.source_dicom = None
         self._results_shown = False
         self._replaced_note = ""  # says that the previous result, with segments the user accepted, was replaced
@@ -104,11 +128,12 @@ class SDSegWebApp(TrameApp):
         self._init_state()
         self.ui = panel.build(self)
         self.editor_logic.set_ui(self.ui.editor)
+        keep_slices_fitted(self.slicer_app.view_manager.get_slice_views())
+        view_aids.add_orientation_aids(self.slicer_app.view_manager)
         if access_token:
             self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(token_middleware(access_token)))
         self.ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self.ensure_worker()))
         self.ctrl.on_server_exited.add(lambda **_: self.shutdown())
-        self.ctrl.on_client_connected.add(lambda **_: asyncio.ensure_future(self._fit_views_when_shown()))
 
     def _init_state(self) -> None:
         self.state.update({
@@ -118,11 +143,13 @@ class SDSegWebApp(TrameApp):
             "sdseg_samples": DEFAULT_SAMPLES, "sdseg_steps": 0, "sdseg_seed": 0, "sdseg_device": "auto",
             "sdseg_device_line": "worker not started",
             "sdseg_points": [], "sdseg_box": "", "sdseg_placing": "",
-            "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_text": "",
+            "sdseg_running": False, "sdseg_progress": 0, "sdseg_progress_moving": False, "sdseg_progress_text": "",
             "sdseg_status": "", "sdseg_status_error": False,
-            "sdseg_has_result": False, "sdseg_sample_label": "Sample -", "sdseg_sample_mode": "none",
+            "sdseg_has_result": False, "sdseg_has_accepted": False, "sdseg_sample_label": "Sample -",
+            "sdseg_sample_mode": "none",
             "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
             "sdseg_stats_headers": [], "sdseg_stats_rows": [], "sdseg_export_names": {},
+            "sdseg_replace_question": "",
         })
         self.state.change("sdseg_variance_on", "sdseg_variance_opacity")(self.on_variance_display)
         self.state.change("sdseg_variance_threshold")(self.on_variance_threshold)
@@ -132,12 +159,6 @@ class SDSegWebApp(TrameApp):
         if self.run_active():
             self._run_task.cancel()
         self.session.shutdown()
-
-    async def _fit_views_when_shown(self) -> None:
-        """Fit the volume to the views once the browser has given them their size."""
-        await asyncio.sleep(VIEW_FIT_DELAY_S)
-        if self.volume_node is not None:
-            self.slicer_app.display_manager.reset_views()
 
     # --- messages ---------------------------------------------------------------------------------------------
 
@@ -164,6 +185,7 @@ class SDSegWebApp(TrameApp):
         self.state.update({"sdseg_progress": 0, "sdseg_progress_text": ""})
         self.volume_node, self.source_dicom = node, source_dicom
         self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
+        view_aids.hide_volume_rendering(self.slicer_app.volume_rendering, node)
         self.clear_prompts()
         self.state.sdseg_volume_name, self.state.sdseg_volume_loaded = node.GetName(), True
         self.state.sdseg_dicom_input = source_dicom is not None
@@ -173,8 +195,9 @@ class SDSegWebApp(TrameApp):
     def upload(self, files: list[dict]) -> None:
         """Files chosen in the browser (one volume file)."""
         files = [ClientFile(item) for item in files or []]
+        self.state.sdseg_upload_files = None  # the field empty again: it shows no refused file, takes the same again
         if len(files) != 1:
-            self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha, .dcm).", error=True)
+            self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha).", error=True)
             return
         size = files[0].size or len(files[0].content or b"")
         if size > self.max_upload_bytes:
@@ -184,7 +207,30 @@ class SDSegWebApp(TrameApp):
         folder = tempfile.mkdtemp(prefix="SDSegSlicerWeb-upload-", dir=self._work_dir.name)
         path = Path(folder) / Path(files[0].name).name
         path.write_bytes(files[0].content or b"")
+        if self.session.has_result():  # ask first: loading drops the result (one result at a time)
+            self._pending_upload = str(path)
+            self.state.sdseg_replace_question = (
+                f"Load {path.name}? The current result{self._accepted_names_note()} goes with the volume it was "
+                "made on: export it first to keep it.")
+            return
         self.load_volume(str(path))
+
+    def answer_replace(self, load: bool) -> None:
+        """The answer to the question upload() asked: load the uploaded volume (dropping the result) or keep the
+        result and the volume it was made on."""
+        path, self._pending_upload = self._pending_upload, None
+        self.state.sdseg_replace_question = ""
+        if path is None:
+            return
+        if load:
+            self.load_volume(path)
+        else:
+            self.set_status(f"Kept the result; {Path(path).name} was not loaded.")
+
+    def _accepted_names_note(self) -> str:
+        """', with your accepted segment 'accepted',' when the result has accepted segments, else ''."""
+        accepted = accepted_segment_names(self.session.result_segmentation)
+        return f", with {accepted_segments_text(accepted)}," if accepted else ""
 
     # --- prompts ----------------------------------------------------------------------------------------------
 
@@ -194,6 +240,7 @@ class SDSegWebApp(TrameApp):
                 self.points_node = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
                                                                            "lesion points")
                 self.points_node.CreateDefaultDisplayNodes()
+                self.points_node.SetMarkupLabelFormat("%d")  # "1" beside lesion 1's point, not "lesion points-1"
                 for event in POINT_EVENTS:
                     self.points_node.AddObserver(event, lambda *_: self._prompts_changed())
             return self.points_node
@@ -217,6 +264,9 @@ class SDSegWebApp(TrameApp):
                         else "Click two opposite corners of the box around the lesion.")
 
     def clear_prompts(self) -> None:
+        if self.state.sdseg_placing:
+            self.slicer_app.markups_logic.disable_place_mode()
+            self.state.sdseg_placing = ""
         for node in (self.points_node, self.roi_node):
             if node is not None and node.GetScene() is not None:
                 node.RemoveAllControlPoints()
@@ -227,7 +277,7 @@ class SDSegWebApp(TrameApp):
     def _prompts_changed(self) -> None:
         with self.state:
             points = points_ijk(self.points_node, self.volume_node) if self.points_node and self.volume_node else []
-            self.state.sdseg_points = [f"lesion {n}: IJK {', '.join(f'{v:.1f}' for v in point)}"
+            self.state.sdseg_points = [f"lesion {n}: IJK {', '.join(str(v) for v in voxel_of(point))}"
                                        for n, point in enumerate(points, start=1)]
             defined = self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete()
             self.state.sdseg_box = "box drawn" if defined and not points else ""
@@ -272,11 +322,17 @@ class SDSegWebApp(TrameApp):
         samples = whole_number(self.state.sdseg_samples, "Samples", 1, MAX_SAMPLES)
         steps = whole_number(self.state.sdseg_steps, "Steps", 0, hint=" (0: the model's own)")
         seed = whole_number(self.state.sdseg_seed, "Seed", 0)
+        if self.state.sdseg_placing:  # e.g. one corner of the box clicked: never the whole volume instead
+            raise ValueError(UNFINISHED_PROMPT[self.state.sdseg_placing])
         roi = self.roi_node if self.roi_node is not None and self.roi_node.GetControlPointPlacementComplete() \
             else None
-        return self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
-                                      model=self.state.sdseg_model or None, samples=samples, steps=steps or None,
-                                      seed=seed, device=self.state.sdseg_device)
+        job = self.session.build_job(self.volume_node, points_node=self.points_node, roi_node=roi,
+                                     model=self.state.sdseg_model or None, samples=samples, steps=steps or None,
+                                     seed=seed, device=self.state.sdseg_device)
+        for lesion in (job["prompt"] or {}).get("lesions", []):
+            if "point_ijk" in lesion:
+                lesion["point_ijk"] = voxel_of(lesion["point_ijk"])
+        return job
 
     def run_active(self) -> bool:
         """A segmentation is starting (the worker, the volume for it) or running."""
@@ -341,9 +397,7 @@ class SDSegWebApp(TrameApp):
         while self.session.run is not None:
             with self.state:
                 state = self.session.process_run()
-                progress = self.session.run.progress
-                self.state.sdseg_progress = 100 * progress["done"] / max(progress["total"], 1)
-                self.state.sdseg_progress_text = result_view.progress_text(progress)
+                self._show_progress()
                 if self.session.has_result() and not self._results_shown:
                     self._show_results()
                 if state != "running":
@@ -351,8 +405,15 @@ class SDSegWebApp(TrameApp):
                     return
             await asyncio.sleep(POLL_INTERVAL_S)
 
+    def _show_progress(self) -> None:
+        run = self.session.run
+        percent = result_view.progress_percent(run.progress, run.state)
+        self.state.update({"sdseg_progress": percent or 0, "sdseg_progress_moving": percent is None,
+                           "sdseg_progress_text": result_view.progress_text(run.progress, run.elapsed_s)})
+
     def _finish(self) -> None:
         run = self.session.run
+        self._show_progress()
         statistics = self.session.statistics() if self.session.has_result() else None
         progress_line, status, error = result_view.finished_texts(run, statistics)
         self.state.sdseg_running = False
@@ -360,10 +421,10 @@ class SDSegWebApp(TrameApp):
         self.set_status(sentences(status, self._replaced_note) if self._replaced_note else status, error)
         self._replaced_note = ""
         if statistics is not None:
-            self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
-                result_view.statistics_text_table(statistics, result_view.SUMMARY_COLUMNS)
+            self._show_statistics(statistics)
             self.state.sdseg_export_names = self.session.export_file_names()
             self.show_sample()
+            view_aids.show_result_surfaces(self.session.result_segmentation)
         self.session.finish_run()
 
     def _show_results(self) -> None:
@@ -401,9 +462,7 @@ class SDSegWebApp(TrameApp):
             if node.GetScene() is None:
                 continue
             if node.IsA("vtkMRMLSegmentationNode"):
-                segmentation = node.GetSegmentation()
-                names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
-                accepted += [name for name in names if name.startswith(ACCEPTED_SEGMENT_NAME)]
+                accepted += accepted_segment_names(node)
                 if editor.active_segmentation_node is node:
                     edited = True
                     editor.clear()
@@ -415,8 +474,7 @@ class SDSegWebApp(TrameApp):
             scene.RemoveNode(node)
         if not accepted and not edited:
             return ""
-        segments = (f"your accepted segment{'s' if len(accepted) > 1 else ''} "
-                    f"{', '.join(repr(name) for name in accepted)}" if accepted else "your edits")
+        segments = accepted_segments_text(accepted) if accepted else "your edits"
         return (f"{what}, with {segments}, was removed: the page keeps one result at a time (export a result "
                 f"before the next run to keep it).")
 
@@ -424,7 +482,8 @@ class SDSegWebApp(TrameApp):
         """The page without a result: no samples, statistics or exports."""
         self._results_shown = False
         self.browser.reset()
-        self.state.update({"sdseg_has_result": False, "sdseg_stats_headers": [], "sdseg_stats_rows": [],
+        self.state.update({"sdseg_has_result": False, "sdseg_has_accepted": False, "sdseg_stats_headers": [],
+                           "sdseg_stats_rows": [],
                            "sdseg_sample_mode": "none", "sdseg_sample_label": "Sample -",
                            "sdseg_export_names": {}})
 
@@ -441,9 +500,14 @@ class SDSegWebApp(TrameApp):
                                                                      self.volume_node)
         ids = self.session.result_segmentation.GetSegmentation().GetSegmentIDs()
         self.editor_logic.segmentation_editor.set_active_segment_id(ids[-1])
-        self.state.sdseg_stats_headers, self.state.sdseg_stats_rows = \
-            result_view.statistics_text_table(self.session.statistics(), result_view.SUMMARY_COLUMNS)
+        self._show_statistics(self.session.statistics())
+        self.state.sdseg_has_accepted = True
         self.set_status(message)
+
+    def _show_statistics(self, statistics: dict) -> None:
+        headers, self.state.sdseg_stats_rows = result_view.statistics_text_table(statistics,
+                                                                                result_view.SUMMARY_COLUMNS)
+        self.state.sdseg_stats_headers = [panel.COLUMN_LABELS[header] for header in headers]
 
     def on_variance_display(self, sdseg_variance_on=None, sdseg_variance_opacity=None, **_) -> None:
         variance = self.session.result_variance if self.session.has_result() else None

@@ -22,11 +22,18 @@ from trame.widgets.vuetify3 import (
 from trame_slicer.app.ui import SegmentEditorUI, ViewerLayout
 from trame_slicer.app.ui.control_button import ControlButton
 
+from SDSegSlicerLib import variance_display
 from SDSegSlicerLib.run import DEVICES, MAX_SAMPLES
+from SDSegSlicerLib.segmentation_writer import CONSENSUS_COLOUR
+from SDSegSlicerLib.variance_display import VARIANCE_DISPLAY_RANGE
 
 PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
+UPLOAD_TYPES = ".nrrd,.nhdr,.nii,.nii.gz,.gz,.mha,.mhd"  # what the file picker offers (a .gz: Chrome's .nii.gz)
 DICOM_ONLY = "DICOM SEG: only for a volume loaded from a DICOM series folder."
+# The statistics table's headers in the panel: short, so that its five columns fit the drawer.
+COLUMN_LABELS = {"segment": "segment", "volume_ml": "ml", "voxels": "voxels", "variance_mean": "mean var.",
+                 "mean_dice_with_other_samples": "Dice"}
 EXPORT_BUTTONS = (("segmentation", ".seg.nrrd"), ("nifti", "NIfTI labelmap"), ("dicom", "DICOM SEG"),
                   ("variance", "variance .nrrd"), ("stats", "statistics .csv"))
 
@@ -45,6 +52,9 @@ def build(app) -> SimpleNamespace:
         with layout.drawer:
             with html.Div(v_if=(_is_active(layout, PANEL_TOOL),), classes="pa-3", id="sdseg-panel"):
                 _panel(app)
+            html.Div("Nothing to edit yet: segment, show One sample, press Accept (SDSeg panel); the accepted "
+                     "segment opens here.", v_if=(f"{_is_active(layout, EDITOR_TOOL)} && !sdseg_has_accepted",),
+                     classes="text-caption pa-3", id="sdseg-editor-hint")
             editor = SegmentEditorUI(v_if=(_is_active(layout, EDITOR_TOOL),))
         with layout.content:
             app.layout_manager.initialize_layout_grid(layout)
@@ -70,12 +80,36 @@ def _section(title: str) -> None:
     html.Div(title, classes="text-subtitle-2 mb-1")
 
 
+def _legend() -> None:
+    """What the colours in the views mean: the consensus, the samples, the variance's colour bar."""
+    consensus = "rgb({})".format(", ".join(str(round(255 * c)) for c in CONSENSUS_COLOUR))
+    low, high = VARIANCE_DISPLAY_RANGE
+    with html.Div(id="sdseg-legend", classes="text-caption mt-2"):
+        with html.Div(classes="d-flex align-center ga-1"):
+            html.Span(style=f"display:inline-block;width:14px;height:10px;background:{consensus}")
+            html.Span("consensus; samples: one colour each (outlines in All)")
+        with html.Div(classes="d-flex align-center ga-1"):
+            html.Span(f"variance {low:g}")
+            html.Span(style=f"display:inline-block;flex:1;height:10px;background:{variance_display.css_gradient()}",
+                      id="sdseg-variance-colour-bar")
+            html.Span(f"{high:g} (samples split 50/50)")
+
+
 def _panel(app) -> None:
     ctrl = app.server.controller
     html.Div("Input", classes="text-subtitle-2 mb-1")
-    VFileInput(label="Upload a volume (.nrrd, .nii.gz, .mha)", density="compact", hide_details=True,
+    VFileInput(v_model=("sdseg_upload_files", None), label="Upload a volume (.nrrd, .nii.gz, .mha)",
+               raw_attrs=[f'accept="{UPLOAD_TYPES}"'], density="compact", hide_details=True,
                prepend_icon="mdi-file-upload", id="sdseg-upload",
                change=(f"trigger('{ctrl.trigger_name(app.upload)}', [$event.target.files])"))
+
+    with html.Div(v_if=("sdseg_replace_question",), id="sdseg-replace", classes="mt-2"):
+        html.Div("{{ sdseg_replace_question }}", classes="text-caption", id="sdseg-replace-question")
+        with html.Div(classes="d-flex ga-1 mt-1"):
+            VBtn("Load it", id="sdseg-replace-load", size="small", color="warning",
+                 click=lambda: app.answer_replace(True))
+            VBtn("Keep the result", id="sdseg-replace-keep", size="small", variant="tonal",
+                 click=lambda: app.answer_replace(False))
 
     _section("Lesion")
     with html.Div(classes="d-flex ga-1"):
@@ -97,10 +131,11 @@ def _panel(app) -> None:
     with html.Div(classes="d-flex ga-1 mt-2"):
         VTextField(v_model_number=("sdseg_samples",), label="Samples", type="number", min=1, max=MAX_SAMPLES,
                    density="compact", hide_details=True, id="sdseg-samples")
-        VTextField(v_model_number=("sdseg_steps",), label="Steps (0: model's)", type="number", min=0,
+        VTextField(v_model_number=("sdseg_steps",), label="Steps", type="number", min=0,
                    density="compact", hide_details=True, id="sdseg-steps")
         VTextField(v_model_number=("sdseg_seed",), label="Seed", type="number", density="compact",
                    hide_details=True, id="sdseg-seed")
+    html.Div("Steps 0: the model's own.", classes="text-caption text-medium-emphasis")
     VSelect(v_model=("sdseg_device",), items=("devices", list(DEVICES)), label="Device", density="compact",
             hide_details=True, classes="mt-2")
     html.Div("{{ sdseg_device_line }}", classes="text-caption text-medium-emphasis", id="sdseg-device-line")
@@ -108,7 +143,8 @@ def _panel(app) -> None:
     VBtn("{{ sdseg_running ? 'Cancel' : 'Segment' }}", id="sdseg-segment", block=True, classes="mt-3",
          color=("sdseg_running ? 'warning' : 'primary'",), disabled=("!sdseg_volume_loaded",),
          click=f"trigger('{ctrl.trigger_name(app.segment_or_cancel)}', [sdseg_running])")  # what the button said
-    VProgressLinear(model_value=("sdseg_progress",), height=6, classes="mt-2", color="primary")
+    VProgressLinear(model_value=("sdseg_progress",), indeterminate=("sdseg_progress_moving",), height=6,
+                    classes="mt-2", color="primary", id="sdseg-progress-bar")
     html.Div("{{ sdseg_progress_text }}", id="sdseg-progress", classes="text-caption")
     html.Div("{{ sdseg_status }}", id="sdseg-status", classes="text-caption mt-1",
              style=("sdseg_status_error ? 'color: #ff6b6b' : ''",))
@@ -128,6 +164,8 @@ def _panel(app) -> None:
             VBtn("Accept", size="small", id="sdseg-accept", disabled=("sdseg_sample_mode !== 'one' || sdseg_running",),
                  click=app.accept_sample)
 
+        _legend()
+
         _section("Variance")
         VCheckbox(v_model=("sdseg_variance_on",), label="Show the sample variance", density="compact",
                   hide_details=True, id="sdseg-variance-on")
@@ -139,10 +177,10 @@ def _panel(app) -> None:
         _section("Statistics")
         with VTable(density="compact", id="sdseg-stats"):
             with html.Thead(), html.Tr():
-                html.Th("{{ header }}", v_for="header in sdseg_stats_headers", classes="text-caption")
+                html.Th("{{ header }}", v_for="header in sdseg_stats_headers", classes="text-caption px-1")
             with html.Tbody():
                 with html.Tr(v_for="row in sdseg_stats_rows"):
-                    html.Td("{{ cell }}", v_for="cell in row", classes="text-caption")
+                    html.Td("{{ cell }}", v_for="cell in row", classes="text-caption px-1")
 
         _section("Export")
         with html.Div(classes="d-flex flex-wrap ga-1"):

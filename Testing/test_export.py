@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import matplotlib.image
 import numpy as np
@@ -189,8 +190,13 @@ def test_statistics_of_a_result_match_the_samples(tmp_path):
     assert result["variance_max"] == pytest.approx(variance.max())
 
     stats.write_statistics(result, tmp_path / "s.json", tmp_path / "s.csv", extra={"state": "done"})
-    saved = json.loads((tmp_path / "s.json").read_text())
-    assert saved["state"] == "done" and saved["lesions"][0]["dice_between_samples"] == lesion["dice_between_samples"]
+    text = (tmp_path / "s.json").read_text()
+    saved = json.loads(text)
+    assert saved["state"] == "done"
+    np.testing.assert_allclose(saved["lesions"][0]["dice_between_samples"], lesion["dice_between_samples"], rtol=1e-5)
+    assert saved["variance_mean"] == float(f"{result['variance_mean']:.6g}")  # 6 significant digits, no more
+    for number in re.findall(r"\d+\.\d+", text + (tmp_path / "s.csv").read_text()):  # e.g. 0.0102504, 13.1992
+        assert len(number.replace(".", "").lstrip("0")) <= 6, number
     with open(tmp_path / "s.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["segment"] for row in rows] == list(by_name)
@@ -263,5 +269,8 @@ def test_preview_draws_every_sample_and_the_variance(tmp_path):
     for colour in sample_colours(3):
         assert np.linalg.norm(pixels - np.array(colour), axis=-1).min() < 0.08, colour
     assert preview.preview_slices(samples.any(axis=0), 0, 4) == [2, 3, 4, 5]
-    assert preview.preview_slices(samples.any(axis=0), 0, 2) == [2, 5]
-    assert preview.preview_slices(np.zeros((5, 2, 2), bool), 0, 3) == [0, 2, 4]
+    largest = np.zeros_like(samples[0])
+    largest[4, :3] = True  # the consensus' largest slice: 4
+    assert preview.preview_slices(samples.any(axis=0), 0, 2, largest) == [3, 4]  # it and its nearest neighbour
+    assert preview.preview_slices(samples.any(axis=0), 0, 3, largest) == [3, 4, 5]
+    assert preview.preview_slices(np.zeros((5, 2, 2), bool), 0, 3) == [1, 2, 3]

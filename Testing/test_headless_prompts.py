@@ -63,8 +63,8 @@ def test_points_in_mm_and_in_voxels_give_one_set_of_segments_per_lesion(tmp_path
     lesions = summary["lesions"]
     assert [lesion["slices"] for lesion in lesions] == [3, 5]
     voxel_ml = abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000
-    assert lesions[1]["volume_ml"] == pytest.approx(a.sum() * voxel_ml)
-    assert lesions[0]["sample_volume_ml"] == pytest.approx([b.sum() * voxel_ml] * 2)
+    assert lesions[1]["volume_ml"] == pytest.approx(a.sum() * voxel_ml, rel=1e-5)  # 6 significant digits
+    assert lesions[0]["sample_volume_ml"] == pytest.approx([b.sum() * voxel_ml] * 2, rel=1e-5)
     assert lesions[1]["coherence"]["within_samples"] == lesions[1]["coherence"]["across_samples"]  # equal samples
     assert f"lesion 2: {a.sum() * voxel_ml:.2f} ml on 5 slice(s)" in stderr
     assert "Done: 16 slices" in stderr  # each lesion: its slices, then 2 empty ones each way (9 + 7)

@@ -135,3 +135,12 @@ def test_models_lists_the_installed_models(worker_env, capsys):
     out = capsys.readouterr().out
     assert re.search(rf"^{MODEL_NAME} +ambiguous", out, re.MULTILINE)
     assert "device cpu" in out
+
+
+def test_models_marks_the_default_model(capsys):
+    """With the bundled models, `sdseg-slicer models` marks the one a job without --model uses (as `sdseg models`)."""
+    from sdseg.registry import DEFAULT_MODEL
+
+    assert headless.main(["models"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "(default)" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{DEFAULT_MODEL} (default) ")

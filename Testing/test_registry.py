@@ -67,7 +67,7 @@ def test_list_models_first_name_wins_and_descriptions(two_dirs):
     assert {"lesions", "segdiff-demo", "nocard"} <= listed.keys()
     assert listed["lesions"] == {"name": "lesions", "kind": "ambiguous", "path": str(first / "lesions"),
                                  "description": "Lesion model (small)",
-                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n"}
+                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n", "default": False}
     assert listed["segdiff-demo"]["description"] == "SegDiff demo weights"
     assert listed["nocard"]["description"] == "" and listed["nocard"]["card"] == ""
     json.dumps(registry.list_models())  # travels in the worker's hello message

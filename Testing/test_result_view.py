@@ -41,6 +41,12 @@ def test_sample_browser_modes_and_accept(finished):
     assert browser.accept() == ("Sample 3 copied to segment 'accepted': edit it in the Segment Editor.")
     assert browser.show(mode="all") == "All 3 samples"
     assert set(visible(session)) >= {"consensus", "sample 1", "sample 2", "sample 3"}
+    display = session.result_segmentation.GetDisplayNode()
+    filled = {segment_id: display.GetSegmentVisibility2DFill(segment_id) for segment_id in session.sample_segment_ids()}
+    assert not any(filled.values())  # all samples: outlines, so none hides another or the variance
+    browser.show(mode="one")
+    assert all(display.GetSegmentVisibility2DFill(segment_id) for segment_id in session.sample_segment_ids())
+    browser.show(mode="all")
     with pytest.raises(ValueError, match="Unknown sample mode"):
         browser.show(mode="some")
     browser.reset()
@@ -55,6 +61,13 @@ def test_progress_end_and_statistics_texts(finished):
     running = {"phase": "segmenting", "done": 1, "total": 4, "eta_s": 75.0, "total_is_bound": False}
     assert result_view.progress_text(running) == "segmenting: 1/4 slices, about 1:15 left"
     assert result_view.progress_text({**running, "done": 4, "eta_s": 0.0}) == "segmenting: 4/4 slices"
+    assert result_view.progress_percent(running, "running") == 25.0
+    # A prompt job: its total is a bound, so no time left from it (the worker's eta_s assumed all 25 slices).
+    bounded = {"phase": "segmenting", "done": 4, "total": 25, "eta_s": 427.0, "total_is_bound": True}
+    assert result_view.progress_text(bounded, elapsed_s=10.0) == "segmenting: 4 slices (at most 25), 2.5 s a slice"
+    assert result_view.progress_percent(bounded, "running") is None
+    assert result_view.progress_percent({**bounded, "done": 10}, "done") == 100.0
+    assert result_view.progress_percent({**bounded, "done": 10}, "cancelled") == 40.0
     header, rows = result_view.statistics_text_table(session.statistics(), result_view.SUMMARY_COLUMNS)
     assert header == list(result_view.SUMMARY_COLUMNS)
     assert [row[0] for row in rows] == ["consensus", "sample 1", "sample 2", "sample 3"]

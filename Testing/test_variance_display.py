@@ -1,4 +1,4 @@
-"""The variance overlay on real MRML (slicer-core): the perceptual colour map, and the slice views' layers, which
+"""The variance overlay on real MRML (slicer-core): the blue-to-magenta colour map, and the slice views' layers, which
 it takes only where the user has no layer of their own (a slice view is a vtkMRMLSliceCompositeNode)."""
 
 from __future__ import annotations
@@ -36,23 +36,19 @@ def luminance(rgb):
     return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
 
 
-def test_fallback_colour_map_is_perceptual_and_created_once(scene):
+def test_colour_map_is_blue_to_magenta_brighter_with_variance_and_created_once(scene):
     node = variance_display.variance_colour_node(scene)
-    assert node.GetName() == variance_display.FALLBACK_COLOUR_NODE_NAME
+    assert node.GetName() == variance_display.VARIANCE_COLOUR_NODE_NAME
     assert variance_display.variance_colour_node(scene) is node
     assert scene.GetNodesByClassByName("vtkMRMLColorNode", node.GetName()).GetNumberOfItems() == 1
     transfer = node.GetColorTransferFunction()
-    lum = [luminance(transfer.GetColor(x)) for x in np.linspace(0.0, 1.0, 33)]
+    colours = [transfer.GetColor(x) for x in np.linspace(0.0, 1.0, 33)]
+    lum = [luminance(rgb) for rgb in colours]
     assert np.all(np.diff(lum) > 0)  # monotonically brighter: readable in grey scale too
-    assert lum[0] < 0.02 and lum[-1] > 0.9
-
-
-def test_slicer_perceptual_colour_node_is_preferred(scene):
-    variance_display.variance_colour_node(scene)  # a fallback already exists
-    viridis = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "Viridis")
-    assert variance_display.variance_colour_node(scene) is viridis
-    inferno = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "Inferno")
-    assert variance_display.variance_colour_node(scene) is inferno
+    assert lum[0] < 0.1 and lum[-1] > 0.5
+    assert all(rgb[2] > rgb[1] + 0.2 for rgb in colours)  # blue over green everywhere: never the consensus yellow
+    assert colours[0][2] > colours[0][0] and colours[-1][0] > 0.9 and colours[-1][2] > 0.9  # blue to magenta
+    assert variance_display.css_gradient().startswith("linear-gradient(to right, rgb(13, 13, 89) 0%")
 
 
 def test_variance_display_uses_colour_map_range_and_hides_zero(scene):

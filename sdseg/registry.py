@@ -47,7 +47,8 @@ def _card_summary(card: str) -> str:
 
 
 def describe_model(folder: Path) -> dict:
-    """``{name, kind, path, description, card}`` of a model folder; raises CheckpointError if it is invalid."""
+    """``{name, kind, path, description, card, default}`` of a model folder (default: it is DEFAULT_MODEL, the one a
+    job without a model uses); raises CheckpointError if it is invalid."""
     content = read_config(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: missing; copy the complete model folder")
@@ -55,7 +56,7 @@ def describe_model(folder: Path) -> dict:
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     description = str(content["config"].get("description") or _card_summary(card))
     return {"name": folder.name, "kind": content["kind"], "path": str(folder), "description": description,
-            "card": card}
+            "card": card, "default": folder.name == DEFAULT_MODEL}
 
 
 def _candidate_folders():

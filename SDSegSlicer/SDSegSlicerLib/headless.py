@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--server", metavar="URL", help="use the worker of an `sdseg-slicer serve` server instead")
     web.add_argument("--worker-token", help="that server's token")
     add_threads_option(web)
+    web.add_argument("--timeout", type=positive_int, metavar="S",
+                     help="stop after S seconds without an open page (default: run until stopped)")
     return parser
 
 
@@ -354,7 +356,8 @@ def command_models(args) -> int:
     if not hello["models"]:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
     for model in hello["models"]:
-        print(f"{model['name']:<24} {model['kind']:<10} {model.get('description') or ''}")
+        name = model["name"] + (" (default)" if model.get("default") else "")
+        print(f"{name:<24} {model['kind']:<10} {model.get('description') or ''}")
     return 0
 
 

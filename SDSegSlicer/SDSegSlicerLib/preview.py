@@ -1,5 +1,8 @@
-"""A PNG preview of a result: a few slices through the lesion, each shown as the image with the contours of all
-samples (distinct colours) and the consensus, and as the variance heat map over the image."""
+"""A PNG preview of a result: the lesion's largest slice (where the user clicked, as a rule) and its neighbours, each
+shown as the image with the contours of all samples (thin, distinct colours) and the consensus (thick yellow on a
+black edge), and as the variance over the image, with one colour bar; in radiological orientation, as Slicer and
+the web page show it (axial: patient right on the left, anterior up; coronal: right on the left, superior up;
+sagittal: anterior on the left, superior up)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from .atomic import atomic_output
 from .segmentation_writer import (CONSENSUS_COLOUR, image_array_kji, read_segment_arrays, sample_colours,
                                   segment_ids_by_name)
 from .stats import is_consensus, result_segment_names
+from .variance_display import VARIANCE_COLOUR_STOPS, VARIANCE_DISPLAY_RANGE
 
-VARIANCE_RANGE = (0.0, 0.25)  # variance of binary samples, p (1 - p)
 MIN_MARGIN_VOXELS = 8
 MARGIN_FRACTION = 0.25
 PANEL_INCHES = 3.2
@@ -30,13 +33,44 @@ def crop_box(extent, dims_kji) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
-def preview_slices(union: np.ndarray, axis: int, count: int) -> list[int]:
-    """Up to `count` slice positions along `axis`, evenly spread over the slices where any sample has voxels
-    (over all slices if none has)."""
-    area = np.moveaxis(union, axis, 0).reshape(union.shape[axis], -1).sum(axis=1)
+def preview_slices(union: np.ndarray, axis: int, count: int, largest: np.ndarray | None = None) -> list[int]:
+    """Up to ``count`` slice positions along ``axis``: the slice where ``largest`` (default ``union``: e.g. the
+    consensus) has the most voxels and its nearest neighbours among the slices where ``union`` (any sample) has
+    voxels (all slices if none has)."""
+    def areas(mask):
+        return np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1).sum(axis=1)
+
+    area = areas(union)
     candidates = np.flatnonzero(area) if area.any() else np.arange(union.shape[axis])
-    picks = np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int)
-    return sorted({int(candidates[p]) for p in picks})
+    centre_area = areas(largest) if largest is not None and largest.any() else area
+    centre = int(np.argmax(centre_area)) if centre_area.any() else int(candidates[len(candidates) // 2])
+    nearest = sorted(candidates, key=lambda position: (abs(int(position) - centre), position))[:count]
+    return sorted(int(position) for position in nearest)
+
+
+# Screen directions (RAS) of a radiological view by the patient axis closest to the slice normal (0: R, 1: A, 2: S):
+# (to the right on the screen, down on the screen).
+SCREEN_DIRECTIONS_RAS = {2: ((-1, 0, 0), (0, -1, 0)), 1: ((-1, 0, 0), (0, 0, -1)), 0: ((0, -1, 0), (0, 0, -1))}
+
+
+def radiological_order(plane_axes_kji: tuple[int, int], ijk_to_ras) -> tuple[bool, bool, bool]:
+    """(transpose, flip rows, flip columns) that put a slice, whose rows and columns run along the volume's K/J/I axes
+    ``plane_axes_kji``, in radiological orientation when drawn with row 0 at the top (SCREEN_DIRECTIONS_RAS)."""
+    directions = np.asarray(ijk_to_ras, dtype=float)[:3, :3]
+    row_direction, column_direction = (directions[:, 2 - axis] for axis in plane_axes_kji)  # K,J,I -> I,J,K column
+    normal_axis = int(np.argmax(np.abs(np.cross(row_direction, column_direction))))
+    right, down = (np.asarray(v, dtype=float) for v in SCREEN_DIRECTIONS_RAS[normal_axis])
+    transpose = abs(column_direction @ right) < abs(row_direction @ right)  # rows run across the screen
+    if transpose:
+        row_direction, column_direction = column_direction, row_direction
+    return transpose, bool(row_direction @ down < 0), bool(column_direction @ right < 0)
+
+
+def in_order(plane: np.ndarray, order: tuple[bool, bool, bool]) -> np.ndarray:
+    """A slice transposed and flipped as radiological_order() says."""
+    transpose, flip_rows, flip_columns = order
+    plane = plane.T if transpose else plane
+    return plane[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
 
 
 def write_preview(path, segmentation_node, variance_node, slice_axis: int, image_kji=None, max_slices: int = 4):
@@ -55,45 +89,62 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
     masks, variance = cropped, variance[box]
     image = np.zeros(variance.shape) if image_kji is None else np.asarray(image_kji, dtype=float)[box]
     axis = 2 - slice_axis
+    plane_axes = tuple(a for a in range(3) if a != axis)
     sample_rows = [n for n, name in enumerate(names) if not is_consensus(name)]
+    consensus_rows = [n for n in range(len(names)) if n not in sample_rows]
     colours = dict(zip(sample_rows, sample_colours(len(sample_rows))))
-    colours.update({n: CONSENSUS_COLOUR for n, name in enumerate(names) if is_consensus(name)})
-    slices = preview_slices(masks[sample_rows].any(axis=0) if sample_rows else masks.any(axis=0), axis, max_slices)
+    colours.update({n: CONSENSUS_COLOUR for n in consensus_rows})
+    slices = preview_slices(masks[sample_rows].any(axis=0) if sample_rows else masks.any(axis=0), axis, max_slices,
+                            masks[consensus_rows].any(axis=0) if consensus_rows else None)
     spacing_kji = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)[::-1]
-    plane_spacing = np.delete(spacing_kji, axis)
-    aspect = plane_spacing[0] / plane_spacing[1]  # physical proportions of the (rows, columns) pixels
+
+    order = radiological_order(plane_axes, ijk_to_ras)
+
+    def plane_of(volume, position):
+        return in_order(np.take(volume, position, axis=axis), order)
+
+    row_axis, column_axis = plane_axes[::-1] if order[0] else plane_axes
+    aspect = spacing_kji[row_axis] / spacing_kji[column_axis]  # physical proportions of the drawn pixels
     low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
 
     # matplotlib only when a preview is drawn: 3D Slicer's Python does not ship it (the module never draws one).
+    from matplotlib import patheffects
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LinearSegmentedColormap
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    figure = Figure(figsize=(2 * PANEL_INCHES, PANEL_INCHES * len(slices)))
+    variance_map = LinearSegmentedColormap.from_list("sdseg_variance", list(VARIANCE_COLOUR_STOPS))
+    consensus_edge = [patheffects.withStroke(linewidth=4.5, foreground="black")]
+    figure = Figure(figsize=(2 * PANEL_INCHES + 0.6, PANEL_INCHES * len(slices)))
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(slices), 2, squeeze=False)
+    grid = figure.add_gridspec(len(slices), 3, width_ratios=(1, 1, 0.06))
+    axes = np.array([[figure.add_subplot(grid[row, column]) for column in range(2)] for row in range(len(slices))])
+    heat = None
     for row, position in enumerate(slices):
-        plane_image = np.take(image, position, axis=axis)
+        plane_image = plane_of(image, position)
         for column in range(2):
             axes[row, column].imshow(plane_image, cmap="gray", vmin=low, vmax=max(high, low + 1e-6),
                                      aspect=aspect, interpolation="nearest")
             axes[row, column].set_axis_off()
-        for n in range(len(names)):
-            plane_mask = np.take(masks[n], position, axis=axis)
+        for n in sample_rows + consensus_rows:  # the consensus last, on top
+            plane_mask = plane_of(masks[n], position)
             if plane_mask.any():
+                consensus = n in consensus_rows
                 axes[row, 0].contour(plane_mask.astype(float), levels=[0.5], colors=[colours[n]],
-                                     linewidths=2.0 if n not in sample_rows else 1.0,
-                                     linestyles="dashed" if n not in sample_rows else "solid")
-        plane_variance = np.take(variance, position, axis=axis)
-        heat = axes[row, 1].imshow(np.ma.masked_where(plane_variance <= 0, plane_variance), cmap="inferno",
-                                   vmin=VARIANCE_RANGE[0], vmax=VARIANCE_RANGE[1], alpha=0.75, aspect=aspect,
-                                   interpolation="nearest")
+                                     linewidths=2.5 if consensus else 1.0, alpha=1.0 if consensus else 0.85,
+                                     path_effects=consensus_edge if consensus else None)
+        plane_variance = plane_of(variance, position)
+        heat = axes[row, 1].imshow(np.ma.masked_where(plane_variance <= 0, plane_variance), cmap=variance_map,
+                                   vmin=VARIANCE_DISPLAY_RANGE[0], vmax=VARIANCE_DISPLAY_RANGE[1], alpha=0.85,
+                                   aspect=aspect, interpolation="nearest")
         index = position + box[axis].start
         axes[row, 0].set_title(f"slice {index}: samples", fontsize=9)
         axes[row, 1].set_title(f"slice {index}: variance", fontsize=9)
-        figure.colorbar(heat, ax=axes[row, 1], fraction=0.046, pad=0.04)
-    handles = [Line2D([], [], color=colours[n], linestyle="solid" if n in sample_rows else "dashed")
-               for n in range(len(names))]
+    colour_bar = figure.colorbar(heat, cax=figure.add_subplot(grid[:, 2]), label="sample variance")
+    colour_bar.solids.set_alpha(1.0)  # the map itself, not blended with white as the overlay's alpha would
+    handles = [Line2D([], [], color=colours[n], linewidth=2.5 if n in consensus_rows else 1.0,
+                      path_effects=consensus_edge if n in consensus_rows else None) for n in range(len(names))]
     figure.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_output(path) as temporary:

@@ -30,13 +30,28 @@ def model_choices(models: list[dict]) -> list[dict]:
          "card": model.get("card") or model.get("description") or ""} for model in models]
 
 
-def progress_text(progress: dict) -> str:
-    """'segmenting: 3/25 slices, about 0:12 left' from a run's progress."""
+def progress_text(progress: dict, elapsed_s: float | None = None) -> str:
+    """'segmenting: 3/25 slices, about 0:12 left' from a run's progress. A prompt job's total is only a bound (the
+    propagation stops where the lesions end, often long before): no time left is claimed from it, only the time a
+    slice takes so far (elapsed_s / done, when ``elapsed_s`` is given): '3 slices (at most 25), 2.1 s a slice'."""
     done, total, eta = progress["done"], progress["total"], progress["eta_s"]
     text = f"{progress['phase']}: {slices_text(progress)}" if total else progress["phase"]
-    if eta is not None and done < total:
+    if progress.get("total_is_bound"):
+        if elapsed_s is not None and done > 0:
+            text += f", {elapsed_s / done:.1f} s a slice"
+    elif eta is not None and done < total:
         text += f", about {format_duration(eta)} left"
     return text
+
+
+def progress_percent(progress: dict, state: str) -> float | None:
+    """The progress bar's percentage: 100 once the run is done (a prompt job ends before its bound), done / total
+    while it runs, None (no known fraction: a moving bar) while a prompt job runs."""
+    if state == "done":
+        return 100.0
+    if progress.get("total_is_bound") and state == "running":
+        return None
+    return 100.0 * progress["done"] / max(progress["total"], 1)
 
 
 def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
@@ -95,6 +110,7 @@ class SampleBrowser:
         for position, segment_id in enumerate(sample_ids):
             display_node.SetSegmentVisibility(segment_id, self.mode == "all"
                                               or (self.mode == "one" and position == self.index))
+            display_node.SetSegmentVisibility2DFill(segment_id, self.mode != "all")  # all: outlines, none hidden
         if self.mode == "all":
             return f"All {len(sample_ids)} samples"
         if self.mode == "none":
@@ -112,7 +128,7 @@ class SampleBrowser:
 
 
 def prepare_variance_overlay(scene, variance_node, input_volume) -> None:
-    """Perceptual colour map on the variance volume; the input volume as background where a view has none."""
+    """The blue-to-magenta colour map on the variance volume; the input volume as background where a view has none."""
     colour_node = variance_display.variance_colour_node(scene)
     variance_display.configure_variance_display(variance_node, colour_node)
     if input_volume is not None:

@@ -185,12 +185,28 @@ def statistics_table(statistics: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+SIGNIFICANT_DIGITS = 6  # of the numbers in the summary files: 13.1992 ml, not 13.199157714843741
+
+
+def rounded(value):
+    """``value`` (a number, or lists / dicts of them) with every float to SIGNIFICANT_DIGITS significant digits:
+    more than the voxel counts behind them can tell apart."""
+    if isinstance(value, float):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item) for item in value]
+    return value
+
+
 def write_statistics(statistics: dict, json_path, csv_path, extra: dict | None = None) -> None:
-    """The statistics (plus `extra` run information) as JSON, and the per-segment table as CSV."""
+    """The statistics (plus `extra` run information) as JSON, and the per-segment table as CSV, numbers rounded
+    (rounded())."""
     with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
-        json.dump({**(extra or {}), **statistics}, stream, indent=2)
+        json.dump(rounded({**(extra or {}), **statistics}), stream, indent=2)
     header, rows = statistics_table(statistics)
     with atomic_output(csv_path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows(rounded(rows))

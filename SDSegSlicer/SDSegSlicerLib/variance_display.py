@@ -1,5 +1,9 @@
-"""The variance overlay: a perceptual colour map over [0, 0.25] with zero variance transparent, shown in the
+"""The variance overlay: a blue-to-magenta colour map over [0, 0.25] with zero variance transparent, shown in the
 foreground of the slice views without taking over the layers a user chose (pure MRML: slice composite nodes).
+
+Blue to magenta, brighter with the variance, keeps the overlay apart from the consensus (yellow) and the samples
+(hues around the wheel, drawn as outlines when all are shown): Inferno's yellow-orange top, used before, read as
+consensus.
 """
 
 from __future__ import annotations
@@ -9,14 +13,10 @@ import slicer
 
 from .segmentation_writer import VARIANCE_ROLE, VARIANCE_ROLE_ATTRIBUTE
 
-# Perceptual colour maps Slicer ships (loaded from its colour files), most preferred first.
-PERCEPTUAL_COLOUR_NODE_NAMES = ("Inferno", "Viridis", "Magma", "Plasma", "Cividis")
-FALLBACK_COLOUR_NODE_NAME = "SDSeg Inferno"
-# Inferno (matplotlib, CC0) sampled at 9 evenly spaced points: used only where Slicer's colour files are absent.
-INFERNO_STOPS = (
-    (0.001, 0.000, 0.014), (0.129, 0.047, 0.291), (0.342, 0.062, 0.429), (0.541, 0.135, 0.415),
-    (0.736, 0.216, 0.330), (0.894, 0.353, 0.194), (0.978, 0.558, 0.035), (0.975, 0.798, 0.206),
-    (0.988, 0.998, 0.645),
+VARIANCE_COLOUR_NODE_NAME = "SDSeg variance blue-magenta"
+# (position in the range 0..1, RGB): luminance rises from 0.07 to 0.53, blue always above green (never yellow).
+VARIANCE_COLOUR_STOPS = (
+    (0.0, (0.05, 0.05, 0.35)), (0.35, (0.15, 0.35, 1.0)), (0.7, (0.6, 0.3, 1.0)), (1.0, (1.0, 0.35, 0.95)),
 )
 # Variance of binary samples lies in [0, 0.25] (p (1 - p)); zero variance is left transparent.
 VARIANCE_DISPLAY_RANGE = (0.0, 0.25)
@@ -24,20 +24,25 @@ VARIANCE_TRANSPARENT_BELOW = 1e-6
 
 
 def variance_colour_node(scene):
-    """A perceptual colour node for the variance overlay: Slicer's Inferno (or Viridis, ...) when loaded,
-    else one `SDSeg Inferno` procedural node created once per scene."""
-    for name in PERCEPTUAL_COLOUR_NODE_NAMES + (FALLBACK_COLOUR_NODE_NAME,):
-        nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", name)
-        if nodes.GetNumberOfItems():
-            return nodes.GetItemAsObject(0)
+    """The variance overlay's colour node (VARIANCE_COLOUR_STOPS), created once per scene."""
+    nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", VARIANCE_COLOUR_NODE_NAME)
+    if nodes.GetNumberOfItems():
+        return nodes.GetItemAsObject(0)
     node = slicer.vtkMRMLProceduralColorNode()
-    node.SetName(FALLBACK_COLOUR_NODE_NAME)
+    node.SetName(VARIANCE_COLOUR_NODE_NAME)
     node.SetAttribute("Category", "SDSegSlicer")
     transfer = node.GetColorTransferFunction()
-    for index, rgb in enumerate(INFERNO_STOPS):
-        transfer.AddRGBPoint(index / (len(INFERNO_STOPS) - 1), *rgb)
+    for position, rgb in VARIANCE_COLOUR_STOPS:
+        transfer.AddRGBPoint(position, *rgb)
     scene.AddNode(node)
     return node
+
+
+def css_gradient() -> str:
+    """The colour map as a CSS linear-gradient (a legend's colour bar), low variance on the left."""
+    stops = ", ".join(f"rgb({', '.join(str(round(255 * c)) for c in rgb)}) {100 * position:g}%"
+                      for position, rgb in VARIANCE_COLOUR_STOPS)
+    return f"linear-gradient(to right, {stops})"
 
 
 def configure_variance_display(variance_node, colour_node) -> None:

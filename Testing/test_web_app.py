@@ -1,0 +1,70 @@
+"""The web app's scene without a browser (real MRML, trame-slicer's views, no server started): the input on the file's
+own voxel grid, a clicked point labelled with its lesion number beside it and shown as the voxel of the file,
+orientation cubes and no volume rendering. The page itself is tested in Chromium (test_web.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("trame_slicer")
+os.environ["TRAME_ARGS"] = ""  # trame parses no command line of its own (pytest's)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "sample.nrrd"
+
+
+@pytest.fixture(scope="module")
+def web_app():
+    from SDSegSlicerWeb.app import SDSegWebApp
+
+    app = SDSegWebApp(max_upload_mb=1)
+    assert app.load_volume(str(SAMPLE))
+    yield app
+    app.shutdown()
+
+
+def matrix(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def test_the_volume_keeps_the_files_grid(web_app):
+    import vtk
+
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    image = sitk.ReadImage(str(SAMPLE))
+    expected = np.eye(4)
+    expected[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    expected[:3, 3] = image.GetOrigin()
+    expected[:2] *= -1  # LPS to RAS
+    np.testing.assert_allclose(matrix(ijk_to_ras), expected, atol=1e-4)  # K step +6.5 mm, not reversed
+    from slicer.util import arrayFromVolume
+
+    assert np.array_equal(arrayFromVolume(web_app.volume_node), sitk.GetArrayFromImage(image))
+
+
+def test_a_point_is_labelled_with_its_lesion_number_and_shown_as_the_files_voxel(web_app):
+    import vtk
+
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    points = web_app._markups_node("point")
+    points.AddControlPoint(*ijk_to_ras.MultiplyPoint((45.3, 30.8, 16.2, 1))[:3])
+    assert points.GetNthControlPointLabel(0) == "1"  # not "lesion points-1"
+    assert list(web_app.state.sdseg_points) == ["lesion 1: IJK 45, 31, 16"]
+    web_app.state.sdseg_model, web_app.state.sdseg_samples = "sdseg-small", 2
+    assert web_app.job()["prompt"]["lesions"] == [{"point_ijk": [45, 31, 16]}]  # what segment --point-ijk gets
+    web_app.clear_prompts()
+
+
+def test_views_have_orientation_cubes_and_no_volume_rendering(web_app):
+    from slicer import vtkMRMLAbstractViewNode
+
+    for view in web_app.slicer_app.view_manager.get_views():
+        assert view.get_view_node().GetOrientationMarkerType() == vtkMRMLAbstractViewNode.OrientationMarkerTypeCube
+    rendering = web_app.slicer_app.volume_rendering.get_vr_display_node(web_app.volume_node)
+    assert rendering is None or not rendering.GetVisibility()
