@@ -14,12 +14,15 @@ from SDSegSlicerLib.session import BusyError, SegmentationSession
 from .parameters import SDSegSlicerParameterNode
 
 
-class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
-    """SDSegSlicerLib's SegmentationSession on Slicer's scene, plus the parameter node and the installers."""
+class SDSegSlicerLogic(SegmentationSession, ScriptedLoadableModuleLogic):
+    """SDSegSlicerLib's SegmentationSession on Slicer's scene, plus the parameter node and the installers.
+
+    SegmentationSession comes first: Slicer's ScriptedLoadableModuleLogic.__init__ calls ``super().__init__()``
+    without arguments, which must land on ``object``, not on SegmentationSession.__init__(scene)."""
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
         SegmentationSession.__init__(self, slicer.mrmlScene)
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return SDSegSlicerParameterNode(super().getParameterNode())

@@ -2,6 +2,7 @@
 QTimer; what it shows comes from SDSegSlicerLib.result_view, as in the web app."""
 
 import logging
+import sys
 
 import qt
 import slicer
@@ -18,7 +19,22 @@ from .logic import SDSegSlicerLogic
 
 TIMER_INTERVAL_MS = 100
 TOKEN_SETTING = "SDSegSlicer/ServerToken"
-POINT_EVENTS = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+# The module's own packages: Slicer's reload re-executes only SDSegSlicer.py, which imports them anew once forgotten.
+MODULE_PACKAGES = ("SDSegSlicerGui", "SDSegSlicerLib")
+
+
+def pointEvents():
+    """The markups events that change the number of defined lesion points (the Markups module's classes are in
+    `slicer` once it is loaded: a module dependency, see SDSegSlicer.py)."""
+    markups = slicer.vtkMRMLMarkupsNode
+    return (markups.PointPositionDefinedEvent, markups.PointPositionUndefinedEvent, markups.PointRemovedEvent)
+
+
+def forgetModulePackages():
+    """Drop SDSegSlicerGui and SDSegSlicerLib from the imported modules, so that re-executing SDSegSlicer.py
+    (Reload) runs their current code."""
+    for name in [n for n in sys.modules if n.split(".")[0] in MODULE_PACKAGES]:
+        del sys.modules[name]
 
 
 class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -34,6 +50,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownOpacity = None
         self._installNeeded = False
         self._observedPoints = None
+        self._segmentShortcuts = []
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -57,9 +74,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         placeWidget.placeButton().text = "Click lesion"
         placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.lesionPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", placeWidget.setCurrentNode)
-        self._segmentShortcut = qt.QShortcut(qt.QKeySequence(qt.Qt.Key_Return), slicer.util.mainWindow())
-        self._segmentShortcut.setEnabled(False)  # only while the module is shown
-        self._segmentShortcut.connect("activated()", self.onSegmentShortcut)
+        self.addSegmentShortcuts()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.pythonBrowseButton.connect("clicked()", self.onBrowsePython)
         # The fields' own texts: these handlers run before the parameter node has the new value.
@@ -87,20 +102,39 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text, self.ui.serverUrlLineEdit.text)
 
+    def addSegmentShortcuts(self):
+        """Enter in a slice view segments (after clicking the lesion there): one shortcut per slice view, active
+        only while that view has the focus, so that Enter in a text or number field stays that field's."""
+        layoutManager = slicer.app.layoutManager()
+        for viewName in layoutManager.sliceViewNames():
+            shortcut = qt.QShortcut(qt.QKeySequence(qt.Qt.Key_Return), layoutManager.sliceWidget(viewName).sliceView())
+            shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+            shortcut.setEnabled(False)  # only while the module is shown
+            shortcut.connect("activated()", self.onSegmentShortcut)
+            self._segmentShortcuts.append(shortcut)
+
     def cleanup(self):
         self.removeObservers()
-        self._segmentShortcut.setParent(None)
+        for shortcut in self._segmentShortcuts:
+            shortcut.setParent(None)
+        self._segmentShortcuts = []
         if self._timer:
             self._timer.stop()
         if self.logic:
             self.logic.shutdown()
 
+    def onReload(self):
+        forgetModulePackages()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self):
         self.initializeParameterNode()
-        self._segmentShortcut.setEnabled(True)
+        for shortcut in self._segmentShortcuts:
+            shortcut.setEnabled(True)
 
     def exit(self):
-        self._segmentShortcut.setEnabled(False)
+        for shortcut in self._segmentShortcuts:
+            shortcut.setEnabled(False)
         self.setParameterNode(None)
 
     def onSegmentShortcut(self):
@@ -160,7 +194,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Keep the mode line up to date while the user clicks or deletes lesion points."""
         if pointsNode is self._observedPoints:
             return
-        for event in POINT_EVENTS:
+        for event in pointEvents():
             if self._observedPoints is not None:
                 self.removeObserver(self._observedPoints, event, self.onPointsModified)
             if pointsNode is not None:
@@ -188,7 +222,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             return ""
         points = self._parameterNode.lesionPoints
-        count = points.GetNumberOfControlPoints() if points else 0
+        count = points.GetNumberOfDefinedControlPoints() if points else 0  # not the place mode's preview point
         if count:
             return f"Segments {count} lesion(s), each from its point outward" + (
                 " inside the box." if self._parameterNode.roi else ".")
@@ -312,6 +346,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel_run()
             self.setStatus("Cancelling: slices already segmented are kept.")
             return
+        self.ui.lesionPlaceWidget.setPlaceModeEnabled(False)  # the clicking is over: no preview point in the views
         try:  # the cheap checks first: an input error never costs a worker start or the result on screen
             job = self.logic.buildJob(self._parameterNode)
         except ValueError as error:  # bad ROI / slice range / volume: the message says what to do
