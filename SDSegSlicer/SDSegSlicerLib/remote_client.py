@@ -24,8 +24,7 @@ from urllib.parse import quote
 
 import requests
 
-from .temp_folders import owned_temp_folder
-from .worker_client import JOBS_FOLDER_PREFIX, PROTOCOL_VERSION, TERMINAL_MESSAGES, WorkerError, drain
+from .worker_client import PROTOCOL_VERSION, TERMINAL_MESSAGES, WorkerError, drain, jobs_folder
 
 CONNECT_TIMEOUT_S = 10.0
 TOKEN_ENVIRONMENT_VARIABLE = "SDSEG_TOKEN"
@@ -96,7 +95,7 @@ class RemoteWorkerClient:
         if hello.get("protocol") != PROTOCOL_VERSION:
             raise WorkerError(f"The server speaks protocol {hello.get('protocol')} but this module speaks "
                               f"{PROTOCOL_VERSION}: update SDSegSlicer on both sides.")
-        self._jobs_root = owned_temp_folder(JOBS_FOLDER_PREFIX)
+        self._jobs_root = jobs_folder()
         self.hello = hello
         return hello
 

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -90,6 +91,16 @@ def drain(messages: queue.Queue, timeout: float) -> list:
     return items
 
 
+def jobs_folder() -> Path:
+    """A new temporary folder for the jobs' slice files (old ones of crashed runs removed); WorkerError if the
+    temporary folder cannot be written."""
+    try:
+        return owned_temp_folder(JOBS_FOLDER_PREFIX)
+    except OSError as error:
+        raise WorkerError(f"Cannot create a folder in the temporary folder {tempfile.gettempdir()} "
+                          f"({error.strerror or error}): free some disk space or check its permissions.") from None
+
+
 def worker_environment(env: dict | None, external_interpreter: bool) -> dict:
     """Environment of the worker process: `env` (default: this process's), without Slicer's Python variables
     for an external interpreter, the backend folder first on PYTHONPATH, unbuffered UTF-8 pipes."""
@@ -145,6 +156,7 @@ class WorkerClient:
         it stays responsive while the worker imports PyTorch)."""
         if self._process is not None:
             raise WorkerError("The worker is already started: stop it before starting it again.")
+        self._jobs_root = jobs_folder()  # first: a failure here leaves no worker running
         try:
             self._process = subprocess.Popen(
                 [self.python_executable, "-m", WORKER_MODULE],
@@ -155,9 +167,10 @@ class WorkerClient:
                 creationflags=(subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW)
                 if os.name == "nt" else 0)
         except OSError as error:
+            shutil.rmtree(self._jobs_root, ignore_errors=True)
+            self._jobs_root = None
             raise WorkerError(f"Cannot start the worker: no usable Python interpreter at '{self.python_executable}' "
                               f"({error.strerror}); choose a Python 3 interpreter that has the backend.") from None
-        self._jobs_root = owned_temp_folder(JOBS_FOLDER_PREFIX)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in self._threads:
