@@ -42,15 +42,16 @@ class SDSegSlicerLogic(SegmentationSession, ScriptedLoadableModuleLogic):
         return self.start_worker(pythonExecutable, on_wait=onWait, external_env=environment, server_url=serverUrl,
                                  token=token)
 
-    def installBackend(self, onStart=None):
+    def installBackend(self, onStart=None, onWait=None):
         """Install torch (through the PyTorch extension) and the backend packages into Slicer's Python, never
-        replacing packages Slicer ships. Returns False if the user cancelled the PyTorch installation."""
+        replacing packages Slicer ships. Returns False if the user cancelled the PyTorch installation. ``onWait()``
+        is called while the worker exits."""
         if self.is_running():
             raise BusyError("A segmentation is running: wait for it or cancel it first.")
         with self.busy("the backend is being installed"):
             if onStart is not None:
                 onStart()
-            self.stop_worker()  # it may hold the packages pip replaces
+            self.stop_worker(onWait)  # it may hold the packages pip replaces
             if "torch" in backend_install.missing_modules():
                 try:
                     import PyTorchUtils

@@ -121,7 +121,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._timer:
             self._timer.stop()
         if self.logic:
-            self.logic.shutdown()
+            self.logic.shutdown(on_wait=slicer.app.processEvents)  # the application stays responsive meanwhile
 
     def onReload(self):
         forgetModulePackages()
@@ -241,12 +241,12 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTokenEdited(self):
         qt.QSettings().setValue(TOKEN_SETTING, self.ui.serverTokenLineEdit.text)
 
-    def ensureWorker(self):
-        """Start the worker (or connect to the server) if needed; fill the model list and device from its hello.
-        False on failure."""
+    def ensureWorker(self, restart=False):
+        """Start the worker (or connect to the server) if needed, or ``restart`` it; fill the model list and device
+        from its hello. False on failure."""
         pythonExecutable = self._parameterNode.pythonExecutable.strip()
         serverUrl = self._parameterNode.serverUrl.strip()
-        if self.logic.worker_ready(pythonExecutable, serverUrl):
+        if not restart and self.logic.worker_ready(pythonExecutable, serverUrl):
             return True
         self.setStatus(f"Connecting to {serverUrl}..." if serverUrl
                        else "Starting the worker (loading PyTorch, may take a minute the first time)...")
@@ -315,7 +315,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setStatus("Installing the backend into Slicer's Python...")
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            installed = self.logic.installBackend(onStart=self.updateButtons)
+            installed = self.logic.installBackend(onStart=self.updateButtons, onWait=self.whileWaiting)
         except BusyError as error:
             self.setStatus(str(error), error=True)
             return
@@ -336,8 +336,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus("Wait for the current action (or cancel the run) before restarting the worker.",
                            error=True)
             return
-        self.logic.stop_worker()
-        self.ensureWorker()
+        self.ensureWorker(restart=True)  # the old worker is stopped while the panel stays responsive
 
     # --- run -------------------------------------------------------------------------------------------------
 

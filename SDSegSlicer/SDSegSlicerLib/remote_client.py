@@ -164,7 +164,7 @@ class RemoteWorkerClient:
     def poll(self, timeout: float = 0.0) -> list[dict]:
         return drain(self._messages, timeout)
 
-    def stop(self, timeout: float = 0.0) -> None:
+    def stop(self, timeout: float = 0.0, on_wait: Callable[[], None] | None = None) -> None:
         """Close the connections (the server cancels the jobs still running) and delete the local job folders."""
         self._stopping = True
         for stream in list(self._streams.values()):

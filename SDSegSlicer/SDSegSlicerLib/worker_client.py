@@ -31,6 +31,7 @@ STDERR_LINES_KEPT = 200
 CRASH_REPORT_LINES = 6
 STOP_TIMEOUT_S = 10.0
 UNRESPONSIVE_STOP_TIMEOUT_S = 1.0
+CRASH_EXIT_WAIT_S = 30.0  # how long the reader thread waits for the exit code of a worker that closed its stdout
 WAIT_POLL_S = 0.05
 JOBS_FOLDER_PREFIX = "sdseg-jobs-"
 TERMINAL_MESSAGES = ("done", "cancelled", "error")  # the message types that end a job
@@ -101,6 +102,22 @@ def jobs_folder() -> Path:
                           f"({error.strerror or error}): free some disk space or check its permissions.") from None
 
 
+def wait_for_exit(process: subprocess.Popen, timeout: float, on_wait: Callable[[], None] | None = None) -> bool:
+    """Wait up to ``timeout`` s for ``process`` to exit, calling ``on_wait()`` about every WAIT_POLL_S; whether it
+    exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            process.wait(remaining if on_wait is None else max(0.0, min(remaining, WAIT_POLL_S)))
+            return True
+        except subprocess.TimeoutExpired:
+            if remaining <= 0:
+                return False
+        if on_wait is not None:
+            on_wait()
+
+
 def worker_environment(env: dict | None, external_interpreter: bool) -> dict:
     """Environment of the worker process: `env` (default: this process's), without Slicer's Python variables
     for an external interpreter, the backend folder first on PYTHONPATH, unbuffered UTF-8 pipes."""
@@ -139,6 +156,7 @@ class WorkerClient:
         self._active_jobs: list[str] = []
         self._stopping = False
         self._crash_reported = False
+        self._exit_code = None
         self.hello = None
 
     # --- process ----------------------------------------------------------------------------------------------
@@ -222,8 +240,9 @@ class WorkerClient:
         return (f"The worker ended on start with exit code {crash.get('exit_code')}: '{self.python_executable}' may "
                 "not be a working Python 3 interpreter with the backend; its output is in the log.")
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the worker to exit (kill it if it does not), and delete the job folders."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S, on_wait: Callable[[], None] | None = None) -> None:
+        """Ask the worker to exit (kill it if it does not within ``timeout`` s), and delete the job folders.
+        ``on_wait()`` is called about every ``WAIT_POLL_S`` while the worker exits (a GUI processes its events)."""
         process = self._process
         if process is not None and not self._stopping:
             self._stopping = True
@@ -233,9 +252,7 @@ class WorkerClient:
                     process.stdin.close()
                 except (OSError, ValueError):  # the worker is already gone
                     pass
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
+                if not wait_for_exit(process, timeout, on_wait):
                     process.kill()
                     process.wait()
             for thread in self._threads:
@@ -264,6 +281,13 @@ class WorkerClient:
                 self._messages.put(message)
             else:
                 self._stderr.append(f"(not a protocol message on stdout) {line}")
+        # The end of the output: the exit code and the end of stderr explain a crash. They are waited for here,
+        # never in poll() (the GUI thread).
+        try:
+            self._exit_code = self._process.wait(timeout=CRASH_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self._exit_code = None
+        self._threads[1].join(timeout=2.0)
         self._messages.put(_END_OF_OUTPUT)
 
     def _read_stderr(self):
@@ -332,11 +356,7 @@ class WorkerClient:
         if self._stopping or self._crash_reported:
             return []
         self._crash_reported = True
-        try:
-            exit_code = self._process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            exit_code = None
-        self._threads[1].join(timeout=2.0)  # the end of stderr explains the crash
+        exit_code = self._exit_code
         tail = self.stderr_tail(CRASH_REPORT_LINES)
         text = (f"The segmentation worker stopped unexpectedly (exit code {exit_code})"
                 + (f"; its last output: {tail}" if tail else "")
