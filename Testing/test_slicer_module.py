@@ -9,6 +9,7 @@ dependencies, reload keeping stale code)."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, add_volume_node, oblique_ij
                                read_seg_nrrd_with_slicerio)
 
 import slicer  # noqa: E402
+from SDSegSlicerLib import stats  # noqa: E402
+from SDSegSlicerLib.stats import statistics_of_arrays  # noqa: E402
 
 MODULE_SCRIPT = Path(__file__).resolve().parents[1] / "SDSegSlicer" / "SDSegSlicer.py"
 SHAPE_KJI = (6, 20, 22)
@@ -120,7 +123,14 @@ def test_the_module_loads_sets_up_enters_leaves_and_cleans_up(application):
 
 
 @pytest.mark.usefixtures("worker_env")
-def test_click_segment_stream_accept_and_export_through_the_panel(application, tmp_path):
+def test_click_segment_stream_accept_and_export_through_the_panel(application, tmp_path, monkeypatch):
+    release_statistics, statistics_threads = threading.Event(), []
+
+    def statistics_held_until_released(*arguments):
+        statistics_threads.append(threading.current_thread())
+        assert release_statistics.wait(WAIT_TIMEOUT_S), "the statistics were never released"
+        return statistics_of_arrays(*arguments)
+    monkeypatch.setattr(stats, "statistics_of_arrays", statistics_held_until_released)
     volume = lesion_volume()
     widget = panel()
     widget.ui.restartWorkerButton.click()  # starts the worker and lists its models
@@ -142,7 +152,13 @@ def test_click_segment_stream_accept_and_export_through_the_panel(application, t
     wait_until(lambda: widget.ui.segmentButton.text == "Segment", "the end of the run")
     assert widget.logic.run is not None and widget.logic.run.state == "done", widget.ui.statusLabel.text
     assert len(widget.logic.run.job["prompt"]["lesions"]) == 1, "the preview point became a lesion"
-    assert widget.ui.statsTable.rowCount > 0 and widget.ui.exportCollapsibleButton.enabled
+    wait_until(lambda: statistics_threads, "the statistics to start")
+    assert statistics_threads[0] is not threading.main_thread(), "the statistics hold the GUI thread"
+    assert widget.ui.progressLabel.text == "Computing the statistics..."
+    release_statistics.set()
+    wait_until(lambda: widget.ui.statsTable.rowCount > 0, "the statistics table")
+    assert widget.ui.exportCollapsibleButton.enabled and "lesion 1: " in widget.ui.progressLabel.text + \
+        widget.ui.statusLabel.text, (widget.ui.progressLabel.text, widget.ui.statusLabel.text)
 
     segmentation = widget.logic.result_segmentation
     names = [segmentation.GetSegmentation().GetNthSegment(n).GetName()

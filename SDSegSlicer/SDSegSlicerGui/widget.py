@@ -51,6 +51,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installNeeded = False
         self._observedPoints = None
         self._segmentShortcuts = []
+        self._statistics = None  # the end-of-run statistics being computed (stats.BackgroundStatistics)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -367,33 +368,63 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def onTimer(self):
+        if self._statistics is not None:
+            self.advanceStatistics()
+            return
         state = self.logic.process_run()
         self.updateProgress(self.logic.run.progress)
         if self.logic.has_result() and not self._resultsShown:
             self.showResults()  # slices stream in while the run goes on
         if state != "running":
-            self._timer.stop()
-            self.onRunFinished(state)
+            self.onRunFinished()
 
     def updateProgress(self, progress):
         self.ui.progressBar.maximum = max(progress["total"], 1)
         self.ui.progressBar.value = progress["done"]
         self.ui.progressLabel.text = result_view.progress_text(progress)
 
-    def onRunFinished(self, state):
+    def onRunFinished(self):
+        """The run ended: the result on screen, its statistics computed in a thread (the timer follows them)."""
         self.ui.segmentButton.text = "Segment"
         self.updateButtons()
-        statistics = self.logic.statistics() if self.logic.has_result() else None
+        if not self.logic.has_result():
+            self._timer.stop()
+            self.showRunEnd(None)
+            return
+        self.showResults()
+        try:
+            self._statistics = self.logic.statistics_in_background()
+        except ValueError as error:  # e.g. the user deleted the result's segments
+            self._timer.stop()
+            self.setStatus(str(error), error=True)
+            self.showRunEnd(None)
+            return
+        self.ui.progressLabel.text = "Computing the statistics..."
+
+    def advanceStatistics(self):
+        try:
+            if not self._statistics.step():
+                return
+            statistics = self._statistics.result()
+        except ValueError as error:  # the result was edited meanwhile into something without samples
+            self.setStatus(str(error), error=True)
+            statistics = None
+        self._statistics = None
+        self._timer.stop()
+        self.showRunEnd(statistics)
+
+    def showRunEnd(self, statistics):
+        """What the finished run gave: progress and status lines, the statistics table."""
         self.ui.progressLabel.text, status, error = result_view.finished_texts(self.logic.run, statistics)
         self.setStatus(status, error=error)
-        if self.logic.has_result():
-            self.showResults()
-            self.updateStats()
+        if statistics is not None:
+            self.updateStats(statistics)
         self.logic.finish_run()
 
     # --- results ---------------------------------------------------------------------------------------------
 
     def clearResults(self):
+        self._statistics = None  # a computation still going ends unseen
         self._resultsShown = False
         self._browser.reset()
         self.ui.resultsCollapsibleButton.enabled = False
@@ -433,12 +464,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             variance_display.hide_variance_overlay(self.logic.result_variance)
         self._shownOpacity = self._parameterNode.varianceOpacity
 
-    def updateStats(self):
-        try:
-            header, rows = result_view.statistics_text_table(self.logic.statistics())
-        except ValueError as error:
-            self.setStatus(str(error), error=True)
-            return
+    def updateStats(self, statistics):
+        header, rows = result_view.statistics_text_table(statistics)
         table = self.ui.statsTable
         table.clear()
         table.setColumnCount(len(header))

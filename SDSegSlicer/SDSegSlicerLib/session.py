@@ -207,6 +207,11 @@ class SegmentationSession:
         self.require_result()
         return stats.segmentation_statistics(self.result_segmentation, self.result_variance)
 
+    def statistics_in_background(self) -> stats.BackgroundStatistics:
+        """The statistics of the current result computed in a thread: step() it from a GUI timer, then result()."""
+        self.require_result()
+        return stats.BackgroundStatistics(self.result_segmentation, self.result_variance)
+
     def export_file_names(self) -> dict:
         """``{export: file name}`` of the current result's exports (EXPORTS), named after the result."""
         self.require_result()
