@@ -321,6 +321,8 @@ class WorkerClient:
         self._active_jobs.append(job_id)
         return job_id
 
+    submit_in_background = submit  # a line written to the worker's pipe: nothing to wait for
+
     def cancel(self, job_id: str) -> None:
         """Ask the worker to stop a job; it answers `cancelled`. A dead worker is reported by poll()."""
         try:
