@@ -258,3 +258,20 @@ def test_reload_runs_the_current_code_of_the_module_packages(application):
 def test_the_modules_self_test_passes_in_the_standin(application):
     panel()
     slicer.selfTests["SDSegSlicer"](msec=0)
+
+
+def test_a_missing_backend_is_said_in_the_status_line_and_enables_install(application, monkeypatch):
+    """What README says the panel does when Slicer's Python lacks the backend: a status line and the button, no
+    dialog of its own (the PyTorch extension asks to confirm once Install backend is clicked)."""
+    from SDSegSlicerLib import backend_install
+
+    monkeypatch.setattr(backend_install, "missing_modules", lambda: ["torch", "diffusers"])
+    lesion_volume()
+    widget = panel()
+    assert widget.ui.backendStatusLabel.text.startswith("Missing in Slicer's Python: torch, diffusers.")
+    assert widget.ui.installBackendButton.enabled
+    assert not [w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, QtWidgets.QDialog)
+                and w.isVisible()]
+    widget.ui.pythonExecutableLineEdit.text = "/opt/cuda-env/bin/python"
+    assert widget.ui.backendStatusLabel.text == "The worker runs in the Python interpreter above."
+    assert not widget.ui.installBackendButton.enabled
