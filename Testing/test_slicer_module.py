@@ -104,6 +104,14 @@ def test_the_module_loads_sets_up_enters_leaves_and_cleans_up(application):
     assert widget.ui.inputVolumeSelector.currentNode() is volume
     assert widget.ui.segmentButton.enabled and "Whole-volume mode" in widget.ui.modeLabel.text
 
+    parameters = widget.logic.getParameterNode().allParameters
+    assert set(parameters) == {"inputVolume", "lesionPoints", "roi", "sliceStart", "sliceEnd", "stopAfterEmpty",
+                               "model", "samples", "steps", "seed", "device", "pythonExecutable", "serverUrl",
+                               "varianceOpacity"}
+    for name in ("inputVolumeSelector", "lesionPointsSelector", "roiSelector"):  # each offers its parameter's type
+        selector = getattr(widget.ui, name)
+        assert selector.nodeTypes == [parameters[selector.property("SlicerParameterName")].type.__name__]
+
     widget.ui.samplesSpinBox.value = 5  # the panel's fields are bound to the parameter node, both ways
     assert widget.logic.getParameterNode().samples == 5
     widget.logic.getParameterNode().seed = 9
