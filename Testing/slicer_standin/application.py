@@ -46,9 +46,6 @@ class ModuleManager(QtCore.QObject):
     def factoryManager(self):
         return self._factory
 
-    def module(self, name):
-        return self._factory.modules.get(name)
-
 
 class ScriptedModuleWidget(qMRMLWidget):
     """qSlicerScriptedLoadableModuleWidget: the panel a scripted module's Widget class draws into."""
@@ -103,9 +100,6 @@ class ScriptedModule:
             self._representation = ScriptedModuleWidget(self)
             self._representation.reload()
         return wrap(self._representation)
-
-    def createNewWidgetRepresentation(self):
-        return self.widgetRepresentation()
 
 
 class BuiltInModule:
@@ -312,11 +306,6 @@ class Application:
 
     def applicationLogic(self):
         return self._logic
-
-    def settings(self):
-        return wrap(QtCore.QSettings())
-
-    userSettings = settings
 
     def selectModule(self, name):
         """The module panel shows module `name`: exit() on the module shown, enter() on the new one."""

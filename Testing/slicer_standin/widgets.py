@@ -82,9 +82,6 @@ class qMRMLWidget(QtWidgets.QWidget):
         super().__init__(parent)
         self._scene = None
 
-    def mrmlScene(self):
-        return self._scene
-
     def setMRMLScene(self, scene):
         if scene is not self._scene:
             self._scene = scene
@@ -123,9 +120,6 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
 
     noneEnabled = QtCore.Property(bool, _getNoneEnabled, _setNoneEnabled)
 
-    def mrmlScene(self):
-        return self._scene
-
     def setMRMLScene(self, scene):
         for node, tag in self._observations:
             node.RemoveObserver(tag)
@@ -160,9 +154,6 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
 
     def currentNode(self):
         return self._current
-
-    def currentNodeID(self):
-        return self._current.GetID() if self._current is not None else None
 
     def setCurrentNode(self, node, force=False):
         index = self.findData(node.GetID()) if node is not None else (0 if self._noneEnabled else -1)
