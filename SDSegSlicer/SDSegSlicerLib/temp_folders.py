@@ -27,10 +27,17 @@ STILL_ACTIVE = 259
 
 
 def _windows_api():
-    """(kernel32, get_last_error) of ctypes; only on Windows."""
+    """(kernel32 with the signatures used here, get_last_error) of ctypes; only on Windows."""
     import ctypes
+    from ctypes import wintypes
 
-    return ctypes.WinDLL("kernel32", use_last_error=True), ctypes.get_last_error
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    return kernel32, ctypes.get_last_error
 
 
 def _alive_windows(pid: int) -> bool:
@@ -38,13 +45,14 @@ def _alive_windows(pid: int) -> bool:
     there: signal 0 is CTRL_C_EVENT, which interrupts the console). A process we may not open is another user's:
     alive."""
     import ctypes
+    from ctypes import wintypes
 
     kernel32, get_last_error = _windows_api()
     handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
     if not handle:
         return get_last_error() == ERROR_ACCESS_DENIED
     try:
-        exit_code = ctypes.c_ulong()
+        exit_code = wintypes.DWORD()
         if not kernel32.GetExitCodeProcess(handle, ctypes.byref(exit_code)):
             return True  # cannot tell: keep its folder
         return exit_code.value == STILL_ACTIVE
