@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from SDSegSlicerLib.worker_client import PROTOCOL_VERSION, WorkerClient
+from SDSegSlicerLib.worker_client import PROTOCOL_VERSION, WorkerClient, WorkerError
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake interpreter is a POSIX shell script")
 WAIT_TIMEOUT_S = 120
@@ -82,3 +82,17 @@ def test_stop_lets_the_gui_process_events_while_the_worker_exits(fake_worker):
     client.stop(timeout=WAIT_TIMEOUT_S, on_wait=process_events)
     assert calls and calls[0] is None, "stop() did not call on_wait while the worker was running"
     assert client._process.returncode == 3 and not client.is_running()
+
+
+def test_a_worker_that_ends_at_once_is_reported_with_its_exit_code(tmp_path, monkeypatch):
+    """The stdout reader meets the end of the output at once: it waits for the exit code and the stderr reader
+    without failing, and start() says how the worker ended."""
+    failures = []
+    monkeypatch.setattr("threading.excepthook", failures.append)
+    interpreter = tmp_path / "python"
+    interpreter.write_text("#!/bin/sh\necho 'no backend here' >&2\nexit 1\n")
+    interpreter.chmod(interpreter.stat().st_mode | stat.S_IEXEC)
+    client = WorkerClient(python_executable=str(interpreter))
+    with pytest.raises(WorkerError, match="ended on start with exit code 1"):
+        client.start(timeout=WAIT_TIMEOUT_S)
+    assert not failures, failures[0].exc_value

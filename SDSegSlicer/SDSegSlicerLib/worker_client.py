@@ -191,7 +191,7 @@ class WorkerClient:
                               f"({error.strerror}); choose a Python 3 interpreter that has the backend.") from None
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
-        for thread in self._threads:
+        for thread in reversed(self._threads):  # stderr's first: the stdout reader joins it at the end
             thread.start()
         self.hello = self._wait_for_hello(timeout, on_wait)
         return self.hello
