@@ -21,7 +21,7 @@ class SDSegSlicer(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "SDSeg Slicer"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Markups", "Segmentations"]  # loaded first: the place widget, segmentations
         self.parent.contributors = ["SDSegSlicer developers"]
         self.parent.helpText = """
 Diffusion-model lesion segmentation with uncertainty. Pick a volume, optionally an ROI around the lesion, a model

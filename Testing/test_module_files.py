@@ -1,6 +1,6 @@
-"""Consistency of the Slicer module's files, checked without Slicer: the .ui, the parameter node, the module
-script and its Qt package SDSegSlicerGui, the CMake lists and the icon (they cannot be imported outside Slicer, so
-they are parsed)."""
+"""Consistency of the Slicer module's files as files: the .ui's declarations, the module script's size, what the
+module and lib import, the CMake lists and the icon. How the module behaves in Slicer (its classes, parameter node,
+widgets) is tested by running it: test_slicer_module.py, in the Slicer stand-in."""
 
 from __future__ import annotations
 
@@ -38,37 +38,9 @@ def ui_widgets():
     return by_name
 
 
-@pytest.fixture(scope="module")
-def module_tree():
-    """The module script and SDSegSlicerGui parsed as one module."""
-    trees = [ast.parse(path.read_text(encoding="utf-8"), filename=str(path)) for path in MODULE_FILES]
-    return ast.Module(body=[node for tree in trees for node in tree.body], type_ignores=[])
-
-
-def module_class(tree, name):
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    assert name in classes, f"class {name} missing from SDSegSlicer.py and SDSegSlicerGui"
-    return classes[name]
-
-
-def test_module_script_is_glue_that_names_its_classes():
-    """Slicer looks the Module, Widget, Logic and Test classes up by name in SDSegSlicer.py."""
-    text = MODULE_SCRIPT.read_text(encoding="utf-8")
-    assert len(text.splitlines()) <= MAX_MODULE_SCRIPT_LINES
-    exported = ast.literal_eval(re.search(r"__all__ = (\[.*?\])", text, re.S).group(1))
-    assert set(exported) == {"SDSegSlicer", "SDSegSlicerWidget", "SDSegSlicerLogic", "SDSegSlicerTest",
-                             "SDSegSlicerParameterNode"}
-    tree = ast.parse(text)
-    defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    imported = {alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names}
-    assert set(exported) <= defined | imported
-
-
-def parameter_annotations(tree):
-    """{parameter: annotation source} of the @parameterNodeWrapper class."""
-    node = module_class(tree, "SDSegSlicerParameterNode")
-    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
-    return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+def test_module_script_is_short_glue():
+    """Slicer executes SDSegSlicer.py itself: it only names the classes of SDSegSlicerGui."""
+    assert len(MODULE_SCRIPT.read_text(encoding="utf-8").splitlines()) <= MAX_MODULE_SCRIPT_LINES
 
 
 def slicer_parameter_names(ui_widgets):
@@ -82,56 +54,10 @@ def slicer_parameter_names(ui_widgets):
     return bound
 
 
-def test_module_classes_follow_slicer_conventions(module_tree):
-    bases = {
-        "SDSegSlicer": {"ScriptedLoadableModule"},
-        "SDSegSlicerWidget": {"ScriptedLoadableModuleWidget", "VTKObservationMixin"},
-        "SDSegSlicerLogic": {"ScriptedLoadableModuleLogic", "SegmentationSession"},  # the Qt-free logic
-        "SDSegSlicerTest": {"ScriptedLoadableModuleTest"},
-    }
-    for name, expected in bases.items():
-        assert {ast.unparse(b) for b in module_class(module_tree, name).bases} == expected
-    test_methods = {f.name for f in module_class(module_tree, "SDSegSlicerTest").body if isinstance(f, ast.FunctionDef)}
-    assert "runTest" in test_methods and any(m.startswith("test_") for m in test_methods)
-
-
-def test_parameter_node_has_the_documented_parameters(module_tree):
-    annotations = parameter_annotations(module_tree)
-    assert set(annotations) == {"inputVolume", "lesionPoints", "roi", "sliceStart", "sliceEnd", "stopAfterEmpty",
-                                "model", "samples", "steps", "seed", "device", "pythonExecutable", "serverUrl",
-                                "varianceOpacity"}
-    assert annotations["inputVolume"] == "vtkMRMLScalarVolumeNode"
-    assert annotations["lesionPoints"] == "vtkMRMLMarkupsFiducialNode"
-    assert annotations["roi"] == "vtkMRMLMarkupsROINode"
-
-
-def test_every_slicer_parameter_name_is_a_parameter(ui_widgets, module_tree):
-    annotations = parameter_annotations(module_tree)
+def test_no_parameter_is_bound_to_two_widgets(ui_widgets):
     bound = slicer_parameter_names(ui_widgets)
     assert len(bound) >= 9
-    unknown = {w: p for w, p in bound.items() if p not in annotations}
-    assert not unknown, f"widgets bound to parameters the parameter node lacks: {unknown}"
     assert len(set(bound.values())) == len(bound), "two widgets bound to one parameter"
-
-
-def test_node_selectors_offer_the_parameter_node_type(ui_widgets, module_tree):
-    annotations = parameter_annotations(module_tree)
-    for name, parameter in slicer_parameter_names(ui_widgets).items():
-        widget = ui_widgets[name]
-        if widget.get("class") != "qMRMLNodeComboBox":
-            continue
-        node_types = [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes"
-                      for s in p.iter("string")]
-        assert node_types == [annotations[parameter]], f"{name} offers {node_types}"
-
-
-def test_every_widget_the_module_uses_is_in_the_ui(ui_widgets, module_tree):
-    used = {node.attr for node in ast.walk(module_tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
-    assert len(used) > 20
-    missing = sorted(used - set(ui_widgets))
-    assert not missing, f"SDSegSlicer.py uses widgets the .ui lacks: {missing}"
 
 
 def test_custom_widgets_are_declared_and_node_selectors_get_the_scene(ui_widgets):

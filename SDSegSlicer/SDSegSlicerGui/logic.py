@@ -14,12 +14,15 @@ from SDSegSlicerLib.session import BusyError, SegmentationSession
 from .parameters import SDSegSlicerParameterNode
 
 
-class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
-    """SDSegSlicerLib's SegmentationSession on Slicer's scene, plus the parameter node and the installers."""
+class SDSegSlicerLogic(SegmentationSession, ScriptedLoadableModuleLogic):
+    """SDSegSlicerLib's SegmentationSession on Slicer's scene, plus the parameter node and the installers.
+
+    SegmentationSession comes first: Slicer's ScriptedLoadableModuleLogic.__init__ calls ``super().__init__()``
+    without arguments, which must land on ``object``, not on SegmentationSession.__init__(scene)."""
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
         SegmentationSession.__init__(self, slicer.mrmlScene)
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return SDSegSlicerParameterNode(super().getParameterNode())
@@ -39,15 +42,16 @@ class SDSegSlicerLogic(ScriptedLoadableModuleLogic, SegmentationSession):
         return self.start_worker(pythonExecutable, on_wait=onWait, external_env=environment, server_url=serverUrl,
                                  token=token)
 
-    def installBackend(self, onStart=None):
+    def installBackend(self, onStart=None, onWait=None):
         """Install torch (through the PyTorch extension) and the backend packages into Slicer's Python, never
-        replacing packages Slicer ships. Returns False if the user cancelled the PyTorch installation."""
+        replacing packages Slicer ships. Returns False if the user cancelled the PyTorch installation. ``onWait()``
+        is called while the worker exits."""
         if self.is_running():
             raise BusyError("A segmentation is running: wait for it or cancel it first.")
         with self.busy("the backend is being installed"):
             if onStart is not None:
                 onStart()
-            self.stop_worker()  # it may hold the packages pip replaces
+            self.stop_worker(onWait)  # it may hold the packages pip replaces
             if "torch" in backend_install.missing_modules():
                 try:
                     import PyTorchUtils

@@ -30,6 +30,8 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
         self.test_ClickLesion()
         self.setUp()
         self.test_WidgetKeepsResultsAndLayers()
+        self.setUp()
+        self.test_PreviewPointIsNoLesion()
 
     def makePhantom(self):
         """Oblique 64x64x6 volume under a rotated, translated parent transform: noisy background with a bright
@@ -191,3 +193,22 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
         widget.ui.pythonExecutableLineEdit.text = ""
         self.assertNotEqual(widget.ui.backendStatusLabel.text, "The worker runs in the Python interpreter above.")
         widget.logic.shutdown()
+
+    def test_PreviewPointIsNoLesion(self):
+        """Place mode's preview point (the one under the mouse) and a point the user unset are no lesions."""
+        slicer.util.selectModule("SDSegSlicer")
+        widget = slicer.modules.sdsegslicer.widgetRepresentation().self()
+        volume = self.makePhantom()
+        parameterNode = widget.logic.getParameterNode()
+        parameterNode.inputVolume = volume
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion points")
+        parameterNode.lesionPoints = points
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        center = [(bounds[2 * a] + bounds[2 * a + 1]) / 2.0 for a in range(3)]
+        for status in (points.PositionDefined, points.PositionPreview, points.PositionUndefined):
+            index = points.AddControlPointWorld(center)
+            points.SetNthControlPointPositionOrientationWorld(index, center, [1, 0, 0, 0, 1, 0, 0, 0, 1], "", status)
+        widget.updateButtons()
+        self.assertTrue(widget.ui.modeLabel.text.startswith("Segments 1 lesion(s)"), widget.ui.modeLabel.text)
+        self.assertEqual(len(widget.logic.buildJob(parameterNode)["prompt"]["lesions"]), 1)

@@ -2,6 +2,7 @@
 QTimer; what it shows comes from SDSegSlicerLib.result_view, as in the web app."""
 
 import logging
+import sys
 
 import qt
 import slicer
@@ -18,7 +19,22 @@ from .logic import SDSegSlicerLogic
 
 TIMER_INTERVAL_MS = 100
 TOKEN_SETTING = "SDSegSlicer/ServerToken"
-POINT_EVENTS = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+# The module's own packages: Slicer's reload re-executes only SDSegSlicer.py, which imports them anew once forgotten.
+MODULE_PACKAGES = ("SDSegSlicerGui", "SDSegSlicerLib")
+
+
+def pointEvents():
+    """The markups events that change the number of defined lesion points (the Markups module's classes are in
+    `slicer` once it is loaded: a module dependency, see SDSegSlicer.py)."""
+    markups = slicer.vtkMRMLMarkupsNode
+    return (markups.PointPositionDefinedEvent, markups.PointPositionUndefinedEvent, markups.PointRemovedEvent)
+
+
+def forgetModulePackages():
+    """Drop SDSegSlicerGui and SDSegSlicerLib from the imported modules, so that re-executing SDSegSlicer.py
+    (Reload) runs their current code."""
+    for name in [n for n in sys.modules if n.split(".")[0] in MODULE_PACKAGES]:
+        del sys.modules[name]
 
 
 class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -34,6 +50,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownOpacity = None
         self._installNeeded = False
         self._observedPoints = None
+        self._segmentShortcuts = []
+        self._statistics = None  # the end-of-run statistics being computed (stats.BackgroundStatistics)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -57,9 +75,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         placeWidget.placeButton().text = "Click lesion"
         placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.lesionPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", placeWidget.setCurrentNode)
-        self._segmentShortcut = qt.QShortcut(qt.QKeySequence(qt.Qt.Key_Return), slicer.util.mainWindow())
-        self._segmentShortcut.setEnabled(False)  # only while the module is shown
-        self._segmentShortcut.connect("activated()", self.onSegmentShortcut)
+        self.addSegmentShortcuts()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.pythonBrowseButton.connect("clicked()", self.onBrowsePython)
         # The fields' own texts: these handlers run before the parameter node has the new value.
@@ -87,20 +103,39 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text, self.ui.serverUrlLineEdit.text)
 
+    def addSegmentShortcuts(self):
+        """Enter in a slice view segments (after clicking the lesion there): one shortcut per slice view, active
+        only while that view has the focus, so that Enter in a text or number field stays that field's."""
+        layoutManager = slicer.app.layoutManager()
+        for viewName in layoutManager.sliceViewNames():
+            shortcut = qt.QShortcut(qt.QKeySequence(qt.Qt.Key_Return), layoutManager.sliceWidget(viewName).sliceView())
+            shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+            shortcut.setEnabled(False)  # only while the module is shown
+            shortcut.connect("activated()", self.onSegmentShortcut)
+            self._segmentShortcuts.append(shortcut)
+
     def cleanup(self):
         self.removeObservers()
-        self._segmentShortcut.setParent(None)
+        for shortcut in self._segmentShortcuts:
+            shortcut.setParent(None)
+        self._segmentShortcuts = []
         if self._timer:
             self._timer.stop()
         if self.logic:
-            self.logic.shutdown()
+            self.logic.shutdown(on_wait=slicer.app.processEvents)  # the application stays responsive meanwhile
+
+    def onReload(self):
+        forgetModulePackages()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
         self.initializeParameterNode()
-        self._segmentShortcut.setEnabled(True)
+        for shortcut in self._segmentShortcuts:
+            shortcut.setEnabled(True)
 
     def exit(self):
-        self._segmentShortcut.setEnabled(False)
+        for shortcut in self._segmentShortcuts:
+            shortcut.setEnabled(False)
         self.setParameterNode(None)
 
     def onSegmentShortcut(self):
@@ -160,7 +195,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Keep the mode line up to date while the user clicks or deletes lesion points."""
         if pointsNode is self._observedPoints:
             return
-        for event in POINT_EVENTS:
+        for event in pointEvents():
             if self._observedPoints is not None:
                 self.removeObserver(self._observedPoints, event, self.onPointsModified)
             if pointsNode is not None:
@@ -188,7 +223,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             return ""
         points = self._parameterNode.lesionPoints
-        count = points.GetNumberOfControlPoints() if points else 0
+        count = points.GetNumberOfDefinedControlPoints() if points else 0  # not the place mode's preview point
         if count:
             return f"Segments {count} lesion(s), each from its point outward" + (
                 " inside the box." if self._parameterNode.roi else ".")
@@ -207,12 +242,12 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTokenEdited(self):
         qt.QSettings().setValue(TOKEN_SETTING, self.ui.serverTokenLineEdit.text)
 
-    def ensureWorker(self):
-        """Start the worker (or connect to the server) if needed; fill the model list and device from its hello.
-        False on failure."""
+    def ensureWorker(self, restart=False):
+        """Start the worker (or connect to the server) if needed, or ``restart`` it; fill the model list and device
+        from its hello. False on failure."""
         pythonExecutable = self._parameterNode.pythonExecutable.strip()
         serverUrl = self._parameterNode.serverUrl.strip()
-        if self.logic.worker_ready(pythonExecutable, serverUrl):
+        if not restart and self.logic.worker_ready(pythonExecutable, serverUrl):
             return True
         self.setStatus(f"Connecting to {serverUrl}..." if serverUrl
                        else "Starting the worker (loading PyTorch, may take a minute the first time)...")
@@ -281,7 +316,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setStatus("Installing the backend into Slicer's Python...")
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            installed = self.logic.installBackend(onStart=self.updateButtons)
+            installed = self.logic.installBackend(onStart=self.updateButtons, onWait=self.whileWaiting)
         except BusyError as error:
             self.setStatus(str(error), error=True)
             return
@@ -302,8 +337,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus("Wait for the current action (or cancel the run) before restarting the worker.",
                            error=True)
             return
-        self.logic.stop_worker()
-        self.ensureWorker()
+        self.ensureWorker(restart=True)  # the old worker is stopped while the panel stays responsive
 
     # --- run -------------------------------------------------------------------------------------------------
 
@@ -312,6 +346,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel_run()
             self.setStatus("Cancelling: slices already segmented are kept.")
             return
+        self.ui.lesionPlaceWidget.setPlaceModeEnabled(False)  # the clicking is over: no preview point in the views
         try:  # the cheap checks first: an input error never costs a worker start or the result on screen
             job = self.logic.buildJob(self._parameterNode)
         except ValueError as error:  # bad ROI / slice range / volume: the message says what to do
@@ -333,33 +368,63 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def onTimer(self):
+        if self._statistics is not None:
+            self.advanceStatistics()
+            return
         state = self.logic.process_run()
         self.updateProgress(self.logic.run.progress)
         if self.logic.has_result() and not self._resultsShown:
             self.showResults()  # slices stream in while the run goes on
         if state != "running":
-            self._timer.stop()
-            self.onRunFinished(state)
+            self.onRunFinished()
 
     def updateProgress(self, progress):
         self.ui.progressBar.maximum = max(progress["total"], 1)
         self.ui.progressBar.value = progress["done"]
         self.ui.progressLabel.text = result_view.progress_text(progress)
 
-    def onRunFinished(self, state):
+    def onRunFinished(self):
+        """The run ended: the result on screen, its statistics computed in a thread (the timer follows them)."""
         self.ui.segmentButton.text = "Segment"
         self.updateButtons()
-        statistics = self.logic.statistics() if self.logic.has_result() else None
+        if not self.logic.has_result():
+            self._timer.stop()
+            self.showRunEnd(None)
+            return
+        self.showResults()
+        try:
+            self._statistics = self.logic.statistics_in_background()
+        except ValueError as error:  # e.g. the user deleted the result's segments
+            self._timer.stop()
+            self.setStatus(str(error), error=True)
+            self.showRunEnd(None)
+            return
+        self.ui.progressLabel.text = "Computing the statistics..."
+
+    def advanceStatistics(self):
+        try:
+            if not self._statistics.step():
+                return
+            statistics = self._statistics.result()
+        except ValueError as error:  # the result was edited meanwhile into something without samples
+            self.setStatus(str(error), error=True)
+            statistics = None
+        self._statistics = None
+        self._timer.stop()
+        self.showRunEnd(statistics)
+
+    def showRunEnd(self, statistics):
+        """What the finished run gave: progress and status lines, the statistics table."""
         self.ui.progressLabel.text, status, error = result_view.finished_texts(self.logic.run, statistics)
         self.setStatus(status, error=error)
-        if self.logic.has_result():
-            self.showResults()
-            self.updateStats()
+        if statistics is not None:
+            self.updateStats(statistics)
         self.logic.finish_run()
 
     # --- results ---------------------------------------------------------------------------------------------
 
     def clearResults(self):
+        self._statistics = None  # a computation still going ends unseen
         self._resultsShown = False
         self._browser.reset()
         self.ui.resultsCollapsibleButton.enabled = False
@@ -399,12 +464,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             variance_display.hide_variance_overlay(self.logic.result_variance)
         self._shownOpacity = self._parameterNode.varianceOpacity
 
-    def updateStats(self):
-        try:
-            header, rows = result_view.statistics_text_table(self.logic.statistics())
-        except ValueError as error:
-            self.setStatus(str(error), error=True)
-            return
+    def updateStats(self, statistics):
+        header, rows = result_view.statistics_text_table(statistics)
         table = self.ui.statsTable
         table.clear()
         table.setColumnCount(len(header))

@@ -23,13 +23,16 @@ def prompt_request(lesions: list[dict], stop_after_empty: int = DEFAULT_STOP_AFT
 
 
 def points_ijk(markups_node, volume_node) -> list[list[float]]:
-    """The control points of a markups node (world RAS, through any parent transforms) in the volume's continuous
-    IJK coordinates."""
+    """The placed control points of a markups node (world RAS, through any parent transforms) in the volume's
+    continuous IJK coordinates. Only points whose position is defined count: not the point that follows the mouse
+    while Slicer's place mode is on (PositionPreview), nor points the user unset (PositionUndefined)."""
     from .module_logic import world_to_ijk_matrix  # MRML: not imported by the command line's --help
 
     world_to_ijk = world_to_ijk_matrix(volume_node)
     points = []
     for n in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(n) != markups_node.PositionDefined:
+            continue
         world = [0.0, 0.0, 0.0]
         markups_node.GetNthControlPointPositionWorld(n, world)
         points.append([round(float(v), 4) for v in (world_to_ijk @ np.array([*world, 1.0]))[:3]])

@@ -1,7 +1,9 @@
 """A worker on another machine, reached through `sdseg-slicer serve` (docs/protocol.md, "Over HTTP"), with the same
 methods as WorkerClient, so SegmentationRun, the module and the headless command use it unchanged.
 
-A job's volume is uploaded once (a DICOM folder as a zip); its messages stream back on one HTTP response, read by a
+A job's volume is uploaded once, compressed (a raw NRRD as a gzip-encoded NRRD, a DICOM folder as a zip);
+submit_in_background() (what SegmentationRun uses) uploads in a thread, reporting `progress` messages, so a GUI
+never waits on the network; no request waits for ever. Its messages stream back on one HTTP response, read by a
 thread into the queue poll() empties; each slice's inline npz is written into a local job folder and the message
 given its path, as a local worker would. A connection that breaks mid-job becomes an `error` message with code
 `connection_lost`: the slices that arrived stay.
@@ -10,6 +12,7 @@ given its path, as a local worker would. A connection that breaks mid-job become
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -24,28 +27,94 @@ from urllib.parse import quote
 
 import requests
 
-from .temp_folders import owned_temp_folder
-from .worker_client import JOBS_FOLDER_PREFIX, PROTOCOL_VERSION, TERMINAL_MESSAGES, WorkerError, drain
+from .worker_client import PROTOCOL_VERSION, TERMINAL_MESSAGES, WAIT_POLL_S, WorkerError, drain, jobs_folder
 
 CONNECT_TIMEOUT_S = 10.0
+UPLOAD_TIMEOUT_S = 300.0  # the longest silence while uploading (a stalled server), and for the job's answer
+UPLOAD_CHUNK_BYTES = 1 << 20  # progress is reported per chunk sent
+GZIP_LEVEL = 1  # fast: a 150 MB CT compresses in seconds, to about a third
 TOKEN_ENVIRONMENT_VARIABLE = "SDSEG_TOKEN"
 DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")  # their voxels are in another file
 
 
+def compress_nrrd(data: bytes) -> bytes | None:
+    """A NRRD file with an attached header and raw voxels, gzip-encoded (the header's `encoding: gzip`); None for
+    any other NRRD (already compressed, or its voxels elsewhere)."""
+    end = data.find(b"\n\n")
+    header = data[:end + 1] if end >= 0 else b""
+    lines = header.split(b"\n")
+    if not header.startswith(b"NRRD") or b"encoding: raw" not in lines or any(
+            line.startswith(b"data file:") for line in lines):
+        return None
+    header = header.replace(b"\nencoding: raw\n", b"\nencoding: gzip\n")
+    return header + b"\n" + gzip.compress(data[end + 2:], compresslevel=GZIP_LEVEL)
+
+
 def volume_upload(path) -> tuple[str, bytes]:
     """(file name, percent-encoded for its HTTP header; bytes) to upload for a volume file or a DICOM folder
-    (zipped). A detached header (.nhdr, .mhd) names another file, which a server does not take: WorkerError."""
+    (zipped), compressed (a raw NRRD gzip-encoded, a .nii gzipped). A detached header (.nhdr, .mhd) names another
+    file, which a server does not take: WorkerError."""
     path = Path(path)
     if path.name.lower().endswith(DETACHED_HEADER_SUFFIXES):
         raise WorkerError(f"{path.name} keeps its voxels in another file, which cannot be sent to a server: save "
                           "the volume as .nrrd or .nii.gz and try again")
     if not path.is_dir():
-        return quote(path.name), path.read_bytes()
+        data = path.read_bytes()
+        if path.name.lower().endswith(".nii"):
+            return quote(path.name + ".gz"), gzip.compress(data, compresslevel=GZIP_LEVEL)
+        if path.name.lower().endswith(".nrrd"):
+            return quote(path.name), compress_nrrd(data) or data
+        return quote(path.name), data
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             archive.write(file, file.relative_to(path).as_posix())
     return quote(f"{path.name or 'series'}.zip"), buffer.getvalue()
+
+
+class UploadCancelled(Exception):
+    """The job was cancelled while its volume was being uploaded."""
+
+
+class UploadBody:
+    """A request body read in chunks: ``on_chunk(sent, total)`` after each (it may raise UploadCancelled)."""
+
+    def __init__(self, data: bytes, on_chunk: Callable[[int, int], None]):
+        self._data, self._sent, self._on_chunk = data, 0, on_chunk
+
+    def __len__(self):
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        size = UPLOAD_CHUNK_BYTES if size is None or size < 0 else min(size, UPLOAD_CHUNK_BYTES)
+        chunk = self._data[self._sent:self._sent + size]
+        self._sent += len(chunk)
+        if chunk:
+            self._on_chunk(self._sent, len(self._data))
+        return chunk
+
+
+def call_in_thread(function, on_wait: Callable[[], None] | None):
+    """function() in a thread, calling ``on_wait()`` about every WAIT_POLL_S until it returns; its result, or
+    what it raised."""
+    if on_wait is None:
+        return function()
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((function(), None))
+        except BaseException as error:  # noqa: BLE001 - raised again on the caller's thread
+            outcome.append((None, error))
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        on_wait()
+        thread.join(WAIT_POLL_S)
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result
 
 
 class RemoteWorkerClient:
@@ -62,6 +131,8 @@ class RemoteWorkerClient:
         self._messages: queue.Queue = queue.Queue()
         self._jobs_root: Path | None = None
         self._streams: dict[str, requests.Response] = {}
+        self._uploads: dict[str, str | None] = {}  # local job ID of submit_in_background -> server job ID
+        self._cancelled: set[str] = set()
         self._stopping = False
         self.python_executable = None
         self.hello = None
@@ -91,31 +162,84 @@ class RemoteWorkerClient:
         return response
 
     def start(self, timeout: float = CONNECT_TIMEOUT_S, on_wait: Callable[[], None] | None = None) -> dict:
-        """Ask the server for its worker's hello (models, device); raises WorkerError with a clear message."""
-        hello = self._request("GET", "/hello", timeout=timeout).json()
+        """Ask the server for its worker's hello (models, device); raises WorkerError with a clear message.
+        ``on_wait()`` is called while waiting for the answer."""
+        hello = call_in_thread(lambda: self._request("GET", "/hello", timeout=timeout).json(), on_wait)
         if hello.get("protocol") != PROTOCOL_VERSION:
             raise WorkerError(f"The server speaks protocol {hello.get('protocol')} but this module speaks "
                               f"{PROTOCOL_VERSION}: update SDSegSlicer on both sides.")
-        self._jobs_root = owned_temp_folder(JOBS_FOLDER_PREFIX)
+        self._jobs_root = jobs_folder()
         self.hello = hello
         return hello
 
     def submit(self, job: dict) -> str:
-        """Upload the job's volume and start its job; returns the server's job ID."""
+        """Upload the job's volume and start its job; returns the server's job ID (waits for the upload)."""
         if not self.is_running():
             raise WorkerError("Not connected to the server: connect again and retry.")
+        upload = self._upload_request(job)
+        job_id = self._post_job(*upload)
+        self._follow(job_id, job_id)
+        return job_id
+
+    def submit_in_background(self, job: dict) -> str:
+        """Start the job without waiting: its volume is uploaded in a thread (`progress` messages say how far);
+        returns a local job ID, which every message of the job carries. A detached header or an unreadable file is
+        refused here (WorkerError)."""
+        if not self.is_running():
+            raise WorkerError("Not connected to the server: connect again and retry.")
+        upload = self._upload_request(job)
+        local_id = uuid.uuid4().hex[:12]
+        self._uploads[local_id] = None  # server job ID once known
+        threading.Thread(target=self._upload_and_follow, args=(local_id, upload), daemon=True).start()
+        return local_id
+
+    def _upload_request(self, job: dict) -> tuple[dict, bytes]:
         fields = {k: v for k, v in job.items() if k not in ("volume", "job_dir", "job_id", "type")}
         headers = {"X-SDSeg-Job": json.dumps(fields), "Content-Type": "application/octet-stream"}
         data = b""
         if not fields.get("server_volume"):  # a volume of the server's --data-root needs no upload
-            headers["X-SDSeg-Volume-Name"], data = volume_upload(job["volume"])
-        job_id = self._request("POST", f"/jobs?client={self._client_id}", data=data, timeout=None,
-                               headers=headers).json()["job_id"]
+            try:
+                headers["X-SDSeg-Volume-Name"], data = volume_upload(job["volume"])
+            except OSError as error:
+                raise WorkerError(f"Cannot read the volume to upload ({error}).") from None
+        return headers, data
+
+    def _post_job(self, headers: dict, data: bytes, on_chunk=None) -> str:
+        body = UploadBody(data, on_chunk or (lambda sent, total: None))
+        return self._request("POST", f"/jobs?client={self._client_id}", data=body, headers=headers,
+                             timeout=(CONNECT_TIMEOUT_S, UPLOAD_TIMEOUT_S)).json()["job_id"]
+
+    def _upload_and_follow(self, local_id: str, upload: tuple[dict, bytes]) -> None:
+        def on_chunk(sent, total):
+            if local_id in self._cancelled:
+                raise UploadCancelled()
+            self._messages.put({"type": "progress", "job_id": local_id, "done": 0, "total": 0,
+                                "phase": f"uploading the volume ({100 * sent // max(total, 1)}%)"})
+        try:
+            server_id = self._post_job(*upload, on_chunk=on_chunk)
+        except (UploadCancelled, WorkerError) as error:
+            if local_id in self._cancelled or self._stopping:
+                self._messages.put({"type": "cancelled", "job_id": local_id})
+            else:
+                self._messages.put({"type": "error", "job_id": local_id, "code": "upload_failed",
+                                    "message": f"The volume could not be sent: {error}"})
+            return
+        self._uploads[local_id] = server_id
+        if local_id in self._cancelled or self._stopping:
+            self._cancel_on_server(server_id)
+            self._messages.put({"type": "cancelled", "job_id": local_id})
+            return
+        try:
+            self._follow(server_id, local_id)
+        except WorkerError as error:
+            self._messages.put({"type": "error", "job_id": local_id, "code": "connection_lost", "message": str(error)})
+
+    def _follow(self, server_id: str, job_id: str) -> None:
+        """Open the job's event stream; a thread reads it, its messages carrying ``job_id``."""
         self.job_dir(job_id).mkdir()
-        stream = self._request("GET", f"/jobs/{job_id}/events", stream=True, timeout=(CONNECT_TIMEOUT_S, None))
+        stream = self._request("GET", f"/jobs/{server_id}/events", stream=True, timeout=(CONNECT_TIMEOUT_S, None))
         self._streams[job_id] = stream
         threading.Thread(target=self._read, args=(job_id, stream), daemon=True).start()
-        return job_id
 
     def _read(self, job_id: str, stream: requests.Response) -> None:
         delivered, ended = 0, False
@@ -123,7 +247,7 @@ class RemoteWorkerClient:
             for line in stream.iter_lines():
                 if not line:
                     continue
-                message = json.loads(line)
+                message = {**json.loads(line), "job_id": job_id}
                 if message.get("type") == "slice":
                     path = self.job_dir(job_id) / f"{delivered:05d}.npz"
                     path.write_bytes(base64.b64decode(message.pop("payload")))
@@ -145,8 +269,15 @@ class RemoteWorkerClient:
                                            f"{delivered} slice(s); they are kept. Check the server and run again."})
 
     def cancel(self, job_id: str) -> None:
+        """Ask the server to stop a job (in a thread: never waits); one still uploading stops uploading."""
+        self._cancelled.add(job_id)
+        server_id = self._uploads.get(job_id, job_id)
+        if server_id is not None:
+            threading.Thread(target=self._cancel_on_server, args=(server_id,), daemon=True).start()
+
+    def _cancel_on_server(self, server_id: str) -> None:
         try:
-            self._request("POST", f"/jobs/{job_id}/cancel")
+            self._request("POST", f"/jobs/{server_id}/cancel")
         except WorkerError:
             pass  # a lost connection is reported by the job's stream
 
@@ -165,7 +296,7 @@ class RemoteWorkerClient:
     def poll(self, timeout: float = 0.0) -> list[dict]:
         return drain(self._messages, timeout)
 
-    def stop(self, timeout: float = 0.0) -> None:
+    def stop(self, timeout: float = 0.0, on_wait: Callable[[], None] | None = None) -> None:
         """Close the connections (the server cancels the jobs still running) and delete the local job folders."""
         self._stopping = True
         for stream in list(self._streams.values()):

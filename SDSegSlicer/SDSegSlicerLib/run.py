@@ -82,8 +82,9 @@ class SegmentationRun:
         return time.monotonic() - self._started_at if self._started_at is not None else 0.0
 
     def start(self) -> str:
-        """Submit the job (raises worker_client.WorkerError if the worker is gone). Returns the job ID."""
-        self.job_id = self.client.submit(self.job)
+        """Submit the job without waiting for a server's upload (raises worker_client.WorkerError if the worker is
+        gone). Returns the job ID."""
+        self.job_id = self.client.submit_in_background(self.job)
         self.state = "running"
         self._started_at = time.monotonic()
         return self.job_id

@@ -75,7 +75,7 @@ class SegmentationSession:
         if self.is_running():
             raise BusyError("A segmentation is running: cancel it before restarting the worker.")
         with self.busy("the worker is starting"):
-            self.stop_worker()
+            self.stop_worker(on_wait)
             if server_url:
                 client = RemoteWorkerClient(server_url, token)
                 hello = client.start()
@@ -86,9 +86,10 @@ class SegmentationSession:
             self.client, self.client_python = client, server_url or python_executable
             return hello
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, on_wait=None) -> None:
+        """Stop the worker (or close the server's connection); ``on_wait()`` is called while it exits."""
         if self.client is not None:
-            self.client.stop()
+            self.client.stop(on_wait=on_wait)
         self.client, self.client_python = None, None
 
     # --- run ------------------------------------------------------------------------------------------------
@@ -171,9 +172,9 @@ class SegmentationSession:
             shutil.rmtree(self._input_dir, ignore_errors=True)
             self._input_dir = None
 
-    def shutdown(self) -> None:
+    def shutdown(self, on_wait=None) -> None:
         self.abandon_run()
-        self.stop_worker()
+        self.stop_worker(on_wait)
 
     # --- results --------------------------------------------------------------------------------------------
 
@@ -205,6 +206,11 @@ class SegmentationSession:
         """stats.segmentation_statistics() of the current result."""
         self.require_result()
         return stats.segmentation_statistics(self.result_segmentation, self.result_variance)
+
+    def statistics_in_background(self) -> stats.BackgroundStatistics:
+        """The statistics of the current result computed in a thread: step() it from a GUI timer, then result()."""
+        self.require_result()
+        return stats.BackgroundStatistics(self.result_segmentation, self.result_variance)
 
     def export_file_names(self) -> dict:
         """``{export: file name}`` of the current result's exports (EXPORTS), named after the result."""

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ STDERR_LINES_KEPT = 200
 CRASH_REPORT_LINES = 6
 STOP_TIMEOUT_S = 10.0
 UNRESPONSIVE_STOP_TIMEOUT_S = 1.0
+CRASH_EXIT_WAIT_S = 30.0  # how long the reader thread waits for the exit code of a worker that closed its stdout
 WAIT_POLL_S = 0.05
 JOBS_FOLDER_PREFIX = "sdseg-jobs-"
 TERMINAL_MESSAGES = ("done", "cancelled", "error")  # the message types that end a job
@@ -90,6 +92,32 @@ def drain(messages: queue.Queue, timeout: float) -> list:
     return items
 
 
+def jobs_folder() -> Path:
+    """A new temporary folder for the jobs' slice files (old ones of crashed runs removed); WorkerError if the
+    temporary folder cannot be written."""
+    try:
+        return owned_temp_folder(JOBS_FOLDER_PREFIX)
+    except OSError as error:
+        raise WorkerError(f"Cannot create a folder in the temporary folder {tempfile.gettempdir()} "
+                          f"({error.strerror or error}): free some disk space or check its permissions.") from None
+
+
+def wait_for_exit(process: subprocess.Popen, timeout: float, on_wait: Callable[[], None] | None = None) -> bool:
+    """Wait up to ``timeout`` s for ``process`` to exit, calling ``on_wait()`` about every WAIT_POLL_S; whether it
+    exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            process.wait(remaining if on_wait is None else max(0.0, min(remaining, WAIT_POLL_S)))
+            return True
+        except subprocess.TimeoutExpired:
+            if remaining <= 0:
+                return False
+        if on_wait is not None:
+            on_wait()
+
+
 def worker_environment(env: dict | None, external_interpreter: bool) -> dict:
     """Environment of the worker process: `env` (default: this process's), without Slicer's Python variables
     for an external interpreter, the backend folder first on PYTHONPATH, unbuffered UTF-8 pipes."""
@@ -128,6 +156,7 @@ class WorkerClient:
         self._active_jobs: list[str] = []
         self._stopping = False
         self._crash_reported = False
+        self._exit_code = None
         self.hello = None
 
     # --- process ----------------------------------------------------------------------------------------------
@@ -145,6 +174,7 @@ class WorkerClient:
         it stays responsive while the worker imports PyTorch)."""
         if self._process is not None:
             raise WorkerError("The worker is already started: stop it before starting it again.")
+        self._jobs_root = jobs_folder()  # first: a failure here leaves no worker running
         try:
             self._process = subprocess.Popen(
                 [self.python_executable, "-m", WORKER_MODULE],
@@ -155,12 +185,13 @@ class WorkerClient:
                 creationflags=(subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW)
                 if os.name == "nt" else 0)
         except OSError as error:
+            shutil.rmtree(self._jobs_root, ignore_errors=True)
+            self._jobs_root = None
             raise WorkerError(f"Cannot start the worker: no usable Python interpreter at '{self.python_executable}' "
                               f"({error.strerror}); choose a Python 3 interpreter that has the backend.") from None
-        self._jobs_root = owned_temp_folder(JOBS_FOLDER_PREFIX)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
-        for thread in self._threads:
+        for thread in reversed(self._threads):  # stderr's first: the stdout reader joins it at the end
             thread.start()
         self.hello = self._wait_for_hello(timeout, on_wait)
         return self.hello
@@ -209,8 +240,9 @@ class WorkerClient:
         return (f"The worker ended on start with exit code {crash.get('exit_code')}: '{self.python_executable}' may "
                 "not be a working Python 3 interpreter with the backend; its output is in the log.")
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the worker to exit (kill it if it does not), and delete the job folders."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S, on_wait: Callable[[], None] | None = None) -> None:
+        """Ask the worker to exit (kill it if it does not within ``timeout`` s), and delete the job folders.
+        ``on_wait()`` is called about every ``WAIT_POLL_S`` while the worker exits (a GUI processes its events)."""
         process = self._process
         if process is not None and not self._stopping:
             self._stopping = True
@@ -220,9 +252,7 @@ class WorkerClient:
                     process.stdin.close()
                 except (OSError, ValueError):  # the worker is already gone
                     pass
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
+                if not wait_for_exit(process, timeout, on_wait):
                     process.kill()
                     process.wait()
             for thread in self._threads:
@@ -251,6 +281,13 @@ class WorkerClient:
                 self._messages.put(message)
             else:
                 self._stderr.append(f"(not a protocol message on stdout) {line}")
+        # The end of the output: the exit code and the end of stderr explain a crash. They are waited for here,
+        # never in poll() (the GUI thread).
+        try:
+            self._exit_code = self._process.wait(timeout=CRASH_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self._exit_code = None
+        self._threads[1].join(timeout=2.0)
         self._messages.put(_END_OF_OUTPUT)
 
     def _read_stderr(self):
@@ -283,6 +320,8 @@ class WorkerClient:
             raise WorkerError("The worker stopped before it received the job: restart it and try again.") from None
         self._active_jobs.append(job_id)
         return job_id
+
+    submit_in_background = submit  # a line written to the worker's pipe: nothing to wait for
 
     def cancel(self, job_id: str) -> None:
         """Ask the worker to stop a job; it answers `cancelled`. A dead worker is reported by poll()."""
@@ -319,11 +358,7 @@ class WorkerClient:
         if self._stopping or self._crash_reported:
             return []
         self._crash_reported = True
-        try:
-            exit_code = self._process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            exit_code = None
-        self._threads[1].join(timeout=2.0)  # the end of stderr explains the crash
+        exit_code = self._exit_code
         tail = self.stderr_tail(CRASH_REPORT_LINES)
         text = (f"The segmentation worker stopped unexpectedly (exit code {exit_code})"
                 + (f"; its last output: {tail}" if tail else "")
