@@ -38,7 +38,7 @@ from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_
 from .segmentation_writer import ensure_converter_rules
 from .stats import segmentation_statistics, write_statistics
 from .remote_client import TOKEN_ENVIRONMENT_VARIABLE, RemoteWorkerClient
-from .remote_server import DEFAULT_PORT, serve
+from .remote_server import DEFAULT_CONNECTION_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, serve
 from .worker_client import WorkerClient, WorkerError
 
 DEFAULT_MAX_UPLOAD_MB = 2048
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: automatic)")
+    segment.add_argument("--allow-irregular-slices", action="store_true",
+                         help="segment a DICOM series with missing, duplicate or unevenly spaced slices as if evenly "
+                              "spaced (refused by default; the summary then says what was irregular)")
     add_worker_options(segment)
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     models = commands.add_parser("models", help="list the installed models")
@@ -184,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=positive_int, default=DEFAULT_MAX_UPLOAD_MB,
                        help=f"largest volume upload (default {DEFAULT_MAX_UPLOAD_MB})")
     serve.add_argument("--data-root", help="clients may also name volumes inside this folder of the server")
+    serve.add_argument("--connection-timeout", type=positive_int, default=DEFAULT_CONNECTION_TIMEOUT_S, metavar="S",
+                       help="close a connection idle (nothing sent or read) for S seconds "
+                            f"(default {DEFAULT_CONNECTION_TIMEOUT_S})")
+    serve.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                       help=f"connections open at once; more are refused with 503 (default {DEFAULT_MAX_CONNECTIONS})")
     web = commands.add_parser("web", help="the segmentation workflow in a browser (needs sdseg-slicer[web])")
     web.add_argument("input", nargs="?", help="volume file or DICOM series folder to open (or upload one in the page)")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
@@ -281,7 +289,8 @@ def command_serve(args) -> int:
         print(f"Serving on http://{address[0]}:{address[1]} (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
     try:
-        serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready)
+        serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready,
+              args.connection_timeout, args.max_connections)
     except ValueError as error:  # a public address without a token, a port in use
         raise UsageError(str(error)) from None
     except KeyboardInterrupt as interrupt:
@@ -444,7 +453,8 @@ def read_input_voxels(path: str, shape_kji):
 
 
 def write_outputs(run, paths, args) -> dict:
-    """Write every output file; returns the statistics."""
+    """Write every output file, the summary JSON last: it marks the result complete (a batch skips a volume whose
+    summary says done); returns the statistics."""
     export_segmentation(run.segmentation_node, paths["segmentation"])
     export_volume(run.variance_node, paths["variance"])
     statistics = segmentation_statistics(run.segmentation_node, run.variance_node)
@@ -458,12 +468,13 @@ def write_outputs(run, paths, args) -> dict:
         "steps": run.accepted["steps"], "sampler": run.accepted["sampler"], "seed": run.accepted["seed"],
         "roi_ijk": run.accepted["volume"]["roi_ijk"],
         "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
-        "error": run.error_message, "outputs": {key: str(path) for key, path in paths.items()},
+        "error": run.error_message, "warnings": run.accepted.get("warnings", []),
+        "outputs": {key: str(path) for key, path in paths.items()},
     }
-    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
                   read_input_voxels(args.input, volume["shape_kji"]))
+    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
     return statistics
 
 
@@ -498,7 +509,8 @@ def _segment(args, lesions: list[dict], paths: dict) -> int:
         print(WHOLE_VOLUME_WARNING, file=sys.stderr)
     job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,
            "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
-           "roi_ijk": args.roi if lesions or prompt is None else None, "slice_axis": None, "prompt": prompt}
+           "roi_ijk": args.roi if lesions or prompt is None else None, "slice_axis": None, "prompt": prompt,
+           "allow_irregular_slices": args.allow_irregular_slices}
     try:
         client = start_client(args)
     except KeyboardInterrupt as interrupt:
@@ -526,6 +538,8 @@ def report_run(run, paths, args, interrupted: int | None) -> int:
     statistics = write_outputs(run, paths, args)
     for line in lesion_lines(statistics, run.accepted.get("prompt")):
         print(line, file=sys.stderr)
+    for warning in run.accepted.get("warnings", []):
+        print(f"Warning: {warning}", file=sys.stderr)
     written = f"{paths['segmentation']} (+ _variance.nrrd, _summary.json, _summary.csv, _preview.png)"
     if run.state == "done":
         print(f"Done: {done} slices in {format_duration(run.elapsed_s)}. Wrote {written}", file=sys.stderr)
