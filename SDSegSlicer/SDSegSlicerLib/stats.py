@@ -186,11 +186,12 @@ def statistics_table(statistics: dict) -> tuple[list[str], list[list]]:
 
 
 def write_statistics(statistics: dict, json_path, csv_path, extra: dict | None = None) -> None:
-    """The statistics (plus `extra` run information) as JSON, and the per-segment table as CSV."""
-    with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
-        json.dump({**(extra or {}), **statistics}, stream, indent=2)
+    """The per-segment table as CSV, then the statistics (plus `extra` run information) as JSON: the JSON last,
+    so that it exists only once both are written."""
     header, rows = statistics_table(statistics)
     with atomic_output(csv_path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
         writer.writerows(rows)
+    with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        json.dump({**(extra or {}), **statistics}, stream, indent=2)
