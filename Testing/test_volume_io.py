@@ -256,6 +256,8 @@ def spoil_series(folder, case):
             dataset.ImagePositionPatient = [*dataset.ImagePositionPatient[:2], dataset.ImagePositionPatient[2] + 1.2]
         elif case == "orientation":
             dataset.ImageOrientationPatient = [1, 0, 0, 0, 0.9, 0.43589]
+        elif case == "size":
+            dataset.Rows, dataset.Columns, dataset.PixelData = 4, 4, np.zeros((4, 4), np.int16).tobytes()
         dataset.save_as(victim)
 
 
@@ -265,6 +267,7 @@ def spoil_series(folder, case):
     ("duplicate", "at the same position (a duplicate slice)"),
     ("uneven", "slice004.dcm (12.00 mm) and slice005.dcm (16.20 mm) are 4.20 mm apart, the other slices 3.00 mm (uneven"),
     ("orientation", "slice slice005.dcm has another orientation"),
+    ("size", "slice slice005.dcm is 4 x 4 voxels, the others 8 x 8"),
 ])
 def test_an_irregular_dicom_series_is_refused_naming_the_slice(tmp_path, case, phrase):
     """ITK alone reads a series with a missing slice as 11 slices of 3.3 mm (every position shifted); the series is
@@ -275,7 +278,7 @@ def test_an_irregular_dicom_series_is_refused_naming_the_slice(tmp_path, case, p
         read_volume(tmp_path / "series")
     message = str(raised.value)
     assert phrase in message and "--allow-irregular-slices" in message and "\n" not in message
-    if case != "orientation":  # ITK cannot make one volume of mixed orientations either way
+    if case not in ("orientation", "size"):  # ITK cannot make one volume of mixed orientations or sizes anyway
         volume = read_volume(tmp_path / "series", allow_irregular_slices=True)
         assert len(volume.warnings) >= 1 and phrase in volume.warnings[0]
 

@@ -264,6 +264,7 @@ ERROR_CASES = [
     ({"volume": "nan.nrrd"}, "bad_volume", "NaN"),
     ({"steps": 100000}, "bad_request", "trained with (1000 timesteps); give steps from 1 to 1000"),  # before accepted
     ({"max_volume_bytes": 6 * 9 * 11 * 4 - 1}, "bad_volume", "once decompressed"),
+    ({"volume": "giant.nrrd"}, "bad_volume", "3814697.3 MiB once decompressed"),  # over the memory available
 ] + ([] if torch.cuda.is_available() else [({"device": "cuda"}, "device_unavailable", "device 'auto' or 'cpu'")])
 
 
@@ -271,6 +272,8 @@ def test_job_errors_are_typed_and_the_worker_survives(shared, volume_path, tmp_p
     array = np.zeros((3, 8, 8), np.float32)
     array[1, 1, 1] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nrrd"))
+    (tmp_path / "giant.nrrd").write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10000 10000 10000\n"
+                                          b"endian: little\nencoding: gzip\n\n\x1f\x8b" + bytes(18))
     for number, (fields, code, phrase) in enumerate(ERROR_CASES):
         job = {**segment(f"bad{number}", volume_path, tmp_path / "job", model="tiny-sdseg"), **fields}
         if "volume" in fields:

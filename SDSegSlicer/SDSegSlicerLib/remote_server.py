@@ -158,11 +158,12 @@ class Dispatcher:
             self._restart_worker()
 
     def _restart_worker(self) -> None:
+        """A new worker, in place once it has said hello: requests meanwhile see the last one's hello (models)."""
         log.warning("restarting the worker")
         self.worker.stop()
-        python = self.worker.python_executable
-        self.worker = WorkerClient(python_executable=python)
-        self.worker.start()
+        worker = WorkerClient(python_executable=self.worker.python_executable)
+        worker.start()
+        self.worker = worker
 
     def _route(self, message: dict) -> None:
         job = self.jobs.get(message.get("job_id"))
