@@ -257,8 +257,9 @@ def test_idle_connections_are_closed_and_their_number_is_capped(small_server):
 def test_a_server_without_token_answers_loopback_host_names_only(small_server):
     """A DNS-rebinding page would send its own host name: refused."""
     port = small_server.url.rsplit(":", 1)[1]
-    refused = requests.get(small_server.url + "/hello", headers={"Host": "evil.example"}, timeout=10)
-    assert refused.status_code == 403 and "not a loopback name" in refused.json()["error"]
+    for host in ("evil.example", "evil.example:80", "[::1"):
+        refused = requests.get(small_server.url + "/hello", headers={"Host": host}, timeout=10)
+        assert refused.status_code == 403 and "not a loopback name" in refused.json()["error"]
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
         assert requests.get(small_server.url + "/hello", headers={"Host": host}, timeout=10).status_code == 200
 

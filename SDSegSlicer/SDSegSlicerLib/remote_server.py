@@ -192,8 +192,11 @@ class Dispatcher:
 
 
 def host_name(host_header: str) -> str:
-    """The host name of a Host header ('127.0.0.1:8765' -> '127.0.0.1', '[::1]:80' -> '::1')."""
-    return urlsplit("//" + host_header).hostname or ""
+    """The host name of a Host header ('127.0.0.1:8765' -> '127.0.0.1', '[::1]:80' -> '::1'; malformed: '')."""
+    try:
+        return urlsplit("//" + host_header).hostname or ""
+    except ValueError:  # e.g. an unclosed '[' of an IPv6 address
+        return ""
 
 
 def json_response(status: int, body: dict, close: bool) -> tuple[bytes, list[tuple[str, str]]]:
