@@ -67,6 +67,7 @@ def server(tiny_models_dir, tmp_path_factory):
     data_root = tmp_path_factory.mktemp("data_root")
     lesion_volume(data_root / "on_server.nrrd", (3, 16, 16))
     running = ServerProcess(env, "--token", TOKEN, "--max-upload-mb", "1", "--data-root", str(data_root))
+    running.data_root = data_root
     yield running
     assert running.stop() == 128 + signal.SIGTERM
     log = "".join(running.lines)
@@ -211,6 +212,22 @@ def test_an_upload_is_bounded_by_its_decompressed_voxels(server, tmp_path):
         _, messages = run_job(client, {"volume": str(path), "model": MODEL_NAME, "samples": 1, "steps": 1})
         assert [m["type"] for m in messages] == ["error"] and messages[0]["code"] == "bad_volume"
         assert "2.0 MiB once decompressed" in messages[0]["message"] and "1.0 MiB allowed" in messages[0]["message"]
+    finally:
+        client.stop()
+
+
+def test_a_server_volume_whose_name_is_not_utf8_is_bad_volume(server):
+    """ITK's readers abort the worker (SIGABRT) on such a name: every such job was worker_crashed."""
+    name = os.fsdecode(b"caf\xe9.nrrd")
+    (server.data_root / name).write_bytes((server.data_root / "on_server.nrrd").read_bytes())
+    client = RemoteWorkerClient(server.url, TOKEN)
+    client.start()
+    try:
+        _, messages = run_job(client, {"volume": "unused", "server_volume": name, "model": MODEL_NAME, "samples": 1})
+        assert messages[-1]["code"] == "bad_volume" and "not valid UTF-8" in messages[-1]["message"]
+        _, messages = run_job(client, {"volume": "unused", "server_volume": "on_server.nrrd", "model": MODEL_NAME,
+                                       "samples": 1, "steps": 1})
+        assert messages[-1]["type"] == "done"
     finally:
         client.stop()
 
