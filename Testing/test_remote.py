@@ -173,6 +173,11 @@ def test_a_bad_content_length_is_answered_400(server):
         connection.close()
 
 
+def test_http_servers_own_refusals_are_json_too(server):
+    response = requests.put(server.url + "/hello", headers=headers(), timeout=10)
+    assert response.status_code == 501 and "Unsupported method ('PUT')" in response.json()["error"]
+
+
 def test_unknown_resources_are_404(server):
     assert requests.get(server.url + "/jobs/nope/events", headers=headers(), timeout=10).status_code == 404
     assert requests.post(server.url + "/nowhere", headers=headers(), timeout=10).status_code == 404
