@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
@@ -186,3 +187,19 @@ def test_a_volume_that_finishes_after_the_interrupt_is_listed_done(tmp_path, wor
     rows = summary(out)
     assert rows["a"]["status"] == "done" and rows["a"]["lesions"] == "1" and batch.is_done(out, batch.Task("a", ""))
     assert rows["b"]["status"] == "not finished (interrupted)"
+
+
+def test_a_cohort_passes_allow_irregular_slices_on(tmp_path, worker_env, capsys):
+    from test_volume_io import write_dicom_series
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write_dicom_series(folder / "gap", np.full((5, 16, 16), 100, np.int16), np.eye(3), (1.0, 1.0, 3.0), (0, 0, 0))
+    (folder / "gap" / "slice002.dcm").unlink()
+    arguments = ["batch", "--inputs", str(folder), "--out", str(tmp_path / "out"), *OPTIONS]
+    assert headless.main(arguments) == 1
+    assert "slice001.dcm (3.00 mm) and slice003.dcm (9.00 mm)" in summary(tmp_path / "out")["gap"]["error"]
+    assert headless.main([*arguments, "--allow-irregular-slices"]) == 0
+    assert summary(tmp_path / "out")["gap"]["status"] == "done"
+    warnings = json.loads((tmp_path / "out" / "gap_summary.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "slice001.dcm" in warnings[0]

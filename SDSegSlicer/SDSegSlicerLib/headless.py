@@ -323,6 +323,7 @@ BATCH_SEGMENT_OPTIONS = [  # passed on to each volume's `segment`
     ("--steps", {"type": positive_int}), ("--seed", {"type": non_negative_int}),
     ("--device", {"choices": DEVICES}), ("--stop-after-empty", {"type": positive_int}),
     ("--max-slices", {"type": positive_int}), ("--server", {"metavar": "URL"}), ("--token", {}), ("--python", {}),
+    ("--allow-irregular-slices", {"action": "store_true", "default": None}),
 ]
 
 
@@ -331,7 +332,7 @@ def command_batch(args) -> int:
     for option, _ in BATCH_SEGMENT_OPTIONS:
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None:
-            options += [option, str(value)]
+            options += [option] if value is True else [option, str(value)]  # True: a flag given
     try:
         tasks = read_inputs(args.inputs, Path(args.out))
         if args.prompts:
