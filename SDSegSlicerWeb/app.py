@@ -199,14 +199,19 @@ class SDSegWebApp(TrameApp):
         if len(files) != 1:
             self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha).", error=True)
             return
-        size = files[0].size or len(files[0].content or b"")
+        content = files[0].content or b""
+        size = len(content)  # the bytes received: the size the browser states may be anything
         if size > self.max_upload_bytes:
             self.set_status(f"{files[0].name} is {size / 2**20:.0f} MB, more than this server accepts "
                             f"({self.max_upload_bytes / 2**20:.0f} MB).", error=True)
             return
+        name = Path(str(files[0].name or "")).name
+        if name in ("", ".", "..") or "\x00" in name:
+            self.set_status(f"{str(files[0].name)[:100]!r} is not a file name: rename the file.", error=True)
+            return
         folder = tempfile.mkdtemp(prefix="SDSegSlicerWeb-upload-", dir=self._work_dir.name)
-        path = Path(folder) / Path(files[0].name).name
-        path.write_bytes(files[0].content or b"")
+        path = Path(folder) / name
+        path.write_bytes(content)
         if self.session.has_result():  # ask first: loading drops the result (one result at a time)
             self._pending_upload = str(path)
             self.state.sdseg_replace_question = (

@@ -7,10 +7,14 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
-from slicerlib_testing import MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
+from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
 from SDSegSlicerLib import batch, headless
 
@@ -128,3 +132,74 @@ def test_a_volume_whose_process_was_killed_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(batch.sys, "executable", str(suicide))
     status, error, _ = batch.run_task(["segment"], 1)
     assert status == -9 and error == "the segment process ended with exit status -9 (killed by signal 9)"
+
+
+def test_a_resumed_cohort_removes_the_files_a_killed_run_left_half_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = out / ".partial-0123abcd-v0_preview.png"  # a `segment` killed while writing its preview
+    partial.write_bytes(b"half a png")
+    (out / "v0_summary.json").write_text(json.dumps({"state": "done", "lesions": []}))
+    rows = batch.run_batch([batch.Task("v0", str(tmp_path / "v0.nrrd"))], out, [])
+    assert rows[0]["status"] == "skipped (done before)" and not partial.exists()
+
+
+def test_the_summary_that_marks_a_volume_done_is_written_after_every_other_output(tmp_path, worker_env,
+                                                                                  monkeypatch):
+    """An interrupt while the preview is written (the last output but the summary) leaves the volume not done, so
+    that a resumed batch segments it again instead of keeping it without a preview."""
+    volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(headless, "write_preview", interrupted)
+    out = tmp_path / "out"
+    assert headless.main(["segment", str(volume), "-o", str(out / "ct.seg.nrrd"), "--whole-volume",
+                          *OPTIONS]) == 128 + signal.SIGINT
+    assert (out / "ct.seg.nrrd").is_file() and (out / "ct_variance.nrrd").is_file()
+    assert not (out / "ct_summary.json").exists() and not batch.is_done(out, batch.Task("ct", str(volume)))
+
+
+def children(pid: int) -> list[str]:
+    """Child processes of ``pid``, started by any of its threads."""
+    return [child for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
+
+
+def test_a_volume_that_finishes_after_the_interrupt_is_listed_done(tmp_path, worker_env):
+    """SIGTERM to the batch alone (a scheduler): the running volume's `segment` goes on to its end and is done; the
+    volume not started is not."""
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    lesion_volume(folder / "a.nrrd", (3, 16, 16), seed=1)
+    lesion_volume(folder / "b.nrrd", (3, 16, 16), seed=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "SDSegSlicerLib.headless", "batch", "--inputs", str(folder),
+                                "--out", str(out), "--workers", "1", *OPTIONS], env=worker_env,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while not children(process.pid):  # the first volume's `segment` runs
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    rows = summary(out)
+    assert rows["a"]["status"] == "done" and rows["a"]["lesions"] == "1" and batch.is_done(out, batch.Task("a", ""))
+    assert rows["b"]["status"] == "not finished (interrupted)"
+
+
+def test_a_cohort_passes_allow_irregular_slices_on(tmp_path, worker_env, capsys):
+    from test_volume_io import write_dicom_series
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write_dicom_series(folder / "gap", np.full((5, 16, 16), 100, np.int16), np.eye(3), (1.0, 1.0, 3.0), (0, 0, 0))
+    (folder / "gap" / "slice002.dcm").unlink()
+    arguments = ["batch", "--inputs", str(folder), "--out", str(tmp_path / "out"), *OPTIONS]
+    assert headless.main(arguments) == 1
+    assert "slice001.dcm (3.00 mm) and slice003.dcm (9.00 mm)" in summary(tmp_path / "out")["gap"]["error"]
+    assert headless.main([*arguments, "--allow-irregular-slices"]) == 0
+    assert summary(tmp_path / "out")["gap"]["status"] == "done"
+    warnings = json.loads((tmp_path / "out" / "gap_summary.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "slice001.dcm" in warnings[0]

@@ -151,6 +151,21 @@ def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
     assert not (tmp_path / "new").exists()  # the output folder made for the run is gone with nothing in it
 
 
+def test_steps_over_the_models_training_steps_is_one_line_before_any_work(tmp_path, worker_env, monkeypatch, capsys):
+    from sdseg.checkpoint import save_model
+    from sdseg.models import build_model
+
+    save_model(build_model("sdseg", "tiny"), tmp_path / "models" / "tiny-sdseg")  # discrete: 1000 timesteps
+    monkeypatch.setenv("SDSEG_MODELS_PATH", str(tmp_path / "models"))
+    volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+    code = headless.main(["segment", str(volume), "-o", str(tmp_path / "out" / "ct.seg.nrrd"), "--model",
+                          "tiny-sdseg", "--steps", "100000", "--whole-volume", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "report" not in err
+    (line,) = error_lines(err)
+    assert "'steps' 100000 is more than model tiny-sdseg was trained with (1000 timesteps)" in line
+
+
 @pytest.mark.parametrize("args, message", [  # exit 2 (before any worker is started) unless noted
     (["segment", "missing.nrrd", "-o", "out.seg.nrrd"], "no such file or folder"),
     (["segment", "{volume}", "-o", "out.nii.gz"], "must be a .seg.nrrd file"),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pydicom
 import pytest
 from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
                                read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
@@ -139,3 +140,24 @@ def test_a_dicom_series_with_a_point(tmp_path, worker_env):
     np.testing.assert_allclose(ijk_to_lps, lps, atol=1e-4)
     np.testing.assert_array_equal(masks["consensus"], a)
     assert summary["lesions"][0]["slices"] == 5
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused_unless_allowed(tmp_path, worker_env):
+    """ITK alone would read the 17 slices left as 17 evenly spaced ones (spacing 2.66 mm, positions shifted)."""
+    a, _ = blobs()
+    voxels = np.random.default_rng(5).normal(30.0, 4.0, SHAPE_KJI) + 120.0 * a
+    series = write_ct_series(tmp_path / "series", voxels, np.diag([0.7, 0.8, 2.5, 1.0]))
+    missing = next(f for f in series.iterdir() if float(pydicom.dcmread(f).ImagePositionPatient[2]) == 8 * 2.5)
+    missing.unlink()
+    output = tmp_path / "ct.seg.nrrd"
+    refused = subprocess.run(
+        [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(series), "-o", str(output), "--model",
+         BRIGHT_MODEL_NAME, "--samples", "2", "--device", "cpu", "--point-ijk", "10,12,5"],
+        env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    (line,) = [line for line in refused.stderr.splitlines() if "error" in line]
+    assert "(17.50 mm) and" in line and "(22.50 mm) are 5.00 mm apart" in line and "--allow-irregular-slices" in line
+    assert not output.exists()
+    stderr, summary = segment(worker_env, series, output, "--point-ijk", "10,12,5", "--allow-irregular-slices")
+    assert len(summary["warnings"]) == 1 and "5.00 mm apart" in summary["warnings"][0]
+    assert "Warning: " in stderr and "5.00 mm apart" in stderr

@@ -5,12 +5,14 @@ a server that dies mid-job."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,6 +67,7 @@ def server(tiny_models_dir, tmp_path_factory):
     data_root = tmp_path_factory.mktemp("data_root")
     lesion_volume(data_root / "on_server.nrrd", (3, 16, 16))
     running = ServerProcess(env, "--token", TOKEN, "--max-upload-mb", "1", "--data-root", str(data_root))
+    running.data_root = data_root
     yield running
     assert running.stop() == 128 + signal.SIGTERM
     log = "".join(running.lines)
@@ -117,11 +120,44 @@ def zip_of_zeros(size: int) -> bytes:
     ({"data": b"data file: /etc/hostname\n", "headers": {"X-SDSeg-Volume-Name": "a.nhdr"}}, 400,
      "X-SDSeg-Volume-Name"),  # a detached header could name any file of the server
     ({"data": zip_of_zeros(2 * 2 ** 20), "headers": {"X-SDSeg-Volume-Name": "bomb.zip"}}, 413, "unpacks to"),
+    ({"data": b"x", "headers": {"X-SDSeg-Volume-Name": "a%00.nrrd"}}, 400, "NUL character"),
+    ({"data": b"x", "headers": {"X-SDSeg-Job": "[" * 20000, "X-SDSeg-Volume-Name": "a.nrrd"}}, 400,
+     "nested too deeply"),
+    ({"data": b"x", "headers": {"X-SDSeg-Job": json.dumps({"seed": 1, "pad": "x" * 40000}),
+                                "X-SDSeg-Volume-Name": "a.nrrd"}}, 400, "X-SDSeg-Job is over 32768 bytes"),
+    ({"data": b"x", "headers": {"X-SDSeg-Job": json.dumps({"pad": "x" * 70000}), "X-SDSeg-Volume-Name": "a.nrrd"}},
+     431, "Line too long"),  # http.server's own refusal, as JSON too
+    ({"headers": {"X-SDSeg-Job": json.dumps({"server_volume": "on_server.nrrd", "model": "/root"})}}, 400,
+     "is not one of this server's models"),  # never a folder of the server (it would say what exists there)
 ])
 def test_bad_requests_are_refused_with_a_reason(server, request_kwargs, status, phrase):
     extra = request_kwargs.pop("headers")
     response = requests.post(server.url + "/jobs", headers=headers(**extra), timeout=30, **request_kwargs)
     assert response.status_code == status and phrase in response.json()["error"]
+
+
+def responses_on_one_connection(url, request: bytes) -> bytes:
+    """Everything the server sends back on one connection to ``request`` until it closes it (or 30 s pass)."""
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(request)
+        with contextlib.suppress(TimeoutError):
+            while chunk := connection.recv(65536):
+                received += chunk
+    return received
+
+
+@pytest.mark.parametrize("authorisation, status", [(f"Bearer {TOKEN}", b"413"), ("Bearer wrong", b"401")])
+def test_the_body_of_a_refused_request_is_never_taken_for_the_next_request(server, authorisation, status):
+    """A refused upload (over the limit, or without the token) closes the connection: its body, even one that looks
+    like a request, is not answered."""
+    smuggled = f"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    request = (f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {authorisation}\r\n"
+               f"X-SDSeg-Volume-Name: a.nrrd\r\nContent-Length: {2 * 2 ** 20}\r\n\r\n").encode() + smuggled
+    received = responses_on_one_connection(server.url, request)
+    assert received.count(b"HTTP/1.1 ") == 1 and received.startswith(b"HTTP/1.1 " + status), received[:300]
+    assert b"Connection: close" in received
 
 
 def test_a_bad_content_length_is_answered_400(server):
@@ -135,6 +171,11 @@ def test_a_bad_content_length_is_answered_400(server):
         response = connection.getresponse()
         assert response.status == 400 and "Content-Length" in json.loads(response.read())["error"]
         connection.close()
+
+
+def test_http_servers_own_refusals_are_json_too(server):
+    response = requests.put(server.url + "/hello", headers=headers(), timeout=10)
+    assert response.status_code == 501 and "Unsupported method ('PUT')" in response.json()["error"]
 
 
 def test_unknown_resources_are_404(server):
@@ -162,6 +203,87 @@ def test_the_worker_validates_remote_jobs_as_local_ones(server, tmp_path):
             client.submit({"volume": str(tmp_path / "ct.nhdr"), "model": MODEL_NAME})
     finally:
         client.stop()
+
+
+def test_an_upload_is_bounded_by_its_decompressed_voxels(server, tmp_path):
+    """A gzip NRRD of a few KB holding 2 MiB of voxels, on a server taking uploads of 1 MiB: refused from its header
+    by the worker before it reads the voxels."""
+    path = tmp_path / "zeros.nrrd"
+    sitk.WriteImage(sitk.Image([64, 64, 256], sitk.sitkInt16), str(path), useCompression=True)
+    assert path.stat().st_size < 2 ** 20 / 10
+    client = RemoteWorkerClient(server.url, TOKEN)
+    client.start()
+    try:
+        _, messages = run_job(client, {"volume": str(path), "model": MODEL_NAME, "samples": 1, "steps": 1})
+        assert [m["type"] for m in messages] == ["error"] and messages[0]["code"] == "bad_volume"
+        assert "2.0 MiB once decompressed" in messages[0]["message"] and "1.0 MiB allowed" in messages[0]["message"]
+    finally:
+        client.stop()
+
+
+def test_a_server_volume_whose_name_is_not_utf8_is_bad_volume(server):
+    """ITK's readers abort the worker (SIGABRT) on such a name: every such job was worker_crashed."""
+    name = os.fsdecode(b"caf\xe9.nrrd")
+    (server.data_root / name).write_bytes((server.data_root / "on_server.nrrd").read_bytes())
+    client = RemoteWorkerClient(server.url, TOKEN)
+    client.start()
+    try:
+        _, messages = run_job(client, {"volume": "unused", "server_volume": name, "model": MODEL_NAME, "samples": 1})
+        assert messages[-1]["code"] == "bad_volume" and "not valid UTF-8" in messages[-1]["message"]
+        _, messages = run_job(client, {"volume": "unused", "server_volume": "on_server.nrrd", "model": MODEL_NAME,
+                                       "samples": 1, "steps": 1})
+        assert messages[-1]["type"] == "done"
+    finally:
+        client.stop()
+
+
+@pytest.fixture(scope="module")
+def small_server(tiny_models_dir):
+    """A token-less server that closes connections idle for 5 s and holds at most 3."""
+    from slicerlib_testing import lib_python_path
+
+    env = dict(os.environ, SDSEG_MODELS_PATH=str(tiny_models_dir), OMP_NUM_THREADS="1", PYTHONPATH=lib_python_path(),
+               SDSEG_TOKEN="")
+    running = ServerProcess(env, "--connection-timeout", "5", "--max-connections", "3")
+    yield running
+    running.stop()
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_are_closed_and_their_number_is_capped(small_server):
+    host, port = small_server.url.removeprefix("http://").split(":")
+    before = open_descriptors(small_server.process.pid)
+    idle = [socket.create_connection((host, int(port)), timeout=60) for _ in range(3)]
+    for connection in idle:
+        connection.sendall(b"GET /hello HTTP/1.1\r\n")  # ... and nothing more
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # the fourth is refused at once while the three are open
+        refused = responses_on_one_connection(small_server.url, b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        if refused.startswith(b"HTTP/1.1 503"):
+            break
+        assert time.monotonic() < deadline, refused[:200]
+    assert b"connections open already" in refused
+    for connection in idle:  # closed by the server after 5 s without a byte
+        assert connection.recv(65536) == b""
+        connection.close()
+    while requests.get(small_server.url + "/hello", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline
+    while open_descriptors(small_server.process.pid) > before:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_server_without_token_answers_loopback_host_names_only(small_server):
+    """A DNS-rebinding page would send its own host name: refused."""
+    port = small_server.url.rsplit(":", 1)[1]
+    for host in ("evil.example", "evil.example:80", "[::1"):
+        refused = requests.get(small_server.url + "/hello", headers={"Host": host}, timeout=10)
+        assert refused.status_code == 403 and "not a loopback name" in refused.json()["error"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert requests.get(small_server.url + "/hello", headers={"Host": host}, timeout=10).status_code == 200
 
 
 def test_a_worker_that_dies_between_jobs_is_replaced_before_the_next_job(tiny_models_dir, tmp_path, worker_env):

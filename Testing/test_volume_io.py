@@ -239,3 +239,70 @@ def test_bad_inputs_raise_volume_error_with_a_message(tmp_path, case, phrase):
     assert phrase in message
     assert str(path) in message
     assert "Traceback" not in message and "sitk::ERROR" not in message
+
+
+def spoil_series(folder, case):
+    """Make one kind of irregular series out of a regular one of 3 mm slices (slice005 the one spoilt)."""
+    victim = folder / "slice005.dcm"
+    if case == "missing":
+        victim.unlink()
+    elif case == "corrupt":  # GDCM leaves an unreadable file out of the series: a gap, as a missing slice
+        victim.write_bytes(victim.read_bytes()[:200])
+    else:
+        dataset = pydicom.dcmread(victim)
+        if case == "duplicate":
+            dataset.ImagePositionPatient = pydicom.dcmread(folder / "slice004.dcm").ImagePositionPatient
+        elif case == "uneven":
+            dataset.ImagePositionPatient = [*dataset.ImagePositionPatient[:2], dataset.ImagePositionPatient[2] + 1.2]
+        elif case == "orientation":
+            dataset.ImageOrientationPatient = [1, 0, 0, 0, 0.9, 0.43589]
+        elif case == "size":
+            dataset.Rows, dataset.Columns, dataset.PixelData = 4, 4, np.zeros((4, 4), np.int16).tobytes()
+        dataset.save_as(victim)
+
+
+@pytest.mark.parametrize("case, phrase", [
+    ("missing", "slice004.dcm (12.00 mm) and slice006.dcm (18.00 mm) are 6.00 mm apart"),
+    ("corrupt", "slice004.dcm (12.00 mm) and slice006.dcm (18.00 mm) are 6.00 mm apart"),
+    ("duplicate", "at the same position (a duplicate slice)"),
+    ("uneven", "slice004.dcm (12.00 mm) and slice005.dcm (16.20 mm) are 4.20 mm apart, the other slices 3.00 mm (uneven"),
+    ("orientation", "slice slice005.dcm has another orientation"),
+    ("size", "slice slice005.dcm is 4 x 4 voxels, the others 8 x 8"),
+])
+def test_an_irregular_dicom_series_is_refused_naming_the_slice(tmp_path, case, phrase):
+    """ITK alone reads a series with a missing slice as 11 slices of 3.3 mm (every position shifted); the series is
+    refused in one line naming the slice, or read with the warning when the user allows it."""
+    write_dicom_series(tmp_path / "series", np.zeros((12, 8, 8), np.int16), np.eye(3), (1.0, 1.0, 3.0), (0, 0, 0))
+    spoil_series(tmp_path / "series", case)
+    with pytest.raises(VolumeError) as raised:
+        read_volume(tmp_path / "series")
+    message = str(raised.value)
+    assert phrase in message and "--allow-irregular-slices" in message and "\n" not in message
+    if case not in ("orientation", "size"):  # ITK cannot make one volume of mixed orientations or sizes anyway
+        volume = read_volume(tmp_path / "series", allow_irregular_slices=True)
+        assert len(volume.warnings) >= 1 and phrase in volume.warnings[0]
+
+
+def test_a_regular_dicom_series_has_no_warning(tmp_path):
+    write_dicom_series(tmp_path / "series", np.zeros((5, 8, 8), np.int16), OBLIQUE_FLIPPED_LPS, (0.7, 0.7, 1.25),
+                       (3.0, -2.0, 7.5))
+    assert read_volume(tmp_path / "series").warnings == ()
+
+
+def test_decompressed_size_is_bounded_from_the_header_before_reading(tmp_path):
+    """A gzip NRRD of a few KB may hold GBs of voxels: it is refused from its header (a header claiming 10^12 voxels
+    over a 20-byte body is refused, not allocated); a DICOM series is bounded by the sum of its slices."""
+    small = tmp_path / "zeros.nrrd"
+    sitk.WriteImage(sitk.Image([64, 64, 64], sitk.sitkInt16), str(small), useCompression=True)
+    assert small.stat().st_size < 64 * 64 * 64 * 2 / 50
+    with pytest.raises(VolumeError, match=r"0\.5 MiB once decompressed .* over the 0\.4 MiB allowed"):
+        read_volume(small, max_bytes=400 * 1024)
+    assert read_volume(small, max_bytes=512 * 1024).array_kji.shape == (64, 64, 64)
+    giant = tmp_path / "giant.nrrd"
+    giant.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10000 10000 10000\nendian: little\n"
+                      b"encoding: gzip\n\n\x1f\x8b" + bytes(18))
+    with pytest.raises(VolumeError, match="3814697.3 MiB once decompressed"):
+        read_volume(giant, max_bytes=2 ** 30)
+    write_dicom_series(tmp_path / "series", np.zeros((5, 8, 8), np.int16), np.eye(3), (1.0, 1.0, 2.0), (0, 0, 0))
+    with pytest.raises(VolumeError, match="0.0 MiB once decompressed"):
+        read_volume(tmp_path / "series", max_bytes=5 * 8 * 8 * 2 - 1)

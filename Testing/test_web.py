@@ -728,6 +728,14 @@ def test_upload_too_large_or_unreadable_keeps_the_volume(browser, tmp_path):
         big.write_bytes(b"\0" * (2 * 1024 * 1024))
         page.set_input_files("#sdseg-upload", str(big))
         page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes('more than')")
+        page.evaluate("Object.defineProperty(File.prototype, 'size', {get() { return 1; }})")  # a lying page
+        shutil.copy(big, tmp_path / "big2.nrrd")
+        page.set_input_files("#sdseg-upload", str(tmp_path / "big2.nrrd"))
+        page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes('big2.nrrd is 2 MB, "
+                               "more than')")  # the bytes received are counted
+        page.set_input_files("#sdseg-upload", {"name": "..", "mimeType": "application/octet-stream",
+                                               "buffer": SAMPLE.read_bytes()})
+        page.wait_for_function("document.querySelector('#sdseg-status').innerText.includes('is not a file name')")
         text = tmp_path / "notes.nrrd"
         text.write_text("not a volume")
         page.set_input_files("#sdseg-upload", str(text))

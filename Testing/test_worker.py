@@ -161,6 +161,43 @@ def test_hello_ping_and_bad_requests(shared, models_dir):
     assert shared.next()["id"] == "still alive"
 
 
+def test_any_bad_line_is_a_bad_request_and_the_worker_still_listens(shared):
+    shared.process.stdin.write(b"[" * 100000 + b"\n")  # json.loads: RecursionError
+    shared.process.stdin.write(b'{"type": "segment", "job_id": "nest", "prompt": ' + b"[" * 20000 + b"\n")
+    shared.send({"type": "ping", "id": "after the nesting"})
+    errors = [shared.next(), shared.next()]
+    assert [(e["type"], e["code"]) for e in errors] == [("error", "bad_request")] * 2
+    assert "nested too deeply" in errors[0]["message"]
+    assert shared.next() == {"type": "pong", "id": "after the nesting"}
+
+
+def test_a_volume_name_that_is_not_utf8_is_bad_volume(own_worker, volume_path, tmp_path):
+    """ITK's readers abort the process (SIGABRT) on such a name; the worker refuses it and goes on."""
+    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.nrrd"))
+    latin1.write_bytes(volume_path.read_bytes())
+    own_worker.send(segment("latin1", latin1, tmp_path / "job", model="tiny-sdseg", samples=1))
+    error = own_worker.next()
+    assert (error["type"], error["code"]) == ("error", "bad_volume") and "not valid UTF-8" in error["message"]
+    own_worker.send({"type": "ping", "id": 1})
+    assert own_worker.next() == {"type": "pong", "id": 1}
+
+
+def test_an_irregular_dicom_series_is_refused_unless_allowed_then_warned(shared, tmp_path):
+    from test_volume_io import write_dicom_series
+
+    series = tmp_path / "series"
+    write_dicom_series(series, np.zeros((6, 8, 8), np.int16), np.eye(3), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    (series / "slice003.dcm").unlink()
+    shared.send(segment("gap", series, tmp_path / "gap", model="tiny-sdseg", samples=1))
+    error = shared.next()
+    assert (error["type"], error["code"]) == ("error", "bad_volume")
+    assert "slice002.dcm (6.00 mm) and slice004.dcm (12.00 mm) are 6.00 mm apart" in error["message"]
+    shared.send(segment("gap anyway", series, tmp_path / "gap2", model="tiny-sdseg", samples=1,
+                        allow_irregular_slices=True))
+    messages = shared.until({"done", "error"})
+    assert messages[-1]["type"] == "done" and "slice002.dcm" in messages[0]["warnings"][0]
+
+
 def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_path, tmp_path):
     job_dir = tmp_path / "job"
     roi = [1, 0, 1, 10, 9, 5]  # I 1..9, J all 9 (the slice axis), K 1..4
@@ -225,6 +262,9 @@ ERROR_CASES = [
     ({"roi_ijk": [0, 0, 0, 99, 9, 6]}, "bad_request", "does not fit the volume"),
     ({"volume": "missing.nrrd"}, "bad_volume", "no such file"),
     ({"volume": "nan.nrrd"}, "bad_volume", "NaN"),
+    ({"steps": 100000}, "bad_request", "trained with (1000 timesteps); give steps from 1 to 1000"),  # before accepted
+    ({"max_volume_bytes": 6 * 9 * 11 * 4 - 1}, "bad_volume", "once decompressed"),
+    ({"volume": "giant.nrrd"}, "bad_volume", "3814697.3 MiB once decompressed"),  # over the memory available
 ] + ([] if torch.cuda.is_available() else [({"device": "cuda"}, "device_unavailable", "device 'auto' or 'cpu'")])
 
 
@@ -232,6 +272,8 @@ def test_job_errors_are_typed_and_the_worker_survives(shared, volume_path, tmp_p
     array = np.zeros((3, 8, 8), np.float32)
     array[1, 1, 1] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nrrd"))
+    (tmp_path / "giant.nrrd").write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10000 10000 10000\n"
+                                          b"endian: little\nencoding: gzip\n\n\x1f\x8b" + bytes(18))
     for number, (fields, code, phrase) in enumerate(ERROR_CASES):
         job = {**segment(f"bad{number}", volume_path, tmp_path / "job", model="tiny-sdseg"), **fields}
         if "volume" in fields:
@@ -446,6 +488,26 @@ else:
     os.kill(worker, signal.SIGKILL)
 os.kill(holder, signal.SIGKILL)
 """
+
+
+# As ORPHANING_CLIENT, the client killed while the worker is in one forward pass of 100,000 sampling steps (minutes).
+ORPHANING_CLIENT_MID_PASS = ORPHANING_CLIENT.replace("worker.stdout.readline()  # hello", """worker.stdout.readline()
+job = {"type": "segment", "job_id": "long", "volume": sys.argv[1], "job_dir": sys.argv[2], "model": "tiny-ambiguous",
+       "samples": 1, "steps": 100000, "batch_size": 1, "roi_ijk": [0, 0, 0, 11, 9, 1]}
+worker.stdin.write((json.dumps(job) + "\\n").encode())
+worker.stdin.flush()
+while json.loads(worker.stdout.readline())["type"] != "progress":  # the forward pass starts
+    pass""").replace("import subprocess", "import json, subprocess")
+
+
+def test_a_worker_whose_client_was_killed_mid_forward_pass_exits_without_finishing_it(models_dir, volume_path,
+                                                                                          tmp_path):
+    reaper = REAPER.replace('[sys.executable, "-c", sys.argv[1]]', '[sys.executable, "-c", *sys.argv[1:]]')
+    result = subprocess.run([sys.executable, "-c", reaper, ORPHANING_CLIENT_MID_PASS, str(volume_path),
+                             str(tmp_path / "job")], capture_output=True, text=True, cwd=REPO, timeout=180,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+                                     SDSEG_MODELS_PATH=str(models_dir)))
+    assert result.stdout.strip() == "exit 0", result.stdout + result.stderr[-2000:]
 
 
 def test_a_worker_whose_client_was_killed_exits_cleanly_while_its_stdin_is_held_open():

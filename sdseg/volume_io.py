@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 import SimpleITK as sitk
 
+from sdseg.dicom_series import decoded_bytes, read_header, series_problems
+
 FILE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ANATOMICAL_AXES_RAS = {"sagittal": 0, "coronal": 1, "axial": 2}  # R, A, S: the RAS axis normal to those slices
@@ -29,6 +31,7 @@ class VolumeError(Exception):
 class Volume(NamedTuple):
     array_kji: np.ndarray  # voxel values, shape (K, J, I), the file's numeric type
     ijk_to_ras: np.ndarray  # 4x4 float64
+    warnings: tuple = ()  # what the user must be told about the input (an irregular series read anyway)
 
 
 def _supported(path: Path) -> bool:
@@ -42,7 +45,8 @@ def _itk_reason(error: Exception) -> str:
     return reason.splitlines()[0].strip() if reason else type(error).__name__
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _dicom_series_files(folder: Path) -> list[str]:
+    """The files of the folder's largest DICOM series, in the series reader's order (by position)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise VolumeError(f"{folder}: no DICOM image series found in this folder; give the folder that directly "
@@ -52,22 +56,48 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         log.warning("%s holds %d DICOM series; reading the largest (%s, %d files)", folder, len(series), uid,
                     len(files_per_series[uid]))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files_per_series[uid])
-    return reader.Execute()
+    return list(files_per_series[uid])
 
 
-def _read_image(path: Path) -> sitk.Image:
+def _check_dicom_series(folder: Path, headers, allow_irregular_slices: bool) -> tuple[str, ...]:
+    """The series' irregularities (dicom_series.series_problems): a VolumeError naming the first one, or, when
+    ``allow_irregular_slices``, the warnings to report with the result."""
+    problems = series_problems(headers)
+    if problems and not allow_irregular_slices:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise VolumeError(f"{folder}: the DICOM series is not one evenly spaced volume: {problems[0]}{more}; it "
+                          "would be segmented with the wrong geometry. Complete the series, or allow irregular "
+                          "slices (--allow-irregular-slices) to segment it as if evenly spaced")
+    return tuple(f"{folder}: {problem}; segmented as if evenly spaced" for problem in problems)
+
+
+def _prepare(path: Path, max_bytes: int | None, allow_irregular_slices: bool):
+    """(a function that reads the image, the warnings about it), after checking from the headers alone that the
+    input exists, is supported, is a regular series (a folder) and its voxels fit ``max_bytes`` once decoded."""
     if path.is_dir():
-        return _read_dicom_series(path)
-    if not path.exists():
-        raise VolumeError(f"{path}: no such file or folder; check the path")
-    if not _supported(path):
-        raise VolumeError(f"{path}: unsupported file type; save the volume as one of {', '.join(FILE_SUFFIXES)} "
-                          "(e.g. .nrrd from Slicer) or give a DICOM series folder")
-    if path.stat().st_size == 0:
-        raise VolumeError(f"{path}: the file is empty (0 bytes); it was not written completely, save it again")
-    return sitk.ReadImage(str(path))
+        files = _dicom_series_files(path)
+        headers = [read_header(file) for file in files]
+        warnings = _check_dicom_series(path, headers, allow_irregular_slices)
+        size = sum(header.data_bytes for header in headers)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+    else:
+        if not path.exists():
+            raise VolumeError(f"{path}: no such file or folder; check the path")
+        if not _supported(path):
+            raise VolumeError(f"{path}: unsupported file type; save the volume as one of {', '.join(FILE_SUFFIXES)} "
+                              "(e.g. .nrrd from Slicer) or give a DICOM series folder")
+        if path.stat().st_size == 0:
+            raise VolumeError(f"{path}: the file is empty (0 bytes); it was not written completely, save it again")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size, warnings = decoded_bytes(reader), ()
+    if max_bytes is not None and size > max_bytes:
+        raise VolumeError(f"{path}: its voxels take {size / 2 ** 20:.1f} MiB once decompressed (from its header), "
+                          f"over the {max_bytes / 2 ** 20:.1f} MiB allowed here (a server's upload limit, or the "
+                          "memory available); crop or resample the volume")
+    return reader.Execute, warnings
 
 
 def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
@@ -109,15 +139,24 @@ def _check_values(array: np.ndarray, path: Path) -> None:
                               "intensity) and save the volume again")
 
 
-def read_volume(path) -> Volume:
-    """Read a 3D scalar volume file or DICOM series folder -> ``Volume(array_kji, ijk_to_ras)``.
+def read_volume(path, max_bytes: int | None = None, allow_irregular_slices: bool = False) -> Volume:
+    """Read a 3D scalar volume file or DICOM series folder -> ``Volume(array_kji, ijk_to_ras, warnings)``.
 
-    Raises :class:`VolumeError` for a missing, empty, unreadable or unsupported input, a 2D or 4D image,
+    Raises :class:`VolumeError` for a name that is not valid UTF-8 (ITK's readers would abort the process), a
+    missing, empty, unreadable or unsupported input, voxels over ``max_bytes`` once decompressed (known from the
+    header, before reading them), a DICOM series with missing, duplicate, unevenly spaced or mismatched slices
+    (unless ``allow_irregular_slices``: then ``warnings`` says what is irregular), a 2D or 4D image,
     RGB/vector/complex voxels, zero size, or NaN/infinite values.
     """
     path = Path(path).expanduser()
     try:
-        image = _read_image(path)
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise VolumeError(f"{str(path).encode('utf-8', 'backslashreplace').decode()}: the name is not valid UTF-8; "
+                          "rename the file or folder") from None
+    try:
+        read, warnings = _prepare(path, max_bytes, allow_irregular_slices)
+        image = read()
     except RuntimeError as error:  # SimpleITK/ITK reader failures
         raise VolumeError(f"{path}: could not be read as a volume ({_itk_reason(error)}); check that the file is "
                           f"complete and in a supported format ({', '.join(FILE_SUFFIXES)} or a DICOM "
@@ -125,7 +164,7 @@ def read_volume(path) -> Volume:
     _check_image(image, path)
     array = sitk.GetArrayFromImage(image)
     _check_values(array, path)
-    return Volume(array, ijk_to_ras_matrix(image))
+    return Volume(array, ijk_to_ras_matrix(image), warnings)
 
 
 def choose_slice_axis(ijk_to_ras, anatomical: str = "axial", shape_kji=None) -> int:

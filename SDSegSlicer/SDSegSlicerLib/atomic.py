@@ -7,6 +7,8 @@ import os
 import uuid
 from pathlib import Path
 
+PARTIAL_PREFIX = ".partial-"  # temporary files: removed on failure, and by a batch's resume after a kill
+
 
 @contextlib.contextmanager
 def atomic_output(path):
@@ -15,7 +17,7 @@ def atomic_output(path):
     in one step; when it fails the temporary file is removed: never half a file, never a good file replaced by a
     broken one."""
     path = Path(path)
-    temporary = path.with_name(f".partial-{uuid.uuid4().hex[:8]}-{path.name}")
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield temporary
         os.replace(temporary, path)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import PARTIAL_PREFIX
 from .outputs import SEGMENTATION_SUFFIX
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -104,11 +105,26 @@ def summary_path(out: Path, task: Task) -> Path:
     return out / f"{task.id}_summary.json"
 
 
-def is_done(out: Path, task: Task) -> bool:
+def read_summary(out: Path, task: Task, since: float | None = None) -> dict | None:
+    """The volume's own summary (written last of its outputs), or None; with ``since``: only one written after
+    that time (this run's, not one an earlier run left)."""
+    path = summary_path(out, task)
     try:
-        return json.loads(summary_path(out, task).read_text(encoding="utf-8")).get("state") == "done"
+        if since is not None and path.stat().st_mtime < since - CLOCK_SLACK_S:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def is_done(out: Path, task: Task, since: float | None = None) -> bool:
+    return (read_summary(out, task, since) or {}).get("state") == "done"
+
+
+def remove_partial_files(out: Path) -> None:
+    """Files a `segment` killed while writing left behind (atomic.atomic_output's temporary names)."""
+    for partial in out.glob(PARTIAL_PREFIX + "*"):
+        partial.unlink(missing_ok=True)
 
 
 def segment_arguments(task: Task, out: Path, options: list[str]) -> list[str]:
@@ -136,12 +152,8 @@ def summary_row(out: Path, task: Task, status: str, error: str, seconds: float |
     ``since``, when given: not one left by an earlier run of a volume that failed now)."""
     row = {"id": task.id, "input": task.input, "status": status, "error": error, "lesions": "",
            "lesion_volumes_ml": "", "variance_mean": "", "seconds": "" if seconds is None else round(seconds, 1)}
-    path = summary_path(out, task)
-    try:
-        if since is not None and path.stat().st_mtime < since - CLOCK_SLACK_S:
-            return row
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    summary = read_summary(out, task, since)
+    if summary is None:
         return row
     lesions = summary.get("lesions", [])
     row.update(lesions=len(lesions), lesion_volumes_ml=";".join(f"{lesion['volume_ml']:.3f}" for lesion in lesions),
@@ -160,6 +172,8 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
               ray_address: str | None = None, gpus_per_task: float = 0.0, threads_per_task: int = 1) -> list[dict]:
     """Run every task not done yet (locally, or on Ray), write out/summary.csv, return its rows in input order."""
     out.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out)
+    started = time.time()
     rows = {task.id: summary_row(out, task, "skipped (done before)", "", None) for task in tasks if is_done(out, task)}
     todo = [task for task in tasks if task.id not in rows]
     from tqdm import tqdm  # the command's progress bar; 3D Slicer's Python (which imports this module) has no tqdm
@@ -175,9 +189,10 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
     finally:
         results.close()  # interrupted: the volumes not started are not started, the running ones end
         progress.close()
-        for task in todo:
+        for task in todo:  # interrupted: a volume whose `segment` ended after the interrupt may be done all the same
             if task.id not in rows:
-                rows[task.id] = summary_row(out, task, "not finished (interrupted)", "", None, time.time())
+                status = "done" if is_done(out, task, started) else "not finished (interrupted)"
+                rows[task.id] = summary_row(out, task, status, "", None, started)
         ordered = [rows[task.id] for task in tasks]
         # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has
         with open(out / "summary.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:

@@ -31,7 +31,7 @@ from .outputs import OutputError, check_outputs, output_paths
 from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
 from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
 from .remote_client import TOKEN_ENVIRONMENT_VARIABLE, RemoteWorkerClient
-from .remote_server import DEFAULT_PORT, serve
+from .remote_server import DEFAULT_CONNECTION_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, serve
 from .worker_client import WorkerClient, WorkerError
 
 DEFAULT_MAX_UPLOAD_MB = 2048
@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: automatic)")
+    segment.add_argument("--allow-irregular-slices", action="store_true",
+                         help="segment a DICOM series with missing, duplicate or unevenly spaced slices as if evenly "
+                              "spaced (refused by default; the summary then says what was irregular)")
     add_worker_options(segment)
     add_threads_option(segment)
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -180,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"largest volume upload (default {DEFAULT_MAX_UPLOAD_MB})")
     serve.add_argument("--data-root", help="clients may also name volumes inside this folder of the server")
     add_threads_option(serve)
+    serve.add_argument("--connection-timeout", type=positive_int, default=DEFAULT_CONNECTION_TIMEOUT_S, metavar="S",
+                       help="close a connection idle (nothing sent or read) for S seconds "
+                            f"(default {DEFAULT_CONNECTION_TIMEOUT_S})")
+    serve.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                       help=f"connections open at once; more are refused with 503 (default {DEFAULT_MAX_CONNECTIONS})")
     web = commands.add_parser("web", help="the segmentation workflow in a browser (needs sdseg-slicer[web])")
     web.add_argument("input", nargs="?", help="volume file or DICOM series folder to open (or upload one in the page)")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
@@ -285,7 +293,8 @@ def command_serve(args) -> int:
         print(f"Serving on http://{address[0]}:{address[1]} (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
     try:
-        serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready)
+        serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready,
+              args.connection_timeout, args.max_connections)
     except ValueError as error:  # a public address without a token, a port in use
         raise UsageError(str(error)) from None
     except KeyboardInterrupt as interrupt:
@@ -319,6 +328,7 @@ BATCH_SEGMENT_OPTIONS = [  # passed on to each volume's `segment`
     ("--steps", {"type": positive_int}), ("--seed", {"type": non_negative_int}),
     ("--device", {"choices": DEVICES}), ("--stop-after-empty", {"type": positive_int}),
     ("--max-slices", {"type": positive_int}), ("--server", {"metavar": "URL"}), ("--token", {}), ("--python", {}),
+    ("--allow-irregular-slices", {"action": "store_true", "default": None}),
 ]
 
 
@@ -327,7 +337,7 @@ def command_batch(args) -> int:
     for option, _ in BATCH_SEGMENT_OPTIONS:
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None:
-            options += [option, str(value)]
+            options += [option] if value is True else [option, str(value)]  # True: a flag given
     try:
         tasks = read_inputs(args.inputs, Path(args.out))
         if args.prompts:
@@ -455,7 +465,8 @@ def read_input_voxels(path: str, shape_kji):
 
 
 def write_outputs(run, paths, args) -> dict:
-    """Write every output file; returns the statistics."""
+    """Write every output file, the summary JSON last: it marks the result complete (a batch skips a volume whose
+    summary says done); returns the statistics."""
     from .export import export_segmentation, export_volume
     from .preview import write_preview
     from .stats import segmentation_statistics, write_statistics
@@ -473,12 +484,13 @@ def write_outputs(run, paths, args) -> dict:
         "steps": run.accepted["steps"], "sampler": run.accepted["sampler"], "seed": run.accepted["seed"],
         "roi_ijk": run.accepted["volume"]["roi_ijk"],
         "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
-        "error": run.error_message, "outputs": {key: str(path) for key, path in paths.items()},
+        "error": run.error_message, "warnings": run.accepted.get("warnings", []),
+        "outputs": {key: str(path) for key, path in paths.items()},
     }
-    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
                   read_input_voxels(args.input, volume["shape_kji"]))
+    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
     return statistics
 
 
@@ -511,7 +523,8 @@ def _segment(args, lesions: list[dict], paths: dict) -> int:
         print(WHOLE_VOLUME_WARNING, file=sys.stderr)
     job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,
            "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
-           "roi_ijk": args.roi if lesions or prompt is None else None, "slice_axis": None, "prompt": prompt}
+           "roi_ijk": args.roi if lesions or prompt is None else None, "slice_axis": None, "prompt": prompt,
+           "allow_irregular_slices": args.allow_irregular_slices}
     try:
         client = start_client(args)
     except KeyboardInterrupt as interrupt:
@@ -540,6 +553,8 @@ def report_run(run, paths, args, interrupted: int | None) -> int:
     statistics = write_outputs(run, paths, args)
     for line in lesion_lines(statistics, run.accepted.get("prompt")):
         print(line, file=sys.stderr)
+    for warning in run.accepted.get("warnings", []):
+        print(f"Warning: {warning}", file=sys.stderr)
     written = f"{paths['segmentation']} (+ _variance.nrrd, _summary.json, _summary.csv, _preview.png)"
     if run.state == "done":
         print(f"Done: {done} slices in {format_duration(run.elapsed_s)}. Wrote {written}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import hmac
 import http.server
 import ipaddress
@@ -22,19 +23,24 @@ import json
 import logging
 import queue
 import shutil
+import socket
 import socketserver
 import sys
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 from .temp_folders import owned_temp_folder
 from .worker_client import TERMINAL_MESSAGES, WorkerClient, WorkerError
 
 DEFAULT_PORT = 8765
-MAX_JOB_HEADER_BYTES = 64 * 1024
+MAX_JOB_HEADER_BYTES = 32 * 1024  # below http.server's 64 KiB limit on a header line (over it: 431)
+DEFAULT_CONNECTION_TIMEOUT_S = 60  # a connection that sends or takes nothing for this long is closed
+DEFAULT_MAX_CONNECTIONS = 32  # open at once; one more is answered 503 and closed
+DRAIN_S = 2.0  # after a refusal, the rest of the request is read and dropped for at most this long, then closed
 UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".zip")  # one file each: no header naming another file
 POLL_S = 0.2
 UPLOADS_FOLDER_PREFIX = "sdseg-uploads-"
@@ -152,11 +158,12 @@ class Dispatcher:
             self._restart_worker()
 
     def _restart_worker(self) -> None:
+        """A new worker, in place once it has said hello: requests meanwhile see the last one's hello (models)."""
         log.warning("restarting the worker")
         self.worker.stop()
-        python = self.worker.python_executable
-        self.worker = WorkerClient(python_executable=python)
-        self.worker.start()
+        worker = WorkerClient(python_executable=self.worker.python_executable)
+        worker.start()
+        self.worker = worker
 
     def _route(self, message: dict) -> None:
         job = self.jobs.get(message.get("job_id"))
@@ -184,15 +191,57 @@ class Dispatcher:
         shutil.rmtree(job.folder, ignore_errors=True)
 
 
+def host_name(host_header: str) -> str:
+    """The host name of a Host header ('127.0.0.1:8765' -> '127.0.0.1', '[::1]:80' -> '::1'; malformed: '')."""
+    try:
+        return urlsplit("//" + host_header).hostname or ""
+    except ValueError:  # e.g. an unclosed '[' of an IPv6 address
+        return ""
+
+
+def json_response(status: int, body: dict, close: bool) -> tuple[bytes, list[tuple[str, str]]]:
+    """(body bytes, headers) of a JSON answer; ``close``: the server closes the connection after it."""
+    data = (json.dumps(body) + "\n").encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    return data, headers + ([("Connection", "close")] if close else [])
+
+
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """One thread per connection, at most ``max_connections`` at once; each closed after ``connection_timeout``
+    seconds without a byte in either direction."""
+
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address, dispatcher: Dispatcher, token: str | None, max_upload_bytes: int,
-                 data_root: Path | None, uploads: Path):
+                 data_root: Path | None, uploads: Path, connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT_S,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
         super().__init__(address, Handler)
         self.dispatcher, self.token, self.max_upload_bytes = dispatcher, token, max_upload_bytes
         self.data_root, self.uploads = data_root, uploads
+        self.connection_timeout, self.max_connections = connection_timeout, max_connections
+        self.connection_slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        """A connection over ``max_connections`` is answered 503 at once and closed (this runs in the accepting
+        thread: the answer is one small send)."""
+        if not self.connection_slots.acquire(blocking=False):
+            log.warning("%s: refused, %d connections open already", client_address[0], self.max_connections)
+            data, headers = json_response(503, {"error": f"the server has {self.max_connections} connections open "
+                                                         "already; try again later"}, close=True)
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+            with contextlib.suppress(OSError):
+                request.settimeout(DRAIN_S)
+                request.sendall(f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode() + data)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
 
     def handle_error(self, request, client_address):
         """One log line per failed request (a client that closed its connection is routine), no traceback."""
@@ -207,33 +256,63 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        self.timeout = self.server.connection_timeout  # every read and write of the connection (idle, slow)
+        super().setup()
+
     def log_message(self, format, *args):  # the access log goes to the logger, not stderr
         log.info("%s %s", self.address_string(), format % args)
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
     def _authorised(self) -> None:
+        """The token when there is one; without one (loopback only), a Host header naming this machine: a web page
+        of another site that points its own host name at 127.0.0.1 (DNS rebinding) is refused."""
         token = self.server.token
         if token is None:
+            host = self.headers.get("Host")
+            if host is not None and not is_loopback(host_name(host)):
+                raise RequestError(403, f"Host {host!r} is not a loopback name: this server (no token) answers "
+                                        "requests to 127.0.0.1, ::1 or localhost only")
             return
         given = self.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise RequestError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
 
-    def _reply(self, status: int, body: dict) -> None:
-        data = (json.dumps(body) + "\n").encode()
+    def _reply(self, status: int, body: dict, close: bool = False) -> None:
+        data, headers = json_response(status, body, close)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``{error}`` and close the connection: the rest of the refused request (a body not read) must
+        never be taken for the next request. It is read and dropped for at most DRAIN_S first, so that the client,
+        still sending, gets the answer instead of a reset connection."""
+        self.close_connection = True
+        self._reply(status, {"error": message}, close=True)
+        deadline = time.monotonic() + DRAIN_S
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            while time.monotonic() < deadline:
+                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
+                if not self.rfile.read1(1 << 16):
+                    break
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a header line over 64 KiB, more than 100 headers, a malformed request line,
+        an unknown method) as one-line JSON too."""
+        self._refuse(code, message or self.responses.get(code, ("error",))[0])
 
     def _handle(self, method) -> None:
         try:
             self._authorised()
             method()
         except RequestError as error:
-            self._reply(error.status, {"error": str(error)})
+            self._refuse(error.status, str(error))
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -285,10 +364,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise RequestError(400, f"X-SDSeg-Job is over {MAX_JOB_HEADER_BYTES} bytes")
         try:
             fields = json.loads(header or "{}")
-        except ValueError:
-            raise RequestError(400, "X-SDSeg-Job is not JSON: send the job's fields as one JSON object") from None
+        except (ValueError, RecursionError):
+            raise RequestError(400, "X-SDSeg-Job is not JSON (or is nested too deeply): send the job's fields as one "
+                                    "flat JSON object") from None
         if not isinstance(fields, dict):
             raise RequestError(400, "X-SDSeg-Job must be a JSON object")
+        models = [model["name"] for model in self.server.dispatcher.worker.hello["models"]]
+        if fields.get("model") is not None and fields["model"] not in models:  # never a folder of the server
+            raise RequestError(400, f"model {str(fields['model'])[:100]!r} is not one of this server's models: "
+                                    f"{', '.join(models) or 'none installed'}")
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -301,12 +385,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         folder = Path(self.server.uploads) / uuid.uuid4().hex[:12]
         folder.mkdir()
         try:
-            volume = self._volume(fields.pop("server_volume", None), length, folder)
+            server_volume = fields.pop("server_volume", None)
+            volume = self._volume(server_volume, length, folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         request = {**fields, "type": "segment", "volume": str(volume)}
         request.pop("job_dir", None)
+        request.pop("max_volume_bytes", None)
+        if server_volume is None:  # an upload: its voxels too, decompressed, within the upload limit
+            request["max_volume_bytes"] = self.server.max_upload_bytes
         return Job(client, request, folder)
 
     def _volume(self, server_volume, length: int, folder: Path) -> Path:
@@ -319,6 +407,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise RequestError(400, f"server_volume {server_volume!r} is outside the server's data root")
             return path
         name = Path(unquote(self.headers.get("X-SDSeg-Volume-Name", ""))).name
+        if "\x00" in name:
+            raise RequestError(400, "X-SDSeg-Volume-Name holds a NUL character; send the file's own name")
         if not name.lower().endswith(UPLOAD_SUFFIXES) or length == 0:
             raise RequestError(400, "upload the volume in the body with its file name in X-SDSeg-Volume-Name "
                                     f"(one of {', '.join(UPLOAD_SUFFIXES)}; a DICOM folder as a .zip)")
@@ -383,7 +473,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def serve(host: str, port: int, token: str | None, python: str | None, max_upload_bytes: int,
-          data_root: Path | None, on_ready=None) -> None:
+          data_root: Path | None, on_ready=None, connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT_S,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Run the server until interrupted (KeyboardInterrupt): start the worker, then answer requests."""
     check_binding(host, token)
     worker = WorkerClient(python_executable=python)
@@ -395,7 +486,7 @@ def serve(host: str, port: int, token: str | None, python: str | None, max_uploa
     try:
         try:
             server = Server((host, port), dispatcher, token, max_upload_bytes,
-                            data_root.resolve() if data_root else None, uploads)
+                            data_root.resolve() if data_root else None, uploads, connection_timeout, max_connections)
         except OSError as error:
             raise ValueError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or "
                              "--host") from None

@@ -311,12 +311,12 @@ def rounded(value):
 
 
 def write_statistics(statistics: dict, json_path, csv_path, extra: dict | None = None) -> None:
-    """The statistics (plus `extra` run information) as JSON, and the per-segment table as CSV, numbers rounded
-    (rounded())."""
-    with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(rounded({**(extra or {}), **statistics}), stream, indent=2)
+    """The per-segment table as CSV, then the statistics (plus `extra` run information) as JSON, numbers rounded
+    (rounded()): the JSON last, so that it exists only once both are written."""
     header, rows = statistics_table(statistics)
     with atomic_output(csv_path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
         writer.writerows(rounded(rows))
+    with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        json.dump(rounded({**(extra or {}), **statistics}), stream, indent=2)

@@ -15,6 +15,7 @@ import time
 from sdseg.threads import configure_openmp
 
 PARENT_POLL_S = 1.0
+GONE_GRACE_S = 1.0  # a client gone: time for the job to stop between forward passes before the process just exits
 
 
 def main() -> int:
@@ -46,10 +47,14 @@ def main() -> int:
 
 def watch_parent(worker, parent: int) -> None:
     """A client killed outright (SIGKILL) may leave the worker's stdin open (another process inherited the pipe):
-    when the parent process is gone (the worker is re-parented), stop as at the end of input."""
+    when the parent process is gone (the worker is re-parented), stop as at the end of input; a forward pass that
+    does not end within GONE_GRACE_S (one may take minutes) is abandoned: nobody is left to receive its result."""
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
     worker.client_gone(f"the client process {parent} is gone")
+    time.sleep(GONE_GRACE_S)
+    logging.getLogger("sdseg.worker").warning("a forward pass is still running for nobody: exiting now")
+    exit_now(0)
 
 
 def exit_now(code: int) -> None:

@@ -25,7 +25,8 @@ DEVICES = ("auto", "cuda", "cpu")
 MAX_SAMPLES = 256
 MAX_LESIONS = 64
 SEGMENT_DEFAULTS = {"model": None, "samples": 8, "steps": None, "seed": 0, "device": "auto", "batch_size": None,
-                    "roi_ijk": None, "slice_axis": None, "prompt": None}
+                    "roi_ijk": None, "slice_axis": None, "prompt": None, "allow_irregular_slices": False,
+                    "max_volume_bytes": None}
 PROMPT_DEFAULTS = {"stop_after_empty": 2, "max_slices": None}
 # A lesion is given by a point in voxel coordinates (continuous IJK), a point in mm (RAS, converted by the worker
 # with the volume's geometry), or a box of voxel indices [i0, j0, k0, i1, j1, k1] (end exclusive).
@@ -56,13 +57,14 @@ def hello(torch_version: str, cuda: str | None, device: str, gpu_name: str | Non
 
 
 def accepted(job_id: str, shape_kji, ijk_to_ras, slice_axis: int, roi_ijk, model: str, device: str,
-             total: int, prompt: dict | None, parameters: dict) -> dict:
+             total: int, prompt: dict | None, parameters: dict, warnings=()) -> dict:
     """``total``: the slices of the job; with a ``prompt``, the most slices the propagation may visit.
-    ``parameters``: what the job runs with, defaults resolved (samples, steps, seed, sampler)."""
+    ``parameters``: what the job runs with, defaults resolved (samples, steps, seed, sampler). ``warnings``: what
+    the user must be told about the input (an irregular DICOM series segmented anyway)."""
     volume = {"shape_kji": [int(n) for n in shape_kji], "ijk_to_ras": [[float(v) for v in row] for row in ijk_to_ras],
               "slice_axis": int(slice_axis), "roi_ijk": [int(v) for v in roi_ijk]}
     return {"type": "accepted", "job_id": job_id, "volume": volume, "model": model, "device": device,
-            "total": int(total), "prompt": prompt, **parameters}
+            "total": int(total), "prompt": prompt, "warnings": [str(w) for w in warnings], **parameters}
 
 
 SAMPLES_ARE = {True: "3D hypotheses (sample n of a slice is conditioned on sample n of the slice before it)",
@@ -139,6 +141,9 @@ def _segment(request: dict) -> dict:
     _integer(job, "seed", 0, 2 ** 63 - 1)
     _integer(job, "batch_size", 1, nullable=True)
     _integer(job, "slice_axis", 0, 2, nullable=True)
+    _integer(job, "max_volume_bytes", 1, nullable=True)
+    if not isinstance(job["allow_irregular_slices"], bool):
+        raise ProtocolError("'allow_irregular_slices' must be true or false", job_id=job_id)
     if job["device"] not in DEVICES:
         raise ProtocolError(f"'device' must be one of {', '.join(DEVICES)}, got {job['device']!r}", job_id=job_id)
     roi = job["roi_ijk"]
@@ -195,6 +200,8 @@ def parse_request(line: str) -> dict:
         request = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ProtocolError(f"not a JSON object: {err}; send one JSON object per line") from err
+    except RecursionError:
+        raise ProtocolError("JSON nested too deeply; send one flat JSON object per line") from None
     if not isinstance(request, dict):
         raise ProtocolError("a request must be a JSON object with a 'type'")
     kind = request.get("type")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sdseg import checkpoint, inference, propagation, registry
-from sdseg.device import DeviceUnavailable, resolve_device
+from sdseg.device import DeviceUnavailable, free_memory_bytes, resolve_device
 from sdseg.volume_io import VolumeError, check_roi, choose_slice_axis, read_volume
 from sdseg.prompt_maps import takes_previous_masks
 from sdseg.worker import protocol
@@ -61,6 +61,14 @@ def _out_of_memory_message(device: torch.device, job: dict) -> str:
     return (f"Out of memory on {device.type} even with one image per forward pass ({job['samples']} samples "
             "requested). Use fewer samples, a smaller batch size, a smaller ROI or model, close other programs "
             "using the GPU, or choose device 'cpu'.")
+
+
+def _check_steps(model, name: str, job: dict) -> None:
+    """A discrete-time model samples at most its training timesteps (continuous-time models take any number)."""
+    most = getattr(model, "num_train_timesteps", None)
+    if job["steps"] is not None and most is not None and job["steps"] > most:
+        raise JobError(protocol.BAD_REQUEST, f"'steps' {job['steps']} is more than model {name} was trained with "
+                                             f"({most} timesteps); give steps from 1 to {most}")
 
 
 class JobProgress:
@@ -182,6 +190,7 @@ class Worker:
                 return
             folder, device, volume, roi, slice_axis, prompts = self._prepare(job)
             model, model_cached = self._model_for(folder, device, job)
+            _check_steps(model, folder.name, job)
             total = (propagation.slices_at_most(prompts, volume.array_kji.shape, slice_axis, roi,
                                                 job["prompt"]["max_slices"]) if prompts
                      else roi[slice_axis + 3] - roi[slice_axis])
@@ -247,8 +256,11 @@ class Worker:
             device = resolve_device(job["device"])
         except DeviceUnavailable as error:
             raise JobError(protocol.DEVICE_UNAVAILABLE, str(error)) from None
-        try:
-            volume = read_volume(job["volume"])
+        try:  # at most what the job allows (a server's upload limit) and the memory available, known from headers
+            limit = free_memory_bytes(torch.device("cpu"))
+            if job["max_volume_bytes"] is not None:
+                limit = min(limit, job["max_volume_bytes"])
+            volume = read_volume(job["volume"], limit, job["allow_irregular_slices"])
         except VolumeError as error:
             raise JobError(protocol.BAD_VOLUME, str(error)) from error
         shape = volume.array_kji.shape
@@ -296,7 +308,8 @@ class Worker:
                                     {"samples": job["samples"], "steps": steps, "seed": job["seed"],
                                      "sampler": model.config.get("sampler"),
                                      "samples_are": protocol.samples_are(
-                                         bool(prompts) and takes_previous_masks(model.config))}))
+                                         bool(prompts) and takes_previous_masks(model.config))},
+                                    volume.warnings))
         stopped = False
 
         def should_stop() -> bool:
