@@ -119,6 +119,17 @@ positive_int = int_from(1)
 non_negative_int = int_from(0)
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number > 0")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -148,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop going outward after K slices in a row without lesion "
                               f"(default {DEFAULT_STOP_AFTER_EMPTY})")
     prompts.add_argument("--max-slices", type=positive_int, metavar="N", help="at most N slices per lesion")
+    prompts.add_argument("--scale", type=positive_float, metavar="S",
+                         help="crop scale of --point lesions, x the model's crop (default: searched on the clicked "
+                              "slice among 0.5, 1, 2, 4; force it when the click finds nothing or too little)")
     prompts.add_argument("--whole-volume", action="store_true",
                          help="no prompt: segment every slice of the volume (or of the --roi), as one region")
     segment.add_argument("--model", help="model name or folder (default: the default model)")
@@ -443,6 +457,9 @@ def read_input_voxels(path: str, shape_kji):
     return array if array.shape == tuple(shape_kji) else None
 
 
+WORKER_LESION_FIELDS = ("scale", "scale_source", "scale_score", "scales_tried", "stops")
+
+
 def write_outputs(run, paths, args) -> dict:
     """Write every output file; returns the statistics."""
     export_segmentation(run.segmentation_node, paths["segmentation"])
@@ -460,6 +477,9 @@ def write_outputs(run, paths, args) -> dict:
         "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
         "error": run.error_message, "outputs": {key: str(path) for key, path in paths.items()},
     }
+    if run.result and run.result["summary"].get("lesions"):  # the worker's scale and stops, per lesion
+        for lesion, worker_lesion in zip(statistics["lesions"], run.result["summary"]["lesions"]):
+            lesion.update({key: worker_lesion[key] for key in WORKER_LESION_FIELDS if key in worker_lesion})
     write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
@@ -493,7 +513,7 @@ def _segment(args, lesions: list[dict], paths: dict) -> int:
     ensure_converter_rules()
     scene = slicer.vtkMRMLScene()
     box = [{"box_ijk": args.roi}] if args.roi and not lesions and not args.whole_volume else []
-    prompt = prompt_request(lesions or box, args.stop_after_empty, args.max_slices)
+    prompt = prompt_request(lesions or box, args.stop_after_empty, args.max_slices, args.scale)
     if prompt is None:
         print(WHOLE_VOLUME_WARNING, file=sys.stderr)
     job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,
