@@ -121,9 +121,11 @@ def test_rule_parameters_come_from_the_model_config():
     assert ScaleRule.of_config({"propagation": {"scale_rule": {"target_fill": 0.7}}}).target_fill == 0.7
     with pytest.raises(ValueError, match="unknown scale_rule key"):
         ScaleRule.of_config({"propagation": {"scale_rule": {"fill": 0.7}}})
-    # a target fill of 0.7 prefers the 2x crop (fill 0.78) to the 4x one (0.39) for the disc 25 voxels across
+    # the disc 25 voxels across fills the 2x crop to 0.78, the 4x one to 0.39: the default max_fill (0.6) leaves
+    # 4x; a max_fill of 0.83 and a target fill of 0.7 take 2x
     array, _ = disc_volume([0, 0, 8, 10, 12, 12, 12, 10, 8, 0, 0, 0])
-    _, _, reports = run(bright_model(propagation={"scale_rule": {"target_fill": 0.7}}), array, CLICK, max_slices=1)
+    rule = {"target_fill": 0.7, "max_fill": 0.83}
+    _, _, reports = run(bright_model(propagation={"scale_rule": rule}), array, CLICK, max_slices=1)
     assert reports[0].scale == 2.0 and reports[-1].stops == {"forward": "max_slices", "backward": "max_slices"}
 
 

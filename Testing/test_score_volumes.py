@@ -45,7 +45,7 @@ def test_score_volumes_scores_each_case_and_modality(tmp_path, worker_env):
 
 def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_path, worker_env):
     """A disc larger than the threshold model's 16-voxel crop and a tiny one: at 1x the first is cut by its crop
-    (the slice is cut again larger, as the propagation does); the best rule finds both."""
+    (the slice is cut again larger, as the propagation does); the best rule finds both and nothing 30 mm away."""
     folder = tmp_path / "validation"
     folder.mkdir()
     j, i = np.mgrid[0:80, 0:80]
@@ -61,9 +61,11 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
                             env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     rule = json.loads(out.read_text())["scale_rule"]
-    assert set(rule) == {"min_presence", "target_fill", "score_tolerance"}
+    assert set(rule) == {"min_presence", "target_fill", "score_tolerance", "min_score", "max_fill"}
     summary = next(line for line in result.stdout.splitlines() if line.startswith("2 case(s)"))
-    always_one, oracle = (float(summary.split(word)[1].split()[0].strip(",")) for word in ("always 1x", "possible"))
-    best = float(result.stdout.split("default rule")[1].splitlines()[1].split()[0])
-    assert 0 < always_one <= oracle and 0.8 < best <= oracle
-    assert "large_CT" in result.stdout and "1x: Dice" in result.stdout and " border" in result.stdout
+    always_one, oracle = (float(summary.split(word)[1].split()[0].strip(",;")) for word in ("always 1x", "possible"))
+    best = result.stdout.split("best rules:")[1].splitlines()[1]  # "objective (lesion Dice, healthy empty) rule"
+    lesion_dice, empty = best.split("(")[1].split(")")[0].split(", ")
+    assert 0 < always_one <= oracle and 0.8 < float(lesion_dice) <= oracle and empty == "100%"
+    assert "large_CT lesion 0.5x: Dice" in result.stdout and " border" in result.stdout
+    assert "large_CT healthy" in result.stdout

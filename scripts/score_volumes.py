@@ -10,8 +10,8 @@ Per case, three prompts, each a worker job:
 
 - ``click``: a point at the centre of the lesion's largest slice (sdseg.evaluation.prompt_point);
 - ``box``: the lesion's bounding box, each side moved out by 10 % of its extent (at least 1 voxel), in the volume;
-- ``healthy``: a point outside the lesion 30-40 mm from that centre on the same slice (the first of 8 directions
-  that lands in the volume and off the label; none: skipped): its result should be empty.
+- ``healthy``: a point outside the lesion 30-40 mm from that centre on the same slice
+  (sdseg.volume_scores.healthy_point; none: skipped): its result should be empty.
 
 Columns (sdseg.volume_scores.prompt_scores): Dice of the 3D consensus, volume error (%), false-positive ml on the
 slices without lesion, samples' Dice vs the label (min-max), GED, variance mass (ml) in the 3-voxel band around the
@@ -38,10 +38,9 @@ from SDSegSlicerLib.worker_client import WorkerClient
 from sdseg.evaluation import prompt_point
 from sdseg.metrics import dice
 from sdseg.volume_io import choose_slice_axis, read_volume
-from sdseg.volume_scores import folder_cases, modality, off_lesion_slices, prompt_scores
+from sdseg.volume_scores import folder_cases, healthy_point, modality, off_lesion_slices, prompt_scores
 
 BOX_MARGIN = 0.1
-HEALTHY_MM = (30.0, 35.0, 40.0)
 JOB_TIMEOUT_S = 3600.0
 THRESHOLD_STD = 2.0
 
@@ -54,21 +53,6 @@ def lesion_box(truth: np.ndarray) -> list[int]:
         margin = max(1, math.ceil(BOX_MARGIN * (present[-1] - present[0] + 1)))
         box.append((max(0, present[0] - margin), min(truth.shape[kji_axis], present[-1] + 1 + margin)))
     return [int(low) for low, _ in box] + [int(high) for _, high in box]
-
-
-def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int):
-    """A point on the centre's slice, off the label, HEALTHY_MM from the centre (module docstring); None if none."""
-    spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
-    plane = [a for a in range(3) if a != slice_axis]
-    for distance in HEALTHY_MM:
-        for angle in np.arange(8) * np.pi / 4:
-            point = list(centre_ijk)
-            point[plane[0]] += distance * math.cos(angle) / spacing[plane[0]]
-            point[plane[1]] += distance * math.sin(angle) / spacing[plane[1]]
-            index = [int(round(v)) for v in point]
-            if all(0 <= index[a] < truth.shape[2 - a] for a in range(3)) and not truth[index[2], index[1], index[0]]:
-                return [round(v, 2) for v in point]
-    return None
 
 
 def run_job(client: WorkerClient, job: dict, shape_kji) -> dict:

@@ -10,14 +10,15 @@ The clicked slice is sampled at every scale of :data:`DEFAULT_SCALES` (crops of 
 
 and the rule (:func:`choose_scale`, parameters :class:`ScaleRule`) is:
 
-1. eligible scales: presence >= ``min_presence`` and the consensus does not touch an edge of the crop that has more
-   volume (ROI) beyond it (a lesion cut by its crop: the model never saw one);
-2. among them the highest score; scores within ``score_tolerance`` of it count as equal, and of those the scale whose
-   consensus fills its crop closest to ``target_fill`` (fill = the consensus' largest extent / the crop's side on
-   that axis; compared as |log(fill / target_fill)|) wins;
-3. no eligible scale, but some scale's consensus touches its crop's edge with presence >= ``min_presence``: the
-   largest such scale (the propagation then cuts that slice again larger until the lesion fits);
-4. nothing found at any scale: the recipe's scale (1), whose empty result is delivered.
+1. found: presence >= ``min_presence`` and score >= ``min_score``;
+2. eligible: found, the consensus does not touch an edge of the crop that has more volume (ROI) beyond it (a lesion
+   cut by its crop: the model never saw one), and fill <= ``max_fill`` (fill = the consensus' largest extent / the
+   crop's side on that axis: a model painting most of its crop is not outlining a lesion);
+3. among the eligible scales the highest score; scores within ``score_tolerance`` of it count as equal, and of those
+   the scale whose fill is closest to ``target_fill`` (compared as |log(fill / target_fill)|) wins;
+4. no eligible scale, but some found one touches its crop's edge: the largest such scale (the propagation then cuts
+   that slice again larger until the lesion fits);
+5. otherwise the recipe's scale (1), whose result is delivered as the model gives it (often empty).
 
 The rule's parameters are config values: a model's ``config["propagation"]["scale_rule"]`` overrides the defaults
 (``scripts/tune_scale_rule.py`` picks them on validation volumes).
@@ -41,6 +42,8 @@ class ScaleRule:
     min_presence: float = 0.5
     target_fill: float = 0.35  # sdseg-small's training lesions fill about a third of their 96-voxel crops
     score_tolerance: float = 0.05
+    min_score: float = 0.6
+    max_fill: float = 0.6
 
     @classmethod
     def of_config(cls, config: dict) -> "ScaleRule":
@@ -90,10 +93,12 @@ def candidate(scale: float, picked: np.ndarray, consensus: np.ndarray, touches_b
 
 def choose_scale(candidates: list[ScaleCandidate], rule: ScaleRule) -> int | None:
     """Index of the scale the rule picks (module docstring), or None when no scale shows the lesion."""
-    present = [n for n, c in enumerate(candidates) if c.presence >= rule.min_presence and c.fill > 0]
-    eligible = [n for n in present if not candidates[n].touches_border]
+    present = [n for n, c in enumerate(candidates)
+               if c.presence >= rule.min_presence and c.score >= rule.min_score and c.fill > 0]
+    eligible = [n for n in present if not candidates[n].touches_border and candidates[n].fill <= rule.max_fill]
     if not eligible:
-        return max(present, key=lambda n: candidates[n].scale) if present else None
+        touching = [n for n in present if candidates[n].touches_border]
+        return max(touching, key=lambda n: candidates[n].scale) if touching else None
     best = max(candidates[n].score for n in eligible)
     tied = [n for n in eligible if candidates[n].score >= best - rule.score_tolerance]
     return min(tied, key=lambda n: abs(math.log(candidates[n].fill / rule.target_fill)))

@@ -129,6 +129,26 @@ def modality(name: str) -> str:
     return next((m for m in MODALITIES if m.lower() in name.lower()), "other")
 
 
+HEALTHY_MM = (30.0, 35.0, 40.0)
+
+
+def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) -> list[float] | None:
+    """Where a user clicks healthy tissue near a lesion: a point on the slice of ``centre_ijk`` (IJK), off the label
+    ``truth`` (K, J, I) and inside the volume, 30, else 35, else 40 mm from the centre (the first of 8 directions, 45
+    degrees apart, that fits); None when none does."""
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+    plane = [a for a in range(3) if a != slice_axis]
+    for distance in HEALTHY_MM:
+        for angle in np.arange(8) * np.pi / 4:
+            point = list(centre_ijk)
+            point[plane[0]] += distance * np.cos(angle) / spacing[plane[0]]
+            point[plane[1]] += distance * np.sin(angle) / spacing[plane[1]]
+            index = [int(round(v)) for v in point]
+            if all(0 <= index[a] < truth.shape[2 - a] for a in range(3)) and not truth[index[2], index[1], index[0]]:
+                return [round(float(v), 2) for v in point]
+    return None
+
+
 def labelled_cases(name: str, path: Path, patients=None) -> list[tuple[str, Volume, np.ndarray]]:
     """(patient, volume, truth) of each case with a lesion of the labelled data source ``name`` read from ``path``
     (only ``patients`` when given): the union of its raters' masks is the truth. Raises SourceError."""
