@@ -84,7 +84,7 @@ def objective(lesions, healthy, rule: ScaleRule) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="validation volumes <name>.<ext> with labels <name>_label.<ext>")
-    parser.add_argument("--model", help="model name or folder (default: the default model)")
+    parser.add_argument("--model", default=registry.DEFAULT_MODEL, help="model name or folder (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the best rule here as JSON")
