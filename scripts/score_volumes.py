@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deterministic", metavar="NAME", help="also run this model (1 sample) on the same clicks")
     parser.add_argument("--json", type=Path, help="also write every row to this JSON file")
     args = parser.parse_args(argv)
-    cases = folder_cases(args.folder)
-    if not cases:
-        print(f"score_volumes: error: no <name>.<ext> + <name>_label.<ext> pairs in {args.folder}", file=sys.stderr)
-        return 2
+    try:
+        cases = folder_cases(args.folder)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
     client = WorkerClient(python_executable=sys.executable)
     rows = []
     try:

@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import math
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -89,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the best rule here as JSON")
     args = parser.parse_args(argv)
-    found = folder_cases(args.folder)
-    if not found:
-        print(f"tune_scale_rule: error: no <name>.<ext> + <name>_label.<ext> pairs in {args.folder}", file=sys.stderr)
-        return 2
+    try:
+        found = folder_cases(args.folder)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
     model = load_model(registry.resolve_model(args.model))
     lesions, healthy = [], []
     for name, volume_path, label_path in found:

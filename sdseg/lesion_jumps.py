@@ -16,10 +16,12 @@ holds. The propagation then keeps that slice's samples inside dilate(P, r) only 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from sdseg.rule_config import rule_of_config
 
 
 @dataclass(frozen=True)
@@ -34,14 +36,8 @@ class JumpRule:
 
     @classmethod
     def of_config(cls, config: dict) -> "JumpRule":
-        """The defaults, overridden by the model's ``config["propagation"]["jump_rule"]``; ValueError for an
-        unknown key."""
-        given = dict((config.get("propagation") or {}).get("jump_rule") or {})
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise ValueError(f"unknown jump_rule key(s) {unknown}; known: {sorted(known)}")
-        return cls(**{key: float(value) for key, value in given.items()})
+        """The defaults, overridden by the model's ``config["propagation"]["jump_rule"]`` (sdseg.rule_config)."""
+        return rule_of_config(cls, config, "jump_rule")
 
 
 def _diameter(area: int) -> float:

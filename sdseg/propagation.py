@@ -464,7 +464,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
         ranges = [lesion.intensity_range(array_kji, ijk_to_ras, crop, config["preprocessing"])
                   for _, crop in first_crops]
         plan = [(None, lesion.start, crop, scale_of) for scale_of, crop in first_crops]  # one forward pass
-        searching = True
+        searching, lesion_range = True, None  # the chosen scale's (lo, hi), once searched
         while plan:
             if should_stop is not None and should_stop():
                 return

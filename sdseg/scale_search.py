@@ -27,11 +27,12 @@ The rule's parameters are config values: a model's ``config["propagation"]["scal
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from sdseg.metrics import dice
+from sdseg.rule_config import rule_of_config
 
 DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)  # x the model's in_plane_voxels
 
@@ -51,14 +52,8 @@ class ScaleRule:
 
     @classmethod
     def of_config(cls, config: dict) -> "ScaleRule":
-        """The defaults, overridden by the model's ``config["propagation"]["scale_rule"]``; ValueError for an
-        unknown key."""
-        given = dict((config.get("propagation") or {}).get("scale_rule") or {})
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise ValueError(f"unknown scale_rule key(s) {unknown}; known: {sorted(known)}")
-        return cls(**{key: float(value) for key, value in given.items()})
+        """The defaults, overridden by the model's ``config["propagation"]["scale_rule"]`` (sdseg.rule_config)."""
+        return rule_of_config(cls, config, "scale_rule")
 
 
 @dataclass(frozen=True)

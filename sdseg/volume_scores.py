@@ -114,14 +114,17 @@ MODALITIES = ("PET", "CT", "MR")
 
 def folder_cases(folder: Path) -> list[tuple[str, Path, Path]]:
     """(name, volume, label) of each volume ``<name>.<ext>`` of ``folder`` that has a label ``<name>_label.<ext>``
-    (any of :data:`VOLUME_EXTENSIONS`), in name order."""
+    (any of :data:`VOLUME_EXTENSIONS`), in name order; ValueError when there is none."""
     files = {}
     for path in sorted(Path(folder).iterdir()):
         extension = next((e for e in VOLUME_EXTENSIONS if path.name.endswith(e)), None)
         if extension is not None:
             files[path.name[:-len(extension)]] = path
-    return [(name, path, files[name + "_label"]) for name, path in files.items()
-            if not name.endswith("_label") and name + "_label" in files]
+    cases = [(name, path, files[name + "_label"]) for name, path in files.items()
+             if not name.endswith("_label") and name + "_label" in files]
+    if not cases:
+        raise ValueError(f"no <name>.<ext> + <name>_label.<ext> pairs in {folder}")
+    return cases
 
 
 def modality(name: str) -> str:
