@@ -56,8 +56,8 @@ def lesion_box(truth: np.ndarray) -> list[int]:
 
 
 def run_job(client: WorkerClient, job: dict, shape_kji) -> dict:
-    """Run one worker job; its consensus (K, J, I), samples (N, K, J, I), seconds to the first slice and in all
-    (from `accepted`), and the `done` summary's lesion."""
+    """Run one worker job; its model (as the worker names it), consensus (K, J, I), samples (N, K, J, I), seconds
+    to the first slice and in all (from `accepted`), and the `done` summary's lesion."""
     job_id = client.submit(job)
     consensus, drawn = np.zeros(shape_kji, bool), None
     accepted_at = first = None
@@ -68,7 +68,7 @@ def run_job(client: WorkerClient, job: dict, shape_kji) -> dict:
                 continue
             kind = message["type"]
             if kind == "accepted":
-                accepted_at = time.monotonic()
+                accepted_at, model = time.monotonic(), message["model"]
                 drawn = np.zeros((message["samples"], *shape_kji), bool)
             elif kind == "slice":
                 first = first or time.monotonic() - accepted_at
@@ -78,7 +78,7 @@ def run_job(client: WorkerClient, job: dict, shape_kji) -> dict:
                     drawn[:, k0:k1, j0:j1, i0:i1] = arrays["samples"].reshape(-1, k1 - k0, j1 - j0, i1 - i0) > 0
             elif kind == "done":
                 client.discard_job(job_id)
-                return {"consensus": consensus, "samples": drawn, "first_s": first,
+                return {"model": model, "consensus": consensus, "samples": drawn, "first_s": first,
                         "seconds": time.monotonic() - accepted_at, "lesion": message["summary"]["lesions"][0]}
             elif kind in ("error", "cancelled"):
                 raise RuntimeError(f"job {job_id}: {message.get('message', kind)}")
@@ -114,7 +114,7 @@ def score_case(client, name: str, volume_path: Path, label_path: Path, args) -> 
             job = {"volume": str(volume_path.resolve()), "model": model, "samples": samples, "seed": args.seed,
                    "device": args.device, "prompt": prompt}
             result = run_job(client, job, volume.array_kji.shape)
-            row = {"case": name, "modality": modality(name), "model": model, "prompt": kind,
+            row = {"case": name, "modality": modality(name), "model": result["model"], "prompt": kind,
                    "first_s": result["first_s"], "seconds": result["seconds"],
                    "scale": result["lesion"].get("scale"), "stops": result["lesion"].get("stops")}
             if kind == "healthy":
