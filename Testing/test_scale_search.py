@@ -121,10 +121,10 @@ def test_rule_parameters_come_from_the_model_config():
     assert ScaleRule.of_config({"propagation": {"scale_rule": {"target_fill": 0.7}}}).target_fill == 0.7
     with pytest.raises(ValueError, match="unknown scale_rule key"):
         ScaleRule.of_config({"propagation": {"scale_rule": {"fill": 0.7}}})
-    # the disc 25 voxels across fills the 2x crop to 0.78, the 4x one to 0.39: the default rule (target fill 0.6)
-    # takes 2x, a target fill of 0.35 4x, a max_fill of 0.7 also 4x
+    # the disc 25 voxels across fills the 2x crop to 0.78, the 4x one to 0.39: the default rule (max_fill 0.45)
+    # takes 4x; a max_fill of 0.83 and a target fill of 0.7 take 2x, a max_fill of 0.83 alone still 4x
     array, _ = disc_volume([0, 0, 8, 10, 12, 12, 12, 10, 8, 0, 0, 0])
-    for rule, scale in (({}, 2.0), ({"target_fill": 0.35}, 4.0), ({"max_fill": 0.7}, 4.0)):
+    for rule, scale in (({}, 4.0), ({"max_fill": 0.83, "target_fill": 0.7}, 2.0), ({"max_fill": 0.83}, 4.0)):
         _, _, reports = run(bright_model(propagation={"scale_rule": rule}), array, CLICK, max_slices=1)
         assert reports[0].scale == scale, rule and reports[-1].stops == {"forward": "max_slices", "backward": "max_slices"}
 
@@ -175,7 +175,7 @@ def test_the_cli_forces_the_scale_and_the_summary_says_it(worker_env, tmp_path):
     array, _ = disc_volume([0, 0, 8, 10, 12, 12, 12, 10, 8, 0, 0, 0])
     volume = write_volume_file(tmp_path / "big.nrrd", array, IJK_TO_RAS)
     summaries = []
-    for options in ([], ["--scale", "4"]):
+    for options in ([], ["--scale", "2"]):
         output = tmp_path / f"big{len(summaries)}.seg.nrrd"
         result = subprocess.run(
             [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
@@ -184,6 +184,6 @@ def test_the_cli_forces_the_scale_and_the_summary_says_it(worker_env, tmp_path):
         assert result.returncode == 0, result.stderr
         summaries.append(json.loads(output.with_name(output.name.replace(".seg.nrrd", "_summary.json")).read_text()))
     searched, forced = (summary["lesions"][0] for summary in summaries)
-    assert searched["scale_source"] == "search" and searched["scale"] == 2.0 and len(searched["scales_tried"]) == 4
+    assert searched["scale_source"] == "search" and searched["scale"] == 4.0 and len(searched["scales_tried"]) == 4
     assert searched["stops"] == {"forward": "empty", "backward": "empty"}
-    assert forced["scale_source"] == "forced" and forced["scale"] == 4.0 and forced["slices"] == 7
+    assert forced["scale_source"] == "forced" and forced["scale"] == 2.0 and forced["slices"] == 7
