@@ -88,6 +88,11 @@ def test_crops_re_scale_as_the_lesion_shrinks_and_a_box_fixes_the_scale():
     side = {r.index: r.box_ijk[3] - r.box_ijk[0] for r in results}
     assert side[5] == reports[0].scale * BRIGHT_MODEL_SIZE and side[1] < side[5] and side[9] < side[5]
     assert dice(found, truth) > 0.85
+    # no scale passes the rule (a min_score above 1): the recipe's scale, and no re-scaling: 16-voxel crops at the
+    # ends (re-scaling to the fill of the 1x crop the prompted slice overflowed would take 8-voxel ones)
+    results, _, reports = run(bright_model(propagation={"scale_rule": {"min_score": 1.1}}), array, CLICK)
+    side = {r.index: r.box_ijk[3] - r.box_ijk[0] for r in results}
+    assert reports[0].scale == 1.0 and side[1] == side[9] == BRIGHT_MODEL_SIZE
     _, _, reports = run(bright_model(), array, Prompt(box_ijk=(30, 30, 3, 67, 67, 8)))
     assert reports[0].scale_source == "box" and reports[0].scales_tried == []
 

@@ -13,7 +13,7 @@ For each lesion prompt:
    samples are the prompted slice's result. A forced ``scale`` skips the search; a box fixes the scale (1: its crop
    holds the box). Each direction then re-scales with the lesion: after each slice, of ``scales``, the one its
    consensus fills as the prompted slice filled the chosen scale (:func:`sdseg.scale_search.scale_for_extent`; not
-   with a forced scale or a box).
+   with a forced scale or a box, nor when no scale passed the rule).
 3. **Normalisation over the crop stack**, once per lesion (as training normalised over each ROI): the first crop's
    footprint (each searched scale's own) over the slices within half its physical width of the prompted slice,
    inside the ROI.
@@ -207,7 +207,8 @@ class _Lesion:
         return [(scale, crop) for crop, scale in crops.items()]
 
     def choose(self, scale: float, candidates: list, score: float | None, plane: np.ndarray) -> None:
-        """Take ``scale`` for the lesion (its prompted slice's consensus on the whole plane: ``plane``)."""
+        """Take ``scale`` for the lesion; ``plane``: its prompted slice's consensus on the whole plane, whose fill
+        the directions keep as they re-scale (empty: they do not re-scale)."""
         self.report.scale, self.report.scale_score = scale, score
         self.report.scales_tried = [c.as_dict() for c in candidates]
         for direction in self.directions:
@@ -524,9 +525,11 @@ def _choose_scale(lesion: _Lesion, plan, picks, rule: ScaleRule) -> int:
         kept = lesion.kept_consensus(crop, picked)
         candidates.append(candidate(scale, picked, kept, any(lesion.border_contact(crop, kept))))
     chosen = choose_scale(candidates, rule) if len(plan) > 1 else 0
-    if chosen is None:  # nothing at any scale: the recipe's scale (its empty result is delivered)
+    found = chosen is not None
+    if not found:  # no scale passes the rule: the recipe's scale, as the model gives it, and no re-scaling
         chosen = min(range(len(plan)), key=lambda n: abs(math.log(plan[n][3])))
     _, _, crop, scale = plan[chosen]
+    plane = lesion.on_plane(crop, lesion.kept_consensus(crop, picks[chosen]))
     lesion.choose(scale, candidates if len(plan) > 1 else [], candidates[chosen].score,
-                  lesion.on_plane(crop, lesion.kept_consensus(crop, picks[chosen])))
+                  plane if found else np.zeros_like(plane))
     return chosen
