@@ -192,3 +192,19 @@ def test_the_cli_forces_the_scale_and_the_summary_says_it(worker_env, tmp_path):
     assert searched["scale_source"] == "search" and searched["scale"] == 4.0 and len(searched["scales_tried"]) == 4
     assert searched["stops"] == {"forward": "empty", "backward": "empty"}
     assert forced["scale_source"] == "forced" and forced["scale"] == 2.0 and forced["slices"] == 7
+
+
+
+def test_a_lesion_taken_at_a_scale_it_overflows_grows_its_crops_without_re_scaling():
+    """In a 40 x 40 plane a disc 25 voxels across touches the 8- and 16-voxel crops and fills the 32- and 40-voxel
+    ones beyond max_fill: the largest scale it touches (1x) is taken and the slice cut again larger (16 -> 24 ->
+    36); later crops hold 1.2 x its extent (at most 30 voxels), not a scale picked for the fill of a crop it
+    overflowed (2x: 32)."""
+    j, i = np.mgrid[0:40, 0:40]
+    truth = np.zeros((9, 40, 40), bool)
+    truth[2:7] = (j - 20) ** 2 + (i - 20) ** 2 <= 12 ** 2
+    array = np.where(truth, 150.0, 20.0).astype(np.float32)
+    results, found, reports = run(bright_model(), array, Prompt(point_ijk=(20.0, 20.0, 4.0)))
+    assert reports[0].scale == 1.0 and reports[0].scales_tried[1]["touches_border"]
+    side = {r.index: r.box_ijk[3] - r.box_ijk[0] for r in results}
+    assert side[4] == 36 and max(side[k] for k in side if k != 4) <= 30 and dice(found, truth) > 0.95

@@ -13,7 +13,7 @@ For each lesion prompt:
    samples are the prompted slice's result. A forced ``scale`` skips the search; a box fixes the scale (1: its crop
    holds the box). Each direction then re-scales with the lesion: after each slice, of ``scales``, the one its
    consensus fills as the prompted slice filled the chosen scale (:func:`sdseg.scale_search.scale_for_extent`; not
-   with a forced scale or a box, nor when no scale passed the rule).
+   with a forced scale or a box, nor when no scale passed the rule or the one taken overflows its crop).
 3. **Normalisation over the crop stack**, once per lesion (as training normalised over each ROI): the first crop's
    footprint (each searched scale's own) over the slices within half its physical width of the prompted slice,
    inside the ROI.
@@ -525,11 +525,11 @@ def _choose_scale(lesion: _Lesion, plan, picks, rule: ScaleRule) -> int:
         kept = lesion.kept_consensus(crop, picked)
         candidates.append(candidate(scale, picked, kept, any(lesion.border_contact(crop, kept))))
     chosen = choose_scale(candidates, rule) if len(plan) > 1 else 0
-    found = chosen is not None
-    if not found:  # no scale passes the rule: the recipe's scale, as the model gives it, and no re-scaling
+    rescales = chosen is not None and not candidates[chosen].touches_border  # a fill the directions can keep
+    if chosen is None:  # no scale passes the rule: the recipe's scale, as the model gives it
         chosen = min(range(len(plan)), key=lambda n: abs(math.log(plan[n][3])))
     _, _, crop, scale = plan[chosen]
     plane = lesion.on_plane(crop, lesion.kept_consensus(crop, picks[chosen]))
     lesion.choose(scale, candidates if len(plan) > 1 else [], candidates[chosen].score,
-                  plane if found else np.zeros_like(plane))
+                  plane if rescales else np.zeros_like(plane))
     return chosen
