@@ -33,9 +33,10 @@ def volume_with_blobs(path, ijk_to_ras):
 
 
 def segment(worker_env, volume, output, *options):
+    """At the model's crop scale (--scale 1): crops of its input size, never resized (test_scale_search: the search)."""
     result = subprocess.run(
         [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(output), "--model",
-         BRIGHT_MODEL_NAME, "--samples", "2", "--device", "cpu", *map(str, options)],
+         BRIGHT_MODEL_NAME, "--samples", "2", "--device", "cpu", "--scale", "1", *map(str, options)],
         env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     summary = json.loads(output.with_name(output.name.replace(".seg.nrrd", "_summary.json")).read_text())

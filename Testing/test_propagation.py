@@ -28,7 +28,9 @@ def ijk_to_ras():
 
 
 def run(model, array, prompts, roi=None, samples=2, **kwargs):
+    """The propagation's slices; at the recipe's scale unless ``scale`` is given (None: the scale search)."""
     roi = roi or [0, 0, 0, *array.shape[::-1]]
+    kwargs.setdefault("scale", 1.0)
     return list(propagation.propagate(model, array, ijk_to_ras(), 2, prompts, roi, samples, **kwargs))
 
 

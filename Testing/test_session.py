@@ -184,8 +184,9 @@ def test_a_run_with_two_points_gives_each_lesion_its_segments(session, tmp_path)
     world = oblique_ijk_to_ras()
     points = add_points(session.scene, (world @ [5.0, 5.0, 1.0, 1.0])[:3], (world @ [14.0, 12.0, 2.0, 1.0])[:3])
     session.start_worker()
-    run = run_to_the_end(session, session.build_job(volume, points_node=points, model=BRIGHT_MODEL_NAME, samples=2,
-                                                    device="cpu"), volume)
+    job = session.build_job(volume, points_node=points, model=BRIGHT_MODEL_NAME, samples=2, device="cpu")
+    job["prompt"]["scale"] = 1.0  # crops of the model's input size: exact masks (test_scale_search: the search)
+    run = run_to_the_end(session, job, volume)
     assert run.state == "done", run.error_message
     by_name = segment_ids_by_name(session.result_segmentation)
     assert list(by_name) == [f"lesion {n} {name}" for n in (1, 2) for name in ("consensus", "sample 1", "sample 2")]

@@ -333,13 +333,13 @@ def prompt_job(job_id, volume, job_dir, lesions, **fields):
 def test_a_prompt_job_streams_outward_from_each_prompted_slice(shared, models_dir, blobs_path, tmp_path):
     path, blobs = blobs_path
     lesions = [{"point_ijk": [20.0, 24.0, 6.0]}, {"point_ijk": [38, 10, 7]}, {"point_ijk": [5.0, 40.0, 6.0]}]
-    shared.send(prompt_job("prompted", path, tmp_path / "prompted", lesions))
-    messages = shared.until({"done", "error"})
+    shared.send(prompt_job("prompted", path, tmp_path / "prompted", lesions, prompt_fields={"scale": 1}))
+    messages = shared.until({"done", "error"})  # at the model's crop scale: exact masks (test_scale_search: search)
     assert messages[-1]["type"] == "done", messages[-1]
     accepted = messages[0]
     assert accepted["prompt"] == {"lesions": [{"point_ijk": [20.0, 24.0, 6.0]}, {"point_ijk": [38.0, 10.0, 7.0]},
                                               {"point_ijk": [5.0, 40.0, 6.0]}], "stop_after_empty": 2,
-                                  "max_slices": None}
+                                  "max_slices": None, "scale": 1}
     assert accepted["total"] == 3 * 12  # at most every slice for each lesion
     slices = [m for m in messages if m["type"] == "slice"]
     visits = [(m["lesion"], m["index"]) for m in slices]
@@ -349,8 +349,8 @@ def test_a_prompt_job_streams_outward_from_each_prompted_slice(shared, models_di
     assert visits[15:] == [(2, 6), (2, 7), (2, 5)]  # nothing at the third point: its slice counts as empty
     assert [m["done"] for m in slices] == list(range(1, len(slices) + 1))
     assert messages[-1]["slices"] == len(slices) == 18
-    assert messages[-1]["summary"]["lesions"] == [{"slices": 9, "found_slices": 5}, {"slices": 6, "found_slices": 2},
-                                                  {"slices": 3, "found_slices": 0}]
+    assert [{key: lesion[key] for key in ("slices", "found_slices")} for lesion in messages[-1]["summary"]["lesions"]
+            ] == [{"slices": 9, "found_slices": 5}, {"slices": 6, "found_slices": 2}, {"slices": 3, "found_slices": 0}]
     found = {0: np.zeros(blobs.shape, bool), 1: np.zeros(blobs.shape, bool)}
     for message in slices:
         i0, j0, k0, i1, j1, k1 = message["box_ijk"]

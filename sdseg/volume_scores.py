@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sdseg.data.sources import SourceError, get_source
 from sdseg.evaluation import prompt_point
 from sdseg.inference import segment_slices
-from sdseg.metrics import dice
+from sdseg.metrics import dice, generalized_energy_distance, voxel_variance
 from sdseg.propagation import Prompt, propagate
 from sdseg.volume_io import Volume, choose_slice_axis
 
@@ -61,12 +62,94 @@ def score_click(model, volume, truth: np.ndarray, samples: int, seed: int,
     axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
     consensus, drawn, visited, first, seconds = run_prompt(model, volume, prompt_point(truth, axis), samples, seed,
                                                            axis, steps)
-    kji_axis = 2 - axis
-    lesion_slices = truth.any(axis=tuple(a for a in range(3) if a != kji_axis))
-    off = int(np.compress(~lesion_slices, consensus, axis=kji_axis).sum())
     scores = {"dice": dice(consensus, truth), "voxels": int(consensus.sum()), "truth_voxels": int(truth.sum()),
-              "off_lesion_slice_voxels": off, "slices": visited, "first_s": first, "seconds": seconds}
+              "off_lesion_slice_voxels": off_lesion_slices(consensus, truth, axis), "slices": visited,
+              "first_s": first, "seconds": seconds}
     return scores, consensus, drawn
+
+
+def off_lesion_slices(mask: np.ndarray, truth: np.ndarray, slice_axis: int) -> int:
+    """Voxels of ``mask`` (K, J, I) on the slices (along IJK axis ``slice_axis``) where ``truth`` has no lesion."""
+    kji_axis = 2 - slice_axis
+    lesion_slices = truth.any(axis=tuple(a for a in range(3) if a != kji_axis))
+    return int(np.compress(~lesion_slices, mask, axis=kji_axis).sum())
+
+
+BOUNDARY_BAND_VOXELS = 3
+
+
+def boundary_band(truth: np.ndarray, width: int = BOUNDARY_BAND_VOXELS) -> np.ndarray:
+    """Voxels within ``width`` voxels (chessboard distance, 3D) of the boundary of ``truth`` (K, J, I), on either
+    side: dilate(truth, width) minus erode(truth, width)."""
+    mask = torch.from_numpy(truth.astype(np.float32))[None, None]
+    pool = torch.nn.functional.max_pool3d
+    dilated = pool(mask, 2 * width + 1, stride=1, padding=width)[0, 0] > 0
+    eroded = -pool(-mask, 2 * width + 1, stride=1, padding=width)[0, 0] > 0
+    return (dilated & ~eroded).numpy()
+
+
+def prompt_scores(consensus: np.ndarray, samples: np.ndarray, truth: np.ndarray, voxel_ml: float,
+                  slice_axis: int) -> dict:
+    """The 3D figures of one prompt's result (consensus (K, J, I), samples (N, K, J, I)) against the label
+    ``truth``: Dice of the consensus, volume error (ml and relative), false-positive ml on slices without lesion,
+    the samples' Dice vs the label (min, max), GED (sdseg.metrics, the label as the one rater), and the variance mass
+    (sum of p (1 - p) x voxel ml) in the :func:`boundary_band` of the label and elsewhere."""
+    variance = voxel_variance(samples)
+    band = boundary_band(truth)
+    sample_dice = [dice(sample, truth) for sample in samples]
+    volume, truth_volume = consensus.sum() * voxel_ml, truth.sum() * voxel_ml
+    return {"dice": dice(consensus, truth), "volume_ml": float(volume), "truth_ml": float(truth_volume),
+            "volume_error_ml": float(volume - truth_volume),
+            "volume_error": float((volume - truth_volume) / truth_volume) if truth_volume else None,
+            "off_lesion_slice_ml": off_lesion_slices(consensus, truth, slice_axis) * voxel_ml,
+            "sample_dice_min": float(min(sample_dice)), "sample_dice_max": float(max(sample_dice)),
+            "ged": generalized_energy_distance(samples, truth[None]),
+            "variance_band_ml": float(variance[band].sum() * voxel_ml),
+            "variance_elsewhere_ml": float(variance[~band].sum() * voxel_ml)}
+
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nrrd", ".nii", ".mha")
+MODALITIES = ("PET", "CT", "MR")
+
+
+def folder_cases(folder: Path) -> list[tuple[str, Path, Path]]:
+    """(name, volume, label) of each volume ``<name>.<ext>`` of ``folder`` that has a label ``<name>_label.<ext>``
+    (any of :data:`VOLUME_EXTENSIONS`), in name order; ValueError when there is none."""
+    files = {}
+    for path in sorted(Path(folder).iterdir()):
+        extension = next((e for e in VOLUME_EXTENSIONS if path.name.endswith(e)), None)
+        if extension is not None:
+            files[path.name[:-len(extension)]] = path
+    cases = [(name, path, files[name + "_label"]) for name, path in files.items()
+             if not name.endswith("_label") and name + "_label" in files]
+    if not cases:
+        raise ValueError(f"no <name>.<ext> + <name>_label.<ext> pairs in {folder}")
+    return cases
+
+
+def modality(name: str) -> str:
+    """The first of :data:`MODALITIES` in a case's name (any case), else "other"."""
+    return next((m for m in MODALITIES if m.lower() in name.lower()), "other")
+
+
+HEALTHY_MM = (30.0, 35.0, 40.0)
+
+
+def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) -> list[float] | None:
+    """Where a user clicks healthy tissue near a lesion: a point on the slice of ``centre_ijk`` (IJK), off the label
+    ``truth`` (K, J, I) and inside the volume, 30, else 35, else 40 mm from the centre (the first of 8 directions, 45
+    degrees apart, that fits); None when none does."""
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+    plane = [a for a in range(3) if a != slice_axis]
+    for distance in HEALTHY_MM:
+        for angle in np.arange(8) * np.pi / 4:
+            point = list(centre_ijk)
+            point[plane[0]] += distance * np.cos(angle) / spacing[plane[0]]
+            point[plane[1]] += distance * np.sin(angle) / spacing[plane[1]]
+            index = [int(round(v)) for v in point]
+            if all(0 <= index[a] < truth.shape[2 - a] for a in range(3)) and not truth[index[2], index[1], index[0]]:
+                return [round(float(v), 2) for v in point]
+    return None
 
 
 def labelled_cases(name: str, path: Path, patients=None) -> list[tuple[str, Volume, np.ndarray]]:

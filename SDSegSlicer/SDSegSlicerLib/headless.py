@@ -112,6 +112,17 @@ positive_int = int_from(1)
 non_negative_int = int_from(0)
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number > 0")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -141,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop going outward after K slices in a row without lesion "
                               f"(default {DEFAULT_STOP_AFTER_EMPTY})")
     prompts.add_argument("--max-slices", type=positive_int, metavar="N", help="at most N slices per lesion")
+    prompts.add_argument("--scale", type=positive_float, metavar="S",
+                         help="crop scale of --point lesions, x the model's crop (default: searched on the clicked "
+                              "slice among 0.5, 1, 2, 4; force it when the click finds nothing or too little)")
     prompts.add_argument("--whole-volume", action="store_true",
                          help="no prompt: segment every slice of the volume (or of the --roi), as one region")
     segment.add_argument("--model", help="model name or folder (default: the default model)")
@@ -464,6 +478,9 @@ def read_input_voxels(path: str, shape_kji):
     return array if array.shape == tuple(shape_kji) else None
 
 
+WORKER_LESION_FIELDS = ("scale", "scale_source", "scale_score", "scales_tried", "stops")
+
+
 def write_outputs(run, paths, args) -> dict:
     """Write every output file, the summary JSON last: it marks the result complete (a batch skips a volume whose
     summary says done); returns the statistics."""
@@ -487,6 +504,9 @@ def write_outputs(run, paths, args) -> dict:
         "error": run.error_message, "warnings": run.accepted.get("warnings", []),
         "outputs": {key: str(path) for key, path in paths.items()},
     }
+    if run.result and run.result["summary"].get("lesions"):  # the worker's scale and stops, per lesion
+        for lesion, worker_lesion in zip(statistics["lesions"], run.result["summary"]["lesions"]):
+            lesion.update({key: worker_lesion[key] for key in WORKER_LESION_FIELDS if key in worker_lesion})
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
                   read_input_voxels(args.input, volume["shape_kji"]))
@@ -518,7 +538,7 @@ def command_segment(args) -> int:
 def _segment(args, lesions: list[dict], paths: dict) -> int:
     """Run the segment job of the command line and write its outputs at ``paths``; the exit status."""
     box = [{"box_ijk": args.roi}] if args.roi and not lesions and not args.whole_volume else []
-    prompt = prompt_request(lesions or box, args.stop_after_empty, args.max_slices)
+    prompt = prompt_request(lesions or box, args.stop_after_empty, args.max_slices, args.scale)
     if prompt is None:
         print(WHOLE_VOLUME_WARNING, file=sys.stderr)
     job = {"volume": str(Path(args.input).resolve()), "model": args.model, "samples": args.samples,

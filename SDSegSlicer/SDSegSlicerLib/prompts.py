@@ -14,12 +14,15 @@ NO_LESION = "no lesion found at the point"
 
 
 def prompt_request(lesions: list[dict], stop_after_empty: int = DEFAULT_STOP_AFTER_EMPTY,
-                   max_slices: int | None = None) -> dict | None:
-    """The job's `prompt` for ``lesions`` (each ``{"point_ijk"|"point_ras"|"box_ijk": ...}``); None (whole-volume
-    mode) without lesions."""
+                   max_slices: int | None = None, scale: float | None = None) -> dict | None:
+    """The job's `prompt` for ``lesions`` (each ``{"point_ijk"|"point_ras"|"box_ijk": ...}``), ``scale`` forcing the
+    crop scale of point prompts (None: the worker searches it); None (whole-volume mode) without lesions."""
     if not lesions:
         return None
-    return {"lesions": list(lesions), "stop_after_empty": stop_after_empty, "max_slices": max_slices}
+    request = {"lesions": list(lesions), "stop_after_empty": stop_after_empty, "max_slices": max_slices}
+    if scale is not None:
+        request["scale"] = scale
+    return request
 
 
 def points_ijk(markups_node, volume_node) -> list[list[float]]:

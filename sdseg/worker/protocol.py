@@ -27,7 +27,8 @@ MAX_LESIONS = 64
 SEGMENT_DEFAULTS = {"model": None, "samples": 8, "steps": None, "seed": 0, "device": "auto", "batch_size": None,
                     "roi_ijk": None, "slice_axis": None, "prompt": None, "allow_irregular_slices": False,
                     "max_volume_bytes": None}
-PROMPT_DEFAULTS = {"stop_after_empty": 2, "max_slices": None}
+PROMPT_DEFAULTS = {"stop_after_empty": 2, "max_slices": None, "scale": None}
+SCALE_RANGE = (0.125, 16.0)  # a forced crop scale (x the model's in_plane_voxels)
 # A lesion is given by a point in voxel coordinates (continuous IJK), a point in mm (RAS, converted by the worker
 # with the volume's geometry), or a box of voxel indices [i0, j0, k0, i1, j1, k1] (end exclusive).
 PROMPT_KINDS = ("point_ijk", "point_ras", "box_ijk")
@@ -76,9 +77,16 @@ def samples_are(coherent: bool) -> str:
     return SAMPLES_ARE[coherent]
 
 
-def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None) -> dict:
-    return {"type": "progress", "job_id": job_id, "phase": phase, "done": done, "total": total,
-            "eta_s": _finite_or_none(eta_s)}
+def progress(job_id: str, phase: str, done: int, total: int, eta_s: float | None,
+             lesion_scale: dict | None = None) -> dict:
+    """``lesion_scale``: a prompt job's lesion whose crop scale was just chosen (sdseg.propagation.LesionReport:
+    ``lesion``, ``scale``, ``scale_source``, ``scale_score``, ``scales_tried``), sent once per lesion before its
+    first slice."""
+    message = {"type": "progress", "job_id": job_id, "phase": phase, "done": done, "total": total,
+               "eta_s": _finite_or_none(eta_s)}
+    if lesion_scale is not None:
+        message.update({key: value for key, value in lesion_scale.items() if key != "stops"})
+    return message
 
 
 def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta_s: float | None,
@@ -95,7 +103,8 @@ def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta
 def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str, model_cached: bool,
          lesions: list[dict] | None = None) -> dict:
     """``model_cached``: the job reused the model already in memory (False: the job loaded it). ``lesions`` (a
-    prompt job): per lesion ``{"slices": visited, "found_slices": slices with a non-empty consensus}``."""
+    prompt job): per lesion ``{"slices": visited, "found_slices": slices with a non-empty consensus}`` and its
+    sdseg.propagation.LesionReport (``scale``, ``scale_source``, ``scale_score``, ``scales_tried``, ``stops``)."""
     summary = {"samples": samples, "model": model, "device": device, "model_cached": bool(model_cached)}
     if lesions is not None:
         summary["lesions"] = lesions
@@ -188,6 +197,11 @@ def _prompt(prompt, job_id) -> dict:
                "lesions": lesions}
     _integer(checked, "stop_after_empty", 1, job_id=job_id)
     _integer(checked, "max_slices", 1, nullable=True, job_id=job_id)
+    scale = checked["scale"]
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
+        raise ProtocolError(f"'scale' must be null (search) or a number from {SCALE_RANGE[0]} to {SCALE_RANGE[1]}, "
+                            f"got {scale!r}", job_id=job_id)
     return checked
 
 

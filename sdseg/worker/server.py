@@ -308,7 +308,8 @@ class Worker:
                                     {"samples": job["samples"], "steps": steps, "seed": job["seed"],
                                      "sampler": model.config.get("sampler"),
                                      "samples_are": protocol.samples_are(
-                                         bool(prompts) and takes_previous_masks(model.config))},
+                                         bool(prompts) and takes_previous_masks(model.config)),
+                                     **propagation.rules_of(model.config, job["prompt"])},
                                     volume.warnings))
         stopped = False
 
@@ -320,16 +321,23 @@ class Worker:
         if should_stop():
             return False, None
         self.send(protocol.progress(job_id, "segmenting", 0, progress.total, None))
+        lesions = [{"slices": 0, "found_slices": 0} for _ in prompts]
+
+        def on_report(report) -> None:  # a lesion's scale is chosen (sent at once), or the lesion is done
+            lesions[report.lesion].update(report.as_dict())
+            if not report.stops:
+                self.send(protocol.progress(job_id, "segmenting", progress.delivered, progress.total,
+                                            progress.eta_s, report.as_dict()))
+
         if prompts:
             results = propagation.propagate(
                 model, volume.array_kji, volume.ijk_to_ras, slice_axis, prompts, roi, job["samples"], job["steps"],
                 job["seed"], job["batch_size"], job["prompt"]["stop_after_empty"], job["prompt"]["max_slices"],
-                should_stop, progress.on_batch)
+                should_stop, progress.on_batch, job["prompt"]["scale"], on_report=on_report)
         else:
             results = inference.segment_slices(model, volume.array_kji, roi, slice_axis, job["samples"],
                                                job["steps"], job["seed"], job["batch_size"], should_stop,
                                                progress.on_batch)
-        lesions = [{"slices": 0, "found_slices": 0} for _ in prompts]
         job_dir = Path(job["job_dir"]).resolve()
         try:
             for result in results:  # a stop request ends the generator before its next forward pass

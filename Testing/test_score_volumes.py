@@ -1,0 +1,71 @@
+"""scripts/score_volumes.py end to end on a tiny synthetic folder, through a REAL worker and the threshold model
+(mask = normalised intensity > 0): a bright ellipsoid is found exactly by the click and the box, the healthy click
+finds nothing, and the threshold + connected component baseline finds the ellipsoid too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from slicerlib_testing import BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, write_volume_file
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "score_volumes.py"
+
+
+def test_score_volumes_scores_each_case_and_modality(tmp_path, worker_env):
+    k, j, i = np.mgrid[0:10, 0:64, 0:64]
+    lesion = ((i - 30) / 5.0) ** 2 + ((j - 34) / 4.0) ** 2 + ((k - 5) / 2.5) ** 2 < 1.0
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    ijk_to_ras = np.diag([1.0, 1.0, 3.0, 1.0])
+    voxels = np.random.default_rng(0).normal(30.0, 3.0, lesion.shape) + 120.0 * lesion
+    write_volume_file(folder / "p1_CT.nrrd", voxels.astype(np.float32), ijk_to_ras)
+    write_volume_file(folder / "p1_CT_label.nrrd", lesion.astype(np.uint8), ijk_to_ras)
+    write_volume_file(folder / "unlabelled_MR.nrrd", voxels.astype(np.float32), ijk_to_ras)  # no label: skipped
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(SCRIPT), str(folder), "--model", BRIGHT_MODEL_NAME, "--samples", "2",
+                             "--scale", "1", "--json", str(out)],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    rows = {(r["model"], r["prompt"]): r for r in json.loads(out.read_text())}
+    assert set(rows) == {(BRIGHT_MODEL_NAME, "click"), (BRIGHT_MODEL_NAME, "box"), (BRIGHT_MODEL_NAME, "healthy"),
+                         ("threshold + component", "click"), ("threshold + component", "healthy")}
+    click = rows[(BRIGHT_MODEL_NAME, "click")]
+    assert click["modality"] == "CT" and click["dice"] == 1.0 and click["volume_error"] == 0.0
+    assert click["ged"] == 0.0 and click["variance_band_ml"] == click["variance_elsewhere_ml"] == 0.0
+    assert click["off_lesion_slice_ml"] == 0.0 and 0 < click["first_s"] <= click["seconds"]
+    assert rows[(BRIGHT_MODEL_NAME, "box")]["dice"] == 1.0
+    assert rows[(BRIGHT_MODEL_NAME, "healthy")]["found_ml"] == 0.0
+    assert rows[("threshold + component", "click")]["dice"] > 0.9  # mean +- 2 std of the noise: most voxels
+    assert "1 case(s)" in result.stdout and "| CT | bright-voxels | click | 1 | 1.000 | 1.000 | 0.00 |" in result.stdout
+
+
+def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_path, worker_env):
+    """A disc larger than the threshold model's 16-voxel crop and a tiny one: at 1x the first is cut by its crop
+    (the slice is cut again larger, as the propagation does); the best rule finds both and nothing 30 mm away."""
+    folder = tmp_path / "validation"
+    folder.mkdir()
+    j, i = np.mgrid[0:80, 0:80]
+    ijk_to_ras = np.diag([1.0, 1.0, 3.0, 1.0])
+    for name, radius in (("large_CT", 14.0), ("tiny_CT", 1.5)):
+        lesion = np.zeros((5, 80, 80), bool)
+        lesion[1:4] = (j - 40) ** 2 + (i - 40) ** 2 <= radius ** 2
+        write_volume_file(folder / f"{name}.nrrd", np.where(lesion, 150.0, 20.0).astype(np.float32), ijk_to_ras)
+        write_volume_file(folder / f"{name}_label.nrrd", lesion.astype(np.uint8), ijk_to_ras)
+    out = tmp_path / "rule.json"
+    result = subprocess.run([sys.executable, str(SCRIPT.with_name("tune_scale_rule.py")), str(folder), "--model",
+                             BRIGHT_MODEL_NAME, "--samples", "2", "--out", str(out)],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    rule = json.loads(out.read_text())["scale_rule"]
+    assert set(rule) == {"min_presence", "target_fill", "score_tolerance", "min_score", "max_fill"}
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("2 case(s)"))
+    always_one, oracle = (float(summary.split(word)[1].split()[0].strip(",;")) for word in ("always 1x", "possible"))
+    best = result.stdout.split("best rules:")[1].splitlines()[1]  # "objective (lesion Dice, healthy empty) rule"
+    lesion_dice, empty = best.split("(")[1].split(")")[0].split(", ")
+    assert 0 < always_one <= oracle and 0.8 < float(lesion_dice) <= oracle and empty == "100%"
+    assert "large_CT lesion 0.5x: Dice" in result.stdout and " border" in result.stdout
+    assert "large_CT healthy" in result.stdout
