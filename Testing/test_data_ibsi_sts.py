@@ -175,3 +175,17 @@ def test_export_volumes_writes_the_test_patients_volumes_and_masks_only(tmp_path
         np.testing.assert_array_equal(label, nifti_array(NIFTI / f"{row['modality']}_mask.nii.gz") > 0)
         assert header["space origin"] == label_header["space origin"]
         assert header["space directions"] == label_header["space directions"]
+
+
+def test_export_split_val_writes_the_validation_patients_only(tmp_path):
+    """--export-split val: the volumes to tune settings on (scripts/tune_scale_rule.py) are the val patients'."""
+    root = collection(tmp_path, ["STS_002", "STS_003", "STS_004"])
+    out, volumes = tmp_path / "crops", tmp_path / "volumes"
+    result = preprocess("--input", root, "--modality", "ct", "--out", out, "--export-volumes", volumes,
+                        "--export-split", "val", "--crop", 32, "--crops-per-lesion", 1)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["exported_volumes"]["split"] == "val"
+    with open(volumes / "volumes.csv", newline="") as handle:
+        exported = [row["patient"] for row in csv.DictReader(handle)]
+    assert exported == info["splits"]["val"] and not set(exported) & set(info["splits"]["test"])

@@ -1,6 +1,6 @@
 """`sdseg preprocess --source ibsi-sts`: what the sarcoma crops data set adds to the generic 3D one
 (sdseg.data.preprocess.build_real_dataset): its modality and reserved-patient record, and, with
-``--export-volumes DIR``, the test split's whole volumes for a 3D evaluation (``<patient>_<modality>.nrrd`` +
+``--export-volumes DIR``, the test (or ``--export-split val``) split's whole volumes for a 3D evaluation (``<patient>_<modality>.nrrd`` +
 ``<patient>_<modality>_label.nrrd`` and ``volumes.csv``)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def check_options(args, source_name: str) -> None:
     if not args.export_volumes:
         return
     if source_name != "ibsi-sts":
-        raise SourceError("--export-volumes writes the test patients' volumes of --source ibsi-sts")
+        raise SourceError("--export-volumes writes the test or val patients' volumes of --source ibsi-sts")
     folder = Path(args.export_volumes).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise SourceError(f"--export-volumes {folder} exists and is not an empty folder; choose a new folder")
@@ -46,14 +46,14 @@ def _read_itk(kind: str, image_path: Path, mask_path: Path) -> tuple[sitk.Image,
     return image, mask
 
 
-def export_volumes(root: Path, test_patients: list[str], modality: str, folder: Path) -> list[dict]:
-    """Write every test patient's image and GTV mask of each modality of ``modality`` into ``folder`` as NRRD
+def export_volumes(root: Path, split_patients: list[str], modality: str, folder: Path) -> list[dict]:
+    """Write every patient's (of one split) image and GTV mask of each modality of ``modality`` into ``folder`` as NRRD
     (``<patient>_<modality>.nrrd``, ``<patient>_<modality>_label.nrrd``: a pair `--source pairs` and
     `sdseg-slicer segment` read) and list them in ``volumes.csv``; reserved patients are never written. Returns the
     rows (patient, modality, image, label, read_from)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for patient in test_patients:
+    for patient in split_patients:
         if is_reserved(patient):
             raise SourceError(f"{patient} is reserved ({reserved_rule('STS')}): never exported")
         for name in modality_names(modality):
@@ -82,11 +82,12 @@ def dataset_record(path, args, splits: dict) -> dict:
         folder = Path(args.export_volumes).expanduser()
         existed = folder.exists()
         try:
-            rows = export_volumes(root, splits["test"], args.modality or "ct", folder)
+            rows = export_volumes(root, splits[args.export_split], args.modality or "ct", folder)
         except BaseException:  # a failed or interrupted export leaves the folder as it found it
             shutil.rmtree(folder, ignore_errors=True)
             if existed:
                 folder.mkdir()
             raise
-        record["exported_volumes"] = {"folder": str(folder.resolve()), "list": VOLUME_LIST, "volumes": len(rows)}
+        record["exported_volumes"] = {"folder": str(folder.resolve()), "list": VOLUME_LIST, "volumes": len(rows),
+                                      "split": args.export_split}
     return record

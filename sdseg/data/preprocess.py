@@ -635,8 +635,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="--source ibsi-sts: which images of each patient (default ct; all: the three, each "
                              "patient in one split for all of them)")
     parser.add_argument("--export-volumes", metavar="DIR",
-                        help="--source ibsi-sts: also write the test split's whole volumes and GTV masks into DIR "
+                        help="--source ibsi-sts: also write the test (--export-split) split's whole volumes and GTV masks into DIR "
                              "(<patient>_<modality>.nrrd + _label.nrrd, listed in volumes.csv) for a 3D evaluation")
+    parser.add_argument("--export-split", choices=("test", "val"), default="test",
+                        help="--export-volumes: the split whose volumes are written (default test; val: to tune "
+                             "settings such as the scale rule, scripts/tune_scale_rule.py)")
     parser.add_argument("--include-reserved", action="store_true",
                         help="also use the patients reserved for an independent evaluation (LIDC-IDRI-0901 and "
                              "above, STS_041 .. STS_051), left out otherwise; this project never gives it")
