@@ -45,7 +45,8 @@ def test_score_volumes_scores_each_case_and_modality(tmp_path, worker_env):
 
 def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_path, worker_env):
     """A disc larger than the threshold model's 16-voxel crop and a tiny one: at 1x the first is cut by its crop
-    (the slice is cut again larger, as the propagation does); the best rule finds both and nothing 30 mm away."""
+    (the slice is cut again larger, as the propagation does); the best rule finds both and nothing 30 mm away. A
+    volume narrower than every crop has no scale to choose: left out, not a crash."""
     folder = tmp_path / "validation"
     folder.mkdir()
     j, i = np.mgrid[0:80, 0:80]
@@ -55,6 +56,10 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
         lesion[1:4] = (j - 40) ** 2 + (i - 40) ** 2 <= radius ** 2
         write_volume_file(folder / f"{name}.nrrd", np.where(lesion, 150.0, 20.0).astype(np.float32), ijk_to_ras)
         write_volume_file(folder / f"{name}_label.nrrd", lesion.astype(np.uint8), ijk_to_ras)
+    narrow = np.zeros((5, 6, 6), bool)  # narrower than every crop (as a PET of the sarcoma set): whole slices
+    narrow[1:4, 2:4, 2:4] = True
+    write_volume_file(folder / "narrow_PET.nrrd", np.where(narrow, 150.0, 20.0).astype(np.float32), ijk_to_ras)
+    write_volume_file(folder / "narrow_PET_label.nrrd", narrow.astype(np.uint8), ijk_to_ras)
     out = tmp_path / "rule.json"
     result = subprocess.run([sys.executable, str(SCRIPT.with_name("tune_scale_rule.py")), str(folder), "--model",
                              BRIGHT_MODEL_NAME, "--samples", "2", "--out", str(out)],
@@ -69,3 +74,4 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
     assert 0 < always_one <= oracle and 0.8 < float(lesion_dice) <= oracle and empty == "100%"
     assert "large_CT lesion 0.5x: Dice" in result.stdout and " border" in result.stdout
     assert "large_CT healthy" in result.stdout
+    assert "narrow_PET no scale searched (whole slices): left out" in result.stdout

@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         truth = read_volume(label_path).array_kji > 0
         axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
         centre = prompt_point(truth, axis)
-        lesions.append(clicked_slice(model, volume, truth, centre, axis, args.samples, args.seed))
+        lesion = clicked_slice(model, volume, truth, centre, axis, args.samples, args.seed)
+        if not lesion:  # a volume narrower than every crop is segmented on whole slices: no scale to choose
+            print(name, "no scale searched (whole slices): left out", flush=True)
+            continue
+        lesions.append(lesion)
         point = healthy_point(truth, centre, volume.ijk_to_ras, axis)
         if point is not None:
             healthy.append(clicked_slice(model, volume, truth, point, axis, args.samples, args.seed))
