@@ -11,6 +11,9 @@ D = 2 sqrt(a_p / pi)) and C the new one (a_c, c_c), the consensus jumps when any
 
 holds. The propagation then keeps that slice's samples inside dilate(P, r) only and stops the direction (reported as
 ``jump``). The bounds are config values: a model's ``config["propagation"]["jump_rule"]`` overrides the defaults.
+Checked on the true masks of the sarcoma validation patients (CT, MR and PET of STS_004, 007, 013, 022, 023, 034,
+036, 039): the defaults flag 24 of their 2256 consecutive-slice transitions (1.1 %, all at a lesion's tip, where a
+few voxels become many: area ratio 99th percentile 2.9, centroid shift 0.44 D, outside share 0.22).
 """
 
 from __future__ import annotations
