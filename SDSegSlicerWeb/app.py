@@ -37,7 +37,7 @@ from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
 from . import panel, view_aids
-from .access import token_middleware
+from .access import loopback_host_middleware, token_middleware
 from .view_fit import keep_slices_fitted
 from .volumes import load_input
 
@@ -130,8 +130,8 @@ class SDSegWebApp(TrameApp):
         self.editor_logic.set_ui(self.ui.editor)
         keep_slices_fitted(self.slicer_app.view_manager.get_slice_views())
         view_aids.add_orientation_aids(self.slicer_app.view_manager)
-        if access_token:
-            self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(token_middleware(access_token)))
+        gate = token_middleware(access_token) if access_token else loopback_host_middleware()
+        self.ctrl.on_server_bind.add(lambda server: server.app.middlewares.append(gate))
         self.ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self.ensure_worker()))
         self.ctrl.on_server_exited.add(lambda **_: self.shutdown())
 

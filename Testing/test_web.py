@@ -682,6 +682,22 @@ def test_token_is_required_on_every_page(browser, tmp_path):
     assert TOKEN not in "".join(web.lines)
 
 
+def test_without_a_token_only_loopback_host_names_are_answered():
+    """A DNS-rebinding page reaches 127.0.0.1 under its own host name: refused (403); the loopback names work."""
+    import requests
+
+    web = WebProcess(str(SAMPLE))
+    try:
+        port = web.url.rsplit(":", 1)[1].split("/")[0]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            assert requests.get(web.url, headers={"Host": host}, timeout=30).status_code == 200, host
+        for host in ("evil.example", f"evil.example:{port}", "[bad"):
+            answer = requests.get(web.url, headers={"Host": host}, timeout=30)
+            assert answer.status_code == 403 and "loopback" in answer.text, host
+    finally:
+        web.stop()
+
+
 def test_the_server_says_it_starts_at_once_and_stops_only_when_asked(browser):
     """"starting" is the first line, before the libraries load; the server stops without a page only when --timeout
     asks for it (trame's own 300 s idle stop is off otherwise), which its address line says."""
