@@ -25,7 +25,7 @@ BRIGHT_MODEL_NAME = "bright-voxels"  # the threshold model: mask = intensity abo
 BRIGHT_3D_MODEL_NAME = "bright-voxels-3d"  # the same, taking the prompt channels point, box and previous
 BRIGHT_MODEL_SIZE = 16  # its input size and its crops' in-plane size: masks are exactly the bright voxels
 BRIGHT_WINDOW = (0.0, 200.0)  # its intensity window: voxels above 100 are "lesion", whatever else is around
-CLI_TIMEOUT_S = 240
+CLI_TIMEOUT_S = 900  # a guard against a hung subprocess, not a timed assertion: generous for a loaded machine
 
 
 def rotation(axis, degrees) -> np.ndarray:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from slicerlib_testing import CLI_TIMEOUT_S
 
 import SDSegSlicerLib
 from SDSegSlicerLib import backend_install
@@ -121,7 +122,7 @@ print("WITHOUT BACKEND FOLDER", backend_install.missing_modules())
 def test_backend_beside_the_module_folder_counts_as_installed(tmp_path):
     module_dir = Path(SDSegSlicerLib.__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", SLICER_SYS_PATH, str(module_dir)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+                            cwd=tmp_path, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MISSING []" in result.stdout
     assert "WITHOUT BACKEND FOLDER ['sdseg']" in result.stdout

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from slicerlib_testing import CLI_TIMEOUT_S
 
 from test_data_sources import lidc_like_pickle
 
@@ -111,7 +112,7 @@ def test_a_model_trained_on_the_folds_val_patient_is_refused_in_one_line(run, tm
 def test_volume_scores_refuses_a_source_without_masks_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sdseg.volume_scores", "--model", "sdseg-small", "--source",
                            f"chest-ct={tmp_path}", "--out", tmp_path / "x.json"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=CLI_TIMEOUT_S)
     assert done.returncode == 2 and not (tmp_path / "x.json").exists()
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "error:" in done.stderr
 
@@ -149,7 +150,7 @@ def test_volume_scores_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path
     lidc_like_pickle(pickle_path, patients=1)
     done = subprocess.run([sys.executable, "-m", "sdseg.volume_scores", "--model", tmp_path, "--source",
                            f"lidc-pickle={pickle_path}", "--out", tmp_path / "x.json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert done.returncode == 2 and not (tmp_path / "x.json").exists()
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("volume_scores: error: ")
 

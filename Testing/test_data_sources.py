@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slicerlib_testing import CLI_TIMEOUT_S
 import SimpleITK as sitk
 
 from sdseg.data import preprocess, sources
@@ -44,7 +45,7 @@ def read_nrrd(path: Path):
 
 def run_preprocess(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sdseg.cli", "preprocess", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
 
 
 def lidc_like_pickle(path: Path, patients: int, crops_per_patient: int = 2, size: int = 40) -> None:
@@ -108,7 +109,7 @@ def test_pyradiomics_sdist_gives_five_patients_matching_an_independent_read(tmp_
 def test_missing_real_data_fails_under_ci_and_is_skipped_elsewhere(tmp_path, ci, outcome):
     test_id = f"{Path(__file__).name}::test_pyradiomics_sdist_gives_five_patients_matching_an_independent_read"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
-                            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
                             env=dict(os.environ, CI=ci, SDSEG_CACHE=str(tmp_path / "empty-cache")))
     assert outcome in result.stdout and "fetch_pyradiomics_data.sh" in result.stdout, result.stdout[-2000:]
 

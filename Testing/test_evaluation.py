@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slicerlib_testing import CLI_TIMEOUT_S
 import torch
 from matplotlib.image import imread
 
@@ -50,7 +51,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 def run_cli(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sdseg.cli", "evaluate", *arguments], capture_output=True,
-                          text=True, cwd=cwd, timeout=120,
+                          text=True, cwd=cwd, timeout=CLI_TIMEOUT_S,
                           env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
 
 
@@ -255,7 +256,7 @@ def one_case_data(folder: Path) -> Path:
     """A data set of one blank test crop."""
     folder.mkdir()
     (folder / "dataset.json").write_text(json.dumps({
-        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True, "description": "squares",
+        "name": "t", "source": "t", "licence": "t", "image_size": 32, "n_raters": 1, "synthetic": True,
         "preprocessing": {"normalization": "percentile", "percentiles": [0.5, 99.5]}, "description": "t"}))
     (folder / "test").mkdir()
     np.savez(folder / "test" / "0.npz", image=np.zeros((1, 32, 32), np.float32),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from slicerlib_testing import CLI_TIMEOUT_S
 
 from SDSegSlicerLib import temp_folders, worker_client
 from SDSegSlicerLib.worker_client import WorkerClient, WorkerError
@@ -116,5 +117,5 @@ def test_no_worker_runs_when_its_temporary_folder_cannot_be_made(monkeypatch):
     monkeypatch.setattr(worker_client, "owned_temp_folder", no_space)
     client = WorkerClient()
     with pytest.raises(WorkerError, match="Cannot create a folder in the temporary folder"):
-        client.start(timeout=60)
+        client.start(timeout=CLI_TIMEOUT_S)
     assert started == [] and client.pid is None

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from slicerlib_testing import CLI_TIMEOUT_S
 import torch
 from safetensors.torch import save_file
 
@@ -116,7 +117,7 @@ def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     write_model_folder(second, registry.DEFAULT_MODEL)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=120)
+                            env=env, cwd=tmp_path, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "KIND", "DESCRIPTION", "PATH"]
@@ -140,7 +141,7 @@ def test_listing_models_imports_no_model_code(two_dirs):
             "print(sorted(m for m in sys.modules if m.startswith('diffusers') or m in "
             "('sdseg.models.ambiguous', 'sdseg.models.sdseg_ldm', 'sdseg.models.segdiff')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -99,7 +99,7 @@ def test_the_token_is_required_and_compared_whole(server):
 
 def test_a_public_address_needs_a_token(worker_env):
     result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "serve", "--host", "0.0.0.0"],
-                            env={**worker_env, "SDSEG_TOKEN": ""}, capture_output=True, text=True, timeout=60)
+                            env={**worker_env, "SDSEG_TOKEN": ""}, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 2 and "--host 0.0.0.0 is reachable from other machines: give a --token" in result.stderr
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slicerlib_testing import lib_python_path
+from slicerlib_testing import CLI_TIMEOUT_S, lib_python_path
 
 from SDSegSlicerLib import backend_install
 
@@ -84,7 +84,7 @@ def import_like_slicer(*extra_modules: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", IMPORT_GRAPH, json.dumps(allowed), json.dumps(APPLICATION_ONLY_IMPORTS),
          ",".join(map(str, MODULE_FILES)), str(LIB_DIR), *extra_modules],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
         env=dict(os.environ, PYTHONPATH=lib_python_path()))
 
 
