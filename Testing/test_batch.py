@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
-from SDSegSlicerLib import batch, headless
+from SDSegSlicerLib import batch, headless, preview
 
 OPTIONS = ["--model", MODEL_NAME, "--samples", "2", "--steps", "2", "--device", "cpu"]
 
@@ -153,7 +153,7 @@ def test_the_summary_that_marks_a_volume_done_is_written_after_every_other_outpu
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(headless, "write_preview", interrupted)
+    monkeypatch.setattr(preview, "write_preview", interrupted)  # headless imports it when it writes the outputs
     out = tmp_path / "out"
     assert headless.main(["segment", str(volume), "-o", str(out / "ct.seg.nrrd"), "--whole-volume",
                           *OPTIONS]) == 128 + signal.SIGINT
