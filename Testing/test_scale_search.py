@@ -208,3 +208,16 @@ def test_a_lesion_taken_at_a_scale_it_overflows_grows_its_crops_without_re_scali
     assert reports[0].scale == 1.0 and reports[0].scales_tried[1]["touches_border"]
     side = {r.index: r.box_ijk[3] - r.box_ijk[0] for r in results}
     assert side[4] == 36 and max(side[k] for k in side if k != 4) <= 30 and dice(found, truth) > 0.95
+
+
+@pytest.mark.parametrize("kind", ["ambiguous", "unet", "sdseg"])
+def test_every_model_kind_keeps_the_rules_tuned_for_it_in_its_config(kind, tmp_path):
+    """config["propagation"] (the scale rule tuned on validation volumes) is a key every model kind takes and keeps
+    through a save and a load, and the propagation reads it."""
+    from sdseg.checkpoint import load_model, save_model
+    from sdseg.models import build_model
+
+    rule = {"min_score": 0.7, "max_fill": 0.83}
+    save_model(build_model(kind, "tiny", propagation={"scale_rule": rule}), tmp_path / kind)
+    loaded = ScaleRule.of_config(load_model(tmp_path / kind).config)
+    assert (loaded.min_score, loaded.max_fill) == (0.7, 0.83) and loaded.min_presence == ScaleRule().min_presence

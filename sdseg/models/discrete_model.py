@@ -8,15 +8,16 @@ import torch
 from diffusers import UNet2DModel
 
 from sdseg.discrete_schedule import alphas_cumprod, make_betas
-from sdseg.models.base import SegmentationDiffusionModel
+from sdseg.models.base import SHARED_CONFIG_KEYS, SegmentationDiffusionModel
 
 
 def merge_preset(presets: dict, name: str, overrides: dict) -> dict:
-    """A deep copy of ``presets[name]`` with top-level ``overrides``; unknown names or keys raise ValueError."""
+    """A deep copy of ``presets[name]`` with top-level ``overrides`` (its own keys or the keys every model takes,
+    SHARED_CONFIG_KEYS); unknown names or keys raise ValueError."""
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; use one of {', '.join(presets)}")
     config = copy.deepcopy(presets[name])
-    unknown = sorted(set(overrides) - set(config))
+    unknown = sorted(set(overrides) - set(config) - SHARED_CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(config))}")
     config.update(copy.deepcopy(overrides))
