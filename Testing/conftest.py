@@ -27,7 +27,9 @@ def one_torch_thread():
 def tiny_models_dir(tmp_path_factory):
     """A models folder with the tiny ambiguous model (random weights), named MODEL_NAME, and the threshold model
     BRIGHT_MODEL_NAME (intensity above the middle of BRIGHT_WINDOW, on BRIGHT_MODEL_SIZE^2 inputs: its masks are
-    known exactly), also as BRIGHT_3D_MODEL_NAME with the prompt channels point, box and previous. It imports torch in the test process only; the MRML side never does."""
+    known exactly), also as BRIGHT_3D_MODEL_NAME with the prompt channels point, box and previous, at its recipe's
+    crop scale always (its scale rule passes no scale: the panel's click, which cannot force a scale, gives exact
+    masks too). It imports torch in the test process only; the MRML side never does."""
     import torch
     from slicerlib_testing import BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, BRIGHT_WINDOW, MODEL_NAME
 
@@ -44,7 +46,8 @@ def tiny_models_dir(tmp_path_factory):
     save_model(build_model("threshold", "tiny", image_size=BRIGHT_MODEL_SIZE, threshold=0.0, polarity="above",
                            crop={"in_plane_voxels": BRIGHT_MODEL_SIZE, "lesion_margin": 1.2},
                            preprocessing={"normalization": "ct_window", "window": list(BRIGHT_WINDOW)},
-                           image_channels=4, prompt_channels=["point", "box", "previous"]),
+                           image_channels=4, prompt_channels=["point", "box", "previous"],
+                           propagation={"scale_rule": {"min_score": 1.1}}),  # no scale passes: always the recipe's
                folder / BRIGHT_3D_MODEL_NAME, card="# Bright voxels, taking the previous slice's mask (test model)")
     return folder
 
