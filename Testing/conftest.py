@@ -7,11 +7,20 @@ and the test helpers inside, so that OMP_NUM_THREADS is set before any of them l
 from __future__ import annotations
 
 import importlib.util
+import locale
 import os
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def the_process_locale_restored():
+    """GDCM (SimpleITK's DICOM writer) sets the C locale of the whole process and leaves it: later tests would then
+    decode their subprocesses' UTF-8 output as ASCII. Each test starts from the environment's locale."""
+    yield
+    locale.setlocale(locale.LC_ALL, "")
 
 
 @pytest.fixture(autouse=True, scope="session")
