@@ -18,16 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdseg.threads import PASSIVE, usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "Resources" / "SampleData" / "sample.nrrd"
 README_COMMAND_1 = ["segment", str(SAMPLE), "--point-ijk", "45,31,16"]
 HOG = "while True: pass"
-POLICIES = ("PASSIVE", "ACTIVE")
+POLICIES = (PASSIVE, "ACTIVE")
 COMMAND_TIMEOUT_S = 900
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_command(env: dict) -> tuple[float, float]:
