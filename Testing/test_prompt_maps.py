@@ -10,7 +10,8 @@ import torch
 
 from sdseg.inference import ModelMismatchError, check_model_fits_volume
 from sdseg.masks import interior_point, interior_points
-from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, PREVIOUS_UNKNOWN_ODDS, PROMPT_CHANNELS,
+from sdseg.prompt_maps import (NEGATIVE_PROMPT_ODDS, OBJECT_PROMPT_ODDS, OFF_OBJECT_CLICK_ODDS,
+                               OFF_OBJECT_MARGIN_FRACTION, PREVIOUS_UNKNOWN_ODDS, PROMPT_CHANNELS,
                                PROPAGATION_CLICK_ODDS, CropPrompt, crop_prompt_maps, data_channels, object_click,
                                prompt_channels_of, prompt_maps, training_prompts)
 
@@ -78,12 +79,12 @@ def _batch_with_objects(batch: int = 400, size: int = 24):
 
 def test_training_prompts_come_from_the_ground_truth():
     raters = _batch_with_objects()
-    points, boxes, previous = training_prompts(raters, torch.Generator().manual_seed(0))
+    points, boxes, previous, off_object = training_prompts(raters, torch.Generator().manual_seed(0))
     assert previous is None
     objects, negatives = slice(0, None, 2), slice(1, None, 2)
     clicked, boxed = ~points[:, 0].isnan(), ~boxes[:, 0].isnan()
     # a crop showing the object: clicks inside the raters' majority (the border of it included, +-1 px jitter)
-    object_points = points[objects][clicked[objects]]
+    object_points = points[objects][clicked[objects] & ~off_object[objects]]
     assert ((object_points[:, 0] >= 5) & (object_points[:, 0] <= 14) & (object_points[:, 1] >= 3)
             & (object_points[:, 1] <= 18)).all()
     # boxes hold the union of the raters, with at most BOX_MARGIN_MAX of its extent more on each side
@@ -91,9 +92,10 @@ def test_training_prompts_come_from_the_ground_truth():
     assert (object_boxes[:, 0] <= 6).all() and (object_boxes[:, 1] >= 14).all()
     assert (object_boxes[:, 0] >= 6 - 0.25 * 8).all() and (object_boxes[:, 3] <= 18 + 0.25 * 14).all()
     # the odds: roughly as declared, over 200 object crops and 200 lesion-free crops
+    on_object = ~off_object & (torch.arange(len(raters)) % 2 == 0)  # object crops clicked on (or near) the object
     expected_click = OBJECT_PROMPT_ODDS["point"] + OBJECT_PROMPT_ODDS["both"]
-    assert abs(clicked[objects].float().mean() - expected_click) < 0.1
-    assert abs((~clicked[objects] & ~boxed[objects]).float().mean() - OBJECT_PROMPT_ODDS["none"]) < 0.08
+    assert abs(clicked[on_object].float().mean() - expected_click) < 0.1
+    assert abs((~clicked[on_object] & ~boxed[on_object]).float().mean() - OBJECT_PROMPT_ODDS["none"]) < 0.08
     assert abs(clicked[negatives].float().mean() - NEGATIVE_PROMPT_ODDS["point"]) < 0.1
     assert abs(boxed[negatives].float().mean() - NEGATIVE_PROMPT_ODDS["box"]) < 0.08
     negative_points = points[negatives][clicked[negatives]]
@@ -101,6 +103,27 @@ def test_training_prompts_come_from_the_ground_truth():
     again = training_prompts(raters, torch.Generator().manual_seed(0))
     assert torch.equal(again[0].nan_to_num(-1), points.nan_to_num(-1))
     assert torch.equal(again[1].nan_to_num(-1), boxes.nan_to_num(-1))
+
+
+def test_some_object_crops_are_clicked_off_the_object_and_their_training_mask_is_empty():
+    """A click on healthy tissue beside a visible lesion must give an empty answer: training clicks some object
+    crops at least OFF_OBJECT_MARGIN_FRACTION x S from the raters' union, without a box, and the batch's mask of
+    those crops is empty."""
+    size = 32
+    raters = _batch_with_objects(size=size)
+    raters[2, :, :, :] = True  # an object that fills its crop: no room for a click off it
+    prompts = training_prompts(raters, torch.Generator().manual_seed(5))
+    objects = raters.flatten(1).any(1)
+    assert not prompts.off_object[~objects].any() and not prompts.off_object[2]
+    share = prompts.off_object[objects].float().mean()
+    assert abs(share - OFF_OBJECT_CLICK_ODDS) < 0.06, share
+    margin = OFF_OBJECT_MARGIN_FRACTION * size
+    for index in torch.nonzero(prompts.off_object).flatten().tolist():
+        row, column = prompts.points[index].tolist()
+        rows, columns = torch.nonzero(raters[index].any(0), as_tuple=True)
+        nearest = torch.maximum((rows - row).abs(), (columns - column).abs()).min()
+        assert nearest > margin - 0.5, (index, row, column)
+        assert prompts.boxes[index].isnan().all()
 
 
 def test_the_evaluation_click_is_inside_the_majority_even_for_a_ring():
@@ -140,7 +163,7 @@ def test_the_propagation_click_comes_from_the_neighbouring_slices_mask():
     neighbours = torch.zeros(400, 2, 24, 24, dtype=torch.bool)
     neighbours[:, 1, 14:22, 14:22] = True  # the slice after: an object at rows/columns 14..21 (interior 17.5)
     neighbours[::4] = False  # a quarter of the crops have no neighbour object
-    points, boxes, _ = training_prompts(raters, torch.Generator().manual_seed(1), neighbours)
+    points, boxes, _, off_object = training_prompts(raters, torch.Generator().manual_seed(1), neighbours)
     at_neighbour = (points - torch.tensor([17.5, 17.5])).abs().max(1).values <= 1.5
     with_neighbour = torch.ones(400, dtype=torch.bool)
     with_neighbour[::4] = False
@@ -154,7 +177,7 @@ def test_the_propagation_click_comes_from_the_neighbouring_slices_mask():
     assert abs(share_object - PROPAGATION_CLICK_ODDS["object"]) < 0.12, share_object
     assert boxes[at_neighbour].isnan().all()
     without = training_prompts(raters, torch.Generator().manual_seed(1))
-    unchanged = ~at_neighbour
+    unchanged = ~at_neighbour & ~off_object & ~without.off_object  # off-object clicks are drawn after these
     assert torch.equal(points[unchanged].nan_to_num(-1), without[0][unchanged].nan_to_num(-1))
 
 
@@ -166,13 +189,14 @@ def test_training_gives_the_neighbour_the_click_came_from_as_previous_mask_or_un
     has_neighbours = torch.ones(400, dtype=torch.bool)
     has_neighbours[::5] = False  # crops without neighbours (2D sources, lesion-free crops): always unknown
     plain = training_prompts(raters, torch.Generator().manual_seed(3), neighbours)
-    points, boxes, previous = training_prompts(raters, torch.Generator().manual_seed(3), neighbours, True,
-                                               has_neighbours)
+    points, boxes, previous, off_object = training_prompts(raters, torch.Generator().manual_seed(3), neighbours, True,
+                                                           has_neighbours)
     assert torch.equal(points.nan_to_num(-1), plain.points.nan_to_num(-1))  # its draws come after the others'
     assert torch.equal(boxes.nan_to_num(-1), plain.boxes.nan_to_num(-1))
     unknown = ~previous.flatten(1).any(1)
     assert unknown[~has_neighbours].all()
-    assert abs(unknown[has_neighbours].float().mean() - PREVIOUS_UNKNOWN_ODDS) < 0.08
+    assert unknown[off_object].all()  # a click off the object: the previous slice is no guide
+    assert abs(unknown[has_neighbours & ~off_object].float().mean() - PREVIOUS_UNKNOWN_ODDS) < 0.08
     known = ~unknown
     before = known & (previous[:, 3, 3] == 1)
     after = known & (previous[:, 17, 17] == 1)

@@ -42,6 +42,11 @@ NEGATIVE_PROMPT_ODDS = {"none": 0.4, "point": 0.45, "box": 0.15}
 # most interior point of that slice's mask) replaces the prompt above with these odds, on crops that show the object
 # (it is still there) and on crops that do not (the object ended: the answer must be empty).
 PROPAGATION_CLICK_ODDS = {"object": 0.25, "negative": 0.6}
+# A click off the object on a crop that shows it (healthy tissue beside a lesion, the lesion in view): with these odds
+# a crop's prompt becomes one click at least OFF_OBJECT_MARGIN_FRACTION x S away from the raters' union, and its
+# training mask becomes empty, so that the answer follows the click, not whatever lesion the crop shows.
+OFF_OBJECT_CLICK_ODDS = 0.15
+OFF_OBJECT_MARGIN_FRACTION = 1.0 / 16.0  # 4 pixels at 64 x 64
 # The previous slice's mask is given as unknown (as on the prompted slice) with these odds; otherwise it is the
 # neighbour the propagation's click came from (else a random neighbour). Crops without neighbours: always unknown.
 PREVIOUS_UNKNOWN_ODDS = 0.3
@@ -169,6 +174,7 @@ class TrainingPrompts(NamedTuple):
     points: torch.Tensor  # (B, 2) rows, columns; NaN rows: no click
     boxes: torch.Tensor  # (B, 4) row0, row1, column0, column1; NaN rows: no box
     previous: torch.Tensor | None  # (B, S, S) in {-1, 0, 1}: the "previous" maps (None: not asked for)
+    off_object: torch.Tensor  # (B,) bool: the click is off the object, the training mask must be empty
 
 
 def training_prompts(raters: torch.Tensor, generator: torch.Generator, neighbours: torch.Tensor | None = None,
@@ -186,7 +192,9 @@ def training_prompts(raters: torch.Tensor, generator: torch.Generator, neighbour
     (:data:`NEGATIVE_PROMPT_ODDS`). Where a neighbour shows the object, the propagation's click (the most
     interior point of a random such neighbour, jittered) replaces that prompt as :data:`PROPAGATION_CLICK_ODDS`
     say. Every random draw comes from ``generator`` (CPU); the previous maps' draws come last, so asking for them
-    leaves the other prompts as they were."""
+    leaves the other prompts as they were. With :data:`OFF_OBJECT_CLICK_ODDS`, a crop showing the object instead gets
+    one click on a random pixel at least :data:`OFF_OBJECT_MARGIN_FRACTION` x S from the raters' union (no box, the
+    previous map unknown) and ``off_object`` True: the caller empties that crop's training mask."""
     batch, _, size, _ = raters.shape
     device = raters.device
     union = raters.any(1)
@@ -224,18 +232,38 @@ def training_prompts(raters: torch.Tensor, generator: torch.Generator, neighbour
     nan = torch.tensor(float("nan"), device=device)
     points = torch.where(want_point[:, None], points, nan)
     boxes = torch.where(want_box[:, None], torch.where(has_object[:, None], boxes, random_boxes), nan)
-    if neighbours is None:
-        return TrainingPrompts(points, boxes, torch.zeros(batch, size, size, device=device) if with_previous else None)
-    points, boxes, clicked_first, clicked = _with_propagation_clicks(points, boxes, has_object, neighbours, generator)
+    if neighbours is not None:
+        points, boxes, clicked_first, clicked = _with_propagation_clicks(points, boxes, has_object, neighbours,
+                                                                         generator)
+    points, boxes, off_object = _with_off_object_clicks(points, boxes, union, generator)
     if not with_previous:
-        return TrainingPrompts(points, boxes, None)
+        return TrainingPrompts(points, boxes, None, off_object)
+    if neighbours is None:
+        return TrainingPrompts(points, boxes, torch.zeros(batch, size, size, device=device), off_object)
     known = torch.rand(batch, generator=generator).to(device) >= PREVIOUS_UNKNOWN_ODDS
     if has_neighbours is not None:
         known &= has_neighbours.to(device)
     first = torch.where(clicked, clicked_first, (torch.rand(batch, generator=generator) < 0.5).to(device))
     chosen = torch.where(first[:, None, None], neighbours[:, 0], neighbours[:, 1])
+    known &= ~off_object
     previous = torch.where(known[:, None, None], chosen.float() * 2.0 - 1.0, 0.0)
-    return TrainingPrompts(points, boxes, previous)
+    return TrainingPrompts(points, boxes, previous, off_object)
+
+
+def _with_off_object_clicks(points, boxes, union, generator):
+    """``points``, ``boxes`` with an off-object click (see :func:`training_prompts`) where one is drawn and the crop
+    has room for it, and which crops got one."""
+    batch, size, device = union.shape[0], union.shape[-1], union.device
+    drawn = (torch.rand(batch, generator=generator) < OFF_OBJECT_CLICK_ODDS).to(device)
+    scores = torch.rand(batch, size * size, generator=generator).to(device)
+    margin = max(1, round(OFF_OBJECT_MARGIN_FRACTION * size))
+    near = torch.nn.functional.max_pool2d(union.float()[:, None], 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    room = (~near).flatten(1).any(1)
+    off_object = drawn & union.flatten(1).any(1) & room
+    clicks = _random_pixel(~near, scores)
+    nan = torch.tensor(float("nan"), device=device)
+    return (torch.where(off_object[:, None], clicks, points), torch.where(off_object[:, None], nan, boxes),
+            off_object)
 
 
 def _with_propagation_clicks(points, boxes, has_object, neighbours, generator):

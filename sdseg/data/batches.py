@@ -53,7 +53,8 @@ class InMemoryCrops:
         uniformly random rater's mask each (or the raters' majority or union: ``target``,
         sdseg.masks.rater_target), the ``augmentations`` (sdseg.data.augment.augment_batch: the same
         geometric change of an image, its masks and neighbours), and the P ``prompt_channels`` drawn from the
-        augmented masks and neighbours (sdseg.prompt_maps.training_prompts)."""
+        augmented masks and neighbours (sdseg.prompt_maps.training_prompts; a crop clicked off its object gets an empty
+        mask)."""
         chosen = torch.tensor(indices)
         raters = (torch.rand(len(indices), generator=generator) * self.rater_counts[chosen]).long()
         index = chosen.to(self.storage)
@@ -67,4 +68,5 @@ class InMemoryCrops:
                                        self.has_neighbours[chosen])
             images = torch.cat([images, prompt_maps(prompts.points, prompts.boxes, images.shape[-1], prompt_channels,
                                                     prompts.previous)], dim=1)
+            mask = torch.where(prompts.off_object.to(mask.device)[:, None, None, None], 0.0, mask)
         return images, mask
