@@ -75,3 +75,20 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
     assert "large_CT lesion 0.5x: Dice" in result.stdout and " border" in result.stdout
     assert "large_CT healthy" in result.stdout
     assert "narrow_PET no scale searched (whole slices): left out" in result.stdout
+
+
+def test_the_healthy_click_is_30_mm_from_the_lesions_edge_not_from_its_centre():
+    """A user's click "in healthy tissue 3-4 cm away" is measured from the lesion's edge: for a disc of radius
+    25 mm the click is >= 30 mm from every lesion voxel on its slice (30 mm from the centre would be on the
+    lesion's rim), and there is none when the volume has no room for it."""
+    from sdseg.volume_scores import healthy_point
+
+    k, j, i = np.mgrid[0:3, 0:160, 0:160]
+    disc = (i - 60) ** 2 + (j - 80) ** 2 <= 25 ** 2
+    ijk_to_ras = np.diag([1.0, 1.0, 4.0, 1.0])
+    point = healthy_point(disc, [60.0, 80.0, 1.0], ijk_to_ras, 2)
+    assert point is not None and point[2] == 1.0
+    rows, columns = np.nonzero(disc[1])
+    gap = np.hypot(columns - point[0], rows - point[1]).min()
+    assert 30.0 <= gap <= 32.0, (point, gap)
+    assert healthy_point(disc[:, 50:110, 30:90], [30.0, 30.0, 1.0], ijk_to_ras, 2) is None

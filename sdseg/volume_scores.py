@@ -132,23 +132,34 @@ def modality(name: str) -> str:
     return next((m for m in MODALITIES if m.lower() in name.lower()), "other")
 
 
-HEALTHY_MM = (30.0, 35.0, 40.0)
+HEALTHY_MM = (30.0, 35.0, 40.0)  # how far from the lesion's edge a user clicks healthy tissue
 
 
 def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) -> list[float] | None:
-    """Where a user clicks healthy tissue near a lesion: a point on the slice of ``centre_ijk`` (IJK), off the label
-    ``truth`` (K, J, I) and inside the volume, 30, else 35, else 40 mm from the centre (the first of 8 directions, 45
-    degrees apart, that fits); None when none does."""
+    """Where a user clicks healthy tissue near a lesion: a point on the slice of ``centre_ijk`` (IJK), inside the
+    volume, 30, else 35, else 40 mm from the nearest voxel of the label ``truth`` (K, J, I) on that slice (in-plane
+    distance), reached from the centre along the first of 8 directions (45 degrees apart) that gets there; None
+    when none does."""
     spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
     plane = [a for a in range(3) if a != slice_axis]
+    on_slice = np.take(truth, int(round(centre_ijk[slice_axis])), axis=2 - slice_axis)  # (plane[1], plane[0])
+    lesion_mm = np.argwhere(on_slice)[:, ::-1] * spacing[plane]  # (n, 2): plane[0], plane[1] in mm
+    if not len(lesion_mm):
+        return None
+    step_mm = float(spacing[plane].min())
     for distance in HEALTHY_MM:
         for angle in np.arange(8) * np.pi / 4:
-            point = list(centre_ijk)
-            point[plane[0]] += distance * np.cos(angle) / spacing[plane[0]]
-            point[plane[1]] += distance * np.sin(angle) / spacing[plane[1]]
-            index = [int(round(v)) for v in point]
-            if all(0 <= index[a] < truth.shape[2 - a] for a in range(3)) and not truth[index[2], index[1], index[0]]:
-                return [round(float(v), 2) for v in point]
+            direction = np.array([np.cos(angle), np.sin(angle)])
+            for travelled in np.arange(step_mm, 4 * max(HEALTHY_MM) + 2 * step_mm, step_mm):
+                point = list(centre_ijk)
+                for axis, offset in zip(plane, direction * travelled):
+                    point[axis] += offset / spacing[axis]
+                index = [int(round(v)) for v in point]
+                if not all(0 <= index[a] < truth.shape[2 - a] for a in range(3)):
+                    break
+                gap = np.min(np.linalg.norm(lesion_mm - np.array([index[a] for a in plane]) * spacing[plane], axis=1))
+                if gap >= distance:
+                    return [round(float(v), 2) for v in point]
     return None
 
 
