@@ -285,6 +285,14 @@ def listening_token(args) -> str | None:
     return args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
 
 
+def token_access(option: str | None, token: str | None) -> str:
+    """What a `serve` server asks of its clients, for its ready line: whether they need a token, and where the token
+    came from (a $SDSEG_TOKEN left in the shell would otherwise make a server meant to have none refuse clients)."""
+    if token is None:
+        return "no token: clients on this machine only"
+    return f"clients must send the token of {'--token' if option else '$' + TOKEN_ENVIRONMENT_VARIABLE}"
+
+
 def require_input(path: str) -> None:
     try:
         path.encode("utf-8")
@@ -303,8 +311,10 @@ def command_serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)  # the access log
     print("Starting the worker ...", file=sys.stderr, flush=True)
 
+    access = token_access(args.token, token)
+
     def ready(address):
-        print(f"Serving on http://{address[0]}:{address[1]} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        print(f"Serving on http://{address[0]}:{address[1]} ({access}; Ctrl-C to stop)", file=sys.stderr, flush=True)
 
     try:
         serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready,
