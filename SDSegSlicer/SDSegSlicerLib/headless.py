@@ -175,10 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_threads_option(models)
     batch = commands.add_parser("batch", help="segment a cohort: one task per volume, resumable, one summary CSV")
     batch.add_argument("--inputs", required=True, help="a folder of volumes (sub-folders: DICOM series) or a CSV "
-                       "with columns id, input")
+                       "with columns id, input (a relative input: relative to the CSV's folder)")
     batch.add_argument("--out", required=True, help="output folder (per volume ID_*.seg.nrrd ..., and summary.csv)")
     batch.add_argument("--prompts", help="CSV with columns input (or id), kind (point_ras, point_ijk, box_ijk), "
-                       "value; volumes without a row are segmented whole")
+                       "value; a relative input is relative to this CSV's folder, not to --inputs; volumes without "
+                       "a row are segmented whole")
     batch.add_argument("--ray", metavar="ADDRESS", help="run the tasks on Ray: a cluster address, 'auto' (join the "
                        "running one) or 'local' (start one here)")
     batch.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each Ray task needs (default 0)")
