@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
 from . import panel, view_aids
+from .slice_annotations import slice_view_ui, voxel_of
 from .access import loopback_host_middleware, token_middleware
 from .view_fit import keep_slices_fitted
 from .volumes import load_input
@@ -71,12 +71,6 @@ def whole_number(value, name: str, low: int, high: int | None = None, hint: str 
     return number
 
 
-def voxel_of(point_ijk) -> list[int]:
-    """The voxel (I, J, K indices of the input file) that a clicked point lies in: voxel n spans n - 0.5 to n + 0.5.
-    The page shows and segments this voxel, so that `segment --point-ijk I,J,K` gives the page's result."""
-    return [int(math.floor(value + 0.5)) for value in point_ijk]
-
-
 def accepted_segment_names(segmentation_node) -> list[str]:
     """The names of the segments of a result that the user accepted (and may have edited)."""
     segmentation = segmentation_node.GetSegmentation()
@@ -105,7 +99,7 @@ class SDSegWebApp(TrameApp):
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
         ensure_converter_rules()
-        register_rca_factories(self.slicer_app.view_manager, self.server)
+        register_rca_factories(self.slicer_app.view_manager, self.server, slice_view_ui_f=slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(DEFAULT_LAYOUT)

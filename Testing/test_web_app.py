@@ -68,3 +68,37 @@ def test_views_have_orientation_cubes_and_no_volume_rendering(web_app):
         assert view.get_view_node().GetOrientationMarkerType() == vtkMRMLAbstractViewNode.OrientationMarkerTypeCube
     rendering = web_app.slicer_app.volume_rendering.get_vr_display_node(web_app.volume_node)
     assert rendering is None or not rendering.GetVisibility()
+
+
+def annotations(web_app) -> dict:
+    """The texts over each slice view (page state), by view name."""
+    return {name: dict(web_app.state[f"sdseg_view_{name}"]) for name in ("Red", "Green", "Yellow")}
+
+
+def test_slice_views_are_named_lettered_and_numbered_in_the_files_indices(web_app, tmp_path):
+    """Axial, coronal and sagittal views lettered as Slicer shows them (radiological: R on the left), the slice shown
+    as the file's index, following the slider; a file stored with its slices in the other order (z step -6.5) is
+    numbered by its own indices."""
+    texts = annotations(web_app)
+    assert {name: (t["title"], t["left"], t["right"], t["top"], t["bottom"]) for name, t in texts.items()} == {
+        "Red": ("Axial · Red", "R", "L", "A", "P"), "Green": ("Coronal · Green", "R", "L", "S", "I"),
+        "Yellow": ("Sagittal · Yellow", "A", "P", "S", "I")}
+    assert texts["Red"]["slice"] == "slice K 12 of 0-24 · S 0.0 mm"  # the middle one of the sample's 25
+    assert texts["Yellow"]["slice"].startswith("slice I 48 of 0-95 · R ")
+    red = web_app.slicer_app.view_manager.get_slice_views()[0]
+    red.set_slice_value(26.0)
+    assert annotations(web_app)["Red"]["slice"] == "slice K 16 of 0-24 · S 26.0 mm"  # the README's tumour slice
+
+    image = sitk.ReadImage(str(SAMPLE))  # the same voxels in the other slice order
+    reversed_slices = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[::-1]))
+    reversed_slices.SetSpacing(image.GetSpacing())
+    reversed_slices.SetDirection(np.asarray(image.GetDirection()) * [1, 1, 1, 1, 1, 1, 1, 1, -1])
+    reversed_slices.SetOrigin(image.TransformIndexToPhysicalPoint((0, 0, image.GetSize()[2] - 1)))
+    sitk.WriteImage(reversed_slices, str(tmp_path / "reversed.nrrd"))
+    try:
+        assert web_app.load_volume(str(tmp_path / "reversed.nrrd"))
+        red.set_slice_value(26.0)
+        assert annotations(web_app)["Red"]["slice"] == "slice K 8 of 0-24 · S 26.0 mm"  # 24 - 16
+        assert annotations(web_app)["Red"]["left"] == "R"
+    finally:
+        assert web_app.load_volume(str(SAMPLE))
