@@ -39,8 +39,8 @@ from SDSegSlicerLib.session import EXPORTS, BusyError, SegmentationSession
 from SDSegSlicerLib.worker_client import WorkerError
 
 from . import panel, view_aids
-from .slice_annotations import slice_view_ui, voxel_of
 from .access import loopback_host_middleware, token_middleware
+from .slice_annotations import slice_view_ui, voxel_of
 from .view_fit import keep_slices_fitted
 from .volumes import load_input
 
