@@ -4,7 +4,9 @@ The page state (``sdseg_*`` names) is the only thing the browser sees; everythin
 SDSegSlicerLib's SegmentationSession, the same logic as the Slicer module and the headless command, with the
 model in the same separate worker process. The worker starts in a thread, and a run is started and polled in an
 asyncio task of its own: wslink handles a page's messages one at a time, so a click handler that waited for the
-run would hold back every other click (Cancel included) until the run ended.
+run would hold back every other click (Cancel included) until the run ended. For the same reason the heavy work of a
+result, its statistics and its 3D surfaces, runs in threads (MRML is read and written on the loop only): a display
+mode chosen meanwhile shows at once.
 
 The page keeps one result at a time (in Slicer, every run's result stays as nodes of its own): a new run, once it has
 started, removes the previous result's nodes from the scene, and loading another volume removes the result of the
@@ -15,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
 
+import slicer
 from slicer import vtkMRMLMarkupsNode
 from trame.app import TrameApp, asynchronous
 from trame.app.file_upload import ClientFile
@@ -38,6 +40,7 @@ from SDSegSlicerLib.worker_client import WorkerError
 
 from . import panel, view_aids
 from .access import loopback_host_middleware, token_middleware
+from .slice_annotations import slice_view_ui, voxel_of
 from .view_fit import keep_slices_fitted
 from .volumes import load_input
 
@@ -71,12 +74,6 @@ def whole_number(value, name: str, low: int, high: int | None = None, hint: str 
     return number
 
 
-def voxel_of(point_ijk) -> list[int]:
-    """The voxel (I, J, K indices of the input file) that a clicked point lies in: voxel n spans n - 0.5 to n + 0.5.
-    The page shows and segments this voxel, so that `segment --point-ijk I,J,K` gives the page's result."""
-    return [int(math.floor(value + 0.5)) for value in point_ijk]
-
-
 def accepted_segment_names(segmentation_node) -> list[str]:
     """The names of the segments of a result that the user accepted (and may have edited)."""
     segmentation = segmentation_node.GetSegmentation()
@@ -105,7 +102,7 @@ class SDSegWebApp(TrameApp):
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
         ensure_converter_rules()
-        register_rca_factories(self.slicer_app.view_manager, self.server)
+        register_rca_factories(self.slicer_app.view_manager, self.server, slice_view_ui_f=slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(DEFAULT_LAYOUT)
@@ -406,8 +403,10 @@ class SDSegWebApp(TrameApp):
                 if self.session.has_result() and not self._results_shown:
                     self._show_results()
                 if state != "running":
-                    self._finish()
-                    return
+                    self.show_sample()
+            if state != "running":
+                await self._finish()
+                return
             await asyncio.sleep(POLL_INTERVAL_S)
 
     def _show_progress(self) -> None:
@@ -416,21 +415,54 @@ class SDSegWebApp(TrameApp):
         self.state.update({"sdseg_progress": percent or 0, "sdseg_progress_moving": percent is None,
                            "sdseg_progress_text": result_view.progress_text(run.progress, run.elapsed_s)})
 
-    def _finish(self) -> None:
+    async def _finish(self) -> None:
+        """The end of a run (its last slices are shown already): the statistics and the 3D surfaces are computed with
+        the page answering meanwhile (a display mode chosen then shows at once), then the texts, the table and the
+        exports."""
         run = self.session.run
-        self._show_progress()
-        statistics = self.session.statistics() if self.session.has_result() else None
-        progress_line, status, error = result_view.finished_texts(run, statistics)
-        self.state.sdseg_running = False
-        self.state.sdseg_progress_text = progress_line
-        self.set_status(sentences(status, self._replaced_note) if self._replaced_note else status, error)
-        self._replaced_note = ""
-        if statistics is not None:
-            self._show_statistics(statistics)
-            self.state.sdseg_export_names = self.session.export_file_names()
-            self.show_sample()
-            view_aids.show_result_surfaces(self.session.result_segmentation)
+        statistics = await self._statistics()
+        with self.state:
+            progress_line, status, error = result_view.finished_texts(run, statistics)
+            self.state.sdseg_running = False
+            self.state.sdseg_progress_text = progress_line
+            self.set_status(sentences(status, self._replaced_note) if self._replaced_note else status, error)
+            self._replaced_note = ""
+            if statistics is not None:
+                self._show_statistics(statistics)
+                self.state.sdseg_export_names = self.session.export_file_names()
         self.session.finish_run()
+        if statistics is not None:
+            await self._show_surfaces()
+
+    async def _statistics(self) -> dict | None:
+        """The result's statistics (None without a result, or once it is gone), the page answering meanwhile: the
+        segments are read from MRML a few at a time on the loop, the numbers computed in a thread
+        (stats.BackgroundStatistics)."""
+        if not self.session.has_result():
+            return None
+        segmentation, background = self.session.result_segmentation, self.session.statistics_in_background()
+        while not background.step():
+            await asyncio.sleep(POLL_INTERVAL_S)
+            if self.session.result_segmentation is not segmentation or not self.session.has_result():
+                return None  # replaced or removed meanwhile
+        return background.result()
+
+    async def _show_surfaces(self) -> None:
+        """The result as surfaces in the 3D view: made from a copy in a thread (view_aids.closed_surfaces), put in
+        the result's segments on the loop, if it is still the page's result."""
+        node = self.session.result_segmentation
+        copy = slicer.vtkSegmentation()
+        copy.DeepCopy(node.GetSegmentation())
+        surfaces = await asyncio.to_thread(view_aids.closed_surfaces, copy)
+        if node is self.session.result_segmentation and self.session.has_result():
+            view_aids.show_result_surfaces(node, surfaces)
+
+    async def _refresh_statistics(self) -> None:
+        """The statistics table again (e.g. a segment accepted), computed with the page answering meanwhile."""
+        statistics = await self._statistics()
+        if statistics is not None:
+            with self.state:
+                self._show_statistics(statistics)
 
     def _show_results(self) -> None:
         self._results_shown = True
@@ -505,7 +537,7 @@ class SDSegWebApp(TrameApp):
                                                                      self.volume_node)
         ids = self.session.result_segmentation.GetSegmentation().GetSegmentIDs()
         self.editor_logic.segmentation_editor.set_active_segment_id(ids[-1])
-        self._show_statistics(self.session.statistics())
+        asynchronous.create_task(self._refresh_statistics())
         self.state.sdseg_has_accepted = True
         self.set_status(message)
 

@@ -5,8 +5,8 @@ them)."""
 
 from __future__ import annotations
 
+import slicer
 from slicer import vtkMRMLAbstractViewNode
-
 
 
 def add_orientation_aids(view_manager) -> None:
@@ -25,10 +25,25 @@ def hide_volume_rendering(volume_rendering, volume_node) -> None:
         display.SetVisibility(False)
 
 
-def show_result_surfaces(segmentation_node) -> None:
+def closed_surfaces(segmentation):
+    """``segmentation`` (a vtkSegmentation copied from the result's node, attached to no node or view) with closed
+    surfaces made for its segments: VTK filters only (marching cubes, smoothing, decimation), so this runs in a
+    thread while the page answers; show_result_surfaces() puts them in the result."""
+    segmentation.CreateRepresentation(slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName())
+    return segmentation
+
+
+def show_result_surfaces(segmentation_node, surfaces) -> None:
     """The result's segments as closed surfaces in the 3D view (the visible ones: the consensus, the accepted
-    segment, the samples the page shows)."""
-    segmentation_node.CreateClosedSurfaceRepresentation()
+    segment, the samples the page shows), taken from ``surfaces`` (closed_surfaces() of a copy) where it has them;
+    any other segment (e.g. accepted meanwhile) is converted here."""
+    name = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id in segmentation.GetSegmentIDs():
+        made = surfaces.GetSegment(segment_id)
+        if made is not None and made.GetRepresentation(name) is not None:
+            segmentation.GetSegment(segment_id).AddRepresentation(name, made.GetRepresentation(name))
+    segmentation_node.CreateClosedSurfaceRepresentation()  # the segments without one
     display = segmentation_node.GetDisplayNode()
     if display is not None:
         display.SetVisibility3D(True)

@@ -43,6 +43,7 @@ def check_cohort(out):
     rows = summary(out)
     assert rows["alpha"]["status"] == "done" and rows["beta"]["status"] == "done"
     assert rows["broken"]["status"] == "error" and "broken.nrrd" in rows["broken"]["error"]
+    assert not rows["broken"]["error"].startswith("sdseg-slicer: error:"), rows["broken"]["error"]
     assert rows["beta"]["lesions"] == "3" and len(rows["beta"]["lesion_volumes_ml"].split(";")) == 3
     assert rows["alpha"]["lesions"] == "1"  # whole volume: one set of segments
     masks, _ = read_seg_nrrd_with_slicerio(out / "beta.seg.nrrd")
@@ -57,7 +58,9 @@ def test_a_cohort_on_a_local_pool_records_failures_and_resumes(cohort, tmp_path,
                  *OPTIONS]
     assert headless.main(arguments) == 1  # one volume failed
     err = capsys.readouterr().err
-    assert "2 of 3 volumes done" in err and "broken: error:" in err
+    assert "2 of 3 volumes done" in err and "broken: error: " in err
+    (broken_line,) = [line for line in err.splitlines() if line.startswith("broken:")]
+    assert broken_line.count("error:") == 1, broken_line  # not "broken: error: sdseg-slicer: error: ..."
     first = check_cohort(out)
     stamp = (out / "alpha.seg.nrrd").stat().st_mtime_ns
     stale = out / "broken_summary.json"  # left by an earlier run: not this run's figures
@@ -94,7 +97,7 @@ def test_bad_cohorts_are_one_line(tmp_path, capsys):
         (["--inputs", str(tmp_path / "empty")], "no volume found"),
         (["--inputs", str(tmp_path / "one" / "one.nrrd")], "no such folder or .csv file"),
         (["--inputs", str(tmp_path / "one"), "--prompts", str(tmp_path / "p.csv")],
-         "line 2: 'nope.nrrd' is not one of the inputs"),
+         "line 2: 'nope.nrrd' is not one of the inputs (an id, or a path relative to this CSV's folder); the ids: one"),
     ]:
         assert headless.main(["batch", "--out", str(tmp_path / "o"), *arguments]) == 2
         err = capsys.readouterr().err
@@ -102,6 +105,33 @@ def test_bad_cohorts_are_one_line(tmp_path, capsys):
     (tmp_path / "one" / "out").mkdir()
     assert headless.main(["batch", "--inputs", str(tmp_path / "one"), "--out", str(tmp_path / "one")]) == 2
     assert "is the --inputs folder" in capsys.readouterr().err
+
+
+def test_prompt_paths_are_relative_to_the_prompts_csv_and_an_unknown_one_lists_the_ids(tmp_path, capsys):
+    """A prompts CSV's `input` is relative to its own folder, not to --inputs; a row naming no input lists the ids
+    (the first MAX_LISTED and how many more), in one line."""
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "cohort.csv").write_text("id,input\n" + "".join(f"v{n:02d},cohort/v{n:02d}.nrrd\n" for n in range(12)))
+    tasks = batch.read_inputs(str(tmp_path / "cohort.csv"), tmp_path / "out")
+    assert tasks[3].input == str((tmp_path / "cohort" / "v03.nrrd").resolve())  # relative to the inputs CSV
+    prompts = tmp_path / "lists" / "prompts.csv"
+    prompts.write_text("input,kind,value\n../cohort/v03.nrrd,point_ijk,1 2 3\nv05,box_ijk,0 0 0 4 4 2\n")
+    batch.add_prompts(tasks, str(prompts))
+    assert tasks[3].prompt_options == ["--point-ijk", "1,2,3"] and tasks[5].prompt_options == ["--box", "0,0,0,4,4,2"]
+    prompts.write_text("input,kind,value\ncohort/v03.nrrd,point_ijk,1 2 3\n")  # relative to --inputs' folder: no
+    assert headless.main(["batch", "--inputs", str(tmp_path / "cohort.csv"), "--out", str(tmp_path / "out"),
+                          "--prompts", str(prompts)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: 'cohort/v03.nrrd' is not one of the inputs" in err and err.count("\n") == 1, err
+    assert "the ids: v00, v01, v02, v03, v04, v05, v06, v07, v08, v09 and 2 more" in err and "v10" not in err
+
+
+def test_the_batch_help_says_where_relative_paths_start(capsys):
+    with pytest.raises(SystemExit):
+        headless.main(["batch", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "a relative input is relative to this CSV's folder, not to --inputs" in help_text
 
 
 def test_an_interrupted_cohort_starts_no_further_volume_and_lists_every_one(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -93,8 +94,16 @@ def test_the_token_is_required_and_compared_whole(server):
     assert requests.get(server.url + "/hello", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 401
     hello = requests.get(server.url + "/hello", headers=headers(), timeout=10).json()
     assert hello["protocol"] == 2 and MODEL_NAME in [m["name"] for m in hello["models"]]
-    with pytest.raises(WorkerError, match="refused the token"):
+    with pytest.raises(WorkerError, match="refused the token given: give the one `sdseg-slicer serve` was started"):
         RemoteWorkerClient(server.url, "wrong").start()
+    with pytest.raises(WorkerError, match="needs a token and none was given"):  # not "refused the token"
+        RemoteWorkerClient(server.url, "").start()
+    assert "(clients must send the token of --token; Ctrl-C to stop)" in "".join(server.lines)
+
+
+def test_a_server_without_token_says_so_and_never_mentions_a_token_to_clients(small_server):
+    assert "(no token: clients on this machine only; Ctrl-C to stop)" in "".join(small_server.lines)
+    assert RemoteWorkerClient(small_server.url, "any").start()["protocol"] == 2  # a token it has none of: ignored
 
 
 def test_a_public_address_needs_a_token(worker_env):
@@ -284,6 +293,28 @@ def test_a_server_without_token_answers_loopback_host_names_only(small_server):
         assert refused.status_code == 403 and "not a loopback name" in refused.json()["error"]
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
         assert requests.get(small_server.url + "/hello", headers={"Host": host}, timeout=10).status_code == 200
+
+
+def test_a_client_that_resets_its_connection_after_its_answer_is_routine_not_logged(small_server):
+    """A client that ends after its job's last message resets its connection (its socket closed with the end of the
+    answer unread): the server logs no 'connection closed' for it, only the access log line."""
+    host, port = small_server.url.removeprefix("http://").split(":")
+    before = open_descriptors(small_server.process.pid)
+    connection = socket.create_connection((host, int(port)), timeout=60)
+    connection.sendall(b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert connection.recv(12) == b"HTTP/1.1 200"
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    connection.close()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while open_descriptors(small_server.process.pid) > before:  # the server has handled the reset
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert requests.get(small_server.url + "/hello?after-the-reset", timeout=10).status_code == 200
+    while not any("after-the-reset" in line for line in small_server.lines):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    log = "".join(small_server.lines)
+    assert "connection closed" not in log and "Traceback" not in log, log
 
 
 def test_a_worker_that_dies_between_jobs_is_replaced_before_the_next_job(tiny_models_dir, tmp_path, worker_env):

@@ -449,6 +449,37 @@ def test_views_fit_their_slice_when_resized_and_reset_keeping_the_slice(app, bro
     close_quietly(page)
 
 
+def annotation_boxes(page, view: str) -> dict:
+    """The boxes on the page of the texts over slice view ``view`` (Red, Green, Yellow): title, slice, edges."""
+    selectors = {"title": ".sdseg-view-title", "slice": ".sdseg-slice",
+                 **{edge: f".sdseg-edge-{edge}" for edge in ("left", "right", "top", "bottom")}}
+    return {key: page.locator(f"#sdseg-view-{view} {selector}").bounding_box() for key, selector in selectors.items()}
+
+
+def test_slice_views_show_their_name_edge_letters_and_slice_number(app, browser):
+    """Each slice view shows its name, the patient direction at its edges (radiological: R on the left of the axial
+    view, as the image is drawn: the click helpers put the patient's left on the right) and the slice shown in the
+    file's indices, following the slider; the texts lie on their view."""
+    page = open_page(browser, app.url)
+    red = "#sdseg-view-Red"
+    assert page.inner_text(f"{red} .sdseg-view-title") == "Axial · Red"
+    assert page.inner_text("#sdseg-view-Green .sdseg-view-title") == "Coronal · Green"
+    assert page.inner_text("#sdseg-view-Yellow .sdseg-view-title") == "Sagittal · Yellow"
+    letters = {edge: page.inner_text(f"{red} .sdseg-edge-{edge}") for edge in ("left", "right", "top", "bottom")}
+    assert letters == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    view, boxes = axial_view_box(page), annotation_boxes(page, "Red")
+    for key, box in boxes.items():  # on the view image
+        assert view["x"] <= box["x"] and box["x"] + box["width"] <= view["x"] + view["width"], key
+        assert view["y"] <= box["y"] and box["y"] + box["height"] <= view["y"] + view["height"], key
+    centre_x, centre_y = view["x"] + view["width"] / 2, view["y"] + view["height"] / 2
+    assert boxes["left"]["x"] < centre_x < boxes["right"]["x"] and boxes["top"]["y"] < centre_y < boxes["bottom"]["y"]
+    move_axial_slice(page, 16)
+    wait_for_text(page, f"{red} .sdseg-slice", "^slice K 16 of 0-24 · S 26\\.0 mm$")
+    move_axial_slice(page, 15)
+    wait_for_text(page, f"{red} .sdseg-slice", "^slice K 15 of 0-24 · S 19\\.5 mm$")
+    close_quietly(page)
+
+
 README_POINT = (45, 31, 16)  # the README's `segment --point-ijk 45,31,16`: the tumour on slice 16 of the sample's 25
 
 

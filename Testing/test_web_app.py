@@ -4,7 +4,10 @@ orientation cubes and no volume rendering. The page itself is tested in Chromium
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ pytest.importorskip("trame_slicer")
 os.environ["TRAME_ARGS"] = ""  # trame parses no command line of its own (pytest's)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "sample.nrrd"
+HOLD_S = 60  # how long the held statistics wait for the test before going on (only reached when the page is stuck)
+RUN_TIMEOUT_S = 300  # a run of the tiny model on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +73,90 @@ def test_views_have_orientation_cubes_and_no_volume_rendering(web_app):
         assert view.get_view_node().GetOrientationMarkerType() == vtkMRMLAbstractViewNode.OrientationMarkerTypeCube
     rendering = web_app.slicer_app.volume_rendering.get_vr_display_node(web_app.volume_node)
     assert rendering is None or not rendering.GetVisibility()
+
+
+def annotations(web_app) -> dict:
+    """The texts over each slice view (page state), by view name."""
+    return {name: dict(web_app.state[f"sdseg_view_{name}"]) for name in ("Red", "Green", "Yellow")}
+
+
+def test_slice_views_are_named_lettered_and_numbered_in_the_files_indices(web_app, tmp_path):
+    """Axial, coronal and sagittal views lettered as Slicer shows them (radiological: R on the left), the slice shown
+    as the file's index, following the slider; a file stored with its slices in the other order (z step -6.5) is
+    numbered by its own indices."""
+    texts = annotations(web_app)
+    assert {name: (t["title"], t["left"], t["right"], t["top"], t["bottom"]) for name, t in texts.items()} == {
+        "Red": ("Axial · Red", "R", "L", "A", "P"), "Green": ("Coronal · Green", "R", "L", "S", "I"),
+        "Yellow": ("Sagittal · Yellow", "A", "P", "S", "I")}
+    assert texts["Red"]["slice"] == "slice K 12 of 0-24 · S 0.0 mm"  # the middle one of the sample's 25
+    assert texts["Yellow"]["slice"].startswith("slice I 48 of 0-95 · R ")
+    red = web_app.slicer_app.view_manager.get_slice_views()[0]
+    red.set_slice_value(26.0)
+    assert annotations(web_app)["Red"]["slice"] == "slice K 16 of 0-24 · S 26.0 mm"  # the README's tumour slice
+
+    image = sitk.ReadImage(str(SAMPLE))  # the same voxels in the other slice order
+    reversed_slices = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[::-1]))
+    reversed_slices.SetSpacing(image.GetSpacing())
+    reversed_slices.SetDirection(np.asarray(image.GetDirection()) * [1, 1, 1, 1, 1, 1, 1, 1, -1])
+    reversed_slices.SetOrigin(image.TransformIndexToPhysicalPoint((0, 0, image.GetSize()[2] - 1)))
+    sitk.WriteImage(reversed_slices, str(tmp_path / "reversed.nrrd"))
+    try:
+        assert web_app.load_volume(str(tmp_path / "reversed.nrrd"))
+        red.set_slice_value(26.0)
+        assert annotations(web_app)["Red"]["slice"] == "slice K 8 of 0-24 · S 26.0 mm"  # 24 - 16
+        assert annotations(web_app)["Red"]["left"] == "R"
+    finally:
+        assert web_app.load_volume(str(SAMPLE))
+
+
+def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app, worker_env, monkeypatch):
+    """The end of a run (a real worker, the tiny model) computes its statistics with the page answering: All, chosen
+    while they are computed (held here until All has shown), shows the samples at once, not after them; the
+    statistics and the 3D surfaces follow."""
+    import vtk
+    from slicerlib_testing import MODEL_NAME
+
+    from SDSegSlicerLib import stats
+
+    computing, release, computed = threading.Event(), threading.Event(), threading.Event()
+    compute = stats.statistics_of_arrays
+
+    def held_statistics(*args, **kwargs):  # a slow computation: it waits for the test
+        computing.set()
+        release.wait(HOLD_S)
+        try:
+            return compute(*args, **kwargs)
+        finally:
+            computed.set()
+
+    monkeypatch.setattr(stats, "statistics_of_arrays", held_statistics)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+    web_app.state.update({"sdseg_model": MODEL_NAME, "sdseg_samples": 2, "sdseg_steps": 2})
+    web_app.state.ready()  # as a started server's state: a change runs its listeners when flushed
+
+    async def segment_and_choose_all():
+        web_app.segment_or_cancel()
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not computing.is_set():
+            assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
+            await asyncio.sleep(0.1)
+        web_app.state.sdseg_sample_mode = "all"  # the page's All button
+        web_app.state.flush()
+        display = web_app.session.result_segmentation.GetDisplayNode()
+        shown = [display.GetSegmentVisibility(i) for i in web_app.session.sample_segment_ids()]
+        answered = (web_app.state.sdseg_sample_label, shown, computed.is_set())
+        release.set()
+        await web_app._run_task
+        return answered
+
+    try:
+        label, shown, statistics_done = asyncio.run(segment_and_choose_all())
+        assert label == "All 2 samples" and shown == [True, True] and not statistics_done
+        assert [row[0] for row in web_app.state.sdseg_stats_rows] == ["consensus", "sample 1", "sample 2"]
+        assert web_app.session.result_segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
+        assert web_app.state.sdseg_sample_label == "All 2 samples" and not web_app.state.sdseg_running
+    finally:
+        release.set()
+        web_app.clear_prompts()

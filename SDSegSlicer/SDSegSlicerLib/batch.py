@@ -6,6 +6,8 @@ summary says it is done is skipped. A volume that fails is recorded and the othe
             and `input`;
     prompts: a CSV with columns `input` (or `id`), `kind` (point_ras, point_ijk or box_ijk) and `value` (3 or 6
              numbers separated by spaces or semicolons); several rows of one volume are several lesions.
+    A relative `input` path in either CSV is relative to that CSV's own folder (not to --inputs, nor to the working
+    directory).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ PROMPT_KINDS = {"point_ras": ("--point", 3), "point_ijk": ("--point-ijk", 3), "b
 SUMMARY_COLUMNS = ("id", "input", "status", "error", "lesions", "lesion_volumes_ml", "variance_mean", "seconds")
 TASK_TIMEOUT_S = 24 * 3600
 CLOCK_SLACK_S = 2.0  # a volume's summary file counts as this run's if written at most this long before it started
+COMMAND_ERROR_PREFIX = re.compile(r"^[\w-]+: error: ")  # "sdseg-slicer: error: ": the cohort's lines have their own
+MAX_LISTED = 10  # ids named in a one-line error
 CSV_ENCODING = "utf-8-sig"  # reads what spreadsheets save as "CSV UTF-8" (with a byte-order mark) and plain UTF-8
 
 
@@ -84,6 +88,12 @@ def read_inputs(inputs: str, out: Path) -> list[Task]:
     return tasks
 
 
+def listed(names: list[str], most: int = MAX_LISTED) -> str:
+    """'a, b, c' for a one-line error; past ``most`` names: the first ``most`` and 'and N more'."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
 def add_prompts(tasks: list[Task], prompts: str) -> None:
     """Give each task the command-line options of its lesions from the prompts CSV."""
     by_key = {key: task for task in tasks for key in (task.id, task.input)}
@@ -92,7 +102,8 @@ def add_prompts(tasks: list[Task], prompts: str) -> None:
             key = row.get("input") or row.get("id") or ""
             task = by_key.get(key) or by_key.get(str((Path(prompts).parent / key).resolve()))
             if task is None:
-                raise BatchError(f"--prompts {prompts}, line {line}: {key!r} is not one of the inputs")
+                raise BatchError(f"--prompts {prompts}, line {line}: {key!r} is not one of the inputs (an id, or a "
+                                 f"path relative to this CSV's folder); the ids: {listed([t.id for t in tasks])}")
             option, count = PROMPT_KINDS.get(row.get("kind", ""), (None, 0))
             values = [v for v in re.split(r"[\s;,]+", row.get("value", "").strip()) if v]
             if option is None or len(values) != count:
@@ -135,11 +146,11 @@ def segment_arguments(task: Task, out: Path, options: list[str]) -> list[str]:
 
 def run_task(arguments: list[str], threads: int) -> tuple[int, str, float]:
     """Run one `segment` command with this process's interpreter and environment (on a Ray node: the GPUs Ray gave
-    the task), ``threads`` CPU threads: (exit status, its last error line, seconds)."""
+    the task), ``threads`` CPU threads: (exit status, its last error line without the command's prefix, seconds)."""
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", *arguments], capture_output=True,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=TASK_TIMEOUT_S)
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    errors = [COMMAND_ERROR_PREFIX.sub("", line) for line in result.stderr.splitlines() if "error" in line.lower()]
     if not errors and result.returncode:  # e.g. killed: it could not say why
         errors = [f"the segment process ended with exit status {result.returncode}" + (
             f" (killed by signal {-result.returncode})" if result.returncode < 0 else "")]

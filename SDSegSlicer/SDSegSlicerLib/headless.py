@@ -175,10 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_threads_option(models)
     batch = commands.add_parser("batch", help="segment a cohort: one task per volume, resumable, one summary CSV")
     batch.add_argument("--inputs", required=True, help="a folder of volumes (sub-folders: DICOM series) or a CSV "
-                       "with columns id, input")
+                       "with columns id, input (a relative input: relative to the CSV's folder)")
     batch.add_argument("--out", required=True, help="output folder (per volume ID_*.seg.nrrd ..., and summary.csv)")
     batch.add_argument("--prompts", help="CSV with columns input (or id), kind (point_ras, point_ijk, box_ijk), "
-                       "value; volumes without a row are segmented whole")
+                       "value; a relative input is relative to this CSV's folder, not to --inputs; volumes without "
+                       "a row are segmented whole")
     batch.add_argument("--ray", metavar="ADDRESS", help="run the tasks on Ray: a cluster address, 'auto' (join the "
                        "running one) or 'local' (start one here)")
     batch.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each Ray task needs (default 0)")
@@ -285,6 +286,14 @@ def listening_token(args) -> str | None:
     return args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
 
 
+def token_access(option: str | None, token: str | None) -> str:
+    """What a `serve` server asks of its clients, for its ready line: whether they need a token, and where the token
+    came from (a $SDSEG_TOKEN left in the shell would otherwise make a server meant to have none refuse clients)."""
+    if token is None:
+        return "no token: clients on this machine only"
+    return f"clients must send the token of {'--token' if option else '$' + TOKEN_ENVIRONMENT_VARIABLE}"
+
+
 def require_input(path: str) -> None:
     try:
         path.encode("utf-8")
@@ -303,8 +312,10 @@ def command_serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)  # the access log
     print("Starting the worker ...", file=sys.stderr, flush=True)
 
+    access = token_access(args.token, token)
+
     def ready(address):
-        print(f"Serving on http://{address[0]}:{address[1]} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        print(f"Serving on http://{address[0]}:{address[1]} ({access}; Ctrl-C to stop)", file=sys.stderr, flush=True)
 
     try:
         serve(args.host, args.port, token, args.python, args.max_upload_mb * 2 ** 20, data_root, ready,

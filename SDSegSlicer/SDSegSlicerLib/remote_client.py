@@ -152,7 +152,7 @@ class RemoteWorkerClient:
             raise WorkerError(f"Cannot reach the server {self.url} ({type(error).__name__}): check the address and "
                               "that `sdseg-slicer serve` runs there.") from None
         if response.status_code == 401:
-            raise WorkerError(f"The server {self.url} refused the token: set the token it was started with.")
+            raise WorkerError(self._token_refusal())
         if response.status_code >= 400:
             try:
                 reason = response.json().get("error")
@@ -160,6 +160,14 @@ class RemoteWorkerClient:
                 reason = response.reason
             raise WorkerError(f"The server {self.url} refused the request ({response.status_code}: {reason}).")
         return response
+
+    def _token_refusal(self) -> str:
+        """Why the server answered 401 (it has a token): none was sent, or another one."""
+        started_with = (f"the one `sdseg-slicer serve` was started with there (its --token or "
+                        f"${TOKEN_ENVIRONMENT_VARIABLE})")
+        if self._token:
+            return f"The server {self.url} refused the token given: give {started_with}."
+        return f"The server {self.url} needs a token and none was given: give {started_with}."
 
     def start(self, timeout: float = CONNECT_TIMEOUT_S, on_wait: Callable[[], None] | None = None) -> dict:
         """Ask the server for its worker's hello (models, device); raises WorkerError with a clear message.

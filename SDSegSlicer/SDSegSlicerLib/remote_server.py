@@ -244,10 +244,11 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             self.connection_slots.release()
 
     def handle_error(self, request, client_address):
-        """One log line per failed request (a client that closed its connection is routine), no traceback."""
+        """One log line per failed request, no traceback. A connection that the client closed or reset (a client
+        that ends after its job's last message resets it) or that stayed idle is routine: logged at DEBUG only."""
         error = sys.exc_info()[1]
         if isinstance(error, (ConnectionError, TimeoutError)):
-            log.info("%s: connection closed (%s)", client_address[0], type(error).__name__)
+            log.debug("%s: connection closed (%s)", client_address[0], type(error).__name__)
         else:
             log.error("%s: request failed: %s: %s", client_address[0], type(error).__name__, error)
 
