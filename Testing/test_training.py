@@ -347,7 +347,7 @@ def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_ne
 
 def test_a_training_crop_clicked_off_its_object_gets_an_empty_mask(data):
     """InMemoryCrops: where the prompt is a click off the object (sdseg.prompt_maps.OFF_OBJECT_CLICK_ODDS) the
-    training mask is empty; elsewhere it is the rater's mask (one rater here)."""
+    training mask is empty; elsewhere it is the drawn rater's mask."""
     from sdseg.data.batches import InMemoryCrops
     from sdseg.prompt_maps import training_prompts
 
@@ -355,8 +355,10 @@ def test_a_training_crop_clicked_off_its_object_gets_an_empty_mask(data):
     indices = list(range(len(crops))) * 8
     _, mask = crops.batch(indices, torch.Generator().manual_seed(2), augmentations=(), prompt_channels=("point",))
     generator = torch.Generator().manual_seed(2)
-    torch.rand(len(indices), generator=generator)  # the rater draw the batch makes first
+    chosen = (torch.rand(len(indices), generator=generator) * crops.rater_counts[indices]).long()  # the rater,
+    torch.rand(len(indices), 2, generator=generator)  # then the flips (drawn even without augmentations)
     off_object = training_prompts(crops.masks[indices], generator, crops.neighbours[indices]).off_object
     assert off_object.any()
-    expected = torch.where(off_object[:, None, None], False, crops.masks[indices][:, 0])
+    drawn = crops.masks[indices][torch.arange(len(indices)), chosen]
+    expected = torch.where(off_object[:, None, None], False, drawn)
     assert torch.equal(mask[:, 0] > 0, expected)
