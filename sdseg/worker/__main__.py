@@ -15,6 +15,7 @@ import time
 from sdseg.threads import configure_openmp
 
 PARENT_POLL_S = 1.0
+NETWORK_CODE_LOADED = "network code loaded in"  # the log line of a worker that can take a job at full speed
 GONE_GRACE_S = 1.0  # a client gone: time for the job to stop between forward passes before the process just exits
 
 
@@ -30,7 +31,6 @@ def main() -> int:
                         format="sdseg.worker %(levelname)s %(name)s: %(message)s")
     import torch  # after the redirection: importing torch may print
 
-    from sdseg.models import import_model_classes
     from sdseg.worker.server import Worker, hello_message
 
     torch.set_num_threads(threads)
@@ -41,8 +41,18 @@ def main() -> int:
     threading.Thread(target=worker.read_requests, args=(sys.stdin.buffer,), name="stdin-reader", daemon=True).start()
     threading.Thread(target=watch_parent, args=(worker, parent), name="parent-watch", daemon=True).start()
     # the network code (diffusers, ~2 CPU-s) loads while the client prepares its first job, not after it sent it
-    threading.Thread(target=import_model_classes, name="model-imports", daemon=True).start()
+    threading.Thread(target=import_networks, name="model-imports", daemon=True).start()
     return worker.run()
+
+
+def import_networks() -> None:
+    """Import the model classes (diffusers) and log when they are in (a warm worker: its next job loads only
+    weights)."""
+    from sdseg.models import import_model_classes
+
+    started = time.monotonic()
+    import_model_classes()
+    logging.getLogger("sdseg.worker").info("%s %.1f s", NETWORK_CODE_LOADED, time.monotonic() - started)
 
 
 def watch_parent(worker, parent: int) -> None:
