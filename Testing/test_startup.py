@@ -72,6 +72,7 @@ def imported_top_level_modules(argv: list[str], env: dict) -> tuple[set, subproc
     (SDSEG + ["--help"], 0), (SDSEG + ["no-such-command"], 2), (SDSEG + ["models"], 0),
     (SDSEG + ["train", "--help"], 0), (SDSEG + ["evaluate", "--help"], 0), (SDSEG + ["train", "--model", "x"], 2),
     (SDSEG + ["evaluate", "--model", "m", "--data", "d", "--samples", "0"], 2),
+    (SDSEG + ["preprocess", "--help"], 0), (SDSEG + ["preprocess", "--source", "no-such", "--out", "o"], 2),
     (SDSEG_SLICER + ["--help"], 0), (SDSEG_SLICER + ["segment", "--help"], 0), (SDSEG_SLICER + ["batch", "--help"], 0),
     (SDSEG_SLICER + ["segment", "in.nrrd"], 2), (SDSEG_SLICER + ["segment", "no-such.nrrd", "-o", "x.seg.nrrd"], 2),
     (SDSEG_SLICER + ["segment", "x.nrrd", "-o", "x.seg.nrrd", "--samples", "0"], 2),

@@ -1,6 +1,6 @@
 """`sdseg` command line: train, evaluate, preprocess, models. Each subcommand lives in its own module, imported
-only when it runs (`sdseg --help` and `sdseg models` load no torch); train and evaluate have their arguments in a
-module without torch, parsed first, so that their `--help` and argument errors load none either."""
+only when it runs (`sdseg --help` and `sdseg models` load no torch); train, evaluate and preprocess have their
+arguments in a module without torch, parsed first, so that their `--help` and argument errors load none either."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ SUBCOMMANDS = {
     "preprocess": ("sdseg.data.preprocess", "Turn volumes + masks into 2D training crops."),
     "models": ("sdseg.registry", "List the installed models."),
 }
-ARGUMENT_MODULES = {"train": "sdseg.training_args", "evaluate": "sdseg.evaluation_args"}  # their build_parser()
+ARGUMENT_MODULES = {"train": "sdseg.training_args", "evaluate": "sdseg.evaluation_args",
+                    "preprocess": "sdseg.data.preprocess_args"}  # their build_parser(), without torch
 
 
 def main(argv: list[str] | None = None) -> int:
