@@ -223,6 +223,26 @@ def test_the_worker_starts_with_the_volume_and_serves_every_run_until_the_module
     assert widget.logic.client is None and not process_exists(pid), "the worker outlived the module"
 
 
+def test_a_worker_that_cannot_start_ahead_says_so_once_and_is_not_retried_on_every_change(application, tmp_path,
+                                                                                           monkeypatch):
+    widget = panel()
+    worker_client = sys.modules["SDSegSlicerLib.worker_client"]  # the module's own (the stand-in imports it anew)
+    launches = []
+    original_launch = worker_client.WorkerClient.launch
+
+    def counted_launch(client):
+        launches.append(client.python_executable)
+        return original_launch(client)
+    monkeypatch.setattr(worker_client.WorkerClient, "launch", counted_launch)
+    widget.ui.pythonExecutableLineEdit.text = str(tmp_path / "no-such-python")
+    lesion_volume()  # the worker is started ahead with that interpreter, and fails
+    assert launches == [str(tmp_path / "no-such-python")]
+    assert "no usable Python interpreter" in widget.ui.statusLabel.text, widget.ui.statusLabel.text
+    widget.ui.samplesSpinBox.value = 3  # every parameter change: no new attempt with the same interpreter
+    widget.ui.seedSpinBox.value = 4
+    assert len(launches) == 1 and widget.logic.client is None
+
+
 def test_a_preview_point_alone_is_no_lesion_and_segment_leaves_place_mode(application):
     lesion_volume()
     widget = panel()

@@ -47,6 +47,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._timer = None
         self._warmTimer = None
+        self._warmingWith = None  # the interpreter of the worker started ahead of Segment
+        self._warmUpFailedWith = None  # the interpreter whose warm start failed: not tried again on every change
         self._browser = None
         self._resultsShown = False
         self._shownOpacity = None
@@ -254,23 +256,31 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def warmUpWorker(self):
         """With a volume to segment, start the local worker ahead of Segment (it loads PyTorch meanwhile) and keep
         it for every run; the timer shows its models and device when it is ready. Not when the backend is missing
-        (the status line says to install it) or a server is used."""
-        if self._installNeeded or self._parameterNode.serverUrl.strip():
+        (the status line says to install it), a server is used, or it failed with this interpreter already (Segment
+        and Restart worker still try)."""
+        pythonExecutable = self._parameterNode.pythonExecutable.strip()
+        if self._installNeeded or self._parameterNode.serverUrl.strip() or pythonExecutable == self._warmUpFailedWith:
             return
         try:
-            launched = self.logic.warmUpWorker(self._parameterNode.pythonExecutable.strip())
+            launched = self.logic.warmUpWorker(pythonExecutable)
         except WorkerError as error:
-            self.setStatus(str(error), error=True)
+            self.warmUpFailed(error, pythonExecutable)
             return
         if launched:
+            self._warmingWith = pythonExecutable
             self._warmTimer.start()
+
+    def warmUpFailed(self, error, pythonExecutable):
+        """The status line says why the worker could not start; no other warm start with ``pythonExecutable``."""
+        self._warmTimer.stop()
+        self._warmUpFailedWith = pythonExecutable
+        self.setStatus(str(error), error=True)
 
     def onWarmTimer(self):
         try:
             hello = self.logic.poll_warm_worker()
         except WorkerError as error:  # it ended on start: the same line Segment would show
-            self._warmTimer.stop()
-            self.setStatus(str(error), error=True)
+            self.warmUpFailed(error, self._warmingWith)
             return
         if hello is not None or self.logic.client is None:  # ready, or stopped meanwhile (Restart worker, cleanup)
             self._warmTimer.stop()
