@@ -11,6 +11,7 @@ from pathlib import Path
 from slicerlib_testing import CLI_TIMEOUT_S, lib_python_path
 
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES
+from sdseg.registry import DEFAULT_MODEL
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
@@ -44,9 +45,11 @@ def test_benchmark_training_runs_every_kind():
 
 def test_benchmark_inference_runs_start_up_every_kind_and_the_sampler_ratio():
     lines = run_script("benchmark_inference.py", "--slices", "2", "--size", "16", "--samples", "1",
-                       "--startup-samples", "1", "--preset", "tiny")
+                       "--startup-samples", "1", "--preset", "tiny", "--warm-models", DEFAULT_MODEL)
     assert any(line.startswith("start-up: `sdseg-slicer --help`") for line in lines), lines
     assert any("worker ready" in line and "first slice at" in line for line in lines), lines
+    warm = [line for line in lines if line.startswith(f"warm worker: {DEFAULT_MODEL} (N=1): first slice ")]
+    assert len(warm) == 1 and len(numbers_in(warm[0].replace("(", " "))) >= 2, lines
     ratio_table = lines[lines.index(next(line for line in lines if line.startswith("sampler vs bare loop"))) + 2:]
     assert len(ratio_table) == len(DIFFUSION_KINDS), lines
     assert all(len(numbers_in(line)) >= 4 and numbers_in(line)[-1] > 0 for line in ratio_table), ratio_table

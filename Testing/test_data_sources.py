@@ -16,6 +16,7 @@ import pytest
 from slicerlib_testing import CLI_TIMEOUT_S
 import SimpleITK as sitk
 
+from sdseg.choices import IBSI_STS_MODALITIES, SOURCE_NAMES
 from sdseg.data import preprocess, sources
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.lesion_appearance import MIN_LESION_PIXELS
@@ -536,3 +537,8 @@ def test_preprocess_refuses_held_out_patients_in_train_and_a_failed_run_leaves_n
     assert capsys.readouterr().err.strip() == "sdseg preprocess: error: interrupted; nothing written"
     assert out.is_dir() and not any(out.iterdir())
 
+
+def test_the_command_line_offers_exactly_the_sources_and_modalities():
+    """`sdseg preprocess` names the sources and IBSI modalities from sdseg.choices (no torch for --help)."""
+    assert SOURCE_NAMES == tuple(sorted(sources.SOURCES))
+    assert IBSI_STS_MODALITIES == tuple(sources.IBSI_STS_PREPROCESSING)

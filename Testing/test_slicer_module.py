@@ -8,6 +8,7 @@ dependencies, reload keeping stale code)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -186,6 +187,60 @@ def test_click_segment_stream_accept_and_export_through_the_panel(application, t
     np.testing.assert_array_equal(masks["accepted"], masks["sample 2"])
     np.testing.assert_array_equal(masks["consensus"], lesion_mask())  # the threshold model finds it exactly
     assert volume.GetID() == widget.logic.getParameterNode().inputVolume.GetID()
+
+
+def process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.usefixtures("worker_env")
+def test_the_worker_starts_with_the_volume_and_serves_every_run_until_the_module_closes(application):
+    """Issue #33: the worker loads PyTorch while the user looks at the volume, not after Segment; one process for
+    every run; none left once the module is closed."""
+    widget = panel()
+    assert widget.logic.client is None, "a worker started without a volume to segment"
+    lesion_volume()  # loaded while the panel is shown: the selector takes it, the worker starts
+    client = widget.logic.client
+    assert client is not None and process_exists(client.pid), widget.ui.statusLabel.text
+    pid = client.pid
+    wait_until(lambda: widget.ui.modelComboBox.findData(BRIGHT_3D_MODEL_NAME) >= 0, "the models, without Segment")
+    assert widget.ui.gpuLabel.text and widget.logic.worker_ready()
+    widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.findData(BRIGHT_3D_MODEL_NAME)
+    widget.ui.samplesSpinBox.value = 2
+    widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findData("cpu")
+    click_lesion_and_keep_hovering(application, widget)
+    for run in (1, 2):
+        widget.ui.segmentButton.click()
+        assert widget.ui.segmentButton.text == "Cancel", widget.ui.statusLabel.text
+        wait_until(lambda: widget.ui.statsTable.rowCount > 0, f"the end of run {run}")
+        assert widget.logic.run.state == "done", widget.ui.statusLabel.text
+        assert widget.logic.client.pid == pid, f"run {run} started another worker"
+    application.unloadModules()  # application exit: cleanup()
+    assert widget.logic.client is None and not process_exists(pid), "the worker outlived the module"
+
+
+def test_a_worker_that_cannot_start_ahead_says_so_once_and_is_not_retried_on_every_change(application, tmp_path,
+                                                                                           monkeypatch):
+    widget = panel()
+    worker_client = sys.modules["SDSegSlicerLib.worker_client"]  # the module's own (the stand-in imports it anew)
+    launches = []
+    original_launch = worker_client.WorkerClient.launch
+
+    def counted_launch(client):
+        launches.append(client.python_executable)
+        return original_launch(client)
+    monkeypatch.setattr(worker_client.WorkerClient, "launch", counted_launch)
+    widget.ui.pythonExecutableLineEdit.text = str(tmp_path / "no-such-python")
+    lesion_volume()  # the worker is started ahead with that interpreter, and fails
+    assert launches == [str(tmp_path / "no-such-python")]
+    assert "no usable Python interpreter" in widget.ui.statusLabel.text, widget.ui.statusLabel.text
+    widget.ui.samplesSpinBox.value = 3  # every parameter change: no new attempt with the same interpreter
+    widget.ui.seedSpinBox.value = 4
+    assert len(launches) == 1 and widget.logic.client is None
 
 
 def test_a_preview_point_alone_is_no_lesion_and_segment_leaves_place_mode(application):

@@ -32,6 +32,19 @@ def test_worker_uses_the_threads_it_was_given_with_a_passive_wait_policy(worker_
     assert runtime == {"threads": 3, "omp_wait_policy": "PASSIVE", "openmp_set_before_torch": True}
 
 
+def test_the_worker_says_hello_before_it_loads_the_job_code(worker_env, tmp_path):
+    """SimpleITK and the inference code load after the hello (the client prepares its job meanwhile): a SimpleITK
+    whose import never ends does not hold the hello back."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "SimpleITK.py").write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    client = WorkerClient(env=dict(worker_env, PYTHONPATH=os.pathsep.join([str(shadow), worker_env["PYTHONPATH"]])))
+    try:
+        assert client.start(timeout=CLI_TIMEOUT_S)["runtime"]["openmp_set_before_torch"]
+    finally:
+        client.stop(timeout=1.0)  # it hangs in that import: killed
+
+
 def test_worker_keeps_the_users_wait_policy(worker_env):
     assert worker_hello(dict(worker_env, OMP_WAIT_POLICY="ACTIVE"))["runtime"]["omp_wait_policy"] == "ACTIVE"
 
@@ -70,6 +83,9 @@ def imported_top_level_modules(argv: list[str], env: dict) -> tuple[set, subproc
 
 @pytest.mark.parametrize("argv, status", [
     (SDSEG + ["--help"], 0), (SDSEG + ["no-such-command"], 2), (SDSEG + ["models"], 0),
+    (SDSEG + ["train", "--help"], 0), (SDSEG + ["evaluate", "--help"], 0), (SDSEG + ["train", "--model", "x"], 2),
+    (SDSEG + ["evaluate", "--model", "m", "--data", "d", "--samples", "0"], 2),
+    (SDSEG + ["preprocess", "--help"], 0), (SDSEG + ["preprocess", "--source", "no-such", "--out", "o"], 2),
     (SDSEG_SLICER + ["--help"], 0), (SDSEG_SLICER + ["segment", "--help"], 0), (SDSEG_SLICER + ["batch", "--help"], 0),
     (SDSEG_SLICER + ["segment", "in.nrrd"], 2), (SDSEG_SLICER + ["segment", "no-such.nrrd", "-o", "x.seg.nrrd"], 2),
     (SDSEG_SLICER + ["segment", "x.nrrd", "-o", "x.seg.nrrd", "--samples", "0"], 2),

@@ -99,6 +99,28 @@ def app():
 CLOSED_PAGE = "Cannot write to closing transport"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux /proc; an exited process not yet reaped, a zombie, does not run)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The running `sdseg.worker` processes whose parent is ``parent`` (the web app's workers), from Linux /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
+            command = (entry / "cmdline").read_bytes().split(b"\0") if fields else []
+        except OSError:  # it ended meanwhile
+            continue
+        if fields and fields[0] != "Z" and int(fields[1]) == parent and b"sdseg.worker" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
 def app_errors(lines) -> list[str]:
     """The exception lines of the tracebacks in the app's log, but those of a page closed mid-frame (CLOSED_PAGE)."""
     errors = []
@@ -628,6 +650,8 @@ def test_a_bad_number_or_an_unfinished_box_is_refused_in_one_line_and_the_result
 
 def test_a_second_run_replaces_the_first_result(app, browser, tmp_path):
     page = open_page(browser, app.url)
+    workers = worker_pids(app.process.pid)
+    assert len(workers) == 1, workers
     page.click("#sdseg-clear-prompts")
     wait_for_text(page, "#sdseg-status", "^Cleared: click the lesion")
     i, j = tumour_click_ijk()
@@ -659,6 +683,7 @@ def test_a_second_run_replaces_the_first_result(app, browser, tmp_path):
     assert set(masks) == set(rows) == {"consensus", "sample 1", "sample 2"}  # no 'accepted': not this run's
     for name, mask in masks.items():
         assert int(rows[name]["voxels"]) == int(mask.sum()) and not (mask & tumour).any(), name
+    assert worker_pids(app.process.pid) == workers, "a run started another worker"
     page.fill("#sdseg-samples", "8")
     close_quietly(page)
 
@@ -750,10 +775,13 @@ def test_the_server_says_it_starts_at_once_and_stops_only_when_asked(browser):
         assert web.lines[0].startswith("SDSegSlicer Web: starting")
         assert web.lines[-1].rstrip().endswith("(stops after 5 s without an open page)")
         page = open_page(browser, web.url)
+        workers = worker_pids(web.process.pid)  # warm before any Segment: the user waits on no start-up
+        assert len(workers) == 1, workers
         three_d = view_pixels(page, 1)  # no volume rendering (grainy, colourful): a plain background
         assert float((three_d.max(axis=2) - three_d.min(axis=2) > 60).mean()) < 0.01
         page.close()
         assert web.process.wait(CLI_TIMEOUT_S) == 0  # by itself, 5 s after the page closed
+        assert not process_alive(workers[0]), "the web app ended before its worker"  # it stopped it, not orphaned
     finally:
         web.stop()
     assert "SDSegSlicer Web stopped." in "".join(web.lines)

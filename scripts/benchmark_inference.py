@@ -5,7 +5,9 @@ bundled sample volume for each installed model.
 
 Start-up: `sdseg-slicer --help` in a new process (wall and CPU seconds), then a real worker (SDSegSlicerLib's
 WorkerClient) started and given README command 1's job (the default model, one click on the sample volume): seconds
-to its hello, to the first slice and to the end.
+to its hello, to the first slice and to the end. Warm worker (as the Slicer module and the web page keep one from
+the moment a volume is there): a worker started and idle (its network code loaded), then README command 1's job
+for each of --warm-models, twice: seconds from the submission (Segment) to the first slice.
 Sampler vs bare loop: the network calls one ``model.sample`` makes (every call of a sub-module not made inside
 another one, e.g. the UNet and the decoder, with their inputs) are recorded, then replayed alone; the ratio is
 bare-loop time / sampler time (1.0: the sampler adds nothing to its forward passes).
@@ -43,8 +45,12 @@ from sdseg.evaluation import prompt_point
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES, build_model
 from sdseg.propagation import Prompt, propagate
 from sdseg.volume_io import read_volume
+from sdseg.worker.__main__ import NETWORK_CODE_LOADED
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "SDSegSlicer"))
+from SDSegSlicerLib.worker_client import STDERR_LINES_KEPT, WorkerClient  # noqa: E402
+
 SAMPLE_DIR = ROOT / "Resources" / "SampleData"
 DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
 README_CLICK_IJK = [45, 31, 16]  # README command 1: --point-ijk 45,31,16 on the sample volume
@@ -56,11 +62,29 @@ def child_cpu_s() -> float:
     return usage.children_user + usage.children_system
 
 
+def readme_job(client, model: str | None, samples: int) -> tuple[float, int, float]:
+    """Run README command 1's job (one click on the sample volume) with ``model`` on a started worker: (seconds
+    from the submission to the first slice, slices, seconds to the end)."""
+    started = time.perf_counter()
+    job_id = client.submit({"volume": str(SAMPLE_DIR / "sample.nrrd"), "model": model, "samples": samples,
+                            "steps": None, "seed": 0, "device": "auto", "batch_size": None, "roi_ijk": None,
+                            "slice_axis": None, "prompt": {"lesions": [{"point_ijk": README_CLICK_IJK}]}})
+    first, slices, end = None, 0, None
+    while end is None and time.perf_counter() - started < STARTUP_TIMEOUT_S:
+        for message in client.poll(1.0):
+            if message.get("job_id") != job_id:
+                continue
+            if message["type"] == "slice":
+                first, slices = first or time.perf_counter() - started, slices + 1
+            elif message["type"] in ("done", "cancelled", "error"):
+                end = message
+    if end is None or end["type"] != "done":
+        raise SystemExit(f"README command 1's job ({model or 'default model'}) did not finish: {end}")
+    return first, slices, time.perf_counter() - started
+
+
 def startup(samples: int) -> None:
     """The command line's import time, then a real worker: ready, first slice and end of README command 1's job."""
-    sys.path.insert(0, str(ROOT / "SDSegSlicer"))
-    from SDSegSlicerLib.worker_client import WorkerClient
-
     cpu, started = child_cpu_s(), time.perf_counter()
     subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", "--help"], check=True, stdout=subprocess.DEVNULL,
                    env=dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, sys.path[:1] + [ROOT]))))
@@ -71,25 +95,33 @@ def startup(samples: int) -> None:
     try:
         hello = client.start(STARTUP_TIMEOUT_S)
         ready = time.perf_counter() - started
-        job_id = client.submit({"volume": str(SAMPLE_DIR / "sample.nrrd"), "model": None, "samples": samples,
-                                "steps": None, "seed": 0, "device": "auto", "batch_size": None, "roi_ijk": None,
-                                "slice_axis": None, "prompt": {"lesions": [{"point_ijk": README_CLICK_IJK}]}})
-        first, slices, end = None, 0, None
-        while end is None and time.perf_counter() - started < STARTUP_TIMEOUT_S:
-            for message in client.poll(1.0):
-                if message.get("job_id") != job_id:
-                    continue
-                if message["type"] == "slice":
-                    first, slices = first or time.perf_counter() - started, slices + 1
-                elif message["type"] in ("done", "cancelled", "error"):
-                    end = message
+        first, slices, _ = readme_job(client, None, samples)
     finally:
         client.stop()
-    if end is None or end["type"] != "done":
-        raise SystemExit(f"README command 1's job did not finish: {end}")
     print(f"start-up: worker ready {ready:.2f} s after launch ({hello.get('runtime')}); README command 1 (default "
-          f"model, N={samples}): first slice at {first:.2f} s, {slices} slices done at "
+          f"model, N={samples}): first slice at {ready + first:.2f} s, {slices} slices done at "
           f"{time.perf_counter() - started:.2f} s")
+
+
+def warm_worker(models: list[str], samples: int) -> None:
+    """What the Slicer module and the web page give: a worker started with the volume, idle (network code loaded)
+    when Segment is pressed; seconds from Segment (README command 1's job) to its first slice, for the first and
+    the next Segment of each model (the first one loads its weights)."""
+    client = WorkerClient()
+    try:
+        client.start(STARTUP_TIMEOUT_S)
+        deadline = time.perf_counter() + STARTUP_TIMEOUT_S
+        while NETWORK_CODE_LOADED not in client.stderr_tail(STDERR_LINES_KEPT):
+            if time.perf_counter() > deadline:
+                raise SystemExit("the worker did not say that its network code is loaded")
+            time.sleep(0.1)
+        for model in models:
+            first, _, end = readme_job(client, model, samples)
+            again, _, _ = readme_job(client, model, samples)
+            print(f"warm worker: {model} (N={samples}): first slice {first:.2f} s after Segment (next Segment "
+                  f"{again:.2f} s), README command 1 done {end:.2f} s after Segment", flush=True)
+    finally:
+        client.stop()
 
 
 def top_level_calls(model, run) -> list[tuple]:
@@ -209,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds per image vs images per pass instead (see --sizes)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128], help="image sizes of --batch-sweep")
     parser.add_argument("--startup-samples", type=int, default=8, help="N of README command 1 in the start-up")
+    parser.add_argument("--warm-models", nargs="*", default=[registry.DEFAULT_MODEL, "ambiguous"],
+                        help="models timed from Segment to the first slice on a warm worker (default: the default "
+                             "model and ambiguous; none: skip)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_sweep(args.kinds, args.sizes, device, args.steps)
         return 0
     startup(args.startup_samples)
+    warm_worker(args.warm_models, args.startup_samples)
     volume = np.random.default_rng(0).normal(0.0, 100.0, (args.slices, args.size, args.size)).astype(np.float32)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, volume "
           f"{args.slices} x {args.size} x {args.size}")

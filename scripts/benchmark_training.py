@@ -21,7 +21,8 @@ import torch
 from sdseg.data.synthetic import make_shapes_dataset
 from sdseg.device import resolve_device
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES
-from sdseg.training import Training, _parser, _settings, _StopRequest
+from sdseg.training import Training, _settings, _StopRequest
+from sdseg.training_args import build_parser
 
 DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds:
             train_args = ["--model", kind, "--data", str(data), "--out", str(Path(folder) / kind), "--preset",
                           args.preset, "--batch-size", str(args.batch_size), "--warmup", "0", "--steps", "1000"]
-            settings = _settings(_parser().parse_args(train_args), None)
+            settings = _settings(build_parser().parse_args(train_args), None)
             with _StopRequest():
                 training = Training(settings, Path(folder) / kind, device, 0, "benchmark")
                 ours = training_loop_rate(training, args.steps, args.warmup)

@@ -1,5 +1,6 @@
 """`sdseg` command line: train, evaluate, preprocess, models. Each subcommand lives in its own module, imported
-only when it runs (`sdseg --help` and `sdseg models` load no torch)."""
+only when it runs (`sdseg --help` and `sdseg models` load no torch); train, evaluate and preprocess have their
+arguments in a module without torch, parsed first, so that their `--help` and argument errors load none either."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ SUBCOMMANDS = {
     "preprocess": ("sdseg.data.preprocess", "Turn volumes + masks into 2D training crops."),
     "models": ("sdseg.registry", "List the installed models."),
 }
+ARGUMENT_MODULES = {"train": "sdseg.training_args", "evaluate": "sdseg.evaluation_args",
+                    "preprocess": "sdseg.data.preprocess_args"}  # their build_parser(), without torch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,8 @@ def run(argv: list[str] | None) -> int:
         lines += [f"  {name:<11} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
         print("\n".join(lines), file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] in ARGUMENT_MODULES:  # --help and argument errors exit here, before the command's heavy imports
+        importlib.import_module(ARGUMENT_MODULES[argv[0]]).build_parser().parse_args(argv[1:])
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     return module.main(argv[1:])
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from sdseg.checkpoint import CheckpointError, load_model
-from sdseg.data.dataset import SPLITS, CropsDataset, DatasetError
+from sdseg.data.dataset import CropsDataset, DatasetError
+from sdseg.evaluation_args import build_parser
 from sdseg import masks
 from sdseg.inference import (BatchSize, ModelMismatchError, auto_batch_size, check_model_fits_volume,
                              consensus_mask, is_out_of_memory, sample_items)
@@ -43,9 +44,7 @@ METRIC_COLUMNS = [("dice_vs_raters", "Dice vs raters"), ("iou_vs_raters", "IoU v
                   ("ged", "GED"), ("diversity", "diversity"), ("auroc_variance_vs_disagreement", "AUROC"),
                   ("dice_lesion_cases", "Dice, lesion cases"), ("false_positive_rate", "FP rate"),
                   ("false_positive_pixels", "FP pixels"), ("slices_per_s", "slices/s")]
-PROMPTS = ("click", "none")
 DETERMINISTIC_WORDS = "; deterministic: its N samples are one mask repeated, from one forward pass per case"
-PREVIOUS = ("unknown", "neighbour")  # what a model with the previous-slice channel is given (--previous)
 
 
 class EvaluationError(Exception):
@@ -336,64 +335,6 @@ def write_grid(path: Path, images: np.ndarray, rater_masks: list[np.ndarray], sa
 
 # ----- command line
 
-def parse_sample_counts(text: str) -> list[int]:
-    """``"1,4,16"`` -> ``[1, 4, 16]`` (sorted, unique, each >= 1)."""
-    try:
-        counts = sorted({int(part) for part in text.split(",")})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sample counts separated by commas, e.g. 1,4,16; got {text!r}") \
-            from None
-    if counts[0] < 1:
-        raise argparse.ArgumentTypeError(f"sample counts must be at least 1, got {text!r}")
-    return counts
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {text!r}")
-        return value
-    return parse
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sdseg evaluate", description="Evaluate a model on a crops data set split: Dice/IoU of the consensus, "
-        "GED, sample diversity, variance-vs-rater-disagreement AUROC and speed, per sample count, with and without "
-        "relative-area post-processing. Writes OUT/metrics.json, OUT/metrics.md and OUT/grid.png.")
-    parser.add_argument("--model", required=True, help="installed model name (see `sdseg models`) or model folder")
-    parser.add_argument("--data", required=True, help="crops data set folder (with dataset.json)")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default test)")
-    parser.add_argument("--samples", default=[1, 4, 16], type=parse_sample_counts,
-                        help="sample counts N, comma separated (default 1,4,16)")
-    parser.add_argument("--max-cases", type=_int_at_least(1), help="evaluate only the first N cases (file name order)")
-    parser.add_argument("--spread", action="store_true", help="with --max-cases: N cases evenly spaced over the "
-                        "split (file name order) instead of the first N, so that every part of a large split counts")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
-    parser.add_argument("--steps", type=_int_at_least(1), help="sampling steps (default: the model's)")
-    parser.add_argument("--out", help="output folder (default ./evaluation-MODEL-SPLIT)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the evaluation already in --out")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
-    parser.add_argument("--prompt", choices=PROMPTS, default="click", help="for models with prompt channels: "
-                        "click each lesion case where a user would (and a lesion-free case at its centre), or give "
-                        "no prompt (default click)")
-    parser.add_argument("--previous", choices=PREVIOUS, default="unknown",
-                        help="for models with the previous-slice channel: give each case no previous mask "
-                             "(unknown, as the prompted slice; default) or its neighbouring slice's raters' union, "
-                             "as the propagation gives the slices after the prompted one (neighbour)")
-    parser.add_argument("--baselines", action="store_true",
-                        help="also score the empty mask, the train mean mask and an intensity threshold fitted on "
-                             "the train split")
-    parser.add_argument("--baselines-from", metavar="DATA",
-                        help="score the baselines (--baselines) fitted on the train split of this data set instead "
-                             "(for an external test set, which has no train split: e.g. the model's training data)")
-    return parser
-
-
 def _model_rows(model, images, rater_masks, args, batch_size: int, prompts: list[CropPrompt | None] | None,
                 previous: list[np.ndarray | None] | None) -> tuple[list[dict], np.ndarray]:
     """Metric rows of the model for every sample count and post-processing, and the largest count's samples as
@@ -504,7 +445,7 @@ def evaluate(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         out = evaluate(args)
     except (EvaluationError, DatasetError, CheckpointError, UnknownModelError, ModelMismatchError, DeviceUnavailable) as error:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdseg.choices import RATER_TARGETS
+
 
 def neighbourhood_max(values: torch.Tensor) -> torch.Tensor:
     """The largest value in each pixel's 3x3 neighbourhood of ``values`` (..., H, W), outside the image counting as
@@ -65,7 +67,6 @@ def postprocess(masks: torch.Tensor, config: dict) -> torch.Tensor:
     return relative_area_filter(masks, r) if r else masks
 
 
-RATER_TARGETS = ("random", "majority", "union")  # the mask a training image comes with (rater_target)
 
 
 def rater_target(raters: torch.Tensor, counts: torch.Tensor, target: str, chosen: torch.Tensor) -> torch.Tensor:

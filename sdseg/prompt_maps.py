@@ -25,11 +25,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sdseg.choices import PROMPT_CHANNELS
 from sdseg.masks import interior_point, interior_points
 from sdseg.preprocessing import resize_images
 
-PROMPT_CHANNELS = ("point", "box", "previous")
-DEFAULT_PROMPT_CHANNELS = ("point", "box")  # `sdseg train` without --prompt-channels
 POINT_SIGMA_FRACTION = 1.0 / 32.0  # 2 pixels at 64 x 64
 # How training prompts are drawn for a crop that shows the object: no prompt, a click, a box, or both.
 OBJECT_PROMPT_ODDS = {"none": 0.15, "point": 0.45, "box": 0.2, "both": 0.2}

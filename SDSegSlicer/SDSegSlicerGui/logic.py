@@ -35,12 +35,21 @@ class SDSegSlicerLogic(SegmentationSession, ScriptedLoadableModuleLogic):
                               model=parameterNode.model, samples=parameterNode.samples, steps=parameterNode.steps,
                               seed=parameterNode.seed, device=parameterNode.device)
 
-    def startWorker(self, pythonExecutable="", onWait=None, serverUrl="", token=None):
-        """(Re)start the worker, or connect to a server; an external interpreter runs in the environment Slicer
-        was started with (not with Slicer's own library paths, which would break its packages)."""
-        environment = slicer.util.startupEnvironment() if pythonExecutable else None
-        return self.start_worker(pythonExecutable, on_wait=onWait, external_env=environment, server_url=serverUrl,
-                                 token=token)
+    def startWorker(self, pythonExecutable="", onWait=None, serverUrl="", token=None, restart=True):
+        """(Re)start the worker (without ``restart``: wait for the one starting already), or connect to a server;
+        an external interpreter runs in the environment Slicer was started with (not with Slicer's own library
+        paths, which would break its packages)."""
+        return self.start_worker(pythonExecutable, on_wait=onWait, external_env=self.workerEnvironment(
+            pythonExecutable), server_url=serverUrl, token=token, restart=restart)
+
+    def warmUpWorker(self, pythonExecutable=""):
+        """Launch the worker without waiting for it (see SegmentationSession.warm_up_worker)."""
+        return self.warm_up_worker(pythonExecutable, self.workerEnvironment(pythonExecutable))
+
+    @staticmethod
+    def workerEnvironment(pythonExecutable):
+        """The environment of a worker run by ``pythonExecutable`` (None: this Python's own)."""
+        return slicer.util.startupEnvironment() if pythonExecutable else None
 
     def installBackend(self, onStart=None, onWait=None):
         """Install torch (through the PyTorch extension) and the backend packages into Slicer's Python, never

@@ -18,6 +18,7 @@ from SDSegSlicerLib.worker_client import WorkerError
 from .logic import SDSegSlicerLogic
 
 TIMER_INTERVAL_MS = 100
+WARM_WORKER_POLL_MS = 200  # how often the panel looks for the hello of a worker started ahead of Segment
 TOKEN_SETTING = "SDSegSlicer/ServerToken"
 # The module's own packages: Slicer's reload re-executes only SDSegSlicer.py, which imports them anew once forgotten.
 MODULE_PACKAGES = ("SDSegSlicerGui", "SDSegSlicerLib")
@@ -45,6 +46,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._timer = None
+        self._warmTimer = None
+        self._warmingWith = None  # the interpreter of the worker started ahead of Segment
+        self._warmUpFailedWith = None  # the interpreter whose warm start failed: not tried again on every change
         self._browser = None
         self._resultsShown = False
         self._shownOpacity = None
@@ -65,6 +69,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(TIMER_INTERVAL_MS)
         self._timer.connect("timeout()", self.onTimer)
+        self._warmTimer = qt.QTimer()
+        self._warmTimer.setInterval(WARM_WORKER_POLL_MS)
+        self._warmTimer.connect("timeout()", self.onWarmTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -100,8 +107,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportStatsButton.connect("clicked()", lambda: self.onExport("stats"))
         self.ui.exportDirectoryButton.directory = qt.QDir.homePath()
 
-        self.initializeParameterNode()
+        # The backend's status first: a panel opened on a volume starts the worker only when the backend is there.
         self.updateBackendStatus(self.ui.pythonExecutableLineEdit.text, self.ui.serverUrlLineEdit.text)
+        self.initializeParameterNode()
 
     def addSegmentShortcuts(self):
         """Enter in a slice view segments (after clicking the lesion there): one shortcut per slice view, active
@@ -119,8 +127,9 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for shortcut in self._segmentShortcuts:
             shortcut.setParent(None)
         self._segmentShortcuts = []
-        if self._timer:
-            self._timer.stop()
+        for timer in (self._timer, self._warmTimer):
+            if timer:
+                timer.stop()
         if self.logic:
             self.logic.shutdown(on_wait=slicer.app.processEvents)  # the application stays responsive meanwhile
 
@@ -185,6 +194,8 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.observePoints(self._parameterNode.lesionPoints)
         self.updateButtons()
+        if self._parameterNode.inputVolume:
+            self.warmUpWorker()
         self.selectModelInCombo(self._parameterNode.model)
         opacity = self._parameterNode.varianceOpacity
         if opacity != self._shownOpacity and self.logic.has_result():  # only an opacity change touches views
@@ -242,6 +253,40 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTokenEdited(self):
         qt.QSettings().setValue(TOKEN_SETTING, self.ui.serverTokenLineEdit.text)
 
+    def warmUpWorker(self):
+        """With a volume to segment, start the local worker ahead of Segment (it loads PyTorch meanwhile) and keep
+        it for every run; the timer shows its models and device when it is ready. Not when the backend is missing
+        (the status line says to install it), a server is used, or it failed with this interpreter already (Segment
+        and Restart worker still try)."""
+        pythonExecutable = self._parameterNode.pythonExecutable.strip()
+        if self._installNeeded or self._parameterNode.serverUrl.strip() or pythonExecutable == self._warmUpFailedWith:
+            return
+        try:
+            launched = self.logic.warmUpWorker(pythonExecutable)
+        except WorkerError as error:
+            self.warmUpFailed(error, pythonExecutable)
+            return
+        if launched:
+            self._warmingWith = pythonExecutable
+            self._warmTimer.start()
+
+    def warmUpFailed(self, error, pythonExecutable):
+        """The status line says why the worker could not start; no other warm start with ``pythonExecutable``."""
+        self._warmTimer.stop()
+        self._warmUpFailedWith = pythonExecutable
+        self.setStatus(str(error), error=True)
+
+    def onWarmTimer(self):
+        try:
+            hello = self.logic.poll_warm_worker()
+        except WorkerError as error:  # it ended on start: the same line Segment would show
+            self.warmUpFailed(error, self._warmingWith)
+            return
+        if hello is not None or self.logic.client is None:  # ready, or stopped meanwhile (Restart worker, cleanup)
+            self._warmTimer.stop()
+        if hello is not None and self._parameterNode:
+            self.showWorker(hello)
+
     def ensureWorker(self, restart=False):
         """Start the worker (or connect to the server) if needed, or ``restart`` it; fill the model list and device
         from its hello. False on failure."""
@@ -255,7 +300,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             # The GUI keeps processing events meanwhile; the logic is busy, so no second start, run or install.
             hello = self.logic.startWorker(pythonExecutable, onWait=self.whileWaiting, serverUrl=serverUrl,
-                                           token=self.ui.serverTokenLineEdit.text or None)
+                                           token=self.ui.serverTokenLineEdit.text or None, restart=restart)
         except (WorkerError, BusyError) as error:  # says what to do (install the backend, another Python, ...)
             self.setStatus(str(error), error=True)
             return False
@@ -265,9 +310,13 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:  # the user left the module or closed the scene while the worker started
             return False
         self.setStatus("")
+        self.showWorker(hello)
+        return True
+
+    def showWorker(self, hello):
+        """The models and the device of the worker's hello."""
         self.fillModelCombo(hello.get("models", []))
         self.ui.gpuLabel.text = result_view.describe_device(hello)
-        return True
 
     def whileWaiting(self):
         self.updateButtons()

@@ -144,6 +144,10 @@ class RemoteWorkerClient:
     def is_running(self) -> bool:
         return self.hello is not None and not self._stopping
 
+    def poll_ready(self, timeout: float = 0.0) -> dict | None:
+        """The server's hello (start() waited for it), as WorkerClient.poll_ready gives a launched worker's."""
+        return self.hello
+
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         try:
             response = self._session.request(method, self.url + path, timeout=kwargs.pop("timeout", CONNECT_TIMEOUT_S),

@@ -63,18 +63,53 @@ class SegmentationSession:
     # --- worker ---------------------------------------------------------------------------------------------
 
     def worker_ready(self, python_executable: str = "", server_url: str = "") -> bool:
-        return (self.client is not None and self.client.is_running()
+        """Whether the worker of these settings runs and said hello (a warm start may still be loading)."""
+        return (self.client is not None and self.client.is_running() and self.client.hello is not None
                 and self.client_python == (server_url or python_executable))
 
+    def warm_up_worker(self, python_executable: str = "", external_env: dict | None = None) -> bool:
+        """Launch the local worker with ``python_executable`` without waiting for it, so that it loads PyTorch
+        while the user looks at the volume and Segment finds it ready (poll_warm_worker() takes its hello). Nothing
+        when a worker runs or starts already (or a server is used), or another action is going on; whether a worker
+        was launched. A WorkerError says why it cannot be launched."""
+        if (self.client is not None and self.client.is_running()) or self.busy_reason is not None:
+            return False
+        self.stop_worker()  # one that ended: its job folders go
+        client = WorkerClient(python_executable=python_executable or None,
+                              env=external_env if python_executable else None)
+        client.launch()
+        self.client, self.client_python = client, python_executable
+        return True
+
+    def poll_warm_worker(self) -> dict | None:
+        """The hello of the worker warm_up_worker() launched once it came, else None; a WorkerError (the worker
+        forgotten) when it ended before."""
+        if self.client is None:
+            return None
+        try:
+            return self.client.poll_ready()
+        except WorkerError:
+            self.client, self.client_python = None, None
+            raise
+
     def start_worker(self, python_executable: str = "", timeout: float = WORKER_START_TIMEOUT_S, on_wait=None,
-                     external_env: dict | None = None, server_url: str = "", token: str | None = None) -> dict:
+                     external_env: dict | None = None, server_url: str = "", token: str | None = None,
+                     restart: bool = True) -> dict:
         """(Re)start the worker with ``python_executable`` (empty: this Python), or connect to the server at
-        ``server_url`` (with ``token``), and return its hello. ``on_wait()`` is called while a local worker loads
-        (a GUI processes its events there). ``external_env`` is the environment for an external interpreter (in
-        Slicer: the one Slicer was started with, without its own library paths)."""
+        ``server_url`` (with ``token``), and return its hello. Without ``restart``, a worker of these settings that
+        runs already (a warm start still loading included) is kept and its hello waited for. ``on_wait()`` is
+        called while a local worker loads (a GUI processes its events there). ``external_env`` is the environment
+        for an external interpreter (in Slicer: the one Slicer was started with, without its own library paths)."""
         if self.is_running():
             raise BusyError("A segmentation is running: cancel it before restarting the worker.")
         with self.busy("the worker is starting"):
+            if not restart and not server_url and self.client is not None and self.client.is_running() \
+                    and self.client_python == python_executable:
+                try:
+                    return self.client.wait_ready(timeout, on_wait)
+                except WorkerError:
+                    self.client, self.client_python = None, None
+                    raise
             self.stop_worker(on_wait)
             if server_url:
                 client = RemoteWorkerClient(server_url, token)

@@ -172,6 +172,12 @@ class WorkerClient:
         """Start the worker and wait for its `hello` (models, device); raises WorkerError with a clear message.
         ``on_wait()`` is called about every ``WAIT_POLL_S`` while waiting (a GUI passes its event processing, so
         it stays responsive while the worker imports PyTorch)."""
+        self.launch()
+        return self.wait_ready(timeout, on_wait)
+
+    def launch(self) -> None:
+        """Start the worker process without waiting for it: it imports PyTorch while the user does something
+        else (a warm start); wait_ready() or poll_ready() then take its hello."""
         if self._process is not None:
             raise WorkerError("The worker is already started: stop it before starting it again.")
         self._jobs_root = jobs_folder()  # first: a failure here leaves no worker running
@@ -193,37 +199,43 @@ class WorkerClient:
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in reversed(self._threads):  # stderr's first: the stdout reader joins it at the end
             thread.start()
-        self.hello = self._wait_for_hello(timeout, on_wait)
-        return self.hello
 
-    def _wait_for_hello(self, timeout, on_wait):
+    def wait_ready(self, timeout: float = 120.0, on_wait: Callable[[], None] | None = None) -> dict:
+        """The launched worker's hello, waiting up to ``timeout`` s for it (at once when it came already); a
+        WorkerError (the worker stopped) when it ends first, answers something else or does not answer in time."""
         deadline = time.monotonic() + timeout
-        while True:
+        while self.hello is None:
             remaining = deadline - time.monotonic()
-            wait = remaining if on_wait is None else min(remaining, WAIT_POLL_S)
-            messages = self.poll(timeout=wait) if remaining > 0 else []
-            if not messages and remaining > 0 and on_wait is not None:
-                on_wait()
-                continue
-            if not messages and remaining <= 0:
+            if remaining <= 0:
                 tail = self.stderr_tail(CRASH_REPORT_LINES)
                 self.stop(timeout=UNRESPONSIVE_STOP_TIMEOUT_S)  # it did not answer so far: no long grace
                 raise WorkerError(f"The worker did not start within {timeout:.0f} s"
                                   + (f" (last output: {tail})" if tail else "")
                                   + ": check the Python interpreter and try again.")
-            for message in messages:
-                if message.get("type") == "error":
-                    self.stop()
-                    raise WorkerError(self._start_failure(message))
-                if message.get("type") != "hello":
-                    self.stop()
-                    raise WorkerError(f"The worker sent '{message.get('type')}' before its hello: "
-                                      "it is not an SDSegSlicer worker.")
-                if message.get("protocol") != PROTOCOL_VERSION:
-                    self.stop()
-                    raise WorkerError(f"The worker speaks protocol {message.get('protocol')} but this module "
-                                      f"speaks {PROTOCOL_VERSION}: update SDSegSlicer and its backend together.")
-                return message
+            if self.poll_ready(remaining if on_wait is None else min(remaining, WAIT_POLL_S)) is None \
+                    and on_wait is not None:
+                on_wait()
+        return self.hello
+
+    def poll_ready(self, timeout: float = 0.0) -> dict | None:
+        """The launched worker's hello if it came (waiting up to ``timeout`` s for it), else None; a WorkerError
+        (the worker stopped) when the worker ended before it or is not an SDSegSlicer worker of this protocol."""
+        if self.hello is not None:
+            return self.hello
+        for message in self.poll(timeout=timeout):  # nothing but the hello comes before a job is submitted
+            if message.get("type") == "error":
+                self.stop()
+                raise WorkerError(self._start_failure(message))
+            if message.get("type") != "hello":
+                self.stop()
+                raise WorkerError(f"The worker sent '{message.get('type')}' before its hello: "
+                                  "it is not an SDSegSlicer worker.")
+            if message.get("protocol") != PROTOCOL_VERSION:
+                self.stop()
+                raise WorkerError(f"The worker speaks protocol {message.get('protocol')} but this module "
+                                  f"speaks {PROTOCOL_VERSION}: update SDSegSlicer and its backend together.")
+            self.hello = message
+        return self.hello
 
     def _start_failure(self, crash: dict) -> str:
         """One line on why the worker ended before its hello (its output goes to the log): the interpreter lacks
@@ -241,8 +253,12 @@ class WorkerClient:
                 "not be a working Python 3 interpreter with the backend; its output is in the log.")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S, on_wait: Callable[[], None] | None = None) -> None:
-        """Ask the worker to exit (kill it if it does not within ``timeout`` s), and delete the job folders.
-        ``on_wait()`` is called about every ``WAIT_POLL_S`` while the worker exits (a GUI processes its events)."""
+        """Ask the worker to exit (kill it if it does not within ``timeout`` s, or UNRESPONSIVE_STOP_TIMEOUT_S
+        before its hello: it reads no request while it imports, and has nothing to finish), and delete the job
+        folders. ``on_wait()`` is called about every ``WAIT_POLL_S`` while the worker exits (a GUI processes its
+        events)."""
+        if self.hello is None:
+            timeout = min(timeout, UNRESPONSIVE_STOP_TIMEOUT_S)
         process = self._process
         if process is not None and not self._stopping:
             self._stopping = True

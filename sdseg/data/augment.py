@@ -18,8 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("flip", "transpose", "scale", "intensity")
-DEFAULT_AUGMENTATIONS = ("flip",)
+from sdseg.choices import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
+
 PROBABILITY = 0.5  # each of transpose, scale and intensity is applied to an image with this probability
 ZOOM_RANGE = (0.8, 1.25)  # zoom about the crop's centre, drawn log-uniformly (> 1: the lesion looks larger)
 GAMMA_RANGE = (0.7, 1.5)  # exponent on the image mapped to [0, 1], drawn log-uniformly

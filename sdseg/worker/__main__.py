@@ -13,8 +13,10 @@ import threading
 import time
 
 from sdseg.threads import configure_openmp
+from sdseg.worker import protocol
 
 PARENT_POLL_S = 1.0
+NETWORK_CODE_LOADED = "network code loaded in"  # the log line of a worker that can take a job at full speed
 GONE_GRACE_S = 1.0  # a client gone: time for the job to stop between forward passes before the process just exits
 
 
@@ -30,19 +32,46 @@ def main() -> int:
                         format="sdseg.worker %(levelname)s %(name)s: %(message)s")
     import torch  # after the redirection: importing torch may print
 
-    from sdseg.models import import_model_classes
-    from sdseg.worker.server import Worker, hello_message
-
     torch.set_num_threads(threads)
-    worker = Worker(protocol_out)
     runtime = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                "openmp_set_before_torch": set_before_torch}
-    worker.send({**hello_message(), "runtime": runtime})
+    try:
+        protocol_out.write(protocol.encode({**hello_message(), "runtime": runtime}))
+        protocol_out.flush()
+    except (OSError, ValueError) as error:  # the client closed the pipe: nobody to work for
+        logging.getLogger("sdseg.worker").warning("cannot write to the client (%s); stopping", error)
+        return 0
+    # after the hello: the job code (SimpleITK, inference; ~0.3 CPU-s) loads while the client prepares its job
+    from sdseg.worker.server import Worker
+
+    worker = Worker(protocol_out)
     threading.Thread(target=worker.read_requests, args=(sys.stdin.buffer,), name="stdin-reader", daemon=True).start()
     threading.Thread(target=watch_parent, args=(worker, parent), name="parent-watch", daemon=True).start()
     # the network code (diffusers, ~2 CPU-s) loads while the client prepares its first job, not after it sent it
-    threading.Thread(target=import_model_classes, name="model-imports", daemon=True).start()
+    threading.Thread(target=import_networks, name="model-imports", daemon=True).start()
     return worker.run()
+
+
+def hello_message() -> dict:
+    """The worker's hello: protocol version, torch and its device, the installed models (docs/protocol.md)."""
+    import torch
+
+    from sdseg import registry
+
+    cuda = torch.cuda.is_available()
+    free_mb = int(torch.cuda.mem_get_info()[0] // 2 ** 20) if cuda else None
+    return protocol.hello(torch.__version__, torch.version.cuda, "cuda" if cuda else "cpu",
+                          torch.cuda.get_device_name() if cuda else None, free_mb, registry.list_models())
+
+
+def import_networks() -> None:
+    """Import the model classes (diffusers) and log when they are in (a warm worker: its next job loads only
+    weights)."""
+    from sdseg.models import import_model_classes
+
+    started = time.monotonic()
+    import_model_classes()
+    logging.getLogger("sdseg.worker").info("%s %.1f s", NETWORK_CODE_LOADED, time.monotonic() - started)
 
 
 def watch_parent(worker, parent: int) -> None:

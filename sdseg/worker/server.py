@@ -36,13 +36,6 @@ class JobError(Exception):
         self.code = code
 
 
-def hello_message() -> dict:
-    cuda = torch.cuda.is_available()
-    free_mb = int(torch.cuda.mem_get_info()[0] // 2 ** 20) if cuda else None
-    return protocol.hello(torch.__version__, torch.version.cuda, "cuda" if cuda else "cpu",
-                          torch.cuda.get_device_name() if cuda else None, free_mb, registry.list_models())
-
-
 def _model_key(folder: Path, device: torch.device) -> tuple:
     stamps = tuple((folder / name).stat().st_mtime_ns if (folder / name).exists() else None
                    for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE))
