@@ -2,7 +2,7 @@
 intended-use statement and (optionally) the evaluation table of the bundled weights appended.
 
     python scripts/bundle_model.py TRAINED_FOLDER NAME --summary "one line" [--steps K] \
-        [--evaluation eval/NAME/metrics.md]
+        [--evaluation eval/NAME/metrics.md] [--intended-use use.md]
 
 --steps sets the model's default number of sampling steps (choose it on the validation split, never the test split).
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", required=True, help="first line of the card (the model's description)")
     parser.add_argument("--steps", type=int, help="default sampling steps of the shipped model")
     parser.add_argument("--evaluation", type=Path, help="metrics.md written by sdseg evaluate on the bundled folder")
+    parser.add_argument("--intended-use", type=Path, help="Markdown of the card's intended-use section (default: the "
+                        "demonstration default's, trained on three patients)")
     args = parser.parse_args(argv)
     try:
         model = load_model(args.trained)
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         model.config[model.steps_config_key] = args.steps
     training_card = (args.trained / "README.md").read_text(encoding="utf-8")
     training_card = training_card.split("\n", 1)[1].replace("`samples/", "`(training folder) samples/")
-    card = f"# {args.name}: {args.summary}\n{training_card}\n{INTENDED_USE}"
+    intended_use = args.intended_use.read_text(encoding="utf-8") if args.intended_use else INTENDED_USE
+    card = f"# {args.name}: {args.summary}\n{training_card}\n{intended_use}"
     if args.evaluation:
         card += "\n## Evaluation of these weights\n\n" + args.evaluation.read_text(encoding="utf-8")
     save_model(model, BUNDLED / args.name, card=card, half_precision=True)
