@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from sdseg.masks import connected_components, neighbourhood_max, relative_area_filter
+from sdseg.masks import connected_components, dilate, neighbourhood_max, relative_area_filter
 
 
 def random_masks(count: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -66,3 +66,14 @@ def test_erosion_of_interior_points_is_the_max_pool_erosion():
         eroded = -neighbourhood_max(-current)
         assert torch.equal(eroded, -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), kernel_size=3, stride=1))
         current = eroded
+
+
+def test_dilate_grows_each_mask_by_a_square_of_the_radius_clipped_at_the_border():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 4, 4] = True
+    masks[1, 0, 7] = True
+    grown = dilate(masks, 2)
+    expected = torch.zeros(2, 8, 8, dtype=torch.bool)
+    expected[0, 2:7, 2:7] = True
+    expected[1, 0:3, 5:8] = True
+    assert grown.dtype == torch.bool and torch.equal(grown, expected)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sdseg.masks import dilate
 from sdseg.rule_config import rule_of_config
 
 
@@ -50,9 +51,7 @@ def _diameter(area: int) -> float:
 def footprint(previous: np.ndarray, rule: JumpRule) -> np.ndarray:
     """dilate(P, r) of a previous consensus ``previous`` (H, W) bool (module docstring)."""
     radius = int(math.ceil(max(rule.min_dilation_voxels, rule.footprint_dilation * _diameter(previous.sum()))))
-    grown = torch.nn.functional.max_pool2d(torch.from_numpy(previous.astype(np.float32))[None, None],
-                                           2 * radius + 1, stride=1, padding=radius)
-    return grown[0, 0].numpy() > 0
+    return dilate(torch.from_numpy(np.ascontiguousarray(previous, dtype=bool))[None], radius)[0].numpy()
 
 
 def jump(previous: np.ndarray, current: np.ndarray, rule: JumpRule) -> str | None:

@@ -19,6 +19,13 @@ def neighbourhood_max(values: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
 
+def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Boolean masks (B, H, W) grown by ``radius`` pixels in the chessboard metric (a (2r + 1)-pixel square
+    structuring element; outside the image counts as background)."""
+    grown = F.max_pool2d(masks.float()[:, None], 2 * radius + 1, stride=1, padding=radius)
+    return grown[:, 0] > 0
+
+
 def connected_components(masks: torch.Tensor) -> torch.Tensor:
     """8-connected component labels of boolean masks (..., H, W): 0 for background, a positive id per component.
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sdseg.choices import PROMPT_CHANNELS
-from sdseg.masks import interior_point, interior_points
+from sdseg.masks import dilate, interior_point, interior_points
 from sdseg.preprocessing import resize_images
 
 POINT_SIGMA_FRACTION = 1.0 / 32.0  # 2 pixels at 64 x 64
@@ -256,7 +256,7 @@ def _with_off_object_clicks(points, boxes, union, generator):
     drawn = (torch.rand(batch, generator=generator) < OFF_OBJECT_CLICK_ODDS).to(device)
     scores = torch.rand(batch, size * size, generator=generator).to(device)
     margin = max(1, round(OFF_OBJECT_MARGIN_FRACTION * size))
-    near = torch.nn.functional.max_pool2d(union.float()[:, None], 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    near = dilate(union, margin)
     room = (~near).flatten(1).any(1)
     off_object = drawn & union.flatten(1).any(1) & room
     clicks = _random_pixel(~near, scores)
