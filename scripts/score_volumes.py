@@ -10,7 +10,7 @@ Per case, three prompts, each a worker job:
 
 - ``click``: a point at the centre of the lesion's largest slice (sdseg.evaluation.prompt_point);
 - ``box``: the lesion's bounding box, each side moved out by 10 % of its extent (at least 1 voxel), in the volume;
-- ``healthy``: a point 30-40 mm from the lesion's edge on the same slice
+- ``healthy``: a point 30 mm from the lesion's edge on the same slice
   (sdseg.volume_scores.healthy_point; none: skipped): its result should be empty.
 
 Columns (sdseg.volume_scores.prompt_scores): Dice of the 3D consensus, volume error (%), false-positive ml on the

@@ -5,7 +5,7 @@ patients.
         [--out rule.json]
 
 FOLDER as scripts/score_volumes.py reads it (<name>.<ext> + <name>_label.<ext>). For each case the lesion is clicked
-at the centre of its largest slice, and healthy tissue 30-40 mm from its edge (sdseg.volume_scores.healthy_point); the
+at the centre of its largest slice, and healthy tissue 30 mm from its edge (sdseg.volume_scores.healthy_point); the
 clicked slice is sampled at every scale of sdseg.scale_search.DEFAULT_SCALES (the scale search's figures:
 presence, agreement, border contact, fill) and, scale by scale, its consensus is scored: against the label (2D
 Dice) for the lesion click, empty or not for the healthy click. Every rule of a grid (:data:`GRID`) then picks a

@@ -5,6 +5,8 @@ validation patients of each fold)."""
 
 from __future__ import annotations
 
+import itertools
+
 import time
 from pathlib import Path
 
@@ -132,14 +134,14 @@ def modality(name: str) -> str:
     return next((m for m in MODALITIES if m.lower() in name.lower()), "other")
 
 
-HEALTHY_MM = (30.0, 35.0, 40.0)  # how far from the lesion's edge a user clicks healthy tissue
+HEALTHY_GAP_MM = 30.0  # how far from the lesion's edge a user clicks healthy tissue
 
 
 def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) -> list[float] | None:
-    """Where a user clicks healthy tissue near a lesion: a point on the slice of ``centre_ijk`` (IJK), inside the
-    volume, 30, else 35, else 40 mm from the nearest voxel of the label ``truth`` (K, J, I) on that slice (in-plane
-    distance), reached from the centre along the first of 8 directions (45 degrees apart) that gets there; None
-    when none does."""
+    """Where a user clicks healthy tissue near a lesion: on the slice of ``centre_ijk`` (IJK), walking from the
+    centre in steps of the finest in-plane spacing along the first of 8 directions (45 degrees apart) that gets
+    there inside the volume, the first point :data:`HEALTHY_GAP_MM` or more (in-plane) from every voxel of the label
+    ``truth`` (K, J, I) on that slice; None when no direction does."""
     spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
     plane = [a for a in range(3) if a != slice_axis]
     on_slice = np.take(truth, int(round(centre_ijk[slice_axis])), axis=2 - slice_axis)  # (plane[1], plane[0])
@@ -147,19 +149,18 @@ def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) ->
     if not len(lesion_mm):
         return None
     step_mm = float(spacing[plane].min())
-    for distance in HEALTHY_MM:
-        for angle in np.arange(8) * np.pi / 4:
-            direction = np.array([np.cos(angle), np.sin(angle)])
-            for travelled in np.arange(step_mm, 4 * max(HEALTHY_MM) + 2 * step_mm, step_mm):
-                point = list(centre_ijk)
-                for axis, offset in zip(plane, direction * travelled):
-                    point[axis] += offset / spacing[axis]
-                index = [int(round(v)) for v in point]
-                if not all(0 <= index[a] < truth.shape[2 - a] for a in range(3)):
-                    break
-                gap = np.min(np.linalg.norm(lesion_mm - np.array([index[a] for a in plane]) * spacing[plane], axis=1))
-                if gap >= distance:
-                    return [round(float(v), 2) for v in point]
+    for angle in np.arange(8) * np.pi / 4:
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        for steps in itertools.count(1):
+            point = list(centre_ijk)
+            for axis, offset in zip(plane, direction * steps * step_mm):
+                point[axis] += offset / spacing[axis]
+            index = [int(round(v)) for v in point]
+            if not all(0 <= index[a] < truth.shape[2 - a] for a in range(3)):
+                break
+            gap = np.min(np.linalg.norm(lesion_mm - np.array([index[a] for a in plane]) * spacing[plane], axis=1))
+            if gap >= HEALTHY_GAP_MM:
+                return [round(float(v), 2) for v in point]
     return None
 
 
