@@ -14,7 +14,7 @@ import pytest
 from safetensors import safe_open
 
 from sdseg import registry
-from sdseg.checkpoint import load_model
+from sdseg.checkpoint import load_model, read_config
 from sdseg.evaluation import prompt_point
 from sdseg.inference import segment_slices
 from sdseg.metrics import dice
@@ -38,15 +38,16 @@ MIN_SARCOMA_MEAN_DICE = 0.3
 
 def held_out_patients(folder) -> set[str]:
     """The patients in the test split of every data set the model was trained on (and in no train or val split)."""
-    records = load_model(folder).config["training_data"]
+    records = read_config(folder)["config"]["training_data"]
     assert records, f"{folder.name} does not record its training data"
     held_out = set.intersection(*(set(record["splits"]["test"]) for record in records))
     seen = set().union(*(set(record["splits"]["train"]) | set(record["splits"]["val"]) for record in records))
     return held_out - seen
 
 
-ON_SAMPLE = [folder for folder in BUNDLED if SAMPLE_PATIENT in held_out_patients(folder)]
-ON_SARCOMA = [folder for folder in BUNDLED if SARCOMA_PATIENT in held_out_patients(folder)]
+HELD_OUT = {folder: held_out_patients(folder) for folder in BUNDLED}
+ON_SAMPLE = [folder for folder in BUNDLED if SAMPLE_PATIENT in HELD_OUT[folder]]
+ON_SARCOMA = [folder for folder in BUNDLED if SARCOMA_PATIENT in HELD_OUT[folder]]
 
 
 def test_the_default_model_is_bundled():
