@@ -192,3 +192,26 @@ def lib_python_path() -> str:
     """PYTHONPATH with the folder holding SDSegSlicerLib first (for subprocesses)."""
     lib_parent = str(Path(SDSegSlicerLib.__file__).resolve().parents[1])
     return os.pathsep.join(p for p in (lib_parent, os.environ.get("PYTHONPATH")) if p)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux /proc; an exited process not yet reaped, a zombie, does not run)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The running `sdseg.worker` processes whose parent is ``parent`` (a command's or the web app's workers), from
+    Linux /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
+            command = (entry / "cmdline").read_bytes().split(b"\0") if fields else []
+        except OSError:  # it ended meanwhile
+            continue
+        if fields and fields[0] != "Z" and int(fields[1]) == parent and b"sdseg.worker" in command:
+            pids.append(int(entry.name))
+    return pids

@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME
+from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, process_alive, worker_pids
 
 from SDSegSlicerLib.worker_client import WorkerClient
 
@@ -140,16 +141,47 @@ def test_a_job_loading_a_model_while_the_worker_imports_the_classes_gets_them(wo
     assert result.stdout.split() == ["AmbiguousDiffusionModel"]
 
 
-def test_segment_without_slicer_core_says_what_to_install(worker_env, tmp_path):
-    """MRML is imported by `segment` itself now: without slicer-core it says what to install, in one line."""
-    shadow = tmp_path / "without_slicer_core"
+def blocking_import(name: str) -> str:
+    """The text of a module that, imported, marks ``<name>-loading`` in its folder, waits there until the test
+    creates ``release``, then fails as a missing module."""
+    return f"""import pathlib, time
+folder = pathlib.Path(__file__).parent
+(folder / "{name}-loading").touch()
+while not (folder / "release").exists():
+    time.sleep(0.02)
+raise ImportError("No module named {name}")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from Linux /proc")
+def test_segment_loads_mrml_while_its_worker_starts_and_stops_the_worker_when_mrml_is_missing(worker_env, tmp_path):
+    """`segment` imports slicer-core while its worker is still importing PyTorch (here: until the test releases both
+    imports); without slicer-core it says what to install, in one line, and its worker does not outlive it."""
+    shadow = tmp_path / "shadow"
     shadow.mkdir()
-    (shadow / "slicer.py").write_text("raise ImportError('No module named slicer')\n")
+    (shadow / "slicer.py").write_text(blocking_import("slicer"))
+    (shadow / "torch.py").write_text(blocking_import("torch"))  # only the worker imports torch
     sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "sample.nrrd"
-    result = subprocess.run([sys.executable, *SDSEG_SLICER, "segment", str(sample), "-o", str(tmp_path / "x.seg.nrrd"),
-                             "--point-ijk", "45,31,16"], capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
-                            env=dict(worker_env, PYTHONPATH=os.pathsep.join([str(shadow), worker_env["PYTHONPATH"]])))
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].endswith("pip install 'sdseg-slicer[headless]'")
+    command = subprocess.Popen(
+        [sys.executable, *SDSEG_SLICER, "segment", str(sample), "-o", str(tmp_path / "x.seg.nrrd"), "--point-ijk",
+         "45,31,16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(worker_env, PYTHONPATH=os.pathsep.join([str(shadow), worker_env["PYTHONPATH"]])))
+    both = [shadow / "slicer-loading", shadow / "torch-loading"]
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while not all(path.exists() for path in both) and command.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        loading = [path.name for path in both if path.exists()]
+        workers = worker_pids(command.pid)
+        (shadow / "release").touch()
+        _, stderr = command.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        command.kill()
+    assert loading == ["slicer-loading", "torch-loading"] and len(workers) == 1, (loading, workers)
+    assert command.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].endswith("pip install 'sdseg-slicer[headless]'")
     assert not list(tmp_path.glob("x*"))
+    while process_alive(workers[0]) and time.monotonic() < deadline:  # stopped, not orphaned
+        time.sleep(0.02)
+    assert not process_alive(workers[0]), "the command ended before its worker"

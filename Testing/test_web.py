@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicerlib_testing import CLI_TIMEOUT_S, lib_python_path, read_seg_nrrd_with_slicerio
+from slicerlib_testing import (CLI_TIMEOUT_S, lib_python_path, process_alive, read_seg_nrrd_with_slicerio,
+                               worker_pids)
 
 from SDSegSlicerLib.run import MAX_SAMPLES
 from SDSegSlicerLib.stats import dice
@@ -97,28 +98,6 @@ def app():
 
 # wslink's log when a page closes while its views are still streaming images: the browser went away, not an error
 CLOSED_PAGE = "Cannot write to closing transport"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (Linux /proc; an exited process not yet reaped, a zombie, does not run)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def worker_pids(parent: int) -> list[int]:
-    """The running `sdseg.worker` processes whose parent is ``parent`` (the web app's workers), from Linux /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
-            command = (entry / "cmdline").read_bytes().split(b"\0") if fields else []
-        except OSError:  # it ended meanwhile
-            continue
-        if fields and fields[0] != "Z" and int(fields[1]) == parent and b"sdseg.worker" in command:
-            pids.append(int(entry.name))
-    return pids
 
 
 def app_errors(lines) -> list[str]:

@@ -266,7 +266,9 @@ def add_threads_option(parser) -> None:
                         "else the cores this process may use)")
 
 
-def start_client(args):
+def start_client(args, meanwhile=None):
+    """The started worker client (local worker, or --server); with ``meanwhile``: (client, meanwhile()), which runs
+    while a local worker imports PyTorch (the two processes' imports at once) or after the server answered."""
     if args.server:
         client = RemoteWorkerClient(args.server, args.token)
         print(f"Connecting to {args.server} ...", file=sys.stderr, flush=True)
@@ -274,11 +276,17 @@ def start_client(args):
         client = WorkerClient(python_executable=args.python)
         print("Starting the worker ...", file=sys.stderr, flush=True)
     try:
-        client.start(WORKER_START_TIMEOUT_S)
+        if args.server:
+            client.start(WORKER_START_TIMEOUT_S)
+            prepared = meanwhile() if meanwhile else None
+        else:
+            client.launch()
+            prepared = meanwhile() if meanwhile else None
+            client.wait_ready(WORKER_START_TIMEOUT_S)
     except BaseException:  # Ctrl-C while starting included: never leave a worker behind
         client.stop()
         raise
-    return client
+    return (client, prepared) if meanwhile else client
 
 
 def listening_token(args) -> str | None:
@@ -556,13 +564,12 @@ def _segment(args, lesions: list[dict], paths: dict) -> int:
            "steps": args.steps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
            "roi_ijk": args.roi if lesions or prompt is None else None, "slice_axis": None, "prompt": prompt,
            "allow_irregular_slices": args.allow_irregular_slices}
-    try:
-        client = start_client(args)
+    try:  # MRML and the output writers load while the worker imports PyTorch: both at once
+        client, scene = start_client(args, meanwhile=scene_and_output_writers)
     except KeyboardInterrupt as interrupt:
         print("Cancelled before the worker was ready; nothing written.", file=sys.stderr)
         return exit_status_of(signal_of(interrupt))
-    try:  # MRML loads here, while the worker loads its network code (sdseg.worker): both at once
-        scene = mrml_scene()
+    try:
         run = SegmentationRun(scene, client, job)
         run.start()
         interrupted = wait_for_run(run, ProgressBar())
@@ -618,6 +625,16 @@ def mrml_scene():
 
     ensure_converter_rules()
     return slicer.vtkMRMLScene()
+
+
+def scene_and_output_writers():
+    """A new MRML scene, with the preview's matplotlib imported (a third of a second that would come after the
+    last slice)."""
+    scene = mrml_scene()
+    from .preview import drawing_modules  # after slicer-core: the preview reads MRML nodes
+
+    drawing_modules()
+    return scene
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,19 @@ def in_order(plane: np.ndarray, order: tuple[bool, bool, bool]) -> np.ndarray:
     return plane[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
 
 
+def drawing_modules():
+    """matplotlib's (patheffects, FigureCanvasAgg, LinearSegmentedColormap, Figure, Line2D), imported on the first
+    call: only when a preview is drawn, since 3D Slicer's Python does not ship matplotlib (the module never draws
+    one); the command line calls it while the worker starts."""
+    from matplotlib import patheffects
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    return patheffects, FigureCanvasAgg, LinearSegmentedColormap, Figure, Line2D
+
+
 def write_preview(path, segmentation_node, variance_node, slice_axis: int, image_kji=None, max_slices: int = 4):
     """Write the preview PNG. image_kji: the input voxels (K, J, I) for the background (None: black).
     Zero variance is left transparent so the image shows through."""
@@ -107,13 +120,7 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
     aspect = spacing_kji[row_axis] / spacing_kji[column_axis]  # physical proportions of the drawn pixels
     low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
 
-    # matplotlib only when a preview is drawn: 3D Slicer's Python does not ship it (the module never draws one).
-    from matplotlib import patheffects
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
+    patheffects, FigureCanvasAgg, LinearSegmentedColormap, Figure, Line2D = drawing_modules()
     variance_map = LinearSegmentedColormap.from_list("sdseg_variance", list(VARIANCE_COLOUR_STOPS))
     consensus_edge = [patheffects.withStroke(linewidth=4.5, foreground="black")]
     figure = Figure(figsize=(2 * PANEL_INCHES + 0.6, PANEL_INCHES * len(slices)))
