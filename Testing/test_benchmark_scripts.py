@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end for every model kind with tiny settings (so that they cannot rot): each
-one as a real subprocess, its table read back from its output."""
+one as a real subprocess, its table read back from its output. The scripts that run the command line or the
+server on the sample volume use the tiny test model (the bundled ones are exercised by the other two)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slicerlib_testing import CLI_TIMEOUT_S, lib_python_path
+import pytest
+from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lib_python_path
 
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES
 from sdseg.registry import DEFAULT_MODEL
@@ -17,9 +19,9 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 DIFFUSION_KINDS = [kind for kind in MODEL_CLASSES if kind not in BASELINE_KINDS]
 
 
-def run_script(name: str, *arguments: str) -> list[str]:
+def run_script(name: str, *arguments: str, env: dict | None = None) -> list[str]:
     result = subprocess.run([sys.executable, str(SCRIPTS / name), *arguments], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=lib_python_path(), OMP_NUM_THREADS="1"),
+                            env=dict(env or os.environ, PYTHONPATH=lib_python_path(), OMP_NUM_THREADS="1"),
                             timeout=3 * CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.splitlines()
@@ -53,3 +55,24 @@ def test_benchmark_inference_runs_start_up_every_kind_and_the_sampler_ratio():
     ratio_table = lines[lines.index(next(line for line in lines if line.startswith("sampler vs bare loop"))) + 2:]
     assert len(ratio_table) == len(DIFFUSION_KINDS), lines
     assert all(len(numbers_in(line)) >= 4 and numbers_in(line)[-1] > 0 for line in ratio_table), ratio_table
+
+
+def test_benchmark_cpu_contention_runs_the_command_quiet_and_beside_a_hog(worker_env):
+    lines = run_script("benchmark_cpu_contention.py", "--repeats", "1", "--hogs", "1", "--threads", "1",
+                       "--model", MODEL_NAME, "--samples", "1", env=worker_env)
+    rows = {line.split()[0]: numbers_in(line) for line in lines if line.split() and line.split()[0] in
+            ("PASSIVE", "ACTIVE")}
+    assert set(rows) == {"PASSIVE", "ACTIVE"}, lines
+    assert all(len(values) == 5 and all(v > 0 for v in values) for values in rows.values()), rows
+
+
+def test_benchmark_server_compares_the_local_worker_with_the_server_and_a_ray_cohort(worker_env):
+    pytest.importorskip("ray")
+    lines = run_script("benchmark_server.py", "--model", MODEL_NAME, "--samples", "1", "--repeats", "1",
+                       "--threads", "1", "--cohort", "1", env=worker_env)
+    paths = {path: numbers_in(line) for line in lines for path in ("local worker", "server (loopback)")
+             if line.startswith(path)}
+    assert set(paths) == {"local worker", "server (loopback)"}, lines
+    assert all(len(values) == 2 and all(v > 0 for v in values) for values in paths.values()), paths
+    assert any(line.startswith("server / local: first-slice latency x") for line in lines), lines
+    assert any(line.startswith("2 / 1 Ray workers: throughput x") for line in lines), lines

@@ -5,6 +5,7 @@ threads, torch's default before sdseg.threads).
 
     python scripts/benchmark_cpu_contention.py --repeats 3
     python scripts/benchmark_cpu_contention.py --threads 1   # the worker's threads (default: the usable cores)
+    python scripts/benchmark_cpu_contention.py --model ambiguous --samples 4   # another model or N than the default
 """
 
 from __future__ import annotations
@@ -28,19 +29,19 @@ POLICIES = (PASSIVE, "ACTIVE")
 COMMAND_TIMEOUT_S = 900
 
 
-def run_command(env: dict) -> tuple[float, float]:
-    """(wall s, CPU s of the command and its worker) of README command 1."""
+def run_command(env: dict, options: list[str]) -> tuple[float, float]:
+    """(wall s, CPU s of the command and its worker) of README command 1 with ``options`` added."""
     with tempfile.TemporaryDirectory() as folder:
         before, started = os.times(), time.perf_counter()
-        subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", *README_COMMAND_1, "-o",
+        subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", *README_COMMAND_1, *options, "-o",
                         str(Path(folder) / "sample.seg.nrrd")], env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=COMMAND_TIMEOUT_S)
         wall, after = time.perf_counter() - started, os.times()
     return wall, (after.children_user + after.children_system) - (before.children_user + before.children_system)
 
 
-def median_run(env: dict, repeats: int) -> tuple[float, float]:
-    runs = [run_command(env) for _ in range(repeats)]
+def median_run(env: dict, options: list[str], repeats: int) -> tuple[float, float]:
+    runs = [run_command(env, options) for _ in range(repeats)]
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
@@ -49,20 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (the median is shown)")
     parser.add_argument("--threads", type=int, help="the worker's threads (default: its own choice)")
     parser.add_argument("--hogs", type=int, default=max(1, usable_cores() - 1), help="busy processes beside it")
+    parser.add_argument("--model", help="the model (default: the default model, as README command 1)")
+    parser.add_argument("--samples", type=int, help="N (default: the command's default, as README command 1)")
     args = parser.parse_args(argv)
+    options = [*(["--model", args.model] if args.model else []), *(["--samples", str(args.samples)] if args.samples
+                                                                    else [])]
     base = {name: value for name, value in os.environ.items() if name not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     base["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "SDSegSlicer"), str(ROOT), base.get("PYTHONPATH")) if p)
     if args.threads:
         base["OMP_NUM_THREADS"] = str(args.threads)
-    print(f"README command 1, {usable_cores()} usable cores, {args.hogs} hog(s), median of {args.repeats}; "
+    print(f"README command 1{' ' + ' '.join(options) if options else ''}, {usable_cores()} usable cores, {args.hogs} hog(s), median of {args.repeats}; "
           f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'wait policy':<12} {'quiet s':>8} {'CPU s':>6} {'beside hogs s':>14} {'CPU s':>6} {'ratio':>6}")
     for policy in POLICIES:
         env = dict(base, OMP_WAIT_POLICY=policy)
-        quiet = median_run(env, args.repeats)
+        quiet = median_run(env, options, args.repeats)
         hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
         try:
-            beside = median_run(env, args.repeats)
+            beside = median_run(env, options, args.repeats)
         finally:
             for hog in hogs:
                 hog.kill()

@@ -104,7 +104,8 @@ def cohort_throughput(count: int, options: list[str]) -> None:
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
             try:
                 started = time.perf_counter()
-                rows = run_batch(read_inputs(str(cohort)), Path(folder) / f"out{cpus}", options, ray_address="local")
+                out = Path(folder) / f"out{cpus}"
+                rows = run_batch(read_inputs(str(cohort), out), out, options, ray_address="local")
                 seconds = time.perf_counter() - started
             finally:
                 ray.shutdown()
