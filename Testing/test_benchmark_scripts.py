@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end for every model kind with tiny settings (so that they cannot rot): each
+"""The benchmark scripts (and score_sample_volume.py) run end to end for every model kind with tiny settings (so that they cannot rot): each
 one as a real subprocess, its table read back from its output. The scripts that run the command line or the
 server on the sample volume use the tiny test model (the bundled ones are exercised by the other two)."""
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lib_python_path
+from slicerlib_testing import BRIGHT_3D_MODEL_NAME, CLI_TIMEOUT_S, MODEL_NAME, lib_python_path
 
 from sdseg.models import BASELINE_KINDS, MODEL_CLASSES
 from sdseg.registry import DEFAULT_MODEL
@@ -76,3 +76,12 @@ def test_benchmark_server_compares_the_local_worker_with_the_server_and_a_ray_co
     assert all(len(values) == 2 and all(v > 0 for v in values) for values in paths.values()), paths
     assert any(line.startswith("server / local: first-slice latency x") for line in lines), lines
     assert any(line.startswith("2 / 1 Ray workers: throughput x") for line in lines), lines
+
+
+def test_score_sample_volume_prints_both_modes_for_a_model(worker_env):
+    lines = run_script("score_sample_volume.py", "--models", BRIGHT_3D_MODEL_NAME, "--samples", "1", "--modes",
+                       "prompt", "whole", env=worker_env)
+    rows = [line for line in lines if line.startswith(f"| {BRIGHT_3D_MODEL_NAME} |")]
+    assert len(rows) == 2, lines  # one per mode
+    dice = [float(row.split("|")[2]) for row in rows]
+    assert all(0.0 <= value <= 1.0 for value in dice), rows
