@@ -1,6 +1,6 @@
-"""The benchmark scripts (and score_sample_volume.py) run end to end for every model kind with tiny settings (so that they cannot rot): each
-one as a real subprocess, its table read back from its output. The scripts that run the command line or the
-server on the sample volume use the tiny test model (the bundled ones are exercised by the other two)."""
+"""The benchmark scripts (and score_sample_volume.py) run end to end for every model kind with tiny settings (so
+that they cannot rot): each one as a real subprocess, its table read back from its output. The scripts that run the
+command line or the server on the sample volume use the test models (the bundled ones are exercised elsewhere)."""
 
 from __future__ import annotations
 
