@@ -1,5 +1,6 @@
 """The scale search on the clicked slice and the propagation staying on its lesion (sdseg.scale_search,
-sdseg.lesion_jumps, sdseg.propagation), in process and through a REAL worker subprocess and `sdseg-slicer segment`.
+sdseg.lesion_jumps, sdseg.lesion_length, sdseg.propagation), in process and through a REAL worker subprocess and
+`sdseg-slicer segment`.
 The threshold model (mask = normalised intensity > 0; crops of 16 voxels, its input size) makes the expected masks
 exact: a lesion larger than its 1x crop touches that crop's edge there, a tiny one fills the 0.5x crop best."""
 
@@ -122,6 +123,22 @@ def test_a_direction_stops_when_the_consensus_jumps_onto_a_neighbouring_structur
     assert leaked[9:].sum() > 1000 and not reports[-1].stops["forward"].startswith("jump")
 
 
+def test_a_direction_stops_at_the_length_its_model_allows_from_the_prompted_slice():
+    """A bright cylinder through the whole volume: without a length rule the propagation runs to both ends; with
+    max_diameters 1 each direction stops past 1 x the prompted slice's equivalent diameter (mm, along the slices)."""
+    array, truth = disc_volume([6] * SHAPE_KJI[0])
+    _, found, reports = run(bright_model(), array, CLICK, scale=1.0)
+    assert (found == truth).all() and reports[-1].stops == {"forward": "roi_end", "backward": "roi_end"}
+    bounded = bright_model(propagation={"length_rule": {"max_diameters": 1.0}})
+    _, found, reports = run(bounded, array, CLICK, scale=1.0)
+    spacing = np.diag(IJK_TO_RAS)[:3]
+    diameter_mm = 2.0 * np.sqrt(truth[5].sum() * spacing[0] * spacing[1] / np.pi)
+    reach = int(diameter_mm // spacing[2])  # whole slices within one diameter of slice 5
+    assert 0 < reach < 5
+    assert np.flatnonzero(found.any(axis=(1, 2))).tolist() == list(range(5 - reach, 5 + reach + 1))
+    assert reports[-1].stops == {"forward": "length", "backward": "length"}
+
+
 def test_rule_parameters_come_from_the_model_config():
     assert ScaleRule.of_config({"propagation": {"scale_rule": {"target_fill": 0.7}}}).target_fill == 0.7
     with pytest.raises(ValueError, match="unknown scale_rule key"):
@@ -164,6 +181,7 @@ def test_the_worker_reports_the_scale_and_the_stops(worker_env, tmp_path):
     accepted, done = messages[0], messages[-1]
     assert accepted["type"] == "accepted" and accepted["scale_search"]["scales"] == [0.5, 1.0, 2.0, 4.0]
     assert accepted["scale_search"]["rule"]["target_fill"] == ScaleRule().target_fill and accepted["jump_rule"]
+    assert accepted["length_rule"] == {"max_diameters": None}  # the test model sets none
     scales = [m for m in messages if m["type"] == "progress" and "scale" in m]
     assert [m["lesion"] for m in scales] == [0, 1] and scales[1]["scale"] > 1.0
     first_slice = next(n for n, m in enumerate(messages) if m["type"] == "slice" and m["lesion"] == 1)

@@ -77,6 +77,34 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
     assert "narrow_PET no scale searched (whole slices): left out" in result.stdout
 
 
+def test_tune_length_rule_finds_the_bound_that_stops_a_leak_along_a_structure_like_the_lesion(tmp_path, worker_env):
+    """A bright cylinder through all 20 slices, labelled lesion on slices 8..12 only (largest, so clicked, on slice
+    10): the threshold model follows it to both ends of the volume; the best bound keeps exactly the labelled slices
+    (no ml off them)."""
+    folder = tmp_path / "validation"
+    folder.mkdir()
+    j, i = np.mgrid[0:48, 0:48]
+    cylinder = np.repeat(((j - 24) ** 2 + (i - 24) ** 2 <= 36)[None], 20, axis=0)
+    cylinder[10] = (j - 24) ** 2 + (i - 24) ** 2 <= 42
+    lesion = cylinder.copy()
+    lesion[:8] = lesion[13:] = False
+    ijk_to_ras = np.diag([1.0, 1.0, 3.0, 1.0])
+    write_volume_file(folder / "p1_CT.nrrd", np.where(cylinder, 150.0, 20.0).astype(np.float32), ijk_to_ras)
+    write_volume_file(folder / "p1_CT_label.nrrd", lesion.astype(np.uint8), ijk_to_ras)
+    out = tmp_path / "rule.json"
+    result = subprocess.run([sys.executable, str(SCRIPT.with_name("tune_length_rule.py")), str(folder), "--model",
+                             BRIGHT_MODEL_NAME, "--samples", "2", "--leak-ml", "0", "--out", str(out)],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    unbounded = next(line for line in result.stdout.splitlines() if line.strip().startswith("None:"))
+    assert float(unbounded.split(":")[1].split(",")[0]) < 0.5, unbounded  # 20 slices found, 5 labelled
+    best = json.loads(out.read_text())["length_rule"]["max_diameters"]
+    assert best is not None
+    best_row = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"{best}:"))
+    dice, within = best_row.split(":")[1].split(",")[:2]
+    assert float(dice) > 0.9 and within.strip() == "100%", best_row  # 0.92: boundary voxels of the resized crops
+
+
 def test_the_healthy_click_is_30_mm_from_the_lesions_edge_not_from_its_centre():
     """A user's click "in healthy tissue 3-4 cm away" is measured from the lesion's edge: for a disc of radius
     25 mm the click is >= 30 mm from every lesion voxel on its slice (30 mm from the centre would be on the

@@ -31,8 +31,10 @@ For each lesion prompt:
    user's prompt again while there is none), so that a slice past the lesion's end is asked about healthy tissue.
 7. **Stopping.** A direction stops after ``stop_after_empty`` consecutive slices with an empty consensus
    (``empty``), at the end of the ROI (a box: of the box; ``roi_end``), once the lesion has ``max_slices`` slices
-   (``max_slices``), or when its consensus jumps away from the previous slice's (``jump``: sdseg.lesion_jumps; that
-   slice keeps only what lies in the previous slice's dilated footprint). :class:`LesionReport` says, per lesion,
+   (``max_slices``), when its consensus jumps away from the previous slice's (``jump``: sdseg.lesion_jumps; that
+   slice keeps only what lies in the previous slice's dilated footprint), or when its next slice lies farther from
+   the prompted slice than the lesion's length rule allows (``length``: sdseg.lesion_length; models whose config
+   sets it). :class:`LesionReport` says, per lesion,
    the scale and how each direction stopped.
 8. **3D hypotheses** (models with the ``previous`` prompt channel): sample n of each later slice is conditioned on
    sample n of the slice before it in its direction (the kept components, in the new crop's pixels), so that sample n
@@ -53,6 +55,7 @@ from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume
                              sample_items)
 from sdseg.preprocessing import intensity_range, normalize_intensities
 from sdseg.lesion_jumps import JumpRule, footprint, jump
+from sdseg.lesion_length import LengthRule, reach_mm
 from sdseg.masks import components_near_point, components_touching, interior_point
 from sdseg.prompt_maps import CropPrompt, takes_previous_masks
 from sdseg.metrics import voxel_variance
@@ -102,7 +105,7 @@ class LesionReport:
     """How one lesion's propagation went: its crop ``scale`` (x ``in_plane_voxels``) and where it came from
     (``scale_source``: "search", "forced", "box", or "whole slices" for a model trained on whole slices), the
     chosen scale's score and every searched scale's figures (sdseg.scale_search), and how each direction stopped
-    (``stops``: "forward" = increasing slice index, "backward" -> "empty", "roi_end", "max_slices" or
+    (``stops``: "forward" = increasing slice index, "backward" -> "empty", "roi_end", "max_slices", "length" or
     "jump: <why>"; filled when the lesion is done)."""
     lesion: int
     scale: float
@@ -180,6 +183,7 @@ class _Lesion:
                            _Direction(-1, self.start - 1, centre, extent, None, 0)]
         self.first_centre, self.first_extent = centre, extent
         self.slices = 0
+        self.reach_slices: float | None = None  # how far from the prompted slice a direction may go (length rule)
         if not recipe["in_plane_voxels"]:
             source, scales = "whole slices", (1.0,)
         elif prompt.box_ijk is not None:
@@ -260,10 +264,20 @@ class _Lesion:
         reach = int(math.ceil(half_width_mm / spacing[self.slice_axis]))
         return max(self.low, self.start - reach), min(self.high, self.start + reach + 1)
 
+    def limit_length(self, plane: np.ndarray, rule: LengthRule, ijk_to_ras) -> None:
+        """Bound the directions' reach by the length rule, from the prompted slice's consensus ``plane`` (on the
+        whole plane; sdseg.lesion_length)."""
+        spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+        reach = reach_mm(rule, float(plane.sum()) * spacing[self.row_axis] * spacing[self.column_axis])
+        self.reach_slices = None if reach is None else reach / spacing[self.slice_axis]
+
     def active_directions(self, max_slices: int | None) -> list[_Direction]:
         for direction in self.directions:
             if direction.active and not self.low <= direction.next_index < self.high:
                 direction.active, direction.stop = False, "roi_end"
+            elif direction.active and self.reach_slices is not None \
+                    and abs(direction.next_index - self.start) > self.reach_slices:
+                direction.active, direction.stop = False, "length"
         active = [d for d in self.directions if d.active]
         if max_slices is not None:
             active = active[:max(0, max_slices - self.slices)]
@@ -408,12 +422,14 @@ def _largest_extent(mask: np.ndarray) -> int:
 
 def rules_of(config: dict, prompt: dict | None) -> dict:
     """The ``accepted`` fields of a job's propagation rules: ``scale_search`` (the scales searched and the rule's
-    parameters; null when the job forces a scale) and ``jump_rule``; nothing for a whole-ROI job."""
+    parameters; null when the job forces a scale), ``jump_rule`` and ``length_rule``; nothing for a whole-ROI
+    job."""
     if not prompt:
         return {}
     search = None if prompt.get("scale") is not None else {
         "scales": list(DEFAULT_SCALES), "rule": asdict(ScaleRule.of_config(config))}
-    return {"scale_search": search, "jump_rule": asdict(JumpRule.of_config(config))}
+    return {"scale_search": search, "jump_rule": asdict(JumpRule.of_config(config)),
+            "length_rule": asdict(LengthRule.of_config(config))}
 
 
 def slices_at_most(prompts: list[Prompt], shape_kji, slice_axis: int, roi_ijk, max_slices: int | None) -> int:
@@ -444,7 +460,8 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     check_model_fits_volume(config)
     check_prompts(prompts, array_kji.shape, slice_axis, roi_ijk)
     size, recipe = int(config["image_size"]), crop_recipe(config)
-    scale_rule, jump_rule = ScaleRule.of_config(config), JumpRule.of_config(config)
+    scale_rule, jump_rule, length_rule = (ScaleRule.of_config(config), JumpRule.of_config(config),
+                                          LengthRule.of_config(config))
     dims_ijk = array_kji.shape[::-1]
     lesions = [_Lesion(n, prompt, dims_ijk, slice_axis, roi_ijk, recipe, scales, scale)
                for n, prompt in enumerate(prompts)]
@@ -503,6 +520,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                 result, plane, sample_planes = lesion.result(index, crop, picked, coherent)
                 yield result
                 if direction is None:  # the prompted slice: both directions start from it
+                    lesion.limit_length(plane, length_rule, ijk_to_ras)
                     for follower in lesion.directions:
                         lesion.follow(follower, plane, stop_after_empty, move=False, samples=sample_planes)
                 else:

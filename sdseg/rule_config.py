@@ -1,5 +1,5 @@
 """Rules whose parameters a model's config may override: ``config["propagation"][key]`` over a dataclass's
-defaults (sdseg.scale_search.ScaleRule, sdseg.lesion_jumps.JumpRule)."""
+defaults (sdseg.scale_search.ScaleRule, sdseg.lesion_jumps.JumpRule, sdseg.lesion_length.LengthRule)."""
 
 from __future__ import annotations
 
