@@ -4,7 +4,8 @@ at most ``max_diameters`` x D_0 on each side of that slice, with
     D_0 = 2 sqrt(A_0 / pi)   (mm; A_0 the area of the prompted slice's consensus, mm^2)
 
 its equivalent diameter there; a direction whose next slice lies farther from the prompted slice (centre to centre,
-along the slice axis) stops, reported as ``length``. Off (``None``) unless a model's
+along the slice axis) stops, reported as ``length``. Point prompts only: a box gives the lesion's slices itself.
+Off (``None``) unless a model's
 ``config["propagation"]["length_rule"]`` sets it (sdseg.rule_config), as scripts/tune_length_rule.py chooses it
 on validation volumes.
 

@@ -33,8 +33,8 @@ For each lesion prompt:
    (``empty``), at the end of the ROI (a box: of the box; ``roi_end``), once the lesion has ``max_slices`` slices
    (``max_slices``), when its consensus jumps away from the previous slice's (``jump``: sdseg.lesion_jumps; that
    slice keeps only what lies in the previous slice's dilated footprint), or when its next slice lies farther from
-   the prompted slice than the lesion's length rule allows (``length``: sdseg.lesion_length; models whose config
-   sets it). :class:`LesionReport` says, per lesion,
+   the prompted slice than the lesion's length rule allows (``length``: sdseg.lesion_length; point prompts of models
+   whose config sets it). :class:`LesionReport` says, per lesion,
    the scale and how each direction stopped.
 8. **3D hypotheses** (models with the ``previous`` prompt channel): sample n of each later slice is conditioned on
    sample n of the slice before it in its direction (the kept components, in the new crop's pixels), so that sample n
@@ -266,7 +266,9 @@ class _Lesion:
 
     def limit_length(self, plane: np.ndarray, rule: LengthRule, ijk_to_ras) -> None:
         """Bound the directions' reach by the length rule, from the prompted slice's consensus ``plane`` (on the
-        whole plane; sdseg.lesion_length)."""
+        whole plane; sdseg.lesion_length); a point prompt's only: a box gives the lesion's slices itself."""
+        if self.prompt.box_ijk is not None:
+            return
         spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
         reach = reach_mm(rule, float(plane.sum()) * spacing[self.row_axis] * spacing[self.column_axis])
         self.reach_slices = None if reach is None else reach / spacing[self.slice_axis]
