@@ -324,7 +324,10 @@ def test_a_worker_that_dies_between_jobs_is_replaced_before_the_next_job(tiny_mo
         client.start()
         (worker,) = Path(f"/proc/{running.process.pid}/task/{running.process.pid}/children").read_text().split()
         os.kill(int(worker), signal.SIGKILL)
-        time.sleep(2.0)  # the server notices the crash while idle
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while "restarting the worker" not in "".join(running.lines):  # the server notices the crash while idle
+            assert time.monotonic() < deadline, "".join(running.lines)
+            time.sleep(0.05)
         volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
         _, messages = run_job(client, {"volume": str(volume), "model": MODEL_NAME, "samples": 1, "steps": 1})
         assert messages[-1]["type"] == "done", messages[-1]
