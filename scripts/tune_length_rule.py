@@ -19,20 +19,16 @@ slices). The best objective wins (ties: the larger bound). Prints every bound's 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from sdseg import registry
-from sdseg.checkpoint import load_model
 from sdseg.evaluation import prompt_point
 from sdseg.lesion_length import LengthRule, reach_mm
 from sdseg.propagation import Prompt, propagate
+from sdseg.rule_tuning import tuning_inputs, tuning_parser
 from sdseg.volume_io import choose_slice_axis, read_volume
-from sdseg.volume_scores import folder_cases
 
 GRID = (None, 2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 
@@ -73,22 +69,12 @@ def bounded_scores(click: dict, max_diameters) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="validation volumes <name>.<ext> with labels <name>_label.<ext>")
-    parser.add_argument("--model", default=registry.DEFAULT_MODEL, help="model name or folder (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = tuning_parser(__doc__.splitlines()[0])
     parser.add_argument("--leak-ml", type=float, default=5.0, help="the most ml a click may leave off the lesion's "
                         "slices (default 5)")
     parser.add_argument("--leak-weight", type=float, default=1.0, help="weight of the share of clicks within "
                         "--leak-ml in the objective (default 1)")
-    parser.add_argument("--out", type=Path, help="write the best rule here as JSON")
-    args = parser.parse_args(argv)
-    try:
-        found = folder_cases(args.folder)
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
-    model = load_model(registry.resolve_model(args.model))
+    args, found, model = tuning_inputs(parser, argv)
     model.config.setdefault("propagation", {})["length_rule"] = {}  # traced without a bound
     clicks = []
     for name, volume_path, label_path in found:

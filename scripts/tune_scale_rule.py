@@ -23,23 +23,20 @@ config.json.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
 from dataclasses import asdict, fields
-from pathlib import Path
 
 import numpy as np
 
-from sdseg import registry
-from sdseg.checkpoint import load_model
 from sdseg.evaluation import prompt_point
 from sdseg.metrics import dice
 from sdseg.propagation import Prompt, propagate
+from sdseg.rule_tuning import tuning_inputs, tuning_parser
 from sdseg.scale_search import ScaleCandidate, ScaleRule, choose_scale
 from sdseg.volume_io import choose_slice_axis, read_volume
-from sdseg.volume_scores import folder_cases, healthy_point
+from sdseg.volume_scores import healthy_point
 
 GRID = {"min_presence": (0.25, 0.5, 0.75), "target_fill": (0.15, 0.25, 0.35, 0.45, 0.6),
         "score_tolerance": (0.0, 0.05, 0.2), "min_score": (0.0, 0.5, 0.6, 0.7, 0.8),
@@ -85,20 +82,10 @@ def objective(lesions, healthy, rule: ScaleRule, healthy_weight: float) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="validation volumes <name>.<ext> with labels <name>_label.<ext>")
-    parser.add_argument("--model", default=registry.DEFAULT_MODEL, help="model name or folder (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = tuning_parser(__doc__.splitlines()[0])
     parser.add_argument("--healthy-weight", type=float, default=2.0, help="weight of the healthy clicks left empty "
                         "in the objective (default 2)")
-    parser.add_argument("--out", type=Path, help="write the best rule here as JSON")
-    args = parser.parse_args(argv)
-    try:
-        found = folder_cases(args.folder)
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
-    model = load_model(registry.resolve_model(args.model))
+    args, found, model = tuning_inputs(parser, argv)
     lesions, healthy = [], []
     for name, volume_path, label_path in found:
         volume = read_volume(volume_path)
