@@ -15,6 +15,8 @@ import pytest
 from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
                                read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
 
+from SDSegSlicerLib.prompts import LENGTH_BOUND
+
 SHAPE_KJI = (18, 30, 34)  # every axis at least the crop size: crops are never resized
 
 
@@ -111,6 +113,25 @@ def test_a_point_without_lesion_says_so_and_gives_empty_segments(tmp_path, worke
     masks, _ = read_seg_nrrd_with_slicerio(output)
     assert not any(mask.any() for mask in masks.values())
     assert summary["lesions"][0]["slices"] == 0 and summary["slices_done"] == 3  # its slice and one each way
+
+
+def test_a_lesion_stopped_by_its_models_length_bound_says_so(tmp_path, worker_env, tiny_models_dir):
+    """A bright rod through all 18 slices and a model whose length rule allows 1 diameter each way: its line says
+    the bound stopped it, both ways, and what to do; the summary's stops say "length"."""
+    from sdseg.checkpoint import load_model, save_model
+
+    model = load_model(tiny_models_dir / BRIGHT_MODEL_NAME)
+    model.config["propagation"] = {"length_rule": {"max_diameters": 1.0}}
+    save_model(model, tmp_path / "bounded")
+    k, j, i = np.mgrid[0:SHAPE_KJI[0], 0:SHAPE_KJI[1], 0:SHAPE_KJI[2]]
+    rod = ((i - 17) / 4.0) ** 2 + ((j - 15) / 4.0) ** 2 < 1.0
+    volume = write_volume_file(tmp_path / "rod.nrrd", np.where(rod, 150.0, 20.0).astype(np.float32),
+                               np.diag([1.0, 1.0, 2.0, 1.0]))
+    stderr, summary = segment(worker_env, volume, tmp_path / "rod.seg.nrrd", "--point-ijk", "17,15,9", "--model",
+                              tmp_path / "bounded")
+    assert summary["lesions"][0]["stops"] == {"forward": "length", "backward": "length"}
+    assert f"; {LENGTH_BOUND} (backward, forward)" in stderr, stderr
+    assert summary["lesions"][0]["slices"] < SHAPE_KJI[0]
 
 
 def test_a_box_keeps_to_the_box(tmp_path, worker_env):

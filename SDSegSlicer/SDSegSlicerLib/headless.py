@@ -523,8 +523,8 @@ def write_outputs(run, paths, args) -> dict:
         "error": run.error_message, "warnings": run.accepted.get("warnings", []),
         "outputs": {key: str(path) for key, path in paths.items()},
     }
-    if run.result and run.result["summary"].get("lesions"):  # the worker's scale and stops, per lesion
-        for lesion, worker_lesion in zip(statistics["lesions"], run.result["summary"]["lesions"]):
+    if run.worker_lesions:  # the worker's scale and stops, per lesion
+        for lesion, worker_lesion in zip(statistics["lesions"], run.worker_lesions):
             lesion.update({key: worker_lesion[key] for key in WORKER_LESION_FIELDS if key in worker_lesion})
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
@@ -589,7 +589,7 @@ def report_run(run, paths, args, interrupted: int | None) -> int:
         print("Cancelled before the first slice arrived; nothing written.", file=sys.stderr)
         return exit_status_of(interrupted) if interrupted else EXIT_ERROR
     statistics = write_outputs(run, paths, args)
-    for line in lesion_lines(statistics, run.accepted.get("prompt")):
+    for line in lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions):
         print(line, file=sys.stderr)
     for warning in run.accepted.get("warnings", []):
         print(f"Warning: {warning}", file=sys.stderr)

@@ -11,6 +11,7 @@ WHOLE_VOLUME_WARNING = (
     "Whole-volume mode: every slice is segmented, while the models were trained on ~96-voxel regions around a "
     "lesion and draw lesions where there are none; click the lesion (a point) or draw a box around it instead.")
 NO_LESION = "no lesion found at the point"
+LENGTH_BOUND = "the model's length bound stopped it (if the lesion goes on, draw a box over its slices)"
 
 
 def prompt_request(lesions: list[dict], stop_after_empty: int = DEFAULT_STOP_AFTER_EMPTY,
@@ -42,8 +43,9 @@ def points_ijk(markups_node, volume_node) -> list[list[float]]:
     return points
 
 
-def lesion_lines(statistics: dict, prompt: dict | None) -> list[str]:
-    """One line per lesion of a prompt job's result: its consensus volume and slices, or that nothing was found."""
+def lesion_lines(statistics: dict, prompt: dict | None, worker_lesions: list[dict] | None = None) -> list[str]:
+    """One line per lesion of a prompt job's result: its consensus volume and slices, or that nothing was found;
+    ``worker_lesions`` (the `done` summary's `lesions`) add which directions the lesion's length bound stopped."""
     if not prompt:
         return []
     lines = []
@@ -51,6 +53,11 @@ def lesion_lines(statistics: dict, prompt: dict | None) -> list[str]:
         if lesion["slices"] == 0:
             where = "box" if "box_ijk" in given else "point"
             lines.append(f"lesion {number}: {NO_LESION.replace('point', where)}")
-        else:
-            lines.append(f"lesion {number}: {lesion['volume_ml']:.2f} ml on {lesion['slices']} slice(s)")
+            continue
+        line = f"lesion {number}: {lesion['volume_ml']:.2f} ml on {lesion['slices']} slice(s)"
+        stops = (worker_lesions[number - 1].get("stops") or {}) if number <= len(worker_lesions or []) else {}
+        bounded = [direction for direction, why in sorted(stops.items()) if why == "length"]
+        if bounded:
+            line += f"; {LENGTH_BOUND} ({', '.join(bounded)})"
+        lines.append(line)
     return lines

@@ -59,7 +59,8 @@ def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
     its result (None: no result)."""
     done = run.progress["done"]
     if run.state == "done":
-        status = " ".join(lesion_lines(statistics, run.accepted.get("prompt"))) if statistics else ""
+        status = " ".join(lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions)) \
+            if statistics else ""
         return f"Done: {done} slices.", status, False
     if run.state == "cancelled":
         return f"Cancelled after {done} slices.", "Cancelled: the slices already segmented are kept.", False

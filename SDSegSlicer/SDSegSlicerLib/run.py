@@ -70,6 +70,11 @@ class SegmentationRun:
         self._cancel_requested = False
 
     @property
+    def worker_lesions(self) -> list[dict]:
+        """The `done` summary's lesions (scale, stops, ... per lesion of a prompt job); empty before `done`."""
+        return ((self.result or {}).get("summary") or {}).get("lesions") or []
+
+    @property
     def segmentation_node(self):
         return self.writer.segmentation_node if self.writer is not None else None
 
