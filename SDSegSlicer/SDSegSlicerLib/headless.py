@@ -267,8 +267,9 @@ def add_threads_option(parser) -> None:
 
 
 def start_client(args, meanwhile=None):
-    """The started worker client (local worker, or --server); with ``meanwhile``: (client, meanwhile()), which runs
-    while a local worker imports PyTorch (the two processes' imports at once) or after the server answered."""
+    """(the started worker client: a local worker, or --server; what ``meanwhile()`` returned, else None):
+    ``meanwhile`` runs while a local worker imports PyTorch (the two processes' imports at once), or once the server
+    answered."""
     if args.server:
         client = RemoteWorkerClient(args.server, args.token)
         print(f"Connecting to {args.server} ...", file=sys.stderr, flush=True)
@@ -286,7 +287,7 @@ def start_client(args, meanwhile=None):
     except BaseException:  # Ctrl-C while starting included: never leave a worker behind
         client.stop()
         raise
-    return (client, prepared) if meanwhile else client
+    return client, prepared
 
 
 def listening_token(args) -> str | None:
@@ -388,7 +389,7 @@ def command_batch(args) -> int:
 
 
 def command_models(args) -> int:
-    client = start_client(args)
+    client, _ = start_client(args)
     try:
         hello = client.hello
     finally:
