@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     base["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "SDSegSlicer"), str(ROOT), base.get("PYTHONPATH")) if p)
     if args.threads:
         base["OMP_NUM_THREADS"] = str(args.threads)
-    print(f"README command 1{' ' + ' '.join(options) if options else ''}, {usable_cores()} usable cores, {args.hogs} hog(s), median of {args.repeats}; "
-          f"load average before: {os.getloadavg()[0]:.1f}")
+    print(f"README command 1{' ' + ' '.join(options) if options else ''}, {usable_cores()} usable cores, "
+          f"{args.hogs} hog(s), median of {args.repeats}; load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'wait policy':<12} {'quiet s':>8} {'CPU s':>6} {'beside hogs s':>14} {'CPU s':>6} {'ratio':>6}")
     for policy in POLICIES:
         env = dict(base, OMP_WAIT_POLICY=policy)

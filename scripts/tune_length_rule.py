@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from sdseg.evaluation import prompt_point
-from sdseg.lesion_length import LengthRule, reach_mm
+from sdseg.lesion_length import LengthRule, reach_slices
 from sdseg.propagation import Prompt, propagate
 from sdseg.rule_tuning import tuning_inputs, tuning_parser
 from sdseg.volume_io import choose_slice_axis, read_volume
@@ -39,20 +39,17 @@ def traced_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> d
     axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
     centre = prompt_point(truth, axis)
     roi = [0, 0, 0, *volume.array_kji.shape[::-1]]
-    slices = {}
+    slices, first = {}, None
     for result in propagate(model, volume.array_kji, volume.ijk_to_ras, axis, [Prompt(point_ijk=centre)], roi,
                             samples, seed=seed):
         i0, j0, k0, i1, j1, k1 = result.box_ijk
         consensus = result.consensus.reshape(k1 - k0, j1 - j0, i1 - i0) > 0
-        slices.setdefault("first", result.index)
+        first = result.index if first is None else first  # the prompted slice comes first
         slices[result.index] = (int(consensus.sum()), int((consensus & truth[k0:k1, j0:j1, i0:i1]).sum()))
-    first = slices.pop("first")
-    spacing = np.linalg.norm(np.asarray(volume.ijk_to_ras, dtype=float)[:3, :3], axis=0)
-    in_plane_mm2 = float(np.prod([spacing[a] for a in range(3) if a != axis]))
     bounds = {}
     for max_diameters in GRID:
-        reach = reach_mm(LengthRule(max_diameters), slices[first][0] * in_plane_mm2)
-        bounds[max_diameters] = math.inf if reach is None else reach / spacing[axis]
+        reach = reach_slices(LengthRule(max_diameters), slices[first][0], volume.ijk_to_ras, axis)
+        bounds[max_diameters] = math.inf if reach is None else reach
     on_label = truth.any(axis=tuple(a for a in range(3) if a != 2 - axis))
     return {"slices": slices, "first": first, "bounds": bounds, "truth_voxels": int(truth.sum()),
             "label_slices": set(np.flatnonzero(on_label).tolist()),

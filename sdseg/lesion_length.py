@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from sdseg.rule_config import rule_of_config
 
 
@@ -39,3 +41,12 @@ def reach_mm(rule: LengthRule, area_mm2: float) -> float | None:
     if rule.max_diameters is None or area_mm2 <= 0:
         return None
     return rule.max_diameters * 2.0 * math.sqrt(area_mm2 / math.pi)
+
+
+def reach_slices(rule: LengthRule, plane_voxels: int, ijk_to_ras, slice_axis: int) -> float | None:
+    """:func:`reach_mm` in slices of a volume (geometry ``ijk_to_ras``, slices along IJK axis ``slice_axis``) whose
+    prompted slice's consensus covers ``plane_voxels`` voxels; None: no bound."""
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+    in_plane_mm2 = float(np.prod([spacing[axis] for axis in range(3) if axis != slice_axis]))
+    reach = reach_mm(rule, plane_voxels * in_plane_mm2)
+    return None if reach is None else reach / float(spacing[slice_axis])

@@ -55,7 +55,7 @@ from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume
                              sample_items)
 from sdseg.preprocessing import intensity_range, normalize_intensities
 from sdseg.lesion_jumps import JumpRule, footprint, jump
-from sdseg.lesion_length import LengthRule, reach_mm
+from sdseg.lesion_length import LengthRule, reach_slices
 from sdseg.masks import components_near_point, components_touching, interior_point
 from sdseg.prompt_maps import CropPrompt, takes_previous_masks
 from sdseg.metrics import voxel_variance
@@ -267,11 +267,8 @@ class _Lesion:
     def limit_length(self, plane: np.ndarray, rule: LengthRule, ijk_to_ras) -> None:
         """Bound the directions' reach by the length rule, from the prompted slice's consensus ``plane`` (on the
         whole plane; sdseg.lesion_length); a point prompt's only: a box gives the lesion's slices itself."""
-        if self.prompt.box_ijk is not None:
-            return
-        spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
-        reach = reach_mm(rule, float(plane.sum()) * spacing[self.row_axis] * spacing[self.column_axis])
-        self.reach_slices = None if reach is None else reach / spacing[self.slice_axis]
+        if self.prompt.box_ijk is None:
+            self.reach_slices = reach_slices(rule, int(plane.sum()), ijk_to_ras, self.slice_axis)
 
     def active_directions(self, max_slices: int | None) -> list[_Direction]:
         for direction in self.directions:
