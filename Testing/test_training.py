@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from sdseg.checkpoint import load_model
 from sdseg.data.dataset import CropsDataset
-from sdseg.prompt_maps import crop_prompt_maps, object_click
+from sdseg.inference import sample_crops
+from sdseg.prompt_maps import CropPrompt, crop_prompt_maps, object_click, prompt_channels_of
 from sdseg.data.synthetic import make_shapes_dataset
 from sdseg.ema import WeightEMA, ema_decay
 from sdseg.metrics import dice
@@ -238,6 +239,37 @@ def test_init_fine_tunes_a_trained_model_keeping_its_configuration(data, tmp_pat
     assert all(torch.equal(moved_weights[n], w) for n, w in start_weights.items() if n.startswith("mask_autoencoder"))
 
 
+def test_init_with_an_added_prompt_channel_starts_from_the_same_answers_and_learns_to_use_it(
+        data, tmp_path, uninterrupted_sdseg_run):
+    """--init MODEL --prompt-channels point,box,previous widens a point+box model: the added channel's input weights
+    start at zero, so with the previous slice unknown it draws exactly the trained model's samples; training then
+    moves those weights, and the run's model takes the previous-slice mask."""
+    start = load_model(uninterrupted_sdseg_run)
+    assert prompt_channels_of(start.config) == ("point", "box")
+    runs, with_neighbours = {}, _with_neighbours(data, tmp_path)[0]
+    for name, lr in (("same", "1e-12"), ("moved", "1e-2")):
+        runs[name] = tmp_path / name
+        assert main(["--init", str(uninterrupted_sdseg_run), "--prompt-channels", "point,box,previous", "--data",
+                     str(with_neighbours), "--out", str(runs[name]), "--stage-steps", "autoencoder=0,diffusion=3",
+                     "--batch-size", "4", "--lr", lr, "--ema", "0", "--sample-every", "0", "--device", "cpu"]) == 0
+    widened = load_model(runs["same"])
+    assert "with the prompt channels point, box, previous (added ones start at zero)" in (
+        runs["same"] / "README.md").read_text()
+    assert prompt_channels_of(widened.config) == ("point", "box", "previous")
+    assert widened.config["image_channels"] == start.config["image_channels"] + 1
+    size = start.config["image_size"]
+    crops = [np.random.default_rng(n).uniform(-1, 1, (size, size)).astype(np.float32) for n in range(2)]
+    prompts = [CropPrompt(point=(size / 2, size / 2)), CropPrompt(box=(4.0, size - 4.0, 8.0, size - 8.0))]
+    drawn = {name: sample_crops(model, crops, [0, 1], range(3), 2, seed=5, size=size, prompts=prompts)
+             for name, model in (("start", start), ("widened", widened))}
+    for before, after in zip(drawn["start"], drawn["widened"]):
+        np.testing.assert_array_equal(after, before)
+    first_conv = "image_encoder.encoder.conv_in.weight"
+    moved = load_model(runs["moved"]).state_dict()[first_conv]
+    assert widened.state_dict()[first_conv][:, -1].abs().max() < 1e-9  # started at zero, learning rate 1e-12
+    assert moved[:, -1].abs().max() > 1e-4
+
+
 def test_the_crop_recipe_of_the_data_goes_into_the_model(data, tmp_path):
     recorded = tmp_path / "recorded"
     shutil.copytree(data, recorded)
@@ -287,7 +319,7 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
     (["--init", "{tmp}/nothing", "--data", "{data}", "--out", "{tmp}/out"], "--init: no model named or found"),
     (["--init", "{run}", "--preset", "tiny", "--data", "{data}", "--out", "{tmp}/out"], "leave out --preset"),
     (["--init", "{run}", "--prompt-channels", "none", "--data", "{data}", "--out", "{tmp}/out"],
-     "leave out --preset, --prompt-channels and --target"),
+     "--prompt-channels: the model takes the prompt channels ['point', 'box']; ['point', 'box'] cannot be dropped"),
     (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--prompt-channels", "box,point"],
      "--prompt-channels: give point,box"),
     (["--init", "{run}", "--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out"], "is a sdseg model"),
@@ -317,11 +349,9 @@ def test_bad_arguments_give_a_clear_message_and_exit_code_2(arguments, message, 
     assert error.startswith("sdseg train: error:") and message in error and "Traceback" not in error
 
 
-def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_neighbours(data, tmp_path):
-    """InMemoryCrops: the "previous" channel is one of the crop's neighbouring-slice masks (+1 in, -1 out) or
-    unknown (0), and always unknown for crop files without neighbours (2D sources, lesion-free crops)."""
-    from sdseg.data.batches import InMemoryCrops
-
+def _with_neighbours(data: Path, tmp_path: Path) -> tuple[Path, set[int]]:
+    """A copy of ``data`` whose every other training crop file has neighbouring-slice masks (the first rater's mask
+    and that mask moved 3 pixels), as the 3D sources write them; the copy and those crops' indices."""
     copy = tmp_path / "shapes"
     shutil.copytree(data, copy)
     files = sorted((copy / "train").glob("*.npz"))
@@ -330,6 +360,16 @@ def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_ne
         item = dict(np.load(files[index]))
         item["neighbours"] = np.stack([item["masks"][0], np.roll(item["masks"][0], 3, axis=1)]).astype(np.uint8)
         np.savez(files[index], **item)
+    return copy, with_neighbours
+
+
+def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_neighbours(data, tmp_path):
+    """InMemoryCrops: the "previous" channel is one of the crop's neighbouring-slice masks (+1 in, -1 out) or
+    unknown (0), and always unknown for crop files without neighbours (2D sources, lesion-free crops)."""
+    from sdseg.data.batches import InMemoryCrops
+
+    copy, with_neighbours = _with_neighbours(data, tmp_path)
+    files = sorted((copy / "train").glob("*.npz"))
     crops = InMemoryCrops(CropsDataset(copy, "train"), torch.device("cpu"))
     assert crops.has_neighbours.tolist() == [i in with_neighbours for i in range(len(files))]
     indices = list(range(len(files)))

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 import sdseg
+from sdseg.added_prompts import with_prompt_channels
 from sdseg.checkpoint import CheckpointError, load_model, read_config, save_model
 from sdseg.choices import DEFAULT_AUGMENTATIONS
 from sdseg.data.augment import parse_augmentations
@@ -163,9 +164,9 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                                 + "; ".join(different) + ". Leave them out, or start a new run in another --out")
         return dict(saved)
     if explicit["init"] is not None:
-        if args.preset or args.prompt_channels or args.target:
-            raise TrainingError("--init starts from a trained model's own size, prompts and target: leave out "
-                                "--preset, --prompt-channels and --target")
+        if args.preset or args.target:
+            raise TrainingError("--init starts from a trained model's own size and target: leave out --preset and "
+                                "--target")
         try:
             kind = read_config(Path(explicit["init"]))["kind"]
         except CheckpointError as error:
@@ -178,7 +179,7 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
         raise TrainingError("--model (or --init) and --data are required to start a run (or pass --resume to "
                             "continue one)")
     settings = {key: DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
-    if settings["init"] is not None:
+    if settings["init"] is not None and not args.prompt_channels:
         settings["prompt_channels"] = None  # the trained model's own
     settings["steps"] = DEFAULTS["steps"] if args.steps is None else args.steps
     if args.steps is not None and settings["stage_steps"] and args.steps != sum(settings["stage_steps"].values()):
@@ -347,6 +348,11 @@ class Training:
         if differences:
             raise TrainingError(f"--init {folder}: this data set does not fit the model: " + "; ".join(differences)
                                 + ". Preprocess the data with the model's settings (sdseg preprocess --size ...)")
+        if self.settings.get("prompt_channels") is not None:  # --prompt-channels given: fine-tuning adds some
+            try:
+                model = with_prompt_channels(model, self.settings["prompt_channels"])
+            except ValueError as error:
+                raise TrainingError(f"--init {folder} --prompt-channels: {error}") from None
         return model.float().train()
 
     # ----- data
@@ -485,6 +491,8 @@ class Training:
             else ""
         ema = f"decay {s['ema']} (the saved weights are the EMA weights)" if s["ema"] > 0 else "none"
         origin = f"fine-tuned from `{s['init']}`" if s.get("init") else f"preset {s['preset']}"
+        if s.get("init") and s.get("prompt_channels") is not None:
+            origin += f" with the prompt channels {', '.join(s['prompt_channels'])} (added ones start at zero)"
         rows = [("model kind", f"{self.model.kind}, {origin}, {self.model.num_parameters():,} parameters"),
                 ("data set", f"{info['name']} ({'synthetic' if info['synthetic'] else 'real'} data; "
                              f"{len(self.dataset)} training crops of {info['image_size']} px, {info['n_raters']} "

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder for the model, log, samples and state")
     parser.add_argument("--preset", help=f"model size preset: tiny, small or paper (default {DEFAULTS['preset']})")
     parser.add_argument("--init", help="fine-tune: start from this trained model (installed name or folder) instead "
-                        "of random weights; --model and --preset are then taken from it")
+                        "of random weights; --model and --preset are then taken from it, and its prompt channels unless "
+                        "--prompt-channels adds others (their input weights start at zero: sdseg.added_prompts)")
     parser.add_argument("--prompt-channels", help="prompts the model takes as input channels after the image: "
                         f"{','.join(DEFAULT_PROMPT_CHANNELS)} (default), a subset of {','.join(PROMPT_CHANNELS)} "
                         "in that order (previous: the previous slice's mask, for 3D-coherent samples), or none "
