@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sdseg.geometry import voxel_spacing
 from sdseg.rule_config import rule_of_config
 
 
@@ -46,7 +47,7 @@ def reach_mm(rule: LengthRule, area_mm2: float) -> float | None:
 def reach_slices(rule: LengthRule, plane_voxels: int, ijk_to_ras, slice_axis: int) -> float | None:
     """:func:`reach_mm` in slices of a volume (geometry ``ijk_to_ras``, slices along IJK axis ``slice_axis``) whose
     prompted slice's consensus covers ``plane_voxels`` voxels; None: no bound."""
-    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+    spacing = voxel_spacing(ijk_to_ras)
     in_plane_mm2 = float(np.prod([spacing[axis] for axis in range(3) if axis != slice_axis]))
     reach = reach_mm(rule, plane_voxels * in_plane_mm2)
     return None if reach is None else reach / float(spacing[slice_axis])

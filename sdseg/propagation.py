@@ -53,6 +53,7 @@ import torch
 
 from sdseg.inference import (BatchSize, auto_batch_size, check_model_fits_volume, consensus_mask, model_device,
                              sample_items)
+from sdseg.geometry import voxel_spacing
 from sdseg.preprocessing import intensity_range, normalize_intensities
 from sdseg.lesion_jumps import JumpRule, footprint, jump
 from sdseg.lesion_length import LengthRule, reach_slices
@@ -258,7 +259,7 @@ class _Lesion:
     def normalisation_slices(self, ijk_to_ras, crop) -> tuple[int, int]:
         """[first, end) of the slices of the crop stack: within half the first crop's physical width of the
         prompted slice, inside the ROI (and box)."""
-        spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+        spacing = voxel_spacing(ijk_to_ras)
         r0, r1, c0, c1 = crop
         half_width_mm = max((r1 - r0) * spacing[self.row_axis], (c1 - c0) * spacing[self.column_axis]) / 2.0
         reach = int(math.ceil(half_width_mm / spacing[self.slice_axis]))

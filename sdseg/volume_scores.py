@@ -15,6 +15,7 @@ import torch
 
 from sdseg.data.sources import SourceError, get_source
 from sdseg.evaluation import prompt_point
+from sdseg.geometry import voxel_spacing
 from sdseg.inference import segment_slices
 from sdseg.metrics import dice, generalized_energy_distance, voxel_variance
 from sdseg.propagation import Prompt, propagate
@@ -142,7 +143,7 @@ def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) ->
     centre in steps of the finest in-plane spacing along the first of 8 directions (45 degrees apart) that gets
     there inside the volume, the first point :data:`HEALTHY_GAP_MM` or more (in-plane) from every voxel of the label
     ``truth`` (K, J, I) on that slice; None when no direction does."""
-    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+    spacing = voxel_spacing(ijk_to_ras)
     plane = [a for a in range(3) if a != slice_axis]
     on_slice = np.take(truth, int(round(centre_ijk[slice_axis])), axis=2 - slice_axis)  # (plane[1], plane[0])
     lesion_mm = np.argwhere(on_slice)[:, ::-1] * spacing[plane]  # (n, 2): plane[0], plane[1] in mm
