@@ -25,7 +25,7 @@ from sdseg.lesion_length import LengthRule
 from sdseg.scale_search import ScaleRule
 
 BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
-RULES = {"scale_rule": ScaleRule, "jump_rule": JumpRule, "length_rule": LengthRule}  # config["propagation"] keys
+RULES = {rule.CONFIG_KEY: rule for rule in (ScaleRule, JumpRule, LengthRule)}
 INTENDED_USE = """## Intended use
 
 A small demonstration default for SDSegSlicer on CPU: it shows consensus, plausible contours and sample variance on

@@ -14,7 +14,7 @@ slices after it), and is scored
 
 (w = ``--leak-weight``, L = ``--leak-ml``: issue 30 asks that no click leak more than 5 ml off the lesion's
 slices). The best objective wins (ties: the larger bound). Prints every bound's figures and writes
-``{"length_rule": {...}}`` to ``--out``: put it under ``propagation`` in the model's config.json.
+``{"length_rule": {...}}`` to ``--out``: `scripts/bundle_model.py --rules` puts it in the shipped config.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leak-weight", type=float, default=1.0, help="weight of the share of clicks within "
                         "--leak-ml in the objective (default 1)")
     args, found, model = tuning_inputs(parser, argv)
-    model.config.setdefault("propagation", {})["length_rule"] = {}  # traced without a bound
+    model.config.setdefault("propagation", {})[LengthRule.CONFIG_KEY] = {}  # traced without a bound
     clicks = []
     for name, volume_path, label_path in found:
         click = traced_click(model, read_volume(volume_path), read_volume(label_path).array_kji > 0, args.samples,
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(rows, key=lambda row: (row[0], math.inf if row[1] is None else row[1]))[1]
     print(f"best: max_diameters {best}")
     if args.out is not None:
-        args.out.write_text(json.dumps({"length_rule": {"max_diameters": best}}, indent=2) + "\n")
+        args.out.write_text(json.dumps({LengthRule.CONFIG_KEY: {"max_diameters": best}}, indent=2) + "\n")
     return 0
 
 

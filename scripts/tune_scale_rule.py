@@ -17,8 +17,8 @@ scale per click from the figures alone (sdseg.scale_search.choose_scale) and is 
 paints healthy tissue on the clicked slice goes on painting it slice after slice);
 
 the best objective wins (ties: the first in grid order). Prints the best rules, the always-1x and the best-possible
-(oracle) Dice, and writes ``{"scale_rule": {...}}`` to ``--out``: put it under ``propagation`` in the model's
-config.json.
+(oracle) Dice, and writes ``{"scale_rule": {...}}`` to ``--out``: `scripts/bundle_model.py --rules` puts it in the
+shipped config.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tied)} rule(s) tie for the best; their values: " + ", ".join(
         f"{name} {sorted({rule[name] for rule in tied})}" for name in GRID))
     if args.out is not None:
-        args.out.write_text(json.dumps({"scale_rule": asdict(ranked[0][2])}, indent=2) + "\n")
+        args.out.write_text(json.dumps({ScaleRule.CONFIG_KEY: asdict(ranked[0][2])}, indent=2) + "\n")
     return 0
 
 

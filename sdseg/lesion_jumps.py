@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from sdseg.rule_config import rule_of_config
 @dataclass(frozen=True)
 class JumpRule:
     """Bounds of :func:`jump` (see the module docstring)."""
+    CONFIG_KEY: ClassVar[str] = "jump_rule"  # its key in a model's config["propagation"]
+
     max_area_ratio: float = 3.0
     min_growth_voxels: float = 25.0
     max_centroid_shift: float = 0.5
@@ -41,7 +44,7 @@ class JumpRule:
     @classmethod
     def of_config(cls, config: dict) -> "JumpRule":
         """The defaults, overridden by the model's ``config["propagation"]["jump_rule"]`` (sdseg.rule_config)."""
-        return rule_of_config(cls, config, "jump_rule")
+        return rule_of_config(cls, config, cls.CONFIG_KEY)
 
 
 def _diameter(area: int) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,12 +29,14 @@ from sdseg.rule_config import rule_of_config
 @dataclass(frozen=True)
 class LengthRule:
     """The bound of :func:`reach_mm` (see the module docstring); None: no bound."""
+    CONFIG_KEY: ClassVar[str] = "length_rule"  # its key in a model's config["propagation"]
+
     max_diameters: float | None = None
 
     @classmethod
     def of_config(cls, config: dict) -> "LengthRule":
         """The default (no bound), overridden by the model's ``config["propagation"]["length_rule"]``."""
-        return rule_of_config(cls, config, "length_rule")
+        return rule_of_config(cls, config, cls.CONFIG_KEY)
 
 
 def reach_mm(rule: LengthRule, area_mm2: float) -> float | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -40,6 +41,8 @@ DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)  # x the model's in_plane_voxels
 @dataclass(frozen=True)
 class ScaleRule:
     """Parameters of :func:`choose_scale` (see the module docstring)."""
+    CONFIG_KEY: ClassVar[str] = "scale_rule"  # its key in a model's config["propagation"]
+
     # scripts/tune_scale_rule.py (sdseg-small, 8 samples, healthy weight 2) on the validation split of the sarcoma
     # set (`sdseg preprocess --source ibsi-sts --modality all --export-volumes DIR --export-split val`: STS_004, 007,
     # 013, 022, 023, 034, 036, 039 on CT and MR; their PETs are narrower than every crop): max_fill 0.45 and
@@ -55,7 +58,7 @@ class ScaleRule:
     @classmethod
     def of_config(cls, config: dict) -> "ScaleRule":
         """The defaults, overridden by the model's ``config["propagation"]["scale_rule"]`` (sdseg.rule_config)."""
-        return rule_of_config(cls, config, "scale_rule")
+        return rule_of_config(cls, config, cls.CONFIG_KEY)
 
 
 @dataclass(frozen=True)
