@@ -134,25 +134,59 @@ def test_the_batch_help_says_where_relative_paths_start(capsys):
     assert "a relative input is relative to this CSV's folder, not to --inputs" in help_text
 
 
-def test_an_interrupted_cohort_starts_no_further_volume_and_lists_every_one(tmp_path, monkeypatch):
+def test_a_stopped_cohort_starts_no_further_volume_and_lists_every_one(tmp_path, monkeypatch):
     tasks = [batch.Task(f"v{n}", str(tmp_path / f"v{n}.nrrd")) for n in range(4)]
     started = []
 
-    def run_task(arguments, threads):  # Ctrl-C reaches the command while the second volume runs
+    def run_task(arguments, threads):
         started.append(arguments[1])
-        if len(started) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
+        return 0, "", 0.5
+
+    monkeypatch.setattr(batch, "run_task", run_task)
+    # the stop is asked for while the second volume runs (a signal, in the command)
+    rows = batch.run_batch(tasks, tmp_path / "out", [], workers=1, stop=lambda: len(started) >= 2)
+    assert started == [tasks[0].input, tasks[1].input]  # v2, v3 were queued: never started
+    listed = summary(tmp_path / "out")
+    assert [row["id"] for row in rows] == list(listed) == ["v0", "v1", "v2", "v3"]
+    assert [row["status"] for row in listed.values()] == ["done", "done"] + ["not finished (interrupted)"] * 2
+
+
+def test_a_signal_handed_to_a_pool_thread_is_seen_there_at_once():
+    """The kernel may hand a signal to any thread; Python runs the handler in the main thread only when that thread
+    next runs Python code (here: once the pool thread ends). The pool thread, about to start the next volume, must
+    know already: SignalRequests.arrived() reads the wakeup pipe the C-level handler wrote to."""
+    import threading
+
+    seen, handler = [], signal.getsignal(signal.SIGTERM)
+    with headless.signals_as_requests() as received:
+        def pool_thread():
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # delivered to this thread before returning
+            seen.append(received.arrived())
+
+        thread = threading.Thread(target=pool_thread)
+        thread.start()
+        thread.join()
+        assert seen == [True]
+        assert received == [signal.SIGTERM] and received.arrived()
+    assert signal.getsignal(signal.SIGTERM) is handler and signal.set_wakeup_fd(-1) == -1  # both given back
+
+
+def test_an_exception_while_waiting_still_lists_every_volume(tmp_path, monkeypatch):
+    """An exception reaching the batch while it waits (here from a volume's thread) stops it; the summary is written
+    all the same, every volume listed."""
+    tasks = [batch.Task(f"v{n}", str(tmp_path / f"v{n}.nrrd")) for n in range(3)]
+
+    def run_task(arguments, threads):
+        if arguments[1] == tasks[1].input:
+            raise KeyboardInterrupt  # re-raised in the main thread by future.result()
         return 0, "", 0.5
 
     monkeypatch.setattr(batch, "run_task", run_task)
     with pytest.raises(KeyboardInterrupt):
         batch.run_batch(tasks, tmp_path / "out", [], workers=1)
-    assert started == [tasks[0].input, tasks[1].input]  # v2, v3 were queued: never started
     rows = summary(tmp_path / "out")
-    assert list(rows) == ["v0", "v1", "v2", "v3"] and rows["v0"]["status"] == "done"
-    assert {rows[i]["status"] for i in ("v1", "v2", "v3")} == {"not finished (interrupted)"}
-
+    assert list(rows) == ["v0", "v1", "v2"] and rows["v0"]["status"] == "done"
+    assert {rows[i]["status"] for i in ("v1", "v2")} == {"not finished (interrupted)"}
 
 
 def test_a_volume_whose_process_was_killed_says_so(tmp_path, monkeypatch):
@@ -192,8 +226,15 @@ def test_the_summary_that_marks_a_volume_done_is_written_after_every_other_outpu
 
 
 def children(pid: int) -> list[str]:
-    """Child processes of ``pid``, started by any of its threads."""
-    return [child for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
+    """The command lines (arguments joined by spaces) of the child processes of ``pid``, started by any of its
+    threads; a child that ended meanwhile is left out."""
+    commands = []
+    for child in (c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()):
+        try:
+            commands.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return commands
 
 
 def test_a_volume_that_finishes_after_the_interrupt_is_listed_done(tmp_path, worker_env):
@@ -208,7 +249,7 @@ def test_a_volume_that_finishes_after_the_interrupt_is_listed_done(tmp_path, wor
                                 "--out", str(out), "--workers", "1", *OPTIONS], env=worker_env,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + CLI_TIMEOUT_S
-    while not children(process.pid):  # the first volume's `segment` runs
+    while not any(str(folder / "a.nrrd") in command for command in children(process.pid)):  # a's `segment` runs
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)

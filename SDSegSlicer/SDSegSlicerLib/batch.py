@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +181,12 @@ def local_workers(threads_per_task: int) -> int:
 
 
 def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | None = None,
-              ray_address: str | None = None, gpus_per_task: float = 0.0, threads_per_task: int = 1) -> list[dict]:
-    """Run every task not done yet (locally, or on Ray), write out/summary.csv, return its rows in input order."""
+              ray_address: str | None = None, gpus_per_task: float = 0.0, threads_per_task: int = 1,
+              stop: Callable[[], bool] = lambda: False) -> list[dict]:
+    """Run every task not done yet (locally, or on Ray), write out/summary.csv, return its rows in input order.
+    Once ``stop()`` is true (the caller was asked to stop: a signal) no further volume starts; the running ones go
+    on to their end, and the volumes not started are listed "not finished (interrupted)". A volume starts only
+    after ``stop()`` said false in the thread that starts it, so a stop recorded before that is never too late."""
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)
     started = time.time()
@@ -191,16 +196,19 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
 
     progress = tqdm(total=len(tasks), initial=len(rows), desc="cohort", unit="volume", file=sys.stderr)
     results = _execute(todo, out, options, workers or local_workers(threads_per_task), ray_address, gpus_per_task,
-                       threads_per_task)
+                       threads_per_task, stop)
     try:
-        for task, (status, error, seconds) in results:
+        for task, outcome in results:
+            if outcome is None:  # not started: stop() said so
+                continue
+            status, error, seconds = outcome
             state = "done" if status == 0 else "cancelled" if status >= 128 else "error"
             rows[task.id] = summary_row(out, task, state, error, seconds, time.time() - seconds)
             progress.update()
     finally:
-        results.close()  # interrupted: the volumes not started are not started, the running ones end
+        results.close()  # an exception (a second signal): the volumes not started are not started, the running ones end
         progress.close()
-        for task in todo:  # interrupted: a volume whose `segment` ended after the interrupt may be done all the same
+        for task in todo:  # stopped: a volume whose `segment` ended after the stop may be done all the same
             if task.id not in rows:
                 status = "done" if is_done(out, task, started) else "not finished (interrupted)"
                 rows[task.id] = summary_row(out, task, status, "", None, started)
@@ -213,22 +221,27 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
     return ordered
 
 
-def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads):
-    """Yield (task, (exit status, error, seconds)) as the tasks finish."""
+def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads, stop):
+    """Yield (task, (exit status, error, seconds)) as the tasks finish; (task, None) for a task not started because
+    ``stop()`` was true when its turn came (Ray: no task is awaited once it is true)."""
     arguments = {task.id: segment_arguments(task, out, options) for task in tasks}
     if ray_address:
-        yield from _on_ray(tasks, arguments, ray_address, gpus_per_task, threads)
+        yield from _on_ray(tasks, arguments, ray_address, gpus_per_task, threads, stop)
         return
+
+    def run_unless_stopped(task):
+        return None if stop() else run_task(arguments[task.id], threads)
+
     pool = ThreadPoolExecutor(max_workers=workers)  # each task is a `segment` process: threads suffice here
     try:
-        futures = {pool.submit(run_task, arguments[task.id], threads): task for task in tasks}
+        futures = {pool.submit(run_unless_stopped, task): task for task in tasks}
         for future in as_completed(futures):
             yield futures[future], future.result()
     finally:  # also when the caller stops early (Ctrl-C): queued volumes are dropped, running ones awaited
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _on_ray(tasks, arguments, address, gpus_per_task, threads):
+def _on_ray(tasks, arguments, address, gpus_per_task, threads, stop):
     """The tasks on Ray: each one a Ray task asking for ``threads`` CPUs and ``gpus_per_task`` GPUs (Ray sets
     CUDA_VISIBLE_DEVICES for it). The inputs and --out must be on storage every node sees."""
     try:
@@ -239,7 +252,7 @@ def _on_ray(tasks, arguments, address, gpus_per_task, threads):
         ray.init(address=None if address == "local" else address, log_to_driver=False)
     remote = ray.remote(num_cpus=threads, num_gpus=gpus_per_task)(run_task)
     pending = {remote.remote(arguments[task.id], threads): task for task in tasks}
-    while pending:
+    while pending and not stop():  # stopped: the tasks still on the cluster end with this driver
         done, _ = ray.wait(list(pending), num_returns=1)
         task = pending.pop(done[0])
         try:

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -376,10 +377,15 @@ def command_batch(args) -> int:
         tasks = read_inputs(args.inputs, Path(args.out))
         if args.prompts:
             add_prompts(tasks, args.prompts)
-        rows = run_batch(tasks, Path(args.out), options, args.workers, args.ray, args.gpus_per_task,
-                         args.threads_per_task)
+        # A signal is a request (it never lands inside the process pool's bookkeeping): no further volume starts,
+        # the running ones end (Ctrl-C reaches their `segment` too: it cancels and writes what it has).
+        with signals_as_requests() as received:
+            rows = run_batch(tasks, Path(args.out), options, args.workers, args.ray, args.gpus_per_task,
+                             args.threads_per_task, stop=received.arrived)
     except BatchError as error:
         raise UsageError(str(error)) from None
+    if received:
+        raise Interrupted(received[0])
     failed = [row for row in rows if row["status"] not in ("done", "skipped (done before)")]
     print(f"{len(rows) - len(failed)} of {len(rows)} volumes done; summary: {Path(args.out) / 'summary.csv'}",
           file=sys.stderr)
@@ -441,22 +447,47 @@ def termination_as_interrupt():
             signal.signal(getattr(signal, name), handler)
 
 
+class SignalRequests(list):
+    """The signals received inside :func:`signals_as_requests`, in order. Python runs a signal's handler in the main
+    thread when that thread next runs Python code, which can be late (the kernel may hand the signal to another
+    thread, and a main thread blocked on a lock then hears of it only when the lock is released); ``arrived()``
+    says at once, in any thread, that one was delivered: the C-level handler writes to a wakeup pipe
+    (signal.set_wakeup_fd) before any Python code runs."""
+
+    def __init__(self, wakeup_fd: int | None = None):
+        super().__init__()
+        self._wakeup_fd = wakeup_fd
+
+    def arrived(self) -> bool:
+        if self or self._wakeup_fd is None:
+            return bool(self)
+        return bool(select.select([self._wakeup_fd], [], [], 0)[0])
+
+
 @contextlib.contextmanager
 def signals_as_requests():
-    """While inside, Ctrl-C, SIGTERM and SIGHUP are recorded in the yielded list instead of raising, so that a
-    signal never interrupts the handling of a message (a slice that arrived is never lost); main thread only."""
-    received = []
+    """While inside, Ctrl-C, SIGTERM and SIGHUP are recorded in the yielded SignalRequests instead of raising, so
+    that a signal never interrupts the handling of a message (a slice that arrived is never lost) nor a process
+    pool's bookkeeping; main thread only (elsewhere nothing is recorded)."""
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield SignalRequests()
         return
+    read_end, write_end = os.pipe()
+    for end in (read_end, write_end):
+        os.set_blocking(end, False)
+    received = SignalRequests(read_end)
     names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
     previous = {name: signal.signal(getattr(signal, name), lambda signum, frame: received.append(signum))
                 for name in names if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN}
+    previous_wakeup_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     try:
         yield received
     finally:
+        signal.set_wakeup_fd(previous_wakeup_fd)
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
+        os.close(read_end)
+        os.close(write_end)
 
 
 def wait_for_run(run, progress_bar) -> int | None:
