@@ -140,6 +140,27 @@ def test_stop_request_ends_the_generator_before_the_next_pass():
     assert received == [0, 1]
 
 
+@pytest.mark.parametrize("kind", ["sdseg", "ambiguous", "segdiff"])
+def test_a_stop_request_ends_a_forward_pass_at_its_next_sampling_step(kind):
+    """One pass of 20 sampling steps: a stop that comes while it runs ends it at the next call of one of the model's
+    modules (nothing half-drawn is yielded), and the model's hooks are gone afterwards."""
+    model = tiny_model(kind)
+    asked = []
+
+    def should_stop():
+        asked.append(True)
+        return len(asked) > 3  # before the pass, then at the pass's first two module calls: go on
+
+    results = list(inference.segment_slices(model, volume(), [0, 0, 0, 27, 21, 1], 2, 20, batch_size=2,
+                                            should_stop=should_stop))
+    assert results == [] and len(asked) == 4
+    assert all(not child._forward_pre_hooks for child in model.children())
+    asked.clear()
+    assert len(list(inference.segment_slices(model, volume(), [0, 0, 0, 27, 21, 1], 2, 20, batch_size=2,
+                                             should_stop=lambda: bool(asked.append(True))))) == 1
+    assert len(asked) > 20  # asked at every step of a full pass
+
+
 def test_progress_callback_counts_images():
     calls = []
     run(tiny_model("sdseg"), volume(), [0, 0, 0, 27, 21, 3], samples=2, batch_size=4,

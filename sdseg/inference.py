@@ -9,6 +9,7 @@ axis or the device's memory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -42,6 +43,31 @@ class ModelMismatchError(ValueError):
 
 class OutOfMemory(RuntimeError):
     """Even one image per forward pass does not fit in the device memory."""
+
+
+class Stopped(Exception):
+    """A forward pass ended at a sampling step because its ``should_stop()`` said so (:func:`stopping_at_steps`)."""
+
+
+@contextlib.contextmanager
+def stopping_at_steps(model, should_stop: Callable[[], bool] | None):
+    """While inside, each call of one of ``model``'s top-level modules (its denoiser runs once per sampling step)
+    first asks ``should_stop()`` and raises :class:`Stopped` when it is true, so that a cancel ends even a long
+    forward pass at its next sampling step instead of after its last."""
+    if should_stop is None:
+        yield
+        return
+
+    def check(module, inputs):
+        if should_stop():
+            raise Stopped
+
+    handles = [child.register_forward_pre_hook(check) for child in model.children()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -109,14 +135,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: range, steps, seed: int, size: int,
                  stream: int = 0, postprocessing: bool = True,
                  prompts: list[CropPrompt | None] | None = None,
-                 previous: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+                 previous: list[np.ndarray | None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
     """Binary samples (len(samples), A_b, B_b) of each normalised 2D crop b (shapes may differ): every crop is
     resized to the model's size x size (with the maps of ``prompts[b]``, in the crop's pixels, when the model takes
     prompt channels: sdseg.prompt_maps), all are sampled in one forward pass, binarised (soft > 0.5),
     post-processed as the model says (:func:`sdseg.masks.postprocess`; ``postprocessing=False``: as drawn) and
     resized back. A model with the ``previous`` channel conditions each sample on its own previous-slice mask,
     ``previous[b][n]`` (A_b, B_b) bool for sample n of crop b (None: unknown): every (crop, sample) pair is then
-    one conditioning image, with the same noise as otherwise."""
+    one conditioning image, with the same noise as otherwise. :class:`Stopped` when ``should_stop()`` turns true
+    during the pass (asked at every sampling step)."""
     device = model_device(model)
     images = torch.cat([resize_images(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
                                       .to(device), size) for crop in crops])
@@ -136,11 +164,12 @@ def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: ra
         maps = crop_prompt_maps(prompts, [crop.shape for crop in crops], size, channels, device, images=images[:, 0])
         images = torch.cat([images, maps], dim=1)
     generators = [g for index in indices for g in sample_generators(seed, index, samples, stream)]
-    if per_sample:
-        soft = model.sample(images, num_samples=1, steps=steps, generator=generators)
-        soft = soft.reshape(len(crops), len(samples), *soft.shape[-2:])
-    else:
-        soft = model.sample(images, num_samples=len(samples), steps=steps, generator=generators)
+    with stopping_at_steps(model, should_stop):
+        if per_sample:
+            soft = model.sample(images, num_samples=1, steps=steps, generator=generators)
+            soft = soft.reshape(len(crops), len(samples), *soft.shape[-2:])
+        else:
+            soft = model.sample(images, num_samples=len(samples), steps=steps, generator=generators)
     binary = soft > 0.5
     if postprocessing:
         binary = postprocess(binary, model.config)
@@ -190,8 +219,8 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
     slice ``index_of(n)`` (and ``stream``), with the prompt ``prompt_of(n)`` (None: none) and the previous-slice
     masks ``previous_of(n)`` (num_samples, A, B) (None: unknown). On out-of-memory ``batch`` is halved and the pass
     planned again;
-    :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass;
-    ``on_pass(images)`` is called after each one. A deterministic model (every sample the same mask) draws one sample
+    :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass and at
+    each of its sampling steps (a pass stopped midway yields nothing); ``on_pass(images)`` is called after each one. A deterministic model (every sample the same mask) draws one sample
     per item, repeated ``num_samples`` times (``on_pass`` counts the repeats)."""
     if getattr(model, "deterministic", False) and num_samples > 1:
         counted = None if on_pass is None else (lambda images: on_pass(images * num_samples))
@@ -211,7 +240,9 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
                                      step.samples, steps, seed, size, stream, postprocessing,
                                      None if prompt_of is None else [prompt_of(n) for n in step.items],
                                      None if previous_of is None else [_samples_of(previous_of(n), step.samples)
-                                                                       for n in step.items])
+                                                                       for n in step.items], should_stop)
+            except Stopped:
+                return
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(error):
                     raise

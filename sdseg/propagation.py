@@ -452,8 +452,8 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
               on_report: Callable[[LesionReport], None] | None = None) -> Iterator[LesionSlice]:
     """Yield the :class:`LesionSlice` results of every lesion prompt, lesion after lesion, each starting with the
     prompted slice and going outward (see the module docstring). ``scale``: force the crop scale of point prompts
-    (None: search ``scales``). ``should_stop()`` is checked before every forward pass (also between the passes of
-    one slice's samples); ``on_batch(images_done, images_at_most)`` is called after each one (a slice cut again in a
+    (None: search ``scales``). ``should_stop()`` is checked before every forward pass and at each of its sampling
+    steps; ``on_batch(images_done, images_at_most)`` is called after each pass (a slice cut again in a
     larger crop, and the scales searched, add their images to both). ``on_report(report)`` is called for each
     lesion once its scale is chosen (before its first slice is yielded; ``stops`` empty) and once it is done."""
     config = model.config

@@ -17,7 +17,7 @@ from sdseg.worker import protocol
 
 PARENT_POLL_S = 1.0
 NETWORK_CODE_LOADED = "network code loaded in"  # the log line of a worker that can take a job at full speed
-GONE_GRACE_S = 1.0  # a client gone: time for the job to stop between forward passes before the process just exits
+GONE_GRACE_S = 1.0  # a client gone: time for the job to stop at a sampling step before the process just exits
 
 
 def main() -> int:

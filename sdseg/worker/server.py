@@ -151,7 +151,7 @@ class Worker:
                 self._jobs.put(request)
 
     def client_gone(self, reason: str) -> None:
-        """The client died (its process is gone): stop the running job before its next forward pass, answer
+        """The client died (its process is gone): stop the running job at its next sampling step, answer
         nothing more, and let run() return."""
         log.warning("%s; stopping", reason)
         self._stopping.set()
@@ -333,7 +333,7 @@ class Worker:
                                                progress.on_batch)
         job_dir = Path(job["job_dir"]).resolve()
         try:
-            for result in results:  # a stop request ends the generator before its next forward pass
+            for result in results:  # a stop request ends the generator at its next sampling step
                 lesion = getattr(result, "lesion", None)
                 name = f"slice_{result.index:05d}.npz" if lesion is None else f"lesion{lesion:02d}_{result.index:05d}.npz"
                 _write_npz(job_dir / name, samples=result.samples, consensus=result.consensus,
