@@ -385,19 +385,6 @@ def test_training_batches_give_the_previous_mask_only_where_the_crop_file_has_ne
         assert any(torch.equal(previous[index], option) for option in options), index
 
 
-def test_training_batches_give_the_contrast_view_of_the_image_the_model_sees(data):
-    """InMemoryCrops: the "contrast" channel is drawn from the augmented image (flipped and scaled as the masks
-    are), as inference draws it from the crop the model is given (sdseg.inference.sample_crops)."""
-    from sdseg.data.batches import InMemoryCrops
-    from sdseg.prompt_maps import contrast_maps
-
-    crops = InMemoryCrops(CropsDataset(data, "train"), torch.device("cpu"))
-    images, _ = crops.batch(list(range(len(crops))), torch.Generator().manual_seed(0), augmentations=("flip", "scale"),
-                            prompt_channels=("point", "box", "contrast"))
-    assert images.shape[1] == 4
-    assert torch.equal(images[:, 3], contrast_maps(images[:, 0])) and images[:, 3].abs().max() == 1.0
-
-
 def test_a_training_crop_clicked_off_its_object_gets_an_empty_mask(data):
     """InMemoryCrops: where the prompt is a click off the object (sdseg.prompt_maps.OFF_OBJECT_CLICK_ODDS) the
     training mask is empty; elsewhere it is the drawn rater's mask."""

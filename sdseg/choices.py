@@ -4,7 +4,7 @@
 RATER_TARGETS = ("random", "majority", "union")  # the mask a training image comes with (sdseg.masks.rater_target)
 AUGMENTATIONS = ("flip", "transpose", "scale", "intensity")  # sdseg.data.augment
 DEFAULT_AUGMENTATIONS = ("flip",)
-PROMPT_CHANNELS = ("point", "box", "previous", "contrast")  # sdseg.prompt_maps
+PROMPT_CHANNELS = ("point", "box", "previous")  # sdseg.prompt_maps
 DEFAULT_PROMPT_CHANNELS = ("point", "box")  # `sdseg train` without --prompt-channels
 SPLITS = ("train", "val", "test")  # sdseg.data.dataset
 # The names of sdseg.data.sources.SOURCES and the keys of its IBSI_STS_PREPROCESSING, whose module imports the

@@ -157,11 +157,10 @@ def sample_crops(model, crops: list[np.ndarray], indices: list[int], samples: ra
         masks = [None if previous is None or previous[b] is None else previous[b][n]
                  for b in range(len(crops)) for n in range(repeat)]
         maps = crop_prompt_maps([p for p in prompts for _ in range(repeat)],
-                                [crop.shape for crop in crops for _ in range(repeat)], size, channels, device, masks,
-                                images[:, 0])
+                                [crop.shape for crop in crops for _ in range(repeat)], size, channels, device, masks)
         images = torch.cat([images, maps], dim=1)
     elif channels:
-        maps = crop_prompt_maps(prompts, [crop.shape for crop in crops], size, channels, device, images=images[:, 0])
+        maps = crop_prompt_maps(prompts, [crop.shape for crop in crops], size, channels, device)
         images = torch.cat([images, maps], dim=1)
     generators = [g for index in indices for g in sample_generators(seed, index, samples, stream)]
     with stopping_at_steps(model, should_stop):

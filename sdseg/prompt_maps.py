@@ -12,10 +12,6 @@ order); its ``image_channels`` then count them after the image's own channels. T
   prompted slice, a 2D image). The propagation gives sample n of a slice sample n of the previous slice, so that
   sample n is one 3D hypothesis (sdseg.propagation); training gives the raters' union on a neighbouring slice,
   unknown with :data:`PREVIOUS_UNKNOWN_ODDS` (:func:`training_prompts`).
-- ``contrast``: not a prompt but a second view of the image, stretched around its own median (:func:`contrast_maps`):
-  where the normalisation over a whole region spends most of [-1, 1] on air and bone, a soft-tissue tumour and the
-  muscle around it differ by a few hundredths (sarcoma CT, measured in docs/held_out_volumes.md); this view gives
-  the crop's middle half of intensities most of the range, as a radiologist's narrow window does.
 
 Training draws the prompts from the ground truth (:func:`training_prompts`); inference converts the user's prompt
 into crop pixel coordinates (:class:`CropPrompt`) and the maps are drawn at the model's size the same way.
@@ -53,11 +49,6 @@ OFF_OBJECT_MARGIN_FRACTION = 1.0 / 16.0  # 4 pixels at 64 x 64
 # The previous slice's mask is given as unknown (as on the prompted slice) with these odds; otherwise it is the
 # neighbour the propagation's click came from (else a random neighbour). Crops without neighbours: always unknown.
 PREVIOUS_UNKNOWN_ODDS = 0.3
-# The contrast view maps median -/+ CONTRAST_HALF_WIDTH_IQRS interquartile ranges of the image to -1 / +1 (clipped
-# beyond); never narrower than CONTRAST_MIN_HALF_WIDTH (of the normalised image's units), so that a flat image stays
-# flat instead of its noise being blown up.
-CONTRAST_HALF_WIDTH_IQRS = 1.0
-CONTRAST_MIN_HALF_WIDTH = 0.05
 
 
 def prompt_channels_of(config: dict) -> tuple[str, ...]:
@@ -94,21 +85,11 @@ class CropPrompt:
         return CropPrompt(point, box)
 
 
-def contrast_maps(images: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) ``contrast`` views of normalised images (B, S, S): clamp((x - m) / h, -1, 1) with m the image's
-    median and h = max(CONTRAST_HALF_WIDTH_IQRS x (q75 - q25), CONTRAST_MIN_HALF_WIDTH), q the image's quartiles."""
-    flat = images.flatten(1).float()
-    q25, median, q75 = torch.quantile(flat, torch.tensor([0.25, 0.5, 0.75], device=flat.device), dim=1)
-    half_width = (CONTRAST_HALF_WIDTH_IQRS * (q75 - q25)).clamp(min=CONTRAST_MIN_HALF_WIDTH)
-    return ((images.float() - median[:, None, None]) / half_width[:, None, None]).clamp(-1.0, 1.0)
-
-
 def prompt_maps(points: torch.Tensor, boxes: torch.Tensor, size: int, channels,
-                previous: torch.Tensor | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
+                previous: torch.Tensor | None = None) -> torch.Tensor:
     """(B, len(channels), size, size) float32 maps of ``points`` (B, 2) rows/columns and ``boxes`` (B, 4) row0,
     row1, column0, column1, both in pixel coordinates of the size x size image; a NaN row means no prompt;
-    ``previous`` (B, size, size) float32 in {-1, 0, 1} (None: unknown everywhere); ``images`` (B, size, size), the
-    normalised images the maps go with (needed by the ``contrast`` channel only)."""
+    ``previous`` (B, size, size) float32 in {-1, 0, 1} (None: unknown everywhere)."""
     device = points.device
     grid = torch.arange(size, device=device, dtype=torch.float32)
     maps = []
@@ -127,10 +108,6 @@ def prompt_maps(points: torch.Tensor, boxes: torch.Tensor, size: int, channels,
         elif channel == "previous":
             maps.append(torch.zeros(points.shape[0], size, size, device=device) if previous is None
                         else previous.to(device=device, dtype=torch.float32))
-        elif channel == "contrast":
-            if images is None:
-                raise ValueError("the contrast channel is drawn from the image: pass the images")
-            maps.append(contrast_maps(images.to(device)))
         else:
             raise ValueError(f"unknown prompt channel {channel!r}; known: {', '.join(PROMPT_CHANNELS)}")
     return torch.stack(maps, dim=1)
@@ -147,11 +124,9 @@ def previous_map(mask: np.ndarray | None, size: int) -> torch.Tensor:
 
 
 def crop_prompt_maps(prompts: list[CropPrompt | None], shapes: list[tuple[int, int]], size: int, channels,
-                     device, previous: list[np.ndarray | None] | None = None,
-                     images: torch.Tensor | None = None) -> torch.Tensor:
+                     device, previous: list[np.ndarray | None] | None = None) -> torch.Tensor:
     """The maps of inference crops: ``prompts[b]`` is in the pixels of a crop of ``shapes[b]`` (None: no prompt);
-    ``previous[b]``: the previous slice's mask in the same pixels (None, or no list: unknown); ``images`` (B, size,
-    size): the crops as the model sees them (the ``contrast`` channel's source)."""
+    ``previous[b]``: the previous slice's mask in the same pixels (None, or no list: unknown)."""
     nan = float("nan")
     points, boxes = [], []
     for prompt, shape in zip(prompts, shapes):
@@ -162,8 +137,7 @@ def crop_prompt_maps(prompts: list[CropPrompt | None], shapes: list[tuple[int, i
     if previous is not None and "previous" in channels:
         previous_maps = torch.stack([previous_map(mask, size) for mask in previous])
     return prompt_maps(torch.tensor(points, dtype=torch.float32, device=device),
-                       torch.tensor(boxes, dtype=torch.float32, device=device), size, channels, previous_maps,
-                       images)
+                       torch.tensor(boxes, dtype=torch.float32, device=device), size, channels, previous_maps)
 
 
 def object_click(raters: np.ndarray) -> CropPrompt | None:

@@ -366,7 +366,7 @@ class Training:
             size = images.shape[-1]
             clicks = [object_click(masks.numpy() > 0) for _, masks in items]
             images = torch.cat([images, crop_prompt_maps(clicks, [(size, size)] * len(items), size,
-                                                         self.prompt_channels, "cpu", images=images[:, 0])], dim=1)
+                                                         self.prompt_channels, "cpu")], dim=1)
         return images, [masks for _, masks in items]
 
     def _batch(self, step: int):

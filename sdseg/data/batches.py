@@ -67,6 +67,6 @@ class InMemoryCrops:
             prompts = training_prompts(every_rater, generator, neighbours, "previous" in prompt_channels,
                                        self.has_neighbours[chosen])
             images = torch.cat([images, prompt_maps(prompts.points, prompts.boxes, images.shape[-1], prompt_channels,
-                                                    prompts.previous, images[:, 0])], dim=1)
+                                                    prompts.previous)], dim=1)
             mask = torch.where(prompts.off_object.to(mask.device)[:, None, None, None], 0.0, mask)
         return images, mask
