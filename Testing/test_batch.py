@@ -138,7 +138,7 @@ def test_a_stopped_cohort_starts_no_further_volume_and_lists_every_one(tmp_path,
     tasks = [batch.Task(f"v{n}", str(tmp_path / f"v{n}.nrrd")) for n in range(4)]
     started = []
 
-    def run_task(arguments, threads):
+    def run_task(arguments, threads, cancel):
         started.append(arguments[1])
         return 0, "", 0.5
 
@@ -154,20 +154,26 @@ def test_a_stopped_cohort_starts_no_further_volume_and_lists_every_one(tmp_path,
 def test_a_signal_handed_to_a_pool_thread_is_seen_there_at_once():
     """The kernel may hand a signal to any thread; Python runs the handler in the main thread only when that thread
     next runs Python code (here: once the pool thread ends). The pool thread, about to start the next volume, must
-    know already: SignalRequests.arrived() reads the wakeup pipe the C-level handler wrote to."""
+    know already: SignalRequests.arrived(n) counts the signal numbers the C-level handler wrote to the wakeup
+    socket, ours only (another signal with a Python handler writes there too)."""
     import threading
 
-    seen, handler = [], signal.getsignal(signal.SIGTERM)
-    with headless.signals_as_requests() as received:
-        def pool_thread():
-            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # delivered to this thread before returning
-            seen.append(received.arrived())
+    seen, handler, user_handler = [], signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        with headless.signals_as_requests() as received:
+            def pool_thread():
+                for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM):
+                    signal.pthread_kill(threading.get_ident(), signum)  # delivered to this thread before returning
+                    seen.append((received.arrived(), received.arrived(2)))
 
-        thread = threading.Thread(target=pool_thread)
-        thread.start()
-        thread.join()
-        assert seen == [True]
-        assert received == [signal.SIGTERM] and received.arrived()
+            thread = threading.Thread(target=pool_thread)
+            thread.start()
+            thread.join()
+            assert seen == [(False, False), (True, False), (True, True)]
+            assert received.arrived(2) and set(received) == {signal.SIGTERM}  # Python's handler may run once for both
+    finally:
+        signal.signal(signal.SIGUSR1, user_handler)
     assert signal.getsignal(signal.SIGTERM) is handler and signal.set_wakeup_fd(-1) == -1  # both given back
 
 
@@ -176,7 +182,7 @@ def test_an_exception_while_waiting_still_lists_every_volume(tmp_path, monkeypat
     all the same, every volume listed."""
     tasks = [batch.Task(f"v{n}", str(tmp_path / f"v{n}.nrrd")) for n in range(3)]
 
-    def run_task(arguments, threads):
+    def run_task(arguments, threads, cancel):
         if arguments[1] == tasks[1].input:
             raise KeyboardInterrupt  # re-raised in the main thread by future.result()
         return 0, "", 0.5
@@ -257,6 +263,35 @@ def test_a_volume_that_finishes_after_the_interrupt_is_listed_done(tmp_path, wor
     assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
     rows = summary(out)
     assert rows["a"]["status"] == "done" and rows["a"]["lesions"] == "1" and batch.is_done(out, batch.Task("a", ""))
+    assert rows["b"]["status"] == "not finished (interrupted)"
+
+
+def test_a_second_signal_cancels_the_running_volume(tmp_path, worker_env):
+    """SIGTERM twice to the batch alone: the running volume's `segment` gets SIGTERM in turn, cancels and is listed
+    cancelled (whether or not it had its handlers yet); the volume not started is not; exit 143."""
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    lesion_volume(folder / "a.nrrd", (3, 16, 16), seed=1)
+    lesion_volume(folder / "b.nrrd", (3, 16, 16), seed=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "SDSegSlicerLib.headless", "batch", "--inputs", str(folder),
+                                "--out", str(out), "--workers", "1", *OPTIONS], env=worker_env,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while not any(str(folder / "a.nrrd") in command for command in children(process.pid)):  # a's `segment` runs
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    said = ""
+    while "signal again to cancel them" not in said:  # handled (a second signal sent at once may merge with it)
+        said += process.stderr.readline()
+        assert time.monotonic() < deadline and process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
+    assert "cancelling the running volumes" in stderr
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    rows = summary(out)
+    assert rows["a"]["status"] == "cancelled" and not batch.is_done(out, batch.Task("a", ""))
     assert rows["b"]["status"] == "not finished (interrupted)"
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 PROMPT_KINDS = {"point_ras": ("--point", 3), "point_ijk": ("--point-ijk", 3), "box_ijk": ("--box", 6)}
 SUMMARY_COLUMNS = ("id", "input", "status", "error", "lesions", "lesion_volumes_ml", "variance_mean", "seconds")
 TASK_TIMEOUT_S = 24 * 3600
+STOP_POLL_S = 0.2  # how often a running volume's thread, the main thread and the Ray driver look at signals
 CLOCK_SLACK_S = 2.0  # a volume's summary file counts as this run's if written at most this long before it started
 COMMAND_ERROR_PREFIX = re.compile(r"^[\w-]+: error: ")  # "sdseg-slicer: error: ": the cohort's lines have their own
 MAX_LISTED = 10  # ids named in a one-line error
@@ -145,17 +146,33 @@ def segment_arguments(task: Task, out: Path, options: list[str]) -> list[str]:
             *task.prompt_options, *options]
 
 
-def run_task(arguments: list[str], threads: int) -> tuple[int, str, float]:
+def run_task(arguments: list[str], threads: int, cancel: Callable[[], bool] = lambda: False) -> tuple[int, str, float]:
     """Run one `segment` command with this process's interpreter and environment (on a Ray node: the GPUs Ray gave
-    the task), ``threads`` CPU threads: (exit status, its last error line without the command's prefix, seconds)."""
+    the task), ``threads`` CPU threads: (exit status, its last error line without the command's prefix, seconds).
+    Once ``cancel()`` is true the `segment` gets SIGTERM: it cancels, writes what it has and ends (exit 143)."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "SDSegSlicerLib.headless", *arguments], capture_output=True,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=TASK_TIMEOUT_S)
-    errors = [COMMAND_ERROR_PREFIX.sub("", line) for line in result.stderr.splitlines() if "error" in line.lower()]
-    if not errors and result.returncode:  # e.g. killed: it could not say why
-        errors = [f"the segment process ended with exit status {result.returncode}" + (
-            f" (killed by signal {-result.returncode})" if result.returncode < 0 else "")]
-    return result.returncode, (errors[-1] if errors else ""), time.monotonic() - started
+    process = subprocess.Popen([sys.executable, "-m", "SDSegSlicerLib.headless", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    cancelled = False
+    while True:
+        try:
+            _, stderr = process.communicate(timeout=STOP_POLL_S)  # a retry after a timeout loses no output
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() - started > TASK_TIMEOUT_S:
+                process.kill()
+                process.communicate()
+                raise
+            if not cancelled and cancel():
+                process.terminate()
+                cancelled = True
+    if cancelled and process.returncode < 0:  # SIGTERM came before its handlers: cancelled all the same
+        return 128 - process.returncode, "", time.monotonic() - started
+    errors = [COMMAND_ERROR_PREFIX.sub("", line) for line in stderr.splitlines() if "error" in line.lower()]
+    if not errors and process.returncode:  # e.g. killed: it could not say why
+        errors = [f"the segment process ended with exit status {process.returncode}" + (
+            f" (killed by signal {-process.returncode})" if process.returncode < 0 else "")]
+    return process.returncode, (errors[-1] if errors else ""), time.monotonic() - started
 
 
 def summary_row(out: Path, task: Task, status: str, error: str, seconds: float | None,
@@ -182,11 +199,13 @@ def local_workers(threads_per_task: int) -> int:
 
 def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | None = None,
               ray_address: str | None = None, gpus_per_task: float = 0.0, threads_per_task: int = 1,
-              stop: Callable[[], bool] = lambda: False) -> list[dict]:
+              stop: Callable[[], bool] = lambda: False, cancel: Callable[[], bool] = lambda: False) -> list[dict]:
     """Run every task not done yet (locally, or on Ray), write out/summary.csv, return its rows in input order.
     Once ``stop()`` is true (the caller was asked to stop: a signal) no further volume starts; the running ones go
-    on to their end, and the volumes not started are listed "not finished (interrupted)". A volume starts only
-    after ``stop()`` said false in the thread that starts it, so a stop recorded before that is never too late."""
+    on to their end (on Ray the driver stops waiting for them: they end with it), and the volumes not started are
+    listed "not finished (interrupted)". A volume starts only after ``stop()`` said false in the thread that starts
+    it, so a stop recorded before that is never too late. Once ``cancel()`` is true too (asked again) the running
+    volumes' `segment` gets SIGTERM: each cancels, writes what it has and is listed "cancelled"."""
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)
     started = time.time()
@@ -196,7 +215,7 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
 
     progress = tqdm(total=len(tasks), initial=len(rows), desc="cohort", unit="volume", file=sys.stderr)
     results = _execute(todo, out, options, workers or local_workers(threads_per_task), ray_address, gpus_per_task,
-                       threads_per_task, stop)
+                       threads_per_task, stop, cancel)
     try:
         for task, outcome in results:
             if outcome is None:  # not started: stop() said so
@@ -206,7 +225,7 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
             rows[task.id] = summary_row(out, task, state, error, seconds, time.time() - seconds)
             progress.update()
     finally:
-        results.close()  # an exception (a second signal): the volumes not started are not started, the running ones end
+        results.close()  # an exception: the volumes not started are not started, the running ones end
         progress.close()
         for task in todo:  # stopped: a volume whose `segment` ended after the stop may be done all the same
             if task.id not in rows:
@@ -221,7 +240,7 @@ def run_batch(tasks: list[Task], out: Path, options: list[str], workers: int | N
     return ordered
 
 
-def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads, stop):
+def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads, stop, cancel):
     """Yield (task, (exit status, error, seconds)) as the tasks finish; (task, None) for a task not started because
     ``stop()`` was true when its turn came (Ray: no task is awaited once it is true)."""
     arguments = {task.id: segment_arguments(task, out, options) for task in tasks}
@@ -230,30 +249,42 @@ def _execute(tasks, out, options, workers, ray_address, gpus_per_task, threads, 
         return
 
     def run_unless_stopped(task):
-        return None if stop() else run_task(arguments[task.id], threads)
+        return None if stop() else run_task(arguments[task.id], threads, cancel)
 
     pool = ThreadPoolExecutor(max_workers=workers)  # each task is a `segment` process: threads suffice here
     try:
         futures = {pool.submit(run_unless_stopped, task): task for task in tasks}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:  # also when the caller stops early (Ctrl-C): queued volumes are dropped, running ones awaited
+        pending = set(futures)
+        while pending:  # never blocked for long: a signal handled late by Python runs in here within STOP_POLL_S
+            done, pending = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield futures[future], future.result()
+    finally:  # also when the caller stops early (an exception): queued volumes are dropped, running ones awaited
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _on_ray(tasks, arguments, address, gpus_per_task, threads, stop):
-    """The tasks on Ray: each one a Ray task asking for ``threads`` CPUs and ``gpus_per_task`` GPUs (Ray sets
-    CUDA_VISIBLE_DEVICES for it). The inputs and --out must be on storage every node sees."""
+def start_ray(address: str):
+    """Ray, connected to ``address`` ("local": a cluster of this machine) unless it is already. ray.init installs
+    its own SIGTERM handler (exit at once), so a caller that records signals connects first."""
     try:
         import ray
     except ImportError:
         raise BatchError("--ray needs Ray: pip install 'sdseg-slicer[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, log_to_driver=False)
+    return ray
+
+
+def _on_ray(tasks, arguments, address, gpus_per_task, threads, stop):
+    """The tasks on Ray: each one a Ray task asking for ``threads`` CPUs and ``gpus_per_task`` GPUs (Ray sets
+    CUDA_VISIBLE_DEVICES for it). The inputs and --out must be on storage every node sees."""
+    ray = start_ray(address)
     remote = ray.remote(num_cpus=threads, num_gpus=gpus_per_task)(run_task)
     pending = {remote.remote(arguments[task.id], threads): task for task in tasks}
     while pending and not stop():  # stopped: the tasks still on the cluster end with this driver
-        done, _ = ray.wait(list(pending), num_returns=1)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=STOP_POLL_S)
+        if not done:
+            continue
         task = pending.pop(done[0])
         try:
             yield task, ray.get(done[0])

@@ -20,14 +20,15 @@ import logging
 import math
 import os
 import re
-import select
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .batch import BatchError, add_prompts, read_inputs, run_batch
+from .batch import BatchError, add_prompts, read_inputs, run_batch, start_ray
 from .outputs import OutputError, check_outputs, output_paths
 from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
 from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
@@ -42,6 +43,7 @@ EXIT_USAGE = 2
 WORKER_START_TIMEOUT_S = 300.0
 COORDINATE_OPTIONS = ("--point", "--point-ijk", "--box", "--roi")  # values that may start with '-'
 POLL_INTERVAL_S = 0.2
+WAKEUP_PEEK_BYTES = 4096  # signal numbers a SignalRequests looks at (one byte per signal delivered)
 PROGRESS_BAR_WIDTH = 30
 LOG_INTERVAL_S = 1.0  # progress lines when stderr is not a terminal
 CANCEL_GRACE_S = 60.0
@@ -377,11 +379,14 @@ def command_batch(args) -> int:
         tasks = read_inputs(args.inputs, Path(args.out))
         if args.prompts:
             add_prompts(tasks, args.prompts)
+        if args.ray:
+            start_ray(args.ray)  # before the handlers below: ray.init installs its own for SIGTERM
         # A signal is a request (it never lands inside the process pool's bookkeeping): no further volume starts,
-        # the running ones end (Ctrl-C reaches their `segment` too: it cancels and writes what it has).
-        with signals_as_requests() as received:
+        # the running ones end (Ctrl-C reaches their `segment` too: it cancels and writes what it has); a second
+        # signal cancels them (SIGTERM to each `segment`).
+        with signals_as_requests(announce_batch_stop) as received:
             rows = run_batch(tasks, Path(args.out), options, args.workers, args.ray, args.gpus_per_task,
-                             args.threads_per_task, stop=received.arrived)
+                             args.threads_per_task, stop=received.arrived, cancel=lambda: received.arrived(2))
     except BatchError as error:
         raise UsageError(str(error)) from None
     if received:
@@ -450,44 +455,62 @@ def termination_as_interrupt():
 class SignalRequests(list):
     """The signals received inside :func:`signals_as_requests`, in order. Python runs a signal's handler in the main
     thread when that thread next runs Python code, which can be late (the kernel may hand the signal to another
-    thread, and a main thread blocked on a lock then hears of it only when the lock is released); ``arrived()``
-    says at once, in any thread, that one was delivered: the C-level handler writes to a wakeup pipe
-    (signal.set_wakeup_fd) before any Python code runs."""
+    thread, and a main thread blocked on a lock then hears of it only when the lock is released); ``arrived(n)``
+    says at once, in any thread, that n of them were delivered: the C-level handler writes each one's number to a
+    wakeup socket (signal.set_wakeup_fd) before any Python code runs, and ``arrived`` peeks at them there."""
 
-    def __init__(self, wakeup_fd: int | None = None):
+    def __init__(self, wakeup: socket.socket | None = None, signums: tuple[int, ...] = ()):
         super().__init__()
-        self._wakeup_fd = wakeup_fd
+        self._wakeup, self._signums = wakeup, frozenset(int(signum) for signum in signums)
 
-    def arrived(self) -> bool:
-        if self or self._wakeup_fd is None:
-            return bool(self)
-        return bool(select.select([self._wakeup_fd], [], [], 0)[0])
+    def arrived(self, count: int = 1) -> bool:
+        if len(self) >= count or self._wakeup is None:
+            return len(self) >= count
+        try:
+            written = self._wakeup.recv(WAKEUP_PEEK_BYTES, socket.MSG_PEEK)
+        except BlockingIOError:  # nothing written yet
+            return False
+        return sum(number in self._signums for number in written) >= count  # other handled signals write too
+
+
+def announce_batch_stop(received: SignalRequests) -> None:
+    """What a signal to `batch` does, said when it is handled."""
+    print("sdseg-slicer: cancelling the running volumes" if received.arrived(2) else
+          "sdseg-slicer: stopping: no further volume starts, the running ones end (signal again to cancel them)",
+          file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def signals_as_requests():
+def signals_as_requests(announce: Callable[[SignalRequests], None] | None = None):
     """While inside, Ctrl-C, SIGTERM and SIGHUP are recorded in the yielded SignalRequests instead of raising, so
     that a signal never interrupts the handling of a message (a slice that arrived is never lost) nor a process
-    pool's bookkeeping; main thread only (elsewhere nothing is recorded)."""
+    pool's bookkeeping; ``announce(requests)`` is called after each one is recorded. Main thread only (elsewhere
+    nothing is recorded). Python runs a handler once for signals of one kind delivered before it ran: count them
+    with ``arrived(n)``."""
     if threading.current_thread() is not threading.main_thread():
         yield SignalRequests()
         return
-    read_end, write_end = os.pipe()
-    for end in (read_end, write_end):
-        os.set_blocking(end, False)
-    received = SignalRequests(read_end)
     names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    previous = {name: signal.signal(getattr(signal, name), lambda signum, frame: received.append(signum))
-                for name in names if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN}
-    previous_wakeup_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    names = [name for name in names if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
+    reader, writer = socket.socketpair()  # a socket, not a pipe: set_wakeup_fd takes only sockets on Windows
+    for end in (reader, writer):
+        end.setblocking(False)
+    received = SignalRequests(reader, tuple(getattr(signal, name) for name in names))
+    def record(signum, frame):
+        received.append(signum)
+        if announce is not None:
+            announce(received)
+
+    previous = {name: signal.signal(getattr(signal, name), record) for name in names}
+    previous_wakeup_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     try:
         yield received
     finally:
         signal.set_wakeup_fd(previous_wakeup_fd)
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
-        os.close(read_end)
-        os.close(write_end)
+        reader.close()
+        writer.close()
 
 
 def wait_for_run(run, progress_bar) -> int | None:
