@@ -217,10 +217,10 @@ def sample_items(model, crop_of: Callable[[int], np.ndarray], index_of: Callable
     each as soon as all its samples are drawn. Item n is the normalised 2D crop ``crop_of(n)`` whose noise is that of
     slice ``index_of(n)`` (and ``stream``), with the prompt ``prompt_of(n)`` (None: none) and the previous-slice
     masks ``previous_of(n)`` (num_samples, A, B) (None: unknown). On out-of-memory ``batch`` is halved and the pass
-    planned again;
-    :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every forward pass and at
-    each of its sampling steps (a pass stopped midway yields nothing); ``on_pass(images)`` is called after each one. A deterministic model (every sample the same mask) draws one sample
-    per item, repeated ``num_samples`` times (``on_pass`` counts the repeats)."""
+    planned again; :class:`OutOfMemory` when one image does not fit. ``should_stop()`` is checked before every
+    forward pass and at each of its sampling steps (a pass stopped midway yields nothing); ``on_pass(images)`` is
+    called after each pass. A deterministic model (every sample the same mask) draws one sample per item, repeated
+    ``num_samples`` times (``on_pass`` counts the repeats)."""
     if getattr(model, "deterministic", False) and num_samples > 1:
         counted = None if on_pass is None else (lambda images: on_pass(images * num_samples))
         for item, samples in sample_items(model, crop_of, index_of, count, 1, steps, seed, batch, stream, first_alone,
