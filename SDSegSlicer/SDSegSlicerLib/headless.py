@@ -496,6 +496,7 @@ def signals_as_requests(announce: Callable[[SignalRequests], None] | None = None
     for end in (reader, writer):
         end.setblocking(False)
     received = SignalRequests(reader, tuple(getattr(signal, name) for name in names))
+
     def record(signum, frame):
         received.append(signum)
         if announce is not None:
