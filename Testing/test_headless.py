@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 
 import matplotlib.image
 import numpy as np
@@ -210,3 +213,36 @@ def test_points_and_boxes_are_lesions_in_the_order_given_and_may_be_negative():
     assert args.lesions == [{"point_ijk": [25.0, 20.0, 9.0]}, {"point_ras": [-43.4, -19.9, 26.0]},
                             {"point_ras": [-0.5, 2.0, 3.0]}, {"box_ijk": [1, 2, 3, 4, 5, 6]},
                             {"point_ijk": [1.0, 2.0, 3.0]}]
+
+
+class _RunTakingTwoSignals:
+    """A run whose first wait for messages receives two SIGTERMs that Python's handler sees as one: the main thread
+    blocks SIGTERM while a thread that does not takes both (the C-level handler runs there, twice; Python runs its
+    handler once, in the main thread, afterwards). A second wait means the second signal was missed."""
+    state, progress = "running", {"phase": "segmenting", "done": 1, "total": 40, "eta_s": 9.0}
+
+    def __init__(self):
+        self.waits, self.cancels = 0, 0
+
+    def process_messages(self, timeout_s):
+        self.waits += 1
+        assert self.waits == 1, "still waiting after the second signal"
+        taker = threading.Thread(target=lambda: (signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}),
+                                                 os.kill(os.getpid(), signal.SIGTERM),
+                                                 os.kill(os.getpid(), signal.SIGTERM)))
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            taker.start()
+            taker.join()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        return "running"
+
+    def cancel(self):
+        self.cancels += 1
+
+
+def test_two_signals_that_python_handles_as_one_still_stop_the_wait_at_once():
+    run = _RunTakingTwoSignals()
+    assert headless.wait_for_run(run, headless.ProgressBar(io.StringIO())) == signal.SIGTERM
+    assert run.waits == 1 and run.cancels == 0

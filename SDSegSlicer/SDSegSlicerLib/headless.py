@@ -516,13 +516,14 @@ def signals_as_requests(announce: Callable[[SignalRequests], None] | None = None
 
 def wait_for_run(run, progress_bar) -> int | None:
     """Process messages until the run ends; Ctrl-C (or SIGTERM/SIGHUP) asks for a cancel, a second one stops
-    waiting. Returns the signal that interrupted, or None."""
+    waiting, also when both were delivered before Python ran its handler (which it then runs once: counted with
+    ``arrived(2)``). Returns the signal that interrupted, or None."""
     cancel_deadline = None
     with signals_as_requests() as received:
         while run.state == "running":
             if run.process_messages(POLL_INTERVAL_S) == "running":
                 progress_bar.update(run.progress)
-            if len(received) > 1 or (cancel_deadline is not None and time.monotonic() > cancel_deadline):
+            if received.arrived(2) or (cancel_deadline is not None and time.monotonic() > cancel_deadline):
                 break
             if received and cancel_deadline is None:
                 cancel_deadline = time.monotonic() + CANCEL_GRACE_S
