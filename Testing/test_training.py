@@ -222,8 +222,7 @@ def test_init_fine_tunes_a_trained_model_keeping_its_configuration(data, tmp_pat
                  "autoencoder=0,diffusion=2", "--batch-size", "4", "--lr", "1e-12", "--ema", "0",
                  "--sample-every", "0", "--device", "cpu"]) == 0
     start, tuned = load_model(uninterrupted_sdseg_run), load_model(out)
-    assert tuned.kind == "sdseg" and tuned.config == {**start.config, "training_data": [
-        *start.config["training_data"], training_data_record(json.loads((data / "dataset.json").read_text()))]}
+    assert tuned.kind == "sdseg" and tuned.config == start.config  # the same data set: recorded once
     start_weights, tuned_weights = start.state_dict(), tuned.state_dict()
     for name, weight in start_weights.items():
         torch.testing.assert_close(tuned_weights[name], weight, atol=1e-6, rtol=0, msg=name)
@@ -402,3 +401,18 @@ def test_a_training_crop_clicked_off_its_object_gets_an_empty_mask(data):
     drawn = crops.masks[indices][torch.arange(len(indices)), chosen]
     expected = torch.where(off_object[:, None, None], False, drawn)
     assert torch.equal(mask[:, 0] > 0, expected)
+
+
+def test_fine_tuning_on_another_data_set_adds_its_record_and_on_the_same_one_adds_none(data, tmp_path,
+                                                                                        uninterrupted_sdseg_run):
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    info = json.loads((other / "dataset.json").read_text())
+    (other / "dataset.json").write_text(json.dumps({**info, "name": "other-shapes"}))
+    runs = [(uninterrupted_sdseg_run, other, tmp_path / "on-other"), (tmp_path / "on-other", data, tmp_path / "again")]
+    for start, data_set, out in runs:
+        assert main(["--init", str(start), "--data", str(data_set), "--out", str(out), "--stage-steps",
+                     "autoencoder=0,diffusion=1", "--batch-size", "4", "--sample-every", "0", "--device", "cpu"]) == 0
+    first = training_data_record(info)
+    assert load_model(tmp_path / "on-other").config["training_data"] == [first, {**first, "data_set": "other-shapes"}]
+    assert load_model(tmp_path / "again").config["training_data"] == [first, {**first, "data_set": "other-shapes"}]

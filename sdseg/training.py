@@ -261,10 +261,16 @@ class _StopRequest:
 
 
 def training_data_record(info: dict) -> dict:
-    """What a model records of a data set it was trained on (``config["training_data"]``, one entry per training
-    run, fine-tuning appends): its name and, for data made from patients, the patient-level split, so that anyone
-    can check which patients a model never saw."""
+    """What a model records of a data set it was trained on (an entry of ``config["training_data"]``): its name
+    and, for data made from patients, the patient-level split, so that anyone can check which patients a model never
+    saw."""
     return {"data_set": info["name"], "splits": info.get("splits")}
+
+
+def with_training_data(records: list[dict], record: dict) -> list[dict]:
+    """``records`` (a model's ``config["training_data"]``) with ``record`` added unless it is there already: one
+    entry per data set and split, however many runs trained on it (each run's card says what it started from)."""
+    return records if record in records else [*records, record]
 
 
 class Training:
@@ -280,8 +286,8 @@ class Training:
             image_channels = self.dataset.read(0)["image"].shape[0]
             self.model = (self._initial_model(Path(settings["init"]), image_channels) if settings.get("init")
                           else self._new_model(image_channels))
-            self.model.config["training_data"] = [*self.model.config.get("training_data", []),
-                                                  training_data_record(self.dataset.info)]
+            self.model.config["training_data"] = with_training_data(self.model.config.get("training_data", []),
+                                                                    training_data_record(self.dataset.info))
             if self.dataset.info.get("crop"):  # how the crops were cut: inference cuts its own the same way
                 self.model.config["crop"] = dict(self.dataset.info["crop"])
             self.meta = {"command": command, "resumed_at": [], "elapsed_s": 0.0, "step": 0}
