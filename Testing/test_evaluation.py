@@ -20,7 +20,7 @@ from matplotlib.image import imread
 from sdseg.checkpoint import load_model, save_model
 from sdseg.data.dataset import CropsDataset
 from sdseg.data.synthetic import make_shapes_dataset
-from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline, prediction_metrics
+from sdseg.evaluation import fit_intensity_threshold, main, mean_mask_baseline, prediction_metrics, prompt_point
 from sdseg.masks import relative_area_filter
 from sdseg.models.threshold import threshold_masks
 from sdseg.prompt_maps import object_click
@@ -413,3 +413,18 @@ def test_spread_takes_cases_evenly_over_the_whole_split(tmp_path):
     assert case_indices(10, None, spread=True) == list(range(10))
     sides = [int(masks[0].sum() ** 0.5) for masks in read_split(folder, "test", 4, spread=True).rater_masks]
     assert sides == [1, 4, 7, 10]
+
+
+def test_the_click_is_the_largest_slices_centre_and_on_the_lesion_when_that_centre_is_not():
+    """A disc: the centre of mass of its largest slice. A U (the sarcoma STS_013's shape) whose centre of mass lies
+    in its opening: a voxel of the U, at its thickest."""
+    k, j, i = np.mgrid[:5, :40, :40]
+    disc = np.hypot(j - 20.0, i - 14.0) <= np.array([0, 5, 8, 5, 0])[:, None, None]  # slice 2 the largest
+    assert prompt_point(disc) == (14.0, 20.0, 2.0)
+    u_shape = np.zeros((3, 40, 40), bool)
+    u_shape[1, 5:35, 5:12] = u_shape[1, 5:35, 28:35] = u_shape[1, 28:35, 5:35] = True
+    i_click, j_click, k_click = prompt_point(u_shape)
+    rows, columns = np.nonzero(u_shape[1])
+    assert not u_shape[1, round(rows.mean()), round(columns.mean())]  # the centre of mass is off the U
+    assert k_click == 1.0 and u_shape[1, round(j_click), round(i_click)]
+    assert min(j_click - 5, 34 - j_click, i_click - 5, 34 - i_click) >= 3  # not at its edge: 3 voxels inside

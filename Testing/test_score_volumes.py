@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from slicerlib_testing import BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, write_volume_file
+from slicerlib_testing import BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, write_volume_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "score_volumes.py"
 
@@ -43,11 +43,8 @@ def test_score_volumes_scores_each_case_and_modality(tmp_path, worker_env):
     assert "1 case(s)" in result.stdout and "| CT | bright-voxels | click | 1 | 1.000 | 1.000 | 0.00 |" in result.stdout
 
 
-def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_path, worker_env):
-    """A disc larger than the threshold model's 16-voxel crop and a tiny one: at 1x the first is cut by its crop
-    (the slice is cut again larger, as the propagation does); the best rule finds both and nothing 30 mm away. A
-    volume narrower than every crop has no scale to choose: left out, not a crash."""
-    folder = tmp_path / "validation"
+def large_tiny_and_narrow_lesions(folder):
+    """Validation volumes for the scale rule: a large and a tiny disc on CT, and a volume narrower than any crop."""
     folder.mkdir()
     j, i = np.mgrid[0:80, 0:80]
     ijk_to_ras = np.diag([1.0, 1.0, 3.0, 1.0])
@@ -60,6 +57,14 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
     narrow[1:4, 2:4, 2:4] = True
     write_volume_file(folder / "narrow_PET.nrrd", np.where(narrow, 150.0, 20.0).astype(np.float32), ijk_to_ras)
     write_volume_file(folder / "narrow_PET_label.nrrd", narrow.astype(np.uint8), ijk_to_ras)
+    return folder
+
+
+def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_path, worker_env):
+    """A disc larger than the threshold model's 16-voxel crop and a tiny one: at 1x the first is cut by its crop
+    (the slice is cut again larger, as the propagation does); the best rule finds both and nothing 30 mm away. A
+    volume narrower than every crop has no scale to choose: left out, not a crash."""
+    folder = large_tiny_and_narrow_lesions(tmp_path / "validation")
     out = tmp_path / "rule.json"
     result = subprocess.run([sys.executable, str(SCRIPT.with_name("tune_scale_rule.py")), str(folder), "--model",
                              BRIGHT_MODEL_NAME, "--samples", "2", "--out", str(out)],
@@ -75,6 +80,19 @@ def test_tune_scale_rule_picks_a_rule_that_finds_a_large_and_a_tiny_lesion(tmp_p
     assert "large_CT lesion 0.5x: Dice" in result.stdout and " border" in result.stdout
     assert "large_CT healthy" in result.stdout
     assert "narrow_PET no scale searched (whole slices): left out" in result.stdout
+
+
+def test_tune_scale_rule_scores_the_models_own_rule(tmp_path, worker_env):
+    """The 3D test model's rule passes no scale: it keeps the recipe's (1x), so it scores the always-1x Dice."""
+    folder = large_tiny_and_narrow_lesions(tmp_path / "validation")
+    result = subprocess.run([sys.executable, str(SCRIPT.with_name("tune_scale_rule.py")), str(folder), "--model",
+                             BRIGHT_3D_MODEL_NAME, "--samples", "2"],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    always_one = float(result.stdout.split("always 1x ")[1].split(",")[0])
+    default, own = (float(result.stdout.split(f"{rule}: objective ")[1].split("(lesion Dice ")[1].split(",")[0])
+                    for rule in ("default rule", "the model's own rule"))
+    assert own == always_one != default, result.stdout  # the default rule takes another scale for the large disc
 
 
 def test_tune_length_rule_finds_the_bound_that_stops_a_leak_along_a_structure_like_the_lesion(tmp_path, worker_env):

@@ -16,9 +16,9 @@ scale per click from the figures alone (sdseg.scale_search.choose_scale) and is 
 (w = ``--healthy-weight``, default 2: issue 30 asks an empty result of >= 95 % of healthy clicks, and a scale that
 paints healthy tissue on the clicked slice goes on painting it slice after slice);
 
-the best objective wins (ties: the first in grid order). Prints the best rules, the always-1x and the best-possible
-(oracle) Dice, and writes ``{"scale_rule": {...}}`` to ``--out``: `scripts/bundle_model.py --rules` puts it in the
-shipped config.
+the best objective wins (ties: the first in grid order). Prints the best rules (and the model's own, when its
+config sets one), the always-1x and the best-possible (oracle) Dice, and writes ``{"scale_rule": {...}}`` to
+``--out``: `scripts/bundle_model.py --rules` puts it in the shipped config.
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(lesions)} case(s): clicked-slice Dice always 1x {always_one:.3f}, best possible {oracle:.3f}; "
           "default rule: objective {:.3f} (lesion Dice {:.3f}, healthy empty {:.0%})".format(
               *objective(lesions, healthy, ScaleRule(), args.healthy_weight)))
+    if model.config.get("propagation", {}).get(ScaleRule.CONFIG_KEY):
+        print("the model's own rule: objective {:.3f} (lesion Dice {:.3f}, healthy empty {:.0%})".format(
+            *objective(lesions, healthy, ScaleRule.of_config(model.config), args.healthy_weight)))
     print("best rules: objective (lesion Dice, healthy empty) rule")
     for (score, lesion_dice, empty), _, rule in ranked[:5]:
         print(f"{score:.3f} ({lesion_dice:.3f}, {empty:.0%}) {asdict(rule)}")

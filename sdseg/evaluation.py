@@ -145,18 +145,24 @@ def baseline_predictions(train_images: np.ndarray, train_masks: list[np.ndarray]
 
 
 def prompt_point(mask_kji: np.ndarray, slice_axis: int = 2) -> tuple[float, float, float]:
-    """Where a user clicks a lesion, in IJK: the centre of mass of the mask on its largest slice along
-    ``slice_axis`` (a 3D centre of mass can fall outside a curved lesion)."""
+    """Where a user clicks a lesion, in IJK: on its largest slice along ``slice_axis``, the centre of mass of the
+    mask there when that voxel is on the lesion, else (a curved lesion, such as the U-shaped sarcoma STS_013, whose
+    centre lies 3 cm off it) the slice's most interior lesion voxel (masks.interior_point). A 3D centre of mass
+    can fall outside a curved lesion too: hence the largest slice."""
     mask = np.asarray(mask_kji, dtype=bool)
     kji_axis = 2 - slice_axis
     areas = mask.sum(axis=tuple(a for a in range(3) if a != kji_axis))
     if not areas.any():
         raise ValueError("the mask is empty: there is no lesion to click")
     largest = int(np.argmax(areas))
-    rows, columns = np.nonzero(np.take(mask, largest, axis=kji_axis))
+    plane = np.take(mask, largest, axis=kji_axis)
+    rows, columns = np.nonzero(plane)
+    row, column = float(rows.mean()), float(columns.mean())
+    if not plane[int(round(row)), int(round(column))]:
+        row, column = masks.interior_point(plane)
     centre_kji = [float(largest)] * 3
     plane_axes = [a for a in range(3) if a != kji_axis]
-    centre_kji[plane_axes[0]], centre_kji[plane_axes[1]] = float(rows.mean()), float(columns.mean())
+    centre_kji[plane_axes[0]], centre_kji[plane_axes[1]] = row, column
     return centre_kji[2], centre_kji[1], centre_kji[0]
 
 
