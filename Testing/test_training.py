@@ -311,6 +311,31 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
     assert "image size 64 (the model has 32)" in error and "Traceback" not in error
 
 
+def test_adopt_preprocessing_fine_tunes_a_model_on_data_normalised_another_way(data, tmp_path,
+                                                                              uninterrupted_sdseg_run, capsys):
+    """Without --adopt-preprocessing the data set is refused, naming the option; with it the model starts from the
+    trained weights and keeps the data set's preprocessing, which the card says."""
+    windowed = tmp_path / "windowed"
+    shutil.copytree(data, windowed)
+    info = json.loads((windowed / "dataset.json").read_text())
+    window = {"normalization": "ct_window", "window": [-160.0, 240.0]}
+    (windowed / "dataset.json").write_text(json.dumps({**info, "preprocessing": window}))
+    fine_tune = ["--init", str(uninterrupted_sdseg_run), "--data", str(windowed), "--stage-steps",
+                 "autoencoder=0,diffusion=2", "--batch-size", "4", "--lr", "1e-12", "--ema", "0", "--sample-every",
+                 "0", "--device", "cpu"]
+    assert main(fine_tune + ["--out", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err
+    assert f"preprocessing {window} (the model has {info['preprocessing']})" in error
+    assert "or give --adopt-preprocessing" in error and "Traceback" not in error
+    assert main(fine_tune + ["--out", str(tmp_path / "adopted"), "--adopt-preprocessing"]) == 0
+    start, tuned = load_model(uninterrupted_sdseg_run), load_model(tmp_path / "adopted")
+    assert start.config["preprocessing"] == info["preprocessing"] != window == tuned.config["preprocessing"]
+    for name, weight in start.state_dict().items():
+        torch.testing.assert_close(tuned.state_dict()[name], weight, atol=1e-6, rtol=0, msg=name)
+    assert f"taking the data set's intensity preprocessing `{json.dumps(window)}`" in (
+        tmp_path / "adopted" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "ambiguous", "--data", "{tmp}/nothing", "--out", "{tmp}/out"], "no such data set folder"),
     (["--model", "ambiguous", "--data", "{tmp}", "--out", "{tmp}/out"], "not a crops data set"),
@@ -323,6 +348,8 @@ def test_init_refuses_a_data_set_of_another_image_size(tmp_path, uninterrupted_s
      "--prompt-channels: give point,box"),
     (["--init", "{run}", "--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out"], "is a sdseg model"),
     (["--out", "{tmp}/out", "--resume"], "no saved training state"),
+    (["--model", "sdseg", "--adopt-preprocessing", "--data", "{data}", "--out", "{tmp}/out"],
+     "--adopt-preprocessing changes the preprocessing of an --init model: give --init"),
     (["--model", "sdseg", "--data", "{data}", "--out", "{tmp}/out", "--stage-steps", "diffusion=5"],
      "must name each stage"),
     (["--model", "ambiguous", "--data", "{data}", "--out", "{tmp}/out", "--ema", "1"], "--ema must be in"),

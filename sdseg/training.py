@@ -152,9 +152,10 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
                 "data": str(Path(args.data).resolve()) if args.data else None,
                 "stage_steps": parse_stage_steps(args.stage_steps) if args.stage_steps else None,
                 "prompt_channels": parse_prompt_channels(args.prompt_channels) if args.prompt_channels else None,
-                "augment": _parse_augment(args.augment) if args.augment else None, "target": args.target}
+                "augment": _parse_augment(args.augment) if args.augment else None, "target": args.target,
+                "adopt_preprocessing": True if args.adopt_preprocessing else None}
     if saved is not None:
-        saved = {"augment": list(DEFAULT_AUGMENTATIONS), **saved}  # runs saved before --augment existed
+        saved = {"augment": list(DEFAULT_AUGMENTATIONS), "adopt_preprocessing": False, **saved}  # older runs
         different = [f"--{key.replace('_', '-')} {value} (the saved run has {saved[key]})"
                      for key, value in explicit.items() if value is not None and value != saved.get(key)]
         if args.steps is not None and args.steps != sum(saved["stage_steps"].values()):
@@ -175,6 +176,8 @@ def _settings(args: argparse.Namespace, saved: dict | None) -> dict:
             raise TrainingError(f"--init {args.init} is a {kind} model, not {args.model}: leave out --model or "
                                 "choose a model of that kind")
         explicit["model"] = kind
+    elif explicit["adopt_preprocessing"]:
+        raise TrainingError("--adopt-preprocessing changes the preprocessing of an --init model: give --init")
     if not explicit["model"] or not args.data:
         raise TrainingError("--model (or --init) and --data are required to start a run (or pass --resume to "
                             "continue one)")
@@ -347,13 +350,17 @@ class Training:
         except CheckpointError as error:
             raise TrainingError(f"--init: {error}") from None
         info, config = self.dataset.info, model.config
+        if self.settings["adopt_preprocessing"]:
+            config["preprocessing"] = dict(info["preprocessing"])
         differences = [f"{name} {ours} (the model has {theirs})" for name, ours, theirs in (
             ("image size", info["image_size"], config["image_size"]),
             ("image channels", image_channels, data_channels(config)),
             ("preprocessing", info["preprocessing"], config["preprocessing"])) if ours != theirs]
         if differences:
+            adopt = ", or give --adopt-preprocessing" if info["preprocessing"] != config["preprocessing"] else ""
             raise TrainingError(f"--init {folder}: this data set does not fit the model: " + "; ".join(differences)
-                                + ". Preprocess the data with the model's settings (sdseg preprocess --size ...)")
+                                + f". Preprocess the data with the model's settings (sdseg preprocess --size ...)"
+                                + adopt)
         if self.settings.get("prompt_channels") is not None:  # --prompt-channels given: fine-tuning adds some
             try:
                 model = with_prompt_channels(model, self.settings["prompt_channels"])
@@ -499,6 +506,8 @@ class Training:
         origin = f"fine-tuned from `{s['init']}`" if s.get("init") else f"preset {s['preset']}"
         if s.get("init") and s.get("prompt_channels") is not None:
             origin += f" with the prompt channels {', '.join(s['prompt_channels'])} (added ones start at zero)"
+        if s.get("adopt_preprocessing"):
+            origin += f", taking the data set's intensity preprocessing `{json.dumps(info['preprocessing'])}`"
         rows = [("model kind", f"{self.model.kind}, {origin}, {self.model.num_parameters():,} parameters"),
                 ("data set", f"{info['name']} ({'synthetic' if info['synthetic'] else 'real'} data; "
                              f"{len(self.dataset)} training crops of {info['image_size']} px, {info['n_raters']} "

@@ -11,7 +11,7 @@ from sdseg.models import BASELINE_KINDS, MODEL_CLASSES
 
 DEFAULTS = {"preset": "small", "steps": 10000, "stage_steps": None, "batch_size": 16, "lr": 1e-4, "warmup": 200,
             "ema": 0.999, "seed": 0, "init": None, "prompt_channels": list(DEFAULT_PROMPT_CHANNELS),
-            "augment": list(DEFAULT_AUGMENTATIONS), "target": None}
+            "augment": list(DEFAULT_AUGMENTATIONS), "target": None, "adopt_preprocessing": False}
 WARMUP_MAX_FRACTION = 0.1
 
 
@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", help="fine-tune: start from this trained model (installed name or folder) instead "
                         "of random weights; --model and --preset are then taken from it, and its prompt channels unless "
                         "--prompt-channels adds others (their input weights start at zero: sdseg.added_prompts)")
+    parser.add_argument("--adopt-preprocessing", action="store_true", help="with --init: fine-tune on data whose "
+                        "intensities were normalised another way (e.g. a CT window, for a model trained on "
+                        "percentiles): the model takes the data set's intensity preprocessing (image size and "
+                        "channels must still match)")
     parser.add_argument("--prompt-channels", help="prompts the model takes as input channels after the image: "
                         f"{','.join(DEFAULT_PROMPT_CHANNELS)} (default), a subset of {','.join(PROMPT_CHANNELS)} "
                         "in that order (previous: the previous slice's mask, for 3D-coherent samples), or none "
