@@ -173,7 +173,7 @@ def test_steps_config_key_is_the_default_step_count_of_sample(kind):
 
 def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(tmp_path):
     """scripts/bundle_model.py --rules: the rule-tuning scripts' JSON lands in config["propagation"], where the
-    propagation reads it (the shipped model's length bound); a misspelt rule is refused."""
+    propagation reads it (the shipped model's length bound); a misspelt rule is refused. --modalities is recorded."""
     trained = tmp_path / "trained"
     save_model(models.build_model("sdseg", "tiny"), trained, card="# tiny\nline\n")
     length = tmp_path / "length.json"
@@ -181,13 +181,14 @@ def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(t
     scale = tmp_path / "scale.json"
     scale.write_text(json.dumps({"scale_rule": {"min_score": 0.7}}))
     command = [sys.executable, str(REPO / "scripts" / "bundle_model.py"), str(trained), "tiny-bundled", "--summary",
-               "a tiny model", "--steps", "2", "--into", str(tmp_path / "models"), "--rules"]
+               "a tiny model", "--steps", "2", "--modalities", "CT", "--into", str(tmp_path / "models"), "--rules"]
     result = subprocess.run(command + [str(scale), str(length)], capture_output=True, text=True,
                             timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     config = load_model(tmp_path / "models" / "tiny-bundled").config
     assert LengthRule.of_config(config) == LengthRule(max_diameters=0.65)
     assert ScaleRule.of_config(config).min_score == 0.7 and config["sampling_steps"] == 2
+    assert config["modalities"] == ["CT"]
     misspelt = tmp_path / "misspelt.json"
     misspelt.write_text(json.dumps({"lenght_rule": {"max_diameters": 0.65}}))
     result = subprocess.run(command + [str(misspelt)], capture_output=True, text=True, timeout=CLI_TIMEOUT_S)

@@ -2,11 +2,13 @@
 intended-use statement and (optionally) the evaluation table of the bundled weights appended.
 
     python scripts/bundle_model.py TRAINED_FOLDER NAME --summary "one line" [--steps K] \
-        [--rules scale.json length.json] [--evaluation eval/NAME/metrics.md] [--intended-use use.md]
+        [--rules scale.json length.json] [--modalities CT] [--evaluation eval/NAME/metrics.md] \
+        [--intended-use use.md]
 
 --steps sets the model's default number of sampling steps and --rules its propagation rules (the JSON files
 ``scripts/tune_scale_rule.py`` and ``scripts/tune_length_rule.py`` write with --out, merged into
-config["propagation"]); choose both on the validation split, never the test split.
+config["propagation"]); choose both on the validation split, never the test split. --modalities records the
+images a model was trained for (config["modalities"]; none: any), as a CT-windowed model is for CT only.
 
 Evaluate the bundled folder itself (`sdseg evaluate --model Resources/Models/NAME ...`), then run this again with
 --evaluation so the card reports the numbers of exactly the weights that ship.
@@ -26,6 +28,7 @@ from sdseg.scale_search import ScaleRule
 
 BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 RULES = {rule.CONFIG_KEY: rule for rule in (ScaleRule, JumpRule, LengthRule)}
+MODALITIES = ("CT", "MR", "PET")
 INTENDED_USE = """## Intended use
 
 A small demonstration default for SDSegSlicer on CPU: it shows consensus, plausible contours and sample variance on
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="default sampling steps of the shipped model")
     parser.add_argument("--rules", type=Path, nargs="+", default=[], help="propagation rules (JSON written by the "
                         "rule-tuning scripts' --out), merged into config['propagation']")
+    parser.add_argument("--modalities", nargs="+", choices=MODALITIES, help="the only modalities the model was "
+                        "trained for (default: any)")
     parser.add_argument("--into", type=Path, default=BUNDLED, help="the models folder (default Resources/Models)")
     parser.add_argument("--evaluation", type=Path, help="metrics.md written by sdseg evaluate on the bundled folder")
     parser.add_argument("--intended-use", type=Path, help="Markdown of the card's intended-use section (default: the "
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.steps is not None:
         model.config[model.steps_config_key] = args.steps
+    if args.modalities:
+        model.config["modalities"] = list(args.modalities)
     for rules in args.rules:
         given = json.loads(rules.read_text(encoding="utf-8"))
         model.config["propagation"] = {**model.config.get("propagation", {}), **given}
