@@ -173,9 +173,11 @@ def test_steps_config_key_is_the_default_step_count_of_sample(kind):
 
 def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(tmp_path):
     """scripts/bundle_model.py --rules: the rule-tuning scripts' JSON lands in config["propagation"], where the
-    propagation reads it (the shipped model's length bound); a misspelt rule is refused. --modalities is recorded."""
+    propagation reads it (the shipped model's length bound); a misspelt rule is refused. --modalities is recorded;
+    a data set recorded twice (by older training code) is recorded once."""
     trained = tmp_path / "trained"
-    save_model(models.build_model("sdseg", "tiny"), trained, card="# tiny\nline\n")
+    record = {"data_set": "crops", "splits": {"train": ["p1"], "val": ["p2"], "test": ["p3"]}}
+    save_model(models.build_model("sdseg", "tiny", training_data=[record, record]), trained, card="# tiny\nline\n")
     length = tmp_path / "length.json"
     length.write_text(json.dumps({"length_rule": {"max_diameters": 0.65}}))
     scale = tmp_path / "scale.json"
@@ -188,7 +190,7 @@ def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(t
     config = load_model(tmp_path / "models" / "tiny-bundled").config
     assert LengthRule.of_config(config) == LengthRule(max_diameters=0.65)
     assert ScaleRule.of_config(config).min_score == 0.7 and config["sampling_steps"] == 2
-    assert config["modalities"] == ["CT"]
+    assert config["modalities"] == ["CT"] and config["training_data"] == [record]  # one record per data set
     misspelt = tmp_path / "misspelt.json"
     misspelt.write_text(json.dumps({"lenght_rule": {"max_diameters": 0.65}}))
     result = subprocess.run(command + [str(misspelt)], capture_output=True, text=True, timeout=CLI_TIMEOUT_S)

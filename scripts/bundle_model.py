@@ -17,6 +17,7 @@ Evaluate the bundled folder itself (`sdseg evaluate --model Resources/Models/NAM
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from sdseg.checkpoint import CheckpointError, load_model, save_model
 from sdseg.lesion_jumps import JumpRule
 from sdseg.lesion_length import LengthRule
 from sdseg.scale_search import ScaleRule
+from sdseg.training import with_training_data
 
 BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 RULES = {rule.CONFIG_KEY: rule for rule in (ScaleRule, JumpRule, LengthRule)}
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         model.config[model.steps_config_key] = args.steps
     if args.modalities:
         model.config["modalities"] = list(args.modalities)
+    if "training_data" in model.config:  # runs of older code recorded a data set once per run
+        model.config["training_data"] = functools.reduce(with_training_data, model.config["training_data"], [])
     for rules in args.rules:
         given = json.loads(rules.read_text(encoding="utf-8"))
         model.config["propagation"] = {**model.config.get("propagation", {}), **given}
