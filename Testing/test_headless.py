@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import matplotlib.image
 import numpy as np
@@ -217,8 +218,9 @@ def test_points_and_boxes_are_lesions_in_the_order_given_and_may_be_negative():
 
 class _RunTakingTwoSignals:
     """A run whose first wait for messages receives two SIGTERMs that Python's handler sees as one: the main thread
-    blocks SIGTERM while a thread that does not takes both (the C-level handler runs there, twice; Python runs its
-    handler once, in the main thread, afterwards). A second wait means the second signal was missed."""
+    blocks SIGTERM and waits in a join (no Python code runs there, so no Python handler) while other threads send and
+    take both (the C-level handler runs in the takers, twice; Python runs its handler once, in the main thread,
+    afterwards). A second wait means the second signal was missed."""
     state, progress = "running", {"phase": "segmenting", "done": 1, "total": 40, "eta_s": 9.0}
 
     def __init__(self):
@@ -227,19 +229,44 @@ class _RunTakingTwoSignals:
     def process_messages(self, timeout_s):
         self.waits += 1
         assert self.waits == 1, "still waiting after the second signal"
-        taker = threading.Thread(target=lambda: (signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}),
-                                                 os.kill(os.getpid(), signal.SIGTERM),
-                                                 os.kill(os.getpid(), signal.SIGTERM)))
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
-            taker.start()
-            taker.join()
+            sender = threading.Thread(target=send_twice_to_other_threads, args=(signal.SIGTERM,))
+            sender.start()
+            sender.join()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         return "running"
 
     def cancel(self):
         self.cancels += 1
+
+
+def send_twice_to_other_threads(signum: int, takers: int = 2) -> None:
+    """From a thread that blocks ``signum``: send it to this process twice, each taken by one of ``takers`` idle
+    threads that do not block it. The second is sent once the first has left the pending set (sigpending, seen from
+    this thread): two sent while one is pending would be merged by the kernel into one delivery."""
+    ready, done = threading.Barrier(takers + 1), threading.Event()
+
+    def take():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        ready.wait()
+        done.wait()
+
+    threads = [threading.Thread(target=take) for _ in range(takers)]
+    try:
+        for thread in threads:
+            thread.start()
+        ready.wait()
+        for _ in range(2):
+            os.kill(os.getpid(), signum)
+            deadline = time.monotonic() + CLI_TIMEOUT_S
+            while signum in signal.sigpending() and time.monotonic() < deadline:
+                time.sleep(0.001)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
 
 
 def test_two_signals_that_python_handles_as_one_still_stop_the_wait_at_once():
