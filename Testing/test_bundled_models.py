@@ -15,12 +15,13 @@ from safetensors import safe_open
 
 from sdseg import registry
 from sdseg.checkpoint import load_model, read_config
+from sdseg.data import ibsi_sts
 from sdseg.evaluation import prompt_point
 from sdseg.inference import segment_slices
 from sdseg.metrics import dice
 from sdseg.propagation import Prompt, propagate
 from sdseg.volume_io import choose_slice_axis, read_volume
-from sdseg.volume_scores import healthy_point
+from sdseg.volume_scores import MODALITIES, healthy_point
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "Resources" / "SampleData"
@@ -34,7 +35,6 @@ SARCOMA_CUT = REPO / "Testing" / "Data" / "ibsi-sts" / "ibsi_validation" / "nift
 # On that cut (N = 4, seed 0) the bundled sdseg-union's clicks give Dice 0.79 / 0.79 / 0.70 (CT / MR / PET),
 # sdseg-union-ct's (CT only) 0.74, the empty mask 0; a click 30 mm from the tumour's edge must stay empty.
 MIN_SARCOMA_MEAN_DICE = 0.3
-CUT_FILE_PREFIX = {"CT": "CT", "MR": "MR_T1", "PET": "PET"}  # a model's config["modalities"]: the cut's images
 
 
 def held_out_patients(folder) -> set[str]:
@@ -130,7 +130,7 @@ def test_a_click_on_the_held_out_tumour_segments_it_and_nothing_elsewhere(folder
 def test_a_click_on_the_held_out_sarcoma_finds_it_on_the_models_modalities_and_healthy_tissue_stays_empty(folder):
     model = load_model(folder)
     scores = []
-    for modality in [CUT_FILE_PREFIX[name] for name in model.config.get("modalities", CUT_FILE_PREFIX)]:
+    for modality in [ibsi_sts.MODALITIES[name.lower()] for name in model.config.get("modalities", MODALITIES)]:
         volume = read_volume(SARCOMA_CUT / f"{modality}_image.nii.gz")
         truth = read_volume(SARCOMA_CUT / f"{modality}_mask.nii.gz").array_kji > 0
         centre = prompt_point(truth)

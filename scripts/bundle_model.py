@@ -27,10 +27,10 @@ from sdseg.lesion_jumps import JumpRule
 from sdseg.lesion_length import LengthRule
 from sdseg.scale_search import ScaleRule
 from sdseg.training import with_training_data
+from sdseg.volume_scores import MODALITIES
 
 BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 RULES = {rule.CONFIG_KEY: rule for rule in (ScaleRule, JumpRule, LengthRule)}
-MODALITIES = ("CT", "MR", "PET")
 INTENDED_USE = """## Intended use
 
 A small demonstration default for SDSegSlicer on CPU: it shows consensus, plausible contours and sample variance on
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="default sampling steps of the shipped model")
     parser.add_argument("--rules", type=Path, nargs="+", default=[], help="propagation rules (JSON written by the "
                         "rule-tuning scripts' --out), merged into config['propagation']")
-    parser.add_argument("--modalities", nargs="+", choices=MODALITIES, help="the only modalities the model was "
-                        "trained for (default: any)")
+    parser.add_argument("--modalities", nargs="+", choices=sorted(MODALITIES),
+                        help="the only modalities the model was trained for (default: any)")
     parser.add_argument("--into", type=Path, default=BUNDLED, help="the models folder (default Resources/Models)")
     parser.add_argument("--evaluation", type=Path, help="metrics.md written by sdseg evaluate on the bundled folder")
     parser.add_argument("--intended-use", type=Path, help="Markdown of the card's intended-use section (default: the "

@@ -359,7 +359,7 @@ class Training:
         if differences:
             adopt = ", or give --adopt-preprocessing" if info["preprocessing"] != config["preprocessing"] else ""
             raise TrainingError(f"--init {folder}: this data set does not fit the model: " + "; ".join(differences)
-                                + f". Preprocess the data with the model's settings (sdseg preprocess --size ...)"
+                                + ". Preprocess the data with the model's settings (sdseg preprocess --size ...)"
                                 + adopt)
         if self.settings.get("prompt_channels") is not None:  # --prompt-channels given: fine-tuning adds some
             try:
