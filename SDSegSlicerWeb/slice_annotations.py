@@ -18,6 +18,8 @@ from trame.widgets import html
 from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
+from .slice_sliders import keep_slider_on_the_page_value
+
 POSITIVE_LETTERS, NEGATIVE_LETTERS = "RAS", "LPI"  # the patient's direction of +x, +y, +z in RAS, and of -x, -y, -z
 OVERLAY_STYLE = ("position:absolute;inset:0;pointer-events:none;color:white;font-size:13px;"
                  "text-shadow:0 0 3px black,0 0 2px black;")
@@ -95,9 +97,10 @@ def update_annotations(server, view) -> None:
 
 
 def slice_view_ui(server, view_id: str, view) -> None:
-    """trame-slicer's slice view controls (Reset Camera, the slice slider) and the texts over the view, kept up to date
-    (register_rca_factories' ``slice_view_ui_f``)."""
+    """trame-slicer's slice view controls (Reset Camera, the slice slider, kept on the page's value:
+    slice_sliders) and the texts over the view, kept up to date (register_rca_factories' ``slice_view_ui_f``)."""
     create_vertical_slice_view_gutter_ui(server, view_id, view)
+    keep_slider_on_the_page_value(server, view)
     name = state_name(view)
     server.state.setdefault(name, None)
     with html.Div(v_if=(name,), style=OVERLAY_STYLE, classes="sdseg-view-annotations", id=name.replace("_", "-")):

@@ -449,6 +449,22 @@ def test_views_fit_their_slice_when_resized_and_reset_keeping_the_slice(app, bro
     close_quietly(page)
 
 
+def test_the_slider_shows_the_slice_after_fast_arrow_presses(app, browser):
+    """Arrow presses faster than the app answers them: once the view shows the last one's slice, its slider shows that
+    slice too (an answer to an earlier press, arriving late, must not move the thumb back)."""
+    page = open_page(browser, app.url)
+    move_axial_slice(page, SHOWN_SLICE)  # the app's views keep the slice an earlier page left
+    thumb = page.locator(".slice-slider .v-slider-thumb").first
+    for presses, key, slice_k in ((4, "ArrowRight", SHOWN_SLICE + 4), (7, "ArrowLeft", SHOWN_SLICE - 3)):
+        thumb.focus()
+        for _ in range(presses):
+            page.keyboard.press(key)
+        wait_for_text(page, "#sdseg-view-Red .sdseg-slice", f"^slice K {slice_k} of 0-24 ")
+        wait_for_fitted_slice(page)
+        assert axial_slice_offset(page) == pytest.approx(-78 + slice_k * 6.5)
+    close_quietly(page)
+
+
 def annotation_boxes(page, view: str) -> dict:
     """The boxes on the page of the texts over slice view ``view`` (Red, Green, Yellow): title, slice, edges."""
     selectors = {"title": ".sdseg-view-title", "slice": ".sdseg-slice",
