@@ -171,25 +171,30 @@ def test_steps_config_key_is_the_default_step_count_of_sample(kind):
     assert torch.equal(default, two) and not torch.equal(default, three)
 
 
-def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(tmp_path):
+@pytest.mark.parametrize("kind", sorted(set(models.MODEL_CLASSES) - models.BASELINE_KINDS))
+def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(kind, tmp_path):
     """scripts/bundle_model.py --rules: the rule-tuning scripts' JSON lands in config["propagation"], where the
-    propagation reads it (the shipped model's length bound); a misspelt rule is refused. --modalities is recorded;
-    a data set recorded twice (by older training code) is recorded once."""
+    propagation reads it (the shipped model's length bound); a misspelt rule is refused. --modalities is recorded
+    and the bundled model of every kind loads with it (the unet refused it once); a data set recorded twice (by
+    older training code) is recorded once."""
     trained = tmp_path / "trained"
     record = {"data_set": "crops", "splits": {"train": ["p1"], "val": ["p2"], "test": ["p3"]}}
-    save_model(models.build_model("sdseg", "tiny", training_data=[record, record]), trained, card="# tiny\nline\n")
+    save_model(models.build_model(kind, "tiny", training_data=[record, record]), trained, card="# tiny\nline\n")
     length = tmp_path / "length.json"
     length.write_text(json.dumps({"length_rule": {"max_diameters": 0.65}}))
     scale = tmp_path / "scale.json"
     scale.write_text(json.dumps({"scale_rule": {"min_score": 0.7}}))
+    steps = [] if models.model_class(kind).deterministic else ["--steps", "2"]
     command = [sys.executable, str(REPO / "scripts" / "bundle_model.py"), str(trained), "tiny-bundled", "--summary",
-               "a tiny model", "--steps", "2", "--modalities", "CT", "--into", str(tmp_path / "models"), "--rules"]
+               "a tiny model", *steps, "--modalities", "CT", "--into", str(tmp_path / "models"), "--rules"]
     result = subprocess.run(command + [str(scale), str(length)], capture_output=True, text=True,
                             timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
-    config = load_model(tmp_path / "models" / "tiny-bundled").config
+    bundled = load_model(tmp_path / "models" / "tiny-bundled")
+    config = bundled.config
     assert LengthRule.of_config(config) == LengthRule(max_diameters=0.65)
-    assert ScaleRule.of_config(config).min_score == 0.7 and config["sampling_steps"] == 2
+    assert ScaleRule.of_config(config).min_score == 0.7
+    assert bundled.deterministic or config[bundled.steps_config_key] == 2
     assert config["modalities"] == ["CT"] and config["training_data"] == [record]  # one record per data set
     misspelt = tmp_path / "misspelt.json"
     misspelt.write_text(json.dumps({"lenght_rule": {"max_diameters": 0.65}}))

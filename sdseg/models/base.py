@@ -9,9 +9,11 @@ import torch
 # Config keys every model accepts besides its own: a one-line description (shown in model lists), the data sets it
 # was trained on (sdseg.training.training_data_record), the recipe of its training crops (sdseg preprocess),
 # which inference follows to cut its crops (sdseg.propagation.crop_recipe), and the prompt channels it takes after
-# the image's (sdseg.prompt_maps), and the propagation's rules tuned for it (sdseg.rule_config: the scale search's
-# and the jump rule's parameters).
-SHARED_CONFIG_KEYS = frozenset({"description", "training_data", "crop", "prompt_channels", "propagation"})
+# the image's (sdseg.prompt_maps), the propagation's rules tuned for it (sdseg.rule_config: the scale search's
+# and the jump rule's parameters), and the only image modalities it was trained for (scripts/bundle_model.py
+# --modalities; none: any).
+SHARED_CONFIG_KEYS = frozenset({"description", "training_data", "crop", "prompt_channels", "propagation",
+                                "modalities"})
 
 
 class SegmentationDiffusionModel(torch.nn.Module):
