@@ -73,6 +73,11 @@ def test_progress_end_and_statistics_texts(finished):
     assert [row[0] for row in rows] == ["consensus", "sample 1", "sample 2", "sample 3"]
     voxels = {row["segment"]: row["voxels"] for row in session.statistics()["segments"]}
     assert all(row[2] == str(voxels[row[0]]) for row in rows)
+    run.accepted["warnings"] = ["this model was trained on CT only, and this volume does not look like CT"]
+    assert result_view.finished_texts(run, None)[1] == f"Warning: {run.accepted['warnings'][0]}"  # the worker's
+    run.state = "cancelled"
+    assert result_view.finished_texts(run, None)[1] == (f"Cancelled: the slices already segmented are kept. "
+                                                         f"Warning: {run.accepted['warnings'][0]}")
     run.state, run.error_message = "error", "The worker ran out of memory."
     assert result_view.finished_texts(run, None)[1:] == ("The worker ran out of memory.", True)
 

@@ -43,6 +43,7 @@ def models_dir(tmp_path_factory):
     save_model(build_model("ambiguous", "tiny", steps=2), folder / "tiny-ambiguous", card="# Tiny ambiguous test model")
     save_model(build_model("sdseg", "tiny"), folder / "tiny-sdseg", card="# Tiny SDSeg test model")
     save_model(build_model("sdseg", "tiny", image_channels=3), folder / "tiny-colour", card="# Colour model")
+    save_model(build_model("sdseg", "tiny", modalities=["CT"]), folder / "tiny-ct", card="# CT only (test model)")
     # Crops of 32 voxels, the model's input size: its masks are exactly the voxels above the normalised threshold.
     save_model(build_model("threshold", "tiny", crop={"in_plane_voxels": 32, "lesion_margin": 1.2}),
                folder / "bright", card="# Bright voxels (test model)")
@@ -197,6 +198,28 @@ def test_an_irregular_dicom_series_is_refused_unless_allowed_then_warned(shared,
                         allow_irregular_slices=True))
     messages = shared.until({"done", "error"})
     assert messages[-1]["type"] == "done" and "slice002.dcm" in messages[0]["warnings"][0]
+
+
+def test_a_ct_only_model_warns_about_a_volume_that_does_not_look_like_ct(shared, volume_path, tmp_path):
+    """A model trained on CT only (config["modalities"]) runs on any volume, but one with no air value (the MR-like
+    test volume: 50 +- 20) is answered with a warning in ``accepted``; the same volume in Hounsfield units (air
+    added at -1000) and a model for any modality are not."""
+    image = sitk.ReadImage(str(volume_path))
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, :] = -1000.0  # a row of air, as every CT of a body has
+    in_hounsfield = sitk.GetImageFromArray(array)
+    in_hounsfield.CopyInformation(image)
+    ct_path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(in_hounsfield, str(ct_path))
+    warned = {}
+    for job_id, model, volume in (("mr", "tiny-ct", volume_path), ("ct", "tiny-ct", ct_path),
+                                  ("any", "tiny-sdseg", volume_path)):
+        shared.send(segment(job_id, volume, tmp_path / job_id, model=model, samples=1))
+        messages = shared.until({"done", "error"})
+        assert messages[0]["type"] == "accepted" and messages[-1]["type"] == "done", messages[-1]
+        warned[job_id] = messages[0]["warnings"]
+    assert len(warned["mr"]) == 1 and "trained on CT only" in warned["mr"][0]
+    assert warned["ct"] == [] and warned["any"] == []
 
 
 def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_path, tmp_path):
