@@ -113,7 +113,7 @@ def test_a_slice_slider_keeps_the_value_the_page_sent(web_app):
     """The view left a hair off the slice grid, as a fit leaves it in the browser (2.1e-14 mm for slice 12): the page's
     slider sends each slice's offset (-78 + 6.5 k mm), the view moves there, and the slider keeps the value sent, so
     the app pushes nothing back (Slicer's answer, 2.8e-14 for 0, arriving late, moved the thumb back after fast
-    presses); a move of the view by the app still reaches the slider."""
+    presses)."""
     from trame_slicer.app.logic.slice_view_logic import get_view_slider_typed_state
 
     red = web_app.slicer_app.view_manager.get_slice_views()[0]
@@ -126,8 +126,6 @@ def test_a_slice_slider_keeps_the_value_the_page_sent(web_app):
             with web_app.state:  # as trame's protocol applies a page's change (trame.state.update)
                 web_app.state[slider.name.value] = sent
             assert red.get_slice_value() == pytest.approx(sent, abs=1e-9) and slider.data.value == sent, k
-        red.set_slice_value(26.0)
-        assert slider.data.value == 26.0
     finally:
         red.set_slice_value(0.0)
 
