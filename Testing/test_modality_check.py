@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdseg.modality_check import modality_warnings
@@ -26,3 +27,13 @@ def test_the_ct_model_is_warned_about_mr_and_pet_only_and_the_union_model_never(
     assert len(warnings) == (0 if modality == "CT" else 1)
     assert all("trained on CT only" in warning for warning in warnings)
     assert modality_warnings(shipped_config("sdseg-union"), array) == ()
+
+
+def test_a_ct_cropped_or_clipped_to_soft_tissue_is_not_warned_about():
+    """A CT without air is still CT: its tumour's voxels alone (soft tissue, the lowest -65 HU) or the whole cut
+    clipped to the model's own window (-160..240)."""
+    ct = read_volume(CUT / "CT_image.nii.gz").array_kji
+    tumour = ct[read_volume(CUT / "CT_mask.nii.gz").array_kji > 0]
+    assert tumour.min() > -500  # no air there
+    config = shipped_config("sdseg-union-ct")
+    assert modality_warnings(config, tumour) == () and modality_warnings(config, np.clip(ct, -160, 240)) == ()

@@ -175,7 +175,7 @@ def test_steps_config_key_is_the_default_step_count_of_sample(kind):
 def test_bundle_model_stores_the_tuned_propagation_rules_in_the_shipped_config(kind, tmp_path):
     """scripts/bundle_model.py --rules: the rule-tuning scripts' JSON lands in config["propagation"], where the
     propagation reads it (the shipped model's length bound); a misspelt rule is refused. --modalities is recorded
-    and the bundled model of every kind loads with it (the unet refused it once); a data set recorded twice (by
+    and the bundled model of every trainable kind loads with it (the unet refused it once); a data set recorded twice (by
     older training code) is recorded once."""
     trained = tmp_path / "trained"
     record = {"data_set": "crops", "splits": {"train": ["p1"], "val": ["p2"], "test": ["p3"]}}

@@ -79,6 +79,9 @@ def test_progress_end_and_statistics_texts(finished):
     assert result_view.finished_texts(run, None)[1] == (f"Cancelled: the slices already segmented are kept. "
                                                          f"Warning: {run.accepted['warnings'][0]}")
     run.state, run.error_message = "error", "The worker ran out of memory."
+    assert result_view.finished_texts(run, None)[1:] == (
+        f"The worker ran out of memory. Warning: {run.accepted['warnings'][0]}", True)
+    run.accepted["warnings"] = []
     assert result_view.finished_texts(run, None)[1:] == ("The worker ran out of memory.", True)
 
 

@@ -201,19 +201,20 @@ def test_an_irregular_dicom_series_is_refused_unless_allowed_then_warned(shared,
 
 
 def test_a_ct_only_model_warns_about_a_volume_that_does_not_look_like_ct(shared, volume_path, tmp_path):
-    """A model trained on CT only (config["modalities"]) runs on any volume, but one with no air value (the MR-like
-    test volume: 50 +- 20) is answered with a warning in ``accepted``; the same volume in Hounsfield units (air
-    added at -1000) and a model for any modality are not."""
+    """A model trained on CT only (config["modalities"]) runs on any volume, but one with no negative value (the
+    test volume with its few values below 0 clipped, as an MR's) is answered with a warning in ``accepted``; the same
+    volume with a row of air (-1000 HU) and a model for any modality are not."""
     image = sitk.ReadImage(str(volume_path))
-    array = sitk.GetArrayFromImage(image)
-    array[0, 0, :] = -1000.0  # a row of air, as every CT of a body has
-    in_hounsfield = sitk.GetImageFromArray(array)
-    in_hounsfield.CopyInformation(image)
-    ct_path = tmp_path / "ct.nrrd"
-    sitk.WriteImage(in_hounsfield, str(ct_path))
+    paths = {}
+    for name, change in (("mr", lambda a: np.clip(a, 0, None)), ("ct", lambda a: np.concatenate(
+            [np.full_like(a[:, :1], -1000.0), a[:, 1:]], axis=1))):
+        changed = sitk.GetImageFromArray(change(sitk.GetArrayFromImage(image)))
+        changed.CopyInformation(image)
+        paths[name] = tmp_path / f"{name}.nrrd"
+        sitk.WriteImage(changed, str(paths[name]))
     warned = {}
-    for job_id, model, volume in (("mr", "tiny-ct", volume_path), ("ct", "tiny-ct", ct_path),
-                                  ("any", "tiny-sdseg", volume_path)):
+    for job_id, model, volume in (("mr", "tiny-ct", paths["mr"]), ("ct", "tiny-ct", paths["ct"]),
+                                  ("any", "tiny-sdseg", paths["mr"])):
         shared.send(segment(job_id, volume, tmp_path / job_id, model=model, samples=1))
         messages = shared.until({"done", "error"})
         assert messages[0]["type"] == "accepted" and messages[-1]["type"] == "done", messages[-1]

@@ -56,8 +56,8 @@ def progress_percent(progress: dict, state: str) -> float | None:
 
 def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
     """(progress line, status line, whether the status is an error) when ``run`` has ended; ``statistics`` of
-    its result (None: no result). A result's status ends with the worker's warnings about the input (an irregular
-    series, a volume that does not look like the model's modality)."""
+    its result (None: no result). The status ends with the worker's warnings about the input (an irregular series,
+    a volume that does not look like the model's modality)."""
     done = run.progress["done"]
     warnings = [f"Warning: {warning}" for warning in (run.accepted or {}).get("warnings", [])]
     if run.state == "done":
@@ -66,7 +66,7 @@ def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
     if run.state == "cancelled":
         return (f"Cancelled after {done} slices.",
                 " ".join(["Cancelled: the slices already segmented are kept.", *warnings]), False)
-    return f"Stopped after {done} slices.", run.error_message or "The segmentation failed.", True
+    return f"Stopped after {done} slices.", " ".join([run.error_message or "The segmentation failed.", *warnings]), True
 
 
 # The columns a narrow panel shows (the module's table and the CSV have them all).
