@@ -648,8 +648,8 @@ def report_run(run, paths, args, interrupted: int | None) -> int:
     statistics = write_outputs(run, paths, args)
     for line in lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions):
         print(line, file=sys.stderr)
-    for warning in run.accepted.get("warnings", []):
-        print(f"Warning: {warning}", file=sys.stderr)
+    for line in run.warning_lines:
+        print(line, file=sys.stderr)
     written = f"{paths['segmentation']} (+ _variance.nrrd, _summary.json, _summary.csv, _preview.png)"
     if run.state == "done":
         print(f"Done: {done} slices in {format_duration(run.elapsed_s)}. Wrote {written}", file=sys.stderr)

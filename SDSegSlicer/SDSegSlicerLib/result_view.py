@@ -59,7 +59,7 @@ def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
     its result (None: no result). The status ends with the worker's warnings about the input (an irregular series,
     a volume that does not look like the model's modality)."""
     done = run.progress["done"]
-    warnings = [f"Warning: {warning}" for warning in (run.accepted or {}).get("warnings", [])]
+    warnings = run.warning_lines
     if run.state == "done":
         lines = lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions) if statistics else []
         return f"Done: {done} slices.", " ".join([*lines, *warnings]), False

@@ -75,6 +75,11 @@ class SegmentationRun:
         return ((self.result or {}).get("summary") or {}).get("lesions") or []
 
     @property
+    def warning_lines(self) -> list[str]:
+        """'Warning: ...' for each of the worker's warnings about the input (``accepted``), none before it."""
+        return [f"Warning: {warning}" for warning in (self.accepted or {}).get("warnings", [])]
+
+    @property
     def segmentation_node(self):
         return self.writer.segmentation_node if self.writer is not None else None
 
