@@ -38,6 +38,7 @@ if os.environ.get("CI") != "true":
     pytest.importorskip("playwright")
     if CHROMIUM is None:
         pytest.skip("no chromium (apt-get install chromium)", allow_module_level=True)
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -558,10 +559,16 @@ RECORDED_RUN_DONE = """() => {  // a "Done" recorded after this page's "Starting
 
 
 def wait_for_text(page, selector: str, pattern: str, timeout: int = STATE_TIMEOUT_MS) -> str:
-    """Wait until the text of ``selector`` matches the regular expression ``pattern``; returns the text."""
-    page.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
-                           "document.querySelector(selector)?.innerText ?? '')", arg=[selector, pattern],
-                           timeout=timeout)
+    """Wait until the text of ``selector`` matches the regular expression ``pattern``; returns the text. A timeout
+    fails with the texts the page shows then (the selector's, the status and the progress line)."""
+    try:
+        page.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
+                               "document.querySelector(selector)?.innerText ?? '')", arg=[selector, pattern],
+                               timeout=timeout)
+    except PlaywrightTimeoutError:
+        shown = {name: page.evaluate("s => document.querySelector(s)?.innerText", name)
+                 for name in (selector, "#sdseg-status", "#sdseg-progress")}
+        raise AssertionError(f"no text matching {pattern!r} in {selector} after {timeout} ms; the page shows {shown}")
     return page.inner_text(selector)
 
 
