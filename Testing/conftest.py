@@ -38,9 +38,11 @@ def tiny_models_dir(tmp_path_factory):
     BRIGHT_MODEL_NAME (intensity above the middle of BRIGHT_WINDOW, on BRIGHT_MODEL_SIZE^2 inputs: its masks are
     known exactly), also as BRIGHT_3D_MODEL_NAME with the prompt channels point, box and previous, at its recipe's
     crop scale always (its scale rule passes no scale: the panel's click, which cannot force a scale, gives exact
-    masks too). It imports torch in the test process only; the MRML side never does."""
+    masks too), and as BRIGHT_CT_MODEL_NAME for CT only. It imports torch in the test process only; the MRML side
+    never does."""
     import torch
-    from slicerlib_testing import BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, BRIGHT_WINDOW, MODEL_NAME
+    from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_CT_MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE,
+                                   BRIGHT_WINDOW, MODEL_NAME)
 
     from sdseg.checkpoint import save_model
     from sdseg.models import build_model
@@ -48,14 +50,14 @@ def tiny_models_dir(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("models")
     save_model(build_model("ambiguous", "tiny"), folder / MODEL_NAME)
-    save_model(build_model("threshold", "tiny", image_size=BRIGHT_MODEL_SIZE, threshold=0.0, polarity="above",
-                           crop={"in_plane_voxels": BRIGHT_MODEL_SIZE, "lesion_margin": 1.2},
-                           preprocessing={"normalization": "ct_window", "window": list(BRIGHT_WINDOW)}),
-               folder / BRIGHT_MODEL_NAME, card="# Bright voxels: normalised intensity > 0 (test model)")
-    save_model(build_model("threshold", "tiny", image_size=BRIGHT_MODEL_SIZE, threshold=0.0, polarity="above",
-                           crop={"in_plane_voxels": BRIGHT_MODEL_SIZE, "lesion_margin": 1.2},
-                           preprocessing={"normalization": "ct_window", "window": list(BRIGHT_WINDOW)},
-                           image_channels=4, prompt_channels=["point", "box", "previous"],
+    bright = {"image_size": BRIGHT_MODEL_SIZE, "threshold": 0.0, "polarity": "above",
+              "crop": {"in_plane_voxels": BRIGHT_MODEL_SIZE, "lesion_margin": 1.2},
+              "preprocessing": {"normalization": "ct_window", "window": list(BRIGHT_WINDOW)}}
+    save_model(build_model("threshold", "tiny", **bright), folder / BRIGHT_MODEL_NAME,
+               card="# Bright voxels: normalised intensity > 0 (test model)")
+    save_model(build_model("threshold", "tiny", **bright, modalities=["CT"]), folder / BRIGHT_CT_MODEL_NAME,
+               card="# Bright voxels, for CT only (test model)")
+    save_model(build_model("threshold", "tiny", **bright, image_channels=4, prompt_channels=["point", "box", "previous"],
                            propagation={"scale_rule": {"min_score": 1.1}}),  # no scale passes: always the recipe's
                folder / BRIGHT_3D_MODEL_NAME, card="# Bright voxels, taking the previous slice's mask (test model)")
     return folder

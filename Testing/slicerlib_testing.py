@@ -23,6 +23,8 @@ SPACING = (0.7, 1.1, 2.3)
 MODEL_NAME = "tiny-ambiguous"
 BRIGHT_MODEL_NAME = "bright-voxels"  # the threshold model: mask = intensity above the middle of its window
 BRIGHT_3D_MODEL_NAME = "bright-voxels-3d"  # the same, taking the prompt channels point, box and previous
+BRIGHT_CT_MODEL_NAME = "bright-voxels-ct"  # bright-voxels trained "on CT only" (config modalities): a volume with no
+# negative value gets the worker's CT-only warning
 BRIGHT_MODEL_SIZE = 16  # its input size and its crops' in-plane size: masks are exactly the bright voxels
 BRIGHT_WINDOW = (0.0, 200.0)  # its intensity window: voxels above 100 are "lesion", whatever else is around
 CLI_TIMEOUT_S = 900  # a guard against a hung subprocess, not a timed assertion: generous for a loaded machine

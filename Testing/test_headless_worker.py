@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, MODEL_NAME, lesion_volume,
-                               read_seg_nrrd_with_slicerio)
+from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_CT_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S,
+                               MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio)
 
 from SDSegSlicerLib import headless, worker_client
 from sdseg import registry
@@ -107,8 +107,8 @@ def test_killed_worker_is_a_clear_error_and_keeps_the_result_nodes(tmp_path, wor
     try:
         bundled = sorted(path.parent.name for path in registry.bundled_models_dir().glob("*/config.json"))
         names = [m["name"] for m in client.start(120)["models"]]
-        ours = [MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_3D_MODEL_NAME]
-        assert sorted(names[:3]) == sorted(ours) and sorted(names[3:]) == bundled
+        ours = [MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_3D_MODEL_NAME, BRIGHT_CT_MODEL_NAME]
+        assert sorted(names[:len(ours)]) == sorted(ours) and sorted(names[len(ours):]) == bundled
         run = SegmentationRun(scene, client, {"volume": str(volume), "model": MODEL_NAME, "samples": 2,
                                               "steps": 2, "device": "cpu"})
         job_dir = client.job_dir(run.start())

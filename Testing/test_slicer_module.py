@@ -21,8 +21,8 @@ pytest.importorskip("PySide6")
 
 import slicer_standin  # noqa: E402 - sets the off-screen Qt platform first
 from PySide6 import QtCore, QtTest, QtWidgets  # noqa: E402
-from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, add_volume_node, oblique_ijk_to_ras,  # noqa: E402
-                               read_seg_nrrd_with_slicerio)
+from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_CT_MODEL_NAME, add_volume_node,  # noqa: E402
+                               oblique_ijk_to_ras, read_seg_nrrd_with_slicerio)
 
 import slicer  # noqa: E402
 from SDSegSlicerLib import stats  # noqa: E402
@@ -187,6 +187,36 @@ def test_click_segment_stream_accept_and_export_through_the_panel(application, t
     np.testing.assert_array_equal(masks["accepted"], masks["sample 2"])
     np.testing.assert_array_equal(masks["consensus"], lesion_mask())  # the threshold model finds it exactly
     assert volume.GetID() == widget.logic.getParameterNode().inputVolume.GetID()
+
+
+@pytest.mark.usefixtures("worker_env")
+def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_run_ends(application, monkeypatch):
+    """A model for CT only on a volume with no negative value (not in Hounsfield units), a real worker: the status line
+    says the worker's warning once it accepts the job, before the end of the run (its statistics, held here, come
+    last), and once only after it."""
+    from sdseg.modality_check import modality_warnings
+
+    warning = "Warning: " + modality_warnings({"modalities": ["CT"]}, np.zeros(1))[0]
+    release_statistics = threading.Event()
+
+    def statistics_held_until_released(*arguments):
+        assert release_statistics.wait(WAIT_TIMEOUT_S), "the statistics were never released"
+        return statistics_of_arrays(*arguments)
+    monkeypatch.setattr(stats, "statistics_of_arrays", statistics_held_until_released)
+    lesion_volume()
+    widget = panel()
+    wait_until(lambda: widget.ui.modelComboBox.findData(BRIGHT_CT_MODEL_NAME) >= 0, "the models")
+    widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.findData(BRIGHT_CT_MODEL_NAME)
+    widget.ui.samplesSpinBox.value = 2
+    widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findData("cpu")
+    click_lesion_and_keep_hovering(application, widget)
+    widget.ui.segmentButton.click()
+    wait_until(lambda: widget.ui.progressLabel.text == "Computing the statistics...", "the end of the slices")
+    assert warning in widget.ui.statusLabel.text, widget.ui.statusLabel.text
+    release_statistics.set()
+    wait_until(lambda: widget.ui.statsTable.rowCount > 0, "the statistics table")
+    assert widget.ui.statusLabel.text.count(warning) == 1, widget.ui.statusLabel.text
+    assert "lesion 1: " in widget.ui.progressLabel.text + widget.ui.statusLabel.text, widget.ui.statusLabel.text
 
 
 def process_exists(pid):

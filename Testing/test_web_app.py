@@ -181,3 +181,50 @@ def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app,
     finally:
         release.set()
         web_app.clear_prompts()
+
+
+def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_run_ends(web_app, worker_env,
+                                                                                       monkeypatch):
+    """A model for CT only on the sample (an MR: no negative value), a real worker: the status line says the worker's
+    warning once it accepts the job, before the end of the run (its statistics, held here, come last), and once
+    only after it."""
+    import vtk
+    from slicerlib_testing import BRIGHT_CT_MODEL_NAME
+
+    from sdseg.modality_check import modality_warnings
+    from SDSegSlicerLib import stats
+
+    warning = "Warning: " + modality_warnings({"modalities": ["CT"]}, np.zeros(1))[0]
+    computing, release = threading.Event(), threading.Event()
+    compute = stats.statistics_of_arrays
+
+    def held_statistics(*args, **kwargs):
+        computing.set()
+        release.wait(HOLD_S)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(stats, "statistics_of_arrays", held_statistics)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+    web_app.state.update({"sdseg_model": BRIGHT_CT_MODEL_NAME, "sdseg_samples": 2, "sdseg_steps": 0})
+
+    async def segment():
+        web_app.segment_or_cancel()
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not computing.is_set():
+            assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
+            await asyncio.sleep(0.1)
+        before_the_end = web_app.state.sdseg_status
+        release.set()
+        await web_app._run_task
+        return before_the_end
+
+    try:
+        before_the_end = asyncio.run(segment())
+        assert warning in before_the_end and not web_app.state.sdseg_status_error, before_the_end
+        assert web_app.state.sdseg_status.count(warning) == 1 and "Done" in web_app.state.sdseg_progress_text, \
+            web_app.state.sdseg_status
+    finally:
+        release.set()
+        web_app.clear_prompts()

@@ -51,6 +51,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._warmUpFailedWith = None  # the interpreter whose warm start failed: not tried again on every change
         self._browser = None
         self._resultsShown = False
+        self._inputWarningsShown = False  # the running job's warnings are in the status line
         self._shownOpacity = None
         self._installNeeded = False
         self._observedPoints = None
@@ -413,6 +414,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.progressLabel.text = "Starting..."
         self.setStatus("")
+        self._inputWarningsShown = False
         self.updateButtons()
         self._timer.start()
 
@@ -422,10 +424,20 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         state = self.logic.process_run()
         self.updateProgress(self.logic.run.progress)
+        self.showInputWarnings()
         if self.logic.has_result() and not self._resultsShown:
             self.showResults()  # slices stream in while the run goes on
         if state != "running":
             self.onRunFinished()
+
+    def showInputWarnings(self):
+        """The worker's warnings about the input, added to the status line when it accepts the job (once a run), so
+        the user reads them while the run goes on, not only at its end."""
+        run = self.logic.run
+        if run.accepted is not None and not self._inputWarningsShown:
+            self._inputWarningsShown = True
+            if run.warning_lines:
+                self.setStatus(result_view.with_input_warnings(self.ui.statusLabel.text, run))
 
     def updateProgress(self, progress):
         self.ui.progressBar.maximum = max(progress["total"], 1)

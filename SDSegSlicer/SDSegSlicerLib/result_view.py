@@ -54,19 +54,25 @@ def progress_percent(progress: dict, state: str) -> float | None:
     return 100.0 * progress["done"] / max(progress["total"], 1)
 
 
+def with_input_warnings(status: str, run) -> str:
+    """``status`` followed by the worker's warnings about ``run``'s input (an irregular series, a volume that does not
+    look like the model's modality): the status line says them as soon as the worker accepts the job, and again
+    when the run ends."""
+    return " ".join(part for part in (status.strip(), *run.warning_lines) if part)
+
+
 def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
     """(progress line, status line, whether the status is an error) when ``run`` has ended; ``statistics`` of
-    its result (None: no result). The status ends with the worker's warnings about the input (an irregular series,
-    a volume that does not look like the model's modality)."""
+    its result (None: no result). The status ends with the worker's warnings about the input."""
     done = run.progress["done"]
-    warnings = run.warning_lines
     if run.state == "done":
         lines = lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions) if statistics else []
-        return f"Done: {done} slices.", " ".join([*lines, *warnings]), False
+        return f"Done: {done} slices.", with_input_warnings(" ".join(lines), run), False
     if run.state == "cancelled":
         return (f"Cancelled after {done} slices.",
-                " ".join(["Cancelled: the slices already segmented are kept.", *warnings]), False)
-    return f"Stopped after {done} slices.", " ".join([run.error_message or "The segmentation failed.", *warnings]), True
+                with_input_warnings("Cancelled: the slices already segmented are kept.", run), False)
+    return (f"Stopped after {done} slices.",
+            with_input_warnings(run.error_message or "The segmentation failed.", run), True)
 
 
 # The columns a narrow panel shows (the module's table and the CSV have them all).
