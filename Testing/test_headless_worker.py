@@ -137,10 +137,13 @@ def test_models_lists_the_installed_models(worker_env, capsys):
     assert "device cpu" in out
 
 
-def test_models_marks_the_default_model(capsys):
-    """With the bundled models, `sdseg-slicer models` marks the one a job without --model uses (as `sdseg models`)."""
-    from sdseg.registry import DEFAULT_MODEL
+def test_models_marks_the_default_models(capsys):
+    """With the bundled models, `sdseg-slicer models` marks the ones a job without --model uses (as `sdseg models`):
+    the general default and the default for CT."""
+    from sdseg.registry import DEFAULT_CT_MODEL, DEFAULT_MODEL
 
     assert headless.main(["models"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "(default)" in line]
-    assert len(lines) == 1 and lines[0].startswith(f"{DEFAULT_MODEL} (default) ")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "(default" in line]
+    assert len(lines) == 2, lines
+    assert {line.split(" (")[0]: line.split("(")[1].split(")")[0] for line in lines} == {
+        DEFAULT_MODEL: "default", DEFAULT_CT_MODEL: "default for CT"}

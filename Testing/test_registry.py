@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from slicerlib_testing import CLI_TIMEOUT_S
 import torch
@@ -71,7 +72,7 @@ def test_list_models_first_name_wins_and_descriptions(two_dirs):
     assert {"lesions", "segdiff-demo", "nocard"} <= listed.keys()
     assert listed["lesions"] == {"name": "lesions", "kind": "ambiguous", "path": str(first / "lesions"),
                                  "description": "Lesion model (small)",
-                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n", "default": False}
+                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n", "default": ""}
     assert listed["segdiff-demo"]["description"] == "SegDiff demo weights"
     assert listed["nocard"]["description"] == "" and listed["nocard"]["card"] == ""
     json.dumps(registry.list_models())  # travels in the worker's hello message
@@ -110,14 +111,25 @@ def test_unknown_model_lists_available_names(two_dirs, tmp_path):
         registry.resolve_model(tmp_path / "missing-folder")
 
 
-def test_default_model_is_bundled(monkeypatch):
+def test_both_default_models_are_bundled_and_marked(monkeypatch):
     monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
-    assert registry.DEFAULT_MODEL in [m["name"] for m in registry.list_models()]
+    marked = {m["name"]: m["default"] for m in registry.list_models() if m["default"]}
+    assert marked == {registry.DEFAULT_MODEL: "(default)", registry.DEFAULT_CT_MODEL: "(default for CT)"}
+
+
+def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_only():
+    """A CT in Hounsfield units has negative values (air, fat; also a cut inside soft tissue: -65 HU); MR and PET
+    have none (sdseg.modality_check)."""
+    assert registry.default_model_name(np.array([[-1000.0, 40.0]])) == registry.DEFAULT_CT_MODEL
+    assert registry.default_model_name(np.array([-65, 30], dtype=np.int16)) == registry.DEFAULT_CT_MODEL
+    for not_ct in (np.array([0.0, 812.0]), np.array([0, 2535], dtype=np.uint16), np.zeros((2, 2))):
+        assert registry.default_model_name(not_ct) == registry.DEFAULT_MODEL
 
 
 def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     first, second = two_dirs
     write_model_folder(second, registry.DEFAULT_MODEL)
+    write_model_folder(second, registry.DEFAULT_CT_MODEL)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=CLI_TIMEOUT_S)
@@ -127,6 +139,7 @@ def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     rows = {line.split()[0]: line for line in lines[1:]}
     default = rows[registry.DEFAULT_MODEL]
     assert "(default)" in default and str(second / registry.DEFAULT_MODEL) in default
+    assert "(default for CT)" in rows[registry.DEFAULT_CT_MODEL] and "(default" not in rows["lesions"]
     assert "Lesion model (small)" in rows["lesions"] and str(first / "lesions") in rows["lesions"]
 
 

@@ -83,12 +83,22 @@ def test_progress_end_and_statistics_texts(finished):
         f"The worker ran out of memory. Warning: {run.accepted['warnings'][0]}", True)
     run.accepted["warnings"] = []
     assert result_view.finished_texts(run, None)[1:] == ("The worker ran out of memory.", True)
+    run.job["model"] = None  # a job that named no model: the status says which one the worker chose
+    assert result_view.finished_texts(run, None)[1:] == (
+        f"The worker ran out of memory. Model: {run.accepted['model']} (the default for this volume).", True)
 
 
 def test_model_choices_and_device_line():
-    choices = result_view.model_choices([{"name": "m", "kind": "sdseg", "description": "d", "card": ""}])
+    choices = result_view.model_choices([{"name": "m", "kind": "sdseg", "description": "d", "card": "", "default": ""}])
     assert [(c["label"], c["name"], c["card"]) for c in choices] == [
         ("default model", "", "The worker's default model."), ("m (sdseg)", "m", "d")]
+    models = [{"name": "small", "kind": "sdseg", "card": "", "default": "(default)"},
+              {"name": "ct", "kind": "sdseg", "card": "", "default": "(default for CT)"}]
+    assert result_view.model_choices(models)[0]["card"] == (
+        "The worker's default model: ct on a CT (a volume with negative values, in Hounsfield units), small on any "
+        "other volume.")
+    old_worker = [{"name": "small", "kind": "sdseg", "card": "", "default": True}]  # before the CT default
+    assert result_view.model_choices(old_worker)[0]["card"] == "The worker's default model: small."
     assert result_view.describe_device({"torch": "2.13"}) == "no GPU found: CPU (torch 2.13)"
     assert result_view.describe_device({"torch": "2.11", "gpu_name": "H200", "gpu_free_mb": 2048, "cuda": "13.0"}) \
         == "H200, 2.0 GB free (CUDA 13.0, torch 2.11)"

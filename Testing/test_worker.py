@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from sdseg import inference, propagation
+from sdseg import inference, propagation, registry
 from sdseg.checkpoint import load_model, save_model
 from sdseg.models import build_model
 from sdseg.volume_io import read_volume
@@ -221,6 +221,21 @@ def test_a_ct_only_model_warns_about_a_volume_that_does_not_look_like_ct(shared,
         warned[job_id] = messages[0]["warnings"]
     assert len(warned["mr"]) == 1 and "trained on CT only" in warned["mr"][0]
     assert warned["ct"] == [] and warned["any"] == []
+
+
+def test_a_job_without_a_model_gets_the_ct_default_on_ct_and_the_general_default_otherwise(shared, tmp_path):
+    """The default model depends on the volume (sdseg.registry.default_model_name): the bundled CT model on the real
+    sarcoma cut's CT (Testing/Data, STS_019, in Hounsfield units), the general default on the same patient's MR T1
+    and PET; ``accepted`` and ``done`` name the model that ran, and no CT-only warning is sent."""
+    cut = REPO / "Testing" / "Data" / "ibsi-sts" / "ibsi_validation" / "nifti" / "STS_019"
+    ran = {}
+    for modality in ("CT", "MR_T1", "PET"):
+        shared.send(segment(modality, cut / f"{modality}_image.nii.gz", tmp_path / modality, samples=1))
+        messages = shared.until({"done", "error"})
+        assert messages[0]["type"] == "accepted" and messages[-1]["type"] == "done", messages[-1]
+        assert messages[0]["warnings"] == [] and messages[-1]["summary"]["model"] == messages[0]["model"]
+        ran[modality] = messages[0]["model"]
+    assert ran == {"CT": registry.DEFAULT_CT_MODEL, "MR_T1": registry.DEFAULT_MODEL, "PET": registry.DEFAULT_MODEL}
 
 
 def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_path, tmp_path):

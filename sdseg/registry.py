@@ -13,9 +13,13 @@ import os
 from pathlib import Path
 
 from sdseg.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from sdseg.modality_check import looks_like_ct
 
 MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
-DEFAULT_MODEL = "sdseg-small"  # the bundled model that wins the validation patient (README "Choosing the default")
+# The bundled models a job without a model uses (README "Choosing the default"): DEFAULT_CT_MODEL on a volume that looks
+# like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), DEFAULT_MODEL on any other.
+DEFAULT_MODEL = "sdseg-small"
+DEFAULT_CT_MODEL = "sdseg-union-ct"
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,19 @@ def _card_summary(card: str) -> str:
     return ""
 
 
+def default_model_name(array_kji) -> str:
+    """The model a job that names none uses on a volume of voxel values ``array_kji``."""
+    return DEFAULT_CT_MODEL if looks_like_ct(array_kji) else DEFAULT_MODEL
+
+
+def default_label(name: str) -> str:
+    """'(default)', '(default for CT)' or '' after a model's name in a list of models."""
+    return {DEFAULT_MODEL: "(default)", DEFAULT_CT_MODEL: "(default for CT)"}.get(name, "")
+
+
 def describe_model(folder: Path) -> dict:
-    """``{name, kind, path, description, card, default}`` of a model folder (default: it is DEFAULT_MODEL, the one a
-    job without a model uses); raises CheckpointError if it is invalid."""
+    """``{name, kind, path, description, card, default}`` of a model folder (default: '(default)', '(default for CT)'
+    or '': default_label); raises CheckpointError if it is invalid."""
     content = read_config(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: missing; copy the complete model folder")
@@ -56,7 +70,7 @@ def describe_model(folder: Path) -> dict:
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     description = str(content["config"].get("description") or _card_summary(card))
     return {"name": folder.name, "kind": content["kind"], "path": str(folder), "description": description,
-            "card": card, "default": folder.name == DEFAULT_MODEL}
+            "card": card, "default": default_label(folder.name)}
 
 
 def _candidate_folders():
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({CONFIG_FILE} + {WEIGHTS_FILE}) into a folder and add it to ${MODELS_PATH_ENV}.")
         return 0
     rows = [["NAME", "KIND", "DESCRIPTION", "PATH"]]
-    rows += [[model["name"] + (" (default)" if model["name"] == DEFAULT_MODEL else ""), model["kind"],
-              model["description"], model["path"]] for model in models]
+    rows += [[f"{model['name']} {model['default']}".rstrip(), model["kind"], model["description"], model["path"]]
+             for model in models]
     print(_table(rows))
     return 0

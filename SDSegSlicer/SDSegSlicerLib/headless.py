@@ -411,7 +411,8 @@ def command_models(args) -> int:
     if not hello["models"]:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
     for model in hello["models"]:
-        name = model["name"] + (" (default)" if model.get("default") else "")
+        label = model.get("default")  # '(default)', '(default for CT)' or ''; a worker before 'for CT': a bool
+        name = f"{model['name']} {'(default)' if label is True else label or ''}".rstrip()
         print(f"{name:<24} {model['kind']:<10} {model.get('description') or ''}")
     return 0
 
@@ -648,7 +649,7 @@ def report_run(run, paths, args, interrupted: int | None) -> int:
     statistics = write_outputs(run, paths, args)
     for line in lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions):
         print(line, file=sys.stderr)
-    for line in run.warning_lines:
+    for line in run.note_lines:
         print(line, file=sys.stderr)
     written = f"{paths['segmentation']} (+ _variance.nrrd, _summary.json, _summary.csv, _preview.png)"
     if run.state == "done":

@@ -22,10 +22,24 @@ def describe_device(hello: dict) -> str:
     return f"no GPU found: CPU (torch {torch_version})"
 
 
+def default_model_card(models: list[dict]) -> str:
+    """What the default choice of a model selector runs, from the hello's models (their ``default``: '(default)',
+    '(default for CT)' or '', a bool from a worker before the CT default)."""
+    names = {("(default)" if model.get("default") is True else model.get("default")): model["name"]
+             for model in models}
+    card = "The worker's default model"
+    if "(default for CT)" in names:
+        card += (f": {names['(default for CT)']} on a CT (a volume with negative values, in Hounsfield units), "
+                 f"{names.get('(default)', 'its general default')} on any other volume")
+    elif "(default)" in names:
+        card += f": {names['(default)']}"
+    return card + "."
+
+
 def model_choices(models: list[dict]) -> list[dict]:
     """``[{label, name, card}]`` for a model selector: the worker's default first (name ""), then each model of
     the hello."""
-    return [{"label": DEFAULT_MODEL_LABEL, "name": "", "card": "The worker's default model."}] + [
+    return [{"label": DEFAULT_MODEL_LABEL, "name": "", "card": default_model_card(models)}] + [
         {"label": f"{model['name']} ({model['kind']})", "name": model["name"],
          "card": model.get("card") or model.get("description") or ""} for model in models]
 
@@ -54,25 +68,25 @@ def progress_percent(progress: dict, state: str) -> float | None:
     return 100.0 * progress["done"] / max(progress["total"], 1)
 
 
-def with_input_warnings(status: str, run) -> str:
-    """``status`` followed by the worker's warnings about ``run``'s input (an irregular series, a volume that does not
-    look like the model's modality): the status line says them as soon as the worker accepts the job, and again
-    when the run ends."""
-    return " ".join(part for part in (status.strip(), *run.warning_lines) if part)
+def with_run_notes(status: str, run) -> str:
+    """``status`` followed by ``run``'s notes (the model a job naming none got, the worker's warnings about the
+    input: an irregular series, a volume that does not look like the model's modality): the status line says them as
+    soon as the worker accepts the job, and again when the run ends."""
+    return " ".join(part for part in (status.strip(), *run.note_lines) if part)
 
 
 def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
     """(progress line, status line, whether the status is an error) when ``run`` has ended; ``statistics`` of
-    its result (None: no result). The status ends with the worker's warnings about the input."""
+    its result (None: no result). The status ends with the run's notes (with_run_notes)."""
     done = run.progress["done"]
     if run.state == "done":
         lines = lesion_lines(statistics, run.accepted.get("prompt"), run.worker_lesions) if statistics else []
-        return f"Done: {done} slices.", with_input_warnings(" ".join(lines), run), False
+        return f"Done: {done} slices.", with_run_notes(" ".join(lines), run), False
     if run.state == "cancelled":
         return (f"Cancelled after {done} slices.",
-                with_input_warnings("Cancelled: the slices already segmented are kept.", run), False)
+                with_run_notes("Cancelled: the slices already segmented are kept.", run), False)
     return (f"Stopped after {done} slices.",
-            with_input_warnings(run.error_message or "The segmentation failed.", run), True)
+            with_run_notes(run.error_message or "The segmentation failed.", run), True)
 
 
 # The columns a narrow panel shows (the module's table and the CSV have them all).

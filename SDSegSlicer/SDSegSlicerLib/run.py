@@ -75,9 +75,14 @@ class SegmentationRun:
         return ((self.result or {}).get("summary") or {}).get("lesions") or []
 
     @property
-    def warning_lines(self) -> list[str]:
-        """'Warning: ...' for each of the worker's warnings about the input (``accepted``), none before it."""
-        return [f"Warning: {warning}" for warning in (self.accepted or {}).get("warnings", [])]
+    def note_lines(self) -> list[str]:
+        """What the worker's ``accepted`` says that the user must read (none before it): the model it chose for a job
+        that names none (the default depends on the volume: sdseg.registry.default_model_name), then 'Warning: ...'
+        for each of its warnings about the input."""
+        if self.accepted is None:
+            return []
+        chosen = [] if self.job.get("model") else [f"Model: {self.accepted['model']} (the default for this volume)."]
+        return chosen + [f"Warning: {warning}" for warning in self.accepted.get("warnings", [])]
 
     @property
     def segmentation_node(self):

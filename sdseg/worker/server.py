@@ -43,6 +43,17 @@ def _model_key(folder: Path, device: torch.device) -> tuple:
     return str(folder), str(device), stamps
 
 
+def _model_folder(name_or_path: str) -> tuple[Path, dict]:
+    """(folder, config) of a model by name or folder; JobError if it does not exist or is invalid."""
+    try:
+        folder = registry.resolve_model(name_or_path)
+        return folder, checkpoint.read_config(folder)["config"]
+    except registry.UnknownModelError as error:
+        raise JobError(protocol.UNKNOWN_MODEL, str(error)) from error
+    except checkpoint.CheckpointError as error:
+        raise JobError(protocol.BAD_MODEL, str(error)) from error
+
+
 def _write_npz(path: Path, **arrays) -> None:
     """Write ``path`` atomically: the client never sees a partial file."""
     partial = path.with_name(path.name + ".partial")
@@ -239,13 +250,8 @@ class Worker:
     def _prepare(self, job: dict):
         """Check everything that can be checked before any work -> (model folder, device, volume, roi, slice_axis,
         prompts (a list of propagation.Prompt, empty for a whole-ROI job))."""
-        try:
-            folder = registry.resolve_model(job["model"] or registry.DEFAULT_MODEL)
-            config = checkpoint.read_config(folder)["config"]
-        except registry.UnknownModelError as error:
-            raise JobError(protocol.UNKNOWN_MODEL, str(error)) from error
-        except checkpoint.CheckpointError as error:
-            raise JobError(protocol.BAD_MODEL, str(error)) from error
+        if job["model"]:  # a model the job names is checked before the volume is read; the default depends on it
+            folder, config = _model_folder(job["model"])
         try:
             device = resolve_device(job["device"])
         except DeviceUnavailable as error:
@@ -257,6 +263,8 @@ class Worker:
             volume = read_volume(job["volume"], limit, job["allow_irregular_slices"])
         except VolumeError as error:
             raise JobError(protocol.BAD_VOLUME, str(error)) from error
+        if not job["model"]:
+            folder, config = _model_folder(registry.default_model_name(volume.array_kji))
         shape = volume.array_kji.shape
         try:
             roi = check_roi(job["roi_ijk"], shape)
