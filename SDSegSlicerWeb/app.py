@@ -341,15 +341,18 @@ class SDSegWebApp(TrameApp):
         """A segmentation is starting (the worker, the volume for it) or running."""
         return self._run_task is not None and not self._run_task.done()
 
-    def segment_or_cancel(self, cancel: bool = False) -> None:
-        """The Segment / Cancel button; ``cancel``: the button said Cancel when it was clicked. Returns at once:
-        the run starts and is followed in a background task, so every other click is handled meanwhile. A second
-        click on Segment (a double click) neither starts another run nor cancels this one."""
+    def segment_or_cancel(self, cancel: bool = False, fields: dict | None = None) -> None:
+        """The Segment / Cancel button; ``cancel``: the button said Cancel when it was clicked; ``fields``: the run's
+        fields as the page showed them then (panel.RUN_FIELDS), which the run uses. Returns at once: the run starts
+        and is followed in a background task, so every other click is handled meanwhile. A second click on Segment
+        (a double click) neither starts another run nor cancels this one."""
         if cancel:
             self.cancel_run()
             return
         if self.run_active():
             return  # the page has not shown Cancel yet: a second click on Segment
+        if fields:
+            self.state.update({f"sdseg_{name}": fields[name] for name in panel.RUN_FIELDS if name in fields})
         try:
             job = self.job()
         except ValueError as error:
@@ -361,8 +364,12 @@ class SDSegWebApp(TrameApp):
         self._run_task = asynchronous.create_task(self._segment(job))
 
     def cancel_run(self) -> None:
-        if not self.run_active() or time.monotonic() - self._segment_clicked_at < DOUBLE_CLICK_S:
-            return  # nothing to cancel, or the second click of a double click on Segment
+        """Cancel the run; nothing when there is none to cancel: no run, a run that has ended (its statistics and 3D
+        surfaces may still be computed: a Cancel sent before the page showed Segment again), or the second click of
+        a double click on Segment."""
+        if not self.run_active() or not self.state.sdseg_running \
+                or time.monotonic() - self._segment_clicked_at < DOUBLE_CLICK_S:
+            return
         self._cancel_requested = True
         if self.session.is_running():
             self.session.cancel_run()

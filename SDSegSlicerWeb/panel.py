@@ -31,6 +31,10 @@ PANEL_TOOL = "SDSegPanel"
 EDITOR_TOOL = SegmentEditorUI.__name__
 UPLOAD_TYPES = ".nrrd,.nhdr,.nii,.nii.gz,.gz,.mha,.mhd"  # what the file picker offers (a .gz: Chrome's .nii.gz)
 DICOM_ONLY = "DICOM SEG: only for a volume loaded from a DICOM series folder."
+# The run's fields (state sdseg_<name>) as the page shows them when Segment is clicked, sent with the click: a value
+# typed just before the click can reach the server's state after the click's trigger (SDSegWebApp.segment_or_cancel).
+RUN_FIELDS = ("model", "samples", "steps", "seed", "device")
+RUN_FIELDS_ON_PAGE = "{" + ", ".join(f"{name}: sdseg_{name}" for name in RUN_FIELDS) + "}"
 # The statistics table's headers in the panel: short, so that its five columns fit the drawer.
 COLUMN_LABELS = {"segment": "segment", "volume_ml": "ml", "voxels": "voxels", "variance_mean": "mean var.",
                  "mean_dice_with_other_samples": "Dice"}
@@ -142,7 +146,7 @@ def _panel(app) -> None:
 
     VBtn("{{ sdseg_running ? 'Cancel' : 'Segment' }}", id="sdseg-segment", block=True, classes="mt-3",
          color=("sdseg_running ? 'warning' : 'primary'",), disabled=("!sdseg_volume_loaded",),
-         click=f"trigger('{ctrl.trigger_name(app.segment_or_cancel)}', [sdseg_running])")  # what the button said
+         click=f"trigger('{ctrl.trigger_name(app.segment_or_cancel)}', [sdseg_running, {RUN_FIELDS_ON_PAGE}])")
     VProgressLinear(model_value=("sdseg_progress",), indeterminate=("sdseg_progress_moving",), height=6,
                     classes="mt-2", color="primary", id="sdseg-progress-bar")
     html.Div("{{ sdseg_progress_text }}", id="sdseg-progress", classes="text-caption")

@@ -228,3 +228,71 @@ def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_ru
     finally:
         release.set()
         web_app.clear_prompts()
+
+
+def test_a_cancel_that_arrives_after_the_run_ended_changes_nothing(web_app, worker_env, monkeypatch):
+    """A Cancel click sent while the page still showed Cancel, received once the run has ended (its 3D surfaces,
+    held here, are the last step): the status stays the run's end, not "Cancelling" for ever; a real worker."""
+    import vtk
+    from slicerlib_testing import BRIGHT_MODEL_NAME
+
+    from SDSegSlicerWeb import view_aids
+
+    making, release = threading.Event(), threading.Event()
+    make = view_aids.closed_surfaces
+
+    def held_surfaces(*args, **kwargs):
+        making.set()
+        release.wait(HOLD_S)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(view_aids, "closed_surfaces", held_surfaces)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+    web_app.state.update({"sdseg_model": BRIGHT_MODEL_NAME, "sdseg_samples": 2, "sdseg_steps": 0})
+
+    async def segment_then_cancel_late():
+        web_app.segment_or_cancel()
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not making.is_set():
+            assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
+            await asyncio.sleep(0.1)
+        ended = (web_app.state.sdseg_status, web_app.state.sdseg_progress_text)
+        web_app.segment_or_cancel(cancel=True)  # what the button said when it was clicked
+        answered = (web_app.state.sdseg_status, web_app.state.sdseg_progress_text)
+        release.set()
+        await web_app._run_task
+        return ended, answered
+
+    try:
+        ended, answered = asyncio.run(segment_then_cancel_late())
+        assert ended[1].startswith("Done") and answered == ended, (ended, answered)
+        assert (web_app.state.sdseg_status, web_app.state.sdseg_progress_text) == ended
+    finally:
+        release.set()
+        web_app.clear_prompts()
+
+
+def test_segment_runs_with_the_fields_the_page_sent_with_the_click(web_app, worker_env):
+    """The Segment click carries the page's Model, Samples, Steps, Seed and Device (a value typed just before the
+    click can reach the server's state after the click's trigger): the job is made of those, not of the server's
+    older state; a real worker."""
+    from slicerlib_testing import BRIGHT_MODEL_NAME
+
+    web_app.state.update({"sdseg_model": "", "sdseg_samples": 8, "sdseg_steps": 0, "sdseg_seed": 0,
+                          "sdseg_device": "auto"})
+    sent = {"model": BRIGHT_MODEL_NAME, "samples": 3, "steps": 7, "seed": 5, "device": "cpu"}
+
+    async def segment():
+        web_app.segment_or_cancel(False, sent)
+        await web_app._run_task
+
+    try:
+        asyncio.run(segment())
+        accepted = web_app.session.run.accepted
+        assert web_app.state.sdseg_progress_text.startswith("Done"), web_app.state.sdseg_status
+        assert {name: accepted[name] for name in sent} == sent  # what the worker ran
+        assert [web_app.state[f"sdseg_{name}"] for name in sent] == list(sent.values())  # what the page shows
+    finally:
+        web_app.clear_prompts()
