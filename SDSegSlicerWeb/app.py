@@ -364,9 +364,10 @@ class SDSegWebApp(TrameApp):
         self._run_task = asynchronous.create_task(self._segment(job))
 
     def cancel_run(self) -> None:
-        """Cancel the run; nothing when there is none to cancel: no run, a run that has ended (its statistics and 3D
-        surfaces may still be computed: a Cancel sent before the page showed Segment again), or the second click of
-        a double click on Segment."""
+        """Cancel the run; nothing when there is none to cancel: no run, a run whose end the page shows already
+        (sdseg_running false while its 3D surfaces are made: a Cancel sent before the page showed Segment again), or
+        the second click of a double click on Segment. A Cancel while the ended run's statistics are computed says
+        "Cancelling" until the end's texts replace it."""
         if not self.run_active() or not self.state.sdseg_running \
                 or time.monotonic() - self._segment_clicked_at < DOUBLE_CLICK_S:
             return

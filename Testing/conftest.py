@@ -57,7 +57,8 @@ def tiny_models_dir(tmp_path_factory):
                card="# Bright voxels: normalised intensity > 0 (test model)")
     save_model(build_model("threshold", "tiny", **bright, modalities=["CT"]), folder / BRIGHT_CT_MODEL_NAME,
                card="# Bright voxels, for CT only (test model)")
-    save_model(build_model("threshold", "tiny", **bright, image_channels=4, prompt_channels=["point", "box", "previous"],
+    save_model(build_model("threshold", "tiny", **bright, image_channels=4,
+                           prompt_channels=["point", "box", "previous"],
                            propagation={"scale_rule": {"min_score": 1.1}}),  # no scale passes: always the recipe's
                folder / BRIGHT_3D_MODEL_NAME, card="# Bright voxels, taking the previous slice's mask (test model)")
     return folder

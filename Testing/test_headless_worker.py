@@ -143,7 +143,7 @@ def test_models_marks_the_default_models(capsys):
     from sdseg.registry import DEFAULT_CT_MODEL, DEFAULT_MODEL
 
     assert headless.main(["models"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "(default" in line]
-    assert len(lines) == 2, lines
-    assert {line.split(" (")[0]: line.split("(")[1].split(")")[0] for line in lines} == {
-        DEFAULT_MODEL: "default", DEFAULT_CT_MODEL: "default for CT"}
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    marks = {row[0]: " ".join(row[1:4]).split(")")[0] + ")"
+             for row in rows if row[1:2] and row[1].startswith("(default")}
+    assert marks == {DEFAULT_MODEL: "(default)", DEFAULT_CT_MODEL: "(default for CT)"}, rows

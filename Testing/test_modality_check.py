@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdseg.modality_check import modality_warnings
+from sdseg.modality_check import looks_like_ct, modality_warnings
 from sdseg.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,3 +37,9 @@ def test_a_ct_cropped_or_clipped_to_soft_tissue_is_not_warned_about():
     assert tumour.min() > -500  # no air there
     config = shipped_config("sdseg-union-ct")
     assert modality_warnings(config, tumour) == () and modality_warnings(config, np.clip(ct, -160, 240)) == ()
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR_T1", "PET"])
+def test_only_the_ct_looks_like_ct_where_the_default_model_is_chosen(modality):
+    """The default model's test (air or fat on at least 1 % of the voxels) on the real cut: its CT only."""
+    assert looks_like_ct(read_volume(CUT / f"{modality}_image.nii.gz").array_kji) == (modality == "CT")

@@ -19,6 +19,7 @@ from sdseg import models, registry
 from sdseg.checkpoint import load_model, save_model
 from sdseg.lesion_length import LengthRule
 from sdseg.scale_search import ScaleRule
+from sdseg.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,8 @@ def test_list_models_first_name_wins_and_descriptions(two_dirs):
     assert {"lesions", "segdiff-demo", "nocard"} <= listed.keys()
     assert listed["lesions"] == {"name": "lesions", "kind": "ambiguous", "path": str(first / "lesions"),
                                  "description": "Lesion model (small)",
-                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n", "default": ""}
+                                 "card": "\n# Lesion model (small)\n\nTrained on ...\n", "default": False,
+                                 "default_for_ct": False}
     assert listed["segdiff-demo"]["description"] == "SegDiff demo weights"
     assert listed["nocard"]["description"] == "" and listed["nocard"]["card"] == ""
     json.dumps(registry.list_models())  # travels in the worker's hello message
@@ -113,17 +115,36 @@ def test_unknown_model_lists_available_names(two_dirs, tmp_path):
 
 def test_both_default_models_are_bundled_and_marked(monkeypatch):
     monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
-    marked = {m["name"]: m["default"] for m in registry.list_models() if m["default"]}
-    assert marked == {registry.DEFAULT_MODEL: "(default)", registry.DEFAULT_CT_MODEL: "(default for CT)"}
+    models = registry.list_models()
+    assert [m["name"] for m in models if m["default"]] == [registry.DEFAULT_MODEL]
+    assert [m["name"] for m in models if m["default_for_ct"]] == [registry.DEFAULT_CT_MODEL]
 
 
-def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_only():
-    """A CT in Hounsfield units has negative values (air, fat; also a cut inside soft tissue: -65 HU); MR and PET
-    have none (sdseg.modality_check)."""
-    assert registry.default_model_name(np.array([[-1000.0, 40.0]])) == registry.DEFAULT_CT_MODEL
-    assert registry.default_model_name(np.array([-65, 30], dtype=np.int16)) == registry.DEFAULT_CT_MODEL
-    for not_ct in (np.array([0.0, 812.0]), np.array([0, 2535], dtype=np.uint16), np.zeros((2, 2))):
+def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_only(monkeypatch):
+    """The CT model where at least 1 % of the voxels are air or fat (<= -100 HU; sdseg.modality_check); the general
+    one on an MR or PET (no negative value: the bundled brain MR sample among them), on an MR with a few negative
+    voxels from an overshooting interpolation, on a z-scored image, and on a CT cut inside soft tissue (-65 HU at
+    least: not clearly CT)."""
+    monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
+    sample = read_volume(REPO / "Resources" / "SampleData" / "sample.nrrd").array_kji
+    overshoot = sample.astype(np.float32)
+    overshoot.flat[:20] = -150.0  # 20 of 230,400 voxels
+    ct = np.full((4, 10, 10), 40.0)
+    ct[:, :, :1] = -1000.0  # 10 % air
+    assert registry.default_model_name(ct) == registry.DEFAULT_CT_MODEL
+    assert registry.default_model_name(ct.astype(np.int16)) == registry.DEFAULT_CT_MODEL
+    rng = np.random.default_rng(0)
+    for not_ct in (sample, overshoot, rng.normal(0.0, 1.0, (4, 10, 10)), np.array([-65, 30], dtype=np.int16),
+                   np.zeros((2, 2))):
         assert registry.default_model_name(not_ct) == registry.DEFAULT_MODEL
+
+
+def test_the_general_default_serves_ct_where_the_ct_model_is_not_installed(two_dirs):
+    """A models folder without the CT model (e.g. a server's, pruned): a CT gets DEFAULT_MODEL, not an error."""
+    ct = np.full((4, 10, 10), -1000.0)
+    assert registry.default_model_name(ct) == registry.DEFAULT_MODEL
+    write_model_folder(two_dirs[1], registry.DEFAULT_CT_MODEL)
+    assert registry.default_model_name(ct) == registry.DEFAULT_CT_MODEL
 
 
 def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):

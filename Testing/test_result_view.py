@@ -89,13 +89,14 @@ def test_progress_end_and_statistics_texts(finished):
 
 
 def test_model_choices_and_device_line():
-    choices = result_view.model_choices([{"name": "m", "kind": "sdseg", "description": "d", "card": "", "default": ""}])
+    choices = result_view.model_choices([{"name": "m", "kind": "sdseg", "description": "d", "card": "",
+                                          "default": False, "default_for_ct": False}])
     assert [(c["label"], c["name"], c["card"]) for c in choices] == [
         ("default model", "", "The worker's default model."), ("m (sdseg)", "m", "d")]
-    models = [{"name": "small", "kind": "sdseg", "card": "", "default": "(default)"},
-              {"name": "ct", "kind": "sdseg", "card": "", "default": "(default for CT)"}]
+    models = [{"name": "small", "kind": "sdseg", "card": "", "default": True, "default_for_ct": False},
+              {"name": "ct", "kind": "sdseg", "card": "", "default": False, "default_for_ct": True}]
     assert result_view.model_choices(models)[0]["card"] == (
-        "The worker's default model: ct on a CT (a volume with negative values, in Hounsfield units), small on any "
+        "The worker's default model: ct on a CT (in Hounsfield units, with air or fat below -100 HU), small on any "
         "other volume.")
     old_worker = [{"name": "small", "kind": "sdseg", "card": "", "default": True}]  # before the CT default
     assert result_view.model_choices(old_worker)[0]["card"] == "The worker's default model: small."

@@ -32,6 +32,16 @@ def web_app():
     app.shutdown()
 
 
+@pytest.fixture()
+def run_fields(web_app):
+    """The page's run fields (Model, Samples, Steps, Seed, Device) as the test found them, restored after it."""
+    from SDSegSlicerWeb.panel import RUN_FIELDS
+
+    kept = {f"sdseg_{name}": web_app.state[f"sdseg_{name}"] for name in RUN_FIELDS}
+    yield
+    web_app.state.update(kept)
+
+
 def matrix(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
@@ -130,7 +140,7 @@ def test_a_slice_slider_keeps_the_value_the_page_sent(web_app):
         red.set_slice_value(0.0)
 
 
-def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app, worker_env, monkeypatch):
+def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app, worker_env, monkeypatch, run_fields):
     """The end of a run (a real worker, the tiny model) computes its statistics with the page answering: All, chosen
     while they are computed (held here until All has shown), shows the samples at once, not after them; the
     statistics and the 3D surfaces follow."""
@@ -184,7 +194,7 @@ def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app,
 
 
 def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_run_ends(web_app, worker_env,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, run_fields):
     """A model for CT only on the sample (an MR: no negative value), a real worker: the status line says the worker's
     warning once it accepts the job, before the end of the run (its statistics, held here, come last), and once
     only after it."""
@@ -230,14 +240,15 @@ def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_ru
         web_app.clear_prompts()
 
 
-def test_a_cancel_that_arrives_after_the_run_ended_changes_nothing(web_app, worker_env, monkeypatch):
+def test_a_cancel_that_arrives_after_the_run_ended_changes_nothing(web_app, worker_env, monkeypatch, run_fields):
     """A Cancel click sent while the page still showed Cancel, received once the run has ended (its 3D surfaces,
     held here, are the last step): the status stays the run's end, not "Cancelling" for ever; a real worker."""
     import vtk
     from slicerlib_testing import BRIGHT_MODEL_NAME
 
-    from SDSegSlicerWeb import view_aids
+    from SDSegSlicerWeb import app, view_aids
 
+    monkeypatch.setattr(app, "DOUBLE_CLICK_S", 0.0)  # a fast run: its late Cancel is no double click's second click
     making, release = threading.Event(), threading.Event()
     make = view_aids.closed_surfaces
 
@@ -274,7 +285,7 @@ def test_a_cancel_that_arrives_after_the_run_ended_changes_nothing(web_app, work
         web_app.clear_prompts()
 
 
-def test_segment_runs_with_the_fields_the_page_sent_with_the_click(web_app, worker_env):
+def test_segment_runs_with_the_fields_the_page_sent_with_the_click(web_app, worker_env, run_fields):
     """The Segment click carries the page's Model, Samples, Steps, Seed and Device (a value typed just before the
     click can reach the server's state after the click's trigger): the job is made of those, not of the server's
     older state; a real worker."""

@@ -17,7 +17,7 @@ from sdseg.modality_check import looks_like_ct
 
 MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
 # The bundled models a job without a model uses (README "Choosing the default"): DEFAULT_CT_MODEL on a volume that looks
-# like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), DEFAULT_MODEL on any other.
+# like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), when installed, DEFAULT_MODEL on any other.
 DEFAULT_MODEL = "sdseg-small"
 DEFAULT_CT_MODEL = "sdseg-union-ct"
 
@@ -51,18 +51,16 @@ def _card_summary(card: str) -> str:
 
 
 def default_model_name(array_kji) -> str:
-    """The model a job that names none uses on a volume of voxel values ``array_kji``."""
-    return DEFAULT_CT_MODEL if looks_like_ct(array_kji) else DEFAULT_MODEL
-
-
-def default_label(name: str) -> str:
-    """'(default)', '(default for CT)' or '' after a model's name in a list of models."""
-    return {DEFAULT_MODEL: "(default)", DEFAULT_CT_MODEL: "(default for CT)"}.get(name, "")
+    """The model a job that names none uses on a volume of voxel values ``array_kji`` (DEFAULT_MODEL where the CT
+    model is not installed, e.g. removed from a server's models)."""
+    if looks_like_ct(array_kji) and any(folder.name == DEFAULT_CT_MODEL for folder in _candidate_folders()):
+        return DEFAULT_CT_MODEL
+    return DEFAULT_MODEL
 
 
 def describe_model(folder: Path) -> dict:
-    """``{name, kind, path, description, card, default}`` of a model folder (default: '(default)', '(default for CT)'
-    or '': default_label); raises CheckpointError if it is invalid."""
+    """``{name, kind, path, description, card, default, default_for_ct}`` of a model folder (``default``: it is
+    DEFAULT_MODEL; ``default_for_ct``: it is DEFAULT_CT_MODEL); raises CheckpointError if it is invalid."""
     content = read_config(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: missing; copy the complete model folder")
@@ -70,7 +68,7 @@ def describe_model(folder: Path) -> dict:
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     description = str(content["config"].get("description") or _card_summary(card))
     return {"name": folder.name, "kind": content["kind"], "path": str(folder), "description": description,
-            "card": card, "default": default_label(folder.name)}
+            "card": card, "default": folder.name == DEFAULT_MODEL, "default_for_ct": folder.name == DEFAULT_CT_MODEL}
 
 
 def _candidate_folders():
@@ -109,6 +107,12 @@ def resolve_model(name_or_path) -> Path:
         f"(searched: {os.pathsep.join(str(d) for d in models_dirs())}).")
 
 
+def _default_label(model: dict) -> str:
+    """'(default)', '(default for CT)' or '' (SDSegSlicerLib.worker_client.default_label: the same on the
+    client)."""
+    return "(default for CT)" if model["default_for_ct"] else "(default)" if model["default"] else ""
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip()
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({CONFIG_FILE} + {WEIGHTS_FILE}) into a folder and add it to ${MODELS_PATH_ENV}.")
         return 0
     rows = [["NAME", "KIND", "DESCRIPTION", "PATH"]]
-    rows += [[f"{model['name']} {model['default']}".rstrip(), model["kind"], model["description"], model["path"]]
+    rows += [[f"{model['name']} {_default_label(model)}".rstrip(), model["kind"], model["description"], model["path"]]
              for model in models]
     print(_table(rows))
     return 0

@@ -34,7 +34,7 @@ from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_line
 from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
 from .remote_client import TOKEN_ENVIRONMENT_VARIABLE, RemoteWorkerClient
 from .remote_server import DEFAULT_CONNECTION_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, serve
-from .worker_client import WorkerClient, WorkerError
+from .worker_client import WorkerClient, WorkerError, default_label
 
 DEFAULT_MAX_UPLOAD_MB = 2048
 DEFAULT_WEB_PORT = 8080
@@ -411,8 +411,7 @@ def command_models(args) -> int:
     if not hello["models"]:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
     for model in hello["models"]:
-        label = model.get("default")  # '(default)', '(default for CT)' or ''; a worker before 'for CT': a bool
-        name = f"{model['name']} {'(default)' if label is True else label or ''}".rstrip()
+        name = f"{model['name']} {default_label(model)}".rstrip()
         print(f"{name:<24} {model['kind']:<10} {model.get('description') or ''}")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import stats, variance_display
 from .prompts import lesion_lines
 from .run import format_duration, slices_text
+from .worker_client import default_label
 
 DEFAULT_MODEL_LABEL = "default model"
 
@@ -23,13 +24,11 @@ def describe_device(hello: dict) -> str:
 
 
 def default_model_card(models: list[dict]) -> str:
-    """What the default choice of a model selector runs, from the hello's models (their ``default``: '(default)',
-    '(default for CT)' or '', a bool from a worker before the CT default)."""
-    names = {("(default)" if model.get("default") is True else model.get("default")): model["name"]
-             for model in models}
+    """What the default choice of a model selector runs, from the hello's models."""
+    names = {default_label(model): model["name"] for model in models}
     card = "The worker's default model"
     if "(default for CT)" in names:
-        card += (f": {names['(default for CT)']} on a CT (a volume with negative values, in Hounsfield units), "
+        card += (f": {names['(default for CT)']} on a CT (in Hounsfield units, with air or fat below -100 HU), "
                  f"{names.get('(default)', 'its general default')} on any other volume")
     elif "(default)" in names:
         card += f": {names['(default)']}"

@@ -42,6 +42,12 @@ FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 log = logging.getLogger(__name__)
 
 
+def default_label(model: dict) -> str:
+    """'(default)', '(default for CT)' or '' of a model of the worker's hello (a worker before the CT default sends no
+    ``default_for_ct``; sdseg.registry marks its own listing alike)."""
+    return "(default for CT)" if model.get("default_for_ct") else "(default)" if model.get("default") else ""
+
+
 class WorkerError(RuntimeError):
     """The worker could not be started or reached; the message says what to do."""
 
