@@ -140,45 +140,65 @@ def test_a_slice_slider_keeps_the_value_the_page_sent(web_app):
         red.set_slice_value(0.0)
 
 
+class Held:
+    """``owner.name`` replaced (monkeypatch) by a version that waits for the test's ``release`` (at most HOLD_S: only
+    when the test is stuck) before it runs: a slow step of the app. ``started`` is set when it is called,
+    ``finished`` when it has run."""
+
+    def __init__(self, monkeypatch, owner, name: str):
+        self.started, self.release, self.finished = threading.Event(), threading.Event(), threading.Event()
+        original = getattr(owner, name)
+
+        def held(*args, **kwargs):
+            self.started.set()
+            self.release.wait(HOLD_S)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.finished.set()
+
+        monkeypatch.setattr(owner, name, held)
+
+
+def click_the_tumour(web_app) -> None:
+    """A point at the centre of the sample's tumour (voxel 45, 31, 16)."""
+    import vtk
+
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+
+
+async def segment_until_held(web_app, step: Held) -> None:
+    """Segment (the page's button) and wait until the run reaches the held ``step``."""
+    web_app.segment_or_cancel()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not step.started.is_set():
+        assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
+        await asyncio.sleep(0.1)
+
+
 def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app, worker_env, monkeypatch, run_fields):
     """The end of a run (a real worker, the tiny model) computes its statistics with the page answering: All, chosen
     while they are computed (held here until All has shown), shows the samples at once, not after them; the
     statistics and the 3D surfaces follow."""
-    import vtk
     from slicerlib_testing import MODEL_NAME
 
     from SDSegSlicerLib import stats
 
-    computing, release, computed = threading.Event(), threading.Event(), threading.Event()
-    compute = stats.statistics_of_arrays
-
-    def held_statistics(*args, **kwargs):  # a slow computation: it waits for the test
-        computing.set()
-        release.wait(HOLD_S)
-        try:
-            return compute(*args, **kwargs)
-        finally:
-            computed.set()
-
-    monkeypatch.setattr(stats, "statistics_of_arrays", held_statistics)
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+    statistics = Held(monkeypatch, stats, "statistics_of_arrays")
+    click_the_tumour(web_app)
     web_app.state.update({"sdseg_model": MODEL_NAME, "sdseg_samples": 2, "sdseg_steps": 2})
     web_app.state.ready()  # as a started server's state: a change runs its listeners when flushed
 
     async def segment_and_choose_all():
-        web_app.segment_or_cancel()
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not computing.is_set():
-            assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
-            await asyncio.sleep(0.1)
+        await segment_until_held(web_app, statistics)
         web_app.state.sdseg_sample_mode = "all"  # the page's All button
         web_app.state.flush()
         display = web_app.session.result_segmentation.GetDisplayNode()
         shown = [display.GetSegmentVisibility(i) for i in web_app.session.sample_segment_ids()]
-        answered = (web_app.state.sdseg_sample_label, shown, computed.is_set())
-        release.set()
+        answered = (web_app.state.sdseg_sample_label, shown, statistics.finished.is_set())
+        statistics.release.set()
         await web_app._run_task
         return answered
 
@@ -189,7 +209,7 @@ def test_a_display_mode_shows_at_once_while_the_statistics_are_computed(web_app,
         assert web_app.session.result_segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
         assert web_app.state.sdseg_sample_label == "All 2 samples" and not web_app.state.sdseg_running
     finally:
-        release.set()
+        statistics.release.set()
         web_app.clear_prompts()
 
 
@@ -198,35 +218,20 @@ def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_ru
     """A model for CT only on the sample (an MR: no negative value), a real worker: the status line says the worker's
     warning once it accepts the job, before the end of the run (its statistics, held here, come last), and once
     only after it."""
-    import vtk
     from slicerlib_testing import BRIGHT_CT_MODEL_NAME
 
     from sdseg.modality_check import modality_warnings
     from SDSegSlicerLib import stats
 
     warning = "Warning: " + modality_warnings({"modalities": ["CT"]}, np.zeros(1))[0]
-    computing, release = threading.Event(), threading.Event()
-    compute = stats.statistics_of_arrays
-
-    def held_statistics(*args, **kwargs):
-        computing.set()
-        release.wait(HOLD_S)
-        return compute(*args, **kwargs)
-
-    monkeypatch.setattr(stats, "statistics_of_arrays", held_statistics)
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+    statistics = Held(monkeypatch, stats, "statistics_of_arrays")
+    click_the_tumour(web_app)
     web_app.state.update({"sdseg_model": BRIGHT_CT_MODEL_NAME, "sdseg_samples": 2, "sdseg_steps": 0})
 
     async def segment():
-        web_app.segment_or_cancel()
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not computing.is_set():
-            assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
-            await asyncio.sleep(0.1)
+        await segment_until_held(web_app, statistics)
         before_the_end = web_app.state.sdseg_status
-        release.set()
+        statistics.release.set()
         await web_app._run_task
         return before_the_end
 
@@ -236,43 +241,28 @@ def test_the_workers_warning_about_the_input_is_in_the_status_line_before_the_ru
         assert web_app.state.sdseg_status.count(warning) == 1 and "Done" in web_app.state.sdseg_progress_text, \
             web_app.state.sdseg_status
     finally:
-        release.set()
+        statistics.release.set()
         web_app.clear_prompts()
 
 
 def test_a_cancel_that_arrives_after_the_run_ended_changes_nothing(web_app, worker_env, monkeypatch, run_fields):
     """A Cancel click sent while the page still showed Cancel, received once the run has ended (its 3D surfaces,
     held here, are the last step): the status stays the run's end, not "Cancelling" for ever; a real worker."""
-    import vtk
     from slicerlib_testing import BRIGHT_MODEL_NAME
 
     from SDSegSlicerWeb import app, view_aids
 
     monkeypatch.setattr(app, "DOUBLE_CLICK_S", 0.0)  # a fast run: its late Cancel is no double click's second click
-    making, release = threading.Event(), threading.Event()
-    make = view_aids.closed_surfaces
-
-    def held_surfaces(*args, **kwargs):
-        making.set()
-        release.wait(HOLD_S)
-        return make(*args, **kwargs)
-
-    monkeypatch.setattr(view_aids, "closed_surfaces", held_surfaces)
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    web_app.volume_node.GetIJKToRASMatrix(ijk_to_ras)
-    web_app._markups_node("point").AddControlPoint(*ijk_to_ras.MultiplyPoint((45, 31, 16, 1))[:3])
+    surfaces = Held(monkeypatch, view_aids, "closed_surfaces")
+    click_the_tumour(web_app)
     web_app.state.update({"sdseg_model": BRIGHT_MODEL_NAME, "sdseg_samples": 2, "sdseg_steps": 0})
 
     async def segment_then_cancel_late():
-        web_app.segment_or_cancel()
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not making.is_set():
-            assert time.monotonic() < deadline and not web_app._run_task.done(), web_app.state.sdseg_status
-            await asyncio.sleep(0.1)
+        await segment_until_held(web_app, surfaces)
         ended = (web_app.state.sdseg_status, web_app.state.sdseg_progress_text)
         web_app.segment_or_cancel(cancel=True)  # what the button said when it was clicked
         answered = (web_app.state.sdseg_status, web_app.state.sdseg_progress_text)
-        release.set()
+        surfaces.release.set()
         await web_app._run_task
         return ended, answered
 
@@ -281,7 +271,7 @@ def test_a_cancel_that_arrives_after_the_run_ended_changes_nothing(web_app, work
         assert ended[1].startswith("Done") and answered == ended, (ended, answered)
         assert (web_app.state.sdseg_status, web_app.state.sdseg_progress_text) == ended
     finally:
-        release.set()
+        surfaces.release.set()
         web_app.clear_prompts()
 
 
