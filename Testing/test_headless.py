@@ -18,7 +18,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicerlib_testing import (BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, CLI_TIMEOUT_S, MODEL_NAME, RAS_TO_LPS,
+from slicerlib_testing import (BRIGHT_CT_MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_MODEL_SIZE, CLI_TIMEOUT_S, MODEL_NAME,
+                               RAS_TO_LPS,
                                lesion_volume, oblique_ijk_to_ras, read_seg_nrrd_with_sitk,
                                read_seg_nrrd_with_slicerio, sitk_ijk_to_lps, write_volume_file)
 
@@ -129,6 +130,43 @@ def test_mask_voxels_land_on_the_bright_voxels_for_every_slice_axis(tmp_path, wo
     assert not variance.any()  # identical samples
 
 
+def test_a_warning_about_the_input_is_said_when_the_job_is_accepted_and_again_at_the_end(tmp_path, worker_env):
+    """A model for CT only on a volume with no negative value (an MR's values), a real worker: the warning comes
+    before the first progress line, not only in the summary at the end."""
+    voxels = np.abs(np.random.default_rng(0).normal(40.0, 10.0, (4, 16, 16))).astype(np.float32)
+    volume = write_volume_file(tmp_path / "mr.nrrd", voxels, oblique_ijk_to_ras())
+    result = subprocess.run(
+        [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(volume), "-o", str(tmp_path / "mr.seg.nrrd"),
+         "--whole-volume", "--model", BRIGHT_CT_MODEL_NAME, "--samples", "2", "--device", "cpu"],
+        env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    lines = result.stderr.splitlines()
+    warned = [n for n, line in enumerate(lines) if line.startswith("Warning: this model was trained on CT only")]
+    progress = [n for n, line in enumerate(lines) if line.startswith("segmenting")]
+    assert result.returncode == 0 and len(warned) == 2 and progress, lines
+    assert warned[0] < progress[0] and warned[1] > progress[-1], lines
+
+
+def test_a_terminal_keeps_its_bar_below_a_line_said_while_it_runs():
+    """On a terminal, a line said while the bar is drawn (a warning) takes the bar's place and the bar is drawn again
+    after it; in a log it is a line of its own."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    progress = {"phase": "segmenting", "done": 1, "total": 4, "eta_s": 3.0}
+    for stream in (Terminal(), io.StringIO()):
+        bar = headless.ProgressBar(stream)
+        bar.update(progress)
+        bar.say("Warning: look")
+        bar.close()
+        shown = stream.getvalue()
+        if stream.isatty():
+            bar_text = shown.split("\r")[1]
+            assert shown == "\r" + bar_text + "\r\033[K" + "Warning: look\n" + bar_text + "\n"
+        else:
+            assert shown.splitlines()[1] == "Warning: look" and shown.splitlines()[0].startswith("segmenting")
+
+
 def test_a_log_gets_a_line_per_phase_and_the_first_slice_at_once_then_one_per_interval(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(headless.time, "monotonic", lambda: clock[0])
@@ -222,6 +260,7 @@ class _RunTakingTwoSignals:
     take both (the C-level handler runs in the takers, twice; Python runs its handler once, in the main thread,
     afterwards). A second wait means the second signal was missed."""
     state, progress = "running", {"phase": "segmenting", "done": 1, "total": 40, "eta_s": 9.0}
+    accepted = None  # not accepted yet: no notes to say
 
     def __init__(self):
         self.waits, self.cancels = 0, 0

@@ -251,6 +251,14 @@ class ProgressBar:
         self.stream.flush()
         self._last_text, self._last_time, self._last_done = text, now, done
 
+    def say(self, line: str) -> None:
+        """A line of its own above the bar (which is drawn again after it on a terminal)."""
+        if self.interactive and self._last_text is not None:
+            self.stream.write("\r\033[K" + line + "\n" + self._last_text)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.interactive and self._last_text is not None:
             self.stream.write("\n")
@@ -515,13 +523,19 @@ def signals_as_requests(announce: Callable[[SignalRequests], None] | None = None
 
 
 def wait_for_run(run, progress_bar) -> int | None:
-    """Process messages until the run ends; Ctrl-C (or SIGTERM/SIGHUP) asks for a cancel, a second one stops
-    waiting, also when both were delivered before Python ran its handler (which it then runs once: counted with
-    ``arrived(2)``). Returns the signal that interrupted, or None."""
-    cancel_deadline = None
+    """Process messages until the run ends, saying the run's notes (the default model chosen, warnings about the
+    input) as soon as the worker accepts the job (the summary at the end repeats them); Ctrl-C (or SIGTERM/SIGHUP)
+    asks for a cancel, a second one stops waiting, also when both were delivered before Python ran its handler
+    (which it then runs once: counted with ``arrived(2)``). Returns the signal that interrupted, or None."""
+    cancel_deadline, noted = None, False
     with signals_as_requests() as received:
         while run.state == "running":
-            if run.process_messages(POLL_INTERVAL_S) == "running":
+            state = run.process_messages(POLL_INTERVAL_S)
+            if run.accepted is not None and not noted:  # the run's notes (a warning about the input) at once
+                noted = True
+                for line in run.note_lines:
+                    progress_bar.say(line)
+            if state == "running":
                 progress_bar.update(run.progress)
             if received.arrived(2) or (cancel_deadline is not None and time.monotonic() > cancel_deadline):
                 break
