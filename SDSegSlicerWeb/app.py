@@ -116,7 +116,7 @@ class SDSegWebApp(TrameApp):
         self._pending_upload = None  # an uploaded volume waiting for the answer to sdseg_replace_question
         self.source_dicom = None
         self._results_shown = False
-        self._run_notes_shown = False  # the running job's notes are in the status line
+        self._run_notes = result_view.RunNotes()
         self._replaced_note = ""  # says that the previous result, with segments the user accepted, was replaced
         self._run_task = None  # starts and follows a run (segment_or_cancel)
         self._worker_start = None  # the task that starts the worker (ensure_worker)
@@ -393,7 +393,6 @@ class SDSegWebApp(TrameApp):
                     return
                 self._replaced_note = self._remove_result(previous, "The previous result")
                 self._reset_result_state()
-                self._run_notes_shown = False
                 self.state.update({"sdseg_running": True, "sdseg_progress": 0, "sdseg_progress_text": "Starting..."})
                 self.set_status(sentences(WHOLE_VOLUME_WARNING if job["prompt"] is None else "", self._replaced_note))
             await self._follow_run()
@@ -410,7 +409,9 @@ class SDSegWebApp(TrameApp):
             with self.state:
                 state = self.session.process_run()
                 self._show_progress()
-                self._show_run_notes()
+                status = self._run_notes.status(self.session.run, self.state.sdseg_status)  # at once, not at the end
+                if status is not None:
+                    self.set_status(status, self.state.sdseg_status_error)
                 if self.session.has_result() and not self._results_shown:
                     self._show_results()
                 if state != "running":
@@ -419,17 +420,6 @@ class SDSegWebApp(TrameApp):
                 await self._finish()
                 return
             await asyncio.sleep(POLL_INTERVAL_S)
-
-    def _show_run_notes(self) -> None:
-        """The run's notes (the default model chosen, the worker's warnings about the input), added to the status line
-        when the worker accepts the job (once a run), so the user reads them while the run goes on, not only at its
-        end."""
-        run = self.session.run
-        if run.accepted is not None and not self._run_notes_shown:
-            self._run_notes_shown = True
-            if run.note_lines:
-                self.set_status(result_view.with_run_notes(self.state.sdseg_status, run),
-                                self.state.sdseg_status_error)
 
     def _show_progress(self) -> None:
         run = self.session.run

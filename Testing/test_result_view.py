@@ -4,6 +4,8 @@ the statistics as text, the model choices and the device line."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import slicer
 from test_session import lesion_node, run_to_the_end
@@ -103,3 +105,17 @@ def test_model_choices_and_device_line():
     assert result_view.describe_device({"torch": "2.13"}) == "no GPU found: CPU (torch 2.13)"
     assert result_view.describe_device({"torch": "2.11", "gpu_name": "H200", "gpu_free_mb": 2048, "cuda": "13.0"}) \
         == "H200, 2.0 GB free (CUDA 13.0, torch 2.11)"
+
+
+def test_run_notes_are_given_once_a_run_and_again_for_the_next_run(finished):
+    _, run = finished
+    notes = result_view.RunNotes()
+    accepted, run.accepted = run.accepted, None
+    assert notes.status(run, "Starting.") is None  # not accepted yet
+    run.accepted = {**accepted, "warnings": ["this volume does not look like CT"]}
+    assert notes.status(run, "Starting.") == "Starting. Warning: this volume does not look like CT"
+    assert notes.status(run, "Starting.") is None  # said once
+    following = copy.copy(run)  # the next run (another SegmentationRun): no reset needed
+    assert notes.status(following, "") == "Warning: this volume does not look like CT"
+    run.accepted = {**accepted, "warnings": []}  # the job named its model: no note
+    assert result_view.RunNotes().status(run, "Starting.") is None

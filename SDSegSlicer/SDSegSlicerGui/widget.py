@@ -51,7 +51,7 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._warmUpFailedWith = None  # the interpreter whose warm start failed: not tried again on every change
         self._browser = None
         self._resultsShown = False
-        self._runNotesShown = False  # the running job's notes are in the status line
+        self._runNotes = result_view.RunNotes()
         self._shownOpacity = None
         self._installNeeded = False
         self._observedPoints = None
@@ -414,7 +414,6 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.progressLabel.text = "Starting..."
         self.setStatus("")
-        self._runNotesShown = False
         self.updateButtons()
         self._timer.start()
 
@@ -424,21 +423,13 @@ class SDSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         state = self.logic.process_run()
         self.updateProgress(self.logic.run.progress)
-        self.showRunNotes()
+        status = self._runNotes.status(self.logic.run, self.ui.statusLabel.text)  # said at once, not at the end
+        if status is not None:
+            self.setStatus(status)
         if self.logic.has_result() and not self._resultsShown:
             self.showResults()  # slices stream in while the run goes on
         if state != "running":
             self.onRunFinished()
-
-    def showRunNotes(self):
-        """The run's notes (the default model chosen, the worker's warnings about the input), added to the status line
-        when the worker accepts the job (once a run), so the user reads them while the run goes on, not only at its
-        end."""
-        run = self.logic.run
-        if run.accepted is not None and not self._runNotesShown:
-            self._runNotesShown = True
-            if run.note_lines:
-                self.setStatus(result_view.with_run_notes(self.ui.statusLabel.text, run))
 
     def updateProgress(self, progress):
         self.ui.progressBar.maximum = max(progress["total"], 1)

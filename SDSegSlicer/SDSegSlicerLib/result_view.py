@@ -8,7 +8,6 @@ from __future__ import annotations
 from . import stats, variance_display
 from .prompts import lesion_lines
 from .run import format_duration, slices_text
-from .worker_client import default_label
 
 DEFAULT_MODEL_LABEL = "default model"
 
@@ -24,14 +23,16 @@ def describe_device(hello: dict) -> str:
 
 
 def default_model_card(models: list[dict]) -> str:
-    """What the default choice of a model selector runs, from the hello's models."""
-    names = {default_label(model): model["name"] for model in models}
+    """What the default choice of a model selector runs, from the hello's models (a worker before the CT default
+    sends no ``default_for_ct``)."""
+    general = next((model["name"] for model in models if model.get("default")), None)
+    ct = next((model["name"] for model in models if model.get("default_for_ct")), None)
     card = "The worker's default model"
-    if "(default for CT)" in names:
-        card += (f": {names['(default for CT)']} on a CT (in Hounsfield units, with air or fat below -100 HU), "
-                 f"{names.get('(default)', 'its general default')} on any other volume")
-    elif "(default)" in names:
-        card += f": {names['(default)']}"
+    if ct is not None:
+        card += (f": {ct} on a CT (in Hounsfield units, with air or fat below -100 HU), "
+                 f"{general or 'its general default'} on any other volume")
+    elif general is not None:
+        card += f": {general}"
     return card + "."
 
 
@@ -72,6 +73,22 @@ def with_run_notes(status: str, run) -> str:
     input: an irregular series, a volume that does not look like the model's modality): the status line says them as
     soon as the worker accepts the job, and again when the run ends."""
     return " ".join(part for part in (status.strip(), *run.note_lines) if part)
+
+
+class RunNotes:
+    """The run's notes in a status line as soon as the worker accepts the run, once (the panel's and the page's loops
+    that follow a run share it). It keeps the run whose notes it gave, so a new run needs no reset."""
+
+    def __init__(self):
+        self._given_for = None
+
+    def status(self, run, status: str) -> str | None:
+        """``status`` with ``run``'s notes (with_run_notes) the first time it is asked after the worker accepted
+        ``run``; None otherwise: not accepted yet, no notes, or given already."""
+        if run.accepted is None or run is self._given_for:
+            return None
+        self._given_for = run
+        return with_run_notes(status, run) if run.note_lines else None
 
 
 def finished_texts(run, statistics: dict | None) -> tuple[str, str, bool]:
