@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBar:
-    """One self-updating line on a terminal. Otherwise (a log file, a pipe) a line at each phase change and at the
-    first slice (when the first result is there), then at most one per LOG_INTERVAL_S."""
+    """One self-updating line on a terminal. Otherwise (a log file, a pipe) a line at each phase change, at the
+    first slice (when the first result is there) and at the last, between them at most one per LOG_INTERVAL_S."""
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
@@ -240,11 +240,11 @@ class ProgressBar:
         if text == self._last_text:
             return
         phase_changed = self._last_text is None or not self._last_text.startswith(f"{progress['phase']:<14}")
-        first_slice = done > 0 and self._last_done == 0
+        first_or_last_slice = (done > 0 and self._last_done == 0) or (total and done == total)
         now = time.monotonic()
         if self.interactive:
             self.stream.write("\r" + text)
-        elif phase_changed or first_slice or now - self._last_time >= LOG_INTERVAL_S:
+        elif phase_changed or first_or_last_slice or now - self._last_time >= LOG_INTERVAL_S:
             self.stream.write(text + "\n")
         else:
             return
@@ -535,7 +535,7 @@ def wait_for_run(run, progress_bar) -> int | None:
                 noted = True
                 for line in run.note_lines:
                     progress_bar.say(line)
-            if state == "running":
+            if state in ("running", "done"):  # done: the full bar, also of a job that ended within one poll
                 progress_bar.update(run.progress)
             if received.arrived(2) or (cancel_deadline is not None and time.monotonic() > cancel_deadline):
                 break
