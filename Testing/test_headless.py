@@ -184,6 +184,15 @@ def test_a_log_gets_a_line_per_phase_and_the_first_and_last_slice_at_once_then_o
                         ("segmenting", "10")]
 
 
+def test_a_done_run_shows_a_full_bar_also_where_its_total_was_a_bound():
+    stream = io.StringIO()
+    bar = headless.ProgressBar(stream)
+    bar.update({"phase": "segmenting", "done": 7, "total": 25, "eta_s": 1.0})
+    bar.update({"phase": "done", "done": 7, "total": 25, "eta_s": None})
+    running, done = stream.getvalue().splitlines()
+    assert "#" * headless.PROGRESS_BAR_WIDTH not in running and "#" * headless.PROGRESS_BAR_WIDTH in done
+
+
 def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):
     (tmp_path / "text.nrrd").write_text("not a volume")
     code = headless.main(["segment", str(tmp_path / "text.nrrd"), "-o", str(tmp_path / "new" / "text.seg.nrrd"),

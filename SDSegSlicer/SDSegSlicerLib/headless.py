@@ -235,6 +235,8 @@ class ProgressBar:
     def update(self, progress: dict) -> None:
         done, total = progress["done"], progress["total"]
         filled = int(PROGRESS_BAR_WIDTH * done / total) if total else 0
+        if progress["phase"] == "done":  # full, also where the total was a bound (a click: "at most 25 slices")
+            filled = PROGRESS_BAR_WIDTH
         text = (f"{progress['phase']:<14} [{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}] "
                 f"{slices_text(progress)}  ETA {format_duration(progress['eta_s'])}")
         if text == self._last_text:
