@@ -52,10 +52,10 @@ ON_SARCOMA = [folder for folder in BUNDLED if SARCOMA_PATIENT in HELD_OUT[folder
 
 
 def test_the_default_models_are_bundled_and_checked_where_they_are_the_default():
-    """The general default on the brain sample its README command segments, the CT default on the held-out sarcoma
-    cut (test_a_click_on_the_held_out_sarcoma_... runs it on the cut's CT)."""
+    """The general default on the brain sample its README command segments, the CT and PET defaults on the held-out
+    sarcoma cut (test_a_click_on_the_held_out_sarcoma_... runs each on the cut's images of its modalities)."""
     assert registry.DEFAULT_MODEL in [folder.name for folder in ON_SAMPLE]
-    assert registry.DEFAULT_CT_MODEL in [folder.name for folder in ON_SARCOMA]
+    assert {registry.DEFAULT_CT_MODEL, registry.DEFAULT_PET_MODEL} <= {folder.name for folder in ON_SARCOMA}
 
 
 @pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])

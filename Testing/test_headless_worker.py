@@ -139,11 +139,12 @@ def test_models_lists_the_installed_models(worker_env, capsys):
 
 def test_models_marks_the_default_models(capsys):
     """With the bundled models, `sdseg-slicer models` marks the ones a job without --model uses (as `sdseg models`):
-    the general default and the default for CT."""
-    from sdseg.registry import DEFAULT_CT_MODEL, DEFAULT_MODEL
+    the general default and the defaults for CT and PET."""
+    from sdseg.registry import DEFAULT_CT_MODEL, DEFAULT_MODEL, DEFAULT_PET_MODEL
 
     assert headless.main(["models"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     marks = {row[0]: " ".join(row[1:4]).split(")")[0] + ")"
              for row in rows if row[1:2] and row[1].startswith("(default")}
-    assert marks == {DEFAULT_MODEL: "(default)", DEFAULT_CT_MODEL: "(default for CT)"}, rows
+    assert marks == {DEFAULT_MODEL: "(default)", DEFAULT_CT_MODEL: "(default for CT)",
+                     DEFAULT_PET_MODEL: "(default for PET)"}, rows

@@ -1,4 +1,4 @@
-"""The CT-only warning (sdseg.modality_check) on real images: the sarcoma cut of Testing/Data (patient STS_019 on CT,
+"""The CT-only warning and the default model's tests (sdseg.modality_check) on real images: the sarcoma cut of Testing/Data (patient STS_019 on CT,
 MR T1 and PET, as the IBSI data set stores them) with the configs of the shipped models."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdseg.modality_check import looks_like_ct, modality_warnings
+from sdseg.modality_check import looks_like_ct, looks_like_suv_pet, modality_warnings
 from sdseg.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +43,25 @@ def test_a_ct_cropped_or_clipped_to_soft_tissue_is_not_warned_about():
 def test_only_the_ct_looks_like_ct_where_the_default_model_is_chosen(modality):
     """The default model's test (air or fat on at least 1 % of the voxels) on the real cut: its CT only."""
     assert looks_like_ct(read_volume(CUT / f"{modality}_image.nii.gz").array_kji) == (modality == "CT")
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR_T1", "PET"])
+def test_only_the_pet_looks_like_a_pet_in_suv(modality):
+    """On the real cut: the PET (SUV, fractional) only; the MR T1 (stored as float, integer-valued) and the CT not."""
+    assert looks_like_suv_pet(read_volume(CUT / f"{modality}_image.nii.gz").array_kji) == (modality == "PET")
+
+
+def test_a_pet_stored_as_counts_an_mr_and_noise_around_40_are_not_a_pet_in_suv():
+    """The brain MR sample (int16), a PET in counts (whole numbers), a PET in SUV with one negative voxel, positive
+    noise around 40 (the self-test's phantom: fractional, but beyond SUV's range) and an empty array are not; a PET
+    in SUV larger than the voxels read (every k-th voxel) is."""
+    sample = read_volume(REPO / "Resources" / "SampleData" / "sample.nrrd").array_kji
+    rng = np.random.default_rng(0)
+    suv = rng.gamma(2.0, 0.5, (4, 32, 32)).astype(np.float32)
+    counts = np.round(suv * 1000)
+    negative = suv.copy()
+    negative[0, 0, 0] = -0.5
+    noise = np.abs(rng.normal(40.0, 10.0, (4, 32, 32)))
+    for not_suv in (sample, counts, negative, noise, np.zeros((0,))):
+        assert not looks_like_suv_pet(not_suv)
+    assert looks_like_suv_pet(suv) and looks_like_suv_pet(rng.gamma(2.0, 0.5, 3_000_001))

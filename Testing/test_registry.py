@@ -74,7 +74,7 @@ def test_list_models_first_name_wins_and_descriptions(two_dirs):
     assert listed["lesions"] == {"name": "lesions", "kind": "ambiguous", "path": str(first / "lesions"),
                                  "description": "Lesion model (small)",
                                  "card": "\n# Lesion model (small)\n\nTrained on ...\n", "default": False,
-                                 "default_for_ct": False}
+                                 "default_for_ct": False, "default_for_pet": False}
     assert listed["segdiff-demo"]["description"] == "SegDiff demo weights"
     assert listed["nocard"]["description"] == "" and listed["nocard"]["card"] == ""
     json.dumps(registry.list_models())  # travels in the worker's hello message
@@ -113,18 +113,19 @@ def test_unknown_model_lists_available_names(two_dirs, tmp_path):
         registry.resolve_model(tmp_path / "missing-folder")
 
 
-def test_both_default_models_are_bundled_and_marked(monkeypatch):
+def test_the_default_models_are_bundled_and_marked(monkeypatch):
     monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
     models = registry.list_models()
     assert [m["name"] for m in models if m["default"]] == [registry.DEFAULT_MODEL]
     assert [m["name"] for m in models if m["default_for_ct"]] == [registry.DEFAULT_CT_MODEL]
+    assert [m["name"] for m in models if m["default_for_pet"]] == [registry.DEFAULT_PET_MODEL]
 
 
-def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_only(monkeypatch):
-    """The CT model where at least 1 % of the voxels are air or fat (<= -100 HU; sdseg.modality_check); the general
-    one on an MR or PET (no negative value: the bundled brain MR sample among them), on an MR with a few negative
-    voxels from an overshooting interpolation, on a z-scored image, and on a CT cut inside soft tissue (-65 HU at
-    least: not clearly CT)."""
+def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_the_pet_one_for_suv(monkeypatch):
+    """The CT model where at least 1 % of the voxels are air or fat (<= -100 HU; sdseg.modality_check), the PET model
+    on a PET in SUV; the general one on an MR (no negative value, whole numbers: the bundled brain MR sample among
+    them), on an MR with a few negative voxels from an overshooting interpolation, on a z-scored image, and on a CT
+    cut inside soft tissue (-65 HU at least: not clearly CT)."""
     monkeypatch.delenv(registry.MODELS_PATH_ENV, raising=False)
     sample = read_volume(REPO / "Resources" / "SampleData" / "sample.nrrd").array_kji
     overshoot = sample.astype(np.float32)
@@ -137,20 +138,25 @@ def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_only(m
     for not_ct in (sample, overshoot, rng.normal(0.0, 1.0, (4, 10, 10)), np.array([-65, 30], dtype=np.int16),
                    np.zeros((2, 2))):
         assert registry.default_model_name(not_ct) == registry.DEFAULT_MODEL
+    assert registry.default_model_name(rng.gamma(2.0, 0.5, (4, 10, 10))) == registry.DEFAULT_PET_MODEL
 
 
-def test_the_general_default_serves_ct_where_the_ct_model_is_not_installed(two_dirs):
-    """A models folder without the CT model (e.g. a server's, pruned): a CT gets DEFAULT_MODEL, not an error."""
-    ct = np.full((4, 10, 10), -1000.0)
-    assert registry.default_model_name(ct) == registry.DEFAULT_MODEL
+def test_the_general_default_serves_ct_and_pet_where_their_models_are_not_installed(two_dirs):
+    """A models folder without the CT or PET model (e.g. a server's, pruned): a CT or PET gets DEFAULT_MODEL, not an
+    error."""
+    ct, pet = np.full((4, 10, 10), -1000.0), np.full((4, 10, 10), 1.5)
+    assert registry.default_model_name(ct) == registry.default_model_name(pet) == registry.DEFAULT_MODEL
     write_model_folder(two_dirs[1], registry.DEFAULT_CT_MODEL)
+    write_model_folder(two_dirs[1], registry.DEFAULT_PET_MODEL)
     assert registry.default_model_name(ct) == registry.DEFAULT_CT_MODEL
+    assert registry.default_model_name(pet) == registry.DEFAULT_PET_MODEL
 
 
 def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     first, second = two_dirs
     write_model_folder(second, registry.DEFAULT_MODEL)
     write_model_folder(second, registry.DEFAULT_CT_MODEL)
+    write_model_folder(second, registry.DEFAULT_PET_MODEL)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "sdseg.cli", "models"], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=CLI_TIMEOUT_S)
@@ -161,6 +167,7 @@ def test_sdseg_models_command_prints_a_table(two_dirs, tmp_path):
     default = rows[registry.DEFAULT_MODEL]
     assert "(default)" in default and str(second / registry.DEFAULT_MODEL) in default
     assert "(default for CT)" in rows[registry.DEFAULT_CT_MODEL] and "(default" not in rows["lesions"]
+    assert "(default for PET)" in rows[registry.DEFAULT_PET_MODEL]
     assert "Lesion model (small)" in rows["lesions"] and str(first / "lesions") in rows["lesions"]
 
 

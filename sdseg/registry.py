@@ -13,13 +13,15 @@ import os
 from pathlib import Path
 
 from sdseg.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
-from sdseg.modality_check import looks_like_ct
+from sdseg.modality_check import looks_like_ct, looks_like_suv_pet
 
 MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
 # The bundled models a job without a model uses (README "Choosing the default"): DEFAULT_CT_MODEL on a volume that looks
-# like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), when installed, DEFAULT_MODEL on any other.
+# like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), DEFAULT_PET_MODEL on one that looks like a PET in
+# SUV (looks_like_suv_pet), each when installed, DEFAULT_MODEL on any other.
 DEFAULT_MODEL = "sdseg-small"
 DEFAULT_CT_MODEL = "sdseg-union-ct"
+DEFAULT_PET_MODEL = "sdseg-union"
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,17 @@ def _card_summary(card: str) -> str:
 
 def default_model_name(array_kji) -> str:
     """The model a job that names none uses on a volume of voxel values ``array_kji`` (DEFAULT_MODEL where the CT
-    model is not installed, e.g. removed from a server's models)."""
-    if looks_like_ct(array_kji) and any(folder.name == DEFAULT_CT_MODEL for folder in _candidate_folders()):
-        return DEFAULT_CT_MODEL
+    or PET model is not installed, e.g. removed from a server's models)."""
+    for looks_like, name in ((looks_like_ct, DEFAULT_CT_MODEL), (looks_like_suv_pet, DEFAULT_PET_MODEL)):
+        if looks_like(array_kji) and any(folder.name == name for folder in _candidate_folders()):
+            return name
     return DEFAULT_MODEL
 
 
 def describe_model(folder: Path) -> dict:
-    """``{name, kind, path, description, card, default, default_for_ct}`` of a model folder (``default``: it is
-    DEFAULT_MODEL; ``default_for_ct``: it is DEFAULT_CT_MODEL); raises CheckpointError if it is invalid."""
+    """``{name, kind, path, description, card, default, default_for_ct, default_for_pet}`` of a model folder
+    (``default``: it is DEFAULT_MODEL; ``default_for_ct`` / ``_pet``: it is DEFAULT_CT_MODEL / DEFAULT_PET_MODEL);
+    raises CheckpointError if it is invalid."""
     content = read_config(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: missing; copy the complete model folder")
@@ -68,7 +72,8 @@ def describe_model(folder: Path) -> dict:
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     description = str(content["config"].get("description") or _card_summary(card))
     return {"name": folder.name, "kind": content["kind"], "path": str(folder), "description": description,
-            "card": card, "default": folder.name == DEFAULT_MODEL, "default_for_ct": folder.name == DEFAULT_CT_MODEL}
+            "card": card, "default": folder.name == DEFAULT_MODEL, "default_for_ct": folder.name == DEFAULT_CT_MODEL,
+            "default_for_pet": folder.name == DEFAULT_PET_MODEL}
 
 
 def _candidate_folders():
@@ -108,9 +113,12 @@ def resolve_model(name_or_path) -> Path:
 
 
 def _default_label(model: dict) -> str:
-    """'(default)', '(default for CT)' or '' (SDSegSlicerLib.worker_client.default_label: the same on the
-    client)."""
-    return "(default for CT)" if model["default_for_ct"] else "(default)" if model["default"] else ""
+    """'(default)', '(default for CT)', '(default for PET)' or '' (SDSegSlicerLib.worker_client.default_label: the
+    same on the client)."""
+    for key, kind in (("default_for_ct", "CT"), ("default_for_pet", "PET")):
+        if model[key]:
+            return f"(default for {kind})"
+    return "(default)" if model["default"] else ""
 
 
 def _table(rows: list[list[str]]) -> str:

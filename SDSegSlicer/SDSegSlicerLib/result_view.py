@@ -23,14 +23,16 @@ def describe_device(hello: dict) -> str:
 
 
 def default_model_card(models: list[dict]) -> str:
-    """What the default choice of a model selector runs, from the hello's models (a worker before the CT default
-    sends no ``default_for_ct``)."""
+    """What the default choice of a model selector runs, from the hello's models (a worker before the CT or PET
+    default sends no ``default_for_ct`` / ``default_for_pet``)."""
     general = next((model["name"] for model in models if model.get("default")), None)
-    ct = next((model["name"] for model in models if model.get("default_for_ct")), None)
+    by_image = [f"{model['name']} on {image}" for key, image in (
+        ("default_for_ct", "a CT (in Hounsfield units, with air or fat below -100 HU)"),
+        ("default_for_pet", "a PET in SUV (fractional values, none negative)"))
+        for model in models if model.get(key)]
     card = "The worker's default model"
-    if ct is not None:
-        card += (f": {ct} on a CT (in Hounsfield units, with air or fat below -100 HU), "
-                 f"{general or 'its general default'} on any other volume")
+    if by_image:
+        card += f": {', '.join(by_image)}, {general or 'its general default'} on any other volume"
     elif general is not None:
         card += f": {general}"
     return card + "."

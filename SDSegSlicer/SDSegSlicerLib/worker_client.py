@@ -43,9 +43,13 @@ log = logging.getLogger(__name__)
 
 
 def default_label(model: dict) -> str:
-    """'(default)', '(default for CT)' or '' of a model of the worker's hello (a worker before the CT default sends no
-    ``default_for_ct``; sdseg.registry marks its own listing alike)."""
-    return "(default for CT)" if model.get("default_for_ct") else "(default)" if model.get("default") else ""
+    """'(default)', '(default for CT)', '(default for PET)' or '' of a model of the worker's hello (a worker before the
+    CT or PET default sends no ``default_for_ct`` / ``default_for_pet``; sdseg.registry marks its own listing
+    alike)."""
+    for key, kind in (("default_for_ct", "CT"), ("default_for_pet", "PET")):
+        if model.get(key):
+            return f"(default for {kind})"
+    return "(default)" if model.get("default") else ""
 
 
 class WorkerError(RuntimeError):
