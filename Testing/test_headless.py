@@ -162,8 +162,8 @@ def test_a_terminal_keeps_its_bar_below_a_line_said_while_it_runs():
         bar.close()
         shown = stream.getvalue()
         if stream.isatty():
-            bar_text = shown.split("\r")[1]
-            assert shown == "\r" + bar_text + "\r\033[K" + "Warning: look\n" + bar_text + "\n"
+            bar_text = shown.split("\r\033[K")[1]
+            assert shown == "\r\033[K" + bar_text + "\r\033[K" + "Warning: look\n" + bar_text + "\n"
         else:
             assert shown.splitlines()[1] == "Warning: look" and shown.splitlines()[0].startswith("segmenting")
 
@@ -184,13 +184,21 @@ def test_a_log_gets_a_line_per_phase_and_the_first_and_last_slice_at_once_then_o
                         ("segmenting", "10")]
 
 
-def test_a_done_run_shows_a_full_bar_also_where_its_total_was_a_bound():
+def test_a_done_run_shows_a_full_bar_also_where_its_total_was_a_bound_and_no_eta():
     stream = io.StringIO()
     bar = headless.ProgressBar(stream)
     bar.update({"phase": "segmenting", "done": 7, "total": 25, "eta_s": 1.0})
     bar.update({"phase": "done", "done": 7, "total": 25, "eta_s": None})
     running, done = stream.getvalue().splitlines()
     assert "#" * headless.PROGRESS_BAR_WIDTH not in running and "#" * headless.PROGRESS_BAR_WIDTH in done
+    assert "ETA" in running and "ETA" not in done
+
+
+def test_the_bar_waits_for_a_slice_count_before_it_is_drawn():
+    stream = io.StringIO()
+    bar = headless.ProgressBar(stream)
+    bar.update({"phase": "waiting for the worker", "done": 0, "total": 0, "eta_s": None})
+    assert stream.getvalue() == "waiting for the worker ...\n"
 
 
 def test_bad_volume_from_the_worker_is_one_line(tmp_path, worker_env, capsys):

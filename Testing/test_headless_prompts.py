@@ -15,7 +15,7 @@ import pytest
 from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
                                read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
 
-from SDSegSlicerLib.prompts import LENGTH_BOUND
+from SDSegSlicerLib.prompts import LENGTH_BOUND, LENGTH_BOUND_HINT, NO_LESION, NO_LESION_AT_POINT_HINT
 
 SHAPE_KJI = (18, 30, 34)  # every axis at least the crop size: crops are never resized
 
@@ -105,11 +105,22 @@ def test_the_summary_says_whether_samples_are_3d_hypotheses(tmp_path, worker_env
     assert summary["mode"] == "whole volume" and summary["samples_are"].startswith("per-slice draws")
 
 
+def test_lesion_lines_say_what_to_do_where_nothing_was_found_or_the_length_bound_stopped():
+    from SDSegSlicerLib.prompts import lesion_lines
+
+    statistics = {"lesions": [{"slices": 0}, {"slices": 0}, {"slices": 3, "volume_ml": 1.5}]}
+    prompt = {"lesions": [{"point_ijk": [1, 2, 3]}, {"box_ijk": [0, 0, 0, 4, 4, 4]}, {"point_ijk": [5, 5, 5]}]}
+    stops = [{}, {}, {"stops": {"forward": "length", "backward": "empty"}}]
+    assert lesion_lines(statistics, prompt, stops) == [
+        f"lesion 1: {NO_LESION} ({NO_LESION_AT_POINT_HINT})", "lesion 2: no lesion found in the box",
+        f"lesion 3: 1.50 ml on 3 slice(s); {LENGTH_BOUND} (forward): {LENGTH_BOUND_HINT}"]
+
+
 def test_a_point_without_lesion_says_so_and_gives_empty_segments(tmp_path, worker_env):
     volume = volume_with_blobs(tmp_path / "healthy.nrrd", oblique_ijk_to_ras())
     output = tmp_path / "healthy.seg.nrrd"
     stderr, summary = segment(worker_env, volume, output, "--point-ijk", "28,4,2")
-    assert "lesion 1: no lesion found at the point" in stderr
+    assert f"lesion 1: {NO_LESION} ({NO_LESION_AT_POINT_HINT})\n" in stderr  # and what to do if there is one
     masks, _ = read_seg_nrrd_with_slicerio(output)
     assert not any(mask.any() for mask in masks.values())
     assert summary["lesions"][0]["slices"] == 0 and summary["slices_done"] == 3  # its slice and one each way
@@ -130,7 +141,7 @@ def test_a_lesion_stopped_by_its_models_length_bound_says_so(tmp_path, worker_en
     stderr, summary = segment(worker_env, volume, tmp_path / "rod.seg.nrrd", "--point-ijk", "17,15,9", "--model",
                               tmp_path / "bounded")
     assert summary["lesions"][0]["stops"] == {"forward": "length", "backward": "length"}
-    assert f"; {LENGTH_BOUND} (backward, forward)" in stderr, stderr
+    assert f"; {LENGTH_BOUND} (backward, forward): {LENGTH_BOUND_HINT}" in stderr, stderr
     assert summary["lesions"][0]["slices"] < SHAPE_KJI[0]
 
 

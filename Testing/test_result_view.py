@@ -88,6 +88,16 @@ def test_progress_end_and_statistics_texts(finished):
     run.job["model"] = None  # a job that named no model: the status says which one the worker chose
     assert result_view.finished_texts(run, None)[1:] == (
         f"The worker ran out of memory. Model: {run.accepted['model']} (the default for this volume).", True)
+    # the worker's hello says for which images that model is the default (here as a worker with it as PET default)
+    hello = run.client.hello
+    run.client.hello = {**hello, "models": [{**model, "default_for_pet": model["name"] == run.accepted["model"]}
+                                            for model in hello["models"]]}
+    try:
+        assert result_view.finished_texts(run, None)[1] == (f"The worker ran out of memory. Model: "
+                                                            f"{run.accepted['model']} (the default for this volume, "
+                                                            "a PET in SUV).")
+    finally:
+        run.client.hello = hello
 
 
 def test_model_choices_and_device_line():

@@ -237,15 +237,19 @@ class ProgressBar:
         filled = int(PROGRESS_BAR_WIDTH * done / total) if total else 0
         if progress["phase"] == "done":  # full, also where the total was a bound (a click: "at most 25 slices")
             filled = PROGRESS_BAR_WIDTH
-        text = (f"{progress['phase']:<14} [{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}] "
-                f"{slices_text(progress)}  ETA {format_duration(progress['eta_s'])}")
+        if not total:  # before the worker accepted the job: nothing to count yet
+            text = f"{progress['phase']} ..."
+        else:
+            text = f"{progress['phase']:<14} [{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}] {slices_text(progress)}"
+            if progress["phase"] != "done":
+                text += f"  ETA {format_duration(progress['eta_s'])}"
         if text == self._last_text:
             return
         phase_changed = self._last_text is None or not self._last_text.startswith(f"{progress['phase']:<14}")
         first_or_last_slice = (done > 0 and self._last_done == 0) or (total and done == total)
         now = time.monotonic()
         if self.interactive:
-            self.stream.write("\r" + text)
+            self.stream.write("\r\033[K" + text)  # cleared first: a shorter line (done, no ETA) leaves nothing behind
         elif phase_changed or first_or_last_slice or now - self._last_time >= LOG_INTERVAL_S:
             self.stream.write(text + "\n")
         else:

@@ -11,7 +11,10 @@ WHOLE_VOLUME_WARNING = (
     "Whole-volume mode: every slice is segmented, while the models were trained on ~96-voxel regions around a "
     "lesion and draw lesions where there are none; click the lesion (a point) or draw a box around it instead.")
 NO_LESION = "no lesion found at the point"
-LENGTH_BOUND = "the model's length bound stopped it (if the lesion goes on, draw a box over its slices)"
+NO_LESION_IN_BOX = "no lesion found in the box"
+NO_LESION_AT_POINT_HINT = "if there is one, click nearer its centre or draw a box around it"
+LENGTH_BOUND = "the model's length bound stopped it"
+LENGTH_BOUND_HINT = "if the lesion goes on, draw a box over its slices"
 
 
 def prompt_request(lesions: list[dict], stop_after_empty: int = DEFAULT_STOP_AFTER_EMPTY,
@@ -51,13 +54,14 @@ def lesion_lines(statistics: dict, prompt: dict | None, worker_lesions: list[dic
     lines = []
     for number, (lesion, given) in enumerate(zip(statistics["lesions"], prompt["lesions"]), start=1):
         if lesion["slices"] == 0:
-            where = "box" if "box_ijk" in given else "point"
-            lines.append(f"lesion {number}: {NO_LESION.replace('point', where)}")
+            line = (f"lesion {number}: {NO_LESION_IN_BOX}" if "box_ijk" in given
+                    else f"lesion {number}: {NO_LESION} ({NO_LESION_AT_POINT_HINT})")
+            lines.append(line)
             continue
         line = f"lesion {number}: {lesion['volume_ml']:.2f} ml on {lesion['slices']} slice(s)"
         stops = (worker_lesions[number - 1].get("stops") or {}) if number <= len(worker_lesions or []) else {}
         bounded = [direction for direction, why in sorted(stops.items()) if why == "length"]
         if bounded:
-            line += f"; {LENGTH_BOUND} ({', '.join(bounded)})"
+            line += f"; {LENGTH_BOUND} ({', '.join(bounded)}): {LENGTH_BOUND_HINT}"
         lines.append(line)
     return lines

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .worker_client import default_kind
+
 # The worker's default and largest number of samples and its devices (sdseg.worker.protocol; a test keeps them
 # equal): the module's, the web app's and the command's default, limit and choices.
 DEFAULT_SAMPLES = 8
@@ -81,8 +83,15 @@ class SegmentationRun:
         for each of its warnings about the input."""
         if self.accepted is None:
             return []
-        chosen = [] if self.job.get("model") else [f"Model: {self.accepted['model']} (the default for this volume)."]
+        chosen = [] if self.job.get("model") else [f"Model: {self.accepted['model']} ({self._default_reason()})."]
         return chosen + [f"Warning: {warning}" for warning in self.accepted.get("warnings", [])]
+
+    def _default_reason(self) -> str:
+        """Why the worker chose the accepted model for a job that named none, from the worker's hello."""
+        models = (getattr(self.client, "hello", None) or {}).get("models") or []
+        kind = next((default_kind(model) for model in models if model.get("name") == self.accepted["model"]), None)
+        images = {"CT": "a CT in Hounsfield units", "PET": "a PET in SUV"}
+        return f"the default for this volume, {images[kind]}" if kind else "the default for this volume"
 
     @property
     def segmentation_node(self):

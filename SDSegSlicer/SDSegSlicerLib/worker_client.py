@@ -42,14 +42,17 @@ FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 log = logging.getLogger(__name__)
 
 
+def default_kind(model: dict) -> str | None:
+    """'CT' or 'PET' where a model of the worker's hello is the default for that kind of image, else None (a worker
+    before the CT or PET default sends no ``default_for_ct`` / ``default_for_pet``)."""
+    return next((kind for key, kind in (("default_for_ct", "CT"), ("default_for_pet", "PET")) if model.get(key)), None)
+
+
 def default_label(model: dict) -> str:
-    """'(default)', '(default for CT)', '(default for PET)' or '' of a model of the worker's hello (a worker before the
-    CT or PET default sends no ``default_for_ct`` / ``default_for_pet``; sdseg.registry marks its own listing
-    alike)."""
-    for key, kind in (("default_for_ct", "CT"), ("default_for_pet", "PET")):
-        if model.get(key):
-            return f"(default for {kind})"
-    return "(default)" if model.get("default") else ""
+    """'(default)', '(default for CT)', '(default for PET)' or '' of a model of the worker's hello (sdseg.registry
+    marks its own listing alike)."""
+    kind = default_kind(model)
+    return f"(default for {kind})" if kind else "(default)" if model.get("default") else ""
 
 
 class WorkerError(RuntimeError):
