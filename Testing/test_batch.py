@@ -17,6 +17,7 @@ import pytest
 from slicerlib_testing import CLI_TIMEOUT_S, MODEL_NAME, lesion_volume, read_seg_nrrd_with_slicerio
 
 from SDSegSlicerLib import batch, headless, preview
+from SDSegSlicerLib.prompts import WHOLE_VOLUME_WARNING
 
 OPTIONS = ["--model", MODEL_NAME, "--samples", "2", "--steps", "2", "--device", "cpu"]
 
@@ -307,4 +308,4 @@ def test_a_cohort_passes_allow_irregular_slices_on(tmp_path, worker_env, capsys)
     assert headless.main([*arguments, "--allow-irregular-slices"]) == 0
     assert summary(tmp_path / "out")["gap"]["status"] == "done"
     warnings = json.loads((tmp_path / "out" / "gap_summary.json").read_text())["warnings"]
-    assert len(warnings) == 1 and "slice001.dcm" in warnings[0]
+    assert warnings[0] == WHOLE_VOLUME_WARNING and len(warnings) == 2 and "slice001.dcm" in warnings[1]

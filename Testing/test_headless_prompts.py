@@ -15,7 +15,8 @@ import pytest
 from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, RAS_TO_LPS, oblique_ijk_to_ras,
                                read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
 
-from SDSegSlicerLib.prompts import LENGTH_BOUND, LENGTH_BOUND_HINT, NO_LESION, NO_LESION_AT_POINT_HINT
+from SDSegSlicerLib.prompts import (LENGTH_BOUND, LENGTH_BOUND_HINT, NO_LESION, NO_LESION_AT_POINT_HINT,
+                                    WHOLE_VOLUME_WARNING)
 
 SHAPE_KJI = (18, 30, 34)  # every axis at least the crop size: crops are never resized
 
@@ -98,11 +99,13 @@ def test_the_summary_says_whether_samples_are_3d_hypotheses(tmp_path, worker_env
         output = tmp_path / f"{model}.seg.nrrd"
         _, summary = segment(worker_env, volume, output, "--point-ijk", "10,12,5", "--model", model)
         assert summary["samples_are"].startswith(expected), summary["samples_are"]
+        assert summary["warnings"] == []
         masks, _ = read_seg_nrrd_with_slicerio(output)
         for name, mask in masks.items():
             np.testing.assert_array_equal(mask, a, err_msg=f"{model}: {name}")
     _, summary = segment(worker_env, volume, tmp_path / "whole.seg.nrrd", "--model", BRIGHT_3D_MODEL_NAME)
     assert summary["mode"] == "whole volume" and summary["samples_are"].startswith("per-slice draws")
+    assert summary["warnings"] == [WHOLE_VOLUME_WARNING]  # as on the terminal, for whoever reads only the files
 
 
 def test_lesion_lines_say_what_to_do_where_nothing_was_found_or_the_length_bound_stopped():

@@ -597,7 +597,8 @@ def write_outputs(run, paths, args) -> dict:
         "steps": run.accepted["steps"], "sampler": run.accepted["sampler"], "seed": run.accepted["seed"],
         "roi_ijk": run.accepted["volume"]["roi_ijk"],
         "slice_axis": run.accepted["volume"]["slice_axis"], "seconds": round(run.elapsed_s, 3),
-        "error": run.error_message, "warnings": run.accepted.get("warnings", []),
+        "error": run.error_message,
+        "warnings": ([] if prompt else [WHOLE_VOLUME_WARNING]) + list(run.accepted.get("warnings", [])),
         "outputs": {key: str(path) for key, path in paths.items()},
     }
     if run.worker_lesions:  # the worker's scale and stops, per lesion
