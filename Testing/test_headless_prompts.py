@@ -16,7 +16,7 @@ from slicerlib_testing import (BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIME
                                read_seg_nrrd_with_slicerio, rotation, write_ct_series, write_volume_file)
 
 from SDSegSlicerLib.prompts import (LENGTH_BOUND, LENGTH_BOUND_HINT, NO_LESION, NO_LESION_AT_POINT_HINT,
-                                    WHOLE_VOLUME_WARNING)
+                                    OFF_THE_CLICKED_SLICE, WHOLE_VOLUME_WARNING)
 
 SHAPE_KJI = (18, 30, 34)  # every axis at least the crop size: crops are never resized
 
@@ -117,6 +117,21 @@ def test_lesion_lines_say_what_to_do_where_nothing_was_found_or_the_length_bound
     assert lesion_lines(statistics, prompt, stops) == [
         f"lesion 1: {NO_LESION} ({NO_LESION_AT_POINT_HINT})", "lesion 2: no lesion found in the box",
         f"lesion 3: 1.50 ml on 3 slice(s); {LENGTH_BOUND} (forward): {LENGTH_BOUND_HINT}"]
+
+
+def test_a_click_beside_a_lesion_that_only_neighbouring_slices_show_is_flagged(tmp_path, worker_env):
+    """A click on slice 2, right above lesion A (slices 3..7): the propagation finds A on the next slices, and the
+    line and the summary say the clicked slice had nothing (what was found may not be the clicked lesion); a click
+    on A's own slice is not flagged."""
+    volume = volume_with_blobs(tmp_path / "two.nrrd", oblique_ijk_to_ras())
+    a, _ = blobs()
+    stderr, summary = segment(worker_env, volume, tmp_path / "above.seg.nrrd", "--point-ijk", "10,12,2")
+    masks, _ = read_seg_nrrd_with_slicerio(tmp_path / "above.seg.nrrd")
+    np.testing.assert_array_equal(masks["consensus"], a)
+    assert summary["lesions"][0]["found_on_clicked_slice"] is False
+    assert f"lesion 1: {summary['lesions'][0]['volume_ml']:.2f} ml on 5 slice(s); {OFF_THE_CLICKED_SLICE}\n" in stderr
+    stderr, summary = segment(worker_env, volume, tmp_path / "on.seg.nrrd", "--point-ijk", "10,12,5")
+    assert summary["lesions"][0]["found_on_clicked_slice"] is True and OFF_THE_CLICKED_SLICE not in stderr
 
 
 def test_a_point_without_lesion_says_so_and_gives_empty_segments(tmp_path, worker_env):

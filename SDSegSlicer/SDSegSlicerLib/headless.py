@@ -574,7 +574,7 @@ def read_input_voxels(path: str, shape_kji):
     return array if array.shape == tuple(shape_kji) else None
 
 
-WORKER_LESION_FIELDS = ("scale", "scale_source", "scale_score", "scales_tried", "stops")
+WORKER_LESION_FIELDS = ("scale", "scale_source", "scale_score", "scales_tried", "stops", "found_on_clicked_slice")
 
 
 def write_outputs(run, paths, args) -> dict:

@@ -14,6 +14,8 @@ NO_LESION = "no lesion found at the point"
 NO_LESION_IN_BOX = "no lesion found in the box"
 NO_LESION_AT_POINT_HINT = "if there is one, click nearer its centre or draw a box around it"
 LENGTH_BOUND = "the model's length bound stopped it"
+OFF_THE_CLICKED_SLICE = ("nothing on the clicked slice: what was found lies on other slices and may not be the "
+                         "clicked lesion; check it, click nearer the lesion's centre or draw a box around it")
 LENGTH_BOUND_HINT = "if the lesion goes on, draw a box over its slices"
 
 
@@ -48,7 +50,8 @@ def points_ijk(markups_node, volume_node) -> list[list[float]]:
 
 def lesion_lines(statistics: dict, prompt: dict | None, worker_lesions: list[dict] | None = None) -> list[str]:
     """One line per lesion of a prompt job's result: its consensus volume and slices, or that nothing was found;
-    ``worker_lesions`` (the `done` summary's `lesions`) add which directions the lesion's length bound stopped."""
+    ``worker_lesions`` (the `done` summary's `lesions`) add which directions the lesion's length bound stopped and
+    whether what was found misses the clicked slice."""
     if not prompt:
         return []
     lines = []
@@ -59,9 +62,12 @@ def lesion_lines(statistics: dict, prompt: dict | None, worker_lesions: list[dic
             lines.append(line)
             continue
         line = f"lesion {number}: {lesion['volume_ml']:.2f} ml on {lesion['slices']} slice(s)"
-        stops = (worker_lesions[number - 1].get("stops") or {}) if number <= len(worker_lesions or []) else {}
-        bounded = [direction for direction, why in sorted(stops.items()) if why == "length"]
+        worker_lesion = worker_lesions[number - 1] if number <= len(worker_lesions or []) else {}
+        bounded = [direction for direction, why in sorted((worker_lesion.get("stops") or {}).items())
+                   if why == "length"]
         if bounded:
             line += f"; {LENGTH_BOUND} ({', '.join(bounded)}): {LENGTH_BOUND_HINT}"
+        if worker_lesion.get("found_on_clicked_slice") is False:
+            line += f"; {OFF_THE_CLICKED_SLICE}"
         lines.append(line)
     return lines

@@ -103,7 +103,8 @@ def slice_message(job_id: str, index: int, file: str, done: int, total: int, eta
 def done(job_id: str, slices: int, seconds: float, samples: int, model: str, device: str, model_cached: bool,
          lesions: list[dict] | None = None) -> dict:
     """``model_cached``: the job reused the model already in memory (False: the job loaded it). ``lesions`` (a
-    prompt job): per lesion ``{"slices": visited, "found_slices": slices with a non-empty consensus}`` and its
+    prompt job): per lesion ``{"slices": visited, "found_slices": slices with a non-empty consensus}``, for a point
+    ``found_on_clicked_slice`` (whether the clicked slice's consensus is non-empty), and its
     sdseg.propagation.LesionReport (``scale``, ``scale_source``, ``scale_score``, ``scales_tried``, ``stops``)."""
     summary = {"samples": samples, "model": model, "device": device, "model_cached": bool(model_cached)}
     if lesions is not None:
