@@ -229,14 +229,15 @@ def test_steps_over_the_models_training_steps_is_one_line_before_any_work(tmp_pa
 
 @pytest.mark.parametrize("args, message", [  # exit 2 (before any worker is started) unless noted
     (["segment", "missing.nrrd", "-o", "out.seg.nrrd"], "no such file or folder"),
+    (["segment", "{volume}.txt", "-o", "out.seg.nrrd"], "ct.nrrd.txt: unsupported file type; give a volume file"),
     (["segment", "{volume}", "-o", "out.nii.gz"], "must be a .seg.nrrd file"),
-    (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "1,2,3,1,5,6"], "x0 < x1"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "1,2,3,1,5,6"], "I0 < I1"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--samples", "0"], "argument --samples: '0' is not an integer "
                                                                        "from 1 to 256"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--samples", "10000"], "argument --samples: '10000' is not"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--steps", "0"], "argument --steps: '0' is not an integer >= 1"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--seed", "-3"], "argument --seed: '-3' is not an integer >= 0"),
-    (["segment", "{volume}", "-o", "out.seg.nrrd", "--point", "1,2"], "argument --point: '1,2' is not x,y,z"),
+    (["segment", "{volume}", "-o", "out.seg.nrrd", "--point", "1,2"], "argument --point: '1,2' is not three numbers"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--point-ijk", "1,2,3", "--whole-volume"], "--whole-volume"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--roi", "-1,2,3,4,5,6"], "argument --roi: '-1,2,3,4,5,6'"),
     (["segment", "{volume}", "-o", "out.seg.nrrd", "--python", "/nonexistent/python"], "Cannot start the worker"),
@@ -245,6 +246,7 @@ def test_steps_over_the_models_training_steps_is_one_line_before_any_work(tmp_pa
 ])
 def test_bad_command_lines_are_one_clear_line(tmp_path, capsys, monkeypatch, args, message):
     volume = lesion_volume(tmp_path / "ct.nrrd", (2, 6, 6))
+    (tmp_path / "ct.nrrd.txt").write_text("notes, not a volume")
     monkeypatch.chdir(tmp_path)
     code = headless.main([a.format(volume=volume) for a in args])
     err = capsys.readouterr().err

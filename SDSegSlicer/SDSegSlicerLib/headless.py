@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .batch import BatchError, add_prompts, read_inputs, run_batch, start_ray
+from .batch import VOLUME_SUFFIXES, BatchError, add_prompts, read_inputs, run_batch, start_ray
 from .outputs import OutputError, check_outputs, output_paths
 from .prompts import DEFAULT_STOP_AFTER_EMPTY, WHOLE_VOLUME_WARNING, lesion_lines, prompt_request
 from .run import DEFAULT_SAMPLES, DEVICES, MAX_SAMPLES, SegmentationRun, format_duration, slices_text
@@ -54,26 +54,26 @@ class UsageError(Exception):
 
 
 def parse_roi(text: str) -> list[int]:
-    """'x0,y0,z0,x1,y1,z1' (IJK voxel indices, end exclusive) -> [i0, j0, k0, i1, j1, k1]."""
+    """'I0,J0,K0,I1,J1,K1' (voxel indices, end exclusive) -> [i0, j0, k0, i1, j1, k1]."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 6 or any(v < 0 for v in values) or any(values[a] >= values[a + 3] for a in range(3)):
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not x0,y0,z0,x1,y1,z1: six voxel indices >= 0 with x0 < x1, y0 < y1, z0 < z1 "
+            f"'{text}' is not I0,J0,K0,I1,J1,K1: six voxel indices >= 0 with I0 < I1, J0 < J1, K0 < K1 "
             "(the end is exclusive)")
     return values
 
 
 def parse_point(text: str) -> list[float]:
-    """'x,y,z' -> three finite numbers."""
+    """'a,b,c' (I,J,K or R,A,S) -> three finite numbers."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"'{text}' is not x,y,z: three numbers separated by commas")
+        raise argparse.ArgumentTypeError(f"'{text}' is not three numbers separated by commas")
     return values
 
 
@@ -328,6 +328,9 @@ def require_input(path: str) -> None:
                          "rename it") from None
     if not Path(path).exists():
         raise UsageError(f"{path}: no such file or folder; give a volume file or a DICOM series folder")
+    if Path(path).is_file() and not path.lower().endswith(VOLUME_SUFFIXES):  # refused here, not after the worker starts
+        raise UsageError(f"{path}: unsupported file type; give a volume file ({' '.join(VOLUME_SUFFIXES)}) or a DICOM "
+                         "series folder")
 
 
 def command_serve(args) -> int:
