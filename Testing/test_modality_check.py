@@ -1,5 +1,6 @@
-"""The CT-only warning and the default model's tests (sdseg.modality_check) on real images: the sarcoma cut of Testing/Data (patient STS_019 on CT,
-MR T1 and PET, as the IBSI data set stores them) with the configs of the shipped models."""
+"""The CT-only warning and the default model's tests (sdseg.modality_check) on real images: the sarcoma cut of
+Testing/Data (patient STS_019 on CT, MR T1 and PET, as the IBSI data set stores them) with the configs of the shipped
+models."""
 
 from __future__ import annotations
 
@@ -52,16 +53,21 @@ def test_only_the_pet_looks_like_a_pet_in_suv(modality):
 
 
 def test_a_pet_stored_as_counts_an_mr_and_noise_around_40_are_not_a_pet_in_suv():
-    """The brain MR sample (int16), a PET in counts (whole numbers), a PET in SUV with one negative voxel, positive
-    noise around 40 (the self-test's phantom: fractional, but beyond SUV's range) and an empty array are not; a PET
-    in SUV larger than the voxels read (every k-th voxel) is."""
+    """The brain MR sample (int16), a PET in counts (whole numbers), a PET in SUV with a voxel far below zero, a
+    z-scored image, positive noise around 40 (the self-test's phantom: fractional, but beyond SUV's range), an empty
+    or all-NaN array are not; a PET in SUV is, also with a resampling's small undershoot below zero, NaN padding, or
+    more voxels than are read (every k-th)."""
     sample = read_volume(REPO / "Resources" / "SampleData" / "sample.nrrd").array_kji
     rng = np.random.default_rng(0)
     suv = rng.gamma(2.0, 0.5, (4, 32, 32)).astype(np.float32)
     counts = np.round(suv * 1000)
-    negative = suv.copy()
+    negative, undershoot, padded = suv.copy(), suv.copy(), suv.copy()
     negative[0, 0, 0] = -0.5
+    undershoot[0, 0, :3] = -0.05
+    padded[:, :4] = np.nan
     noise = np.abs(rng.normal(40.0, 10.0, (4, 32, 32)))
-    for not_suv in (sample, counts, negative, noise, np.zeros((0,))):
+    for not_suv in (sample, counts, negative, rng.normal(0.0, 1.0, (4, 32, 32)), noise, np.zeros((0,)),
+                    np.full((2, 2), np.nan)):
         assert not looks_like_suv_pet(not_suv)
-    assert looks_like_suv_pet(suv) and looks_like_suv_pet(rng.gamma(2.0, 0.5, 3_000_001))
+    for pet in (suv, undershoot, padded, rng.gamma(2.0, 0.5, 3_000_001)):
+        assert looks_like_suv_pet(pet)

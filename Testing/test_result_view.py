@@ -109,11 +109,11 @@ def test_model_choices_and_device_line():
               {"name": "ct", "kind": "sdseg", "card": "", "default": False, "default_for_ct": True},
               {"name": "pet", "kind": "sdseg", "card": "", "default": False, "default_for_pet": True}]
     assert result_view.model_choices(models)[0]["card"] == (
-        "The worker's default model: ct on a CT (in Hounsfield units, with air or fat below -100 HU), pet on a PET in "
-        "SUV (fractional values, none negative), small on any other volume.")
+        "The worker's default model: ct on a CT in Hounsfield units (with air or fat below -100 HU); pet on a PET in "
+        "SUV (fractional values, 99.9 % of them at most 50); small on any other volume.")
     before_pet = [{**model, "default_for_pet": None} for model in models[:2]]  # a worker before the PET default
     assert result_view.model_choices(before_pet)[0]["card"] == (
-        "The worker's default model: ct on a CT (in Hounsfield units, with air or fat below -100 HU), small on any "
+        "The worker's default model: ct on a CT in Hounsfield units (with air or fat below -100 HU); small on any "
         "other volume.")
     old_worker = [{"name": "small", "kind": "sdseg", "card": "", "default": True}]  # before the CT default
     assert result_view.model_choices(old_worker)[0]["card"] == "The worker's default model: small."

@@ -1,8 +1,8 @@
 """Whether a volume looks like the images a model was trained for (``config["modalities"]``, set by
 ``scripts/bundle_model.py --modalities``), read from its values alone (an image file carries no modality).
 
-CT is in Hounsfield units, where air is -1000 HU and fat about -100 HU; MR and PET values are not negative. Two
-tests, one for each way of being wrong:
+CT is in Hounsfield units, where air is -1000 HU and fat about -100 HU; MR and PET values are not negative. Three
+tests:
 
 - :func:`could_be_ct`: some value is negative. A CT has some, also when cropped to soft tissue or clipped to a window
   (the soft-tissue window starts at -160). A model trained on CT only is warned about a volume that has none (a CT
@@ -12,9 +12,11 @@ tests, one for each way of being wrong:
   picks the default model of a job that names none (sdseg.registry.default_model_name), so a few negative values
   (an MR resampled with an overshooting interpolator, a z-scored image) do not make a volume CT.
 - :func:`looks_like_suv_pet`: a PET in standardised uptake values (SUV), as the PET of the sarcoma source and of
-  Slicer's PET-IndiC SUV conversion: no negative value, fractional values (an MR or a PET stored as counts is
-  integer-valued), and 99.9 % of the voxels at most ``PET_MAX_SUV``. It picks the default model too. An MR rescaled
-  to small fractional values ([0, 1]) passes it as well: nothing in the values tells them apart.
+  Slicer's PET-IndiC SUV conversion: fractional values (an MR or a PET stored as counts is integer-valued), 99.9 % of
+  the voxels at most ``PET_MAX_SUV``, and none below ``-PET_UNDERSHOOT`` x that percentile (a resampling's small
+  undershoot; a z-scored image goes far lower); values that are not finite (NaN padding) are left out. It picks the
+  default model too. Quantitative maps with small fractional values (an ADC map in mm^2/s, a T1 map in s, an MR
+  rescaled to [0, 1]) pass it as well: nothing in the values tells them apart.
 
 On the sarcoma validation volumes (8 patients) every CT's minimum is -1000 HU, with 44-62 % of its voxels at or below
 -100 HU; every MR T1's and PET's minimum is 0; every PET's 99.9th percentile is 2.7-14.3 SUV (fractional values),
@@ -28,6 +30,7 @@ import numpy as np
 CT_AIR_OR_FAT_HU = -100.0
 CT_MIN_SHARE = 0.01
 PET_MAX_SUV = 50.0  # tumours rarely exceed an SUV of 30; MR and CT values run to hundreds or thousands
+PET_UNDERSHOOT = 0.05  # the most negative value a PET in SUV may have, x its 99.9th percentile
 VALUES_CHECKED = 1_000_000  # at most this many voxels, evenly spaced, are read by looks_like_suv_pet
 
 
@@ -43,12 +46,16 @@ def looks_like_ct(array: np.ndarray) -> bool:
 
 
 def looks_like_suv_pet(array: np.ndarray) -> bool:
-    """Whether voxel values ``array`` are clearly a PET in SUV: none negative, some fractional, and the 99.9th
-    percentile at most PET_MAX_SUV (read on at most VALUES_CHECKED evenly spaced voxels)."""
-    values = np.asarray(array).ravel()
-    values = values[:: max(1, values.size // VALUES_CHECKED)].astype(np.float64)
-    return (values.size > 0 and float(values.min()) >= 0 and bool(np.any(values != np.floor(values)))
-            and float(np.percentile(values, 99.9)) <= PET_MAX_SUV)
+    """Whether voxel values ``array`` are clearly a PET in SUV: some fractional, the 99.9th percentile at most
+    PET_MAX_SUV and nothing below -PET_UNDERSHOOT x that percentile (read on at most VALUES_CHECKED evenly spaced
+    finite voxels)."""
+    values = np.asarray(array).reshape(-1)
+    values = values[:: -(-values.size // VALUES_CHECKED) or 1].astype(np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or not np.any(values != np.floor(values)):
+        return False
+    top = float(np.percentile(values, 99.9))
+    return 0 < top <= PET_MAX_SUV and float(values.min()) >= -PET_UNDERSHOOT * top
 
 
 def modality_warnings(config: dict, array: np.ndarray) -> tuple[str, ...]:

@@ -224,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBar:
-    """One self-updating line on a terminal. Otherwise (a log file, a pipe) a line at each phase change, at the
-    first slice (when the first result is there) and at the last, between them at most one per LOG_INTERVAL_S."""
+    """One self-updating line on a terminal. Otherwise (a log file, a pipe) a line at each phase change (the last
+    one: done, drawn full by wait_for_run) and at the first slice (when the first result is there), between them at
+    most one per LOG_INTERVAL_S."""
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
@@ -240,17 +241,18 @@ class ProgressBar:
         if not total:  # before the worker accepted the job: nothing to count yet
             text = f"{progress['phase']} ..."
         else:
-            text = f"{progress['phase']:<14} [{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}] {slices_text(progress)}"
+            bar = f"[{'#' * filled}{'-' * (PROGRESS_BAR_WIDTH - filled)}]"
+            text = f"{progress['phase']:<14} {bar} {slices_text(progress)}"
             if progress["phase"] != "done":
                 text += f"  ETA {format_duration(progress['eta_s'])}"
         if text == self._last_text:
             return
         phase_changed = self._last_text is None or not self._last_text.startswith(f"{progress['phase']:<14}")
-        first_or_last_slice = (done > 0 and self._last_done == 0) or (total and done == total)
+        first_slice = done > 0 and self._last_done == 0
         now = time.monotonic()
         if self.interactive:
             self.stream.write("\r\033[K" + text)  # cleared first: a shorter line (done, no ETA) leaves nothing behind
-        elif phase_changed or first_or_last_slice or now - self._last_time >= LOG_INTERVAL_S:
+        elif phase_changed or first_slice or now - self._last_time >= LOG_INTERVAL_S:
             self.stream.write(text + "\n")
         else:
             return
@@ -328,9 +330,14 @@ def require_input(path: str) -> None:
                          "rename it") from None
     if not Path(path).exists():
         raise UsageError(f"{path}: no such file or folder; give a volume file or a DICOM series folder")
-    if Path(path).is_file() and not path.lower().endswith(VOLUME_SUFFIXES):  # refused here, not after the worker starts
-        raise UsageError(f"{path}: unsupported file type; give a volume file ({' '.join(VOLUME_SUFFIXES)}) or a DICOM "
-                         "series folder")
+
+
+def require_worker_readable(path: str) -> None:
+    """A file the worker cannot read is refused before it starts (the web app reads more types with Slicer's
+    readers and sends the worker its own copy: not checked there)."""
+    if Path(path).is_file() and not path.lower().endswith(VOLUME_SUFFIXES):
+        raise UsageError(f"{path}: unsupported file type; give a volume file ({' '.join(VOLUME_SUFFIXES)}) or a "
+                         "DICOM series folder")
 
 
 def command_serve(args) -> int:
@@ -616,6 +623,7 @@ def write_outputs(run, paths, args) -> dict:
 
 def command_segment(args) -> int:
     require_input(args.input)
+    require_worker_readable(args.input)
     lesions = args.lesions  # lesion L: the L-th --point / --point-ijk / --box
     if lesions and args.whole_volume:
         raise UsageError("--whole-volume segments every slice: leave out --point/--point-ijk/--box, or "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import stats, variance_display
 from .prompts import lesion_lines
 from .run import format_duration, slices_text
+from .worker_client import DEFAULT_IMAGE_KINDS
 
 DEFAULT_MODEL_LABEL = "default model"
 
@@ -26,13 +27,11 @@ def default_model_card(models: list[dict]) -> str:
     """What the default choice of a model selector runs, from the hello's models (a worker before the CT or PET
     default sends no ``default_for_ct`` / ``default_for_pet``)."""
     general = next((model["name"] for model in models if model.get("default")), None)
-    by_image = [f"{model['name']} on {image}" for key, image in (
-        ("default_for_ct", "a CT (in Hounsfield units, with air or fat below -100 HU)"),
-        ("default_for_pet", "a PET in SUV (fractional values, none negative)"))
-        for model in models if model.get(key)]
+    by_image = [f"{model['name']} on {image} ({rule})" for key, _, image, rule in DEFAULT_IMAGE_KINDS
+                for model in models if model.get(key)]
     card = "The worker's default model"
     if by_image:
-        card += f": {', '.join(by_image)}, {general or 'its general default'} on any other volume"
+        card += f": {'; '.join(by_image)}; {general or 'its general default'} on any other volume"
     elif general is not None:
         card += f": {general}"
     return card + "."

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .worker_client import default_kind
+from .worker_client import default_for
 
 # The worker's default and largest number of samples and its devices (sdseg.worker.protocol; a test keeps them
 # equal): the module's, the web app's and the command's default, limit and choices.
@@ -89,9 +89,8 @@ class SegmentationRun:
     def _default_reason(self) -> str:
         """Why the worker chose the accepted model for a job that named none, from the worker's hello."""
         models = (getattr(self.client, "hello", None) or {}).get("models") or []
-        kind = next((default_kind(model) for model in models if model.get("name") == self.accepted["model"]), None)
-        images = {"CT": "a CT in Hounsfield units", "PET": "a PET in SUV"}
-        return f"the default for this volume, {images[kind]}" if kind else "the default for this volume"
+        image = next((default_for(model) for model in models if model.get("name") == self.accepted["model"]), None)
+        return f"the default for this volume, {image[1]}" if image else "the default for this volume"
 
     @property
     def segmentation_node(self):

@@ -42,17 +42,24 @@ FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 log = logging.getLogger(__name__)
 
 
-def default_kind(model: dict) -> str | None:
-    """'CT' or 'PET' where a model of the worker's hello is the default for that kind of image, else None (a worker
-    before the CT or PET default sends no ``default_for_ct`` / ``default_for_pet``)."""
-    return next((kind for key, kind in (("default_for_ct", "CT"), ("default_for_pet", "PET")) if model.get(key)), None)
+# The images a model of the worker's hello can be the default for (sdseg.registry.default_model_name, by the tests of
+# sdseg.modality_check): the hello's flag, the short name of listings, the image as the status line says it, and
+# how the worker tells it (the model selector's card).
+DEFAULT_IMAGE_KINDS = (("default_for_ct", "CT", "a CT in Hounsfield units", "with air or fat below -100 HU"),
+                       ("default_for_pet", "PET", "a PET in SUV", "fractional values, 99.9 % of them at most 50"))
+
+
+def default_for(model: dict) -> tuple[str, str] | None:
+    """(short name, image) of what a model of the worker's hello is the default for, else None (a worker before the
+    CT or PET default sends no ``default_for_ct`` / ``default_for_pet``)."""
+    return next(((kind, image) for key, kind, image, _ in DEFAULT_IMAGE_KINDS if model.get(key)), None)
 
 
 def default_label(model: dict) -> str:
     """'(default)', '(default for CT)', '(default for PET)' or '' of a model of the worker's hello (sdseg.registry
     marks its own listing alike)."""
-    kind = default_kind(model)
-    return f"(default for {kind})" if kind else "(default)" if model.get("default") else ""
+    image = default_for(model)
+    return f"(default for {image[0]})" if image else "(default)" if model.get("default") else ""
 
 
 class WorkerError(RuntimeError):

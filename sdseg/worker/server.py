@@ -324,8 +324,6 @@ class Worker:
             return False, None
         self.send(protocol.progress(job_id, "segmenting", 0, progress.total, None))
         lesions = [{"slices": 0, "found_slices": 0} for _ in prompts]
-        clicked_slices = {number: int(round(prompt.point_ijk[slice_axis])) for number, prompt in enumerate(prompts)
-                          if prompt.point_ijk is not None}  # the slice a point lesion starts on (sdseg.propagation)
 
         def on_report(report) -> None:  # a lesion's scale is chosen (sent at once), or the lesion is done
             lesions[report.lesion].update(report.as_dict())
@@ -350,10 +348,10 @@ class Worker:
                 _write_npz(job_dir / name, samples=result.samples, consensus=result.consensus,
                            variance=result.variance)
                 if lesion is not None:
+                    if lesions[lesion]["slices"] == 0 and prompts[lesion].point_ijk is not None:  # its clicked slice
+                        lesions[lesion]["found_on_clicked_slice"] = bool(result.consensus.any())  # comes first
                     lesions[lesion]["slices"] += 1
                     lesions[lesion]["found_slices"] += int(result.consensus.any())
-                    if result.index == clicked_slices.get(lesion):
-                        lesions[lesion]["found_on_clicked_slice"] = bool(result.consensus.any())
                 progress.slice_delivered(result.index, job_dir / name, lesion, getattr(result, "box_ijk", None))
         except inference.OutOfMemory as error:
             raise JobError(protocol.OUT_OF_MEMORY, _out_of_memory_message(device, job)) from error
