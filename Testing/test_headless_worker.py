@@ -143,8 +143,13 @@ def test_models_marks_the_default_models(capsys):
     from sdseg.registry import DEFAULT_CT_MODEL, DEFAULT_MODEL, DEFAULT_PET_MODEL
 
     assert headless.main(["models"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines]
     marks = {row[0]: " ".join(row[1:4]).split(")")[0] + ")"
              for row in rows if row[1:2] and row[1].startswith("(default")}
     assert marks == {DEFAULT_MODEL: "(default)", DEFAULT_CT_MODEL: "(default for CT)",
                      DEFAULT_PET_MODEL: "(default for PET)"}, rows
+    listed = {name: line for line in lines for name in marks if line.startswith(f"{name} (")}
+    kind_columns = {line.index("  sdseg ") for line in listed.values()}  # one column, however long the mark
+    assert len(kind_columns) == 1, lines
+    assert not any(line.split("  sdseg ")[1].strip().startswith(f"{name}:") for name, line in listed.items()), lines

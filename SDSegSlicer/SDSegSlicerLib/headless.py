@@ -430,13 +430,16 @@ def command_models(args) -> int:
     finally:
         client.stop()
     device = hello["device"] + (f" ({hello['gpu_name']})" if hello.get("gpu_name") else "")
-    threads = f", {hello['runtime']['threads']} CPU threads" if "runtime" in hello else ""  # older servers: none
+    count = (hello.get("runtime") or {}).get("threads")  # older servers: none
+    threads = f", {count} CPU thread{'' if count == 1 else 's'}" if count is not None else ""
     print(f"torch {hello['torch']}, device {device}{threads}")
     if not hello["models"]:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
-    for model in hello["models"]:
-        name = f"{model['name']} {default_label(model)}".rstrip()
-        print(f"{name:<24} {model['kind']:<10} {model.get('description') or ''}")
+    names = [f"{model['name']} {default_label(model)}".rstrip() for model in hello["models"]]
+    width = max(map(len, names), default=0)
+    for name, model in zip(names, hello["models"]):  # a card's first line often repeats the name: said once
+        description = (model.get("description") or "").removeprefix(f"{model['name']}: ")
+        print(f"{name:<{width}}  {model['kind']:<10} {description}")
     return 0
 
 
