@@ -300,7 +300,8 @@ def test_a_cohort_passes_allow_irregular_slices_on(tmp_path, worker_env, capsys)
 
     folder = tmp_path / "cohort"
     folder.mkdir()
-    write_dicom_series(folder / "gap", np.full((5, 16, 16), 100, np.int16), np.eye(3), (1.0, 1.0, 3.0), (0, 0, 0))
+    image = np.random.default_rng(0).integers(0, 1000, (5, 16, 16)).astype(np.int16)  # an image, not a label map
+    write_dicom_series(folder / "gap", image, np.eye(3), (1.0, 1.0, 3.0), (0, 0, 0))
     (folder / "gap" / "slice002.dcm").unlink()
     arguments = ["batch", "--inputs", str(folder), "--out", str(tmp_path / "out"), *OPTIONS]
     assert headless.main(arguments) == 1

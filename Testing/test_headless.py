@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -25,6 +26,7 @@ from slicerlib_testing import (BRIGHT_CT_MODEL_NAME, BRIGHT_MODEL_NAME, BRIGHT_M
 
 from SDSegSlicerLib import headless
 
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error" in line.lower()]
@@ -146,6 +148,20 @@ def test_a_warning_about_the_input_is_said_when_the_job_is_accepted_and_again_at
     assert result.returncode == 0 and len(warned) == 2 and progress, lines
     assert warned[0] < progress[0] and warned[1] > progress[-1], lines
     assert lines[progress[-1]].startswith("done") and "#" * headless.PROGRESS_BAR_WIDTH in lines[progress[-1]], lines
+
+
+def test_a_label_map_given_as_the_image_is_warned_about_at_acceptance(tmp_path, worker_env):
+    """The bundled sample's tumour label where its image belongs, a real worker: a warning line at once and in the
+    summary's warnings."""
+    output = tmp_path / "label.seg.nrrd"
+    result = subprocess.run(
+        [sys.executable, "-m", "SDSegSlicerLib.headless", "segment", str(SAMPLE_DIR / "sample_label.nrrd"), "-o",
+         str(output), "--point-ijk", "45,31,16", "--model", MODEL_NAME, "--samples", "1", "--device", "cpu"],
+        env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert "Warning: this volume has only 2 distinct value(s) (0, 1): it looks like a label map" in result.stderr
+    warnings = json.loads((tmp_path / "label_summary.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "looks like a label map" in warnings[0]
 
 
 def test_a_terminal_keeps_its_bar_below_a_line_said_while_it_runs():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdseg.modality_check import looks_like_ct, looks_like_suv_pet, modality_warnings
+from sdseg.modality_check import label_map_warnings, looks_like_ct, looks_like_suv_pet, modality_warnings
 from sdseg.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +71,17 @@ def test_a_pet_stored_as_counts_an_mr_and_noise_around_40_are_not_a_pet_in_suv()
         assert not looks_like_suv_pet(not_suv)
     for pet in (suv, undershoot, padded, rng.gamma(2.0, 0.5, 3_000_001)):
         assert looks_like_suv_pet(pet)
+
+
+def test_a_label_map_given_as_the_image_is_warned_about_and_real_images_are_not():
+    """The bundled sample's tumour label (0/1) and a label map of 5 labels are; the sample itself, the real cut's CT,
+    MR T1 and PET, a PET in SUV and an empty array are not."""
+    label = read_volume(REPO / "Resources" / "SampleData" / "sample_label.nrrd").array_kji
+    (warning,) = label_map_warnings(label)
+    assert warning.startswith("this volume has only 2 distinct value(s) (0, 1): it looks like a label map")
+    (warning,) = label_map_warnings(np.arange(5, dtype=np.uint8).repeat(40).reshape(2, 10, 10))
+    assert "5 distinct value(s) (0, 1, 2, 3, ...)" in warning
+    images = [read_volume(REPO / "Resources" / "SampleData" / "sample.nrrd").array_kji]
+    images += [read_volume(CUT / f"{modality}_image.nii.gz").array_kji for modality in ("CT", "MR_T1", "PET")]
+    for image in images + [np.random.default_rng(0).gamma(2.0, 0.5, (4, 8, 8)), np.zeros((0,))]:
+        assert label_map_warnings(image) == ()

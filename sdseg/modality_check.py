@@ -1,7 +1,7 @@
 """Whether a volume looks like the images a model was trained for (``config["modalities"]``, set by
 ``scripts/bundle_model.py --modalities``), read from its values alone (an image file carries no modality).
 
-CT is in Hounsfield units, where air is -1000 HU and fat about -100 HU; MR and PET values are not negative. Three
+CT is in Hounsfield units, where air is -1000 HU and fat about -100 HU; MR and PET values are not negative. Four
 tests:
 
 - :func:`could_be_ct`: some value is negative. A CT has some, also when cropped to soft tissue or clipped to a window
@@ -11,6 +11,8 @@ tests:
 - :func:`looks_like_ct`: at least ``CT_MIN_SHARE`` of the voxels at or below ``CT_AIR_OR_FAT_HU`` (air or fat). It
   picks the default model of a job that names none (sdseg.registry.default_model_name), so a few negative values
   (an MR resampled with an overshooting interpolator, a z-scored image) do not make a volume CT.
+- :func:`label_map_warnings`: a volume of a few distinct whole numbers is a label map or a mask, not an image (any
+  model, a warning as the CT one).
 - :func:`looks_like_suv_pet`: a PET in standardised uptake values (SUV), as the PET of the sarcoma source and of
   Slicer's PET-IndiC SUV conversion: fractional values (an MR or a PET stored as counts is integer-valued), 99.9 % of
   the voxels at most ``PET_MAX_SUV``, and none below ``-PET_UNDERSHOOT`` x that percentile (a resampling's small
@@ -31,7 +33,8 @@ CT_AIR_OR_FAT_HU = -100.0
 CT_MIN_SHARE = 0.01
 PET_MAX_SUV = 50.0  # tumours rarely exceed an SUV of 30; MR and CT values run to hundreds or thousands
 PET_UNDERSHOOT = 0.05  # the most negative value a PET in SUV may have, x its 99.9th percentile
-VALUES_CHECKED = 1_000_000  # at most this many voxels, evenly spaced, are read by looks_like_suv_pet
+VALUES_CHECKED = 1_000_000  # at most this many voxels, evenly spaced, are read by looks_like_suv_pet and the next
+LABEL_MAP_MAX_VALUES = 16  # a volume of so few distinct whole numbers is a label map (a mask: 2), not an image
 
 
 def could_be_ct(array: np.ndarray) -> bool:
@@ -49,13 +52,33 @@ def looks_like_suv_pet(array: np.ndarray) -> bool:
     """Whether voxel values ``array`` are clearly a PET in SUV: some fractional, the 99.9th percentile at most
     PET_MAX_SUV and nothing below -PET_UNDERSHOOT x that percentile (read on at most VALUES_CHECKED evenly spaced
     finite voxels)."""
-    values = np.asarray(array).reshape(-1)
-    values = values[:: -(-values.size // VALUES_CHECKED) or 1].astype(np.float64)
-    values = values[np.isfinite(values)]
+    values = _sampled(array)
     if values.size == 0 or not np.any(values != np.floor(values)):
         return False
     top = float(np.percentile(values, 99.9))
     return 0 < top <= PET_MAX_SUV and float(values.min()) >= -PET_UNDERSHOOT * top
+
+
+def _sampled(array: np.ndarray) -> np.ndarray:
+    """At most VALUES_CHECKED evenly spaced voxel values of ``array``, the finite ones, as float64."""
+    values = np.asarray(array).reshape(-1)
+    values = values[:: -(-values.size // VALUES_CHECKED) or 1].astype(np.float64)
+    return values[np.isfinite(values)]
+
+
+def label_map_warnings(array: np.ndarray) -> tuple[str, ...]:
+    """The warning (at most one) for a volume of at most LABEL_MAP_MAX_VALUES distinct whole numbers (read on at
+    most VALUES_CHECKED evenly spaced voxels): a label map or a mask given in place of the image, where every image
+    this project reads has hundreds of values at least."""
+    values = _sampled(array)
+    if values.size == 0 or np.any(values != np.floor(values)):
+        return ()
+    distinct = np.unique(values)
+    if distinct.size > LABEL_MAP_MAX_VALUES:
+        return ()
+    shown = ", ".join(f"{v:g}" for v in distinct[:4]) + (", ..." if distinct.size > 4 else "")
+    return (f"this volume has only {distinct.size} distinct value(s) ({shown}): it looks like a label map or a mask, "
+            "not an image; segment the image it belongs to",)
 
 
 def modality_warnings(config: dict, array: np.ndarray) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import torch
 
 from sdseg import checkpoint, inference, propagation, registry
 from sdseg.device import DeviceUnavailable, free_memory_bytes, resolve_device
-from sdseg.modality_check import modality_warnings
+from sdseg.modality_check import label_map_warnings, modality_warnings
 from sdseg.volume_io import VolumeError, check_roi, choose_slice_axis, read_volume
 from sdseg.prompt_maps import takes_previous_masks
 from sdseg.worker import protocol
@@ -312,7 +312,8 @@ class Worker:
                                      "samples_are": protocol.samples_are(
                                          bool(prompts) and takes_previous_masks(model.config)),
                                      **propagation.rules_of(model.config, job["prompt"])},
-                                    volume.warnings + modality_warnings(model.config, volume.array_kji)))
+                                    volume.warnings + modality_warnings(model.config, volume.array_kji)
+                                    + label_map_warnings(volume.array_kji)))
         stopped = False
 
         def should_stop() -> bool:
