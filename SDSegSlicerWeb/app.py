@@ -147,7 +147,7 @@ class SDSegWebApp(TrameApp):
             "sdseg_sample_mode": "none",
             "sdseg_variance_on": True, "sdseg_variance_opacity": 0.5, "sdseg_variance_threshold": 0.0,
             "sdseg_stats_headers": [], "sdseg_stats_rows": [], "sdseg_export_names": {},
-            "sdseg_replace_question": "",
+            "sdseg_replace_question": "", "sdseg_upload_generation": 0,
         })
         self.state.change("sdseg_variance_on", "sdseg_variance_opacity")(self.on_variance_display)
         self.state.change("sdseg_variance_threshold")(self.on_variance_threshold)
@@ -193,7 +193,11 @@ class SDSegWebApp(TrameApp):
     def upload(self, files: list[dict]) -> None:
         """Files chosen in the browser (one volume file)."""
         files = [ClientFile(item) for item in files or []]
-        self.state.sdseg_upload_files = None  # the field empty again: it shows no refused file, takes the same again
+        # The field made anew (its key changes): empty, it shows no refused file and takes the same file again (a
+        # browser's file input fires no change for the file it already holds; resetting the model alone raced with
+        # the field's own update of it, and one time in many the field kept the file).
+        self.state.sdseg_upload_files = None
+        self.state.sdseg_upload_generation += 1
         if len(files) != 1:
             self.set_status("Choose one volume file (.nrrd, .nii.gz, .mha).", error=True)
             return

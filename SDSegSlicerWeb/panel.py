@@ -103,7 +103,8 @@ def _panel(app) -> None:
     ctrl = app.server.controller
     html.Div("Input", classes="text-subtitle-2 mb-1")
     VFileInput(v_model=("sdseg_upload_files", None), label="Upload a volume (.nrrd, .nii.gz, .mha)",
-               raw_attrs=[f'accept="{UPLOAD_TYPES}"'], density="compact", hide_details=True,
+               raw_attrs=[f'accept="{UPLOAD_TYPES}"', ':key="sdseg_upload_generation"'], density="compact",
+               hide_details=True,
                prepend_icon="mdi-file-upload", id="sdseg-upload",
                change=(f"trigger('{ctrl.trigger_name(app.upload)}', [$event.target.files])"))
 
