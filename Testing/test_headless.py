@@ -28,6 +28,7 @@ from SDSegSlicerLib import headless
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error" in line.lower()]
 
@@ -159,7 +160,11 @@ def test_a_label_map_given_as_the_image_is_warned_about_at_acceptance(tmp_path, 
          str(output), "--point-ijk", "45,31,16", "--model", MODEL_NAME, "--samples", "1", "--device", "cpu"],
         env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
-    assert "Warning: this volume has only 2 distinct value(s) (0, 1): it looks like a label map" in result.stderr
+    lines = result.stderr.splitlines()
+    warned = [n for n, line in enumerate(lines)
+              if line.startswith("Warning: this volume has only 2 distinct values (0, 1): it looks like a label map")]
+    progress = [n for n, line in enumerate(lines) if re.search(r"\] \d+ slices \(at most", line)]
+    assert len(warned) == 2 and progress and warned[0] < progress[0], lines  # at acceptance, again at the end
     warnings = json.loads((tmp_path / "label_summary.json").read_text())["warnings"]
     assert len(warnings) == 1 and "looks like a label map" in warnings[0]
 

@@ -74,14 +74,21 @@ def test_a_pet_stored_as_counts_an_mr_and_noise_around_40_are_not_a_pet_in_suv()
 
 
 def test_a_label_map_given_as_the_image_is_warned_about_and_real_images_are_not():
-    """The bundled sample's tumour label (0/1) and a label map of 5 labels are; the sample itself, the real cut's CT,
-    MR T1 and PET, a PET in SUV and an empty array are not."""
+    """The bundled sample's tumour label (0/1), a label map of 16 labels (0..15, NaN-padded too) and a volume of one
+    value are; the sample itself, the real cut's CT, MR T1 and PET, a PET in SUV, 17 labels, a few fractional
+    values, a two-level phantom without 0 (150 / 20) and an empty array are not."""
     label = read_volume(REPO / "Resources" / "SampleData" / "sample_label.nrrd").array_kji
     (warning,) = label_map_warnings(label)
-    assert warning.startswith("this volume has only 2 distinct value(s) (0, 1): it looks like a label map")
-    (warning,) = label_map_warnings(np.arange(5, dtype=np.uint8).repeat(40).reshape(2, 10, 10))
-    assert "5 distinct value(s) (0, 1, 2, 3, ...)" in warning
+    assert warning.startswith("this volume has only 2 distinct values (0, 1): it looks like a label map")
+    labels16 = np.arange(16, dtype=np.float32).repeat(4)
+    (warning,) = label_map_warnings(labels16)
+    assert "16 distinct values (0, 1, 2, 3, ...)" in warning
+    assert label_map_warnings(np.concatenate([labels16, [np.nan] * 4])) == (warning,)
+    assert label_map_warnings(np.full((2, 3), 7)) == ("every voxel of this volume has the value 7: there is nothing "
+                                                      "to segment",)
     images = [read_volume(REPO / "Resources" / "SampleData" / "sample.nrrd").array_kji]
     images += [read_volume(CUT / f"{modality}_image.nii.gz").array_kji for modality in ("CT", "MR_T1", "PET")]
-    for image in images + [np.random.default_rng(0).gamma(2.0, 0.5, (4, 8, 8)), np.zeros((0,))]:
+    images += [np.random.default_rng(0).gamma(2.0, 0.5, (4, 8, 8)), np.arange(17).repeat(4),
+               np.array([0.0, 0.5, 1.0]), np.array([20, 150, 150, 20]), np.zeros((0,))]
+    for image in images:
         assert label_map_warnings(image) == ()

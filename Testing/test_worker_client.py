@@ -72,3 +72,15 @@ def test_client_and_worker_agree_on_the_protocol_version_and_defaults():
     assert (run.DEFAULT_SAMPLES, run.MAX_SAMPLES) == (protocol.SEGMENT_DEFAULTS["samples"], protocol.MAX_SAMPLES)
     assert run.DEVICES == protocol.DEVICES
     assert prompts.DEFAULT_STOP_AFTER_EMPTY == protocol.PROMPT_DEFAULTS["stop_after_empty"]
+
+
+def test_client_copies_of_the_workers_file_types_and_default_rules_agree():
+    """The client cannot import sdseg: the file types it refuses early and the rules its texts state are copies."""
+    from sdseg import modality_check, volume_io
+
+    from SDSegSlicerLib import batch
+
+    assert set(batch.VOLUME_SUFFIXES) == set(volume_io.FILE_SUFFIXES)
+    rules = {kind: rule for _, kind, _, rule in worker_client.DEFAULT_IMAGE_KINDS}
+    assert f"below {modality_check.CT_AIR_OR_FAT_HU:g} HU" in rules["CT"]
+    assert f"at most {modality_check.PET_MAX_SUV:g}" in rules["PET"]

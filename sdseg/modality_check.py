@@ -11,8 +11,8 @@ tests:
 - :func:`looks_like_ct`: at least ``CT_MIN_SHARE`` of the voxels at or below ``CT_AIR_OR_FAT_HU`` (air or fat). It
   picks the default model of a job that names none (sdseg.registry.default_model_name), so a few negative values
   (an MR resampled with an overshooting interpolator, a z-scored image) do not make a volume CT.
-- :func:`label_map_warnings`: a volume of a few distinct whole numbers is a label map or a mask, not an image (any
-  model, a warning as the CT one).
+- :func:`label_map_warnings`: a volume of 0 and a few positive whole numbers is a label map or a mask, not an image,
+  and a volume of one value holds nothing to segment (any model, a warning as the CT one).
 - :func:`looks_like_suv_pet`: a PET in standardised uptake values (SUV), as the PET of the sarcoma source and of
   Slicer's PET-IndiC SUV conversion: fractional values (an MR or a PET stored as counts is integer-valued), 99.9 % of
   the voxels at most ``PET_MAX_SUV``, and none below ``-PET_UNDERSHOOT`` x that percentile (a resampling's small
@@ -34,7 +34,7 @@ CT_MIN_SHARE = 0.01
 PET_MAX_SUV = 50.0  # tumours rarely exceed an SUV of 30; MR and CT values run to hundreds or thousands
 PET_UNDERSHOOT = 0.05  # the most negative value a PET in SUV may have, x its 99.9th percentile
 VALUES_CHECKED = 1_000_000  # at most this many voxels, evenly spaced, are read by looks_like_suv_pet and the next
-LABEL_MAP_MAX_VALUES = 16  # a volume of so few distinct whole numbers is a label map (a mask: 2), not an image
+LABEL_MAP_MAX_VALUES = 16  # 0 and so few other whole numbers are a label map (a mask: 0 and 1), not an image
 
 
 def could_be_ct(array: np.ndarray) -> bool:
@@ -67,17 +67,19 @@ def _sampled(array: np.ndarray) -> np.ndarray:
 
 
 def label_map_warnings(array: np.ndarray) -> tuple[str, ...]:
-    """The warning (at most one) for a volume of at most LABEL_MAP_MAX_VALUES distinct whole numbers (read on at
-    most VALUES_CHECKED evenly spaced voxels): a label map or a mask given in place of the image, where every image
-    this project reads has hundreds of values at least."""
+    """The warning (at most one) for a volume of one value (nothing to segment), or of 0 and at most
+    LABEL_MAP_MAX_VALUES - 1 positive whole numbers (a label map or a mask given in place of the image; a scanner's
+    image has hundreds of values), read on at most VALUES_CHECKED evenly spaced voxels."""
     values = _sampled(array)
     if values.size == 0 or np.any(values != np.floor(values)):
         return ()
     distinct = np.unique(values)
-    if distinct.size > LABEL_MAP_MAX_VALUES:
+    if distinct.size == 1:
+        return (f"every voxel of this volume has the value {distinct[0]:g}: there is nothing to segment",)
+    if distinct.size > LABEL_MAP_MAX_VALUES or distinct[0] != 0:
         return ()
     shown = ", ".join(f"{v:g}" for v in distinct[:4]) + (", ..." if distinct.size > 4 else "")
-    return (f"this volume has only {distinct.size} distinct value(s) ({shown}): it looks like a label map or a mask, "
+    return (f"this volume has only {distinct.size} distinct values ({shown}): it looks like a label map or a mask, "
             "not an image; segment the image it belongs to",)
 
 

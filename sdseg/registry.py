@@ -70,7 +70,7 @@ def describe_model(folder: Path) -> dict:
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: missing; copy the complete model folder")
     card_path = folder / CARD_FILE
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
-    description = str(content["config"].get("description") or _card_summary(card))
+    description = str(content["config"].get("description") or _card_summary(card)).removeprefix(f"{folder.name}: ")
     return {"name": folder.name, "kind": content["kind"], "path": str(folder), "description": description,
             "card": card, "default": folder.name == DEFAULT_MODEL, "default_for_ct": folder.name == DEFAULT_CT_MODEL,
             "default_for_pet": folder.name == DEFAULT_PET_MODEL}

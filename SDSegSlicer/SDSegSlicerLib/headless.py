@@ -437,9 +437,8 @@ def command_models(args) -> int:
         print("No model installed: put a model folder in a folder listed in SDSEG_MODELS_PATH.")
     names = [f"{model['name']} {default_label(model)}".rstrip() for model in hello["models"]]
     width = max(map(len, names), default=0)
-    for name, model in zip(names, hello["models"]):  # a card's first line often repeats the name: said once
-        description = (model.get("description") or "").removeprefix(f"{model['name']}: ")
-        print(f"{name:<{width}}  {model['kind']:<10} {description}")
+    for name, model in zip(names, hello["models"]):
+        print(f"{name:<{width}}  {model['kind']:<10} {model.get('description') or ''}")
     return 0
 
 
