@@ -33,7 +33,7 @@ CT_AIR_OR_FAT_HU = -100.0
 CT_MIN_SHARE = 0.01
 PET_MAX_SUV = 50.0  # tumours rarely exceed an SUV of 30; MR and CT values run to hundreds or thousands
 PET_UNDERSHOOT = 0.05  # the most negative value a PET in SUV may have, x its 99.9th percentile
-VALUES_CHECKED = 1_000_000  # at most this many voxels, evenly spaced, are read by looks_like_suv_pet and the next
+VALUES_CHECKED = 1_000_000  # at most this many voxels, evenly spaced, are read by looks_like_suv_pet, label_map_warnings
 LABEL_MAP_MAX_VALUES = 16  # 0 and so few other whole numbers are a label map (a mask: 0 and 1), not an image
 
 
