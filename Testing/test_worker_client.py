@@ -76,11 +76,13 @@ def test_client_and_worker_agree_on_the_protocol_version_and_defaults():
 
 def test_client_copies_of_the_workers_file_types_and_default_rules_agree():
     """The client cannot import sdseg: the file types it refuses early and the rules its texts state are copies."""
-    from sdseg import modality_check, volume_io
+    from sdseg import modality_check, registry, volume_io
 
     from SDSegSlicerLib import batch
 
     assert set(batch.VOLUME_SUFFIXES) == set(volume_io.FILE_SUFFIXES)
+    assert [(key, kind) for key, kind, _, _ in worker_client.DEFAULT_IMAGE_KINDS] == [
+        (key, kind) for _, _, key, kind in registry.IMAGE_DEFAULTS]
     rules = {kind: rule for _, kind, _, rule in worker_client.DEFAULT_IMAGE_KINDS}
     assert f"below {modality_check.CT_AIR_OR_FAT_HU:g} HU" in rules["CT"]
     assert f"at most {modality_check.PET_MAX_SUV:g}" in rules["PET"]

@@ -22,6 +22,10 @@ MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
 DEFAULT_MODEL = "sdseg-small"
 DEFAULT_CT_MODEL = "sdseg-union-ct"
 DEFAULT_PET_MODEL = "sdseg-union"
+# The defaults for a kind of image, in the order they are tested: its test, its model, the flag the listing and the
+# hello give that model, and the kind's short name in "(default for CT)".
+IMAGE_DEFAULTS = ((looks_like_ct, DEFAULT_CT_MODEL, "default_for_ct", "CT"),
+                  (looks_like_suv_pet, DEFAULT_PET_MODEL, "default_for_pet", "PET"))
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def _card_summary(card: str) -> str:
 def default_model_name(array_kji) -> str:
     """The model a job that names none uses on a volume of voxel values ``array_kji`` (DEFAULT_MODEL where the CT
     or PET model is not installed, e.g. removed from a server's models)."""
-    for looks_like, name in ((looks_like_ct, DEFAULT_CT_MODEL), (looks_like_suv_pet, DEFAULT_PET_MODEL)):
+    for looks_like, name, _, _ in IMAGE_DEFAULTS:
         if looks_like(array_kji) and any(folder.name == name for folder in _candidate_folders()):
             return name
     return DEFAULT_MODEL
@@ -72,8 +76,8 @@ def describe_model(folder: Path) -> dict:
     card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
     description = str(content["config"].get("description") or _card_summary(card)).removeprefix(f"{folder.name}: ")
     return {"name": folder.name, "kind": content["kind"], "path": str(folder), "description": description,
-            "card": card, "default": folder.name == DEFAULT_MODEL, "default_for_ct": folder.name == DEFAULT_CT_MODEL,
-            "default_for_pet": folder.name == DEFAULT_PET_MODEL}
+            "card": card, "default": folder.name == DEFAULT_MODEL,
+            **{key: folder.name == name for _, name, key, _ in IMAGE_DEFAULTS}}
 
 
 def _candidate_folders():
@@ -115,7 +119,7 @@ def resolve_model(name_or_path) -> Path:
 def _default_label(model: dict) -> str:
     """'(default)', '(default for CT)', '(default for PET)' or '' (SDSegSlicerLib.worker_client.default_label: the
     same on the client)."""
-    for key, kind in (("default_for_ct", "CT"), ("default_for_pet", "PET")):
+    for _, _, key, kind in IMAGE_DEFAULTS:
         if model[key]:
             return f"(default for {kind})"
     return "(default)" if model["default"] else ""
