@@ -85,6 +85,8 @@ def test_segment_writes_every_output_with_the_input_geometry_without_torch(tmp_p
     summary = json.loads((tmp_path / "out" / "ct_summary.json").read_text())
     assert summary["state"] == "done" and summary["slices_done"] == summary["slices_total"] == 3
     assert summary["model"] == MODEL_NAME and summary["roi_ijk"] == roi and summary["slice_axis"] == 2
+    assert "lesions[].variance_mean" in summary["definitions"]  # the worker's per-lesion fields: a prompt's only
+    assert not {"lesions[].scale", "lesions[].stops"} & set(summary["definitions"])
     voxel_ml = np.prod(input_image.GetSpacing()) / 1000
     volumes = [segment["volume_ml"] for segment in summary["segments"]]
     np.testing.assert_allclose(volumes, [masks[name].sum() * voxel_ml for name in masks], rtol=1e-5)  # 6 digits

@@ -212,6 +212,9 @@ def test_the_cli_forces_the_scale_and_the_summary_says_it(worker_env, tmp_path):
     assert searched["scale_source"] == "search" and searched["scale"] == 4.0 and len(searched["scales_tried"]) == 4
     assert searched["stops"] == {"forward": "empty", "backward": "empty"}
     assert forced["scale_source"] == "forced" and forced["scale"] == 2.0 and forced["slices"] == 7
+    figures = {f"{level}[].{key}" for level in ("segments", "lesions") for item in summaries[0][level] for key in item}
+    figures |= {"voxel_volume_ml", "variance_mean", "variance_max"}
+    assert set(summaries[0]["definitions"]) == figures  # each figure of the file defined there, and nothing else
 
 
 

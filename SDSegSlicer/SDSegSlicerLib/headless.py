@@ -586,7 +586,18 @@ def read_input_voxels(path: str, shape_kji):
     return array if array.shape == tuple(shape_kji) else None
 
 
-WORKER_LESION_FIELDS = ("scale", "scale_source", "scale_score", "scales_tried", "stops", "found_on_clicked_slice")
+WORKER_LESION_DEFINITIONS = {  # the worker's per-lesion fields the summary keeps (docs/protocol.md, `done`)
+    "scale": "crop scale the lesion was segmented at, x the model's crop size",
+    "scale_source": "search (chosen on the clicked slice), box (fixed by the box), forced (--scale) or whole slices",
+    "scale_score": "presence x agreement of the chosen scale's samples on the clicked slice",
+    "scales_tried": "each scale the search tried: the fraction of samples with a component under the click "
+                    "(presence), their mean pairwise Dice (agreement), whether it touches the crop's edge, the "
+                    "fraction of the crop it fills, and presence x agreement (score)",
+    "stops": "how each direction (forward: increasing slice index) ended: empty (consecutive empty slices), "
+             "roi_end, max_slices, length (the length rule's bound) or jump: <why> (the jump rule)",
+    "found_on_clicked_slice": "false: the clicked slice's consensus is empty, what was found may not be the clicked "
+                              "lesion",
+}
 
 
 def write_outputs(run, paths, args) -> dict:
@@ -615,11 +626,12 @@ def write_outputs(run, paths, args) -> dict:
     }
     if run.worker_lesions:  # the worker's scale and stops, per lesion
         for lesion, worker_lesion in zip(statistics["lesions"], run.worker_lesions):
-            lesion.update({key: worker_lesion[key] for key in WORKER_LESION_FIELDS if key in worker_lesion})
+            lesion.update({key: worker_lesion[key] for key in WORKER_LESION_DEFINITIONS if key in worker_lesion})
     volume = run.accepted["volume"]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
                   read_input_voxels(args.input, volume["shape_kji"]))
-    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info)
+    write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info,
+                     extra_definitions={f"lesions[].{key}": text for key, text in WORKER_LESION_DEFINITIONS.items()})
     return statistics
 
 

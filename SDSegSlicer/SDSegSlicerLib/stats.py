@@ -295,6 +295,43 @@ def statistics_table(statistics: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+VARIANCE_IS = "the per-voxel sample variance p (1 - p), p: the fraction of the lesion's samples that include the voxel"
+STATISTICS_DEFINITIONS = {  # written into the summary JSON ("definitions"): what each figure is, at each level
+    "voxel_volume_ml": "volume of one voxel in ml",
+    "variance_mean": f"mean of the variance volume ({VARIANCE_IS}; the larger lesion's where two overlap), over "
+                     "every voxel that a sample of any lesion includes",
+    "variance_max": "maximum of the same over the same voxels (at most 0.25: half the samples include the voxel)",
+    "segments[].segment": "the segment's name in the segmentation file",
+    "segments[].volume_ml": "the segment's volume in ml",
+    "segments[].voxels": "the segment's voxel count",
+    "segments[].variance_mean": f"mean of {VARIANCE_IS}, over this segment's voxels",
+    "segments[].variance_max": "maximum of the same over this segment's voxels",
+    "segments[].dice_with_samples": "Dice of this segment with each sample of its lesion, in sample order",
+    "lesions[].consensus": "the lesion's consensus segment: voxels in at least half of its samples",
+    "lesions[].sample_names": "the lesion's sample segments",
+    "lesions[].volume_ml": "the consensus volume in ml",
+    "lesions[].slices": "slices on which the consensus has voxels",
+    "lesions[].sample_volume_ml": "each sample's volume in ml",
+    "lesions[].sample_volume_ml_mean": "mean of the samples' volumes",
+    "lesions[].sample_volume_ml_std": "standard deviation of the samples' volumes",
+    "lesions[].dice_between_samples": "Dice between every two samples (1 on the diagonal)",
+    "lesions[].dice_between_samples_mean": "mean Dice between two different samples",
+    "lesions[].variance_mean": f"mean of {VARIANCE_IS}, over every voxel that one of its samples includes",
+    "lesions[].variance_max": "maximum of the same over the same voxels",
+    "lesions[].coherence": "mean Dice between consecutive slices of one sample (within_samples) and of two samples "
+                           "(across_samples): within > across when the samples are 3D hypotheses",
+}
+
+
+def summary_definitions(statistics: dict, extra_definitions: dict | None = None) -> dict:
+    """STATISTICS_DEFINITIONS (and ``extra_definitions``) of the keys that ``statistics`` has: a definition is never
+    written for a figure the file lacks."""
+    definitions = {**STATISTICS_DEFINITIONS, **(extra_definitions or {})}
+    present = set(statistics) | {f"{level}[].{key}" for level in ("segments", "lesions")
+                                 for item in statistics.get(level, []) for key in item}
+    return {key: text for key, text in definitions.items() if key in present}
+
+
 SIGNIFICANT_DIGITS = 6  # of the numbers in the summary files: 13.1992 ml, not 13.199157714843741
 
 
@@ -310,13 +347,16 @@ def rounded(value):
     return value
 
 
-def write_statistics(statistics: dict, json_path, csv_path, extra: dict | None = None) -> None:
-    """The per-segment table as CSV, then the statistics (plus `extra` run information) as JSON, numbers rounded
-    (rounded()): the JSON last, so that it exists only once both are written."""
+def write_statistics(statistics: dict, json_path, csv_path, extra: dict | None = None,
+                     extra_definitions: dict | None = None) -> None:
+    """The per-segment table as CSV, then the statistics (plus `extra` run information) and the definitions of
+    their figures (summary_definitions()) as JSON, numbers rounded (rounded()): the JSON last, so that it exists only
+    once both are written."""
     header, rows = statistics_table(statistics)
     with atomic_output(csv_path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
         writer.writerows(rounded(rows))
     with atomic_output(json_path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(rounded({**(extra or {}), **statistics}), stream, indent=2)
+        json.dump(rounded({**(extra or {}), **statistics,
+                           "definitions": summary_definitions(statistics, extra_definitions)}), stream, indent=2)
