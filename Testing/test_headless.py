@@ -356,3 +356,11 @@ def test_two_signals_that_python_handles_as_one_still_stop_the_wait_at_once():
     run = _RunTakingTwoSignals()
     assert headless.wait_for_run(run, headless.ProgressBar(io.StringIO())) == signal.SIGTERM
     assert run.waits == 1 and run.cancels == 0
+
+
+def test_the_preview_title_names_the_input_model_samples_and_what_each_lesion_gave():
+    accepted = {"model": "sdseg-small", "samples": 8}
+    lesions = [{"volume_ml": 11.2473}, {"volume_ml": 0.0}]
+    assert headless.preview_title("sample.nrrd", accepted, lesions, True) == (
+        "sample.nrrd: sdseg-small, 8 samples; lesion 1: 11.25 ml; lesion 2: nothing found")
+    assert headless.preview_title("ct.nrrd", accepted, lesions, False).endswith("; whole volume: 11.25 ml")

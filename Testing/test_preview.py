@@ -76,3 +76,44 @@ def test_preview_is_radiological_with_consensus_and_colour_bar(tmp_path, j_to_an
     colour_bar = pixels[:, int(0.85 * width):]
     for _, rgb in VARIANCE_COLOUR_STOPS[1:]:
         assert np.linalg.norm(colour_bar - np.array(rgb), axis=-1).min() < 0.08, rgb
+
+
+@pytest.mark.parametrize("j_to_anterior", [True, False], ids=["sample grid", "mirrored front to back"])
+def test_the_clicked_slice_is_shown_first_with_the_click_marked_where_it_is(tmp_path, j_to_anterior):
+    """A click on slice 2 (the lesion's first; its largest is 4), right of and behind the lesion: the clicked slice
+    is the preview's first row, the white cross is there in radiological orientation (patient left on the right,
+    anterior up), and nowhere else; a title is drawn above the panels."""
+    writer, image = synthetic_result(slicer.vtkMRMLScene(), tmp_path, np.diag([-1.0, 1.0 if j_to_anterior else -1.0,
+                                                                                3.0, 1.0]))
+    path = preview.write_preview(tmp_path / "p.png", writer.segmentation_node, writer.variance_node, 2,
+                                 np.zeros_like(image), points_ijk=[[20.0, 6.0, 2.0]], title="sample.nrrd: a title")
+    pixels = matplotlib.image.imread(path)[..., :3]
+    width = pixels.shape[1]
+    top, left, height, panel_width = panel(pixels, slice(0, int(0.44 * width)))
+    shown = pixels[top:top + height, left:left + panel_width]
+    white = np.argwhere(np.linalg.norm(shown - np.array(preview.CLICK_COLOUR), axis=-1) < 0.1)
+    assert len(white) > 20  # the cross, on the first row: the clicked slice
+    row, column = white.mean(axis=0) / [height, panel_width]
+    assert column > 0.6 and (row > 0.5) == j_to_anterior, (row, column)  # I 20 of 0..28: right; J 6: posterior
+    below = pixels[top + height:, : int(0.44 * width)]
+    assert (np.linalg.norm(below - np.array(preview.CLICK_COLOUR), axis=-1) < 0.1).sum() < 0.5 * below[..., 0].size
+    assert (pixels[:top, int(0.43 * width):int(0.55 * width)].max(axis=-1) < 0.5).any()  # the title's letters
+    untitled = preview.write_preview(tmp_path / "q.png", writer.segmentation_node, writer.variance_node, 2,
+                                     np.zeros_like(image))
+    pixels = matplotlib.image.imread(untitled)[..., :3]
+    top, *_ = panel(pixels, slice(0, int(0.44 * width)))
+    assert not (pixels[:top, int(0.43 * width):int(0.55 * width)].max(axis=-1) < 0.5).any()
+
+
+def test_the_preview_slices_are_consecutive_around_the_click():
+    """A slice no sample reaches, between two that some do, is shown (titled "no sample"), not skipped; the window
+    centres on the click, kept within the slices that have samples and the clicked one."""
+    union = np.zeros((9, 2, 2), dtype=bool)
+    union[[2, 3, 5, 6]] = True  # slice 4: no sample
+    assert preview.preview_slices(union, 0, 4) == [2, 3, 4, 5]
+    assert preview.preview_slices(union, 0, 3, centre=6) == [4, 5, 6]
+    assert preview.preview_slices(union, 0, 4, centre=8) == [5, 6, 7, 8]  # a click past the lesion: shown
+    assert preview.preview_slices(union, 0, 4, centre=2) == [2, 3, 4, 5]
+    assert preview.preview_slices(np.zeros((5, 2, 2), bool), 0, 3, centre=0) == [0, 1, 2]
+    box = (slice(1, 5), slice(0, 10), slice(2, 8))
+    assert preview.clicks_in_box([[2.4, 3.0, 1.0], [9.0, 3.0, 2.0], [5.0, 5.0, 4.6]], box) == [(0, 3, 0)]

@@ -600,6 +600,16 @@ WORKER_LESION_DEFINITIONS = {  # the worker's per-lesion fields the summary keep
 }
 
 
+def preview_title(input_name: str, accepted: dict, lesions: list[dict], prompted: bool) -> str:
+    """The preview's title: the input, the model, the samples and each lesion's consensus volume."""
+    def volume(ml):
+        return f"{ml:.2f} ml" if ml > 0 else "nothing found"
+
+    found = ("; ".join(f"lesion {n}: {volume(lesion['volume_ml'])}" for n, lesion in enumerate(lesions, start=1))
+             if prompted else f"whole volume: {volume(sum(lesion['volume_ml'] for lesion in lesions))}")
+    return f"{input_name}: {accepted['model']}, {accepted['samples']} samples; {found}"
+
+
 def write_outputs(run, paths, args) -> dict:
     """Write every output file, the summary JSON last: it marks the result complete (a batch skips a volume whose
     summary says done); returns the statistics."""
@@ -628,8 +638,11 @@ def write_outputs(run, paths, args) -> dict:
         for lesion, worker_lesion in zip(statistics["lesions"], run.worker_lesions):
             lesion.update({key: worker_lesion[key] for key in WORKER_LESION_DEFINITIONS if key in worker_lesion})
     volume = run.accepted["volume"]
+    clicks = [lesion["point_ijk"] for lesion in (prompt or {}).get("lesions", []) if "point_ijk" in lesion]
     write_preview(paths["preview"], run.segmentation_node, run.variance_node, volume["slice_axis"],
-                  read_input_voxels(args.input, volume["shape_kji"]))
+                  read_input_voxels(args.input, volume["shape_kji"]),
+                  points_ijk=clicks,
+                  title=preview_title(Path(args.input).name, run.accepted, statistics["lesions"], bool(prompt)))
     write_statistics(statistics, paths["summary_json"], paths["summary_csv"], extra=run_info,
                      extra_definitions={f"lesions[].{key}": text for key, text in WORKER_LESION_DEFINITIONS.items()})
     return statistics
