@@ -118,9 +118,27 @@ def test_a_stop_request_is_honoured_between_the_passes_of_one_slice_and_progress
 def test_progress_counts_a_slice_cut_again_in_a_larger_crop():
     array, _ = tube(radius=12.0, start=(20.0, 20.0), step=(0.0, 0.0), slices=range(6, 10))
     reports = []
-    run(bright_model(size=32), array, [Prompt(point_ijk=(20.0, 20.0, 7.0))],
-        on_batch=lambda done, total: reports.append((done, total)))
-    assert all(done <= total for done, total in reports) and reports[-1][1] > 20 * 2  # re-cuts added to the total
+    results = run(bright_model(size=32), array, [Prompt(point_ijk=(20.0, 20.0, 7.0))],
+                  on_batch=lambda done, total: reports.append((done, total)))
+    assert all(done <= total for done, total in reports)
+    assert reports[-1][0] == reports[-1][1] > len(results) * 2  # the re-cuts' images counted, done and in all
+
+
+def test_the_expected_images_follow_the_size_of_the_lesion_on_its_prompted_slice():
+    """The ETA's total: until the prompted slice is done, all the slices the propagation may visit (20 here); then
+    a lesion as deep as it is wide: a ball of radius 4.8 mm (6 voxels of 0.8 mm across its prompted slice, 2 mm
+    slices: 2 slices to each side), plus the empty slices that end each direction: what the run takes."""
+    k, j, i = np.mgrid[0:20, 0:40, 0:40]
+    spacing_i, _, spacing_k = SPACING_IJK
+    ball = ((i - 20) * spacing_i) ** 2 + ((j - 20) * spacing_i) ** 2 + ((k - 9) * spacing_k) ** 2 < 4.8 ** 2
+    array = np.where(ball, 200.0, 20.0).astype(np.float32)
+    reports = []
+    results = run(bright_model(), array, [Prompt(point_ijk=(20.0, 20.0, 9.0))], samples=2, batch_size=2,
+                  on_batch=lambda done, total: reports.append((done, total)))
+    assert reports[0] == (2, 20 * 2)  # the prompted slice: nothing known of the lesion yet
+    assert len(results) == 5 + 2 * propagation.DEFAULT_STOP_AFTER_EMPTY
+    assert all(total == len(results) * 2 for _, total in reports[1:])  # from the first slice outward on
+
 
 
 @pytest.mark.parametrize("stop_after_empty, max_slices, expected", [

@@ -68,6 +68,9 @@ DEFAULT_CROP = {"in_plane_voxels": 96, "lesion_margin": 1.2}
 POINT_TOLERANCE_VOXELS = 5.0  # a click this close to a predicted component (in crop pixels) still picks it
 GROWTH = 1.5  # a crop whose consensus touches its edge is cut again this many times larger
 DEFAULT_STOP_AFTER_EMPTY = 2
+# For the ETA only: a lesion found on its prompted slice is expected to reach this many of its equivalent diameters
+# there to each side (a sphere: 0.5), unless the model's length rule bounds the reach (sdseg.lesion_length).
+EXPECTED_DEPTH = LengthRule(max_diameters=0.5)
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class _Lesion:
         self.first_centre, self.first_extent = centre, extent
         self.slices = 0
         self.reach_slices: float | None = None  # how far from the prompted slice a direction may go (length rule)
+        self.depth_slices: float | None = None  # how far it is expected to go (ETA); None: prompted slice not done
         if not recipe["in_plane_voxels"]:
             source, scales = "whole slices", (1.0,)
         elif prompt.box_ijk is not None:
@@ -270,6 +274,26 @@ class _Lesion:
         whole plane; sdseg.lesion_length); a point prompt's only: a box gives the lesion's slices itself."""
         if self.prompt.box_ijk is None:
             self.reach_slices = reach_slices(rule, int(plane.sum()), ijk_to_ras, self.slice_axis)
+        self.depth_slices = self.reach_slices or reach_slices(EXPECTED_DEPTH, int(plane.sum()), ijk_to_ras,
+                                                              self.slice_axis) or 0.0
+
+    def slices_expected(self, stop_after_empty: int, max_slices: int | None) -> int | None:
+        """For the ETA: the slices this lesion's directions are still expected to visit once its prompted slice is
+        done (None before): each goes on to ``depth_slices`` from the prompted slice while it finds the lesion, then
+        ``stop_after_empty`` empty slices, within the ROI (or box), the length rule's reach and ``max_slices``."""
+        if self.depth_slices is None:
+            return None
+        left = 0
+        for direction in (d for d in self.directions if d.active):
+            done = abs(direction.next_index - self.start) - 1  # slices it has visited
+            room = self.high - direction.next_index if direction.step > 0 else direction.next_index - self.low + 1
+            if self.reach_slices is not None:
+                room = min(room, math.floor(self.reach_slices) - done)
+            found = direction.anchor is not None and direction.empty_run == 0
+            expected = (max(0, round(self.depth_slices) - done) if found else 0) + stop_after_empty \
+                - direction.empty_run
+            left += max(0, min(room, expected))
+        return left if max_slices is None else min(left, max(0, max_slices - self.slices))
 
     def active_directions(self, max_slices: int | None) -> list[_Direction]:
         for direction in self.directions:
@@ -453,7 +477,8 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     """Yield the :class:`LesionSlice` results of every lesion prompt, lesion after lesion, each starting with the
     prompted slice and going outward (see the module docstring). ``scale``: force the crop scale of point prompts
     (None: search ``scales``). ``should_stop()`` is checked before every forward pass and at each of its sampling
-    steps; ``on_batch(images_done, images_at_most)`` is called after each pass (a slice cut again in a
+    steps; ``on_batch(images_done, images_expected)`` is called after each pass (the images a lesion is
+    expected to need, _Lesion.slices_expected, once its prompted slice is done: the ETA's; a slice cut again in a
     larger crop, and the scales searched, add their images to both). ``on_report(report)`` is called for each
     lesion once its scale is chosen (before its first slice is yielded; ``stops`` empty) and once it is done."""
     config = model.config
@@ -465,19 +490,29 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     dims_ijk = array_kji.shape[::-1]
     lesions = [_Lesion(n, prompt, dims_ijk, slice_axis, roi_ijk, recipe, scales, scale)
                for n, prompt in enumerate(prompts)]
-    images_total = slices_at_most(prompts, array_kji.shape, slice_axis, roi_ijk, max_slices) * num_samples
-    images_total += sum(len(lesion.first_crops()) - 1 for lesion in lesions) * num_samples
+    bounds = [slices_at_most([prompt], array_kji.shape, slice_axis, roi_ijk, max_slices) + len(lesion.first_crops())
+              - 1 for prompt, lesion in zip(prompts, lesions)]  # slices, and the scales searched, at most
     batch = BatchSize(batch_size or auto_batch_size(model_device(model), size))
     coherent = takes_previous_masks(config)
-    images_done = 0
+    images_done, current, lesion_began = 0, 0, 0  # lesion_began: images done before the current lesion's
+
+    def images_expected() -> int:
+        """The images of the run as expected before a forward pass: those done, those the current lesion is expected
+        to need from here (_Lesion.slices_expected: as far as its size on its prompted slice says; before that
+        slice is done, as far as it may go) and those the later lesions may need."""
+        expected = lesions[current].slices_expected(stop_after_empty, max_slices)
+        ahead = (lesion_began + bounds[current] * num_samples if expected is None
+                 else images_done + expected * num_samples)
+        return max(images_done, ahead) + sum(bounds[current + 1:]) * num_samples
 
     def on_pass(images: int) -> None:
         nonlocal images_done
         images_done += images
         if on_batch is not None:
-            on_batch(images_done, images_total)
+            on_batch(images_done, max(images_done, planned))
 
-    for lesion in lesions:
+    for current, lesion in enumerate(lesions):
+        lesion_began = images_done
         first_crops = lesion.first_crops()
         ranges = [lesion.intensity_range(array_kji, ijk_to_ras, crop, config["preprocessing"])
                   for _, crop in first_crops]
@@ -486,6 +521,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
         while plan:
             if should_stop is not None and should_stop():
                 return
+            planned = images_expected()
             lo_hi = ranges if searching else [lesion_range] * len(plan)
             crops = [normalize_intensities(np.take(array_kji, index, axis=2 - slice_axis)[a0:a1, b0:b1], lo, hi)
                      for (_, index, (a0, a1, b0, b1), _), (lo, hi) in zip(plan, lo_hi)]
@@ -515,7 +551,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                                                                                                   crop_scale)
                 if bigger is not None:  # the lesion goes beyond the crop: this slice again, in a larger crop
                     retries.append((direction, index, bigger, crop_scale))
-                    images_total += num_samples
+                    bounds[current] += 1
                     continue
                 result, plane, sample_planes = lesion.result(index, crop, picked, coherent)
                 yield result
