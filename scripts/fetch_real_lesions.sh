@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Fetch and verify the real lesion data of docs/data.md ("LIDC-IDRI crops with four radiologists", "Soft-tissue
-# sarcoma on CT, MR and PET"), for a user with internet access; the project never downloads at run time, and CI
+# sarcoma on CT, MR and PET", "Glioma on brain MR"), for a user with internet access; the project never downloads at run time, and CI
 # does not run this (its tests use the fixtures in Testing/Data).
 #
-#   bash scripts/fetch_real_lesions.sh [DEST]             clone both repositories at the named commits into DEST
+#   bash scripts/fetch_real_lesions.sh [DEST]             clone the three repositories at the named commits into DEST
 #                                                         (default $SDSEG_CACHE/real-lesions, SDSEG_CACHE default
 #                                                         ~/.cache/sdseg), then verify them
 #   bash scripts/fetch_real_lesions.sh --verify DEST      verify a copy obtained otherwise (same layout)
 #   bash scripts/fetch_real_lesions.sh --write-manifest DEST   (maintainers) rewrite the manifest from a checked copy
 #
 # Layout: DEST/Pulmoseg/LIDC-IDRI-slices/... (--source lidc-slices --input DEST/Pulmoseg/LIDC-IDRI-slices) and
-# DEST/data_sets/ibsi_validation/... (--source ibsi-sts --input DEST/data_sets/ibsi_validation).
+# DEST/data_sets/ibsi_validation/... (--source ibsi-sts --input DEST/data_sets/ibsi_validation) and
+# DEST/DeepBrainSeg/sample_volume/brats/... (--source brats-tcga --input DEST/DeepBrainSeg).
 # The manifest (scripts/real_lesions.sha256) holds the sha256 of the files the project uses, never of the reserved
 # patients (LIDC-IDRI-0901 and above, STS_041 .. STS_051): one digest per LIDC patient folder and per sarcoma
 # patient's DICOM modality folder (digest = sha256 of the `sha256sum` lines of its files, sorted by path), one per
-# NIfTI file. Licences: both data sets CC BY 3.0 (cite Armato et al. 2011 + TCIA; Vallieres et al. 2015 + TCIA).
+# NIfTI file; one per file of a TCGA glioma case that --source brats-tcga reads. Licences: CC BY 3.0 (cite Armato
+# et al. 2011 + TCIA; Vallieres et al. 2015 + TCIA; Bakas et al. 2017 + TCIA).
 set -euo pipefail
 . "$(dirname "$0")/fetch_lib.sh"
 manifest="$(cd "$(dirname "$0")" && pwd)/real_lesions.sha256"
 PULMOSEG=(https://github.com/periclesanfe/Pulmoseg.git 045c0c6b7 LIDC-IDRI-slices Pulmoseg)
 IBSI=(https://github.com/theibsi/data_sets.git 6da9602 ibsi_validation data_sets)
+DEEPBRAINSEG=(https://github.com/koriavinash1/DeepBrainSeg.git 5d4f381 sample_volume/brats DeepBrainSeg)
 
 # digest PATH: sha256 of a file, or of a folder's sorted `sha256sum` lines (paths relative to the folder)
 digest() {
@@ -59,6 +62,9 @@ entries() {
       done
     done
   done
+  for p in "$root"/DeepBrainSeg/sample_volume/brats/Brats18_TCIA[0-9][0-9]_[0-9][0-9][0-9]_1; do
+    for m in t1ce flair t2 seg; do [ -f "$p/${p##*/}_$m.nii.gz" ] && echo "${p#"$root"/}/${p##*/}_$m.nii.gz"; done
+  done
   return 0
 }
 
@@ -93,6 +99,7 @@ case "${1:-}" in
     mkdir -p "$root"
     clone "${PULMOSEG[@]}"
     clone "${IBSI[@]}"
+    clone "${DEEPBRAINSEG[@]}"
     verify
     ;;
 esac

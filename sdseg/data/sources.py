@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import SimpleITK as sitk
 
+from sdseg.data.brats_tcga import BRATS_TCGA_HOW_TO_GET, load_brats_tcga
 from sdseg.data.cases import Case, CaseRef, SourceError
 from sdseg.data.debian import deb_members
 from sdseg.data.head_ct import HEAD_CT_HOW_TO_GET, load_head_ct
@@ -399,6 +400,18 @@ SOURCES: dict[str, Source] = {
         "TCIA doi:10.7937/K9/TCIA.2015.7GO2GSKS) and TCIA (Clark et al. 2013)",
         "the GTV_Mass contour (gross tumour volume), one rater",
         ABDOMEN_CT_WINDOW, IBSI_STS_HOW_TO_GET, load_ibsi_sts),
+    "brats-tcga": Source(
+        "brats-tcga",
+        "glioma (glioblastoma and lower-grade glioma) of TCGA on brain MR, skull-stripped, 1 mm, as BraTS 2018 "
+        "distributes them: 12 patients, each as its post-contrast T1 with the tumour core and its FLAIR and T2 with "
+        "the whole tumour",
+        "GitHub koriavinash1/DeepBrainSeg at commit 5d4f381, folder sample_volume/brats (the Brats18_TCIAxx_yyy_1 "
+        "cases only; code MIT); scans and labels from TCIA's TCGA-GBM / TCGA-LGG collections (Bakas et al. 2017)",
+        "CC BY 3.0 (TCIA, the TCGA-GBM / TCGA-LGG scans and their expert labels); cite Bakas et al. 2017 (Sci. Data "
+        "4:170117), Menze et al. 2015 (IEEE TMI 34:1993) and TCIA (Clark et al. 2013)",
+        "BraTS labels revised by a neuroradiologist: the tumour core (labels 1, 4) on t1ce, the whole tumour (1, 2, "
+        "4) on FLAIR and T2; one rater",
+        PERCENTILE, BRATS_TCGA_HOW_TO_GET, load_brats_tcga),
     "chest-ct": Source(
         "chest-ct",
         "one real chest CT (64 axial slices, 5 mm, 512x512, patient Lung_Dx-A0001 of TCIA's Lung-PET-CT-Dx, an "
