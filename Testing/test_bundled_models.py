@@ -35,7 +35,10 @@ SARCOMA_CUT = REPO / "Testing" / "Data" / "ibsi-sts" / "ibsi_validation" / "nift
 # On that cut (N = 4, seed 0) the bundled sdseg-union's clicks give Dice 0.79 / 0.79 / 0.70 (CT / MR / PET),
 # sdseg-union-ct's (CT only) 0.74, the empty mask 0; a click 30 mm from the tumour's edge must stay empty.
 MIN_SARCOMA_MEAN_DICE = 0.3
-MIN_DEFAULT_MODALITY_DICE = 0.5  # on the modality where a model is the default (CT, PET), that modality alone
+# On the modality where a model is the default, that modality alone: CT and PET 0.5; MR 0.25: the MR default's
+# (sdseg-union-mr) click on this cut gives 0.31 (its 3D Dice on STS_019's whole MR 0.37, the lowest of the 8 held-out
+# MRs, mean 0.69; sdseg-small, the default there before, 0.00)
+MIN_DEFAULT_MODALITY_DICE = {"CT": 0.5, "PET": 0.5, "MR_T1": 0.25}
 
 
 def held_out_patients(folder) -> set[str]:
@@ -52,11 +55,21 @@ ON_SAMPLE = [folder for folder in BUNDLED if SAMPLE_PATIENT in HELD_OUT[folder]]
 ON_SARCOMA = [folder for folder in BUNDLED if SARCOMA_PATIENT in HELD_OUT[folder]]
 
 
+def seen_patients(folder) -> set[str]:
+    """The patients in a train or val split of any data set the model was trained on (its records list every
+    patient each data set read, extra train sources included)."""
+    return set().union(*(set(record["splits"]["train"]) | set(record["splits"]["val"])
+                         for record in read_config(folder)["config"]["training_data"]))
+
+
 def test_the_default_models_are_bundled_and_checked_where_they_are_the_default():
-    """The general default on the brain sample its README command segments, the CT and PET defaults on the held-out
-    sarcoma cut (test_a_click_on_the_held_out_sarcoma_... runs each on the cut's images of its modalities)."""
-    assert registry.DEFAULT_MODEL in [folder.name for folder in ON_SAMPLE]
-    assert {registry.DEFAULT_CT_MODEL, registry.DEFAULT_PET_MODEL} <= {folder.name for folder in ON_SARCOMA}
+    """The general default on the brain sample its README command segments (a patient it never saw: below), the CT
+    and PET defaults on the held-out sarcoma cut (test_a_click_on_the_held_out_sarcoma_... runs each on the cut's
+    images of its modalities)."""
+    default = registry.bundled_models_dir() / registry.DEFAULT_MODEL
+    assert default in BUNDLED and SAMPLE_PATIENT not in seen_patients(default)
+    assert {registry.DEFAULT_CT_MODEL, registry.DEFAULT_PET_MODEL, registry.DEFAULT_MODEL} <= {
+        folder.name for folder in ON_SARCOMA}
 
 
 @pytest.mark.parametrize("folder", BUNDLED, ids=[folder.name for folder in BUNDLED])
@@ -79,8 +92,6 @@ def test_bundled_model_is_checked_on_a_patient_it_never_saw(folder):
     of every data set the model was trained on, never in a train or val split; the default model is checked on the
     sample its README command segments."""
     assert folder in ON_SAMPLE + ON_SARCOMA, f"{folder.name}: neither {SAMPLE_PATIENT} nor {SARCOMA_PATIENT} held out"
-    if folder.name == registry.DEFAULT_MODEL:
-        assert folder in ON_SAMPLE
 
 
 @pytest.mark.parametrize("folder", ON_SAMPLE, ids=[folder.name for folder in ON_SAMPLE])
@@ -106,6 +117,10 @@ def test_bundled_model_segments_the_held_out_sample_lesion(folder):
 MIN_PROMPT_DICE = 0.6
 MAX_VOXELS_OUTSIDE_THE_TUMOUR_SLICES = 100
 HEALTHY_POINT_IJK = (20.0, 80.0, 5.0)  # tumour-free brain, far from the tumour
+# The general default (sdseg-union-mr) on the sample, N = 4, seed 0: Dice 0.45 over the tumour, 0.67 on the 3 of its 7
+# slices the length rule lets the click reach (the empty mask: 0), 0 voxels outside, the healthy click empty.
+MIN_DEFAULT_SAMPLE_DICE = 0.35
+MIN_DEFAULT_SAMPLE_SLICE_DICE = 0.6
 
 
 def click(model, volume, point):
@@ -130,6 +145,22 @@ def test_a_click_on_the_held_out_tumour_segments_it_and_nothing_elsewhere(folder
     assert not click(model, volume, HEALTHY_POINT_IJK).any(), "a lesion found where there is none"
 
 
+def test_the_general_defaults_click_on_the_held_out_sample_finds_the_tumour_and_nothing_elsewhere():
+    """The README's first command: the default on a brain MR (trained on glioma and sarcoma patients, not on this
+    PyRadiomics patient) outlines the tumour on the slices it reaches (README, "Choosing the default") and paints
+    nothing on tumour-free slices, nor at a click on tumour-free brain."""
+    volume = read_volume(SAMPLE_DIR / "sample.nrrd")
+    truth = read_volume(SAMPLE_DIR / "sample_label.nrrd").array_kji > 0
+    assert registry.default_model_name(volume.array_kji) == registry.DEFAULT_MODEL
+    model = load_model(registry.bundled_models_dir() / registry.DEFAULT_MODEL)
+    consensus = click(model, volume, prompt_point(truth))
+    reached = consensus.any(axis=(1, 2))
+    assert dice(consensus, truth) >= MIN_DEFAULT_SAMPLE_DICE
+    assert dice(consensus[reached], truth[reached]) >= MIN_DEFAULT_SAMPLE_SLICE_DICE  # on the slices it reached
+    assert consensus[~truth.any(axis=(1, 2))].sum() <= MAX_VOXELS_OUTSIDE_THE_TUMOUR_SLICES
+    assert not click(model, volume, HEALTHY_POINT_IJK).any(), "a lesion found where there is none"
+
+
 @pytest.mark.parametrize("folder", ON_SARCOMA, ids=[folder.name for folder in ON_SARCOMA])
 def test_a_click_on_the_held_out_sarcoma_finds_it_on_the_models_modalities_and_healthy_tissue_stays_empty(folder):
     model = load_model(folder)
@@ -142,6 +173,7 @@ def test_a_click_on_the_held_out_sarcoma_finds_it_on_the_models_modalities_and_h
         healthy = healthy_point(truth, centre, volume.ijk_to_ras, 2)
         assert healthy is not None and not click(model, volume, healthy).any(), f"{modality}: a lesion in healthy tissue"
     assert np.mean(list(scores.values())) >= MIN_SARCOMA_MEAN_DICE, f"{folder.name}: Dice of each modality {scores}"
-    default_for = {registry.DEFAULT_CT_MODEL: "CT", registry.DEFAULT_PET_MODEL: "PET"}.get(folder.name)
+    default_for = {registry.DEFAULT_CT_MODEL: "CT", registry.DEFAULT_PET_MODEL: "PET",
+                   registry.DEFAULT_MODEL: "MR_T1"}.get(folder.name)
     if default_for is not None:  # where it is the default, that modality must hold on its own
-        assert scores[default_for] >= MIN_DEFAULT_MODALITY_DICE, f"{folder.name}: Dice of each modality {scores}"
+        assert scores[default_for] >= MIN_DEFAULT_MODALITY_DICE[default_for], f"{folder.name}: Dice {scores}"

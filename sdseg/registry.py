@@ -19,7 +19,7 @@ MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
 # The bundled models a job without a model uses (README "Choosing the default"): DEFAULT_CT_MODEL on a volume that looks
 # like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), DEFAULT_PET_MODEL on one that looks like a PET in
 # SUV (looks_like_suv_pet), each when installed, DEFAULT_MODEL on any other.
-DEFAULT_MODEL = "sdseg-small"
+DEFAULT_MODEL = "sdseg-union-mr"
 DEFAULT_CT_MODEL = "sdseg-union-ct"
 DEFAULT_PET_MODEL = "sdseg-union"
 # The defaults for a kind of image, in the order they are tested: its test, its model, the flag the listing and the

@@ -145,7 +145,7 @@ class SDSegSlicerTest(ScriptedLoadableModuleTest):
             parameterNode.inputVolume, parameterNode.lesionPoints = volume, points
             parameterNode.samples, parameterNode.device = 2, "cpu"
             # The phantom's lesion is a smooth bright ellipse: `ambiguous`, trained on synthetic lesions, finds it;
-            # the default `sdseg-small`, trained on three real lesions only, says "no lesion" there.
+            # the general default (`sdseg-union-mr`, trained on real patients) need not.
             parameterNode.model = "ambiguous"
             job = logic.buildJob(parameterNode)
             np.testing.assert_allclose(job["prompt"]["lesions"][0]["point_ijk"], [34, 30, 3], atol=1e-3)
