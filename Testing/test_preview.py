@@ -81,8 +81,9 @@ def test_preview_is_radiological_with_consensus_and_colour_bar(tmp_path, j_to_an
 @pytest.mark.parametrize("j_to_anterior", [True, False], ids=["sample grid", "mirrored front to back"])
 def test_the_clicked_slice_is_shown_first_with_the_click_marked_where_it_is(tmp_path, j_to_anterior):
     """A click on slice 2 (the lesion's first; its largest is 4), right of and behind the lesion: the clicked slice
-    is the preview's first row, the white cross is there in radiological orientation (patient left on the right,
-    anterior up), and nowhere else; a title is drawn above the panels."""
+    is shown (here the first row: the window of 4 slices cannot start before the lesion), the white cross is there in
+    radiological orientation (patient left on the right, anterior up), and in no later row; a title is drawn above
+    the panels."""
     writer, image = synthetic_result(slicer.vtkMRMLScene(), tmp_path, np.diag([-1.0, 1.0 if j_to_anterior else -1.0,
                                                                                 3.0, 1.0]))
     path = preview.write_preview(tmp_path / "p.png", writer.segmentation_node, writer.variance_node, 2,
@@ -95,8 +96,10 @@ def test_the_clicked_slice_is_shown_first_with_the_click_marked_where_it_is(tmp_
     assert len(white) > 20  # the cross, on the first row: the clicked slice
     row, column = white.mean(axis=0) / [height, panel_width]
     assert column > 0.6 and (row > 0.5) == j_to_anterior, (row, column)  # I 20 of 0..28: right; J 6: posterior
-    below = pixels[top + height:, : int(0.44 * width)]
-    assert (np.linalg.norm(below - np.array(preview.CLICK_COLOUR), axis=-1) < 0.1).sum() < 0.5 * below[..., 0].size
+    below = pixels[top + height:, left:left + panel_width]
+    in_panels = (below.max(axis=-1) < 0.15).mean(axis=1) > 0.3  # the later rows' (black) panels, not the page
+    assert in_panels.sum() > 2 * height
+    assert (np.linalg.norm(below[in_panels] - np.array(preview.CLICK_COLOUR), axis=-1) < 0.1).sum() == 0
     assert (pixels[:top, int(0.43 * width):int(0.55 * width)].max(axis=-1) < 0.5).any()  # the title's letters
     untitled = preview.write_preview(tmp_path / "q.png", writer.segmentation_node, writer.variance_node, 2,
                                      np.zeros_like(image))
@@ -117,3 +120,26 @@ def test_the_preview_slices_are_consecutive_around_the_click():
     assert preview.preview_slices(np.zeros((5, 2, 2), bool), 0, 3, centre=0) == [0, 1, 2]
     box = (slice(1, 5), slice(0, 10), slice(2, 8))
     assert preview.clicks_in_box([[2.4, 3.0, 1.0], [9.0, 3.0, 2.0], [5.0, 5.0, 4.6]], box) == [(0, 3, 0)]
+
+
+def test_the_contours_stay_on_the_variance_when_a_click_widens_the_view(tmp_path):
+    """A click left of the lesion (lower I) widens the view: the samples' and the consensus' contours must move with
+    it, so the consensus contour (left panels) stays centred on the variance ring (right panels) of the same rows."""
+    writer, image = synthetic_result(slicer.vtkMRMLScene(), tmp_path, np.diag([-1.0, 1.0, 3.0, 1.0]))
+    path = preview.write_preview(tmp_path / "p.png", writer.segmentation_node, writer.variance_node, 2,
+                                 np.zeros_like(image), points_ijk=[[1.0, float(LESION_CENTRE_JI[0]), 4.0]])
+    pixels = matplotlib.image.imread(path)[..., :3]
+    width = pixels.shape[1]
+    centres = []
+    for columns in (slice(0, int(0.44 * width)), slice(int(0.44 * width), int(0.85 * width))):
+        _, left, _, panel_width = panel(pixels, columns)
+        region = pixels[:, left:left + panel_width]
+        in_panels = (region.max(axis=-1) < 0.15).mean(axis=1) > 0.3
+        colour = np.zeros(region.shape[:2], dtype=bool)
+        colour[in_panels] = (region[in_panels].max(axis=-1) > 0.3) & (region[in_panels].min(axis=-1) < 0.8)
+        if not centres:  # the samples' panels: the consensus contour only
+            colour &= np.linalg.norm(region - np.array(CONSENSUS_COLOUR), axis=-1) < 0.1
+        assert colour.sum() > 40
+        centres.append(np.argwhere(colour).mean(axis=0))
+    assert abs(centres[0][1] - centres[1][1]) <= 4  # columns (the I axis the click widened) within 4 pixels
+

@@ -126,8 +126,8 @@ def test_progress_counts_a_slice_cut_again_in_a_larger_crop():
 
 def test_the_expected_images_follow_the_size_of_the_lesion_on_its_prompted_slice():
     """The ETA's total: until the prompted slice is done, all the slices the propagation may visit (20 here); then
-    a lesion as deep as it is wide: a ball of radius 4.8 mm (6 voxels of 0.8 mm across its prompted slice, 2 mm
-    slices: 2 slices to each side), plus the empty slices that end each direction: what the run takes."""
+    a lesion as deep as it is wide: a ball of radius 4.8 mm (6 voxels of 0.8 mm on its prompted slice, 2 mm slices:
+    2 slices to each side), plus the empty slices that end each direction: what the run takes."""
     k, j, i = np.mgrid[0:20, 0:40, 0:40]
     spacing_i, _, spacing_k = SPACING_IJK
     ball = ((i - 20) * spacing_i) ** 2 + ((j - 20) * spacing_i) ** 2 + ((k - 9) * spacing_k) ** 2 < 4.8 ** 2

@@ -138,6 +138,8 @@ def test_the_default_model_of_a_volume_is_the_ct_one_for_hounsfield_units_the_pe
     for not_ct in (sample, overshoot, rng.normal(0.0, 1.0, (4, 10, 10)), np.array([-65, 30], dtype=np.int16),
                    np.zeros((2, 2))):
         assert registry.default_model_name(not_ct) == registry.DEFAULT_MODEL
+        assert registry.default_model_name(not_ct, prompted=False) == registry.DEFAULT_WHOLE_VOLUME_MODEL
+    assert registry.default_model_name(ct, prompted=False) == registry.DEFAULT_CT_MODEL  # as before: unchanged
     assert registry.default_model_name(rng.gamma(2.0, 0.5, (4, 10, 10))) == registry.DEFAULT_PET_MODEL
 
 

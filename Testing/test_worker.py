@@ -226,17 +226,20 @@ def test_a_ct_only_model_warns_about_a_volume_that_does_not_look_like_ct(shared,
 def test_a_job_without_a_model_gets_the_ct_or_pet_default_there_and_the_general_default_otherwise(shared, tmp_path):
     """The default model depends on the volume (sdseg.registry.default_model_name): the bundled CT model on the real
     sarcoma cut's CT (Testing/Data, STS_019, in Hounsfield units), the PET model on its PET (in SUV), the general
-    default on the same patient's MR T1; ``accepted`` and ``done`` name the model that ran, and no CT-only warning is
-    sent."""
+    default on the same patient's MR T1 with a click, and there without a prompt (whole slices) the model trained
+    without prompts; ``accepted`` and ``done`` name the model that ran, and no CT-only warning is sent."""
     cut = REPO / "Testing" / "Data" / "ibsi-sts" / "ibsi_validation" / "nifti" / "STS_019"
+    click = {"lesions": [{"point_ijk": [56.0, 55.0, 2.0]}]}  # the tumour's centre
     ran = {}
-    for modality in ("CT", "MR_T1", "PET"):
-        shared.send(segment(modality, cut / f"{modality}_image.nii.gz", tmp_path / modality, samples=1))
+    for modality, prompt in (("CT", None), ("MR_T1", None), ("MR_T1", click), ("PET", None)):
+        shared.send(segment(modality, cut / f"{modality}_image.nii.gz", tmp_path / f"{modality}{bool(prompt)}",
+                            samples=1, prompt=prompt))
         messages = shared.until({"done", "error"})
         assert messages[0]["type"] == "accepted" and messages[-1]["type"] == "done", messages[-1]
         assert messages[0]["warnings"] == [] and messages[-1]["summary"]["model"] == messages[0]["model"]
-        ran[modality] = messages[0]["model"]
-    assert ran == {"CT": registry.DEFAULT_CT_MODEL, "MR_T1": registry.DEFAULT_MODEL, "PET": registry.DEFAULT_PET_MODEL}
+        ran[modality, bool(prompt)] = messages[0]["model"]
+    assert ran == {("CT", False): registry.DEFAULT_CT_MODEL, ("MR_T1", False): registry.DEFAULT_WHOLE_VOLUME_MODEL,
+                   ("MR_T1", True): registry.DEFAULT_MODEL, ("PET", False): registry.DEFAULT_PET_MODEL}
 
 
 def test_job_end_to_end_streams_every_slice_in_order(shared, models_dir, volume_path, tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch and verify the real lesion data of docs/data.md ("LIDC-IDRI crops with four radiologists", "Soft-tissue
-# sarcoma on CT, MR and PET", "Glioma on brain MR"), for a user with internet access; the project never downloads at run time, and CI
-# does not run this (its tests use the fixtures in Testing/Data).
+# sarcoma on CT, MR and PET", "Glioma on brain MR"), for a user with internet access; the project never downloads at
+# run time, and CI does not run this (its tests use the fixtures in Testing/Data).
 #
 #   bash scripts/fetch_real_lesions.sh [DEST]             clone the three repositories at the named commits into DEST
 #                                                         (default $SDSEG_CACHE/real-lesions, SDSEG_CACHE default

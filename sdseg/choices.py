@@ -9,6 +9,6 @@ DEFAULT_PROMPT_CHANNELS = ("point", "box")  # `sdseg train` without --prompt-cha
 SPLITS = ("train", "val", "test")  # sdseg.data.dataset
 # The names of sdseg.data.sources.SOURCES and the keys of its IBSI_STS_PREPROCESSING, whose module imports the
 # loaders (SimpleITK, torch); a test keeps them equal.
-SOURCE_NAMES = ("brats-tcga", "btcv", "chest-ct", "head-ct", "ibsi-sts", "kvasir-seg", "lidc", "lidc-pickle", "lidc-slices",
-                "liver-mr", "mricron", "pairs", "pyradiomics")
+SOURCE_NAMES = ("brats-tcga", "btcv", "chest-ct", "head-ct", "ibsi-sts", "kvasir-seg", "lidc", "lidc-pickle",
+                "lidc-slices", "liver-mr", "mricron", "pairs", "pyradiomics")
 IBSI_STS_MODALITIES = ("ct", "mr", "pet", "all")

@@ -69,7 +69,7 @@ POINT_TOLERANCE_VOXELS = 5.0  # a click this close to a predicted component (in 
 GROWTH = 1.5  # a crop whose consensus touches its edge is cut again this many times larger
 DEFAULT_STOP_AFTER_EMPTY = 2
 # For the ETA only: a lesion found on its prompted slice is expected to reach this many of its equivalent diameters
-# there to each side (a sphere: 0.5), unless the model's length rule bounds the reach (sdseg.lesion_length).
+# there to each side (a sphere: 0.5); where the model has a length rule (sdseg.lesion_length), its reach instead.
 EXPECTED_DEPTH = LengthRule(max_diameters=0.5)
 
 

@@ -18,8 +18,10 @@ from sdseg.modality_check import looks_like_ct, looks_like_suv_pet
 MODELS_PATH_ENV = "SDSEG_MODELS_PATH"
 # The bundled models a job without a model uses (README "Choosing the default"): DEFAULT_CT_MODEL on a volume that looks
 # like CT in Hounsfield units (sdseg.modality_check.looks_like_ct), DEFAULT_PET_MODEL on one that looks like a PET in
-# SUV (looks_like_suv_pet), each when installed, DEFAULT_MODEL on any other.
+# SUV (looks_like_suv_pet), each when installed, DEFAULT_MODEL on any other; there, a job without a prompt (whole
+# slices) gets DEFAULT_WHOLE_VOLUME_MODEL, trained without prompts (DEFAULT_MODEL finds nothing in that mode).
 DEFAULT_MODEL = "sdseg-union-mr"
+DEFAULT_WHOLE_VOLUME_MODEL = "sdseg-small"
 DEFAULT_CT_MODEL = "sdseg-union-ct"
 DEFAULT_PET_MODEL = "sdseg-union"
 # The defaults for a kind of image, in the order they are tested: its test, its model, the flag the listing and the
@@ -56,13 +58,14 @@ def _card_summary(card: str) -> str:
     return ""
 
 
-def default_model_name(array_kji) -> str:
-    """The model a job that names none uses on a volume of voxel values ``array_kji`` (DEFAULT_MODEL where the CT
-    or PET model is not installed, e.g. removed from a server's models)."""
+def default_model_name(array_kji, prompted: bool = True) -> str:
+    """The model a job that names none uses on a volume of voxel values ``array_kji`` (the general default where the
+    CT or PET model is not installed, e.g. removed from a server's models); ``prompted``: the job has a prompt."""
+    installed = {folder.name for folder in _candidate_folders()}
     for looks_like, name, _, _ in IMAGE_DEFAULTS:
-        if looks_like(array_kji) and any(folder.name == name for folder in _candidate_folders()):
+        if looks_like(array_kji) and name in installed:
             return name
-    return DEFAULT_MODEL
+    return DEFAULT_MODEL if prompted or DEFAULT_WHOLE_VOLUME_MODEL not in installed else DEFAULT_WHOLE_VOLUME_MODEL
 
 
 def describe_model(folder: Path) -> dict:

@@ -7,6 +7,7 @@ coronal: right on the left, superior up; sagittal: anterior on the left, superio
 from __future__ import annotations
 
 import itertools
+import textwrap
 
 import numpy as np
 
@@ -20,6 +21,7 @@ CLICK_COLOUR = (1.0, 1.0, 1.0)  # white, on a black edge: no sample colour (satu
 MIN_MARGIN_VOXELS = 8
 MARGIN_FRACTION = 0.25
 PANEL_INCHES = 3.2
+TITLE_CHARACTERS = 100  # of the title, on one line above the panels (more: shortened, "...")
 
 
 def crop_box(extent, dims_kji) -> tuple[slice, slice, slice]:
@@ -116,17 +118,19 @@ def drawing_modules():
 def write_preview(path, segmentation_node, variance_node, slice_axis: int, image_kji=None, max_slices: int = 4,
                   points_ijk=(), title: str | None = None):
     """Write the preview PNG. image_kji: the input voxels (K, J, I) for the background (None: black); points_ijk:
-    the clicks (I, J, K in voxels), marked and kept in view, the first one's slice shown; title: above the slices.
+    the clicks (I, J, K in voxels), marked and kept in view, the first one's slice shown (the first whose slice has
+    samples, if any has); title: above the slices.
     Zero variance is left transparent so the image shows through."""
     names = result_segment_names(segmentation_node)
     by_name = segment_ids_by_name(segmentation_node)
     masks, extent, ijk_to_ras = read_segment_arrays(
         segmentation_node, [by_name[name] for name in names], full_extent=False)
     variance = image_array_kji(variance_node.GetImageData())
-    if masks.any():  # the view holds every click too (with nothing found: the whole slices, crop_box)
-        extent = union_extent([extent, *([i, i, j, j, k, k] for k, j, i in
-                                         clicks_in_box(points_ijk, tuple(slice(0, n) for n in variance.shape)))])
-    box = crop_box(extent, variance.shape)
+    view = extent  # what the view holds: the masks' extent and, where something was found, every click
+    if masks.any():  # (with nothing found: the whole slices, crop_box)
+        view = union_extent([extent, *([i, i, j, j, k, k] for k, j, i in
+                                       clicks_in_box(points_ijk, tuple(slice(0, n) for n in variance.shape)))])
+    box = crop_box(view, variance.shape)
     clicked = clicks_in_box(points_ijk, box)
     cropped = np.zeros((len(names), *(s.stop - s.start for s in box)), dtype=bool)
     if masks[0].size:
@@ -140,9 +144,10 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
     consensus_rows = [n for n in range(len(names)) if n not in sample_rows]
     colours = dict(zip(sample_rows, sample_colours(len(sample_rows))))
     colours.update({n: CONSENSUS_COLOUR for n in consensus_rows})
-    slices = preview_slices(masks[sample_rows].any(axis=0) if sample_rows else masks.any(axis=0), axis, max_slices,
-                            masks[consensus_rows].any(axis=0) if consensus_rows else None,
-                            clicked[0][axis] if clicked else None)
+    union = masks[sample_rows].any(axis=0) if sample_rows else masks.any(axis=0)
+    found = [click for click in clicked if np.take(union, click[axis], axis=axis).any()]  # its slice has samples
+    slices = preview_slices(union, axis, max_slices, masks[consensus_rows].any(axis=0) if consensus_rows else None,
+                            (found or clicked)[0][axis] if clicked else None)
     spacing_kji = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)[::-1]
 
     order = radiological_order(plane_axes, ijk_to_ras)
@@ -200,7 +205,7 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
         labels.append("click")
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(textwrap.shorten(title, TITLE_CHARACTERS, placeholder=" ..."), fontsize=10)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_output(path) as temporary:
         figure.savefig(temporary, dpi=100, format="png")

@@ -28,8 +28,9 @@ from sdseg.volume_io import VolumeError, read_volume
 
 SEQUENCES = {"t1ce": (1, 4), "flair": (1, 2, 4), "t2": (1, 2, 4)}  # sequence -> the labels of its mask
 CASE_FOLDER = re.compile(r"Brats18_TCIA\d\d_\d{3}_1")  # TCGA-GBM / TCGA-LGG cases only (module docstring)
+DEEPBRAINSEG_COMMIT = "5d4f381"  # the snapshot read and checked (scripts/fetch_real_lesions.sh, real_lesions.sha256)
 BRATS_TCGA_HOW_TO_GET = ("pass the sample_volume/brats folder of the GitHub repository koriavinash1/DeepBrainSeg at "
-                         "commit 5d4f381 (scripts/fetch_real_lesions.sh clones and checks it)")
+                         f"commit {DEEPBRAINSEG_COMMIT} (scripts/fetch_real_lesions.sh clones and checks it)")
 
 
 def collection_folder(path) -> Path:

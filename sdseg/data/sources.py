@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import SimpleITK as sitk
 
-from sdseg.data.brats_tcga import BRATS_TCGA_HOW_TO_GET, load_brats_tcga
+from sdseg.data.brats_tcga import BRATS_TCGA_HOW_TO_GET, DEEPBRAINSEG_COMMIT, load_brats_tcga
 from sdseg.data.cases import Case, CaseRef, SourceError
 from sdseg.data.debian import deb_members
 from sdseg.data.head_ct import HEAD_CT_HOW_TO_GET, load_head_ct
@@ -405,8 +405,9 @@ SOURCES: dict[str, Source] = {
         "glioma (glioblastoma and lower-grade glioma) of TCGA on brain MR, skull-stripped, 1 mm, as BraTS 2018 "
         "distributes them: 12 patients, each as its post-contrast T1 with the tumour core and its FLAIR and T2 with "
         "the whole tumour",
-        "GitHub koriavinash1/DeepBrainSeg at commit 5d4f381, folder sample_volume/brats (the Brats18_TCIAxx_yyy_1 "
-        "cases only; code MIT); scans and labels from TCIA's TCGA-GBM / TCGA-LGG collections (Bakas et al. 2017)",
+        f"GitHub koriavinash1/DeepBrainSeg at commit {DEEPBRAINSEG_COMMIT}, folder sample_volume/brats (the "
+        "Brats18_TCIAxx_yyy_1 cases only; code MIT); scans and labels from TCIA's TCGA-GBM / TCGA-LGG collections "
+        "(Bakas et al. 2017)",
         "CC BY 3.0 (TCIA, the TCGA-GBM / TCGA-LGG scans and their expert labels); cite Bakas et al. 2017 (Sci. Data "
         "4:170117), Menze et al. 2015 (IEEE TMI 34:1993) and TCIA (Clark et al. 2013)",
         "BraTS labels revised by a neuroradiologist: the tumour core (labels 1, 4) on t1ce, the whole tumour (1, 2, "

@@ -264,7 +264,7 @@ class Worker:
         except VolumeError as error:
             raise JobError(protocol.BAD_VOLUME, str(error)) from error
         if not job["model"]:
-            folder, config = _model_folder(registry.default_model_name(volume.array_kji))
+            folder, config = _model_folder(registry.default_model_name(volume.array_kji, bool(job["prompt"])))
         shape = volume.array_kji.shape
         try:
             roi = check_roi(job["roi_ijk"], shape)
