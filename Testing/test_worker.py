@@ -232,8 +232,8 @@ def test_a_job_without_a_model_gets_the_ct_or_pet_default_there_and_the_general_
     click = {"lesions": [{"point_ijk": [56.0, 55.0, 2.0]}]}  # the tumour's centre
     ran = {}
     for modality, prompt in (("CT", None), ("MR_T1", None), ("MR_T1", click), ("PET", None)):
-        shared.send(segment(modality, cut / f"{modality}_image.nii.gz", tmp_path / f"{modality}{bool(prompt)}",
-                            samples=1, prompt=prompt))
+        job_id = f"{modality}-{'click' if prompt else 'whole'}"  # one id per job: the worker refuses one in use
+        shared.send(segment(job_id, cut / f"{modality}_image.nii.gz", tmp_path / job_id, samples=1, prompt=prompt))
         messages = shared.until({"done", "error"})
         assert messages[0]["type"] == "accepted" and messages[-1]["type"] == "done", messages[-1]
         assert messages[0]["warnings"] == [] and messages[-1]["summary"]["model"] == messages[0]["model"]
