@@ -41,25 +41,23 @@ MIN_SARCOMA_MEAN_DICE = 0.3
 MIN_DEFAULT_MODALITY_DICE = {"CT": 0.5, "PET": 0.5, "MR_T1": 0.25}
 
 
+def seen_patients(folder) -> set[str]:
+    """The patients in a train or val split of any data set the model was trained on (its records list every
+    patient each data set read, extra train sources included)."""
+    records = read_config(folder)["config"]["training_data"]
+    assert records, f"{folder.name} does not record its training data"
+    return set().union(*(set(record["splits"]["train"]) | set(record["splits"]["val"]) for record in records))
+
+
 def held_out_patients(folder) -> set[str]:
     """The patients in the test split of every data set the model was trained on (and in no train or val split)."""
     records = read_config(folder)["config"]["training_data"]
-    assert records, f"{folder.name} does not record its training data"
-    held_out = set.intersection(*(set(record["splits"]["test"]) for record in records))
-    seen = set().union(*(set(record["splits"]["train"]) | set(record["splits"]["val"]) for record in records))
-    return held_out - seen
+    return set.intersection(*(set(record["splits"]["test"]) for record in records)) - seen_patients(folder)
 
 
 HELD_OUT = {folder: held_out_patients(folder) for folder in BUNDLED}
 ON_SAMPLE = [folder for folder in BUNDLED if SAMPLE_PATIENT in HELD_OUT[folder]]
 ON_SARCOMA = [folder for folder in BUNDLED if SARCOMA_PATIENT in HELD_OUT[folder]]
-
-
-def seen_patients(folder) -> set[str]:
-    """The patients in a train or val split of any data set the model was trained on (its records list every
-    patient each data set read, extra train sources included)."""
-    return set().union(*(set(record["splits"]["train"]) | set(record["splits"]["val"])
-                         for record in read_config(folder)["config"]["training_data"]))
 
 
 def test_the_default_models_are_bundled_and_checked_where_they_are_the_default():

@@ -13,23 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel
 import numpy as np
 import pytest
 
 from sdseg.data.cases import SourceError
 from sdseg.data.dataset import SPLITS
 from sdseg.data.sources import get_source
+from test_data_ibsi_sts import nifti_array
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "Testing" / "Data" / "brats-tcga"
 CASE = "Brats18_TCIA01_378_1"
 CASE_FOLDER = FIXTURE / "sample_volume" / "brats" / CASE
-
-
-def nifti_array(path: Path) -> np.ndarray:
-    """(K, J, I) array of a NIfTI file read with nibabel (which gives (I, J, K))."""
-    return np.asarray(nibabel.load(str(path)).dataobj).transpose(2, 1, 0)
 
 
 def collection(tmp_path: Path, names) -> Path:
@@ -44,9 +39,9 @@ def collection(tmp_path: Path, names) -> Path:
 
 @pytest.mark.parametrize("sequence, labels", [("t1ce", {1, 4}), ("flair", {1, 2, 4}), ("t2", {1, 2, 4})])
 def test_each_sequence_reads_its_image_and_the_mask_of_its_labels(sequence, labels):
-    refs = get_source("brats-tcga").load(FIXTURE)  # the repository's root: its sample_volume/brats is found
-    assert [(ref.patient, ref.read().tag) for ref in refs] == [(CASE, "t1ce"), (CASE, "flair"), (CASE, "t2")]
-    case = next(ref.read() for ref in refs if ref.read().tag == sequence)
+    cases = [ref.read() for ref in get_source("brats-tcga").load(FIXTURE)]  # the repository's root is found too
+    assert [(case.patient, case.tag) for case in cases] == [(CASE, "t1ce"), (CASE, "flair"), (CASE, "t2")]
+    case = next(case for case in cases if case.tag == sequence)
     np.testing.assert_array_equal(case.image, nifti_array(CASE_FOLDER / f"{CASE}_{sequence}.nii.gz"))
     label = nifti_array(CASE_FOLDER / f"{CASE}_seg.nii.gz")
     assert set(np.unique(label)) == {0, 1, 2, 4}  # all three tumour regions are on the cut

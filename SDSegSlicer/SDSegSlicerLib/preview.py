@@ -140,6 +140,7 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
     image = np.zeros(variance.shape) if image_kji is None else np.asarray(image_kji, dtype=float)[box]
     axis = 2 - slice_axis
     plane_axes = tuple(a for a in range(3) if a != axis)
+    plane_shape = tuple(variance.shape[a] for a in plane_axes)  # of a slice before in_order()
     sample_rows = [n for n, name in enumerate(names) if not is_consensus(name)]
     consensus_rows = [n for n in range(len(names)) if n not in sample_rows]
     colours = dict(zip(sample_rows, sample_colours(len(sample_rows))))
@@ -174,18 +175,18 @@ def write_preview(path, segmentation_node, variance_node, slice_axis: int, image
             axes[row, column].imshow(plane_image, cmap="gray", vmin=low, vmax=max(high, low + 1e-6),
                                      aspect=aspect, interpolation="nearest")
             axes[row, column].set_axis_off()
-        drawn = [n for n in sample_rows + consensus_rows if plane_of(masks[n], position).any()]
+        planes = {n: plane_of(masks[n], position) for n in sample_rows + consensus_rows}
+        drawn = [n for n, plane in planes.items() if plane.any()]
         for n in drawn:  # the consensus last, on top
             consensus = n in consensus_rows
-            axes[row, 0].contour(plane_of(masks[n], position).astype(float), levels=[0.5], colors=[colours[n]],
+            axes[row, 0].contour(planes[n].astype(float), levels=[0.5], colors=[colours[n]],
                                  linewidths=2.5 if consensus else 1.0, alpha=1.0 if consensus else 0.85,
                                  path_effects=black_edge if consensus else None)
         plane_variance = plane_of(variance, position)
         heat = axes[row, 1].imshow(np.ma.masked_where(plane_variance <= 0, plane_variance), cmap=variance_map,
                                    vmin=VARIANCE_DISPLAY_RANGE[0], vmax=VARIANCE_DISPLAY_RANGE[1], alpha=0.85,
                                    aspect=aspect, interpolation="nearest")
-        shape = np.take(variance, position, axis=axis).shape
-        here = [position_in_order(click[plane_axes[0]], click[plane_axes[1]], shape, order)
+        here = [position_in_order(click[plane_axes[0]], click[plane_axes[1]], plane_shape, order)
                 for click in clicked if click[axis] == position]
         for column, (y, x) in itertools.product(range(2), here):
             axes[row, column].plot(x, y, marker="+", markersize=14, markeredgewidth=2.5, color=CLICK_COLOUR,
