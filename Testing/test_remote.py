@@ -361,6 +361,37 @@ def test_two_clients_are_served_in_turn(server, tmp_path):
         second.stop()
 
 
+BACK_TO_BACK_JOBS = 60
+
+
+def test_jobs_discarded_at_their_end_never_disturb_the_next_request(server, tmp_path, monkeypatch):
+    """Jobs one after the other, each discarded as soon as its last message arrives (the benchmark, the command
+    line and the batch do so), while the job's reader thread is closing its stream too. Two closes of one response
+    at once once handed its connection back to the shared pool twice, and a later request failed (ConnectionError)
+    or a stream broke (about 1 job in 75 under a CPU hog): every stream must be closed exactly once."""
+    closed: dict[int, list] = {}  # id -> [the response, kept alive so that ids stay unique; its closes]
+    original_close = requests.Response.close
+
+    def counted_close(response):
+        closed.setdefault(id(response), [response, 0])[1] += 1
+        original_close(response)
+
+    monkeypatch.setattr(requests.Response, "close", counted_close)
+    volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+    client = RemoteWorkerClient(server.url, TOKEN)
+    client.start()
+    job = {"volume": str(volume), "model": MODEL_NAME, "samples": 1, "steps": 2, "device": "cpu"}
+    try:
+        for _ in range(BACK_TO_BACK_JOBS):
+            job_id, messages = run_job(client, dict(job))
+            assert messages[-1]["type"] == "done", messages[-1]
+            client.discard_job(job_id)
+    finally:
+        client.stop()
+    counts = [count for _, count in closed.values()]
+    assert len(counts) >= BACK_TO_BACK_JOBS and max(counts) == 1, sorted(counts)[-3:]
+
+
 def test_a_client_that_goes_away_has_its_job_cancelled(server, tmp_path):
     volume = lesion_volume(tmp_path / "long.nrrd", (40, 16, 16))
     client = RemoteWorkerClient(server.url, TOKEN)

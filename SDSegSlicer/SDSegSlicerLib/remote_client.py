@@ -124,13 +124,12 @@ class RemoteWorkerClient:
     def __init__(self, url: str, token: str | None = None):
         self.url = url.rstrip("/")
         self._token = token if token is not None else os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
-        self._session = requests.Session()
-        if self._token:
-            self._session.headers["Authorization"] = f"Bearer {self._token}"
+        self._session = self._new_session()
         self._client_id = uuid.uuid4().hex[:12]
         self._messages: queue.Queue = queue.Queue()
         self._jobs_root: Path | None = None
-        self._streams: dict[str, requests.Response] = {}
+        self._streams: dict[str, tuple] = {}  # open event streams and their sessions; closed by whoever takes one out
+        self._streams_lock = threading.Lock()
         self._uploads: dict[str, str | None] = {}  # local job ID of submit_in_background -> server job ID
         self._cancelled: set[str] = set()
         self._stopping = False
@@ -148,10 +147,17 @@ class RemoteWorkerClient:
         """The server's hello (start() waited for it), as WorkerClient.poll_ready gives a launched worker's."""
         return self.hello
 
-    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        if self._token:
+            session.headers["Authorization"] = f"Bearer {self._token}"
+        return session
+
+    def _request(self, method: str, path: str, session: requests.Session | None = None,
+                 **kwargs) -> requests.Response:
         try:
-            response = self._session.request(method, self.url + path, timeout=kwargs.pop("timeout", CONNECT_TIMEOUT_S),
-                                             **kwargs)
+            response = (session or self._session).request(method, self.url + path,
+                                                          timeout=kwargs.pop("timeout", CONNECT_TIMEOUT_S), **kwargs)
         except requests.RequestException as error:
             raise WorkerError(f"Cannot reach the server {self.url} ({type(error).__name__}): check the address and "
                               "that `sdseg-slicer serve` runs there.") from None
@@ -247,10 +253,19 @@ class RemoteWorkerClient:
             self._messages.put({"type": "error", "job_id": local_id, "code": "connection_lost", "message": str(error)})
 
     def _follow(self, server_id: str, job_id: str) -> None:
-        """Open the job's event stream; a thread reads it, its messages carrying ``job_id``."""
+        """Open the job's event stream on a connection of its own (its session: a stream closed by another thread
+        while it is read cannot disturb the connections of other requests); a thread reads it, its messages
+        carrying ``job_id``."""
         self.job_dir(job_id).mkdir()
-        stream = self._request("GET", f"/jobs/{server_id}/events", stream=True, timeout=(CONNECT_TIMEOUT_S, None))
-        self._streams[job_id] = stream
+        session = self._new_session()
+        try:
+            stream = self._request("GET", f"/jobs/{server_id}/events", session=session, stream=True,
+                                   timeout=(CONNECT_TIMEOUT_S, None))
+        except WorkerError:
+            session.close()
+            raise
+        with self._streams_lock:
+            self._streams[job_id] = (stream, session)
         threading.Thread(target=self._read, args=(job_id, stream), daemon=True).start()
 
     def _read(self, job_id: str, stream: requests.Response) -> None:
@@ -273,9 +288,8 @@ class RemoteWorkerClient:
             reason = type(error).__name__
         else:
             reason = "the stream ended early"
-        finally:
-            stream.close()
-        if not ended and not self._stopping:
+        closed_under_us = not self._close_stream(job_id)  # by discard_job or stop
+        if not ended and not self._stopping and not closed_under_us:
             self._messages.put({"type": "error", "job_id": job_id, "code": "connection_lost",
                                 "message": f"The connection to the server {self.url} was lost ({reason}) after "
                                            f"{delivered} slice(s); they are kept. Check the server and run again."})
@@ -298,12 +312,21 @@ class RemoteWorkerClient:
             raise WorkerError("Not connected to the server: connect first.")
         return self._jobs_root / job_id
 
+    def _close_stream(self, job_id: str) -> bool:
+        """Close the job's event stream unless another thread did; whether this call closed it. A stream is closed
+        once only: two closes of one response (its reader's and discard_job's) could hand its connection back to
+        the session's pool twice, and two later requests would then share one socket."""
+        with self._streams_lock:
+            stream, session = self._streams.pop(job_id, (None, None))
+        if stream is not None:
+            stream.close()
+            session.close()
+        return stream is not None
+
     def discard_job(self, job_id: str) -> None:
         if self._jobs_root is not None:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-        stream = self._streams.pop(job_id, None)
-        if stream is not None:
-            stream.close()
+        self._close_stream(job_id)
 
     def poll(self, timeout: float = 0.0) -> list[dict]:
         return drain(self._messages, timeout)
@@ -311,9 +334,8 @@ class RemoteWorkerClient:
     def stop(self, timeout: float = 0.0, on_wait: Callable[[], None] | None = None) -> None:
         """Close the connections (the server cancels the jobs still running) and delete the local job folders."""
         self._stopping = True
-        for stream in list(self._streams.values()):
-            stream.close()
-        self._streams.clear()
+        for job_id in list(self._streams):
+            self._close_stream(job_id)
         self._session.close()
         if self._jobs_root is not None:
             shutil.rmtree(self._jobs_root, ignore_errors=True)
