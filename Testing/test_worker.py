@@ -300,6 +300,25 @@ def test_model_is_loaded_once_across_jobs(shared, volume_path, tmp_path, models_
     assert cached_flags(["after-update", "again"]) == [False, True]
 
 
+def test_a_job_id_is_free_again_as_soon_as_its_last_message_is_read(shared, volume_path, tmp_path):
+    """A client may reuse a job ID once it has read that job's last message (the worker once freed the ID only
+    after sending the message, and an ID sent back at once was refused as "already queued or running"). A
+    refusal of a queued job's ID stays (the worker answers it with an error)."""
+    for attempt in range(10):
+        job_dir = tmp_path / f"run{attempt}"
+        shared.send(segment("reused", volume_path, job_dir, model="tiny-sdseg", samples=1,
+                            roi_ijk=[0, 0, 0, 11, 1, 6]))
+        last = shared.until({"done", "error"})[-1]
+        assert (last["type"], last["job_id"]) == ("done", "reused"), last
+    job = segment("twice", volume_path, tmp_path / "twice", model="tiny-sdseg", samples=1, roi_ijk=[0, 0, 0, 11, 1, 6])
+    shared.send(job)
+    shared.send(job)  # read while the first is queued or running
+    messages = shared.until({"done"})
+    refusals = [m for m in messages if m["type"] == "error"]
+    assert [(m["job_id"], m["code"]) for m in refusals] == [("twice", "bad_request")], messages
+    assert "already queued or running" in refusals[0]["message"]
+
+
 ERROR_CASES = [
     ({"model": "no-such-model"}, "unknown_model", "tiny-ambiguous"),  # the message lists the available models
     ({"model": "tiny-colour"}, "model_mismatch", "3 image channels"),

@@ -179,19 +179,14 @@ class Worker:
             job = self._jobs.get()
             if job is None:
                 return 0
-            try:
-                self._run_job(job)
-            finally:
-                with self._state_lock:
-                    self._waiting.discard(job["job_id"])
-                    self._cancel.discard(job["job_id"])
+            self._run_job(job)
 
     def _run_job(self, job: dict) -> None:
         job_id, started = job["job_id"], time.monotonic()
         progress = None
         try:
             if self._should_stop(job_id):
-                self.send(protocol.cancelled(job_id, 0))
+                self._end(job_id, protocol.cancelled(job_id, 0))
                 return
             folder, device, volume, roi, slice_axis, prompts = self._prepare(job)
             model, model_cached = self._model_for(folder, device, job)
@@ -203,18 +198,26 @@ class Worker:
             finished, lesions = self._segment(job, model, folder, device, volume, roi, slice_axis, prompts,
                                               progress)
             if not finished:  # stopped early: cancelled, shutdown or the client went away
-                self.send(protocol.cancelled(job_id, progress.delivered))
+                self._end(job_id, protocol.cancelled(job_id, progress.delivered))
             else:
-                self.send(protocol.done(job_id, progress.delivered, time.monotonic() - started, job["samples"],
-                                        folder.name, device.type, model_cached, lesions))
+                self._end(job_id, protocol.done(job_id, progress.delivered, time.monotonic() - started,
+                                                job["samples"], folder.name, device.type, model_cached, lesions))
         except JobError as error:
-            self.send(protocol.error(job_id, error.code, str(error)))
+            self._end(job_id, protocol.error(job_id, error.code, str(error)))
         except Exception as error:  # noqa: BLE001 - the worker must survive any job failure
             log.exception("job %s failed", job_id)
             delivered = progress.delivered if progress else 0
-            self.send(protocol.error(job_id, protocol.INTERNAL,
-                                     f"unexpected error ({type(error).__name__}: {error}) after {delivered} "
-                                     "slice(s); the worker log (stderr) has the details. Please report it."))
+            self._end(job_id, protocol.error(job_id, protocol.INTERNAL,
+                                             f"unexpected error ({type(error).__name__}: {error}) after {delivered} "
+                                             "slice(s); the worker log (stderr) has the details. Please report it."))
+
+    def _end(self, job_id: str, message: dict) -> None:
+        """Free the job's ID, then send its last message: a client may submit a new job with that ID as soon as
+        it reads the message (the ID was once freed after sending, and such a job was refused as a duplicate)."""
+        with self._state_lock:
+            self._waiting.discard(job_id)
+            self._cancel.discard(job_id)
+        self.send(message)
 
     def _load_model(self, folder: Path, device: torch.device):
         """(model, cached): the model of ``folder`` on ``device``, loaded unless it is the cached one (same folder,
