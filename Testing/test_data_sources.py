@@ -507,6 +507,29 @@ def test_preprocess_errors_say_what_to_do(tmp_path, capsys):
     assert "not a usable LIDC crops pickle" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("source", [name for name, source in sources.SOURCES.items()
+                                    if source.labelled and not source.label_values])
+def test_labels_are_refused_where_the_source_sets_the_masks_and_nothing_is_written(source, tmp_path, capsys):
+    """--labels was once ignored without a word by the sources whose masks are fixed (sarcoma GTVs, glioma label
+    sets, radiologists' outlines): a user who asked for one label got every one."""
+    out = tmp_path / "out"
+    assert preprocess.main(["--source", source, "--input", str(tmp_path), "--labels", "1", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"the masks of {source} are set by the source" in error and "leave out --labels" in error
+    assert error.count("\n") == 1 and not out.exists()
+    assert preprocess.main(["--source", "pairs", "--input", str(SAMPLE_DIR), "--add-train", f"{source}={tmp_path}",
+                            "--labels", "1", "--out", str(out)]) == 2
+    assert f"--add-train {source}={tmp_path}: --labels" in capsys.readouterr().err and not out.exists()
+
+
+def test_labels_pick_the_mask_of_a_label_map_source(tmp_path):
+    """The sample's label map holds 1 (the tumour): --labels 1 crops it, --labels 2 finds no lesion."""
+    assert preprocess.main(["--source", "pairs", "--input", str(SAMPLE_DIR), "--labels", "1", "--out",
+                            str(tmp_path / "one")]) == 0
+    assert preprocess.main(["--source", "pairs", "--input", str(SAMPLE_DIR), "--labels", "2", "--out",
+                            str(tmp_path / "two")]) == 2 and not (tmp_path / "two").exists()
+
+
 def test_preprocess_refuses_held_out_patients_in_train_and_a_failed_run_leaves_nothing(tmp_path, capsys,
                                                                                        monkeypatch):
     pickle_path = tmp_path / "data_lidc.pickle"

@@ -641,6 +641,10 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
             raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
     named = [("", source.name)] + [(f"--add-train {spec}: ", spec.partition("=")[0]) for spec in args.add_train]
     for where, name in named:
+        if args.labels and name in SOURCES and not SOURCES[name].label_values:
+            takers = ", ".join(n for n, s in SOURCES.items() if s.label_values)
+            raise SourceError(f"{where}--labels picks the mask's label values for {takers}; the masks of {name} are "
+                              f"set by the source ({SOURCES[name].masks}): leave out --labels")
         if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater):
             raise SourceError(f"{where}{name} shows lesions that are not outlined: a lesion-free crop (--negatives) "
                               "or a texture crop (--multirater) could hold one; use its lesion crops only")

@@ -59,6 +59,7 @@ class Source(NamedTuple):
     load: Callable[..., list[CaseRef]]  # load(path, labels=None) -> the cases, not yet read
     labelled: bool = True  # False: images only (texture for --multirater), no masks
     every_lesion_outlined: bool = True  # False: the images show lesions that are not outlined (no lesion-free crops)
+    label_values: bool = False  # True: its masks come from label maps and --labels picks their values
 
 
 def _binary(labelmap: np.ndarray, labels) -> np.ndarray:
@@ -345,7 +346,7 @@ SOURCES: dict[str, Source] = {
         "acquired or annotated the scans",
         "BSD-3-Clause (Copyright 2017 Harvard Medical School), the licence of the PyRadiomics distribution",
         "one lesion segmentation per case (tumour / nodule / breast lesion), single rater",
-        PERCENTILE, PYRADIOMICS_HOW_TO_GET, load_pyradiomics),
+        PERCENTILE, PYRADIOMICS_HOW_TO_GET, load_pyradiomics, label_values=True),
     "mricron": Source(
         "mricron",
         "Colin27: one healthy adult's T1 MR brain (1 mm, the average of 27 scans of one subject) with the 116 regions "
@@ -355,12 +356,13 @@ SOURCES: dict[str, Source] = {
         "BSD-3-Clause (Copyright 2006-2010 Chris Rorden), the licence Debian's copyright file gives every file of "
         "mricron-data; cite Holmes et al. 1998 and Tzourio-Mazoyer et al. 2002",
         "anatomical regions (AAL atlas), one rater; not lesions",
-        PERCENTILE, MRICRON_HOW_TO_GET, load_mricron),
+        PERCENTILE, MRICRON_HOW_TO_GET, load_mricron, label_values=True),
     "pairs": Source(
         "pairs",
         "your own image/label volume pairs (X.nrrd + X_label.nrrd, also .nii.gz/.mha/.mhd/.nhdr)",
         "user-provided", "as set by the owner of the data", "the non-zero voxels (or --labels) of each X_label",
-        PERCENTILE, "pass --input FOLDER holding X_label.nrrd + X.nrrd (or X_image.nrrd) pairs", load_pairs),
+        PERCENTILE, "pass --input FOLDER holding X_label.nrrd + X.nrrd (or X_image.nrrd) pairs", load_pairs,
+        label_values=True),
     "lidc-pickle": Source(
         "lidc-pickle",
         "LIDC-IDRI lung nodule crops, 128x128, 4 radiologists per crop (the Probabilistic U-Net's data_lidc.pickle)",
@@ -454,7 +456,7 @@ SOURCES: dict[str, Source] = {
         "per the Synapse BTCV terms of use (registration required; research use)",
         "13 abdominal organ labels, one rater; --labels picks the organs (e.g. 6 = liver)",
         ABDOMEN_CT_WINDOW, "pass --input FOLDER holding imagesTr/ and labelsTr/ of the BTCV training set",
-        load_btcv),
+        load_btcv, label_values=True),
     "kvasir-seg": Source(
         "kvasir-seg",
         "Kvasir-SEG: 1000 colonoscopy polyp photos with polyp masks",
