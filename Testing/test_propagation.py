@@ -112,7 +112,8 @@ def test_a_stop_request_is_honoured_between_the_passes_of_one_slice_and_progress
     passes_of_a_full_run = []
     run(bright_model(), array, [Prompt(point_ijk=(8.0, 10.0, 9.0))], samples=4, batch_size=1,
         on_batch=lambda done, total: passes_of_a_full_run.append(done))
-    assert passes_of_a_full_run == list(range(1, len(passes_of_a_full_run) + 1))  # one report per image here
+    # one report per image here, and one more once the prompted slice (its 4 images) is done: its ETA
+    assert passes_of_a_full_run == [1, 2, 3, 4, 4] + list(range(5, len(passes_of_a_full_run)))
 
 
 def test_progress_counts_a_slice_cut_again_in_a_larger_crop():
@@ -132,12 +133,16 @@ def test_the_expected_images_follow_the_size_of_the_lesion_on_its_prompted_slice
     spacing_i, _, spacing_k = SPACING_IJK
     ball = ((i - 20) * spacing_i) ** 2 + ((j - 20) * spacing_i) ** 2 + ((k - 9) * spacing_k) ** 2 < 4.8 ** 2
     array = np.where(ball, 200.0, 20.0).astype(np.float32)
-    reports = []
-    results = run(bright_model(), array, [Prompt(point_ijk=(20.0, 20.0, 9.0))], samples=2, batch_size=2,
-                  on_batch=lambda done, total: reports.append((done, total)))
-    assert reports[0] == (2, 20 * 2)  # the prompted slice: nothing known of the lesion yet
+    reports, reported_at_yield, results = [], [], []
+    for result in propagation.propagate(bright_model(), array, ijk_to_ras(), 2, [Prompt(point_ijk=(20.0, 20.0, 9.0))],
+                                        [0, 0, 0, 40, 40, 20], 2, batch_size=2, scale=1.0,
+                                        on_batch=lambda done, total: reports.append((done, total))):
+        results.append(result)
+        reported_at_yield.append(reports[-1])
+    assert reports[0] == (2, 20 * 2)  # the prompted slice's pass: nothing known of the lesion yet
     assert len(results) == 5 + 2 * propagation.DEFAULT_STOP_AFTER_EMPTY
     assert all(total == len(results) * 2 for _, total in reports[1:])  # from the first slice outward on
+    assert reported_at_yield[0] == (2, len(results) * 2)  # the ETA sent with the first slice knows its size
 
 
 

@@ -477,8 +477,9 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
     """Yield the :class:`LesionSlice` results of every lesion prompt, lesion after lesion, each starting with the
     prompted slice and going outward (see the module docstring). ``scale``: force the crop scale of point prompts
     (None: search ``scales``). ``should_stop()`` is checked before every forward pass and at each of its sampling
-    steps; ``on_batch(images_done, images_expected)`` is called after each pass (the images a lesion is
-    expected to need, _Lesion.slices_expected, once its prompted slice is done: the ETA's; a slice cut again in a
+    steps; ``on_batch(images_done, images_expected)`` is called after each pass and once more before a prompted
+    slice is yielded (the images a lesion is expected to need, _Lesion.slices_expected, once its prompted slice is
+    done: the ETA's, its first slice's included; a slice cut again in a
     larger crop, and the scales searched, add their images to both). ``on_report(report)`` is called for each
     lesion once its scale is chosen (before its first slice is yielded; ``stops`` empty) and once it is done."""
     config = model.config
@@ -554,12 +555,15 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                     bounds[current] += 1
                     continue
                 result, plane, sample_planes = lesion.result(index, crop, picked, coherent)
-                yield result
                 if direction is None:  # the prompted slice: both directions start from it
                     lesion.limit_length(plane, length_rule, ijk_to_ras)
                     for follower in lesion.directions:
                         lesion.follow(follower, plane, stop_after_empty, move=False, samples=sample_planes)
+                    if on_batch is not None:  # the lesion's size is known now: the ETA its first slice carries
+                        on_batch(images_done, max(images_done, images_expected()))
+                    yield result
                 else:
+                    yield result
                     lesion.follow(direction, plane, stop_after_empty, samples=sample_planes)
             if any(direction is None for direction, _, _, _ in retries):
                 plan = retries  # nothing goes outward before the prompted slice is done
