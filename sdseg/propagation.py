@@ -19,7 +19,10 @@ For each lesion prompt:
    inside the ROI.
 4. **Propagation.** The prompted slice is segmented first, then the slices outward, alternating directions (one
    forward pass holds the next slice of each direction). Each next crop is centred on the previous consensus of its
-   direction and grows to ``lesion_margin`` x that consensus' extent. A slice whose consensus touches an edge of its
+   direction and grows to ``lesion_margin`` x that consensus' extent; a box's slices are all cut at the box's own
+   crop (a crop following a consensus smaller than the lesion was filled by it, and the model outlines no lesion
+   that fills its crop: box 3D Dice on the sarcoma validation volumes, CT 0.585 -> 0.634, MR 0.610 -> 0.690, PET
+   0.751 both). A slice whose consensus touches an edge of its
    crop inside the volume (the lesion goes on beyond it) is cut again :data:`GROWTH` times larger before it is
    delivered.
 5. **The prompt picks the object.** On the prompted slice each sample keeps its connected component under the point
@@ -206,6 +209,14 @@ class _Lesion:
         rows = crop_window(centre[0], extent[0], self.plane_shape[0], self.recipe, scale)
         columns = crop_window(centre[1], extent[1], self.plane_shape[1], self.recipe, scale)
         return rows + columns
+
+    def direction_crop(self, direction: _Direction) -> tuple[int, int, int, int]:
+        """The crop of a direction's next slice: around its previous consensus, holding it (a point prompt); the
+        box's own crop (a box prompt: the box bounds the lesion on every slice, and a crop that follows a consensus
+        smaller than the lesion would cut it)."""
+        if self.prompt.box_ijk is not None:
+            return self.crop(self.first_centre, self.first_extent, direction.scale)
+        return self.crop(direction.centre, direction.extent, direction.scale)
 
     def first_crops(self) -> list[tuple[float, tuple[int, int, int, int]]]:
         """(scale, crop) of the prompted slice at each scale to try, scales giving the same crop (the volume's
@@ -569,7 +580,7 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                 plan = retries  # nothing goes outward before the prompted slice is done
                 continue
             waiting = [direction for direction, _, _, _ in retries]
-            plan = retries + [(d, d.next_index, lesion.crop(d.centre, d.extent, d.scale), d.scale)
+            plan = retries + [(d, d.next_index, lesion.direction_crop(d), d.scale)
                               for d in lesion.active_directions(max_slices) if d not in waiting]
         if on_report is not None:
             on_report(lesion.finish(max_slices))
