@@ -392,7 +392,10 @@ def test_jobs_discarded_at_their_end_never_disturb_the_next_request(server, tmp_
     assert len(counts) >= BACK_TO_BACK_JOBS and max(counts) == 1, sorted(counts)[-3:]
 
 
-def test_a_client_that_goes_away_has_its_job_cancelled(server, tmp_path):
+@pytest.mark.parametrize("how", ["stop", "discard_job"])
+def test_a_client_that_goes_away_has_its_job_cancelled(server, tmp_path, how):
+    """The client stops, or drops the running job (the module does when the user abandons it): its events stream
+    closes, the server cancels the job, and the client reports nothing more of it (no lost connection)."""
     volume = lesion_volume(tmp_path / "long.nrrd", (40, 16, 16))
     client = RemoteWorkerClient(server.url, TOKEN)
     client.start()
@@ -401,14 +404,17 @@ def test_a_client_that_goes_away_has_its_job_cancelled(server, tmp_path):
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not any(m["type"] == "slice" for m in client.poll(0.2)):
         assert time.monotonic() < deadline
-    client.stop()  # the client goes away: its events stream closes
+    getattr(client, how)(*([job_id] if how == "discard_job" else []))
+    later = []
     while True:
+        later += client.poll(0.2)
         state = requests.get(f"{server.url}/jobs/{job_id}", headers=headers(), timeout=10).json()
         if state["state"] == "finished":
             break
         assert time.monotonic() < deadline
-        time.sleep(0.2)
+    client.stop()
     assert state["result"] == "cancelled" and 1 <= state["slices"] < 40
+    assert not [m for m in later + client.poll(0.2) if m["type"] == "error"], later
 
 
 def test_the_headless_command_through_the_server_gives_the_local_result(server, tmp_path, worker_env):

@@ -22,9 +22,8 @@ For each lesion prompt:
    direction and grows to ``lesion_margin`` x that consensus' extent; a box's slices are all cut at the box's own
    crop (a crop following a consensus smaller than the lesion was filled by it, and the model outlines no lesion
    that fills its crop: box 3D Dice on the sarcoma validation volumes, CT 0.585 -> 0.634, MR 0.610 -> 0.690, PET
-   0.751 both). A slice whose consensus touches an edge of its
-   crop inside the volume (the lesion goes on beyond it) is cut again :data:`GROWTH` times larger before it is
-   delivered.
+   0.751 both). A slice whose consensus touches an edge of its crop inside the volume (the lesion goes on beyond
+   it; never with a box, whose crop holds it) is cut again :data:`GROWTH` times larger before it is delivered.
 5. **The prompt picks the object.** On the prompted slice each sample keeps its connected component under the point
    (or the nearest one within :data:`POINT_TOLERANCE_VOXELS`; a box: the components inside the box); on later slices
    the components touching the previous consensus of that direction (until there is one: the prompt again).

@@ -130,6 +130,7 @@ class RemoteWorkerClient:
         self._jobs_root: Path | None = None
         self._streams: dict[str, tuple] = {}  # open event streams and their sessions; closed by whoever takes one out
         self._streams_lock = threading.Lock()
+        self._opening: dict[str, bool] = {}  # job ID whose stream is being opened -> discarded meanwhile
         self._uploads: dict[str, str | None] = {}  # local job ID of submit_in_background -> server job ID
         self._cancelled: set[str] = set()
         self._stopping = False
@@ -258,14 +259,24 @@ class RemoteWorkerClient:
         carrying ``job_id``."""
         self.job_dir(job_id).mkdir()
         session = self._new_session()
+        with self._streams_lock:
+            self._opening[job_id] = False
         try:
             stream = self._request("GET", f"/jobs/{server_id}/events", session=session, stream=True,
                                    timeout=(CONNECT_TIMEOUT_S, None))
         except WorkerError:
+            with self._streams_lock:
+                self._opening.pop(job_id, None)
             session.close()
             raise
         with self._streams_lock:
-            self._streams[job_id] = (stream, session)
+            dropped = self._opening.pop(job_id) or self._stopping  # discarded or stopped while it was opened
+            if not dropped:
+                self._streams[job_id] = (stream, session)
+        if dropped:  # nobody reads it: closed at once (the server cancels a job whose reader went away)
+            stream.close()
+            session.close()
+            return
         threading.Thread(target=self._read, args=(job_id, stream), daemon=True).start()
 
     def _read(self, job_id: str, stream: requests.Response) -> None:
@@ -324,9 +335,12 @@ class RemoteWorkerClient:
         return stream is not None
 
     def discard_job(self, job_id: str) -> None:
+        with self._streams_lock:
+            if job_id in self._opening:
+                self._opening[job_id] = True
+        self._close_stream(job_id)  # before its folder goes: its reader may be writing a slice there
         if self._jobs_root is not None:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-        self._close_stream(job_id)
 
     def poll(self, timeout: float = 0.0) -> list[dict]:
         return drain(self._messages, timeout)
@@ -334,7 +348,9 @@ class RemoteWorkerClient:
     def stop(self, timeout: float = 0.0, on_wait: Callable[[], None] | None = None) -> None:
         """Close the connections (the server cancels the jobs still running) and delete the local job folders."""
         self._stopping = True
-        for job_id in list(self._streams):
+        with self._streams_lock:
+            open_jobs = list(self._streams)
+        for job_id in open_jobs:
             self._close_stream(job_id)
         self._session.close()
         if self._jobs_root is not None:

@@ -639,12 +639,12 @@ def _check_args(args, source: Source) -> tuple[Path, Path]:
         name = spec.partition("=")[0]
         if name in SOURCES and not SOURCES[name].labelled:
             raise SourceError(f"--add-train {spec}: {name} has no masks; it adds nothing to train on")
+    if args.labels and source.labelled and not source.label_values:  # it picks --source's labels only
+        takers = ", ".join(name for name, other in SOURCES.items() if other.label_values)
+        raise SourceError(f"--labels picks the mask's label values for {takers}; the masks of {source.name} are set "
+                          f"by the source ({source.masks}): leave out --labels")
     named = [("", source.name)] + [(f"--add-train {spec}: ", spec.partition("=")[0]) for spec in args.add_train]
     for where, name in named:
-        if args.labels and name in SOURCES and not SOURCES[name].label_values:
-            takers = ", ".join(n for n, s in SOURCES.items() if s.label_values)
-            raise SourceError(f"{where}--labels picks the mask's label values for {takers}; the masks of {name} are "
-                              f"set by the source ({SOURCES[name].masks}): leave out --labels")
         if name in SOURCES and not SOURCES[name].every_lesion_outlined and (args.negatives or args.multirater):
             raise SourceError(f"{where}{name} shows lesions that are not outlined: a lesion-free crop (--negatives) "
                               "or a texture crop (--multirater) could hold one; use its lesion crops only")

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 4)")
     parser.add_argument("--margin-slices", type=int, default=2,
                         help="slices kept beyond each lesion's ends (crops without lesion; default 2)")
-    parser.add_argument("--labels", help="comma-separated label values counted as foreground (default: all "
-                        "non-zero)")
+    parser.add_argument("--labels", help="comma-separated label values of --source's label maps counted as "
+                        "foreground (default: all non-zero; --add-train sources keep all theirs)")
     parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                         help="CT window instead of the source's default normalisation")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("P0", "P1"),
