@@ -571,10 +571,9 @@ def propagate(model, array_kji: np.ndarray, ijk_to_ras, slice_axis: int, prompts
                         lesion.follow(follower, plane, stop_after_empty, move=False, samples=sample_planes)
                     if on_batch is not None:  # the lesion's size is known now: the ETA its first slice carries
                         on_batch(images_done, max(images_done, images_expected()))
-                    yield result
                 else:
-                    yield result
                     lesion.follow(direction, plane, stop_after_empty, samples=sample_planes)
+                yield result
             if any(direction is None for direction, _, _, _ in retries):
                 plan = retries  # nothing goes outward before the prompted slice is done
                 continue
