@@ -315,7 +315,7 @@ def test_a_job_id_is_free_again_as_soon_as_its_last_message_is_read(shared, volu
     shared.send(job)  # read while the first is queued or running
     messages = shared.until({"done"})
     refusals = [m for m in messages if m["type"] == "error"]
-    assert [(m["job_id"], m["code"]) for m in refusals] == [("twice", "bad_request")], messages
+    assert [(m["job_id"], m["code"]) for m in refusals] == [("twice", "duplicate_job")], messages
     assert "already queued or running" in refusals[0]["message"]
 
 
@@ -356,7 +356,7 @@ def test_cancel_is_honoured_before_the_end_and_keeps_delivered_slices(shared, vo
     shared.send(segment("queued", volume_path, tmp_path / "again", model="tiny-ambiguous"))  # job_id in use
     before_first = shared.until({"slice"})
     duplicate = [m for m in before_first if m["type"] == "error"]
-    assert [(m["job_id"], m["code"]) for m in duplicate] == [("queued", "bad_request")]
+    assert [(m["job_id"], m["code"]) for m in duplicate] == [("queued", "duplicate_job")]
     before_first = [m for m in before_first if m["type"] != "error"]
     assert before_first[0]["type"] == "accepted" and before_first[0]["total"] == 9
     shared.send({"type": "cancel", "job_id": "queued"})

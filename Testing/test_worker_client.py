@@ -86,3 +86,26 @@ def test_client_copies_of_the_workers_file_types_and_default_rules_agree():
     rules = {kind: rule for _, kind, _, rule in worker_client.DEFAULT_IMAGE_KINDS}
     assert f"below {modality_check.CT_AIR_OR_FAT_HU:g} HU" in rules["CT"]
     assert f"at most {modality_check.PET_MAX_SUV:g}" in rules["PET"]
+
+
+def test_a_job_id_still_in_use_is_refused_in_one_line(worker_env, tmp_path):
+    """The client refuses an ID whose job has not ended (before, the folder's mkdir raised FileExistsError and the
+    worker's refusal ended the running job's bookkeeping), and one whose folder was not discarded; once discarded
+    the ID is free again."""
+    client = WorkerClient()
+    try:
+        client.start(120)
+        job = {"job_id": "same", "volume": str(tmp_path / "missing.nrrd")}
+        assert client.submit(job) == "same"
+        with pytest.raises(WorkerError, match="^Job same is still running: give the new job another job_id.$"):
+            client.submit(job)  # its error is not yet polled: the job has not ended for the client
+        messages = []
+        while not any(m.get("type") == "error" for m in messages):
+            messages += client.poll(1.0)
+        assert [m["job_id"] for m in messages if m.get("type") == "error"] == ["same"]  # its end (no volume)
+        with pytest.raises(WorkerError, match="files of an earlier job same are still there"):
+            client.submit(job)
+        client.discard_job("same")
+        assert client.submit(job) == "same"
+    finally:
+        client.stop()

@@ -10,6 +10,8 @@ import math
 PROTOCOL_VERSION = 2
 
 BAD_REQUEST = "bad_request"
+# a job_id already queued or running: the refusal of the new request only, not an end of the job holding that ID
+DUPLICATE_JOB = "duplicate_job"
 UNKNOWN_MODEL = "unknown_model"
 BAD_MODEL = "bad_model"
 BAD_VOLUME = "bad_volume"
@@ -18,8 +20,8 @@ OUT_OF_MEMORY = "out_of_memory"
 DEVICE_UNAVAILABLE = "device_unavailable"
 INTERNAL = "internal"
 WORKER_CRASHED = "worker_crashed"  # reported by the client itself when the worker process ends unexpectedly
-ERROR_CODES = frozenset({BAD_REQUEST, UNKNOWN_MODEL, BAD_MODEL, BAD_VOLUME, MODEL_MISMATCH, OUT_OF_MEMORY,
-                         DEVICE_UNAVAILABLE, INTERNAL, WORKER_CRASHED})
+ERROR_CODES = frozenset({BAD_REQUEST, DUPLICATE_JOB, UNKNOWN_MODEL, BAD_MODEL, BAD_VOLUME, MODEL_MISMATCH,
+                         OUT_OF_MEMORY, DEVICE_UNAVAILABLE, INTERNAL, WORKER_CRASHED})
 
 DEVICES = ("auto", "cuda", "cpu")
 MAX_SAMPLES = 256

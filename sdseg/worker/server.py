@@ -157,7 +157,7 @@ class Worker:
                 if not duplicate:
                     self._waiting.add(request["job_id"])
             if duplicate:
-                self.send(protocol.error(request["job_id"], protocol.BAD_REQUEST,
+                self.send(protocol.error(request["job_id"], protocol.DUPLICATE_JOB,
                                          f"job {request['job_id']} is already queued or running; use a new job_id"))
             else:
                 self._jobs.put(request)
