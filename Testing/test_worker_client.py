@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import types
 
 import pytest
@@ -69,6 +70,7 @@ def test_client_and_worker_agree_on_the_protocol_version_and_defaults():
     from SDSegSlicerLib import prompts, run
 
     assert worker_client.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert worker_client.DUPLICATE_JOB == protocol.DUPLICATE_JOB
     assert (run.DEFAULT_SAMPLES, run.MAX_SAMPLES) == (protocol.SEGMENT_DEFAULTS["samples"], protocol.MAX_SAMPLES)
     assert run.DEVICES == protocol.DEVICES
     assert prompts.DEFAULT_STOP_AFTER_EMPTY == protocol.PROMPT_DEFAULTS["stop_after_empty"]
@@ -99,8 +101,8 @@ def test_a_job_id_still_in_use_is_refused_in_one_line(worker_env, tmp_path):
         assert client.submit(job) == "same"
         with pytest.raises(WorkerError, match="^Job same is still running: give the new job another job_id.$"):
             client.submit(job)  # its error is not yet polled: the job has not ended for the client
-        messages = []
-        while not any(m.get("type") == "error" for m in messages):
+        messages, deadline = [], time.monotonic() + 120
+        while not any(m.get("type") == "error" for m in messages) and time.monotonic() < deadline:
             messages += client.poll(1.0)
         assert [m["job_id"] for m in messages if m.get("type") == "error"] == ["same"]  # its end (no volume)
         with pytest.raises(WorkerError, match="files of an earlier job same are still there"):

@@ -35,6 +35,7 @@ CRASH_EXIT_WAIT_S = 30.0  # how long the reader thread waits for the exit code o
 WAIT_POLL_S = 0.05
 JOBS_FOLDER_PREFIX = "sdseg-jobs-"
 TERMINAL_MESSAGES = ("done", "cancelled", "error")  # the message types that end a job
+DUPLICATE_JOB = "duplicate_job"  # the error code of a refused job_id in use (sdseg.worker.protocol; not an end)
 # Environment variables of Slicer's own Python that would break another interpreter.
 FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 
@@ -391,7 +392,8 @@ class WorkerClient:
             if message is _END_OF_OUTPUT:
                 result += self._crash_messages()
                 continue
-            if message.get("type") in TERMINAL_MESSAGES and message.get("job_id") in self._active_jobs:
+            if message.get("type") in TERMINAL_MESSAGES and message.get("job_id") in self._active_jobs \
+                    and message.get("code") != DUPLICATE_JOB:  # refuses a second request; the job goes on
                 self._active_jobs.remove(message["job_id"])
             result.append(message)
         return result
