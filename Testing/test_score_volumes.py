@@ -138,3 +138,29 @@ def test_the_healthy_click_is_30_mm_from_the_lesions_edge_not_from_its_centre():
     gap = np.hypot(columns - point[0], rows - point[1]).min()
     assert 30.0 <= gap <= 32.0, (point, gap)
     assert healthy_point(disc[:, 50:110, 30:90], [30.0, 30.0, 1.0], ijk_to_ras, 2) is None
+
+
+def test_probe_healthy_clicks_counts_the_clicks_that_paint(tmp_path, worker_env):
+    """scripts/probe_healthy_clicks.py: 8 directions x 2 gaps around a bright disc; a second bright blob lies 20 mm
+    to the disc's +i side, so the clicks in that direction at 20 mm land on it and paint; every other click is on
+    dark tissue and stays empty; directions that leave the volume first are skipped."""
+    j, i = np.mgrid[0:80, 0:80]
+    lesion = np.zeros((5, 80, 80), bool)
+    lesion[1:4] = (j - 40) ** 2 + (i - 30) ** 2 <= 5 ** 2  # edge at i = 35: 20 mm on is i = 55
+    blob = np.zeros_like(lesion)
+    blob[1:4, 36:45, 52:59] = True
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    ijk_to_ras = np.diag([1.0, 1.0, 3.0, 1.0])
+    write_volume_file(folder / "p1_CT.nrrd", np.where(lesion | blob, 150.0, 20.0).astype(np.float32), ijk_to_ras)
+    write_volume_file(folder / "p1_CT_label.nrrd", lesion.astype(np.uint8), ijk_to_ras)
+    result = subprocess.run([sys.executable, str(SCRIPT.with_name("probe_healthy_clicks.py")), str(folder),
+                             "--model", BRIGHT_MODEL_NAME, "--samples", "2", "--gaps", "20,30"],
+                            env=worker_env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    painted = [line for line in lines if not line.endswith(": 0.0 ml") and "direction" in line]
+    assert painted and all(line.startswith("p1_CT direction 0 deg, 20 mm") for line in painted), lines
+    assert "p1_CT direction 0 deg, 30 mm: 0.0 ml" in lines  # past the blob
+    clicks = sum("direction" in line for line in lines)
+    assert lines[-1].startswith(f"{clicks} healthy clicks: {clicks - 1} left empty")

@@ -136,13 +136,15 @@ def modality(name: str) -> str:
 
 
 HEALTHY_GAP_MM = 30.0  # how far from the lesion's edge a user clicks healthy tissue
+HEALTHY_DIRECTIONS = tuple(range(8))  # the walks tried, in 45-degree turns from the first in-plane axis
 
 
-def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) -> list[float] | None:
+def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int, gap_mm: float = HEALTHY_GAP_MM,
+                  directions=HEALTHY_DIRECTIONS) -> list[float] | None:
     """Where a user clicks healthy tissue near a lesion: on the slice of ``centre_ijk`` (IJK), walking from the
-    centre in steps of the finest in-plane spacing along the first of 8 directions (45 degrees apart) that gets
-    there inside the volume, the first point :data:`HEALTHY_GAP_MM` or more (in-plane) from every voxel of the label
-    ``truth`` (K, J, I) on that slice; None when no direction does."""
+    centre in steps of the finest in-plane spacing along the first of ``directions`` (numbers of 45-degree turns
+    from the first in-plane axis) that gets there inside the volume, the first point ``gap_mm`` or more (in-plane)
+    from every voxel of the label ``truth`` (K, J, I) on that slice; None when no direction does."""
     spacing = voxel_spacing(ijk_to_ras)
     plane = [a for a in range(3) if a != slice_axis]
     on_slice = np.take(truth, int(round(centre_ijk[slice_axis])), axis=2 - slice_axis)  # (plane[1], plane[0])
@@ -150,7 +152,7 @@ def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) ->
     if not len(lesion_mm):
         return None
     step_mm = float(spacing[plane].min())
-    for angle in np.arange(8) * np.pi / 4:
+    for angle in np.asarray(directions, dtype=float) * np.pi / 4:
         direction = np.array([np.cos(angle), np.sin(angle)])
         for steps in itertools.count(1):
             point = list(centre_ijk)
@@ -160,7 +162,7 @@ def healthy_point(truth: np.ndarray, centre_ijk, ijk_to_ras, slice_axis: int) ->
             if not all(0 <= index[a] < truth.shape[2 - a] for a in range(3)):
                 break
             gap = np.min(np.linalg.norm(lesion_mm - np.array([index[a] for a in plane]) * spacing[plane], axis=1))
-            if gap >= HEALTHY_GAP_MM:
+            if gap >= gap_mm:
                 return [round(float(v), 2) for v in point]
     return None
 
