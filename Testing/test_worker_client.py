@@ -77,10 +77,11 @@ def test_client_and_worker_agree_on_the_protocol_version_and_defaults():
 
 
 def test_client_copies_of_the_workers_file_types_and_default_rules_agree():
-    """The client cannot import sdseg: the file types it refuses early and the rules its texts state are copies."""
-    from sdseg import modality_check, registry, volume_io
+    """The client cannot import sdseg: the file types it refuses early, the rules its texts state and its voxel
+    volume are copies."""
+    from sdseg import geometry, modality_check, registry, volume_io
 
-    from SDSegSlicerLib import batch
+    from SDSegSlicerLib import batch, stats
 
     assert set(batch.VOLUME_SUFFIXES) == set(volume_io.FILE_SUFFIXES)
     assert [(key, kind) for key, kind, _, _ in worker_client.DEFAULT_IMAGE_KINDS] == [
@@ -88,6 +89,8 @@ def test_client_copies_of_the_workers_file_types_and_default_rules_agree():
     rules = {kind: rule for _, kind, _, rule in worker_client.DEFAULT_IMAGE_KINDS}
     assert f"below {modality_check.CT_AIR_OR_FAT_HU:g} HU" in rules["CT"]
     assert f"at most {modality_check.PET_MAX_SUV:g}" in rules["PET"]
+    sheared = [[0.7, 0.1, 0.0, 5.0], [0.0, -0.8, 0.2, 1.0], [0.0, 0.0, 2.5, -3.0], [0.0, 0.0, 0.0, 1.0]]
+    assert stats.voxel_volume_ml(sheared) == pytest.approx(geometry.voxel_ml(sheared)) == 0.7 * 0.8 * 2.5 / 1000.0
 
 
 def test_a_job_id_still_in_use_is_refused_in_one_line(worker_env, tmp_path):

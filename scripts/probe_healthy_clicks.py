@@ -12,32 +12,18 @@ skipped), each propagated as the worker does; prints the ml each paints and the 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-import numpy as np
-
-from sdseg import registry
-from sdseg.checkpoint import load_model
 from sdseg.evaluation import prompt_point
+from sdseg.geometry import voxel_ml
 from sdseg.propagation import Prompt, propagate
+from sdseg.rule_tuning import tuning_inputs, tuning_parser
 from sdseg.volume_io import choose_slice_axis, read_volume
-from sdseg.volume_scores import HEALTHY_DIRECTIONS, folder_cases, healthy_point
+from sdseg.volume_scores import HEALTHY_DIRECTIONS, healthy_point
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="validation volumes <name>.<ext> with labels <name>_label.<ext>")
-    parser.add_argument("--model", default=registry.DEFAULT_MODEL, help="model name or folder (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = tuning_parser(__doc__.splitlines()[0], rule_out=False)
     parser.add_argument("--gaps", default="20,30,45", help="mm from the lesion's edge, comma separated")
-    args = parser.parse_args(argv)
-    try:
-        found = folder_cases(args.folder)
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
-    model = load_model(registry.resolve_model(args.model))
+    args, found, model = tuning_inputs(parser, argv)
     gaps = [float(gap) for gap in args.gaps.split(",")]
     painted_ml = []
     for name, volume_path, label_path in found:
@@ -45,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         truth = read_volume(label_path).array_kji > 0
         axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
         centre = prompt_point(truth, axis)
-        voxel_ml = abs(np.linalg.det(np.asarray(volume.ijk_to_ras)[:3, :3])) / 1000.0
         roi = [0, 0, 0, *volume.array_kji.shape[::-1]]
+        ml_per_voxel = voxel_ml(volume.ijk_to_ras)
         for direction in HEALTHY_DIRECTIONS:
             for gap in gaps:
                 point = healthy_point(truth, centre, volume.ijk_to_ras, axis, gap, directions=(direction,))
@@ -55,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                 voxels = sum(int(result.consensus.sum()) for result in propagate(
                     model, volume.array_kji, volume.ijk_to_ras, axis, [Prompt(point_ijk=tuple(point))], roi,
                     args.samples, seed=args.seed))
-                painted_ml.append(voxels * voxel_ml)
+                painted_ml.append(voxels * ml_per_voxel)
                 print(f"{name} direction {direction * 45} deg, {gap:g} mm: {painted_ml[-1]:.1f} ml", flush=True)
     painted = [ml for ml in painted_ml if ml > 0]
     print(f"{len(painted_ml)} healthy clicks: {len(painted_ml) - len(painted)} left empty "

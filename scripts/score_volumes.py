@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from SDSegSlicerLib.worker_client import WorkerClient
 from sdseg.evaluation import prompt_point
+from sdseg.geometry import voxel_ml
 from sdseg.metrics import dice
 from sdseg.volume_io import choose_slice_axis, read_volume
 from sdseg.volume_scores import folder_cases, healthy_point, modality, off_lesion_slices, prompt_scores
@@ -100,7 +101,7 @@ def score_case(client, name: str, volume_path: Path, label_path: Path, args) -> 
     volume = read_volume(volume_path)
     truth = read_volume(label_path).array_kji > 0
     axis = choose_slice_axis(volume.ijk_to_ras, shape_kji=volume.array_kji.shape)
-    voxel_ml = abs(np.linalg.det(np.asarray(volume.ijk_to_ras)[:3, :3])) / 1000.0
+    ml_per_voxel = voxel_ml(volume.ijk_to_ras)
     centre = [round(v, 2) for v in prompt_point(truth, axis)]
     prompts = {"click": {"point_ijk": centre}, "box": {"box_ijk": lesion_box(truth)}}
     healthy = healthy_point(truth, centre, volume.ijk_to_ras, axis)
@@ -118,9 +119,9 @@ def score_case(client, name: str, volume_path: Path, label_path: Path, args) -> 
                    "first_s": result["first_s"], "seconds": result["seconds"],
                    "scale": result["lesion"].get("scale"), "stops": result["lesion"].get("stops")}
             if kind == "healthy":
-                row["found_ml"] = float(result["consensus"].sum() * voxel_ml)
+                row["found_ml"] = float(result["consensus"].sum() * ml_per_voxel)
             else:
-                row.update(prompt_scores(result["consensus"], result["samples"], truth, voxel_ml, axis))
+                row.update(prompt_scores(result["consensus"], result["samples"], truth, ml_per_voxel, axis))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stops"}), file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -128,10 +129,10 @@ def score_case(client, name: str, volume_path: Path, label_path: Path, args) -> 
     rows.append({"case": name, "modality": modality(name), "model": "threshold + component", "prompt": "click",
                  "first_s": None, "seconds": time.monotonic() - started, "dice": dice(baseline, truth),
                  "volume_error": float(baseline.sum() / truth.sum() - 1.0),
-                 "off_lesion_slice_ml": off_lesion_slices(baseline, truth, axis) * voxel_ml})
+                 "off_lesion_slice_ml": off_lesion_slices(baseline, truth, axis) * ml_per_voxel})
     if healthy is not None:
         rows.append({"case": name, "modality": modality(name), "model": "threshold + component",
-                     "prompt": "healthy", "found_ml": float(threshold_baseline(volume, healthy).sum() * voxel_ml)})
+                     "prompt": "healthy", "found_ml": float(threshold_baseline(volume, healthy).sum() * ml_per_voxel)})
     return rows
 
 

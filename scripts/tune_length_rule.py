@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from sdseg.evaluation import prompt_point
+from sdseg.geometry import voxel_ml
 from sdseg.lesion_length import LengthRule, reach_slices
 from sdseg.propagation import Prompt, propagate
 from sdseg.rule_tuning import tuning_inputs, tuning_parser
@@ -53,7 +54,7 @@ def traced_click(model, volume, truth: np.ndarray, samples: int, seed: int) -> d
     on_label = truth.any(axis=tuple(a for a in range(3) if a != 2 - axis))
     return {"slices": slices, "first": first, "bounds": bounds, "truth_voxels": int(truth.sum()),
             "label_slices": set(np.flatnonzero(on_label).tolist()),
-            "voxel_ml": abs(np.linalg.det(np.asarray(volume.ijk_to_ras)[:3, :3])) / 1000.0}
+            "voxel_ml": voxel_ml(volume.ijk_to_ras)}
 
 
 def bounded_scores(click: dict, max_diameters) -> tuple[float, float]:
