@@ -478,3 +478,34 @@ def test_a_server_that_dies_mid_job_keeps_the_slices_that_arrived(tiny_models_di
     finally:
         session.shutdown()
         dying.stop()
+
+
+def test_a_job_id_in_use_ends_that_job_only_and_keeps_the_worker(worker_env, tmp_path):
+    """The server's dispatcher, in this process, with a real worker: a job whose ID the worker client refuses (its
+    folder is still there) ends with `duplicate_job` (before: `worker_crashed`, and a needless worker restart), and
+    the next job runs on the same worker."""
+    from SDSegSlicerLib.remote_server import Dispatcher, Job
+    from SDSegSlicerLib.worker_client import WorkerClient
+
+    worker = WorkerClient()
+    worker.start(RUN_TIMEOUT_S)
+    dispatcher = Dispatcher(worker)
+    dispatcher.thread.start()
+    try:
+        volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
+        request = {"volume": str(volume), "model": MODEL_NAME, "samples": 1, "steps": 1}
+        refused, accepted = Job("a", request, tmp_path / "a"), Job("a", request, tmp_path / "b")
+        worker.job_dir(refused.id).mkdir()  # an earlier job's files under the same ID
+        for job in (refused, accepted):
+            dispatcher.add(job)
+        for job in (refused, accepted):
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not job.finished:
+                assert time.monotonic() < deadline, job.state()
+                time.sleep(0.05)
+        assert refused.result["code"] == "duplicate_job" and "still there" in refused.result["message"]
+        assert accepted.result["type"] == "done", accepted.result
+        assert dispatcher.worker is worker and worker.is_running()
+    finally:
+        dispatcher.stopping.set()
+        dispatcher.worker.stop()

@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 from .temp_folders import owned_temp_folder
-from .worker_client import TERMINAL_MESSAGES, WorkerClient, WorkerError
+from .worker_client import DUPLICATE_JOB, TERMINAL_MESSAGES, JobIdInUse, WorkerClient, WorkerError
 
 DEFAULT_PORT = 8765
 MAX_JOB_HEADER_BYTES = 32 * 1024  # below http.server's 64 KiB limit on a header line (over it: 431)
@@ -152,6 +152,9 @@ class Dispatcher:
     def _start(self, job: Job) -> None:
         try:
             self.worker.submit({**job.request, "job_id": job.id})
+        except JobIdInUse as error:  # the worker is fine: only this job is refused
+            self.running = None
+            self._finish(job, {"type": "error", "job_id": job.id, "code": DUPLICATE_JOB, "message": str(error)})
         except WorkerError as error:
             self.running = None
             self._finish(job, {"type": "error", "job_id": job.id, "code": "worker_crashed", "message": str(error)})

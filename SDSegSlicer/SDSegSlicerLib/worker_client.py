@@ -67,6 +67,11 @@ class WorkerError(RuntimeError):
     """The worker could not be started or reached; the message says what to do."""
 
 
+class JobIdInUse(WorkerError):
+    """:meth:`WorkerClient.submit` refused a job_id whose job has not ended or whose folder was not discarded: the
+    worker itself is fine (the code of this refusal is DUPLICATE_JOB, as the worker's own)."""
+
+
 _END_OF_OUTPUT = object()
 
 
@@ -345,15 +350,16 @@ class WorkerClient:
 
     def submit(self, job: dict) -> str:
         """Send a `segment` job; fills `job_id` (if missing) and `job_dir` (a new folder). Returns the job ID. A
-        `job_id` of a job still running, or of one whose folder was not discarded, is refused (WorkerError)."""
+        `job_id` of a job still running, or of one whose folder was not discarded, is refused (JobIdInUse); a worker
+        that is not running, WorkerError."""
         if not self.is_running():
             raise WorkerError("The worker is not running: restart it and try again.")
         job_id = str(job.get("job_id") or uuid.uuid4().hex[:12])
         if job_id in self._active_jobs:
-            raise WorkerError(f"Job {job_id} is still running: give the new job another job_id.")
+            raise JobIdInUse(f"Job {job_id} is still running: give the new job another job_id.")
         job_dir = self.job_dir(job_id)
         if job_dir.exists():
-            raise WorkerError(f"The files of an earlier job {job_id} are still there: discard that job first or give "
+            raise JobIdInUse(f"The files of an earlier job {job_id} are still there: discard that job first or give "
                               "the new job another job_id.")
         job_dir.mkdir()
         message = {**job, "type": "segment", "job_id": job_id, "job_dir": str(job_dir)}
