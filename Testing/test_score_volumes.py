@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from slicerlib_testing import BRIGHT_3D_MODEL_NAME, BRIGHT_MODEL_NAME, CLI_TIMEOUT_S, write_volume_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "score_volumes.py"
@@ -121,6 +122,8 @@ def test_tune_length_rule_finds_the_bound_that_stops_a_leak_along_a_structure_li
     best_row = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"{best}:"))
     dice, within = best_row.split(":")[1].split(",")[:2]
     assert float(dice) > 0.9 and within.strip() == "100%", best_row  # 0.92: boundary voxels of the resized crops
+    ceiling = next(line for line in result.stdout.splitlines() if line.startswith("any stop rule at best"))
+    assert float(ceiling.rsplit(" ", 1)[1]) == pytest.approx(float(dice), abs=1e-3), ceiling  # the bound is the best
 
 
 def test_the_healthy_click_is_30_mm_from_the_lesions_edge_not_from_its_centre():
