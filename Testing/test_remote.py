@@ -488,10 +488,10 @@ def test_a_job_id_in_use_ends_that_job_only_and_keeps_the_worker(worker_env, tmp
     from SDSegSlicerLib.worker_client import WorkerClient
 
     worker = WorkerClient()
-    worker.start(RUN_TIMEOUT_S)
     dispatcher = Dispatcher(worker)
-    dispatcher.thread.start()
     try:
+        worker.start(RUN_TIMEOUT_S)
+        dispatcher.thread.start()
         volume = lesion_volume(tmp_path / "ct.nrrd", (3, 16, 16))
         request = {"volume": str(volume), "model": MODEL_NAME, "samples": 1, "steps": 1}
         refused, accepted = Job("a", request, tmp_path / "a"), Job("a", request, tmp_path / "b")
@@ -504,8 +504,12 @@ def test_a_job_id_in_use_ends_that_job_only_and_keeps_the_worker(worker_env, tmp
                 assert time.monotonic() < deadline, job.state()
                 time.sleep(0.05)
         assert refused.result["code"] == "duplicate_job" and "still there" in refused.result["message"]
+        assert worker.job_dir(refused.id).exists()  # the earlier job's files are not touched
         assert accepted.result["type"] == "done", accepted.result
         assert dispatcher.worker is worker and worker.is_running()
     finally:
         dispatcher.stopping.set()
+        dispatcher.wakeup.set()
+        if dispatcher.thread.is_alive():
+            dispatcher.thread.join(RUN_TIMEOUT_S)
         dispatcher.worker.stop()

@@ -167,3 +167,21 @@ def test_probe_healthy_clicks_counts_the_clicks_that_paint(tmp_path, worker_env)
     assert "p1_CT direction 0 deg, 30 mm: 0.0 ml" in lines  # past the blob
     clicks = sum("direction" in line for line in lines)
     assert lines[-1].startswith(f"{clicks} healthy clicks: {clicks - 1} left empty")
+
+
+def test_the_stop_rule_ceiling_keeps_contiguous_slices_and_stops_each_direction_at_its_own_best():
+    """Hand-made trace: forward, the slice after the prompted one is off the label, the next two on it (a ceiling may
+    not skip the first to keep the others: keeping all three beats stopping there); backward, one slice on the label
+    and then a leak (stop after one). Slices: {index: (consensus voxels, voxels on the label)}."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune_length_rule", SCRIPT.with_name("tune_length_rule.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    slices = {10: (100, 100), 11: (20, 0), 12: (100, 100), 13: (100, 100), 9: (100, 100), 8: (300, 0)}
+    click = {"slices": slices, "first": 10, "truth_voxels": 500}
+    # the best: slices 9..13, 420 voxels, 400 on the label: 800 / 920 (skipping 11 would give 800 / 900)
+    assert module.best_stops_dice(click) == pytest.approx(800 / 920)
+    bounded = {**click, "bounds": {0: 0, 1: 1, 3: 3}, "label_slices": {9, 10, 12, 13}, "voxel_ml": 1.0}
+    best_bound = max(module.bounded_scores(bounded, reach)[0] for reach in (0, 1, 3))
+    assert best_bound == pytest.approx(800 / 1220)  # one reach for both directions keeps the leak (or loses 12, 13)

@@ -14,8 +14,8 @@ slices after it), and is scored
 
 (w = ``--leak-weight``, L = ``--leak-ml``: issue 30 asks that no click leak more than 5 ml off the lesion's
 slices). The best objective wins (ties: the larger bound). Prints every bound's figures, the mean Dice the best
-stops per direction would give (read from the labels: the ceiling of any stop rule on these clicks), and writes
-``{"length_rule": {...}}`` to ``--out``: `scripts/bundle_model.py --rules` puts it in the shipped config.
+stops per direction would give (read from the labels: the ceiling of any rule that stops these traces earlier), and
+writes ``{"length_rule": {...}}`` to ``--out``: `scripts/bundle_model.py --rules` puts it in the shipped config.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def bounded_scores(click: dict, max_diameters) -> tuple[float, float]:
 
 
 def best_stops_dice(click: dict) -> float:
-    """The 3D Dice of a click had each direction stopped at its best slice, chosen from the label: no stop rule,
-    whatever it measures, can do better on this trace (what is left is the slices' own outlines)."""
+    """The 3D Dice of a click had each direction stopped at its best slice, chosen from the label (the two directions
+    together, each keeping a contiguous run of slices from the prompted one): no rule that stops this trace earlier,
+    whatever it measures, can do better (the trace itself ends where the propagation's other stops end it)."""
     first, slices = click["first"], click["slices"]
     sides = [[index for index in sorted(slices, reverse=step < 0) if (index - first) * step > 0] for step in (1, -1)]
     best = 0.0

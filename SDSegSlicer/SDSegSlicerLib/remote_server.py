@@ -189,7 +189,8 @@ class Dispatcher:
             job.messages.put(message)
 
     def _finish(self, job: Job, message: dict) -> None:
-        job.finished, job.result = True, message
+        job.result = message  # before `finished`: whoever sees a finished job finds how it ended
+        job.finished = True
         job.messages.put(message)
         shutil.rmtree(job.folder, ignore_errors=True)
 

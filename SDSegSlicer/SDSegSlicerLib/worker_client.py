@@ -360,7 +360,7 @@ class WorkerClient:
         job_dir = self.job_dir(job_id)
         if job_dir.exists():
             raise JobIdInUse(f"The files of an earlier job {job_id} are still there: discard that job first or give "
-                              "the new job another job_id.")
+                             "the new job another job_id.")
         job_dir.mkdir()
         message = {**job, "type": "segment", "job_id": job_id, "job_dir": str(job_dir)}
         try:
