@@ -122,7 +122,7 @@ def test_tune_length_rule_finds_the_bound_that_stops_a_leak_along_a_structure_li
     best_row = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"{best}:"))
     dice, within = best_row.split(":")[1].split(",")[:2]
     assert float(dice) > 0.9 and within.strip() == "100%", best_row  # 0.92: boundary voxels of the resized crops
-    ceiling = next(line for line in result.stdout.splitlines() if line.startswith("any stop rule at best"))
+    ceiling = next(line for line in result.stdout.splitlines() if line.startswith("best stops ("))
     assert float(ceiling.rsplit(" ", 1)[1]) == pytest.approx(float(dice), abs=1e-3), ceiling  # the bound is the best
 
 

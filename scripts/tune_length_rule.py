@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{rows[-1][0]:.3f}", flush=True)
     best = max(rows, key=lambda row: (row[0], math.inf if row[1] is None else row[1]))[1]
     print(f"best: max_diameters {best}")
-    print(f"any stop rule at best (each direction stopped at its best slice, from the labels): mean Dice "
-          f"{np.mean([best_stops_dice(click) for click in clicks]):.3f}")
+    print("best stops (each direction stopped at its best slice, from the labels; no earlier stop does better): "
+          f"mean Dice {np.mean([best_stops_dice(click) for click in clicks]):.3f}")
     if args.out is not None:
         args.out.write_text(json.dumps({LengthRule.CONFIG_KEY: {"max_diameters": best}}, indent=2) + "\n")
     return 0
