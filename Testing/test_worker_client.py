@@ -71,6 +71,7 @@ def test_client_and_worker_agree_on_the_protocol_version_and_defaults():
 
     assert worker_client.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
     assert worker_client.DUPLICATE_JOB == protocol.DUPLICATE_JOB
+    assert worker_client.WORKER_CRASHED == protocol.WORKER_CRASHED
     assert (run.DEFAULT_SAMPLES, run.MAX_SAMPLES) == (protocol.SEGMENT_DEFAULTS["samples"], protocol.MAX_SAMPLES)
     assert run.DEVICES == protocol.DEVICES
     assert prompts.DEFAULT_STOP_AFTER_EMPTY == protocol.PROMPT_DEFAULTS["stop_after_empty"]

@@ -72,14 +72,12 @@ def best_stops_dice(click: dict) -> float:
     together, each keeping a contiguous run of slices from the prompted one): no rule that stops this trace earlier,
     whatever it measures, can do better (the trace itself ends where the propagation's other stops end it)."""
     first, slices = click["first"], click["slices"]
-    sides = [[index for index in sorted(slices, reverse=step < 0) if (index - first) * step > 0] for step in (1, -1)]
-    best = 0.0
-    for forward in range(len(sides[0]) + 1):
-        for backward in range(len(sides[1]) + 1):
-            kept = [first, *sides[0][:forward], *sides[1][:backward]]
-            voxels, on_label = sum(slices[k][0] for k in kept), sum(slices[k][1] for k in kept)
-            best = max(best, 2.0 * on_label / (voxels + click["truth_voxels"]))
-    return best
+    # per direction, the (consensus voxels, voxels on the label) of its first n slices, n = 0, 1, ...
+    kept = [np.cumsum([(0, 0)] + [slices[index] for index in sorted(slices, reverse=step < 0)
+                                  if (index - first) * step > 0], axis=0) for step in (1, -1)]
+    voxels = slices[first][0] + kept[0][:, None, 0] + kept[1][None, :, 0]
+    on_label = slices[first][1] + kept[0][:, None, 1] + kept[1][None, :, 1]
+    return float(np.max(2.0 * on_label / (voxels + click["truth_voxels"])))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 from .temp_folders import owned_temp_folder
-from .worker_client import DUPLICATE_JOB, TERMINAL_MESSAGES, JobIdInUse, WorkerClient, WorkerError
+from .worker_client import (DUPLICATE_JOB, TERMINAL_MESSAGES, WORKER_CRASHED, JobIdInUse, WorkerClient,
+                            WorkerError)
 
 DEFAULT_PORT = 8765
 MAX_JOB_HEADER_BYTES = 32 * 1024  # below http.server's 64 KiB limit on a header line (over it: 431)
@@ -152,13 +153,13 @@ class Dispatcher:
     def _start(self, job: Job) -> None:
         try:
             self.worker.submit({**job.request, "job_id": job.id})
-        except JobIdInUse as error:  # the worker is fine: only this job is refused
-            self.running = None
-            self._finish(job, {"type": "error", "job_id": job.id, "code": DUPLICATE_JOB, "message": str(error)})
         except WorkerError as error:
             self.running = None
-            self._finish(job, {"type": "error", "job_id": job.id, "code": "worker_crashed", "message": str(error)})
-            self._restart_worker()
+            in_use = isinstance(error, JobIdInUse)  # the worker is fine: only this job is refused
+            self._finish(job, {"type": "error", "job_id": job.id, "code": DUPLICATE_JOB if in_use else WORKER_CRASHED,
+                               "message": str(error)})
+            if not in_use:
+                self._restart_worker()
 
     def _restart_worker(self) -> None:
         """A new worker, in place once it has said hello: requests meanwhile see the last one's hello (models)."""
@@ -171,7 +172,7 @@ class Dispatcher:
     def _route(self, message: dict) -> None:
         job = self.jobs.get(message.get("job_id"))
         if job is None:  # a message for no job: the worker crashed between jobs, so start another for the next
-            if message.get("code") == "worker_crashed":
+            if message.get("code") == WORKER_CRASHED:
                 self._restart_worker()
             return
         if message.get("type") == "slice":
@@ -181,7 +182,7 @@ class Dispatcher:
             path.unlink(missing_ok=True)
         if message.get("type") in TERMINAL_MESSAGES:
             self.worker.discard_job(job.id)
-            if message.get("code") == "worker_crashed":
+            if message.get("code") == WORKER_CRASHED:
                 self._restart_worker()
             self.running = None
             self._finish(job, message)

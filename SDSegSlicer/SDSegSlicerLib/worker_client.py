@@ -36,6 +36,7 @@ WAIT_POLL_S = 0.05
 JOBS_FOLDER_PREFIX = "sdseg-jobs-"
 TERMINAL_MESSAGES = ("done", "cancelled", "error")  # the message types that end a job
 DUPLICATE_JOB = "duplicate_job"  # the error code of a refused job_id in use (sdseg.worker.protocol; not an end)
+WORKER_CRASHED = "worker_crashed"  # the error code this client reports for a worker that ended (sdseg.worker.protocol)
 # Environment variables of Slicer's own Python that would break another interpreter.
 FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH")
 
@@ -416,5 +417,5 @@ class WorkerClient:
                 + " (if it happens again, try fewer samples, a smaller region or the CPU device).")
         job_ids = self._active_jobs or [None]
         self._active_jobs = []
-        return [{"type": "error", "job_id": job_id, "code": "worker_crashed", "message": text,
+        return [{"type": "error", "job_id": job_id, "code": WORKER_CRASHED, "message": text,
                  "exit_code": exit_code, "stderr_tail": tail} for job_id in job_ids]
